@@ -1,0 +1,189 @@
+"""The replay state machine: the only place that decides what a workflow is fed.
+
+A driver holds one workflow generator and the run's log. It pushes recorded
+outcomes into the generator, checking each yielded request against the one that
+was logged at that position, until it reaches a request with no recorded outcome;
+then it hands that request to its caller, who carries it out and sends the
+outcome back. It does no I/O, keeps no time and starts no threads, so it can be
+tested on its own in microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import InvalidYield, NonDeterminismError
+from .requests import Request
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a request ended with: a value, or an exception to raise at the yield."""
+
+    ok: bool
+    value: Any
+
+    @staticmethod
+    def returned(value: Any) -> Outcome:
+        """The request produced value."""
+        return Outcome(True, value)
+
+    @staticmethod
+    def raised(error: BaseException) -> Outcome:
+        """The request failed with error."""
+        return Outcome(False, error)
+
+
+class Recorded(Protocol):
+    """One entry of a run's log as the driver sees it."""
+
+    position: int
+    kind: str
+    name: str
+    key: str | None
+    text: str
+
+    def outcome(self) -> Outcome | None:
+        """The recorded outcome, decoded afresh; None while the request is in flight."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The workflow waits at `position` for the outcome of `request`."""
+
+    position: int
+    request: Request
+    # The logged entry for this position if the request was logged before (it is
+    # in flight, or was when the process died); None if it is new.
+    recorded: Recorded | None
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """The workflow returned value."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Raised:
+    """The workflow raised error."""
+
+    error: BaseException
+
+
+Next = Pending | Returned | Raised
+
+
+def describe_recorded(rec: Recorded) -> str:
+    """One line for a logged request, in the same form as Request.describe()."""
+    return f"{rec.kind} {rec.name}({rec.text})"
+
+
+class Driver:
+    """Feeds one workflow generator its logged outcomes, then runs it live."""
+
+    __slots__ = ("_gen", "_history", "_label", "position", "replayed")
+
+    def __init__(
+        self, gen: Generator[Any, Any, Any], history: Sequence[Recorded], label: str = "workflow"
+    ) -> None:
+        self._gen = gen
+        self._history = history
+        self._label = label
+        self.position = 0
+        self.replayed = 0  # outcomes fed from the log, for reporting
+
+    def start(self) -> Next:
+        """Run the workflow up to its first request without an outcome (or its end)."""
+        return self._advance(None)
+
+    def send(self, outcome: Outcome) -> Next:
+        """Feed the outcome of the pending request and run to the next one."""
+        self.position += 1
+        return self._advance(outcome)
+
+    def _advance(self, outcome: Outcome | None) -> Next:
+        gen, history = self._gen, self._history
+        while True:
+            try:
+                if outcome is None:
+                    yielded = gen.send(None)
+                elif outcome.ok:
+                    yielded = gen.send(outcome.value)
+                else:
+                    yielded = gen.throw(outcome.value)
+            except StopIteration as stop:
+                self._check_log_ends("returned")
+                return Returned(stop.value)
+            except Exception as exc:
+                self._check_log_ends(f"raised {type(exc).__name__}")
+                return Raised(exc)
+            if not isinstance(yielded, Request):
+                raise InvalidYield(self._invalid_yield_message(yielded))
+            pos = self.position
+            if pos >= len(history):
+                return Pending(pos, yielded, None)
+            rec = history[pos]
+            self._check_same(rec, yielded)
+            outcome = rec.outcome()
+            if outcome is None:
+                return Pending(pos, yielded, rec)
+            self.replayed += 1
+            self.position = pos + 1
+
+    def _check_same(self, rec: Recorded, req: Request) -> None:
+        if rec.kind != req.kind or rec.name != req.name:
+            what = "a different request"
+        else:
+            key = req.key
+            if rec.key is None or key is None or rec.key == key:
+                return
+            what = "the same request with different arguments"
+        self._diverged(what, describe_recorded(rec), req.describe())
+
+    def _check_log_ends(self, ended: str) -> None:
+        # A deterministic workflow reaches every logged position again; ending
+        # before the log does means its code took another path this time.
+        if self.position < len(self._history):
+            rec = self._history[self.position]
+            self._diverged(
+                f"nothing (the workflow {ended})", describe_recorded(rec), None
+            )
+
+    def _diverged(self, what: str, recorded: str, replayed: str | None) -> None:
+        pos = self.position
+        lines = [
+            f"{self._label} diverged from its log at position {pos}: replay produced "
+            f"{what} than the recorded one.",
+            f"  recorded: {recorded}",
+            f"  replayed: {replayed if replayed is not None else '(nothing)'}",
+            "Workflow code between yields must be deterministic. Nothing was run and the "
+            "log is unchanged; restore the old code path (or guard the change with "
+            "ce.patched) and the run resumes where it stopped.",
+        ]
+        raise NonDeterminismError(
+            "\n".join(lines), position=pos, recorded=recorded, replayed=replayed
+        )
+
+    def _invalid_yield_message(self, yielded: Any) -> str:
+        text = repr(yielded)
+        if len(text) > 80:
+            text = text[:77] + "..."
+        hint = "yield a request such as a step call (`x = yield charge(...)`)"
+        if isinstance(yielded, Generator):
+            hint = (
+                "it looks like a generator: use `yield from` to inline a sub-generator, "
+                "or decorate the function with @ce.workflow"
+            )
+        elif callable(yielded):
+            hint = "it is a callable: call the step (`yield charge(...)`), don't yield the step"
+        else:
+            hint += "; a plain value usually means the function was not decorated with @ce.step"
+        return (
+            f"{self._label} yielded {text} ({type(yielded).__name__}) at position "
+            f"{self.position}, which is not a request: {hint}. The log is unchanged."
+        )

@@ -1,0 +1,260 @@
+"""The Engine (start, drive and inspect runs) and Run, a handle on one run."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from .canonical import canonical_call, key_of
+from .clock import Clock, SystemClock
+from .errors import ContengineError, DatabaseError, IdConflict, RunNotFound, Timeout
+from .log import Entry
+from .runner import NotDue, Runner
+from .serde import Serde
+from .store.base import COMPLETED, FINISHED, PENDING, RUN_STATUSES, RunRow, Store
+from .store.sqlite import SQLiteStore
+from .workflow import Workflow, lookup
+
+P = ParamSpec("P")
+R = TypeVar("R")
+log = logging.getLogger("contengine")
+
+
+@dataclass
+class IdleReport:
+    """What run_until_idle() did: runs driven, finished, stuck, and the next due time."""
+
+    driven: int = 0
+    finished: list[str] = field(default_factory=list)
+    stuck: dict[str, ContengineError] = field(default_factory=dict)
+    next_due: float | None = None
+
+
+class Run(Generic[R]):
+    """A handle on one run: its id, workflow, live status and result."""
+
+    def __init__(self, engine: Engine, run_id: str, workflow: str) -> None:
+        self._engine = engine
+        self.id = run_id
+        self.workflow = workflow
+
+    @property
+    def status(self) -> str:
+        """pending, running, sleeping, waiting, completed, failed or cancelled (read now)."""
+        return self._engine._row(self.id).status
+
+    @property
+    def note(self) -> str | None:
+        """Why the run cannot go on, when it is stuck (unknown workflow, nondeterminism)."""
+        return self._engine._row(self.id).note
+
+    def result(self, timeout: float | None = None) -> R:
+        """The run's return value, or its exception re-raised; drives the run if need be."""
+        return self._engine._result(self.id, timeout)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id!r} of {self.workflow} ({self.status})>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.id == self.id and other._engine is self._engine
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class Engine:
+    """Starts workflows, drives them through their logs, and answers questions about runs."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        clock: Clock | None = None,
+        secret: bytes | None = None,
+        workflows: Iterable[Workflow[Any, Any]] = (),
+        store: Store | None = None,
+    ) -> None:
+        self.store: Store = store or SQLiteStore(path, durability, busy_timeout)
+        self.clock: Clock = clock or SystemClock()
+        self.serde = Serde(secret)
+        self._workflows: dict[str, Workflow[Any, Any]] = {wf.name: wf for wf in workflows}
+        self._runner = Runner(self.store, self.serde, self.clock, self._find_workflow)
+        self._lock = threading.RLock()
+        # Runs this engine could not rebuild, with the reason. Kept in memory only:
+        # a process with fixed code (or the missing module) tries them afresh.
+        self._stuck: dict[str, ContengineError] = {}
+
+    # -- starting ------------------------------------------------------------
+
+    def start(
+        self, workflow: Workflow[P, R] | str, /, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> Run[R]:
+        """Record a new run (or return the existing one with this id); runs nothing yet."""
+        wf = self._resolve(workflow)
+        try:
+            inspect.signature(wf.fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"workflow {wf.name!r} cannot take these arguments: {exc}") from None
+        run_id = id if id is not None else uuid.uuid4().hex
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"a run id must be a non-empty string, not {run_id!r}")
+        data = self.serde.dumps((args, kwargs), f"the arguments of run {run_id!r}")
+        for i, a in enumerate(args):  # name the offending argument, not the tuple
+            self.serde.dumps(a, f"argument {i} of run {run_id!r} ({wf.name})")
+        for k, v in kwargs.items():
+            self.serde.dumps(v, f"argument {k!r} of run {run_id!r} ({wf.name})")
+        args_key = key_of(canonical_call(args, kwargs))
+        now = self.clock.now()
+        row = RunRow(run_id, wf.name, wf.ref, PENDING, data, args_key, now, now)
+        stored, created = self.store.create_run(row)
+        if not created:
+            self._check_same_start(stored, wf, args_key)
+        return Run(self, run_id, wf.name)
+
+    def _check_same_start(self, stored: RunRow, wf: Workflow[Any, Any], key: str | None) -> None:
+        if stored.workflow != wf.name:
+            raise IdConflict(
+                f"run {stored.id!r} already exists for workflow {stored.workflow!r}; it was "
+                f"not started again for {wf.name!r}. Use another id."
+            )
+        if stored.args_key is not None and key is not None and stored.args_key != key:
+            raise IdConflict(
+                f"run {stored.id!r} already exists with other arguments "
+                f"(recorded {stored.args_key}, now {key}); ids are idempotency keys, "
+                f"so one id is one run. Use another id for other arguments."
+            )
+
+    def run(
+        self, workflow: Workflow[P, R] | str, /, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> R:
+        """Start a run (or find it by id) and drive it to its end in this thread."""
+        return self.start(workflow, *args, id=id, **kwargs).result()
+
+    # -- driving -------------------------------------------------------------
+
+    def run_until_idle(self) -> IdleReport:
+        """Drive every run that is due now, in this thread, until none is left."""
+        report = IdleReport()
+        with self._lock:
+            seen_stuck: set[str] = set()
+            while True:
+                ids = [i for i in self.store.runnable(self.clock.now()) if i not in seen_stuck]
+                if not ids:
+                    break
+                for run_id in ids:
+                    report.driven += 1
+                    try:
+                        self._drive(run_id, wait=False)
+                    except ContengineError as exc:
+                        seen_stuck.add(run_id)
+                        report.stuck[run_id] = exc
+                        continue
+                    row = self.store.get_run(run_id)
+                    if row is not None and row.status in FINISHED:
+                        report.finished.append(run_id)
+            report.next_due = self.store.next_due()
+        return report
+
+    def _drive(self, run_id: str, *, wait: bool, deadline: float | None = None) -> None:
+        with self._lock:
+            row = self._row(run_id)
+            try:
+                self._runner.drive(row, wait=wait, deadline=deadline)
+            except NotDue:
+                return
+            except (Timeout, DatabaseError):
+                raise  # not the run's fault: leave it unmarked
+            except ContengineError as exc:
+                self._mark_stuck(row, exc)
+                raise
+            if run_id in self._stuck or row.note is not None:
+                self._stuck.pop(run_id, None)
+                self.store.set_note(run_id, None)
+
+    def _mark_stuck(self, row: RunRow, exc: ContengineError) -> None:
+        first = str(exc).splitlines()[0]
+        if self._stuck.get(row.id) is None:
+            log.warning("run %r (%s) is stuck and was left as it is: %s", row.id, row.workflow, exc)
+        self._stuck[row.id] = exc
+        if row.note != first:
+            self.store.set_note(row.id, first)
+
+    def _result(self, run_id: str, timeout: float | None) -> Any:
+        clock = self.clock
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        while True:
+            row = self._row(run_id)
+            if row.status == COMPLETED:
+                return self.serde.loads(row.result or b"", f"the result of run {run_id!r}")
+            if row.status in FINISHED:
+                raise self.serde.loads(row.error or b"", f"the exception of run {run_id!r}")
+            self._drive(run_id, wait=True, deadline=deadline)
+            if deadline is not None and clock.monotonic() >= deadline:
+                row = self._row(run_id)
+                if row.status not in FINISHED:
+                    raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
+
+    # -- looking -------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run[Any]:
+        """A handle on an existing run; RunNotFound if there is none."""
+        row = self._row(run_id)
+        return Run(self, row.id, row.workflow)
+
+    def runs(
+        self, status: str | None = None, workflow: Workflow[Any, Any] | str | None = None
+    ) -> list[Run[Any]]:
+        """Runs, oldest first, filtered by status and workflow."""
+        if status is not None and status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        return [Run(self, r.id, r.workflow) for r in self.store.list_runs(status, name)]
+
+    def history(self, run_id: str) -> list[Entry]:
+        """The run's log in order: one entry per request, with status and outcome."""
+        self._row(run_id)
+        return [Entry(row, self.serde) for row in self.store.load_log(run_id)]
+
+    def stuck(self) -> dict[str, ContengineError]:
+        """Runs this engine could not rebuild, with the reason (log untouched)."""
+        return dict(self._stuck)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------
+
+    def _row(self, run_id: str) -> RunRow:
+        row = self.store.get_run(run_id)
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r} in this database")
+        return row
+
+    def _resolve(self, workflow: Workflow[Any, Any] | str) -> Workflow[Any, Any]:
+        if isinstance(workflow, Workflow):
+            self._workflows.setdefault(workflow.name, workflow)
+            return workflow
+        if isinstance(workflow, str):
+            return lookup(workflow, None, self._workflows)
+        raise TypeError(
+            f"engine.start() needs a @ce.workflow (or its name), not {workflow!r}; "
+            f"decorate the generator function with @ce.workflow"
+        )
+
+    def _find_workflow(self, row: RunRow) -> Workflow[Any, Any]:
+        return lookup(row.workflow, row.ref, self._workflows)

@@ -1,0 +1,77 @@
+"""Log entries as users and the driver see them: a stored row plus lazy decoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .driver import Outcome
+from .serde import Serde
+from .store.base import E_COMPLETED, E_FAILED, EntryRow
+
+
+class Entry:
+    """One request in a run's log: position, kind, name, status, attempts and outcome."""
+
+    __slots__ = (
+        "run_id", "position", "kind", "name", "key", "text", "status", "attempts", "crashes",
+        "started_at", "finished_at", "due_at", "error_text", "_data", "_serde",
+    )
+
+    def __init__(self, row: EntryRow, serde: Serde) -> None:
+        self.run_id = row.run_id
+        self.position = row.position
+        self.kind = row.kind
+        self.name = row.name
+        self.key = row.key
+        self.text = row.text
+        self.status = row.status
+        self.attempts = row.attempts
+        self.crashes = row.crashes
+        self.started_at = row.started_at
+        self.finished_at = row.finished_at
+        self.due_at = row.due_at
+        self.error_text = row.error_text
+        self._data = row.outcome
+        self._serde = serde
+
+    def outcome(self) -> Outcome | None:
+        """The recorded outcome, decoded afresh each time; None while in flight."""
+        status = self.status
+        if status == E_COMPLETED:
+            return Outcome(True, self._serde.loads(self._data or b"", self._what()))
+        if status == E_FAILED:
+            return Outcome(False, self._serde.loads(self._data or b"", self._what()))
+        return None
+
+    def _what(self) -> str:
+        return f"the outcome of {self.kind} {self.name!r} at position {self.position} of run {self.run_id!r}"
+
+    @property
+    def done(self) -> bool:
+        """Whether the outcome is recorded."""
+        return self.status in (E_COMPLETED, E_FAILED)
+
+    @property
+    def value(self) -> Any:
+        """The recorded value of a completed entry (None otherwise)."""
+        return self.outcome().value if self.status == E_COMPLETED else None  # type: ignore[union-attr]
+
+    @property
+    def error(self) -> BaseException | None:
+        """The recorded exception of a failed entry (None otherwise)."""
+        return self.outcome().value if self.status == E_FAILED else None  # type: ignore[union-attr]
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first attempt to the outcome, once there is one."""
+        return None if self.finished_at is None else self.finished_at - self.started_at
+
+    def describe(self) -> str:
+        """One line such as `step charge('o-1', 500)`."""
+        return f"{self.kind} {self.name}({self.text})"
+
+    def __repr__(self) -> str:
+        return (
+            f"<Entry {self.position}: {self.describe()} {self.status} "
+            f"attempts={self.attempts}>"
+        )

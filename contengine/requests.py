@@ -1,0 +1,149 @@
+"""What a workflow may yield: requests that the engine carries out and logs."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from .canonical import canonical_call, display_call, key_of
+
+if TYPE_CHECKING:
+    from .workflow import Step
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential delay between attempts: initial, initial*factor, ... never above cap."""
+
+    initial: float = 1.0
+    factor: float = 2.0
+    cap: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.initial < 0 or self.factor < 1 or self.cap < 0:
+            raise ValueError("Backoff needs initial >= 0, factor >= 1 and cap >= 0")
+
+    def delay(self, failed_attempts: int) -> float:
+        """Seconds to wait after the given number of failed attempts (1, 2, ...)."""
+        exponent = max(failed_attempts - 1, 0)
+        try:
+            return float(min(self.initial * self.factor**exponent, self.cap))
+        except OverflowError:
+            return self.cap
+
+
+@dataclass(frozen=True, slots=True)
+class StepOptions:
+    """How a step is retried and bounded; set on @step, overridden per call by .options()."""
+
+    retries: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None
+    # A process that dies during a step is not an exception the step can see; this
+    # bounds how often that may happen before the step is given up (a crash loop).
+    max_crashes: int = 3
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, not {self.retries}")
+        if self.max_crashes < 0:
+            raise ValueError(f"max_crashes must be >= 0, not {self.max_crashes}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {self.timeout}")
+        for exc_type in self.retry_on:
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                raise TypeError(f"retry_on must hold exception classes, not {exc_type!r}")
+
+    def merged(self, **changes: Any) -> StepOptions:
+        """A copy with the given options changed (None leaves an option as it is)."""
+        return replace(self, **normalize_options(changes))
+
+
+def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept the friendly spellings: backoff as seconds, retry_on as one class."""
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None and name != "timeout":
+            continue
+        if name == "backoff" and isinstance(value, int | float):
+            value = Backoff(initial=float(value))
+        elif name == "retry_on" and isinstance(value, type):
+            value = (value,)
+        elif name == "retry_on":
+            value = tuple(value)
+        elif name not in StepOptions.__dataclass_fields__:
+            raise TypeError(f"unknown step option {name!r}")
+        out[name] = value
+    return out
+
+
+class Request:
+    """Base of everything a workflow may yield."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "request"
+
+    @property
+    def name(self) -> str:
+        """The name compared on replay (a step's name, a signal's name)."""
+        return ""
+
+    @property
+    def key(self) -> str | None:
+        """Arguments' comparison key; None when they cannot be compared."""
+        return None
+
+    @property
+    def text(self) -> str:
+        """Readable, bounded text of the arguments."""
+        return ""
+
+    def describe(self) -> str:
+        """One line such as `step charge('o-1', 500)` for logs and diffs."""
+        return f"{self.kind} {self.name}({self.text})"
+
+
+class StepCall(Request, Generic[R]):
+    """A request to run a step once with these arguments; made by calling a @step."""
+
+    __slots__ = ("step", "args", "kwargs", "options", "_canon")
+    kind: ClassVar[str] = "step"
+
+    def __init__(
+        self, step: Step[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], options: StepOptions
+    ) -> None:
+        self.step = step
+        self.args = args
+        self.kwargs = kwargs
+        self.options = options
+        self._canon: str | None | bool = False  # False: not computed yet
+
+    def __iter__(self) -> Generator[StepCall[R], Any, R]:
+        """Lets `x = yield from charge(...)` carry the step's return type to type checkers."""
+        result: R = yield self
+        return result
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+    def _canonical(self) -> str | None:
+        canon = self._canon
+        if canon is False:
+            canon = self._canon = canonical_call(self.args, self.kwargs)
+        return canon  # type: ignore[return-value]
+
+    @property
+    def key(self) -> str | None:
+        return key_of(self._canonical())
+
+    @property
+    def text(self) -> str:
+        return display_call(self.args, self.kwargs, self._canonical())
+
+    def __repr__(self) -> str:
+        return f"<StepCall {self.describe()}>"

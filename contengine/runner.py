@@ -1,0 +1,340 @@
+"""Carries one run forward: rebuild it from its log, execute steps, commit outcomes.
+
+The write pattern is what makes every step cost one commit: when a step's
+outcome is known it is sent into the generator first (pure code runs up to the
+next yield), and then the outcome *and* the next request are committed together.
+The log therefore always shows the request in flight, and a crash at any point
+leaves either the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .clock import Clock
+from .driver import Driver, Outcome, Pending, Raised, Returned
+from .errors import (
+    ContengineError,
+    CrashLoop,
+    InvalidYield,
+    SerializationError,
+    StepFailed,
+    Timeout,
+    WorkflowFailed,
+)
+from .log import Entry
+from .requests import Request, StepCall
+from .serde import Serde
+from .store.base import (
+    COMPLETED,
+    E_COMPLETED,
+    E_FAILED,
+    E_RETRYING,
+    E_RUNNING,
+    FAILED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+    EntryRow,
+    Progress,
+    RunRow,
+    RunUpdate,
+    Store,
+)
+from .workflow import StepContext, Workflow, _current
+
+
+class NotDue(Exception):
+    """Internal: the run waits for a time that has not come (and we may not wait)."""
+
+
+class Runner:
+    """Drives runs against a store; one instance per engine."""
+
+    def __init__(
+        self,
+        store: Store,
+        serde: Serde,
+        clock: Clock,
+        find_workflow: Callable[[RunRow], Workflow[Any, Any]],
+    ) -> None:
+        self.store = store
+        self.serde = serde
+        self.clock = clock
+        self.find_workflow = find_workflow
+
+    # -- rebuilding -----------------------------------------------------------
+
+    def drive(self, run: RunRow, *, wait: bool, deadline: float | None = None) -> None:
+        """Carry the run as far as it can go now (or, if wait, to its end or deadline).
+
+        Raises the ContengineError that stops a run from being rebuilt (unknown
+        workflow, nondeterminism, invalid yield, corrupt payload); the log is then
+        unchanged. Returns when the run finished or waits for a time not yet due.
+        """
+        if run.status in FINISHED:
+            return
+        wf = self.find_workflow(run)
+        args, kwargs = self.serde.loads(run.args, f"the arguments of run {run.id!r}")
+        try:
+            gen = wf.fn(*args, **kwargs)
+        except TypeError as exc:
+            raise ContengineError(
+                f"run {run.id!r} cannot be rebuilt: its recorded arguments no longer fit "
+                f"workflow {wf.name!r} ({exc}). Restore the signature; the run is kept."
+            ) from exc
+        history = [Entry(row, self.serde) for row in self.store.load_log(run.id)]
+        driver = Driver(gen, history, label=f"workflow {wf.name!r} (run {run.id!r})")
+        _Drive(self, run, wf, driver, wait, deadline).go()
+
+
+class _Drive:
+    """The state of one drive of one run (kept out of Runner so it is never shared)."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        run: RunRow,
+        wf: Workflow[Any, Any],
+        driver: Driver,
+        wait: bool,
+        deadline: float | None,
+    ) -> None:
+        self.r = runner
+        self.run = run
+        self.wf = wf
+        self.driver = driver
+        self.wait = wait
+        self.deadline = deadline
+        self.status = run.status
+        self.due_at = run.due_at
+        # The outcome of the previous request, to be committed with whatever
+        # comes next (the next request, or the run's end).
+        self.carry: EntryRow | None = None
+
+    def go(self) -> None:
+        nxt = self.driver.start()
+        while True:
+            if isinstance(nxt, Returned):
+                self._finish_returned(nxt.value)
+                return
+            if isinstance(nxt, Raised):
+                self._finish_raised(nxt.error)
+                return
+            outcome = self._carry_out(nxt)
+            nxt = self.driver.send(outcome)
+
+    # -- run end ------------------------------------------------------------
+
+    def _finish_returned(self, value: Any) -> None:
+        try:
+            data = self.r.serde.dumps_checked(
+                value, f"the result of workflow {self.wf.name!r} (run {self.run.id!r})"
+            )[0]
+        except SerializationError as exc:
+            self._finish_raised(exc)
+            return
+        now = self.r.clock.now()
+        self._commit(run=RunUpdate(COMPLETED, now, finished_at=now, result=data))
+
+    def _finish_raised(self, error: BaseException) -> None:
+        what = f"the exception of workflow {self.wf.name!r} (run {self.run.id!r})"
+        data = self.r.serde.dumps_error(error, what, WorkflowFailed)
+        text = "".join(traceback.format_exception(error))
+        now = self.r.clock.now()
+        self._commit(
+            run=RunUpdate(FAILED, now, finished_at=now, error=data, error_text=text)
+        )
+
+    # -- one request ------------------------------------------------------------
+
+    def _carry_out(self, pending: Pending) -> Outcome:
+        request = pending.request
+        if not isinstance(request, StepCall):
+            raise InvalidYield(
+                f"workflow {self.wf.name!r} yielded {request.describe()}, a request this "
+                f"version of contengine cannot carry out; the log is unchanged"
+            )
+        rec = pending.recorded
+        now = self.r.clock.now()
+        if rec is None:
+            # A new request: log it as in flight (attempt 1) with the previous outcome.
+            entry = EntryRow(
+                self.run.id, pending.position, request.kind, request.name, request.key,
+                request.text, E_RUNNING, 1, 0, now,
+            )
+            self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
+        else:
+            entry = _row_of(rec)
+            self._resume_entry(entry, request, now)
+            if entry.status != E_RUNNING:  # a crash loop was declared: the outcome is final
+                return self._finished_outcome(entry)
+        return self._attempts(entry, request)
+
+    def _resume_entry(self, entry: EntryRow, request: StepCall[Any], now: float) -> None:
+        """Prepare an entry found in flight in the log for its next attempt."""
+        if entry.status == E_RUNNING:
+            # Logged as running but no one is running it: its process died.
+            entry.crashes += 1
+            if entry.crashes > request.options.max_crashes:
+                err = CrashLoop(
+                    "CrashLoop",
+                    f"step {request.name!r} at position {entry.position} of run "
+                    f"{self.run.id!r} was interrupted by a process crash {entry.crashes} "
+                    f"times (max_crashes={request.options.max_crashes}); it is not tried "
+                    f"again. Fix what kills the process, then retry the run.",
+                )
+                self._fail_entry(entry, err, "", now)
+                return
+        elif entry.status == E_RETRYING:
+            self._wait_until(entry.due_at or now)
+            now = self.r.clock.now()
+        entry.status = E_RUNNING
+        entry.attempts += 1
+        entry.due_at = None
+        self._commit(update=entry, run=self._run_update(RUNNING, None, now))
+
+    def _attempts(self, entry: EntryRow, request: StepCall[Any]) -> Outcome:
+        """Run attempts until the step succeeds or its retries are spent."""
+        opts = request.options
+        while True:
+            ok, value, tb = self._execute(entry, request)
+            now = self.r.clock.now()
+            if ok:
+                try:
+                    data, copy = self.r.serde.dumps_checked(
+                        value,
+                        f"the result of step {request.name!r} at position {entry.position} "
+                        f"of run {self.run.id!r}",
+                    )
+                except SerializationError as exc:
+                    ok, value, tb = False, exc, "".join(traceback.format_exception(exc))
+                else:
+                    entry.status, entry.finished_at, entry.outcome = E_COMPLETED, now, data
+                    self.carry = entry
+                    return Outcome(True, copy)
+            failures = entry.attempts - entry.crashes
+            if isinstance(value, opts.retry_on) and failures <= opts.retries:
+                delay = opts.backoff.delay(failures)
+                entry.error_text = tb
+                if delay > 0:
+                    entry.status, entry.due_at = E_RETRYING, now + delay
+                    self._commit(update=entry, run=self._run_update(RUNNING, entry.due_at, now))
+                    self._wait_until(entry.due_at)
+                    now = self.r.clock.now()
+                entry.status, entry.due_at = E_RUNNING, None
+                entry.attempts += 1
+                self._commit(update=entry, run=self._run_update(RUNNING, None, now))
+                continue
+            value.add_note(
+                f"contengine: step {request.name!r} failed at position {entry.position} of run "
+                f"{self.run.id!r} after {entry.attempts} attempt(s)"
+            )
+            self._fail_entry(entry, value, tb, now)
+            return self._finished_outcome(entry)
+
+    def _fail_entry(self, entry: EntryRow, error: BaseException, tb: str, now: float) -> None:
+        what = f"the exception of step {entry.name!r} at position {entry.position}"
+        entry.outcome = self.r.serde.dumps_error(error, what, StepFailed)
+        entry.status, entry.finished_at, entry.due_at = E_FAILED, now, None
+        entry.error_text = tb or f"{type(error).__name__}: {error}"
+        self.carry = entry
+
+    def _finished_outcome(self, entry: EntryRow) -> Outcome:
+        # Read back what was stored, so the live run sees exactly what a replay will.
+        return Entry(entry, self.r.serde).outcome()  # type: ignore[return-value]
+
+    def _execute(self, entry: EntryRow, request: StepCall[Any]) -> tuple[bool, Any, str]:
+        ctx = StepContext(
+            self.run.id, self.wf.name, request.name, entry.position, entry.attempts,
+            f"{self.run.id}:{entry.position}",
+        )
+        token = _current.set(ctx)
+        try:
+            timeout = request.options.timeout
+            if timeout is None:
+                return True, request.step.fn(*request.args, **request.kwargs), ""
+            return True, _call_with_timeout(request, timeout, entry.attempts), ""
+        except Exception as exc:
+            return False, exc, "".join(traceback.format_exception(exc))
+        finally:
+            _current.reset(token)
+
+    # -- writing ---------------------------------------------------------------
+
+    def _run_update(self, status: str, due_at: float | None, now: float) -> RunUpdate | None:
+        if status == self.status and due_at == self.due_at:
+            return None
+        return RunUpdate(status, now, due_at=due_at)
+
+    def _commit(
+        self,
+        *,
+        update: EntryRow | None = None,
+        insert: EntryRow | None = None,
+        run: RunUpdate | None = None,
+    ) -> None:
+        # A carried outcome is always flushed by the next commit, and the only
+        # writes that update an entry happen when nothing is carried.
+        assert self.carry is None or update is None
+        self.r.store.commit(Progress(self.run.id, update or self.carry, insert, run))
+        self.carry = None
+        if run is not None:
+            self.status, self.due_at = run.status, run.due_at
+
+    def _wait_until(self, due: float) -> None:
+        clock = self.r.clock
+        delay = due - clock.now()
+        if delay <= 0:
+            return
+        if not self.wait:
+            raise NotDue
+        if self.deadline is not None and clock.monotonic() + delay > self.deadline:
+            raise Timeout(
+                f"run {self.run.id!r} did not finish in time: its next attempt is due "
+                f"in {delay:.3g} s"
+            )
+        clock.sleep(delay)
+
+
+def _row_of(rec: Any) -> EntryRow:
+    return EntryRow(
+        rec.run_id, rec.position, rec.kind, rec.name, rec.key, rec.text, rec.status,
+        rec.attempts, rec.crashes, rec.started_at, rec.finished_at, rec.due_at,
+        rec._data, rec.error_text,
+    )
+
+
+def _call_with_timeout(request: StepCall[Any], timeout: float, attempt: int) -> Any:
+    """Run the step in a helper thread and stop waiting for it after timeout seconds.
+
+    Python cannot kill a thread: a timed-out attempt keeps running in the
+    background and its result is ignored. The attempt counts as failed with
+    ce.Timeout, which retries like any other exception.
+    """
+    import contextvars
+
+    box: list[Any] = []
+    ctx = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            box.append((True, ctx.run(request.step.fn, *request.args, **request.kwargs)))
+        except BaseException as exc:  # handed to the waiting thread below
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name=f"contengine-step-{request.name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        raise Timeout(
+            f"step {request.name!r} attempt {attempt} did not finish within {timeout:g} s"
+        )
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
+

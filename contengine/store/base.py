@@ -1,0 +1,131 @@
+"""The storage interface: runs, their logs, and the one-transaction progress write.
+
+A store keeps bytes and plain fields; it never unpickles, never reads a clock and
+never runs user code. Every store passes tests/test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Run statuses, as the public API names them.
+PENDING, RUNNING, SLEEPING, WAITING = "pending", "running", "sleeping", "waiting"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+RUN_STATUSES = (PENDING, RUNNING, SLEEPING, WAITING, COMPLETED, FAILED, CANCELLED)
+FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+
+# Log entry statuses. An entry is written "running" in the same transaction that
+# commits the outcome before it, so the log always shows what is in flight.
+E_RUNNING, E_RETRYING, E_COMPLETED, E_FAILED = "running", "retrying", "completed", "failed"
+
+
+@dataclass(slots=True)
+class RunRow:
+    """A run as stored."""
+
+    id: str
+    workflow: str
+    ref: str | None
+    status: str
+    args: bytes
+    args_key: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    due_at: float | None = None
+    result: bytes | None = None
+    error: bytes | None = None
+    error_text: str | None = None
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class EntryRow:
+    """One log entry as stored: a request at a position and, once known, its outcome."""
+
+    run_id: str
+    position: int
+    kind: str
+    name: str
+    key: str | None
+    text: str
+    status: str
+    attempts: int
+    crashes: int
+    started_at: float
+    finished_at: float | None = None
+    due_at: float | None = None
+    outcome: bytes | None = None  # pickled value (completed) or exception (failed)
+    error_text: str | None = None
+
+
+@dataclass(slots=True)
+class RunUpdate:
+    """New state of a run, written with the progress that caused it."""
+
+    status: str
+    updated_at: float
+    due_at: float | None = None
+    finished_at: float | None = None
+    result: bytes | None = None
+    error: bytes | None = None
+    error_text: str | None = None
+
+
+@dataclass(slots=True)
+class Progress:
+    """Everything one advance of a run writes, committed in one transaction."""
+
+    run_id: str
+    update: EntryRow | None = None  # an existing entry's new state
+    insert: EntryRow | None = None  # the next request, now in flight
+    run: RunUpdate | None = None
+
+
+class Store(ABC):
+    """Persistence of runs and logs; implementations keep SQL dialects to themselves."""
+
+    @abstractmethod
+    def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
+        """Insert run unless its id exists; return the stored run and whether it is new."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunRow | None:
+        """The run with this id, or None."""
+
+    @abstractmethod
+    def list_runs(
+        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> list[RunRow]:
+        """Runs, oldest first, optionally filtered."""
+
+    @abstractmethod
+    def load_log(self, run_id: str) -> list[EntryRow]:
+        """The run's log in position order."""
+
+    @abstractmethod
+    def commit(self, progress: Progress) -> None:
+        """Write progress atomically and durably (per the store's durability setting)."""
+
+    @abstractmethod
+    def runnable(self, now: float, limit: int | None = None) -> list[str]:
+        """Ids of unfinished runs with nothing to wait for at time now, oldest first."""
+
+    @abstractmethod
+    def next_due(self) -> float | None:
+        """The earliest time an unfinished run becomes due, if any is waiting."""
+
+    @abstractmethod
+    def set_note(self, run_id: str, note: str | None) -> None:
+        """Attach a human-readable note (why a run is stuck) without touching its log."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def commit_many(self, batch: Sequence[Progress]) -> None:
+        """Write several runs' progress; stores may do it in one transaction."""
+        for p in batch:
+            self.commit(p)

@@ -1,0 +1,329 @@
+"""The embedded store: one SQLite file in WAL mode, written with BEGIN IMMEDIATE."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple
+
+from ..errors import DatabaseError, DatabaseLocked
+from .base import (
+    FINISHED,
+    EntryRow,
+    Progress,
+    RunRow,
+    Store,
+)
+
+# "Cont" in the file header marks a contengine database among SQLite files.
+APPLICATION_ID = 0x436F6E74
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    ref TEXT,
+    status TEXT NOT NULL,
+    args BLOB NOT NULL,
+    args_key TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    due_at REAL,
+    result BLOB,
+    error BLOB,
+    error_text TEXT,
+    note TEXT
+) WITHOUT ROWID;
+CREATE INDEX runs_by_status ON runs (status, due_at);
+CREATE INDEX runs_by_workflow ON runs (workflow, status);
+CREATE TABLE log (
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key TEXT,
+    text TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    crashes INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    due_at REAL,
+    outcome BLOB,
+    error_text TEXT,
+    PRIMARY KEY (run_id, position)
+) WITHOUT ROWID;
+"""
+
+# MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
+# A new schema version appends a function here; files are migrated on open.
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the open transaction first; run statement by statement.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: lambda conn: _run_script(conn, _SCHEMA_V1),
+}
+
+_RUN_COLS = (
+    "id, workflow, ref, status, args, args_key, created_at, updated_at, "
+    "finished_at, due_at, result, error, error_text, note"
+)
+_LOG_COLS = (
+    "run_id, position, kind, name, key, text, status, attempts, crashes, "
+    "started_at, finished_at, due_at, outcome, error_text"
+)
+_INSERT_ENTRY = f"INSERT INTO log ({_LOG_COLS}) VALUES ({', '.join('?' * 14)})"
+_UPDATE_ENTRY = (
+    "UPDATE log SET status = ?, attempts = ?, crashes = ?, finished_at = ?, due_at = ?, "
+    "outcome = ?, error_text = ? WHERE run_id = ? AND position = ?"
+)
+_UPDATE_RUN = (
+    "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
+    "error = ?, error_text = ? WHERE id = ?"
+)
+_FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
+
+
+class SQLiteStore(Store):
+    """A Store on one SQLite file (or ":memory:")."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], durability: str = "full", busy_timeout: float = 5.0
+    ) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.path = os.fspath(path)
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self._lock = threading.RLock()
+        self._refuse_foreign_file()
+        try:
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open database {self.path!r}: {exc}") from exc
+        try:
+            self._prepare()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- opening ----------------------------------------------------------
+
+    def _refuse_foreign_file(self) -> None:
+        # Checked before SQLite sees the file: opening a non-database in WAL mode
+        # would try to write to it.
+        if self.path == ":memory:" or not os.path.exists(self.path):
+            return
+        if os.path.isdir(self.path):
+            raise DatabaseError(f"{self.path!r} is a directory, not a database file")
+        with open(self.path, "rb") as f:
+            head = f.read(16)
+        if head and head != SQLITE_MAGIC:
+            raise DatabaseError(
+                f"{self.path!r} is not an SQLite database (it starts with {head[:8]!r}); "
+                f"contengine left it untouched. Point the engine at a new file or at a "
+                f"contengine database."
+            )
+
+    def _prepare(self) -> None:
+        conn = self._conn
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%'"
+                )
+            ]
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(
+                f"{self.path!r} cannot be read as an SQLite database ({exc}); contengine "
+                f"left it untouched"
+            ) from exc
+        if app_id != APPLICATION_ID and (tables or app_id != 0):
+            raise DatabaseError(
+                f"{self.path!r} is an SQLite database of another application "
+                f"(tables: {', '.join(tables) or 'none'}); contengine left it untouched. "
+                f"Give the engine a file of its own."
+            )
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{self.path!r} was written by a newer contengine (schema version "
+                f"{version}; this one knows up to {SCHEMA_VERSION}). It was left untouched: "
+                f"upgrade contengine to open it."
+            )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if self.path != ":memory:":
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise DatabaseError(f"{self.path!r} could not be switched to WAL mode ({mode})")
+        conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
+        if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            # Re-read under the write lock: another process may have migrated first.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {version}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- transactions -----------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._translate(exc) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise self._translate(exc) from exc
+                raise
+
+    def _translate(self, exc: sqlite3.OperationalError) -> DatabaseError:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return DatabaseLocked(
+                f"database {self.path!r} is locked: another connection held its write lock "
+                f"for more than {self.busy_timeout:g} s. Nothing was written. Find the "
+                f"process holding it (a long transaction, a paused writer) or open the "
+                f"engine with a larger busy_timeout."
+            )
+        return DatabaseError(f"database {self.path!r}: {exc}. Nothing was written.")
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise self._translate(exc) from exc
+
+    # -- the interface ------------------------------------------------------
+
+    def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 14)}) "
+                f"ON CONFLICT (id) DO NOTHING",
+                astuple(run),
+            )
+            if cur.rowcount == 1:
+                return run, True
+            row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run.id,)).fetchone()
+            return RunRow(*row), False
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,))
+        return RunRow(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def list_runs(
+        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> list[RunRow]:
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        sql = f"SELECT {_RUN_COLS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [RunRow(*r) for r in self._read(sql, params)]  # type: ignore[arg-type]
+
+    def load_log(self, run_id: str) -> list[EntryRow]:
+        rows = self._read(
+            f"SELECT {_LOG_COLS} FROM log WHERE run_id = ? ORDER BY position", (run_id,)
+        )
+        return [EntryRow(*r) for r in rows]  # type: ignore[arg-type]
+
+    def commit(self, progress: Progress) -> None:
+        with self._tx() as conn:
+            self._write(conn, progress)
+
+    def commit_many(self, batch: Sequence[Progress]) -> None:
+        with self._tx() as conn:
+            for progress in batch:
+                self._write(conn, progress)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, p: Progress) -> None:
+        if p.update is not None:
+            e = p.update
+            conn.execute(
+                _UPDATE_ENTRY,
+                (
+                    e.status, e.attempts, e.crashes, e.finished_at, e.due_at, e.outcome,
+                    e.error_text, e.run_id, e.position,
+                ),
+            )
+        if p.insert is not None:
+            conn.execute(_INSERT_ENTRY, astuple(p.insert))
+        if p.run is not None:
+            r = p.run
+            conn.execute(
+                _UPDATE_RUN,
+                (
+                    r.status, r.updated_at, r.due_at, r.finished_at, r.result, r.error,
+                    r.error_text, p.run_id,
+                ),
+            )
+
+    def runnable(self, now: float, limit: int | None = None) -> list[str]:
+        sql = (
+            f"SELECT id FROM runs WHERE status NOT IN ({_FINISHED_SQL}) "
+            f"AND (due_at IS NULL OR due_at <= ?) ORDER BY created_at, id"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [str(r[0]) for r in self._read(sql, (now,))]
+
+    def next_due(self) -> float | None:
+        rows = self._read(
+            f"SELECT min(due_at) FROM runs WHERE status NOT IN ({_FINISHED_SQL}) "
+            f"AND due_at IS NOT NULL"
+        )
+        value = rows[0][0]
+        return float(value) if value is not None else None  # type: ignore[arg-type]
+
+    def set_note(self, run_id: str, note: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET note = ? WHERE id = ?", (note, run_id))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,222 @@
+"""@workflow and @step: turning plain functions into durable workflows and steps."""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import inspect
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .errors import ContengineError, WorkflowDefinitionError, WorkflowNotFound
+from .requests import Backoff, StepCall, StepOptions, normalize_options
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Step(Generic[P, R]):
+    """A function whose calls inside a workflow become logged, retried requests."""
+
+    __slots__ = ("fn", "name", "options_", "__wrapped__", "__dict__")
+
+    def __init__(self, fn: Callable[P, R], name: str, options: StepOptions) -> None:
+        self.fn = fn
+        self.name = name
+        self.options_ = options
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
+        """Make a request to run this step; nothing runs until a workflow yields it."""
+        return StepCall(self, args, kwargs, self.options_)
+
+    def options(
+        self,
+        *,
+        retries: int | None = None,
+        backoff: float | Backoff | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        timeout: float | None = None,
+        max_crashes: int | None = None,
+    ) -> Step[P, R]:
+        """This step with some options changed, for values known only at the call site."""
+        changes: dict[str, Any] = {
+            "retries": retries,
+            "backoff": backoff,
+            "retry_on": retry_on,
+            "max_crashes": max_crashes,
+        }
+        if timeout is not None:
+            changes["timeout"] = timeout
+        return Step(self.fn, self.name, self.options_.merged(**changes))
+
+    def __repr__(self) -> str:
+        return f"<step {self.name}>"
+
+
+class Workflow(Generic[P, R]):
+    """A generator function registered as a durable workflow."""
+
+    def __init__(self, fn: Callable[P, Generator[Any, Any, R]], name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.ref = f"{fn.__module__}:{fn.__qualname__}"
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Child runs are not available yet; say so instead of failing obscurely."""
+        raise ContengineError(
+            f"workflow {self.name!r} was called directly. Start it with "
+            f"engine.start({self.fn.__name__}, ...) or engine.run({self.fn.__name__}, ...); "
+            f"calling a workflow inside a workflow (a child run) is not supported yet, "
+            f"and {self.fn.__name__}.fn(...) gives the bare generator."
+        )
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name}>"
+
+
+_registry: dict[str, Workflow[Any, Any]] = {}
+_registry_lock = threading.Lock()
+
+
+def register(wf: Workflow[Any, Any]) -> None:
+    """Make a workflow findable by name; a name may not be taken by another function."""
+    with _registry_lock:
+        existing = _registry.get(wf.name)
+        # The same module:qualname registering again is a re-import or a test
+        # redefining a local function: the newest definition wins.
+        if existing is not None and existing.ref != wf.ref:
+            raise WorkflowDefinitionError(
+                f"workflow name {wf.name!r} is already used by {existing.ref}; "
+                f"give {wf.ref} another name with @ce.workflow(name=...)"
+            )
+        _registry[wf.name] = wf
+
+
+def lookup(name: str, ref: str | None, extra: dict[str, Workflow[Any, Any]]) -> Workflow[Any, Any]:
+    """Find a run's workflow: given to the engine, registered by name, then by import."""
+    wf = extra.get(name) or _registry.get(name)
+    if wf is not None:
+        return wf
+    problem = "it is not registered in this process"
+    if ref:
+        module_name, _, qualname = ref.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # any import failure means "not here"; say which
+            problem += f" and importing {ref} failed ({type(exc).__name__}: {exc})"
+        else:
+            if isinstance(obj, Workflow):
+                return obj
+            problem += f" and {ref} is not a @workflow"
+        wf = _registry.get(name)  # importing may have registered it under its name
+        if wf is not None:
+            return wf
+    raise WorkflowNotFound(
+        f"workflow {name!r} ({ref or 'no import path'}) cannot be found: {problem}. "
+        f"Import the module that defines it before driving runs, or pass it to "
+        f"ce.Engine(..., workflows=[...]). The run is kept as it is."
+    )
+
+
+def _check_generator(fn: Callable[..., Any], what: str) -> None:
+    if not callable(fn):
+        raise WorkflowDefinitionError(f"@ce.{what} needs a function, not {fn!r}")
+    label = getattr(fn, "__qualname__", repr(fn))
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise WorkflowDefinitionError(
+            f"{label} is an async function; a workflow is a plain generator function "
+            f"(`def`, with `x = yield step(...)`)"
+        )
+    if not inspect.isgeneratorfunction(fn):
+        raise WorkflowDefinitionError(
+            f"{label} is a plain function, not a generator function, so it cannot be a "
+            f"workflow: a workflow hands each step to the engine with `yield` "
+            f"(x = yield charge(...)) so that it can be logged and replayed. Add the "
+            f"yields, or decorate it with @ce.step if it should simply run once."
+        )
+
+
+@overload
+def workflow(fn: Callable[P, Generator[Any, Any, R]], /) -> Workflow[P, R]: ...
+@overload
+def workflow(
+    *, name: str | None = None
+) -> Callable[[Callable[P, Generator[Any, Any, R]]], Workflow[P, R]]: ...
+def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
+    """Declare a generator function as a durable workflow (bare or with name=...)."""
+
+    def decorate(f: Callable[P, Generator[Any, Any, R]]) -> Workflow[P, R]:
+        _check_generator(f, "workflow")
+        wf: Workflow[P, R] = Workflow(f, name or f"{f.__module__}.{f.__qualname__}")
+        register(wf)
+        return wf
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
+@overload
+def step(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float | Backoff = 1.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    timeout: float | None = None,
+    max_crashes: int = 3,
+) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+def step(fn: Any = None, /, *, name: str | None = None, **options: Any) -> Any:
+    """Declare a function as a step: logged once, retried per its options, never re-run."""
+    opts = StepOptions(**normalize_options(options))
+
+    def decorate(f: Callable[P, R]) -> Step[P, R]:
+        if not callable(f):
+            raise WorkflowDefinitionError(f"@ce.step needs a function, not {f!r}")
+        label = getattr(f, "__qualname__", repr(f))
+        if inspect.isgeneratorfunction(f):
+            raise WorkflowDefinitionError(
+                f"{label} is a generator function; a step runs to completion and returns "
+                f"a value. If it yields steps of its own, it is a workflow: use @ce.workflow."
+            )
+        if inspect.iscoroutinefunction(f):
+            raise WorkflowDefinitionError(
+                f"{label} is an async function; steps are plain functions (wrap it with "
+                f"asyncio.run inside a plain function to use it as a step)"
+            )
+        return Step(f, name or label, opts)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What a running step may know about itself; see current_step()."""
+
+    run_id: str
+    workflow: str
+    step: str
+    position: int
+    attempt: int
+    idempotency_key: str
+
+
+_current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+    "contengine_step", default=None
+)
+
+
+def current_step() -> StepContext:
+    """The run id, position, attempt and idempotency key of the step now running."""
+    ctx = _current.get()
+    if ctx is None:
+        raise ContengineError("ce.current_step() is only available while a step is running")
+    return ctx
