@@ -32,11 +32,7 @@ class _NotCanonical(Exception):
 
 def _enc(value: Any, out: list[str]) -> None:
     t = type(value)
-    if t is str or t is int or t is bytes:
-        out.append(repr(value))
-    elif value is None or t is bool:
-        out.append(repr(value))
-    elif t is float:
+    if t is str or t is int or t is bytes or t is float or t is bool or value is None:
         out.append(repr(value))
     elif t is list or t is tuple:
         out.append("[" if t is list else "(")

@@ -137,12 +137,12 @@ class Driver:
 
     def _check_same(self, rec: Recorded, req: Request) -> None:
         if rec.kind != req.kind or rec.name != req.name:
-            what = "a different request"
+            what = "it yielded a different request"
         else:
             key = req.key
             if rec.key is None or key is None or rec.key == key:
                 return
-            what = "the same request with different arguments"
+            what = "it yielded the same request with different arguments"
         self._diverged(what, describe_recorded(rec), req.describe())
 
     def _check_log_ends(self, ended: str) -> None:
@@ -150,20 +150,17 @@ class Driver:
         # before the log does means its code took another path this time.
         if self.position < len(self._history):
             rec = self._history[self.position]
-            self._diverged(
-                f"nothing (the workflow {ended})", describe_recorded(rec), None
-            )
+            self._diverged(f"the workflow {ended} before reaching it", describe_recorded(rec), None)
 
     def _diverged(self, what: str, recorded: str, replayed: str | None) -> None:
         pos = self.position
         lines = [
-            f"{self._label} diverged from its log at position {pos}: replay produced "
-            f"{what} than the recorded one.",
+            f"{self._label} diverged from its log at position {pos}: {what}.",
             f"  recorded: {recorded}",
             f"  replayed: {replayed if replayed is not None else '(nothing)'}",
             "Workflow code between yields must be deterministic. Nothing was run and the "
-            "log is unchanged; restore the old code path (or guard the change with "
-            "ce.patched) and the run resumes where it stopped.",
+            "log is unchanged; restore the code path the run was recorded with (keep the "
+            "old path for runs already in flight) and it resumes where it stopped.",
         ]
         raise NonDeterminismError(
             "\n".join(lines), position=pos, recorded=recorded, replayed=replayed

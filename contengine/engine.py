@@ -13,7 +13,14 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from .canonical import canonical_call, key_of
 from .clock import Clock, SystemClock
-from .errors import ContengineError, DatabaseError, IdConflict, RunNotFound, Timeout
+from .errors import (
+    ContengineError,
+    DatabaseError,
+    IdConflict,
+    RunNotFound,
+    SerializationError,
+    Timeout,
+)
 from .log import Entry
 from .runner import NotDue, Runner
 from .serde import Serde
@@ -106,11 +113,15 @@ class Engine:
         run_id = id if id is not None else uuid.uuid4().hex
         if not isinstance(run_id, str) or not run_id:
             raise ValueError(f"a run id must be a non-empty string, not {run_id!r}")
-        data = self.serde.dumps((args, kwargs), f"the arguments of run {run_id!r}")
-        for i, a in enumerate(args):  # name the offending argument, not the tuple
-            self.serde.dumps(a, f"argument {i} of run {run_id!r} ({wf.name})")
-        for k, v in kwargs.items():
-            self.serde.dumps(v, f"argument {k!r} of run {run_id!r} ({wf.name})")
+        try:
+            data = self.serde.dumps((args, kwargs), f"the arguments of run {run_id!r}")
+        except SerializationError:
+            # Name the offending argument rather than the whole tuple.
+            for i, a in enumerate(args):
+                self.serde.dumps(a, f"argument {i} of run {run_id!r} ({wf.name})")
+            for k, v in kwargs.items():
+                self.serde.dumps(v, f"argument {k!r} of run {run_id!r} ({wf.name})")
+            raise
         args_key = key_of(canonical_call(args, kwargs))
         now = self.clock.now()
         row = RunRow(run_id, wf.name, wf.ref, PENDING, data, args_key, now, now)
@@ -153,6 +164,8 @@ class Engine:
                     report.driven += 1
                     try:
                         self._drive(run_id, wait=False)
+                    except DatabaseError:
+                        raise  # the database's trouble, not the run's
                     except ContengineError as exc:
                         seen_stuck.add(run_id)
                         report.stuck[run_id] = exc

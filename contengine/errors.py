@@ -81,9 +81,7 @@ class NonDeterminismError(ContengineError):
 
         old = (self.recorded or "(nothing: the log ends here)").splitlines()
         new = (self.replayed or "(nothing: the workflow returned)").splitlines()
-        return "\n".join(
-            difflib.unified_diff(old, new, "recorded", "replayed", lineterm="", n=0)
-        )
+        return "\n".join(difflib.unified_diff(old, new, "recorded", "replayed", lineterm="", n=0))
 
 
 class StepFailed(ContengineError):

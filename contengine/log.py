@@ -13,8 +13,21 @@ class Entry:
     """One request in a run's log: position, kind, name, status, attempts and outcome."""
 
     __slots__ = (
-        "run_id", "position", "kind", "name", "key", "text", "status", "attempts", "crashes",
-        "started_at", "finished_at", "due_at", "error_text", "_data", "_serde",
+        "run_id",
+        "position",
+        "kind",
+        "name",
+        "key",
+        "text",
+        "status",
+        "attempts",
+        "crashes",
+        "started_at",
+        "finished_at",
+        "due_at",
+        "error_text",
+        "_data",
+        "_serde",
     )
 
     def __init__(self, row: EntryRow, serde: Serde) -> None:
@@ -44,7 +57,10 @@ class Entry:
         return None
 
     def _what(self) -> str:
-        return f"the outcome of {self.kind} {self.name!r} at position {self.position} of run {self.run_id!r}"
+        return (
+            f"the outcome of {self.kind} {self.name!r} at position {self.position} "
+            f"of run {self.run_id!r}"
+        )
 
     @property
     def done(self) -> bool:
@@ -71,7 +87,4 @@ class Entry:
         return f"{self.kind} {self.name}({self.text})"
 
     def __repr__(self) -> str:
-        return (
-            f"<Entry {self.position}: {self.describe()} {self.status} "
-            f"attempts={self.attempts}>"
-        )
+        return f"<Entry {self.position}: {self.describe()} {self.status} attempts={self.attempts}>"

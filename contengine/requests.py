@@ -114,7 +114,11 @@ class StepCall(Request, Generic[R]):
     kind: ClassVar[str] = "step"
 
     def __init__(
-        self, step: Step[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], options: StepOptions
+        self,
+        step: Step[Any, R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: StepOptions,
     ) -> None:
         self.step = step
         self.args = args

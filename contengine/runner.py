@@ -26,7 +26,7 @@ from .errors import (
     WorkflowFailed,
 )
 from .log import Entry
-from .requests import Request, StepCall
+from .requests import StepCall
 from .serde import Serde
 from .store.base import (
     COMPLETED,
@@ -36,7 +36,6 @@ from .store.base import (
     E_RUNNING,
     FAILED,
     FINISHED,
-    PENDING,
     RUNNING,
     EntryRow,
     Progress,
@@ -116,6 +115,16 @@ class _Drive:
         self.carry: EntryRow | None = None
 
     def go(self) -> None:
+        try:
+            self._go()
+        except ContengineError:
+            # A step's outcome is a fact even if the code after it cannot go on
+            # (an invalid yield, say): keep it, so the step never runs twice.
+            if self.carry is not None:
+                self._commit()
+            raise
+
+    def _go(self) -> None:
         nxt = self.driver.start()
         while True:
             if isinstance(nxt, Returned):
@@ -145,9 +154,7 @@ class _Drive:
         data = self.r.serde.dumps_error(error, what, WorkflowFailed)
         text = "".join(traceback.format_exception(error))
         now = self.r.clock.now()
-        self._commit(
-            run=RunUpdate(FAILED, now, finished_at=now, error=data, error_text=text)
-        )
+        self._commit(run=RunUpdate(FAILED, now, finished_at=now, error=data, error_text=text))
 
     # -- one request ------------------------------------------------------------
 
@@ -163,8 +170,16 @@ class _Drive:
         if rec is None:
             # A new request: log it as in flight (attempt 1) with the previous outcome.
             entry = EntryRow(
-                self.run.id, pending.position, request.kind, request.name, request.key,
-                request.text, E_RUNNING, 1, 0, now,
+                self.run.id,
+                pending.position,
+                request.kind,
+                request.name,
+                request.key,
+                request.text,
+                E_RUNNING,
+                1,
+                0,
+                now,
             )
             self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
         else:
@@ -240,7 +255,9 @@ class _Drive:
         what = f"the exception of step {entry.name!r} at position {entry.position}"
         entry.outcome = self.r.serde.dumps_error(error, what, StepFailed)
         entry.status, entry.finished_at, entry.due_at = E_FAILED, now, None
-        entry.error_text = tb or f"{type(error).__name__}: {error}"
+        entry.error_text = tb or (
+            str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
+        )
         self.carry = entry
 
     def _finished_outcome(self, entry: EntryRow) -> Outcome:
@@ -249,7 +266,11 @@ class _Drive:
 
     def _execute(self, entry: EntryRow, request: StepCall[Any]) -> tuple[bool, Any, str]:
         ctx = StepContext(
-            self.run.id, self.wf.name, request.name, entry.position, entry.attempts,
+            self.run.id,
+            self.wf.name,
+            request.name,
+            entry.position,
+            entry.attempts,
             f"{self.run.id}:{entry.position}",
         )
         token = _current.set(ctx)
@@ -302,9 +323,20 @@ class _Drive:
 
 def _row_of(rec: Any) -> EntryRow:
     return EntryRow(
-        rec.run_id, rec.position, rec.kind, rec.name, rec.key, rec.text, rec.status,
-        rec.attempts, rec.crashes, rec.started_at, rec.finished_at, rec.due_at,
-        rec._data, rec.error_text,
+        rec.run_id,
+        rec.position,
+        rec.kind,
+        rec.name,
+        rec.key,
+        rec.text,
+        rec.status,
+        rec.attempts,
+        rec.crashes,
+        rec.started_at,
+        rec.finished_at,
+        rec.due_at,
+        rec._data,
+        rec.error_text,
     )
 
 
@@ -337,4 +369,3 @@ def _call_with_timeout(request: StepCall[Any], timeout: float, attempt: int) -> 
     if ok:
         return value
     raise value
-

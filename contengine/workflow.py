@@ -187,7 +187,7 @@ def step(fn: Any = None, /, *, name: str | None = None, **options: Any) -> Any:
                 f"{label} is a generator function; a step runs to completion and returns "
                 f"a value. If it yields steps of its own, it is a workflow: use @ce.workflow."
             )
-        if inspect.iscoroutinefunction(f):
+        if inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f):
             raise WorkflowDefinitionError(
                 f"{label} is an async function; steps are plain functions (wrap it with "
                 f"asyncio.run inside a plain function to use it as a step)"

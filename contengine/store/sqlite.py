@@ -7,7 +7,6 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import astuple
 
 from ..errors import DatabaseError, DatabaseLocked
 from .base import (
@@ -62,6 +61,7 @@ CREATE TABLE log (
 ) WITHOUT ROWID;
 """
 
+
 # MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
 # A new schema version appends a function here; files are migrated on open.
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -84,9 +84,12 @@ _LOG_COLS = (
     "started_at, finished_at, due_at, outcome, error_text"
 )
 _INSERT_ENTRY = f"INSERT INTO log ({_LOG_COLS}) VALUES ({', '.join('?' * 14)})"
+# Only an entry still in flight may change: a finished outcome is final, and a
+# write that finds none was raced by another writer of the same run.
 _UPDATE_ENTRY = (
     "UPDATE log SET status = ?, attempts = ?, crashes = ?, finished_at = ?, due_at = ?, "
-    "outcome = ?, error_text = ? WHERE run_id = ? AND position = ?"
+    "outcome = ?, error_text = ? WHERE run_id = ? AND position = ? "
+    "AND status IN ('running', 'retrying')"
 )
 _UPDATE_RUN = (
     "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
@@ -200,7 +203,7 @@ class SQLiteStore(Store):
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 raise self._translate(exc) from exc
             try:
                 yield conn
@@ -208,12 +211,16 @@ class SQLiteStore(Store):
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):
+                if isinstance(exc, sqlite3.Error):
                     raise self._translate(exc) from exc
                 raise
 
-    def _translate(self, exc: sqlite3.OperationalError) -> DatabaseError:
-        if "locked" in str(exc) or "busy" in str(exc):
+    def _translate(self, exc: sqlite3.Error) -> DatabaseError:
+        if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+            return DatabaseError(f"the engine on {self.path!r} is closed; open a new one")
+        if isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in str(exc) or "busy" in str(exc)
+        ):
             return DatabaseLocked(
                 f"database {self.path!r} is locked: another connection held its write lock "
                 f"for more than {self.busy_timeout:g} s. Nothing was written. Find the "
@@ -226,7 +233,7 @@ class SQLiteStore(Store):
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 raise self._translate(exc) from exc
 
     # -- the interface ------------------------------------------------------
@@ -236,7 +243,22 @@ class SQLiteStore(Store):
             cur = conn.execute(
                 f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 14)}) "
                 f"ON CONFLICT (id) DO NOTHING",
-                astuple(run),
+                (
+                    run.id,
+                    run.workflow,
+                    run.ref,
+                    run.status,
+                    run.args,
+                    run.args_key,
+                    run.created_at,
+                    run.updated_at,
+                    run.finished_at,
+                    run.due_at,
+                    run.result,
+                    run.error,
+                    run.error_text,
+                    run.note,
+                ),
             )
             if cur.rowcount == 1:
                 return run, True
@@ -272,34 +294,65 @@ class SQLiteStore(Store):
         return [EntryRow(*r) for r in rows]  # type: ignore[arg-type]
 
     def commit(self, progress: Progress) -> None:
-        with self._tx() as conn:
-            self._write(conn, progress)
+        # The per-step path: written out rather than through _tx() to save the
+        # context manager's overhead on every step.
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._write(conn, progress)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
 
     def commit_many(self, batch: Sequence[Progress]) -> None:
         with self._tx() as conn:
             for progress in batch:
                 self._write(conn, progress)
 
-    @staticmethod
-    def _write(conn: sqlite3.Connection, p: Progress) -> None:
+    def _write(self, conn: sqlite3.Connection, p: Progress) -> None:
         if p.update is not None:
             e = p.update
-            conn.execute(
+            cur = conn.execute(
                 _UPDATE_ENTRY,
                 (
-                    e.status, e.attempts, e.crashes, e.finished_at, e.due_at, e.outcome,
-                    e.error_text, e.run_id, e.position,
+                    e.status,
+                    e.attempts,
+                    e.crashes,
+                    e.finished_at,
+                    e.due_at,
+                    e.outcome,
+                    e.error_text,
+                    e.run_id,
+                    e.position,
                 ),
             )
+            if cur.rowcount != 1:
+                raise DatabaseError(
+                    f"entry {e.position} of run {e.run_id!r} is not in flight in "
+                    f"{self.path!r} (another process may be driving this run); nothing "
+                    f"was written"
+                )
         if p.insert is not None:
-            conn.execute(_INSERT_ENTRY, astuple(p.insert))
+            conn.execute(_INSERT_ENTRY, _entry_params(p.insert))
         if p.run is not None:
             r = p.run
             conn.execute(
                 _UPDATE_RUN,
                 (
-                    r.status, r.updated_at, r.due_at, r.finished_at, r.result, r.error,
-                    r.error_text, p.run_id,
+                    r.status,
+                    r.updated_at,
+                    r.due_at,
+                    r.finished_at,
+                    r.result,
+                    r.error,
+                    r.error_text,
+                    p.run_id,
                 ),
             )
 
@@ -327,3 +380,22 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _entry_params(e: EntryRow) -> tuple[object, ...]:
+    return (
+        e.run_id,
+        e.position,
+        e.kind,
+        e.name,
+        e.key,
+        e.text,
+        e.status,
+        e.attempts,
+        e.crashes,
+        e.started_at,
+        e.finished_at,
+        e.due_at,
+        e.outcome,
+        e.error_text,
+    )

@@ -1,0 +1,60 @@
+"""The `contengine` command line: demo, runs, show, bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="contengine", description="Durable execution for Python generator workflows."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="kill a workflow mid-step with SIGKILL and resume it")
+    demo.add_argument("--db", help="database file (default: a temporary one)")
+
+    bench = sub.add_parser("bench", help="measure steps/s against the raw SQLite commit floor")
+    bench.add_argument("--dir", help="directory for the benchmark files (default: temp)")
+    bench.add_argument("--steps", type=int, default=2000, help="steps per round")
+    bench.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
+    bench.add_argument("--replay-steps", type=int, default=10_000)
+    bench.add_argument("--json", action="store_true", help="print results as JSON")
+
+    for name, text in (("runs", "list runs"), ("show", "print a run's log")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--db", default=os.environ.get("CONTENGINE_DB"), help="database file")
+        if name == "show":
+            p.add_argument("run_id")
+        else:
+            p.add_argument("--status")
+            p.add_argument("--workflow")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import main as demo_main
+
+            return demo_main(args.db)
+        if args.command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(args)
+        from .inspect_cli import main as inspect_main
+
+        return inspect_main(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"contengine: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,177 @@
+"""The `runs` and `show` commands: print a database's runs and their logs; no run is changed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import reprlib
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from .engine import Engine
+from .errors import ContengineError, StepFailed
+from .log import Entry
+from .store.base import COMPLETED, E_COMPLETED, E_FAILED, E_RETRYING, FAILED, RUN_STATUSES
+
+ARGS_WIDTH = 40
+OUTCOME_WIDTH = 80
+NOTE_WIDTH = 100
+
+Formatter = Callable[[Any], str]
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = OUTCOME_WIDTH
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `runs` or `show` against args.db; returns the exit code."""
+    if not args.db:
+        _error("no database given: pass --db FILE or set CONTENGINE_DB")
+        return 2
+    if not os.path.isfile(args.db):
+        # Opening a missing path would create an empty database; a typo should not.
+        _error(f"no database at {args.db!r}")
+        return 1
+    with Engine(args.db) as engine:
+        if args.command == "runs":
+            return _runs(engine, args.status, args.workflow)
+        return _show(engine, args.run_id)
+
+
+def _runs(engine: Engine, status: str | None, workflow: str | None) -> int:
+    if status is not None and status not in RUN_STATUSES:
+        _error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        return 2
+    rows = engine.store.list_runs(status, workflow)
+    if not rows:
+        print("no runs")
+        return 0
+    table = [
+        [r.id, r.workflow, r.status, _iso(r.created_at), _clip(r.note or "", NOTE_WIDTH)]
+        for r in rows
+    ]
+    _print_table(["id", "workflow", "status", "created", "note"], table)
+    return 0
+
+
+def _show(engine: Engine, run_id: str) -> int:
+    row = engine.store.get_run(run_id)
+    if row is None:
+        _error(f"no run with id {run_id!r} in this database")
+        return 1
+    print(f"run       {row.id}")
+    print(f"workflow  {row.workflow}")
+    print(f"status    {row.status}")
+    print(f"created   {_iso(row.created_at)}")
+    if row.finished_at is not None:
+        took = (row.finished_at - row.created_at) * 1000
+        print(f"finished  {_iso(row.finished_at)} ({took:.1f} ms after it was created)")
+    if row.status == COMPLETED:
+        print(f"result    {_load(engine, row.result, run_id, 'result', _short)}")
+    elif row.status == FAILED:
+        print(f"error     {_load(engine, row.error, run_id, 'exception', _exc_text)}")
+    if row.note:
+        print(f"note      {row.note}")
+    entries = engine.history(run_id)
+    print()
+    if not entries:
+        print("(the log is empty: the run has not started)")
+        return 0
+    _print_table(
+        ["pos", "kind", "request", "status", "attempts", "crashes", "ms", "outcome"],
+        [_timeline_row(e) for e in entries],
+        right={"pos", "attempts", "crashes", "ms"},
+    )
+    return 0
+
+
+def _timeline_row(e: Entry) -> list[str]:
+    request = f"{e.name}({_clip(e.text, ARGS_WIDTH)})"
+    ms = "-" if e.duration is None else f"{e.duration * 1000:.1f}"
+    return [
+        str(e.position),
+        e.kind,
+        request,
+        e.status,
+        str(e.attempts),
+        str(e.crashes),
+        ms,
+        _outcome(e),
+    ]
+
+
+def _outcome(e: Entry) -> str:
+    """The outcome in short: a value's repr, an exception's type and message, or what is due."""
+    try:
+        if e.status == E_COMPLETED:
+            return _short(e.value)
+        if e.status == E_FAILED:
+            return _exc_text(e.error)
+    except ContengineError as exc:  # signed, or its classes are not importable here
+        last = _last_line(e.error_text) if e.status == E_FAILED else ""
+        return _clip(last or _unreadable(exc, e.run_id), OUTCOME_WIDTH)
+    if e.status == E_RETRYING:
+        due = "" if e.due_at is None else f" {_iso(e.due_at)}"
+        return _clip(f"retry due{due} after {_last_line(e.error_text)}", OUTCOME_WIDTH)
+    return "in flight"
+
+
+def _load(engine: Engine, data: bytes | None, run_id: str, what: str, fmt: Formatter) -> str:
+    try:
+        return fmt(engine.serde.loads(data or b"", f"the {what} of run {run_id!r}"))
+    except ContengineError as exc:
+        return _unreadable(exc, run_id)
+
+
+def _unreadable(exc: ContengineError, run_id: str) -> str:
+    # Serde messages start by naming the payload ("the result of run 'r' ..."); the
+    # row already says which one it is, so keep only the reason.
+    reason = _first_line(str(exc)).split(f" of run {run_id!r}", 1)[-1].strip()
+    return _clip(f"(unreadable here: it {reason})", OUTCOME_WIDTH)
+
+
+def _short(value: Any) -> str:
+    return _clip(_repr.repr(value), OUTCOME_WIDTH)
+
+
+def _exc_text(exc: BaseException | None) -> str:
+    # A StepFailed stand-in already reads "OriginalType: message".
+    text = str(exc) if isinstance(exc, StepFailed) else f"{type(exc).__name__}: {exc}"
+    return _clip(_first_line(text), OUTCOME_WIDTH)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())  # one line, whatever the value held
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _print_table(
+    headers: list[str], rows: Sequence[list[str]], right: frozenset[str] | set[str] = frozenset()
+) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for cells in [headers, *rows]:
+        parts = [
+            c.rjust(w) if h in right else c.ljust(w)
+            for c, w, h in zip(cells, widths, headers, strict=True)
+        ]
+        print("  ".join(parts).rstrip())
+
+
+def _error(message: str) -> None:
+    print(f"contengine: {message}", file=sys.stderr)

@@ -1,0 +1,294 @@
+"""The `runs` and `show` commands, against databases made here."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import contengine as ce
+from contengine.cli import main
+
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Crash(BaseException):
+    """Raised inside a step, it escapes the engine like a process dying mid-step."""
+
+
+class OutOfPaper(Exception):
+    """A step's own failure."""
+
+
+_flaky_calls: dict[str, int] = {}
+_branch = {"first": "cli_fetch"}
+
+
+@ce.step(retries=2, backoff=0)
+def cli_flaky(key: str) -> dict[str, Any]:
+    """Fail once per key, then succeed."""
+    _flaky_calls[key] = _flaky_calls.get(key, 0) + 1
+    if _flaky_calls[key] == 1:
+        raise ConnectionError("reset by peer")
+    return {"key": key, "items": list(range(50))}
+
+
+@ce.step
+def cli_print(doc: str) -> None:
+    """Always fails with the step's own exception type."""
+    raise OutOfPaper(f"tray empty while printing {doc}")
+
+
+@ce.step(retries=3, backoff=3600)
+def cli_slow_retry() -> None:
+    """Fails; its next attempt is due an hour later."""
+    raise TimeoutError("upstream slow")
+
+
+@ce.step
+def cli_fetch(n: int) -> int:
+    """A step whose name the workflow below may change between runs."""
+    return n
+
+
+@ce.step
+def cli_other(n: int) -> int:
+    """The step a changed workflow yields instead of cli_fetch."""
+    return n
+
+
+@ce.step
+def cli_crash() -> None:
+    """Kills the drive, leaving the entry in flight."""
+    raise Crash
+
+
+@ce.workflow(name="cli.ok")
+def wf_ok(key: str) -> Generator[Any, Any, dict[str, Any]]:
+    """One flaky step."""
+    return (yield cli_flaky(key))
+
+
+@ce.workflow(name="cli.fails")
+def wf_fails(doc: str) -> Generator[Any, Any, None]:
+    """A step whose failure the workflow does not catch."""
+    yield cli_print(doc)
+
+
+@ce.workflow(name="cli.retrying")
+def wf_retrying() -> Generator[Any, Any, None]:
+    """Waits for a retry that is due much later."""
+    yield cli_slow_retry()
+
+
+@ce.workflow(name="cli.changes")
+def wf_changes() -> Generator[Any, Any, None]:
+    """Yields a step chosen by module state: changing it makes replay diverge."""
+    yield (cli_fetch if _branch["first"] == "cli_fetch" else cli_other)(1)
+    yield cli_crash()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Call the command line in-process; returns (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A database with one completed, one failed and one not-yet-started run."""
+    path = str(tmp_path / "runs.db")
+    _flaky_calls.clear()
+    with ce.Engine(path) as engine:
+        engine.run(wf_ok, "a", id="run-ok")
+        with pytest.raises(OutOfPaper):
+            engine.run(wf_fails, "report.pdf", id="run-failed")
+        engine.start(wf_ok, "b", id="run-pending")
+    return path
+
+
+def test_runs_lists_every_run_with_its_status_and_creation_time(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "runs", "--db", db)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "workflow", "status", "created", "note"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"run-ok", "run-failed", "run-pending"}
+    assert rows["run-ok"][1:3] == ["cli.ok", "completed"]
+    assert rows["run-failed"][1:3] == ["cli.fails", "failed"]
+    assert rows["run-pending"][1:3] == ["cli.ok", "pending"]
+    assert all(re.fullmatch(ISO, row[3]) for row in rows.values())
+
+
+def test_runs_filters_by_status_and_workflow(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run_cli(capsys, "runs", "--db", db, "--status", "failed")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["run-failed"]
+    _, out, _ = run_cli(capsys, "runs", "--db", db, "--workflow", "cli.ok")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["run-ok", "run-pending"]
+    code, out, _ = run_cli(capsys, "runs", "--db", db, "--status", "cancelled")
+    assert code == 0 and out.strip() == "no runs"
+
+
+def test_runs_rejects_an_unknown_status(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "runs", "--db", db, "--status", "done")
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and "'done'" in err and "completed" in err
+
+
+def test_runs_takes_the_database_from_the_environment(
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONTENGINE_DB", db)
+    code, out, _ = run_cli(capsys, "runs")
+    assert code == 0 and "run-ok" in out
+
+
+def test_without_a_database_both_commands_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONTENGINE_DB", raising=False)
+    for argv in (["runs"], ["show", "x"]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and out == ""
+        assert len(err.splitlines()) == 1 and "--db" in err
+
+
+def test_a_missing_database_file_is_an_error_and_is_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "typo.db"
+    code, out, err = run_cli(capsys, "runs", "--db", str(path))
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert str(path) in err
+    assert not path.exists()
+
+
+def test_show_prints_the_header_and_a_timeline_of_the_log(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "show", "--db", db, "run-ok")
+    assert code == 0 and err == ""
+    header, _, timeline = out.partition("\n\n")
+    assert re.search(r"^workflow\s+cli\.ok$", header, re.M)
+    assert re.search(r"^status\s+completed$", header, re.M)
+    assert re.search(rf"^created\s+{ISO}$", header, re.M)
+    # The result is shown in short: a truncated repr, on one line.
+    result = re.search(r"^result\s+(.*)$", header, re.M)
+    assert result and result.group(1).startswith("{'items': [0, 1, 2") and "..." in result.group(1)
+    lines = timeline.splitlines()
+    assert " ".join(lines[0].split()) == "pos kind request status attempts crashes ms outcome"
+    cells = lines[1].split(None, 7)
+    assert cells[:6] == ["0", "step", "cli_flaky('a')", "completed", "2", "0"]
+    assert float(cells[6]) >= 0
+    assert cells[7].startswith("{'items': [0, 1,")
+    assert len(lines) == 2
+
+
+def test_show_gives_the_type_and_message_of_a_failure(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "show", "--db", db, "run-failed")
+    assert code == 0
+    assert re.search(r"^status\s+failed$", out, re.M)
+    assert re.search(r"^error\s+OutOfPaper: tray empty while printing report\.pdf$", out, re.M)
+    step = next(line for line in out.splitlines() if line.lstrip().startswith("0 "))
+    assert "cli_print('report.pdf')" in step and " failed " in step
+    assert step.endswith("OutOfPaper: tray empty while printing report.pdf")
+
+
+def test_show_of_a_run_not_started_says_its_log_is_empty(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "show", "--db", db, "run-pending")
+    assert code == 0
+    assert re.search(r"^status\s+pending$", out, re.M)
+    assert "log is empty" in out and "result" not in out
+
+
+def test_show_of_an_unknown_run_exits_1_with_one_line(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "show", "--db", db, "no-such-run")
+    assert code == 1 and out == ""
+    assert len(err.splitlines()) == 1 and "'no-such-run'" in err
+
+
+def test_show_tells_when_a_retry_is_due_and_what_failed_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "retry.db")
+    with ce.Engine(path) as engine:
+        engine.start(wf_retrying, id="slow")
+        engine.run_until_idle()
+    code, out, _ = run_cli(capsys, "show", "--db", path, "slow")
+    assert code == 0
+    step = out.splitlines()[-1]
+    assert "cli_slow_retry()" in step and " retrying " in step
+    assert re.search(rf"retry due {ISO} after TimeoutError: upstream slow$", step)
+    assert re.search(r"retrying\s+1\s+0\s+-\s", step)  # 1 attempt, no crash, no duration yet
+
+
+def test_show_marks_steps_in_flight_and_runs_notes_say_why_a_run_is_stuck(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "stuck.db")
+    with ce.Engine(path) as engine:
+        engine.start(wf_changes, id="diverged")
+        with pytest.raises(Crash):
+            engine.run_until_idle()
+        monkeypatch.setitem(_branch, "first", "cli_other")
+        report = engine.run_until_idle()
+        assert isinstance(report.stuck["diverged"], ce.NonDeterminismError)
+
+    _, out, _ = run_cli(capsys, "runs", "--db", path)
+    row = out.splitlines()[1]
+    assert row.startswith("diverged ") and " running " in row
+    assert "diverged from its log at position 0" in row  # the note, clipped but telling
+
+    _, out, _ = run_cli(capsys, "show", "--db", path, "diverged")
+    assert re.search(r"^note\s+workflow 'cli\.changes' .*diverged", out, re.M)
+    lines = out.splitlines()
+    assert re.search(r"^\s*0\s+step\s+cli_fetch\(1\)\s+completed\s+1\s+0\s+[\d.]+\s+1$", lines[-2])
+    assert re.search(r"^\s*1\s+step\s+cli_crash\(\)\s+running\s+1\s+0\s+-\s+in flight$", lines[-1])
+
+
+def test_show_of_a_signed_database_still_prints_the_timeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "signed.db")
+    _flaky_calls.clear()
+    with ce.Engine(path, secret=b"k" * 32) as engine:
+        engine.run(wf_ok, "s", id="signed")
+    code, out, _ = run_cli(capsys, "show", "--db", path, "signed")
+    assert code == 0
+    assert re.search(r"^result\s+\(unreadable here: it is signed", out, re.M)
+    step = out.splitlines()[-1]
+    assert re.search(r"cli_flaky\('s'\)\s+completed\s+2\s+0\s", step)
+    assert step.endswith("(unreadable here: it is signed; open the engine with its secret)")
+
+
+def test_runs_through_python_dash_m(db: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CONTENGINE_DB", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "contengine", "runs", "--db", db, "--status", "completed"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["id", "workflow", "status"]
+    assert [line.split()[:3] for line in lines[1:]] == [["run-ok", "cli.ok", "completed"]]

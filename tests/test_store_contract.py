@@ -1,0 +1,324 @@
+"""The Store contract: every store implementation must pass this suite unchanged.
+
+Written against contengine.store.base only (Store, RunRow, EntryRow, Progress,
+RunUpdate), so a new store joins by adding one parameter to the `store` fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contengine.store.base import (
+    CANCELLED,
+    COMPLETED,
+    E_COMPLETED,
+    E_FAILED,
+    E_RETRYING,
+    E_RUNNING,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SLEEPING,
+    WAITING,
+    EntryRow,
+    Progress,
+    RunRow,
+    RunUpdate,
+    Store,
+)
+from contengine.store.sqlite import SQLiteStore
+
+StoreFactory = Callable[[Path], Store]
+
+STORES: dict[str, StoreFactory] = {
+    "sqlite_file": lambda tmp: SQLiteStore(tmp / "contract.db"),
+    "sqlite_memory": lambda tmp: SQLiteStore(":memory:"),
+}
+
+
+@pytest.fixture(params=list(STORES.values()), ids=list(STORES.keys()))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh, empty store of each kind."""
+    s = request.param(tmp_path)
+    yield s
+    s.close()
+
+
+def run_row(run_id: str, created: float = 100.0, **fields: Any) -> RunRow:
+    """A pending run with plain values in every column."""
+    values: dict[str, Any] = {
+        "workflow": "orders.checkout",
+        "ref": "shop.flows:checkout",
+        "status": PENDING,
+        "args": b"P\x00args",
+        "args_key": "'o-1', 500",
+        "created_at": created,
+        "updated_at": created,
+    }
+    values.update(fields)
+    return RunRow(id=run_id, **values)
+
+
+def entry(run_id: str, position: int, status: str = E_RUNNING, **fields: Any) -> EntryRow:
+    """A log entry for step `charge` at position."""
+    values: dict[str, Any] = {
+        "kind": "step",
+        "name": "charge",
+        "key": f"'o-1', {position}",
+        "text": f"'o-1', {position}",
+        "attempts": 1,
+        "crashes": 0,
+        "started_at": 200.0 + position,
+    }
+    values.update(fields)
+    return EntryRow(run_id, position, status=status, **values)
+
+
+def started(store: Store, run_id: str, created: float = 100.0, **fields: Any) -> RunRow:
+    """Create a run in the store and return the row."""
+    row, created_new = store.create_run(run_row(run_id, created, **fields))
+    assert created_new
+    return row
+
+
+# -- runs -------------------------------------------------------------------------------
+
+
+def test_create_run_round_trips_every_field(store: Store) -> None:
+    """What create_run stores is what get_run returns, bytes and None included."""
+    row = run_row(
+        "r1",
+        args=b"\x00\xffraw bytes, never unpickled",
+        args_key=None,
+        ref=None,
+        due_at=150.5,
+    )
+    assert store.create_run(row) == (row, True)
+    assert store.get_run("r1") == row
+
+
+def test_create_run_is_idempotent_by_id(store: Store) -> None:
+    """A second create with the same id returns the stored run untouched, created False."""
+    first = started(store, "r1", workflow="orders.checkout", args=b"first")
+    again, created = store.create_run(
+        run_row("r1", 999.0, workflow="other.flow", args=b"second", status=RUNNING)
+    )
+    assert created is False
+    assert again == first
+    assert store.get_run("r1") == first
+    assert [r.id for r in store.list_runs()] == ["r1"]
+
+
+def test_get_run_of_unknown_id_is_none(store: Store) -> None:
+    """An unknown id is None, not an error."""
+    assert store.get_run("nope") is None
+    started(store, "r1")
+    assert store.get_run("r2") is None
+
+
+def test_list_runs_filters_and_orders_oldest_first(store: Store) -> None:
+    """list_runs orders by creation time (not insertion) and filters by status/workflow."""
+    started(store, "c", 30.0, workflow="a")
+    started(store, "a", 10.0, workflow="b", status=RUNNING)
+    started(store, "d", 40.0, workflow="a", status=RUNNING)
+    started(store, "b", 20.0, workflow="a", status=COMPLETED)
+
+    assert [r.id for r in store.list_runs()] == ["a", "b", "c", "d"]
+    assert [r.id for r in store.list_runs(status=RUNNING)] == ["a", "d"]
+    assert [r.id for r in store.list_runs(workflow="a")] == ["b", "c", "d"]
+    assert [r.id for r in store.list_runs(status=RUNNING, workflow="a")] == ["d"]
+    assert [r.id for r in store.list_runs(limit=2)] == ["a", "b"]
+    assert store.list_runs(status=FAILED) == []
+    assert store.list_runs(workflow="missing") == []
+
+
+# -- the log ----------------------------------------------------------------------------
+
+
+def test_load_log_is_ordered_by_position_and_per_run(store: Store) -> None:
+    """load_log returns one run's entries in position order, whatever the write order."""
+    started(store, "r1")
+    started(store, "r2")
+    for run_id, position in [("r1", 2), ("r2", 0), ("r1", 0), ("r1", 1), ("r2", 1)]:
+        store.commit(Progress(run_id, insert=entry(run_id, position)))
+    assert [e.position for e in store.load_log("r1")] == [0, 1, 2]
+    assert [(e.run_id, e.position) for e in store.load_log("r2")] == [("r2", 0), ("r2", 1)]
+    assert store.load_log("unknown") == []
+
+
+def test_commit_writes_update_insert_and_run_together(store: Store) -> None:
+    """One Progress: the previous entry's outcome, the next request and the run's state."""
+    started(store, "r1")
+    first = entry("r1", 0)
+    store.commit(Progress("r1", insert=first, run=RunUpdate(RUNNING, 201.0)))
+
+    first.status, first.finished_at, first.outcome = E_COMPLETED, 202.0, b"\x01outcome"
+    second = entry("r1", 1)
+    store.commit(Progress("r1", update=first, insert=second, run=RunUpdate(RUNNING, 202.0)))
+
+    assert store.load_log("r1") == [first, second]
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.status, run.updated_at) == (RUNNING, 202.0)
+
+
+def test_commit_update_writes_every_mutable_field(store: Store) -> None:
+    """status, attempts, crashes, finished_at, due_at, outcome and error_text all persist."""
+    started(store, "r1")
+    e = entry("r1", 0)
+    store.commit(Progress("r1", insert=e))
+    e.status, e.attempts, e.crashes, e.due_at = E_RETRYING, 3, 1, 500.0
+    e.error_text = "ValueError: card declined"
+    store.commit(Progress("r1", update=e))
+    assert store.load_log("r1") == [e]
+
+    e.status, e.due_at, e.finished_at, e.outcome = E_FAILED, None, 510.0, b"\x02error"
+    store.commit(Progress("r1", update=e))
+    assert store.load_log("r1") == [e]
+
+
+def test_run_update_writes_the_end_of_a_run(store: Store) -> None:
+    """A finishing RunUpdate stores status, finished_at, result, error and error_text."""
+    started(store, "ok")
+    started(store, "bad")
+    store.commit(Progress("ok", run=RunUpdate(COMPLETED, 300.0, finished_at=300.0, result=b"r")))
+    store.commit(
+        Progress(
+            "bad",
+            run=RunUpdate(FAILED, 301.0, finished_at=301.0, error=b"e", error_text="Traceback"),
+        )
+    )
+    ok, bad = store.get_run("ok"), store.get_run("bad")
+    assert ok is not None and bad is not None
+    assert (ok.status, ok.finished_at, ok.result, ok.error) == (COMPLETED, 300.0, b"r", None)
+    assert (bad.status, bad.error, bad.error_text) == (FAILED, b"e", "Traceback")
+    assert ok.args == b"P\x00args" and ok.workflow == "orders.checkout"  # untouched
+
+
+def test_commit_is_atomic(store: Store) -> None:
+    """If the insert fails (same position twice), the update and run update roll back too."""
+    started(store, "r1")
+    first = entry("r1", 0)
+    store.commit(Progress("r1", insert=first, run=RunUpdate(RUNNING, 201.0)))
+    log_before = store.load_log("r1")
+    run_before = store.get_run("r1")
+
+    done = entry("r1", 0, E_COMPLETED, finished_at=250.0, outcome=b"value")
+    duplicate = entry("r1", 0, name="refund")
+    with pytest.raises(Exception):  # noqa: B017 - each store raises its driver's error
+        store.commit(
+            Progress(
+                "r1",
+                update=done,
+                insert=duplicate,
+                run=RunUpdate(COMPLETED, 250.0, finished_at=250.0, result=b"x"),
+            )
+        )
+    assert store.load_log("r1") == log_before
+    assert store.get_run("r1") == run_before
+
+    # The store is still usable after the failed transaction.
+    store.commit(Progress("r1", update=done, insert=entry("r1", 1)))
+    assert [(e.position, e.status) for e in store.load_log("r1")] == [
+        (0, E_COMPLETED),
+        (1, E_RUNNING),
+    ]
+
+
+def test_commit_many_writes_every_runs_progress(store: Store) -> None:
+    """A batch of progress for several runs lands whole."""
+    for run_id in ("r1", "r2", "r3"):
+        started(store, run_id)
+    store.commit_many(
+        [
+            Progress("r1", insert=entry("r1", 0), run=RunUpdate(RUNNING, 201.0)),
+            Progress("r2", insert=entry("r2", 0), run=RunUpdate(RUNNING, 202.0)),
+            Progress("r3", run=RunUpdate(COMPLETED, 203.0, finished_at=203.0, result=b"r")),
+        ]
+    )
+    assert [e.position for e in store.load_log("r1")] == [0]
+    assert [e.position for e in store.load_log("r2")] == [0]
+    assert store.load_log("r3") == []
+    statuses = {r.id: r.status for r in store.list_runs()}
+    assert statuses == {"r1": RUNNING, "r2": RUNNING, "r3": COMPLETED}
+
+
+def test_commit_many_of_nothing_is_harmless(store: Store) -> None:
+    """An empty batch writes nothing and does not fail."""
+    started(store, "r1")
+    store.commit_many([])
+    assert store.load_log("r1") == []
+
+
+# -- scheduling -------------------------------------------------------------------------
+
+
+def _schedule(store: Store) -> None:
+    started(store, "pending", 1.0)
+    started(store, "due_past", 2.0, status=RUNNING, due_at=50.0)
+    started(store, "due_now", 3.0, status=SLEEPING, due_at=100.0)
+    started(store, "due_later", 4.0, status=RUNNING, due_at=150.0)
+    started(store, "waiting", 5.0, status=WAITING, due_at=120.0)
+    started(store, "running", 6.0, status=RUNNING)
+    started(store, "completed", 7.0, status=COMPLETED, due_at=10.0)
+    started(store, "failed", 8.0, status=FAILED)
+    started(store, "cancelled", 9.0, status=CANCELLED, due_at=20.0)
+
+
+def test_runnable_respects_due_at_and_finished_statuses(store: Store) -> None:
+    """Unfinished runs with no due time or one at/before now, oldest first."""
+    _schedule(store)
+    assert store.runnable(100.0) == ["pending", "due_past", "due_now", "running"]
+    assert store.runnable(120.0) == ["pending", "due_past", "due_now", "waiting", "running"]
+    assert store.runnable(0.0) == ["pending", "running"]
+    assert store.runnable(1000.0, limit=2) == ["pending", "due_past"]
+
+
+def test_runnable_follows_commits(store: Store) -> None:
+    """A run leaves the runnable set when it finishes or is given a future due time."""
+    started(store, "r1")
+    assert store.runnable(100.0) == ["r1"]
+    store.commit(Progress("r1", run=RunUpdate(RUNNING, 101.0, due_at=160.0)))
+    assert store.runnable(100.0) == []
+    assert store.runnable(160.0) == ["r1"]
+    store.commit(Progress("r1", run=RunUpdate(COMPLETED, 161.0, finished_at=161.0)))
+    assert store.runnable(1000.0) == []
+
+
+def test_next_due_is_the_earliest_unfinished_due_time(store: Store) -> None:
+    """Finished runs and runs without a due time do not count."""
+    assert store.next_due() is None
+    started(store, "plain")
+    started(store, "done", status=COMPLETED, due_at=5.0)
+    assert store.next_due() is None
+    _schedule(store)
+    assert store.next_due() == 50.0
+    store.commit(Progress("due_past", run=RunUpdate(COMPLETED, 60.0, finished_at=60.0)))
+    assert store.next_due() == 100.0
+
+
+# -- notes ------------------------------------------------------------------------------
+
+
+def test_set_note_touches_nothing_else(store: Store) -> None:
+    """A note is set and cleared without changing the run's other fields or its log."""
+    row = started(store, "r1")
+    store.commit(Progress("r1", insert=entry("r1", 0)))
+    log = store.load_log("r1")
+
+    store.set_note("r1", "stuck: workflow 'x' diverged at position 0")
+    noted = store.get_run("r1")
+    assert noted is not None
+    assert noted.note == "stuck: workflow 'x' diverged at position 0"
+    noted.note = None
+    assert noted == row
+    assert store.load_log("r1") == log
+
+    store.set_note("r1", None)
+    assert store.get_run("r1") == row
+    store.set_note("unknown", "ignored")  # no such run: nothing happens
+    assert store.get_run("unknown") is None
