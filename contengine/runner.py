@@ -43,7 +43,7 @@ from .store.base import (
     RunUpdate,
     Store,
 )
-from .workflow import StepContext, Workflow, _current
+from .workflow import Workflow, _current
 
 
 class NotDue(Exception):
@@ -265,15 +265,9 @@ class _Drive:
         return Entry(entry, self.r.serde).outcome()  # type: ignore[return-value]
 
     def _execute(self, entry: EntryRow, request: StepCall[Any]) -> tuple[bool, Any, str]:
-        ctx = StepContext(
-            self.run.id,
-            self.wf.name,
-            request.name,
-            entry.position,
-            entry.attempts,
-            f"{self.run.id}:{entry.position}",
+        token = _current.set(
+            (self.run.id, self.wf.name, request.name, entry.position, entry.attempts)
         )
-        token = _current.set(ctx)
         try:
             timeout = request.options.timeout
             if timeout is None:

@@ -209,7 +209,9 @@ class StepContext:
     idempotency_key: str
 
 
-_current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+# Holds (run_id, workflow, step, position, attempt) while a step runs: a plain
+# tuple, because it is set on every step and read rarely.
+_current: contextvars.ContextVar[tuple[str, str, str, int, int] | None] = contextvars.ContextVar(
     "contengine_step", default=None
 )
 
@@ -219,4 +221,5 @@ def current_step() -> StepContext:
     ctx = _current.get()
     if ctx is None:
         raise ContengineError("ce.current_step() is only available while a step is running")
-    return ctx
+    run_id, wf, name, position, attempt = ctx
+    return StepContext(run_id, wf, name, position, attempt, f"{run_id}:{position}")

@@ -384,7 +384,11 @@ def test_corrupt_outcome_leaves_the_run_stuck_and_the_log_intact(
     """A damaged recorded outcome raises CorruptPayload on resume; nothing is rewritten."""
     path = tmp_path / "app.db"
     crashed_run(path)
-    sql(path, "UPDATE log SET outcome = ? WHERE run_id = 'r' AND position = 0", (garbage,))
+    sql(
+        path,
+        "UPDATE log SET outcome = ? WHERE id = (SELECT num << 32 FROM runs WHERE id = 'r')",
+        (garbage,),
+    )
     log_rows = dump(path, "log")
 
     with ce.Engine(path) as engine:

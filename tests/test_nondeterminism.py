@@ -215,7 +215,7 @@ def dump_log(path: Path) -> list[tuple[Any, ...]]:
     """Every row of the sqlite `log` table, read outside contengine."""
     conn = sqlite3.connect(path)
     try:
-        return conn.execute("SELECT * FROM log ORDER BY run_id, position").fetchall()
+        return conn.execute("SELECT * FROM log ORDER BY id").fetchall()
     finally:
         conn.close()
 

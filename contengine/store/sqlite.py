@@ -25,7 +25,8 @@ DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 _SCHEMA_V1 = """
 CREATE TABLE runs (
-    id TEXT PRIMARY KEY,
+    num INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     workflow TEXT NOT NULL,
     ref TEXT,
     status TEXT NOT NULL,
@@ -39,12 +40,11 @@ CREATE TABLE runs (
     error BLOB,
     error_text TEXT,
     note TEXT
-) WITHOUT ROWID;
+);
 CREATE INDEX runs_by_status ON runs (status, due_at);
 CREATE INDEX runs_by_workflow ON runs (workflow, status);
 CREATE TABLE log (
-    run_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY,  -- (runs.num << 32) | position
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     key TEXT,
@@ -56,10 +56,14 @@ CREATE TABLE log (
     finished_at REAL,
     due_at REAL,
     outcome BLOB,
-    error_text TEXT,
-    PRIMARY KEY (run_id, position)
-) WITHOUT ROWID;
+    error_text TEXT
+);
 """
+# A log entry's key packs its run's number and its position into one integer,
+# so the log is a plain rowid table: the cheapest insert and lookup SQLite has
+# (this keeps the per-step write close to the raw commit floor).
+POSITION_BITS = 32
+POSITION_MASK = (1 << POSITION_BITS) - 1
 
 
 # MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
@@ -80,21 +84,22 @@ _RUN_COLS = (
     "finished_at, due_at, result, error, error_text, note"
 )
 _LOG_COLS = (
-    "run_id, position, kind, name, key, text, status, attempts, crashes, "
+    "id, kind, name, key, text, status, attempts, crashes, "
     "started_at, finished_at, due_at, outcome, error_text"
 )
-_INSERT_ENTRY = f"INSERT INTO log ({_LOG_COLS}) VALUES ({', '.join('?' * 14)})"
+_INSERT_ENTRY = f"INSERT INTO log ({_LOG_COLS}) VALUES ({', '.join('?' * 13)})"
 # Only an entry still in flight may change: a finished outcome is final, and a
 # write that finds none was raced by another writer of the same run.
 _UPDATE_ENTRY = (
     "UPDATE log SET status = ?, attempts = ?, crashes = ?, finished_at = ?, due_at = ?, "
-    "outcome = ?, error_text = ? WHERE run_id = ? AND position = ? "
+    "outcome = ?, error_text = ? WHERE id = ? "
     "AND status IN ('running', 'retrying')"
 )
 _UPDATE_RUN = (
     "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
     "error = ?, error_text = ? WHERE id = ?"
 )
+_NUM_CACHE = 10_000
 _FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
 
 
@@ -110,6 +115,7 @@ class SQLiteStore(Store):
         self.durability = durability
         self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
+        self._nums: dict[str, int] = {}
         self._refuse_foreign_file()
         try:
             self._conn = sqlite3.connect(
@@ -261,9 +267,32 @@ class SQLiteStore(Store):
                 ),
             )
             if cur.rowcount == 1:
+                self._remember_num(run.id, cur.lastrowid)
                 return run, True
             row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run.id,)).fetchone()
             return RunRow(*row), False
+
+    def _remember_num(self, run_id: str, num: int | None) -> None:
+        if len(self._nums) >= _NUM_CACHE:
+            self._nums.clear()  # a cheap bound; misses are one indexed lookup
+        if num is not None:
+            self._nums[run_id] = num
+
+    def _num(self, conn: sqlite3.Connection, run_id: str) -> int:
+        """The run's integer number, the high half of its log entries' keys."""
+        num = self._nums.get(run_id)
+        if num is None:
+            row = conn.execute("SELECT num FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise DatabaseError(f"no run {run_id!r} in {self.path!r}; nothing was written")
+            num = int(row[0])
+            self._remember_num(run_id, num)
+        return num
+
+    def _key(self, conn: sqlite3.Connection, run_id: str, position: int) -> int:
+        if not 0 <= position <= POSITION_MASK:
+            raise DatabaseError(f"position {position} of run {run_id!r} is out of range")
+        return (self._num(conn, run_id) << POSITION_BITS) | position
 
     def get_run(self, run_id: str) -> RunRow | None:
         rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,))
@@ -282,16 +311,22 @@ class SQLiteStore(Store):
         sql = f"SELECT {_RUN_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at, id"
+        sql += " ORDER BY created_at, num"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [RunRow(*r) for r in self._read(sql, params)]  # type: ignore[arg-type]
 
     def load_log(self, run_id: str) -> list[EntryRow]:
-        rows = self._read(
-            f"SELECT {_LOG_COLS} FROM log WHERE run_id = ? ORDER BY position", (run_id,)
-        )
-        return [EntryRow(*r) for r in rows]  # type: ignore[arg-type]
+        with self._lock:
+            try:
+                lo = self._key(self._conn, run_id, 0)
+            except DatabaseError:
+                return []
+            rows = self._read(
+                f"SELECT {_LOG_COLS} FROM log WHERE id BETWEEN ? AND ? ORDER BY id",
+                (lo, lo | POSITION_MASK),
+            )
+        return [EntryRow(run_id, r[0] & POSITION_MASK, *r[1:]) for r in rows]  # type: ignore[arg-type,operator]
 
     def commit(self, progress: Progress) -> None:
         # The per-step path: written out rather than through _tx() to save the
@@ -328,8 +363,7 @@ class SQLiteStore(Store):
                     e.due_at,
                     e.outcome,
                     e.error_text,
-                    e.run_id,
-                    e.position,
+                    self._key(conn, e.run_id, e.position),
                 ),
             )
             if cur.rowcount != 1:
@@ -339,7 +373,25 @@ class SQLiteStore(Store):
                     f"was written"
                 )
         if p.insert is not None:
-            conn.execute(_INSERT_ENTRY, _entry_params(p.insert))
+            e = p.insert
+            conn.execute(
+                _INSERT_ENTRY,
+                (
+                    self._key(conn, e.run_id, e.position),
+                    e.kind,
+                    e.name,
+                    e.key,
+                    e.text,
+                    e.status,
+                    e.attempts,
+                    e.crashes,
+                    e.started_at,
+                    e.finished_at,
+                    e.due_at,
+                    e.outcome,
+                    e.error_text,
+                ),
+            )
         if p.run is not None:
             r = p.run
             conn.execute(
@@ -359,7 +411,7 @@ class SQLiteStore(Store):
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         sql = (
             f"SELECT id FROM runs WHERE status NOT IN ({_FINISHED_SQL}) "
-            f"AND (due_at IS NULL OR due_at <= ?) ORDER BY created_at, id"
+            f"AND (due_at IS NULL OR due_at <= ?) ORDER BY num"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -380,22 +432,3 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def _entry_params(e: EntryRow) -> tuple[object, ...]:
-    return (
-        e.run_id,
-        e.position,
-        e.kind,
-        e.name,
-        e.key,
-        e.text,
-        e.status,
-        e.attempts,
-        e.crashes,
-        e.started_at,
-        e.finished_at,
-        e.due_at,
-        e.outcome,
-        e.error_text,
-    )
