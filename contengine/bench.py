@@ -321,7 +321,7 @@ def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -
                 m.label,
                 f"{_num(m.median)} {m.unit}",
                 "" if floor is None else f"{_num(floor)} commits/s",
-                "" if m.ratio is None else f"{m.ratio:.2f}",
+                "" if m.ratio is None else f"{m.ratio:.3f}",
                 m.target_text(),
                 "pass" if m.passed else "FAIL",
                 f"{m.spread:.0%}",

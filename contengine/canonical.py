@@ -84,6 +84,8 @@ def _enc(value: Any, out: list[str]) -> None:
 
 def canonical_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
     """The canonical text of a call's arguments, or None when they have none."""
+    if not kwargs and all(type(a) is int or type(a) is str for a in args):
+        return ", ".join(map(repr, args))  # the common case, without the walk
     out: list[str] = []
     try:
         for i, a in enumerate(args):

@@ -126,15 +126,12 @@ class _Drive:
 
     def _go(self) -> None:
         nxt = self.driver.start()
-        while True:
-            if isinstance(nxt, Returned):
-                self._finish_returned(nxt.value)
-                return
-            if isinstance(nxt, Raised):
-                self._finish_raised(nxt.error)
-                return
-            outcome = self._carry_out(nxt)
-            nxt = self.driver.send(outcome)
+        while type(nxt) is Pending:
+            nxt = self.driver.send(self._carry_out(nxt))
+        if isinstance(nxt, Returned):
+            self._finish_returned(nxt.value)
+        elif isinstance(nxt, Raised):
+            self._finish_raised(nxt.error)
 
     # -- run end ------------------------------------------------------------
 
@@ -222,8 +219,10 @@ class _Drive:
                 try:
                     data, copy = self.r.serde.dumps_checked(
                         value,
-                        f"the result of step {request.name!r} at position {entry.position} "
-                        f"of run {self.run.id!r}",
+                        lambda: (
+                            f"the result of step {request.name!r} at position "
+                            f"{entry.position} of run {self.run.id!r}"
+                        ),
                     )
                 except SerializationError as exc:
                     ok, value, tb = False, exc, "".join(traceback.format_exception(exc))

@@ -6,11 +6,21 @@ import hashlib
 import hmac
 import pickle
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import dill
 
 from .errors import CorruptPayload, SerializationError, StepFailed
+
+# What a value is, for error messages: a string, or a function that makes one
+# (so the hot path never formats a message it will not need).
+What = str | Callable[[], str]
+
+
+def _say(what: What) -> str:
+    return what if isinstance(what, str) else what()
+
 
 # One tag byte says how a payload was written. The standard pickler (C speed)
 # handles plain data; dill handles the rest of Python (lambdas, closures, local
@@ -37,7 +47,7 @@ class Serde:
     def __init__(self, secret: bytes | None = None) -> None:
         self._secret = secret
 
-    def dumps(self, value: Any, what: str) -> bytes:
+    def dumps(self, value: Any, what: What) -> bytes:
         """Serialize value; SerializationError names `what` it was and why it failed."""
         try:
             data = _PICKLE + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -46,7 +56,7 @@ class Serde:
                 data = _DILL + dill.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(
-                    f"cannot serialize {what}: {type(value).__name__} {_short(value)} "
+                    f"cannot serialize {_say(what)}: {type(value).__name__} {_short(value)} "
                     f"({type(exc).__name__}: {exc}). Values that cross a yield, and a "
                     f"run's arguments and result, must be picklable by dill; pass an id "
                     f"or plain data instead of live objects (connections, files, locks)."
@@ -56,7 +66,7 @@ class Serde:
             data = _SIGNED + sig + data
         return data
 
-    def dumps_checked(self, value: Any, what: str) -> tuple[bytes, Any]:
+    def dumps_checked(self, value: Any, what: What) -> tuple[bytes, Any]:
         """Serialize and read back: returns the bytes and the copy a replay would see."""
         data = self.dumps(value, what)
         if type(value) in _SAFE:
@@ -65,27 +75,28 @@ class Serde:
             copy = self.loads(data, what)
         except CorruptPayload as exc:
             raise SerializationError(
-                f"{what} serializes but cannot be read back "
+                f"{_say(what)} serializes but cannot be read back "
                 f"({exc.__cause__ or exc}); a replay could never see it. Make "
                 f"{type(value).__name__} picklable both ways (see __reduce__)."
             ) from exc
         return data, copy
 
-    def loads(self, data: bytes, what: str) -> Any:
+    def loads(self, data: bytes, what: What) -> Any:
         """Read a payload back; CorruptPayload if it is damaged or its signature fails."""
         if data[:1] == _SIGNED:
             sig, data = data[1 : 1 + _SIG_LEN], data[1 + _SIG_LEN :]
             if self._secret is None:
-                raise CorruptPayload(f"{what} is signed; open the engine with its secret")
+                raise CorruptPayload(f"{_say(what)} is signed; open the engine with its secret")
             expected = hmac.new(self._secret, data, hashlib.sha256).digest()
             if not hmac.compare_digest(sig, expected):
                 raise CorruptPayload(
-                    f"{what} failed its signature check: the database was changed outside "
+                    f"{_say(what)} failed its signature check: the database was changed outside "
                     f"contengine or the secret is wrong; nothing was loaded"
                 )
         elif self._secret is not None:
             raise CorruptPayload(
-                f"{what} is not signed but this engine requires signatures; nothing was loaded"
+                f"{_say(what)} is not signed but this engine requires signatures; "
+                f"nothing was loaded"
             )
         tag, body = data[:1], data[1:]
         try:
@@ -95,12 +106,12 @@ class Serde:
                 return dill.loads(body)
         except Exception as exc:
             raise CorruptPayload(
-                f"{what} cannot be read back ({type(exc).__name__}: {exc}); the stored "
+                f"{_say(what)} cannot be read back ({type(exc).__name__}: {exc}); the stored "
                 f"bytes are left as they are"
             ) from exc
-        raise CorruptPayload(f"{what} has an unknown format tag {tag!r}; nothing was loaded")
+        raise CorruptPayload(f"{_say(what)} has an unknown format tag {tag!r}; nothing was loaded")
 
-    def dumps_error(self, exc: BaseException, what: str, stand_in: type[StepFailed]) -> bytes:
+    def dumps_error(self, exc: BaseException, what: What, stand_in: type[StepFailed]) -> bytes:
         """Serialize an exception, or a stand_in carrying its type, message and traceback."""
         try:
             data, copy = self.dumps_checked(exc, what)
