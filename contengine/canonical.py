@@ -26,6 +26,10 @@ MAX_KEY = 200
 MAX_TEXT = 300
 
 
+# Types whose repr() is already their canonical text.
+_SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
+
+
 class _NotCanonical(Exception):
     pass
 
@@ -84,8 +88,12 @@ def _enc(value: Any, out: list[str]) -> None:
 
 def canonical_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
     """The canonical text of a call's arguments, or None when they have none."""
-    if not kwargs and all(type(a) is int or type(a) is str for a in args):
-        return ", ".join(map(repr, args))  # the common case, without the walk
+    if not kwargs:
+        for a in args:
+            if type(a) not in _SCALARS:
+                break
+        else:
+            return ", ".join(map(repr, args))  # the common case, without the walk
     out: list[str] = []
     try:
         for i, a in enumerate(args):

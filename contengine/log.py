@@ -9,6 +9,19 @@ from .serde import Serde
 from .store.base import E_COMPLETED, E_FAILED, EntryRow
 
 
+def decode_outcome(serde: Serde, e: EntryRow | Entry) -> Outcome | None:
+    """A log entry's outcome read from its stored bytes; None while it is in flight."""
+    status = e.status
+    if status != E_COMPLETED and status != E_FAILED:
+        return None
+    data = e.outcome if isinstance(e, EntryRow) else e._data
+    value = serde.loads(
+        data or b"",
+        lambda: f"the outcome of {e.kind} {e.name!r} at position {e.position} of run {e.run_id!r}",
+    )
+    return Outcome(status == E_COMPLETED, value)
+
+
 class Entry:
     """One request in a run's log: position, kind, name, status, attempts and outcome."""
 
@@ -49,18 +62,7 @@ class Entry:
 
     def outcome(self) -> Outcome | None:
         """The recorded outcome, decoded afresh each time; None while in flight."""
-        status = self.status
-        if status == E_COMPLETED:
-            return Outcome(True, self._serde.loads(self._data or b"", self._what()))
-        if status == E_FAILED:
-            return Outcome(False, self._serde.loads(self._data or b"", self._what()))
-        return None
-
-    def _what(self) -> str:
-        return (
-            f"the outcome of {self.kind} {self.name!r} at position {self.position} "
-            f"of run {self.run_id!r}"
-        )
+        return decode_outcome(self._serde, self)
 
     @property
     def done(self) -> bool:

@@ -9,6 +9,7 @@ leaves either the old state or the new one.
 
 from __future__ import annotations
 
+import copy
 import threading
 import traceback
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from .errors import (
     Timeout,
     WorkflowFailed,
 )
-from .log import Entry
+from .log import decode_outcome
 from .requests import StepCall
 from .serde import Serde
 from .store.base import (
@@ -85,8 +86,13 @@ class Runner:
                 f"run {run.id!r} cannot be rebuilt: its recorded arguments no longer fit "
                 f"workflow {wf.name!r} ({exc}). Restore the signature; the run is kept."
             ) from exc
-        history = [Entry(row, self.serde) for row in self.store.load_log(run.id)]
-        driver = Driver(gen, history, label=f"workflow {wf.name!r} (run {run.id!r})")
+        serde = self.serde
+        driver = Driver(
+            gen,
+            self.store.load_log(run.id),
+            label=f"workflow {wf.name!r} (run {run.id!r})",
+            decode=lambda row: decode_outcome(serde, row),
+        )
         _Drive(self, run, wf, driver, wait, deadline).go()
 
 
@@ -261,7 +267,7 @@ class _Drive:
 
     def _finished_outcome(self, entry: EntryRow) -> Outcome:
         # Read back what was stored, so the live run sees exactly what a replay will.
-        return Entry(entry, self.r.serde).outcome()  # type: ignore[return-value]
+        return decode_outcome(self.r.serde, entry)  # type: ignore[return-value]
 
     def _execute(self, entry: EntryRow, request: StepCall[Any]) -> tuple[bool, Any, str]:
         token = _current.set(
@@ -315,22 +321,8 @@ class _Drive:
 
 
 def _row_of(rec: Any) -> EntryRow:
-    return EntryRow(
-        rec.run_id,
-        rec.position,
-        rec.kind,
-        rec.name,
-        rec.key,
-        rec.text,
-        rec.status,
-        rec.attempts,
-        rec.crashes,
-        rec.started_at,
-        rec.finished_at,
-        rec.due_at,
-        rec._data,
-        rec.error_text,
-    )
+    # A copy: the drive changes its entry as attempts go by, the log it read stays as read.
+    return copy.copy(rec)  # type: ignore[no-any-return]
 
 
 def _call_with_timeout(request: StepCall[Any], timeout: float, attempt: int) -> Any:

@@ -337,22 +337,14 @@ class SQLiteStore(Store):
             except DatabaseError:
                 return []
             rows = self._read(
-                f"SELECT {_LOG_COLS} FROM log WHERE id BETWEEN ? AND ? ORDER BY id",
+                f"SELECT id & {POSITION_MASK}, kind, name, key, coalesce(text, key), status, "
+                f"attempts, crashes, started_at, finished_at, due_at, outcome, error_text "
+                f"FROM log WHERE id BETWEEN ? AND ? ORDER BY id",
                 (lo, lo | POSITION_MASK),
             )
-        # text is stored as NULL when it equals key (the usual case), to keep rows small.
-        return [
-            EntryRow(
-                run_id,
-                r[0] & POSITION_MASK,
-                r[1],
-                r[2],
-                r[3],
-                r[3] if r[4] is None else r[4],
-                *r[5:],
-            )
-            for r in rows
-        ]
+        # text is stored as NULL when it equals key (the usual case), to keep rows small;
+        # the query puts it back.
+        return [EntryRow(run_id, *r) for r in rows]
 
     def commit(self, progress: Progress) -> None:
         # The per-step path: written out rather than through _tx() to save the
