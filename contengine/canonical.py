@@ -88,14 +88,14 @@ def _enc(value: Any, out: list[str]) -> None:
 
 def canonical_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
     """The canonical text of a call's arguments, or None when they have none."""
-    if not kwargs:
-        for a in args:
-            if type(a) not in _SCALARS:
-                break
-        else:
-            return ", ".join(map(repr, args))  # the common case, without the walk
     out: list[str] = []
     try:
+        if not kwargs:
+            for a in args:
+                if type(a) not in _SCALARS:
+                    break
+            else:
+                return ", ".join(map(repr, args))  # the common case, without the walk
         for i, a in enumerate(args):
             if i:
                 out.append(", ")
@@ -105,7 +105,7 @@ def canonical_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | No
                 out.append(", ")
             out.append(k + "=")
             _enc(kwargs[k], out)
-    except (_NotCanonical, RecursionError):
+    except Exception:  # _NotCanonical, RecursionError, or a repr() that refuses (huge ints)
         return None
     return "".join(out)
 
@@ -120,9 +120,16 @@ def display_call(args: tuple[Any, ...], kwargs: Mapping[str, Any], text: str | N
     """Readable, bounded text of a call's arguments for logs and diffs."""
     if text is not None and len(text) <= MAX_TEXT:
         return text
-    parts = [_short.repr(a) for a in args] + [f"{k}={_short.repr(v)}" for k, v in kwargs.items()]
+    parts = [_safe_repr(a) for a in args] + [f"{k}={_safe_repr(v)}" for k, v in kwargs.items()]
     joined = ", ".join(parts)
     return joined if len(joined) <= MAX_TEXT else joined[: MAX_TEXT - 3] + "..."
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return _short.repr(value)
+    except Exception:  # a broken __repr__ must not stop a run
+        return f"<{type(value).__name__}>"
 
 
 def key_of(text: str | None) -> str | None:

@@ -98,6 +98,7 @@ class Engine:
         # Runs this engine could not rebuild, with the reason. Kept in memory only:
         # a process with fixed code (or the missing module) tries them afresh.
         self._stuck: dict[str, ContengineError] = {}
+        self._active: set[str] = set()  # runs being driven now, by this engine
 
     # -- starting ------------------------------------------------------------
 
@@ -114,13 +115,15 @@ class Engine:
         if not isinstance(run_id, str) or not run_id:
             raise ValueError(f"a run id must be a non-empty string, not {run_id!r}")
         try:
-            data = self.serde.dumps((args, kwargs), f"the arguments of run {run_id!r}")
+            # Read back now: arguments that could not be read later would leave the
+            # run impossible to rebuild.
+            data = self.serde.dumps_checked((args, kwargs), f"the arguments of run {run_id!r}")[0]
         except SerializationError:
             # Name the offending argument rather than the whole tuple.
             for i, a in enumerate(args):
-                self.serde.dumps(a, f"argument {i} of run {run_id!r} ({wf.name})")
+                self.serde.dumps_checked(a, f"argument {i} of run {run_id!r} ({wf.name})")
             for k, v in kwargs.items():
-                self.serde.dumps(v, f"argument {k!r} of run {run_id!r} ({wf.name})")
+                self.serde.dumps_checked(v, f"argument {k!r} of run {run_id!r} ({wf.name})")
             raise
         args_key = key_of(canonical_call(args, kwargs))
         now = self.clock.now()
@@ -155,42 +158,55 @@ class Engine:
         """Drive every run that is due now, in this thread, until none is left."""
         report = IdleReport()
         with self._lock:
-            seen_stuck: set[str] = set()
+            passed: set[str] = set()  # stuck, or driven by a caller up the stack
             while True:
-                ids = [i for i in self.store.runnable(self.clock.now()) if i not in seen_stuck]
+                ids = [i for i in self.store.runnable(self.clock.now()) if i not in passed]
                 if not ids:
                     break
                 for run_id in ids:
+                    if run_id in self._active:
+                        passed.add(run_id)
+                        continue
                     report.driven += 1
                     try:
-                        self._drive(run_id, wait=False)
+                        finished = self._drive(run_id)
                     except DatabaseError:
                         raise  # the database's trouble, not the run's
                     except ContengineError as exc:
-                        seen_stuck.add(run_id)
+                        passed.add(run_id)
                         report.stuck[run_id] = exc
                         continue
-                    row = self.store.get_run(run_id)
-                    if row is not None and row.status in FINISHED:
+                    if finished:
                         report.finished.append(run_id)
             report.next_due = self.store.next_due()
         return report
 
-    def _drive(self, run_id: str, *, wait: bool, deadline: float | None = None) -> None:
+    def _drive(self, run_id: str) -> bool:
+        """Drive one run as far as it goes now; True if it is finished."""
         with self._lock:
+            if run_id in self._active:
+                raise ContengineError(
+                    f"run {run_id!r} is already being driven by this engine, further up "
+                    f"this thread's stack: a step cannot wait for the run it belongs to"
+                )
             row = self._row(run_id)
+            self._active.add(run_id)
             try:
-                self._runner.drive(row, wait=wait, deadline=deadline)
+                self._runner.drive(row)
+                finished = True
             except NotDue:
-                return
-            except (Timeout, DatabaseError):
+                finished = False
+            except DatabaseError:
                 raise  # not the run's fault: leave it unmarked
             except ContengineError as exc:
                 self._mark_stuck(row, exc)
                 raise
+            finally:
+                self._active.discard(run_id)
             if run_id in self._stuck or row.note is not None:
                 self._stuck.pop(run_id, None)
                 self.store.set_note(run_id, None)
+            return finished
 
     def _mark_stuck(self, row: RunRow, exc: ContengineError) -> None:
         first = str(exc).splitlines()[0]
@@ -209,11 +225,28 @@ class Engine:
                 return self.serde.loads(row.result or b"", f"the result of run {run_id!r}")
             if row.status in FINISHED:
                 raise self.serde.loads(row.error or b"", f"the exception of run {run_id!r}")
-            self._drive(run_id, wait=True, deadline=deadline)
-            if deadline is not None and clock.monotonic() >= deadline:
-                row = self._row(run_id)
-                if row.status not in FINISHED:
-                    raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
+            remaining = None if deadline is None else deadline - clock.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
+            if not self._lock.acquire(timeout=-1 if remaining is None else remaining):
+                continue  # another thread held the engine until the deadline
+            try:
+                finished = self._drive(run_id)
+            finally:
+                self._lock.release()
+            if finished:
+                continue
+            # The run waits for a retry: sleep without holding the engine, then
+            # drive again (a replay of its log, which costs little next to the delay).
+            due = self.store.get_run(run_id)
+            wait = (due.due_at or 0.0) - clock.now() if due is not None else 0.0
+            if remaining is not None and wait > deadline - clock.monotonic():  # type: ignore[operator]
+                clock.sleep(max(deadline - clock.monotonic(), 0.0))  # type: ignore[operator]
+                raise Timeout(
+                    f"run {run_id!r} did not finish within {timeout:g} s (its next attempt "
+                    f"is due in {wait:.3g} s)"
+                )
+            clock.sleep(wait)
 
     # -- looking -------------------------------------------------------------
 
@@ -260,7 +293,7 @@ class Engine:
 
     def _resolve(self, workflow: Workflow[Any, Any] | str) -> Workflow[Any, Any]:
         if isinstance(workflow, Workflow):
-            self._workflows.setdefault(workflow.name, workflow)
+            self._workflows[workflow.name] = workflow  # the newest definition wins
             return workflow
         if isinstance(workflow, str):
             return lookup(workflow, None, self._workflows)

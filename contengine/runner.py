@@ -21,6 +21,7 @@ from .errors import (
     ContengineError,
     CrashLoop,
     InvalidYield,
+    NonDeterminismError,
     SerializationError,
     StepFailed,
     Timeout,
@@ -48,7 +49,11 @@ from .workflow import Workflow, _current
 
 
 class NotDue(Exception):
-    """Internal: the run waits for a time that has not come (and we may not wait)."""
+    """The run waits for a retry that is due at `due_at`; nothing more can be done now."""
+
+    def __init__(self, due_at: float) -> None:
+        super().__init__(due_at)
+        self.due_at = due_at
 
 
 class Runner:
@@ -68,12 +73,12 @@ class Runner:
 
     # -- rebuilding -----------------------------------------------------------
 
-    def drive(self, run: RunRow, *, wait: bool, deadline: float | None = None) -> None:
-        """Carry the run as far as it can go now (or, if wait, to its end or deadline).
+    def drive(self, run: RunRow) -> None:
+        """Carry the run as far as it can go now: to its end, or NotDue for a later retry.
 
         Raises the ContengineError that stops a run from being rebuilt (unknown
         workflow, nondeterminism, invalid yield, corrupt payload); the log is then
-        unchanged. Returns when the run finished or waits for a time not yet due.
+        unchanged. Waiting is left to the caller, who need not hold any lock meanwhile.
         """
         if run.status in FINISHED:
             return
@@ -93,7 +98,11 @@ class Runner:
             label=f"workflow {wf.name!r} (run {run.id!r})",
             decode=lambda row: decode_outcome(serde, row),
         )
-        _Drive(self, run, wf, driver, wait, deadline).go()
+        try:
+            _Drive(self, run, wf, driver).go()
+        except NonDeterminismError as exc:
+            exc.run_id = run.id
+            raise
 
 
 class _Drive:
@@ -105,27 +114,27 @@ class _Drive:
         run: RunRow,
         wf: Workflow[Any, Any],
         driver: Driver,
-        wait: bool,
-        deadline: float | None,
     ) -> None:
         self.r = runner
         self.run = run
         self.wf = wf
         self.driver = driver
-        self.wait = wait
-        self.deadline = deadline
         self.status = run.status
         self.due_at = run.due_at
         # The outcome of the previous request, to be committed with whatever
         # comes next (the next request, or the run's end).
         self.carry: EntryRow | None = None
+        # The attempts count of the entry in flight as last committed: every update
+        # must find it unchanged, so a second driver of the same run cannot
+        # overwrite the first one's progress (the update fails instead).
+        self.stored_attempts = 0
 
     def go(self) -> None:
         try:
             self._go()
-        except ContengineError:
+        except Exception:
             # A step's outcome is a fact even if the code after it cannot go on
-            # (an invalid yield, say): keep it, so the step never runs twice.
+            # (an invalid yield, an engine error): keep it, so the step never runs twice.
             if self.carry is not None:
                 self._commit()
             raise
@@ -185,8 +194,10 @@ class _Drive:
                 now,
             )
             self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
+            self.stored_attempts = 1
         else:
             entry = _row_of(rec)
+            self.stored_attempts = entry.attempts
             self._resume_entry(entry, request, now)
             if entry.status != E_RUNNING:  # a crash loop was declared: the outcome is final
                 return self._finished_outcome(entry)
@@ -207,9 +218,8 @@ class _Drive:
                 )
                 self._fail_entry(entry, err, "", now)
                 return
-        elif entry.status == E_RETRYING:
-            self._wait_until(entry.due_at or now)
-            now = self.r.clock.now()
+        elif entry.status == E_RETRYING and entry.due_at is not None and entry.due_at > now:
+            raise NotDue(entry.due_at)
         entry.status = E_RUNNING
         entry.attempts += 1
         entry.due_at = None
@@ -218,9 +228,11 @@ class _Drive:
     def _attempts(self, entry: EntryRow, request: StepCall[Any]) -> Outcome:
         """Run attempts until the step succeeds or its retries are spent."""
         opts = request.options
+        args, kwargs = self._step_arguments(request)
         while True:
-            ok, value, tb = self._execute(entry, request)
+            ok, value, tb = self._execute(entry, request, args, kwargs)
             now = self.r.clock.now()
+            retryable = True
             if ok:
                 try:
                     data, copy = self.r.serde.dumps_checked(
@@ -231,20 +243,28 @@ class _Drive:
                         ),
                     )
                 except SerializationError as exc:
+                    # Running the step again would repeat its effects for nothing:
+                    # the same kind of value would be refused again.
                     ok, value, tb = False, exc, "".join(traceback.format_exception(exc))
+                    retryable = False
                 else:
                     entry.status, entry.finished_at, entry.outcome = E_COMPLETED, now, data
                     self.carry = entry
                     return Outcome(True, copy)
             failures = entry.attempts - entry.crashes
-            if isinstance(value, opts.retry_on) and failures <= opts.retries:
+            if _bad_call(value):
+                retryable = False
+                value.add_note(
+                    f"contengine: step {request.name!r} was called with arguments it does "
+                    f"not accept; it was not retried"
+                )
+            if retryable and isinstance(value, opts.retry_on) and failures <= opts.retries:
                 delay = opts.backoff.delay(failures)
                 entry.error_text = tb
                 if delay > 0:
                     entry.status, entry.due_at = E_RETRYING, now + delay
                     self._commit(update=entry, run=self._run_update(RUNNING, entry.due_at, now))
-                    self._wait_until(entry.due_at)
-                    now = self.r.clock.now()
+                    raise NotDue(entry.due_at)
                 entry.status, entry.due_at = E_RUNNING, None
                 entry.attempts += 1
                 self._commit(update=entry, run=self._run_update(RUNNING, None, now))
@@ -269,15 +289,38 @@ class _Drive:
         # Read back what was stored, so the live run sees exactly what a replay will.
         return decode_outcome(self.r.serde, entry)  # type: ignore[return-value]
 
-    def _execute(self, entry: EntryRow, request: StepCall[Any]) -> tuple[bool, Any, str]:
+    def _step_arguments(self, request: StepCall[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments a step is called with: copies, unless they are plain scalars.
+
+        A replay never runs the step, so a step that changed an argument in place
+        would make the live run and its replay see different objects. Handing the
+        step a copy (read back from its serialized form) keeps them the same.
+        """
+        args, kwargs = request.args, request.kwargs
+        if not kwargs and all(type(a) in _SCALARS for a in args):
+            return args, kwargs
+        serde = self.r.serde
+        try:
+            copied = serde.loads(serde.dumps((args, kwargs), "step arguments"), "step arguments")
+        except ContengineError:
+            return args, kwargs  # not serializable: nothing a replay could differ on either
+        return copied  # type: ignore[no-any-return]
+
+    def _execute(
+        self,
+        entry: EntryRow,
+        request: StepCall[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[bool, Any, str]:
         token = _current.set(
             (self.run.id, self.wf.name, request.name, entry.position, entry.attempts)
         )
         try:
             timeout = request.options.timeout
             if timeout is None:
-                return True, request.step.fn(*request.args, **request.kwargs), ""
-            return True, _call_with_timeout(request, timeout, entry.attempts), ""
+                return True, request.step.fn(*args, **kwargs), ""
+            return True, _call_with_timeout(request, args, kwargs, timeout, entry.attempts), ""
         except Exception as exc:
             return False, exc, "".join(traceback.format_exception(exc))
         finally:
@@ -300,24 +343,14 @@ class _Drive:
         # A carried outcome is always flushed by the next commit, and the only
         # writes that update an entry happen when nothing is carried.
         assert self.carry is None or update is None
-        self.r.store.commit(Progress(self.run.id, update or self.carry, insert, run))
+        entry = update or self.carry
+        expect = self.stored_attempts if entry is not None else None
+        self.r.store.commit(Progress(self.run.id, entry, insert, run, expect))
+        if entry is not None:
+            self.stored_attempts = entry.attempts
         self.carry = None
         if run is not None:
             self.status, self.due_at = run.status, run.due_at
-
-    def _wait_until(self, due: float) -> None:
-        clock = self.r.clock
-        delay = due - clock.now()
-        if delay <= 0:
-            return
-        if not self.wait:
-            raise NotDue
-        if self.deadline is not None and clock.monotonic() + delay > self.deadline:
-            raise Timeout(
-                f"run {self.run.id!r} did not finish in time: its next attempt is due "
-                f"in {delay:.3g} s"
-            )
-        clock.sleep(delay)
 
 
 def _row_of(rec: Any) -> EntryRow:
@@ -325,7 +358,25 @@ def _row_of(rec: Any) -> EntryRow:
     return copy.copy(rec)  # type: ignore[no-any-return]
 
 
-def _call_with_timeout(request: StepCall[Any], timeout: float, attempt: int) -> Any:
+_SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
+
+
+def _bad_call(exc: BaseException) -> bool:
+    """Whether a TypeError came from calling the step, before its body began.
+
+    Such an attempt failed on the arguments alone: retrying cannot help.
+    """
+    tb = exc.__traceback__
+    return isinstance(exc, TypeError) and tb is not None and tb.tb_next is None
+
+
+def _call_with_timeout(
+    request: StepCall[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
+    attempt: int,
+) -> Any:
     """Run the step in a helper thread and stop waiting for it after timeout seconds.
 
     Python cannot kill a thread: a timed-out attempt keeps running in the
@@ -339,7 +390,7 @@ def _call_with_timeout(request: StepCall[Any], timeout: float, attempt: int) -> 
 
     def target() -> None:
         try:
-            box.append((True, ctx.run(request.step.fn, *request.args, **request.kwargs)))
+            box.append((True, ctx.run(request.step.fn, *args, **kwargs)))
         except BaseException as exc:  # handed to the waiting thread below
             box.append((False, exc))
 

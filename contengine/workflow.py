@@ -6,6 +6,7 @@ import contextvars
 import importlib
 import inspect
 import threading
+import types
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -32,6 +33,12 @@ class Step(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         """Make a request to run this step; nothing runs until a workflow yields it."""
         return StepCall(self, args, kwargs, self.options_)
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        """A step defined in a class: bound to the instance, under the same name."""
+        if obj is None:
+            return self
+        return Step(types.MethodType(self.fn, obj), self.name, self.options_)
 
     def options(
         self,
@@ -121,8 +128,7 @@ def lookup(name: str, ref: str | None, extra: dict[str, Workflow[Any, Any]]) -> 
             return wf
     raise WorkflowNotFound(
         f"workflow {name!r} ({ref or 'no import path'}) cannot be found: {problem}. "
-        f"Import the module that defines it before driving runs, or pass it to "
-        f"ce.Engine(..., workflows=[...]). The run is kept as it is."
+        f"Import the module that defines it, or pass it to ce.Engine(..., workflows=[...])."
     )
 
 

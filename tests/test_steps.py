@@ -470,7 +470,10 @@ def test_an_uncaught_step_failed_fails_the_run(engine: ce.Engine) -> None:
     [lambda: (i for i in range(2)), Unreadable],
     ids=["cannot-write", "cannot-read-back"],
 )
-def test_an_unserializable_step_result_is_a_failed_attempt(engine: ce.Engine, bad: Any) -> None:
+def test_an_unserializable_step_result_fails_the_step_without_retry(
+    engine: ce.Engine, bad: Any
+) -> None:
+    """Running the step again would only repeat its effects: the result is refused at once."""
     calls: list[int] = []
 
     @ce.step(name="leaky", retries=1, backoff=0)
@@ -487,21 +490,10 @@ def test_an_unserializable_step_result_is_a_failed_attempt(engine: ce.Engine, ba
 
     message = engine.run(wf, id="leaky")
     assert "result of step 'leaky'" in message
-    assert len(calls) == 2
+    assert len(calls) == 1
     (entry,) = engine.history("leaky")
-    assert (entry.status, entry.attempts) == ("failed", 2)
+    assert (entry.status, entry.attempts) == ("failed", 1)
     assert isinstance(entry.error, ce.SerializationError)
-
-
-def test_an_unserializable_result_is_retried_until_a_good_one(engine: ce.Engine) -> None:
-    results: list[Any] = [(i for i in range(2)), "good"]
-
-    @ce.step(retries=1, backoff=0)
-    def sometimes() -> Any:
-        return results.pop(0)
-
-    assert engine.run(one_step(sometimes), id="retry-result") == "good"
-    assert engine.history("retry-result")[0].attempts == 2
 
 
 # -- run_until_idle and backoff -------------------------------------------------------------

@@ -82,6 +82,10 @@ class Progress:
     update: EntryRow | None = None  # an existing entry's new state
     insert: EntryRow | None = None  # the next request, now in flight
     run: RunUpdate | None = None
+    # When set, the update applies only if the stored entry still has this many
+    # attempts (and is in flight); otherwise the whole commit fails. This fences
+    # out a second writer of the same run.
+    expect_attempts: int | None = None
 
 
 class Store(ABC):

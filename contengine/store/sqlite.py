@@ -14,6 +14,7 @@ from .base import (
     E_COMPLETED,
     E_RUNNING,
     FINISHED,
+    RUN_STATUSES,
     EntryRow,
     Progress,
     RunRow,
@@ -100,21 +101,22 @@ _INSERT_NEW_ENTRY = (
 _COMPLETE_ENTRY = (
     "UPDATE log SET status = 'completed', attempts = ?, crashes = ?, finished_at = ?, "
     "due_at = NULL, outcome = ?, error_text = ? WHERE id = ? "
-    "AND status IN ('running', 'retrying')"
+    "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
 )
 # Only an entry still in flight may change: a finished outcome is final, and a
 # write that finds none was raced by another writer of the same run.
 _UPDATE_ENTRY = (
     "UPDATE log SET status = ?, attempts = ?, crashes = ?, finished_at = ?, due_at = ?, "
     "outcome = ?, error_text = ? WHERE id = ? "
-    "AND status IN ('running', 'retrying')"
+    "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
 )
 _UPDATE_RUN = (
     "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
     "error = ?, error_text = ? WHERE id = ?"
 )
 _NUM_CACHE = 10_000
-_FINISHED_SQL = ", ".join(f"'{s}'" for s in sorted(FINISHED))
+# Listed positively so that SQLite can use the (status, due_at) index.
+_UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
 
 
 class SQLiteStore(Store):
@@ -376,18 +378,19 @@ class SQLiteStore(Store):
             if e.status == E_COMPLETED and e.due_at is None:
                 sql, params = _COMPLETE_ENTRY, (
                     e.attempts, e.crashes, e.finished_at, e.outcome, e.error_text,
-                    base | e.position,
+                    base | e.position, p.expect_attempts,
                 )  # fmt: skip
             else:
                 sql, params = _UPDATE_ENTRY, (
                     e.status, e.attempts, e.crashes, e.finished_at, e.due_at, e.outcome,
-                    e.error_text, base | e.position,
+                    e.error_text, base | e.position, p.expect_attempts,
                 )  # fmt: skip
             if conn.execute(sql, params).rowcount != 1:
                 raise DatabaseError(
-                    f"entry {e.position} of run {e.run_id!r} is not in flight in "
-                    f"{self.path!r} (another process may be driving this run); nothing "
-                    f"was written"
+                    f"entry {e.position} of run {e.run_id!r} changed underneath this writer "
+                    f"in {self.path!r}: it is no longer in flight with the attempts this "
+                    f"writer expected, so another engine is driving the same run. Nothing "
+                    f"was written; let one engine drive a file at a time."
                 )
         if p.insert is not None:
             e = p.insert
@@ -425,7 +428,7 @@ class SQLiteStore(Store):
 
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         sql = (
-            f"SELECT id FROM runs WHERE status NOT IN ({_FINISHED_SQL}) "
+            f"SELECT id FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
             f"AND (due_at IS NULL OR due_at <= ?) ORDER BY num"
         )
         if limit is not None:
@@ -434,7 +437,7 @@ class SQLiteStore(Store):
 
     def next_due(self) -> float | None:
         rows = self._read(
-            f"SELECT min(due_at) FROM runs WHERE status NOT IN ({_FINISHED_SQL}) "
+            f"SELECT min(due_at) FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
             f"AND due_at IS NOT NULL"
         )
         value = rows[0][0]
