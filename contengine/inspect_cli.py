@@ -35,7 +35,9 @@ def main(args: argparse.Namespace) -> int:
         # Opening a missing path would create an empty database; a typo should not.
         _error(f"no database at {args.db!r}")
         return 1
-    with Engine(args.db) as engine:
+    # Signed databases: the secret comes from the environment, never the command line.
+    secret = os.environ.get("CONTENGINE_SECRET")
+    with Engine(args.db, secret=secret.encode() if secret else None) as engine:
         if args.command == "runs":
             return _runs(engine, args.status, args.workflow)
         return _show(engine, args.run_id)

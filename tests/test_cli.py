@@ -277,6 +277,19 @@ def test_show_of_a_signed_database_still_prints_the_timeline(
     assert step.endswith("(unreadable here: it is signed; open the engine with its secret)")
 
 
+def test_show_reads_a_signed_database_with_the_secret_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "signed.db")
+    _flaky_calls.clear()
+    with ce.Engine(path, secret=b"k" * 32) as engine:
+        engine.run(wf_ok, "s", id="signed")
+    monkeypatch.setenv("CONTENGINE_SECRET", "k" * 32)
+    code, out, _ = run_cli(capsys, "show", "--db", path, "signed")
+    assert code == 0
+    assert "unreadable" not in out
+
+
 def test_runs_through_python_dash_m(db: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("CONTENGINE_DB", None)
