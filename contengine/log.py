@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, overload
 
 from .driver import Outcome
+from .errors import CorruptPayload
 from .serde import Serde
-from .store.base import E_COMPLETED, E_FAILED, EntryRow
+from .store.base import E_COMPLETED, E_FAILED, EntryRow, Store
 
 
 def decode_outcome(serde: Serde, e: EntryRow | Entry) -> Outcome | None:
@@ -15,11 +17,59 @@ def decode_outcome(serde: Serde, e: EntryRow | Entry) -> Outcome | None:
     if status != E_COMPLETED and status != E_FAILED:
         return None
     data = e.outcome if isinstance(e, EntryRow) else e._data
-    value = serde.loads(
-        data or b"",
-        lambda: f"the outcome of {e.kind} {e.name!r} at position {e.position} of run {e.run_id!r}",
-    )
+    try:
+        value = serde.loads(data or b"", _GENERIC)
+    except CorruptPayload as exc:  # say which entry, on the rare path only
+        which = f"the outcome of {e.kind} {e.name!r} at position {e.position} of run {e.run_id!r}"
+        raise CorruptPayload(str(exc).replace(_GENERIC, which, 1)) from exc.__cause__
     return Outcome(status == E_COMPLETED, value)
+
+
+_GENERIC = "a log entry's outcome"
+
+
+class StreamedLog(Sequence[EntryRow]):
+    """A run's log, read in growing chunks as replay reaches them.
+
+    A long log does not delay the workflow's first line: the first chunk is small,
+    and the rest is read while the replay is already under way.
+    """
+
+    FIRST_CHUNK = 64
+    CHUNK = 4096
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._rows: list[EntryRow] = []
+        self._length = store.log_length(run_id)
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> EntryRow: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[EntryRow]: ...
+    def __getitem__(self, index: int | slice) -> EntryRow | Sequence[EntryRow]:
+        if isinstance(index, slice) or index < 0:
+            self._load(self._length)
+            return self._rows[index]
+        rows = self._rows
+        if index >= len(rows):
+            self._load(index + 1)
+        return rows[index]
+
+    def _load(self, count: int) -> None:
+        rows = self._rows
+        while len(rows) < min(count, self._length):
+            chunk = self.FIRST_CHUNK if not rows else self.CHUNK
+            more = self._store.load_log(self._run_id, len(rows), chunk)
+            if not more:
+                break
+            rows.extend(more)
+        if count > len(rows) and count <= self._length:
+            raise IndexError(count - 1)
 
 
 class Entry:

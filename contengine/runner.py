@@ -27,7 +27,7 @@ from .errors import (
     Timeout,
     WorkflowFailed,
 )
-from .log import decode_outcome
+from .log import StreamedLog, decode_outcome
 from .requests import StepCall
 from .serde import Serde
 from .store.base import (
@@ -94,7 +94,7 @@ class Runner:
         serde = self.serde
         driver = Driver(
             gen,
-            self.store.load_log(run.id),
+            StreamedLog(self.store, run.id),
             label=f"workflow {wf.name!r} (run {run.id!r})",
             decode=lambda row: decode_outcome(serde, row),
         )

@@ -331,3 +331,62 @@ def test_a_stuck_note_is_cleared_once_the_run_moves_again(tmp_path: Path) -> Non
     assert report.finished == [] and len(attempts) == 2
     assert engine.get_run("r").note is None
     assert engine.get_run("r").result() == "ok"
+
+
+def test_a_long_log_is_replayed_in_chunks_and_the_body_starts_first(tmp_path: Path) -> None:
+    """Replay reads the log as it goes: the workflow runs before most of the log is read."""
+    from contengine.log import StreamedLog
+
+    path = tmp_path / "e.db"
+    steps = StreamedLog.FIRST_CHUNK + StreamedLog.CHUNK + 10  # crosses two chunk edges
+
+    class Crash(BaseException):
+        pass
+
+    state = {"crash": True, "reads_at_start": -1}
+    ran: list[int] = []
+
+    @ce.step(name="edges.inc")
+    def inc(i: int) -> int:
+        ran.append(i)
+        return i + 1
+
+    @ce.step(name="edges.tail")
+    def tail() -> str:
+        if state["crash"]:
+            raise Crash
+        return "end"
+
+    engine = ce.Engine(path, durability="normal")
+    reads: list[tuple[int, int | None]] = []
+    real_load = engine.store.load_log
+
+    def counting_load(run_id: str, start: int = 0, limit: int | None = None) -> Any:
+        reads.append((start, limit))
+        return real_load(run_id, start, limit)
+
+    @ce.workflow(name="edges.long")
+    def wf() -> Flow:
+        state["reads_at_start"] = len(reads)
+        total = 0
+        for i in range(steps):
+            total = yield inc(i)
+        return total, (yield tail())
+
+    with pytest.raises(Crash):
+        engine.run(wf, id="r")
+    assert len(ran) == steps
+    engine.close()
+
+    state["crash"] = False
+    resumed = ce.Engine(path, durability="normal")
+    real_load = resumed.store.load_log
+    resumed.store.load_log = counting_load  # type: ignore[method-assign]
+    assert resumed.run(wf, id="r") == (steps, "end")
+    assert len(ran) == steps  # nothing ran again
+    assert state["reads_at_start"] == 0  # the body began before any row was read
+    assert reads[:3] == [
+        (0, StreamedLog.FIRST_CHUNK),
+        (StreamedLog.FIRST_CHUNK, StreamedLog.CHUNK),
+        (StreamedLog.FIRST_CHUNK + StreamedLog.CHUNK, StreamedLog.CHUNK),
+    ]

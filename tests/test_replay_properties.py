@@ -284,9 +284,13 @@ class CrashingStore(Store):
         """Delegated."""
         return self.inner.list_runs(status, workflow, limit)
 
-    def load_log(self, run_id: str) -> list[EntryRow]:
+    def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
         """Delegated."""
-        return self.inner.load_log(run_id)
+        return self.inner.load_log(run_id, start, limit)
+
+    def log_length(self, run_id: str) -> int:
+        """Delegated."""
+        return self.inner.log_length(run_id)
 
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         """Delegated."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import contengine as ce
 from contengine.store.base import (
     CANCELLED,
     COMPLETED,
@@ -148,6 +149,34 @@ def test_load_log_is_ordered_by_position_and_per_run(store: Store) -> None:
     assert [e.position for e in store.load_log("r1")] == [0, 1, 2]
     assert [(e.run_id, e.position) for e in store.load_log("r2")] == [("r2", 0), ("r2", 1)]
     assert store.load_log("unknown") == []
+
+
+def test_load_log_reads_a_window_and_log_length_counts(store: Store) -> None:
+    """load_log(start, limit) reads part of a log; log_length says how long it is."""
+    started(store, "r1")
+    started(store, "r2")
+    for position in range(7):
+        store.commit(Progress("r1", insert=entry("r1", position)))
+    store.commit(Progress("r2", insert=entry("r2", 0)))
+    assert store.log_length("r1") == 7
+    assert store.log_length("r2") == 1
+    assert store.log_length("unknown") == 0
+    assert [e.position for e in store.load_log("r1", 2, 3)] == [2, 3, 4]
+    assert [e.position for e in store.load_log("r1", 5)] == [5, 6]
+    assert store.load_log("r1", 7, 10) == []
+    assert store.load_log("r1", 0, 0) == []
+
+
+def test_an_update_with_stale_attempts_fails_and_writes_nothing(store: Store) -> None:
+    """expect_attempts fences out a writer whose view of an entry is out of date."""
+    started(store, "r1")
+    store.commit(Progress("r1", insert=entry("r1", 0)))
+    newer = entry("r1", 0, attempts=2, crashes=1)
+    store.commit(Progress("r1", update=newer, expect_attempts=1))
+    stale = entry("r1", 0, status=E_COMPLETED, finished_at=300.0, outcome=b"stale")
+    with pytest.raises(ce.ContengineError):
+        store.commit(Progress("r1", update=stale, insert=entry("r1", 1), expect_attempts=1))
+    assert store.load_log("r1") == [newer]
 
 
 def test_commit_writes_update_insert_and_run_together(store: Store) -> None:

@@ -106,8 +106,12 @@ class Store(ABC):
         """Runs, oldest first, optionally filtered."""
 
     @abstractmethod
-    def load_log(self, run_id: str) -> list[EntryRow]:
-        """The run's log in position order."""
+    def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
+        """The run's log in position order, from position start, at most limit entries."""
+
+    @abstractmethod
+    def log_length(self, run_id: str) -> int:
+        """How many entries the run's log has (positions are 0 .. length - 1)."""
 
     @abstractmethod
     def commit(self, progress: Progress) -> None:

@@ -332,21 +332,33 @@ class SQLiteStore(Store):
             sql += f" LIMIT {int(limit)}"
         return [RunRow(*r) for r in self._read(sql, params)]
 
-    def load_log(self, run_id: str) -> list[EntryRow]:
+    def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
         with self._lock:
             try:
-                lo = self._key(self._conn, run_id, 0)
+                base = self._key(self._conn, run_id, 0)
             except DatabaseError:
                 return []
             rows = self._read(
                 f"SELECT id & {POSITION_MASK}, kind, name, key, coalesce(text, key), status, "
                 f"attempts, crashes, started_at, finished_at, due_at, outcome, error_text "
-                f"FROM log WHERE id BETWEEN ? AND ? ORDER BY id",
-                (lo, lo | POSITION_MASK),
+                f"FROM log WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+                (base + max(start, 0), base | POSITION_MASK, -1 if limit is None else limit),
             )
         # text is stored as NULL when it equals key (the usual case), to keep rows small;
         # the query puts it back.
         return [EntryRow(run_id, *r) for r in rows]
+
+    def log_length(self, run_id: str) -> int:
+        with self._lock:
+            try:
+                base = self._key(self._conn, run_id, 0)
+            except DatabaseError:
+                return 0
+            # Positions are contiguous, so the last one tells the length (one index probe).
+            (last,) = self._read(
+                "SELECT max(id) FROM log WHERE id BETWEEN ? AND ?", (base, base | POSITION_MASK)
+            )[0]
+        return 0 if last is None else (last & POSITION_MASK) + 1
 
     def commit(self, progress: Progress) -> None:
         # The per-step path: written out rather than through _tx() to save the
