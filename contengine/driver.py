@@ -37,13 +37,18 @@ class Outcome:
 
 
 class Recorded(Protocol):
-    """One entry of a run's log as the driver sees it."""
+    """One entry of a run's log as the driver sees it (read-only)."""
 
-    position: int
-    kind: str
-    name: str
-    key: str | None
-    text: str
+    @property
+    def position(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def text(self) -> str: ...
 
 
 def _own_outcome(rec: Any) -> Outcome | None:

@@ -8,15 +8,15 @@ from typing import Any, overload
 from .driver import Outcome
 from .errors import CorruptPayload
 from .serde import Serde
-from .store.base import E_COMPLETED, E_FAILED, EntryRow, Store
+from .store.base import E_COMPLETED, E_FAILED, EntryRow, ReplayRow, Store
 
 
-def decode_outcome(serde: Serde, e: EntryRow | Entry) -> Outcome | None:
+def decode_outcome(serde: Serde, e: EntryRow | ReplayRow | Entry) -> Outcome | None:
     """A log entry's outcome read from its stored bytes; None while it is in flight."""
     status = e.status
     if status != E_COMPLETED and status != E_FAILED:
         return None
-    data = e.outcome if isinstance(e, EntryRow) else e._data
+    data = e._data if isinstance(e, Entry) else e.outcome
     try:
         value = serde.loads(data or b"", _GENERIC)
     except CorruptPayload as exc:  # say which entry, on the rare path only
@@ -28,7 +28,7 @@ def decode_outcome(serde: Serde, e: EntryRow | Entry) -> Outcome | None:
 _GENERIC = "a log entry's outcome"
 
 
-class StreamedLog(Sequence[EntryRow]):
+class StreamedLog(Sequence[ReplayRow]):
     """A run's log, read in growing chunks as replay reaches them.
 
     A long log does not delay the workflow's first line: the first chunk is small,
@@ -41,17 +41,17 @@ class StreamedLog(Sequence[EntryRow]):
     def __init__(self, store: Store, run_id: str) -> None:
         self._store = store
         self._run_id = run_id
-        self._rows: list[EntryRow] = []
+        self._rows: list[ReplayRow] = []
         self._length = store.log_length(run_id)
 
     def __len__(self) -> int:
         return self._length
 
     @overload
-    def __getitem__(self, index: int) -> EntryRow: ...
+    def __getitem__(self, index: int) -> ReplayRow: ...
     @overload
-    def __getitem__(self, index: slice) -> Sequence[EntryRow]: ...
-    def __getitem__(self, index: int | slice) -> EntryRow | Sequence[EntryRow]:
+    def __getitem__(self, index: slice) -> Sequence[ReplayRow]: ...
+    def __getitem__(self, index: int | slice) -> ReplayRow | Sequence[ReplayRow]:
         if isinstance(index, slice) or index < 0:
             self._load(self._length)
             return self._rows[index]
@@ -64,7 +64,7 @@ class StreamedLog(Sequence[EntryRow]):
         rows = self._rows
         while len(rows) < min(count, self._length):
             chunk = self.FIRST_CHUNK if not rows else self.CHUNK
-            more = self._store.load_log(self._run_id, len(rows), chunk)
+            more = self._store.replay_log(self._run_id, len(rows), chunk)
             if not more:
                 break
             rows.extend(more)

@@ -9,7 +9,6 @@ leaves either the old state or the new one.
 
 from __future__ import annotations
 
-import copy
 import threading
 import traceback
 from collections.abc import Callable
@@ -196,7 +195,8 @@ class _Drive:
             self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
             self.stored_attempts = 1
         else:
-            entry = _row_of(rec)
+            # Replay read only what it needed; the entry in flight is read whole.
+            entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
             self.stored_attempts = entry.attempts
             self._resume_entry(entry, request, now)
             if entry.status != E_RUNNING:  # a crash loop was declared: the outcome is final
@@ -351,11 +351,6 @@ class _Drive:
         self.carry = None
         if run is not None:
             self.status, self.due_at = run.status, run.due_at
-
-
-def _row_of(rec: Any) -> EntryRow:
-    # A copy: the drive changes its entry as attempts go by, the log it read stays as read.
-    return copy.copy(rec)  # type: ignore[no-any-return]
 
 
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Run statuses, as the public API names them.
 PENDING, RUNNING, SLEEPING, WAITING = "pending", "running", "sleeping", "waiting"
@@ -61,6 +62,19 @@ class EntryRow:
     error_text: str | None = None
 
 
+class ReplayRow(NamedTuple):
+    """The part of a log entry that replay reads (a light tuple: replay reads many)."""
+
+    run_id: str
+    position: int
+    kind: str
+    name: str
+    key: str | None
+    text: str
+    status: str
+    outcome: bytes | None
+
+
 @dataclass(slots=True)
 class RunUpdate:
     """New state of a run, written with the progress that caused it."""
@@ -108,6 +122,13 @@ class Store(ABC):
     @abstractmethod
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
         """The run's log in position order, from position start, at most limit entries."""
+
+    def replay_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[ReplayRow]:
+        """What replay needs of load_log(); stores may read it faster than whole entries."""
+        return [
+            ReplayRow(e.run_id, e.position, e.kind, e.name, e.key, e.text, e.status, e.outcome)
+            for e in self.load_log(run_id, start, limit)
+        ]
 
     @abstractmethod
     def log_length(self, run_id: str) -> int:

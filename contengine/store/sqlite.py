@@ -17,6 +17,7 @@ from .base import (
     RUN_STATUSES,
     EntryRow,
     Progress,
+    ReplayRow,
     RunRow,
     Store,
 )
@@ -347,6 +348,27 @@ class SQLiteStore(Store):
         # text is stored as NULL when it equals key (the usual case), to keep rows small;
         # the query puts it back.
         return [EntryRow(run_id, *r) for r in rows]
+
+    def replay_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[ReplayRow]:
+        with self._lock:
+            try:
+                base = self._key(self._conn, run_id, 0)
+            except DatabaseError:
+                return []
+            rows = self._read(
+                f"SELECT ?, id & {POSITION_MASK}, kind, name, key, coalesce(text, key), status, "
+                f"outcome FROM log WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+                (
+                    run_id,
+                    base + max(start, 0),
+                    base | POSITION_MASK,
+                    -1 if limit is None else limit,
+                ),
+            )
+        # tuple.__new__ skips the NamedTuple's Python-level constructor: rows are
+        # already in field order, and replay reads thousands of them.
+        new = tuple.__new__
+        return [new(ReplayRow, r) for r in rows]
 
     def log_length(self, run_id: str) -> int:
         with self._lock:
