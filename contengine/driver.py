@@ -18,7 +18,7 @@ from .errors import InvalidYield, NonDeterminismError
 from .requests import Request
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen instances cost several times more to make
 class Outcome:
     """What a request ended with: a value, or an exception to raise at the yield."""
 
@@ -56,7 +56,7 @@ def _own_outcome(rec: Any) -> Outcome | None:
     return rec.outcome()  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen instances cost several times more to make
 class Pending:
     """The workflow waits at `position` for the outcome of `request`."""
 
@@ -67,14 +67,14 @@ class Pending:
     recorded: Recorded | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen instances cost several times more to make
 class Returned:
     """The workflow returned value."""
 
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen instances cost several times more to make
 class Raised:
     """The workflow raised error."""
 

@@ -177,21 +177,15 @@ class _Drive:
                 f"version of contengine cannot carry out; the log is unchanged"
             )
         rec = pending.recorded
-        now = self.r.clock.now()
+        carry = self.carry
+        # The previous outcome's time is this request's start: they share a commit.
+        now = carry.finished_at if carry is not None and carry.finished_at else self.r.clock.now()
         if rec is None:
             # A new request: log it as in flight (attempt 1) with the previous outcome.
             entry = EntryRow(
-                self.run.id,
-                pending.position,
-                request.kind,
-                request.name,
-                request.key,
-                request.text,
-                E_RUNNING,
-                1,
-                0,
-                now,
-            )
+                self.run.id, pending.position, request.kind, request.name, request.key,
+                request.text, E_RUNNING, 1, 0, now,
+            )  # fmt: skip
             self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
             self.stored_attempts = 1
         else:
@@ -297,8 +291,12 @@ class _Drive:
         step a copy (read back from its serialized form) keeps them the same.
         """
         args, kwargs = request.args, request.kwargs
-        if not kwargs and all(type(a) in _SCALARS for a in args):
-            return args, kwargs
+        if not kwargs:
+            for a in args:
+                if type(a) not in _SCALARS:
+                    break
+            else:
+                return args, kwargs
         serde = self.r.serde
         try:
             copied = serde.loads(serde.dumps((args, kwargs), "step arguments"), "step arguments")
