@@ -92,7 +92,7 @@ def describe_recorded(rec: Recorded) -> str:
 class Driver:
     """Feeds one workflow generator its logged outcomes, then runs it live."""
 
-    __slots__ = ("_gen", "_history", "_label", "_decode", "position", "replayed")
+    __slots__ = ("_gen", "_history", "_logged", "_label", "_decode", "position", "replayed")
 
     def __init__(
         self,
@@ -104,6 +104,7 @@ class Driver:
         """decode(entry) gives an entry's outcome afresh, or None while it is in flight."""
         self._gen = gen
         self._history = history
+        self._logged = len(history)  # the log does not grow while this driver reads it
         self._label = label
         self._decode = decode
         self.position = 0
@@ -119,7 +120,7 @@ class Driver:
         return self._advance(outcome)
 
     def _advance(self, outcome: Outcome | None) -> Next:
-        gen, history = self._gen, self._history
+        gen, history, logged = self._gen, self._history, self._logged
         while True:
             try:
                 if outcome is None:
@@ -137,7 +138,7 @@ class Driver:
             if not isinstance(yielded, Request):
                 raise InvalidYield(self._invalid_yield_message(yielded))
             pos = self.position
-            if pos >= len(history):
+            if pos >= logged:
                 return Pending(pos, yielded, None)
             rec = history[pos]
             self._check_same(rec, yielded)
@@ -160,7 +161,7 @@ class Driver:
     def _check_log_ends(self, ended: str) -> None:
         # A deterministic workflow reaches every logged position again; ending
         # before the log does means its code took another path this time.
-        if self.position < len(self._history):
+        if self.position < self._logged:
             rec = self._history[self.position]
             self._diverged(f"the workflow {ended} before reaching it", describe_recorded(rec), None)
 

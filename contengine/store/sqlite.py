@@ -405,7 +405,8 @@ class SQLiteStore(Store):
                 self._write(conn, progress)
 
     def _write(self, conn: sqlite3.Connection, p: Progress) -> None:
-        base = self._num(conn, p.run_id) << POSITION_BITS
+        num = self._nums.get(p.run_id)
+        base = (self._num(conn, p.run_id) if num is None else num) << POSITION_BITS
         if p.update is not None:
             e = p.update
             params: tuple[object, ...]
