@@ -1,5 +1,6 @@
 """contengine: durable execution for Python with generator workflows and an SQLite log."""
 
+from . import testing
 from .clock import Clock, SystemClock
 from .engine import Engine, IdleReport, Run
 from .errors import (
@@ -21,7 +22,19 @@ from .errors import (
     WorkflowNotFound,
 )
 from .log import Entry
-from .requests import Backoff, Request, StepCall, StepOptions
+from .requests import (
+    Backoff,
+    Request,
+    StepCall,
+    StepOptions,
+    now,
+    patched,
+    publish,
+    random,
+    sleep,
+    sleep_until,
+)
+from .requests import uuid4 as uuid
 from .workflow import Step, StepContext, Workflow, current_step, step, workflow
 
 __version__ = "0.1.0"
@@ -57,6 +70,14 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowNotFound",
     "current_step",
+    "now",
+    "patched",
+    "publish",
+    "random",
+    "sleep",
+    "sleep_until",
     "step",
+    "testing",
+    "uuid",
     "workflow",
 ]

@@ -89,6 +89,9 @@ def describe_recorded(rec: Recorded) -> str:
     return f"{rec.kind} {rec.name}({rec.text})"
 
 
+PATCHED = "patched"
+
+
 class Driver:
     """Feeds one workflow generator its logged outcomes, then runs it live."""
 
@@ -138,6 +141,20 @@ class Driver:
             if not isinstance(yielded, Request):
                 raise InvalidYield(self._invalid_yield_message(yielded))
             pos = self.position
+            if pos < logged and (yielded.kind == PATCHED or history[pos].kind == PATCHED):
+                # Versioning markers. A marker the code does not ask about here
+                # belongs to a retired patch and is skipped; a patch the log holds no
+                # marker for was added after this part of the run was logged, so the
+                # run is told False and keeps its old path (nothing is consumed).
+                marker = yielded.name if yielded.kind == PATCHED else None
+                j = pos
+                while j < logged and history[j].kind == PATCHED and history[j].name != marker:
+                    j += 1
+                found = j < logged and history[j].kind == PATCHED
+                if marker is not None and not found and pos < logged:
+                    outcome = Outcome(True, False)
+                    continue
+                pos = self.position = j
             if pos >= logged:
                 return Pending(pos, yielded, None)
             rec = history[pos]
@@ -161,6 +178,8 @@ class Driver:
     def _check_log_ends(self, ended: str) -> None:
         # A deterministic workflow reaches every logged position again; ending
         # before the log does means its code took another path this time.
+        while self.position < self._logged and self._history[self.position].kind == PATCHED:
+            self.position += 1  # a retired patch's marker asks nothing of the code
         if self.position < self._logged:
             rec = self._history[self.position]
             self._diverged(f"the workflow {ended} before reaching it", describe_recorded(rec), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import logging
 import os
@@ -154,13 +155,27 @@ class Engine:
 
     # -- driving -------------------------------------------------------------
 
-    def run_until_idle(self) -> IdleReport:
-        """Drive every run that is due now, in this thread, until none is left."""
+    def run_until_idle(self, *, until: float | datetime.datetime | None = None) -> IdleReport:
+        """Drive every run that is due now, in this thread, until none is left.
+
+        With a virtual clock (ce.testing.VirtualClock) the clock jumps to the next due
+        timer whenever nothing is due, so sleeping runs finish at once; `until` (epoch
+        seconds or an aware datetime) stops the jumps there, for runs that never end.
+        """
         report = IdleReport()
+        limit = until.timestamp() if isinstance(until, datetime.datetime) else until
+        jump = (
+            getattr(self.clock, "jump_to", None) if getattr(self.clock, "virtual", False) else None
+        )
         with self._lock:
             passed: set[str] = set()  # stuck, or driven by a caller up the stack
             while True:
                 ids = [i for i in self.store.runnable(self.clock.now()) if i not in passed]
+                if not ids and jump is not None:
+                    due = self.store.next_due()
+                    if due is not None and (limit is None or due <= limit):
+                        jump(due)
+                        continue
                 if not ids:
                     break
                 for run_id in ids:
@@ -268,6 +283,16 @@ class Engine:
         """The run's log in order: one entry per request, with status and outcome."""
         self._row(run_id)
         return [Entry(row, self.serde) for row in self.store.load_log(run_id)]
+
+    def published(self, run_id: str, key: str | None = None, default: Any = None) -> Any:
+        """What the run published with ce.publish: all keys as a dict, or one key's value."""
+        latest: dict[str, Any] = {}
+        for entry in self.history(run_id):
+            if entry.kind == "publish" and entry.status == "completed":
+                latest[entry.name] = entry
+        if key is not None:
+            return latest[key].value if key in latest else default
+        return {k: e.value for k, e in latest.items()}
 
     def stuck(self) -> dict[str, ContengineError]:
         """Runs this engine could not rebuild, with the reason (log untouched)."""

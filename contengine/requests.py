@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import uuid
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -151,3 +153,194 @@ class StepCall(Request, Generic[R]):
 
     def __repr__(self) -> str:
         return f"<StepCall {self.describe()}>"
+
+
+class Immediate(Request):
+    """A request the engine answers at once, without running user code; its answer is logged."""
+
+    __slots__ = ()
+
+
+class NowRequest(Immediate):
+    """The current time, taken once and replayed (an aware UTC datetime)."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "now"
+
+    @property
+    def key(self) -> str | None:
+        return ""
+
+    def __iter__(self) -> Generator[NowRequest, Any, datetime.datetime]:
+        """`t = yield from ce.now()` gives type checkers a datetime."""
+        result: datetime.datetime = yield self
+        return result
+
+
+class RandomRequest(Immediate):
+    """A float in [0, 1), drawn once and replayed."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "random"
+
+    @property
+    def key(self) -> str | None:
+        return ""
+
+    def __iter__(self) -> Generator[RandomRequest, Any, float]:
+        """`r = yield from ce.random()` gives type checkers a float."""
+        result: float = yield self
+        return result
+
+
+class UuidRequest(Immediate):
+    """A random UUID (version 4), made once and replayed."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "uuid"
+
+    @property
+    def key(self) -> str | None:
+        return ""
+
+    def __iter__(self) -> Generator[UuidRequest, Any, uuid.UUID]:
+        """`u = yield from ce.uuid()` gives type checkers a UUID."""
+        result: uuid.UUID = yield self
+        return result
+
+
+class PatchedRequest(Immediate):
+    """Whether this run took a code change named change_id (see ce.patched)."""
+
+    __slots__ = ("change_id",)
+    kind: ClassVar[str] = "patched"
+
+    def __init__(self, change_id: str) -> None:
+        if not isinstance(change_id, str) or not change_id:
+            raise ValueError(f"a change id must be a non-empty string, not {change_id!r}")
+        self.change_id = change_id
+
+    @property
+    def name(self) -> str:
+        return self.change_id
+
+    @property
+    def key(self) -> str | None:
+        return ""
+
+    def __iter__(self) -> Generator[PatchedRequest, Any, bool]:
+        """`new = yield from ce.patched("x")` gives type checkers a bool."""
+        result: bool = yield self
+        return result
+
+
+class PublishRequest(Immediate):
+    """Make value visible to outsiders under key (engine.published), as of this point."""
+
+    __slots__ = ("pkey", "value", "_canon")
+    kind: ClassVar[str] = "publish"
+
+    def __init__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"a published key must be a non-empty string, not {key!r}")
+        self.pkey = key
+        self.value = value
+        self._canon: str | None | bool = False
+
+    @property
+    def name(self) -> str:
+        return self.pkey
+
+    def _canonical(self) -> str | None:
+        if self._canon is False:
+            self._canon = canonical_call((self.value,), {})
+        return self._canon  # type: ignore[return-value]
+
+    @property
+    def key(self) -> str | None:
+        return key_of(self._canonical())
+
+    @property
+    def text(self) -> str:
+        return display_call((self.value,), {}, self._canonical())
+
+    def __iter__(self) -> Generator[PublishRequest, Any, None]:
+        """`yield from ce.publish(k, v)` for symmetry with the other requests."""
+        yield self
+
+
+class SleepRequest(Request):
+    """A durable timer: the run sleeps until a wake time recorded when it first sleeps."""
+
+    __slots__ = ("seconds", "until")
+    kind: ClassVar[str] = "sleep"
+
+    def __init__(self, seconds: float | None, until: float | None) -> None:
+        self.seconds = seconds
+        self.until = until
+
+    @property
+    def key(self) -> str | None:
+        if self.until is not None:
+            return f"until={self.until!r}"
+        return repr(self.seconds)
+
+    @property
+    def text(self) -> str:
+        if self.until is not None:
+            stamp = datetime.datetime.fromtimestamp(self.until, datetime.UTC)
+            return f"until {stamp.isoformat()}"
+        return f"{self.seconds:g} s"
+
+    def wake_time(self, now: float) -> float:
+        """The absolute time to wake at, for a sleep that starts now."""
+        return self.until if self.until is not None else now + (self.seconds or 0.0)
+
+    def __iter__(self) -> Generator[SleepRequest, Any, None]:
+        """`yield from ce.sleep(...)` for symmetry with the other requests."""
+        yield self
+
+
+def now() -> NowRequest:
+    """Request the current time (an aware UTC datetime), logged once and replayed."""
+    return NowRequest()
+
+
+def random() -> RandomRequest:
+    """Request a random float in [0, 1), logged once and replayed."""
+    return RandomRequest()
+
+
+def uuid4() -> UuidRequest:
+    """Request a random UUID, logged once and replayed."""
+    return UuidRequest()
+
+
+def patched(change_id: str) -> PatchedRequest:
+    """True for runs that reach this point with new code; False for runs logged before it."""
+    return PatchedRequest(change_id)
+
+
+def publish(key: str, value: Any) -> PublishRequest:
+    """Publish value under key for outsiders to read with engine.published()."""
+    return PublishRequest(key, value)
+
+
+def sleep(duration: float | datetime.timedelta) -> SleepRequest:
+    """Sleep durably for a number of seconds or a timedelta; a restart keeps the deadline."""
+    seconds = duration.total_seconds() if isinstance(duration, datetime.timedelta) else duration
+    if not isinstance(seconds, int | float) or seconds != seconds:
+        raise TypeError(f"ce.sleep() needs seconds or a timedelta, not {duration!r}")
+    return SleepRequest(float(seconds), None)
+
+
+def sleep_until(when: datetime.datetime) -> SleepRequest:
+    """Sleep durably until an aware datetime (naive ones are refused: whose clock?)."""
+    if not isinstance(when, datetime.datetime):
+        raise TypeError(f"ce.sleep_until() needs a datetime, not {when!r}")
+    if when.tzinfo is None:
+        raise ValueError(
+            "ce.sleep_until() needs an aware datetime (e.g. with tzinfo=datetime.UTC); a "
+            "naive one would mean different times on different machines"
+        )
+    return SleepRequest(None, when.timestamp())

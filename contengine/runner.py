@@ -9,8 +9,12 @@ leaves either the old state or the new one.
 
 from __future__ import annotations
 
+import datetime
+import inspect
+import random as random_module
 import threading
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +31,15 @@ from .errors import (
     WorkflowFailed,
 )
 from .log import StreamedLog, decode_outcome
-from .requests import StepCall
+from .requests import (
+    Immediate,
+    NowRequest,
+    PublishRequest,
+    RandomRequest,
+    SleepRequest,
+    StepCall,
+    UuidRequest,
+)
 from .serde import Serde
 from .store.base import (
     COMPLETED,
@@ -38,6 +50,7 @@ from .store.base import (
     FAILED,
     FINISHED,
     RUNNING,
+    SLEEPING,
     EntryRow,
     Progress,
     RunRow,
@@ -69,6 +82,9 @@ class Runner:
         self.serde = serde
         self.clock = clock
         self.find_workflow = find_workflow
+        # Source of ce.random() and ce.uuid(): seeded from the OS, never replayed
+        # (a replay reads the logged values instead).
+        self.random = random_module.Random()
 
     # -- rebuilding -----------------------------------------------------------
 
@@ -123,6 +139,8 @@ class _Drive:
         # The outcome of the previous request, to be committed with whatever
         # comes next (the next request, or the run's end).
         self.carry: EntryRow | None = None
+        # Answers to immediate requests (now, random, ...), logged with the next commit.
+        self.recorded: list[EntryRow] = []
         # The attempts count of the entry in flight as last committed: every update
         # must find it unchanged, so a second driver of the same run cannot
         # overwrite the first one's progress (the update fails instead).
@@ -134,7 +152,7 @@ class _Drive:
         except Exception:
             # A step's outcome is a fact even if the code after it cannot go on
             # (an invalid yield, an engine error): keep it, so the step never runs twice.
-            if self.carry is not None:
+            if self.carry is not None or self.recorded:
                 self._commit()
             raise
 
@@ -172,6 +190,10 @@ class _Drive:
     def _carry_out(self, pending: Pending) -> Outcome:
         request = pending.request
         if not isinstance(request, StepCall):
+            if isinstance(request, Immediate):
+                return self._immediate(pending.position, request)
+            if isinstance(request, SleepRequest):
+                return self._sleep(pending.position, request, pending.recorded is not None)
             raise InvalidYield(
                 f"workflow {self.wf.name!r} yielded {request.describe()}, a request this "
                 f"version of contengine cannot carry out; the log is unchanged"
@@ -246,7 +268,7 @@ class _Drive:
                     self.carry = entry
                     return Outcome(True, copy)
             failures = entry.attempts - entry.crashes
-            if _bad_call(value):
+            if _bad_call(request.step.fn, args, kwargs, value):
                 retryable = False
                 value.add_note(
                     f"contengine: step {request.name!r} was called with arguments it does "
@@ -324,6 +346,67 @@ class _Drive:
         finally:
             _current.reset(token)
 
+    # -- requests answered without user code ---------------------------------------
+
+    def _immediate(self, position: int, request: Immediate) -> Outcome:
+        """Answer now/random/uuid/patched/publish at once; the answer is logged with the
+        next commit (so these cost no commit of their own)."""
+        now = self.r.clock.now()
+        if isinstance(request, NowRequest):
+            value: Any = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        elif isinstance(request, RandomRequest):
+            value = self.r.random.random()
+        elif isinstance(request, UuidRequest):
+            value = uuid.UUID(int=self.r.random.getrandbits(128), version=4)
+        elif isinstance(request, PublishRequest):
+            value = request.value
+        else:
+            value = True  # a patch reached live: this run takes the new path
+        status, error_text = E_COMPLETED, None
+        try:
+            data, copy = self.r.serde.dumps_checked(
+                value, lambda: f"the value of {request.describe()} at position {position}"
+            )
+        except SerializationError as exc:
+            status, error_text = E_FAILED, f"{type(exc).__name__}: {exc}"
+            data = self.r.serde.dumps_error(exc, "a serialization error", StepFailed)
+            copy = self.r.serde.loads(data, "a serialization error")
+        self.recorded.append(
+            EntryRow(
+                self.run.id, position, request.kind, request.name, request.key, request.text,
+                status, 1, 0, now, now, None, data, error_text,
+            )
+        )  # fmt: skip
+        return Outcome(status == E_COMPLETED, copy)
+
+    def _sleep(self, position: int, request: SleepRequest, logged: bool) -> Outcome:
+        """A durable timer: log the wake time once, then wait (NotDue) until it passes."""
+        now = self.r.clock.now()
+        if not logged:
+            wake = request.wake_time(now)
+            entry = EntryRow(
+                self.run.id, position, request.kind, request.name, request.key, request.text,
+                E_RUNNING, 1, 0, now, None, wake,
+            )  # fmt: skip
+            if wake > now:
+                self._commit(insert=entry, run=RunUpdate(SLEEPING, now, due_at=wake))
+                self.stored_attempts = 1
+                raise NotDue(wake)
+            # Already due (a zero or past sleep): logged complete with the next commit.
+            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+            entry.outcome = self.r.serde.dumps(None, "nothing")
+            self.recorded.append(entry)
+            return Outcome(True, None)
+        else:
+            entry = self.r.store.load_log(self.run.id, position, 1)[0]
+            self.stored_attempts = entry.attempts
+            if entry.due_at is not None and entry.due_at > now:
+                raise NotDue(entry.due_at)
+        entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+        entry.outcome = self.r.serde.dumps(None, "nothing")
+        self.carry = entry
+        return Outcome(True, None)
+
     # -- writing ---------------------------------------------------------------
 
     def _run_update(self, status: str, due_at: float | None, now: float) -> RunUpdate | None:
@@ -343,10 +426,13 @@ class _Drive:
         assert self.carry is None or update is None
         entry = update or self.carry
         expect = self.stored_attempts if entry is not None else None
-        self.r.store.commit(Progress(self.run.id, entry, insert, run, expect))
+        recorded = tuple(self.recorded) if self.recorded else ()
+        self.r.store.commit(Progress(self.run.id, entry, insert, run, expect, recorded))
         if entry is not None:
             self.stored_attempts = entry.attempts
         self.carry = None
+        if recorded:
+            self.recorded.clear()
         if run is not None:
             self.status, self.due_at = run.status, run.due_at
 
@@ -354,13 +440,23 @@ class _Drive:
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 
 
-def _bad_call(exc: BaseException) -> bool:
-    """Whether a TypeError came from calling the step, before its body began.
+def _bad_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], exc: Any
+) -> bool:
+    """Whether a TypeError means the step cannot take these arguments at all.
 
-    Such an attempt failed on the arguments alone: retrying cannot help.
+    Such an attempt fails on the arguments alone: retrying cannot help. Checked
+    only after a TypeError, so the per-step path pays nothing for it.
     """
-    tb = exc.__traceback__
-    return isinstance(exc, TypeError) and tb is not None and tb.tb_next is None
+    if not isinstance(exc, TypeError):
+        return False
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError:
+        return True
+    except ValueError:  # no signature to check (some builtins)
+        return False
+    return False
 
 
 def _call_with_timeout(

@@ -390,3 +390,41 @@ def test_a_long_log_is_replayed_in_chunks_and_the_body_starts_first(tmp_path: Pa
         (StreamedLog.FIRST_CHUNK, StreamedLog.CHUNK),
         (StreamedLog.FIRST_CHUNK + StreamedLog.CHUNK, StreamedLog.CHUNK),
     ]
+
+
+def test_a_call_with_wrong_arguments_is_not_retried_with_a_timeout_either() -> None:
+    ran: list[int] = []
+
+    @ce.step(name="edges.strict_timed", retries=3, backoff=0, timeout=5)
+    def strict(a: int) -> int:
+        ran.append(a)
+        return a
+
+    @ce.workflow(name="edges.wrong_args_timed")
+    def wf() -> Flow:
+        try:
+            yield strict(1, 2)  # type: ignore[call-arg]
+        except TypeError:
+            return "refused"
+
+    engine = ce.Engine()
+    assert engine.run(wf, id="r") == "refused"
+    assert ran == [] and engine.history("r")[0].attempts == 1
+
+
+def test_a_type_error_inside_the_step_is_retried() -> None:
+    calls: list[int] = []
+
+    @ce.step(name="edges.typo", retries=2, backoff=0)
+    def typo(a: int) -> int:
+        calls.append(a)
+        if len(calls) < 3:
+            raise TypeError("a bug inside the step, fixed by the third attempt")
+        return a
+
+    @ce.workflow(name="edges.inner_type_error")
+    def wf() -> Flow:
+        return (yield typo(4))
+
+    assert ce.Engine().run(wf, id="r") == 4
+    assert calls == [4, 4, 4]

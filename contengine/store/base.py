@@ -100,6 +100,9 @@ class Progress:
     # attempts (and is in flight); otherwise the whole commit fails. This fences
     # out a second writer of the same run.
     expect_attempts: int | None = None
+    # Entries that are complete when first written (answers to now/random/...),
+    # inserted before `insert`, in position order.
+    recorded: tuple[EntryRow, ...] = ()
 
 
 class Store(ABC):

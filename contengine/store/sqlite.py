@@ -427,6 +427,15 @@ class SQLiteStore(Store):
                     f"writer expected, so another engine is driving the same run. Nothing "
                     f"was written; let one engine drive a file at a time."
                 )
+        for e in p.recorded:
+            conn.execute(
+                _INSERT_ENTRY,
+                (
+                    base | _checked_position(e.position), e.kind, e.name, e.key,
+                    None if e.text == e.key else e.text, e.status, e.attempts, e.crashes,
+                    e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
+                ),
+            )  # fmt: skip
         if p.insert is not None:
             e = p.insert
             key = base | _checked_position(e.position)
