@@ -290,7 +290,7 @@ class SleepRequest(Request):
         if self.until is not None:
             stamp = datetime.datetime.fromtimestamp(self.until, datetime.UTC)
             return f"until {stamp.isoformat()}"
-        return f"{self.seconds:g} s"
+        return _duration(self.seconds or 0.0)
 
     def wake_time(self, now: float) -> float:
         """The absolute time to wake at, for a sleep that starts now."""
@@ -299,6 +299,18 @@ class SleepRequest(Request):
     def __iter__(self) -> Generator[SleepRequest, Any, None]:
         """`yield from ce.sleep(...)` for symmetry with the other requests."""
         yield self
+
+
+def _duration(seconds: float) -> str:
+    """Readable seconds: 0.25s, 90s -> 1m30s, 2592000 -> 30d."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    parts, rest = [], int(round(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
 
 
 def now() -> NowRequest:
