@@ -33,6 +33,7 @@ from .requests import (
     random,
     sleep,
     sleep_until,
+    wait,
 )
 from .requests import uuid4 as uuid
 from .workflow import Step, StepContext, Workflow, current_step, step, workflow
@@ -79,5 +80,6 @@ __all__ = [
     "step",
     "testing",
     "uuid",
+    "wait",
     "workflow",
 ]

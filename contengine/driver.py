@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import InvalidYield, NonDeterminismError
+from .errors import Cancelled, InvalidYield, NonDeterminismError
 from .requests import Request
 
 
@@ -135,7 +135,7 @@ class Driver:
             except StopIteration as stop:
                 self._check_log_ends("returned")
                 return Returned(stop.value)
-            except Exception as exc:
+            except (Exception, Cancelled) as exc:
                 self._check_log_ends(f"raised {type(exc).__name__}")
                 return Raised(exc)
             if not isinstance(yielded, Request):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import logging
+import math
 import os
 import threading
 import uuid
@@ -100,6 +101,8 @@ class Engine:
         # a process with fixed code (or the missing module) tries them afresh.
         self._stuck: dict[str, ContengineError] = {}
         self._active: set[str] = set()  # runs being driven now, by this engine
+        # Notified by signal() and cancel(), so result() waiting on a run wakes at once.
+        self._wakeup = threading.Condition()
 
     # -- starting ------------------------------------------------------------
 
@@ -152,6 +155,28 @@ class Engine:
     ) -> R:
         """Start a run (or find it by id) and drive it to its end in this thread."""
         return self.start(workflow, *args, id=id, **kwargs).result()
+
+    # -- talking to runs ------------------------------------------------------
+
+    def signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        """Send a signal: kept in the run's mailbox (oldest first) until a ce.wait(name) takes it.
+
+        The payload must be serializable; it is checked before anything is written.
+        Unknown runs raise ce.RunNotFound, finished runs ce.ContengineError.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a signal name must be a non-empty string, not {name!r}")
+        data = self.serde.dumps_checked(payload, f"the payload of signal {name!r} to {run_id!r}")[0]
+        self.store.send_signal(run_id, name, data, self.clock.now())
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    def cancel(self, run_id: str) -> bool:
+        """Raise ce.Cancelled inside the run at its current yield; False if it already finished."""
+        requested = self.store.request_cancel(run_id, self.clock.now())
+        with self._wakeup:
+            self._wakeup.notify_all()
+        return requested
 
     # -- driving -------------------------------------------------------------
 
@@ -251,17 +276,41 @@ class Engine:
                 self._lock.release()
             if finished:
                 continue
-            # The run waits for a retry: sleep without holding the engine, then
-            # drive again (a replay of its log, which costs little next to the delay).
-            due = self.store.get_run(run_id)
-            wait = (due.due_at or 0.0) - clock.now() if due is not None else 0.0
-            if remaining is not None and wait > deadline - clock.monotonic():  # type: ignore[operator]
-                clock.sleep(max(deadline - clock.monotonic(), 0.0))  # type: ignore[operator]
-                raise Timeout(
-                    f"run {run_id!r} did not finish within {timeout:g} s (its next attempt "
-                    f"is due in {wait:.3g} s)"
-                )
-            clock.sleep(wait)
+            # The run waits (a retry, a timer, a signal): wait without holding the
+            # engine, then drive again (a replay, which costs little next to the wait).
+            self._wait_until_due(run_id, deadline, timeout)
+
+    def _wait_until_due(self, run_id: str, deadline: float | None, timeout: float | None) -> None:
+        """Block until the run is due (its time came, or a signal/cancel woke it)."""
+        clock = self.clock
+        # Only the real clock passes on its own; any other (a test's fake, a virtual
+        # clock) moves when it is slept, so the wait is handed to it.
+        virtual = not isinstance(clock, SystemClock)
+        while True:
+            row = self._row(run_id)
+            due_at = row.due_at if row.due_at is not None else clock.now()
+            if row.status in FINISHED or due_at <= clock.now():
+                return
+            remaining = None if deadline is None else deadline - clock.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
+            if virtual:
+                if due_at == math.inf:
+                    raise ContengineError(
+                        f"run {run_id!r} waits for a signal with no timeout, and on a test "
+                        f"clock nothing in this thread can send it: send it with "
+                        f"engine.signal() first"
+                    )
+                wait = due_at - clock.now()
+                clock.sleep(wait if remaining is None else min(wait, remaining))
+                continue
+            # Real time: sleep until due, woken early by signal()/cancel() in this
+            # process; look at the store at least every 0.1 s for other processes.
+            wait = min(due_at - clock.now(), 0.1)
+            if remaining is not None:
+                wait = min(wait, remaining)
+            with self._wakeup:
+                self._wakeup.wait(max(wait, 0.0))
 
     # -- looking -------------------------------------------------------------
 

@@ -356,3 +356,47 @@ def sleep_until(when: datetime.datetime) -> SleepRequest:
             "naive one would mean different times on different machines"
         )
     return SleepRequest(None, when.timestamp())
+
+
+class WaitRequest(Request):
+    """Wait for the next signal sent to this run under a name, for at most timeout seconds."""
+
+    __slots__ = ("signal", "timeout")
+    kind: ClassVar[str] = "wait"
+
+    def __init__(self, signal: str, timeout: float | None) -> None:
+        self.signal = signal
+        self.timeout = timeout
+
+    @property
+    def name(self) -> str:
+        return self.signal
+
+    @property
+    def key(self) -> str | None:
+        return "" if self.timeout is None else f"timeout={self.timeout!r}"
+
+    @property
+    def text(self) -> str:
+        return "" if self.timeout is None else f"timeout={_duration(self.timeout)}"
+
+    def __iter__(self) -> Generator[WaitRequest, Any, Any]:
+        """`payload = yield from ce.wait(name)`."""
+        result: Any = yield self
+        return result
+
+
+def wait(name: str, timeout: float | datetime.timedelta | None = None) -> WaitRequest:
+    """Wait durably for a signal sent with engine.signal(run_id, name, payload).
+
+    Returns the payload. Signals sent before the run waits are kept, oldest first;
+    each is delivered once. After timeout seconds ce.Timeout is raised at the yield,
+    and that is logged, so a replay takes the same branch even if the signal came later.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a signal name must be a non-empty string, not {name!r}")
+    if isinstance(timeout, datetime.timedelta):
+        timeout = timeout.total_seconds()
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+        raise ValueError(f"a wait's timeout must be seconds >= 0 or None, not {timeout!r}")
+    return WaitRequest(name, None if timeout is None else float(timeout))

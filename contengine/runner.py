@@ -21,6 +21,7 @@ from typing import Any
 from .clock import Clock
 from .driver import Driver, Outcome, Pending, Raised, Returned
 from .errors import (
+    Cancelled,
     ContengineError,
     CrashLoop,
     InvalidYield,
@@ -39,9 +40,12 @@ from .requests import (
     SleepRequest,
     StepCall,
     UuidRequest,
+    WaitRequest,
+    _duration,
 )
 from .serde import Serde
 from .store.base import (
+    CANCELLED,
     COMPLETED,
     E_COMPLETED,
     E_FAILED,
@@ -51,6 +55,7 @@ from .store.base import (
     FINISHED,
     RUNNING,
     SLEEPING,
+    WAITING,
     EntryRow,
     Progress,
     RunRow,
@@ -118,6 +123,22 @@ class Runner:
         except NonDeterminismError as exc:
             exc.run_id = run.id
             raise
+        finally:
+            _set_aside(gen)
+
+
+def _set_aside(gen: Any) -> None:
+    """Close a generator the engine is done with (the run waits, finished or is stuck).
+
+    Python would close it anyway when it is collected, running its finally blocks
+    with GeneratorExit. Doing it here keeps that quiet and predictable: a yield in a
+    finally block is refused (nothing runs; the block runs for real when the run
+    is driven on and ends), and errors from such blocks are dropped.
+    """
+    try:
+        gen.close()
+    except Exception:  # "generator ignored GeneratorExit" from a yield in finally
+        pass
 
 
 class _Drive:
@@ -141,6 +162,9 @@ class _Drive:
         self.carry: EntryRow | None = None
         # Answers to immediate requests (now, random, ...), logged with the next commit.
         self.recorded: list[EntryRow] = []
+        self.consume: int | None = None  # a mailbox message taken, deleted with the next commit
+        self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
+        self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
         # The attempts count of the entry in flight as last committed: every update
         # must find it unchanged, so a second driver of the same run cannot
         # overwrite the first one's progress (the update fails instead).
@@ -152,7 +176,7 @@ class _Drive:
         except Exception:
             # A step's outcome is a fact even if the code after it cannot go on
             # (an invalid yield, an engine error): keep it, so the step never runs twice.
-            if self.carry is not None or self.recorded:
+            if self.carry is not None or self.recorded or self.consume is not None:
                 self._commit()
             raise
 
@@ -183,17 +207,22 @@ class _Drive:
         data = self.r.serde.dumps_error(error, what, WorkflowFailed)
         text = "".join(traceback.format_exception(error))
         now = self.r.clock.now()
-        self._commit(run=RunUpdate(FAILED, now, finished_at=now, error=data, error_text=text))
+        status = CANCELLED if isinstance(error, Cancelled) else FAILED
+        self._commit(run=RunUpdate(status, now, finished_at=now, error=data, error_text=text))
 
     # -- one request ------------------------------------------------------------
 
     def _carry_out(self, pending: Pending) -> Outcome:
         request = pending.request
+        if self.cancel_pending:
+            return self._deliver_cancel(pending)
         if not isinstance(request, StepCall):
             if isinstance(request, Immediate):
                 return self._immediate(pending.position, request)
             if isinstance(request, SleepRequest):
                 return self._sleep(pending.position, request, pending.recorded is not None)
+            if isinstance(request, WaitRequest):
+                return self._wait(pending.position, request, pending.recorded is not None)
             raise InvalidYield(
                 f"workflow {self.wf.name!r} yielded {request.describe()}, a request this "
                 f"version of contengine cannot carry out; the log is unchanged"
@@ -233,6 +262,7 @@ class _Drive:
                     f"again. Fix what kills the process, then retry the run.",
                 )
                 self._fail_entry(entry, err, "", now)
+                self.carry = entry
                 return
         elif entry.status == E_RETRYING and entry.due_at is not None and entry.due_at > now:
             raise NotDue(entry.due_at)
@@ -290,16 +320,17 @@ class _Drive:
                 f"{self.run.id!r} after {entry.attempts} attempt(s)"
             )
             self._fail_entry(entry, value, tb, now)
+            self.carry = entry
             return self._finished_outcome(entry)
 
     def _fail_entry(self, entry: EntryRow, error: BaseException, tb: str, now: float) -> None:
-        what = f"the exception of step {entry.name!r} at position {entry.position}"
+        """Fill in entry as failed with error (the caller decides how it is written)."""
+        what = f"the exception of {entry.kind} {entry.name!r} at position {entry.position}"
         entry.outcome = self.r.serde.dumps_error(error, what, StepFailed)
         entry.status, entry.finished_at, entry.due_at = E_FAILED, now, None
         entry.error_text = tb or (
             str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
         )
-        self.carry = entry
 
     def _finished_outcome(self, entry: EntryRow) -> Outcome:
         # Read back what was stored, so the live run sees exactly what a replay will.
@@ -407,6 +438,74 @@ class _Drive:
         self.carry = entry
         return Outcome(True, None)
 
+    def _wait(self, position: int, request: WaitRequest, logged: bool) -> Outcome:
+        """Take the oldest signal under the name, or wait for one until the timeout."""
+        now = self.r.clock.now()
+        store = self.r.store
+        if logged:
+            entry = store.load_log(self.run.id, position, 1)[0]
+            self.stored_attempts = entry.attempts
+        else:
+            deadline = NEVER if request.timeout is None else now + request.timeout
+            entry = EntryRow(
+                self.run.id, position, request.kind, request.name, request.key, request.text,
+                E_RUNNING, 1, 0, now, None, deadline,
+            )  # fmt: skip
+        signal = store.peek_signal(self.run.id, request.signal)
+        if signal is not None:
+            # Taken and logged in one transaction (the next commit): a crash either
+            # leaves the signal in the mailbox or has it logged, never both or neither.
+            value = self.r.serde.loads(signal.payload, f"signal {request.signal!r}")
+            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+            entry.outcome = signal.payload
+            self._hold(entry, logged)
+            self.consume = signal.seq
+            return Outcome(True, value)
+        deadline = entry.due_at if entry.due_at is not None else NEVER
+        if deadline <= now:
+            # The timeout is logged as the outcome: a replay takes the same branch
+            # even if the signal arrives later (it stays for a later wait).
+            error = Timeout(
+                f"no signal {request.signal!r} arrived within {_duration_text(request.timeout)}"
+            )
+            self._fail_entry(entry, error, f"Timeout: {error}", now)
+            self._hold(entry, logged)
+            return self._finished_outcome(entry)
+        if not logged:
+            self._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=deadline))
+            self.stored_attempts = 1
+        elif self.status != WAITING or self.due_at != deadline:
+            # Woken by another name's signal (or a restart): back to waiting.
+            self._commit(run=RunUpdate(WAITING, now, due_at=deadline))
+        raise NotDue(deadline)
+
+    def _hold(self, entry: EntryRow, logged: bool) -> None:
+        """Keep a finished entry for the next commit: an update if logged, else an insert."""
+        if logged:
+            self.carry = entry
+        else:
+            self.recorded.append(entry)
+
+    def _deliver_cancel(self, pending: Pending) -> Outcome:
+        """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too."""
+        self.cancel_pending = False
+        self.clear_cancel = True
+        now = self.r.clock.now()
+        request = pending.request
+        logged = pending.recorded is not None
+        if logged:
+            entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
+            self.stored_attempts = entry.attempts
+        else:
+            entry = EntryRow(
+                self.run.id, pending.position, request.kind, request.name, request.key,
+                request.text, E_RUNNING, 0, 0, now,
+            )  # fmt: skip
+        error = Cancelled(f"run {self.run.id!r} was cancelled")
+        self._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+        self._hold(entry, logged)
+        return self._finished_outcome(entry)
+
     # -- writing ---------------------------------------------------------------
 
     def _run_update(self, status: str, due_at: float | None, now: float) -> RunUpdate | None:
@@ -427,10 +526,18 @@ class _Drive:
         entry = update or self.carry
         expect = self.stored_attempts if entry is not None else None
         recorded = tuple(self.recorded) if self.recorded else ()
-        self.r.store.commit(Progress(self.run.id, entry, insert, run, expect, recorded))
+        if self.clear_cancel:
+            if run is None:
+                run = RunUpdate(self.status, self.r.clock.now(), due_at=self.due_at)
+            run.clear_cancel = True
+        self.r.store.commit(
+            Progress(self.run.id, entry, insert, run, expect, recorded, self.consume)
+        )
         if entry is not None:
             self.stored_attempts = entry.attempts
         self.carry = None
+        self.consume = None
+        self.clear_cancel = False
         if recorded:
             self.recorded.clear()
         if run is not None:
@@ -438,6 +545,11 @@ class _Drive:
 
 
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
+NEVER = float("inf")  # the due time of a wait without a timeout
+
+
+def _duration_text(seconds: float | None) -> str:
+    return "forever" if seconds is None else _duration(seconds)
 
 
 def _bad_call(

@@ -481,25 +481,44 @@ def _user_version(path: Path) -> int:
 def test_forward_migration_upgrades_an_existing_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Opening a v1 file with a v2 schema runs MIGRATIONS[1]; runs stay readable."""
+    """Opening a file one version behind runs the next migration; runs stay readable."""
     path = tmp_path / "app.db"
     crashed_run(path)
-    assert _user_version(path) == 1
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(sqlite_store.MIGRATIONS, 1, _add_priority)
+    current = sqlite_store.SCHEMA_VERSION
+    assert _user_version(path) == current
+    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(sqlite_store.MIGRATIONS, current, _add_priority)
 
     with ce.Engine(path) as engine:
-        assert _user_version(path) == 2
+        assert _user_version(path) == current + 1
         assert "priority" in _columns(path, "runs")
         assert [r.id for r in engine.runs()] == ["r"]
         assert engine.get_run("r").result() == 2
         assert [e.status for e in engine.history("r")] == ["completed", "completed"]
-    with ce.Engine(path) as engine:  # already at 2: opens without migrating again
+    with ce.Engine(path) as engine:  # already migrated: opens without migrating again
         assert engine.get_run("r").status == "completed"
 
     monkeypatch.undo()
-    with pytest.raises(ce.DatabaseError, match="schema version 2"):
+    with pytest.raises(ce.DatabaseError, match=f"schema version {current + 1}"):
         ce.Engine(path)
+
+
+def test_a_version_1_file_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
+    """A file written before signals existed gains the mailbox and keeps its runs."""
+    path = tmp_path / "app.db"
+    crashed_run(path)
+    conn = sqlite3.connect(path)  # take the file back to version 1, as the v1 code wrote it
+    with conn:
+        conn.execute("DROP TABLE mailbox")
+        conn.execute("ALTER TABLE runs DROP COLUMN cancel_requested")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    assert _user_version(path) == 1
+    assert "cancel_requested" not in _columns(path, "runs")
+    with ce.Engine(path) as engine:
+        assert _user_version(path) == sqlite_store.SCHEMA_VERSION
+        assert "cancel_requested" in _columns(path, "runs")
+        assert engine.get_run("r").result() == 2
 
 
 def test_failed_migration_leaves_the_file_at_its_old_version(
@@ -514,10 +533,11 @@ def test_failed_migration_leaves_the_file_at_its_old_version(
         _add_priority(conn)
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(sqlite_store.MIGRATIONS, 1, half_done)
+    current = sqlite_store.SCHEMA_VERSION
+    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(sqlite_store.MIGRATIONS, current, half_done)
     with pytest.raises(RuntimeError, match="migration bug"):
         ce.Engine(path)
-    assert _user_version(path) == 1
+    assert _user_version(path) == current
     assert "priority" not in _columns(path, "runs")
     assert dump(path, "runs") == runs_before

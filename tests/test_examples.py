@@ -66,3 +66,23 @@ def test_compensation_undoes_the_order_that_cannot_ship() -> None:
         ("release_stock", "completed", "1"),
     ]
     assert "stock 4 -> 4, balance 7500 -> 7500" in cancelled
+
+
+def test_reminder_sends_each_reminder_once_three_virtual_days_apart() -> None:
+    out = run_example("reminder")
+    first, _, second = out.partition("The process stops")
+    sent = re.findall(r"sending reminder (\d) to ada on \w{3} (\d\d) Mar 2026 09:00 UTC", out)
+    assert sent == [("1", "05"), ("2", "08"), ("3", "11")]
+    assert first.count("sending reminder") == 2 and second.count("sending reminder") == 1
+    # Halfway: asleep, progress published, the sleep in flight shows its wake time.
+    assert "a week later: run is sleeping" in first
+    assert "published: {'sent': 2, 'of': 3, 'last': '2026-03-08T09:00:00+00:00'}" in first
+    assert re.search(
+        r"^\s+9\s+sleep \(3d\) \[running, wakes Wed 11 Mar 2026 09:00 UTC\]$", first, re.M
+    )
+    # After the restart a day later, the third reminder keeps its first planned day.
+    assert "run is completed: ['reminder-1', 'reminder-2', 'reminder-3']" in second
+    assert "'sent': 3, 'of': 3" in second
+    assert "virtual time passed: 9 days" in out
+    real = float(re.search(r"real time taken: ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
+    assert real < 2.0

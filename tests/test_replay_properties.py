@@ -22,7 +22,15 @@ from hypothesis import strategies as st
 
 import contengine as ce
 from contengine.driver import Driver, Raised, Returned
-from contengine.store.base import E_COMPLETED, E_FAILED, EntryRow, Progress, RunRow, Store
+from contengine.store.base import (
+    E_COMPLETED,
+    E_FAILED,
+    EntryRow,
+    Progress,
+    RunRow,
+    Signal,
+    Store,
+)
 from contengine.store.sqlite import SQLiteStore
 
 RUN_ID = "prop-run"
@@ -291,6 +299,18 @@ class CrashingStore(Store):
     def log_length(self, run_id: str) -> int:
         """Delegated."""
         return self.inner.log_length(run_id)
+
+    def send_signal(self, run_id: str, name: str, payload: bytes, now: float) -> None:
+        """Delegated."""
+        self.inner.send_signal(run_id, name, payload, now)
+
+    def peek_signal(self, run_id: str, name: str) -> Signal | None:
+        """Delegated."""
+        return self.inner.peek_signal(run_id, name)
+
+    def request_cancel(self, run_id: str, now: float) -> bool:
+        """Delegated."""
+        return self.inner.request_cancel(run_id, now)
 
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         """Delegated."""

@@ -40,6 +40,7 @@ class RunRow:
     error: bytes | None = None
     error_text: str | None = None
     note: str | None = None
+    cancel_requested: bool = False
 
 
 @dataclass(slots=True)
@@ -86,6 +87,18 @@ class RunUpdate:
     result: bytes | None = None
     error: bytes | None = None
     error_text: str | None = None
+    clear_cancel: bool = False  # the cancellation was delivered with this progress
+
+
+@dataclass(slots=True)
+class Signal:
+    """A message in a run's mailbox, oldest first per name."""
+
+    seq: int
+    run_id: str
+    name: str
+    payload: bytes
+    sent_at: float
 
 
 @dataclass(slots=True)
@@ -103,6 +116,9 @@ class Progress:
     # Entries that are complete when first written (answers to now/random/...),
     # inserted before `insert`, in position order.
     recorded: tuple[EntryRow, ...] = ()
+    # A mailbox message consumed by this progress (its seq); it is deleted in the
+    # same transaction that logs it, and the commit fails if it is already gone.
+    consume: int | None = None
 
 
 class Store(ABC):
@@ -148,6 +164,22 @@ class Store(ABC):
     @abstractmethod
     def next_due(self) -> float | None:
         """The earliest time an unfinished run becomes due, if any is waiting."""
+
+    @abstractmethod
+    def send_signal(self, run_id: str, name: str, payload: bytes, now: float) -> None:
+        """Put a message in the run's mailbox and wake the run if it waits.
+
+        Raises RunNotFound for an unknown run and ContengineError for a finished one;
+        nothing is written then.
+        """
+
+    @abstractmethod
+    def peek_signal(self, run_id: str, name: str) -> Signal | None:
+        """The oldest message under name in the run's mailbox, without taking it."""
+
+    @abstractmethod
+    def request_cancel(self, run_id: str, now: float) -> bool:
+        """Mark the run to be cancelled at its current yield and wake it; False if finished."""
 
     @abstractmethod
     def set_note(self, run_id: str, note: str | None) -> None:

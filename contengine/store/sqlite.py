@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import DatabaseError, DatabaseLocked
+from ..errors import ContengineError, DatabaseError, DatabaseLocked, RunNotFound
 from .base import (
     E_COMPLETED,
     E_RUNNING,
@@ -19,12 +19,13 @@ from .base import (
     Progress,
     ReplayRow,
     RunRow,
+    Signal,
     Store,
 )
 
 # "Cont" in the file header marks a contengine database among SQLite files.
 APPLICATION_ID = 0x436F6E74
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
@@ -64,6 +65,18 @@ CREATE TABLE log (
     error_text TEXT
 );
 """
+# Version 2: signals (a mailbox per run) and cancellation requests.
+_SCHEMA_V2 = """
+ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE mailbox (
+    seq INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX mailbox_by_run ON mailbox (run_id, name, seq)
+"""
 # A log entry's key packs its run's number and its position into one integer,
 # so the log is a plain rowid table: the cheapest insert and lookup SQLite has
 # (this keeps the per-step write close to the raw commit floor).
@@ -82,11 +95,12 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: lambda conn: _run_script(conn, _SCHEMA_V1),
+    1: lambda conn: _run_script(conn, _SCHEMA_V2),
 }
 
 _RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
-    "finished_at, due_at, result, error, error_text, note"
+    "finished_at, due_at, result, error, error_text, note, cancel_requested"
 )
 _LOG_COLS = (
     "id, kind, name, key, text, status, attempts, crashes, "
@@ -113,7 +127,7 @@ _UPDATE_ENTRY = (
 )
 _UPDATE_RUN = (
     "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
-    "error = ?, error_text = ? WHERE id = ?"
+    "error = ?, error_text = ?, cancel_requested = cancel_requested AND NOT ? WHERE id = ?"
 )
 _NUM_CACHE = 10_000
 # Listed positively so that SQLite can use the (status, due_at) index.
@@ -264,7 +278,7 @@ class SQLiteStore(Store):
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 14)}) "
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 15)}) "
                 f"ON CONFLICT (id) DO NOTHING",
                 (
                     run.id,
@@ -281,6 +295,7 @@ class SQLiteStore(Store):
                     run.error,
                     run.error_text,
                     run.note,
+                    int(run.cancel_requested),
                 ),
             )
             if cur.rowcount == 1:
@@ -466,9 +481,17 @@ class SQLiteStore(Store):
                     r.result,
                     r.error,
                     r.error_text,
+                    r.clear_cancel,
                     p.run_id,
                 ),
             )
+        if p.consume is not None:
+            deleted = conn.execute("DELETE FROM mailbox WHERE seq = ?", (p.consume,)).rowcount
+            if deleted != 1:
+                raise DatabaseError(
+                    f"signal {p.consume} of run {p.run_id!r} was already taken (another engine "
+                    f"is driving the same run); nothing was written"
+                )
 
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         sql = (
@@ -485,7 +508,47 @@ class SQLiteStore(Store):
             f"AND due_at IS NOT NULL"
         )
         value = rows[0][0]
-        return float(value) if value is not None else None
+        # A wait without a timeout is due "never" (infinity): no time will wake it.
+        return float(value) if value is not None and value != float("inf") else None
+
+    def send_signal(self, run_id: str, name: str, payload: bytes, now: float) -> None:
+        with self._tx() as conn:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}: the signal {name!r} was not sent")
+            if row[0] in FINISHED:
+                raise ContengineError(
+                    f"run {run_id!r} is {row[0]}: it will never wait again, so the signal "
+                    f"{name!r} was not sent"
+                )
+            conn.execute(
+                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (?, ?, ?, ?)",
+                (run_id, name, payload, now),
+            )
+            # Wake a waiting run now; it finds out for itself whether this is its signal.
+            conn.execute(
+                "UPDATE runs SET due_at = ? WHERE id = ? AND status = 'waiting'", (now, run_id)
+            )
+
+    def peek_signal(self, run_id: str, name: str) -> Signal | None:
+        rows = self._read(
+            "SELECT seq, run_id, name, payload, sent_at FROM mailbox "
+            "WHERE run_id = ? AND name = ? ORDER BY seq LIMIT 1",
+            (run_id, name),
+        )
+        return Signal(*rows[0]) if rows else None
+
+    def request_cancel(self, run_id: str, now: float) -> bool:
+        with self._tx() as conn:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r} to cancel")
+            if row[0] in FINISHED:
+                return False
+            conn.execute(
+                "UPDATE runs SET cancel_requested = 1, due_at = ? WHERE id = ?", (now, run_id)
+            )
+            return True
 
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._tx() as conn:
