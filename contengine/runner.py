@@ -9,6 +9,7 @@ leaves either the old state or the new one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import random as random_module
@@ -135,10 +136,9 @@ def _set_aside(gen: Any) -> None:
     finally block is refused (nothing runs; the block runs for real when the run
     is driven on and ends), and errors from such blocks are dropped.
     """
-    try:
+    # Exception: "generator ignored GeneratorExit" from a yield in a finally block.
+    with contextlib.suppress(Exception):
         gen.close()
-    except Exception:  # "generator ignored GeneratorExit" from a yield in finally
-        pass
 
 
 class _Drive:
