@@ -165,10 +165,10 @@ class _Drive:
         self.consume: int | None = None  # a mailbox message taken, deleted with the next commit
         self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
         self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
-        # The attempts count of the entry in flight as last committed: every update
-        # must find it unchanged, so a second driver of the same run cannot
-        # overwrite the first one's progress (the update fails instead).
-        self.stored_attempts = 0
+        # The attempts count of each entry in flight as last committed, by position:
+        # every update must find it unchanged, so a second driver of the same run
+        # cannot overwrite the first one's progress (the update fails instead).
+        self.stored: dict[int, int] = {}
 
     def go(self) -> None:
         try:
@@ -238,11 +238,10 @@ class _Drive:
                 request.text, E_RUNNING, 1, 0, now,
             )  # fmt: skip
             self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
-            self.stored_attempts = 1
         else:
             # Replay read only what it needed; the entry in flight is read whole.
             entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
-            self.stored_attempts = entry.attempts
+            self.stored[entry.position] = entry.attempts
             self._resume_entry(entry, request, now)
             if entry.status != E_RUNNING:  # a crash loop was declared: the outcome is final
                 return self._finished_outcome(entry)
@@ -273,55 +272,79 @@ class _Drive:
 
     def _attempts(self, entry: EntryRow, request: StepCall[Any]) -> Outcome:
         """Run attempts until the step succeeds or its retries are spent."""
-        opts = request.options
         args, kwargs = self._step_arguments(request)
         while True:
             ok, value, tb = self._execute(entry, request, args, kwargs)
-            now = self.r.clock.now()
-            retryable = True
-            if ok:
-                try:
-                    data, copy = self.r.serde.dumps_checked(
-                        value,
-                        lambda: (
-                            f"the result of step {request.name!r} at position "
-                            f"{entry.position} of run {self.run.id!r}"
-                        ),
-                    )
-                except SerializationError as exc:
-                    # Running the step again would repeat its effects for nothing:
-                    # the same kind of value would be refused again.
-                    ok, value, tb = False, exc, "".join(traceback.format_exception(exc))
-                    retryable = False
-                else:
-                    entry.status, entry.finished_at, entry.outcome = E_COMPLETED, now, data
-                    self.carry = entry
-                    return Outcome(True, copy)
-            failures = entry.attempts - entry.crashes
-            if _bad_call(request.step.fn, args, kwargs, value):
-                retryable = False
-                value.add_note(
-                    f"contengine: step {request.name!r} was called with arguments it does "
-                    f"not accept; it was not retried"
+            settled = self._settle(entry, request, ok, value, tb, args, kwargs)
+            if isinstance(settled, Outcome):
+                self.carry = entry  # written with the next request, in one commit
+                return settled
+            if settled is not None:
+                raise NotDue(settled)
+
+    def _settle(
+        self,
+        entry: EntryRow,
+        request: StepCall[Any],
+        ok: bool,
+        value: Any,
+        tb: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        member: bool = False,
+    ) -> Outcome | float | None:
+        """Decide what one attempt's end means for its step.
+
+        Returns the step's final Outcome (the entry is filled in, not yet written),
+        None when the next attempt starts now, or the time the next attempt is due
+        (both of those are committed here). A gather's member leaves the run's due
+        time to the gather.
+        """
+        opts = request.options
+        now = self.r.clock.now()
+        retryable = True
+        if ok:
+            try:
+                data, copy = self.r.serde.dumps_checked(
+                    value,
+                    lambda: (
+                        f"the result of step {request.name!r} at position "
+                        f"{entry.position} of run {self.run.id!r}"
+                    ),
                 )
-            if retryable and isinstance(value, opts.retry_on) and failures <= opts.retries:
-                delay = opts.backoff.delay(failures)
-                entry.error_text = tb
-                if delay > 0:
-                    entry.status, entry.due_at = E_RETRYING, now + delay
-                    self._commit(update=entry, run=self._run_update(RUNNING, entry.due_at, now))
-                    raise NotDue(entry.due_at)
-                entry.status, entry.due_at = E_RUNNING, None
-                entry.attempts += 1
-                self._commit(update=entry, run=self._run_update(RUNNING, None, now))
-                continue
+            except SerializationError as exc:
+                # Running the step again would repeat its effects for nothing:
+                # the same kind of value would be refused again.
+                ok, value, tb = False, exc, "".join(traceback.format_exception(exc))
+                retryable = False
+            else:
+                entry.status, entry.finished_at, entry.outcome = E_COMPLETED, now, data
+                return Outcome(True, copy)
+        failures = entry.attempts - entry.crashes
+        if _bad_call(request.step.fn, args, kwargs, value):
+            retryable = False
             value.add_note(
-                f"contengine: step {request.name!r} failed at position {entry.position} of run "
-                f"{self.run.id!r} after {entry.attempts} attempt(s)"
+                f"contengine: step {request.name!r} was called with arguments it does "
+                f"not accept; it was not retried"
             )
-            self._fail_entry(entry, value, tb, now)
-            self.carry = entry
-            return self._finished_outcome(entry)
+        if retryable and isinstance(value, opts.retry_on) and failures <= opts.retries:
+            delay = opts.backoff.delay(failures)
+            entry.error_text = tb
+            if delay > 0:
+                entry.status, entry.due_at = E_RETRYING, now + delay
+                run = None if member else self._run_update(RUNNING, entry.due_at, now)
+                self._commit(update=entry, run=run)
+                return entry.due_at
+            entry.status, entry.due_at = E_RUNNING, None
+            entry.attempts += 1
+            self._commit(update=entry, run=None if member else self._run_update(RUNNING, None, now))
+            return None
+        value.add_note(
+            f"contengine: step {request.name!r} failed at position {entry.position} of run "
+            f"{self.run.id!r} after {entry.attempts} attempt(s)"
+        )
+        self._fail_entry(entry, value, tb, now)
+        return self._finished_outcome(entry)
 
     def _fail_entry(self, entry: EntryRow, error: BaseException, tb: str, now: float) -> None:
         """Fill in entry as failed with error (the caller decides how it is written)."""
@@ -421,7 +444,6 @@ class _Drive:
             )  # fmt: skip
             if wake > now:
                 self._commit(insert=entry, run=RunUpdate(SLEEPING, now, due_at=wake))
-                self.stored_attempts = 1
                 raise NotDue(wake)
             # Already due (a zero or past sleep): logged complete with the next commit.
             entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
@@ -430,7 +452,7 @@ class _Drive:
             return Outcome(True, None)
         else:
             entry = self.r.store.load_log(self.run.id, position, 1)[0]
-            self.stored_attempts = entry.attempts
+            self.stored[entry.position] = entry.attempts
             if entry.due_at is not None and entry.due_at > now:
                 raise NotDue(entry.due_at)
         entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
@@ -444,7 +466,7 @@ class _Drive:
         store = self.r.store
         if logged:
             entry = store.load_log(self.run.id, position, 1)[0]
-            self.stored_attempts = entry.attempts
+            self.stored[entry.position] = entry.attempts
         else:
             deadline = NEVER if request.timeout is None else now + request.timeout
             entry = EntryRow(
@@ -473,7 +495,6 @@ class _Drive:
             return self._finished_outcome(entry)
         if not logged:
             self._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=deadline))
-            self.stored_attempts = 1
         elif self.status != WAITING or self.due_at != deadline:
             # Woken by another name's signal (or a restart): back to waiting.
             self._commit(run=RunUpdate(WAITING, now, due_at=deadline))
@@ -495,7 +516,7 @@ class _Drive:
         logged = pending.recorded is not None
         if logged:
             entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
-            self.stored_attempts = entry.attempts
+            self.stored[entry.position] = entry.attempts
         else:
             entry = EntryRow(
                 self.run.id, pending.position, request.kind, request.name, request.key,
@@ -524,7 +545,7 @@ class _Drive:
         # writes that update an entry happen when nothing is carried.
         assert self.carry is None or update is None
         entry = update or self.carry
-        expect = self.stored_attempts if entry is not None else None
+        expect = self.stored.get(entry.position) if entry is not None else None
         recorded = tuple(self.recorded) if self.recorded else ()
         if self.clear_cancel:
             if run is None:
@@ -534,7 +555,11 @@ class _Drive:
             Progress(self.run.id, entry, insert, run, expect, recorded, self.consume)
         )
         if entry is not None:
-            self.stored_attempts = entry.attempts
+            self.stored[entry.position] = entry.attempts
+        if insert is not None:
+            self.stored[insert.position] = insert.attempts
+        for e in recorded:
+            self.stored[e.position] = e.attempts
         self.carry = None
         self.consume = None
         self.clear_cancel = False
