@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import Cancelled, InvalidYield, NonDeterminismError
-from .requests import Request
+from .requests import GatherRequest, Request
 
 
 @dataclass(slots=True)  # not frozen: frozen instances cost several times more to make
@@ -65,6 +65,8 @@ class Pending:
     # The logged entry for this position if the request was logged before (it is
     # in flight, or was when the process died); None if it is new.
     recorded: Recorded | None
+    # For a gather: the logged entry (or None) of each member, in argument order.
+    members: list[Recorded | None] | None = None
 
 
 @dataclass(slots=True)  # not frozen: frozen instances cost several times more to make
@@ -95,7 +97,9 @@ PATCHED = "patched"
 class Driver:
     """Feeds one workflow generator its logged outcomes, then runs it live."""
 
-    __slots__ = ("_gen", "_history", "_logged", "_label", "_decode", "position", "replayed")
+    __slots__ = (
+        "_gen", "_history", "_logged", "_label", "_decode", "_width", "position", "replayed",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class Driver:
         self._decode = decode
         self.position = 0
         self.replayed = 0  # outcomes fed from the log, for reporting
+        self._width = 1  # log positions the pending request takes (a gather takes several)
 
     def start(self) -> Next:
         """Run the workflow up to its first request without an outcome (or its end)."""
@@ -119,7 +124,8 @@ class Driver:
 
     def send(self, outcome: Outcome) -> Next:
         """Feed the outcome of the pending request and run to the next one."""
-        self.position += 1
+        self.position += self._width
+        self._width = 1
         return self._advance(outcome)
 
     def _advance(self, outcome: Outcome | None) -> Next:
@@ -155,6 +161,12 @@ class Driver:
                     outcome = Outcome(True, False)
                     continue
                 pos = self.position = j
+            if type(yielded) is GatherRequest:
+                gathered = self._gather(pos, yielded)
+                if isinstance(gathered, Pending):
+                    return gathered
+                outcome = gathered
+                continue
             if pos >= logged:
                 return Pending(pos, yielded, None)
             rec = history[pos]
@@ -164,6 +176,30 @@ class Driver:
                 return Pending(pos, yielded, rec)
             self.replayed += 1
             self.position = pos + 1
+
+    def _gather(self, pos: int, request: GatherRequest) -> Pending | Outcome:
+        """Check a gather's members against their logged positions; replay it if all are done."""
+        history, logged = self._history, self._logged
+        recorded: list[Recorded | None] = []
+        outcomes: list[Outcome | None] = []
+        for i, member in enumerate(request.members):
+            if pos + i < logged:
+                rec = history[pos + i]
+                self.position = pos + i  # so a mismatch names the member's position
+                self._check_same(rec, member)
+                recorded.append(rec)
+                outcomes.append(self._decode(rec))
+            else:
+                recorded.append(None)
+                outcomes.append(None)
+        self.position = pos
+        width = request.width
+        if all(o is not None for o in outcomes):
+            self.position = pos + width
+            self.replayed += width
+            return request.combine(outcomes)  # type: ignore[no-any-return]
+        self._width = width
+        return Pending(pos, request, None, recorded)
 
     def _check_same(self, rec: Recorded, req: Request) -> None:
         if rec.kind != req.kind or rec.name != req.name:

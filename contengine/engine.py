@@ -348,7 +348,8 @@ class Engine:
         return dict(self._stuck)
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (and let the step threads of gathers go)."""
+        self._runner.close()
         self.store.close()
 
     def __enter__(self) -> Engine:

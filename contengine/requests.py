@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .canonical import canonical_call, display_call, key_of
+from .errors import Cancelled
 
 if TYPE_CHECKING:
     from .workflow import Step
@@ -400,3 +401,64 @@ def wait(name: str, timeout: float | datetime.timedelta | None = None) -> WaitRe
     if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
         raise ValueError(f"a wait's timeout must be seconds >= 0 or None, not {timeout!r}")
     return WaitRequest(name, None if timeout is None else float(timeout))
+
+
+class GatherRequest(Request):
+    """Several requests carried out concurrently; their results come back in argument order."""
+
+    __slots__ = ("members", "return_exceptions")
+    kind: ClassVar[str] = "gather"
+
+    def __init__(self, members: tuple[Request, ...], return_exceptions: bool) -> None:
+        for m in members:
+            if not isinstance(m, StepCall | SleepRequest | WaitRequest | Immediate) or isinstance(
+                m, PatchedRequest
+            ):
+                raise TypeError(
+                    f"ce.gather() takes step calls, sleeps, waits, now/random/uuid and "
+                    f"publish requests, not {m!r}"
+                )
+        self.members = members
+        self.return_exceptions = return_exceptions
+
+    @property
+    def width(self) -> int:
+        """How many log positions the gather takes: one per member, in argument order."""
+        return len(self.members)
+
+    def describe(self) -> str:
+        return "gather(" + ", ".join(m.describe() for m in self.members) + ")"
+
+    def combine(self, outcomes: Sequence[Any]) -> Any:
+        """The gather's own outcome from its members' (all present), the same live and on replay.
+
+        Cancellation wins over everything; otherwise the first failure in argument
+        order is raised (after all members finished), unless return_exceptions.
+        """
+        from .driver import Outcome  # the driver module imports this one
+
+        for o in outcomes:
+            if not o.ok and isinstance(o.value, Cancelled):
+                return o
+        if not self.return_exceptions:
+            for o in outcomes:
+                if not o.ok:
+                    return o
+        return Outcome(True, [o.value for o in outcomes])
+
+    def __iter__(self) -> Generator[GatherRequest, Any, list[Any]]:
+        """`results = yield from ce.gather(...)` gives type checkers a list."""
+        result: list[Any] = yield self
+        return result
+
+
+def gather(*requests: Request, return_exceptions: bool = False) -> GatherRequest:
+    """Carry out requests concurrently; results (or exceptions) come back in argument order.
+
+    Each member takes a log position when the gather is yielded, in argument order,
+    whatever order they finish in, so a replay is the same however they interleaved.
+    When members fail, the gather waits for all of them and then raises the first
+    failure in argument order (as durabletask does); with return_exceptions=True the
+    exceptions are returned in place of results (as asyncio.gather does).
+    """
+    return GatherRequest(tuple(requests), return_exceptions)

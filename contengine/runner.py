@@ -9,6 +9,7 @@ leaves either the old state or the new one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import inspect
@@ -17,6 +18,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED
 from typing import Any
 
 from .clock import Clock
@@ -34,10 +36,12 @@ from .errors import (
 )
 from .log import StreamedLog, decode_outcome
 from .requests import (
+    GatherRequest,
     Immediate,
     NowRequest,
     PublishRequest,
     RandomRequest,
+    Request,
     SleepRequest,
     StepCall,
     UuidRequest,
@@ -91,6 +95,21 @@ class Runner:
         # Source of ce.random() and ce.uuid(): seeded from the OS, never replayed
         # (a replay reads the logged values instead).
         self.random = random_module.Random()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads for the steps of a gather (made on first use)."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=16, thread_name_prefix="contengine-step"
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Let the step threads go (steps still running finish first)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # -- rebuilding -----------------------------------------------------------
 
@@ -223,6 +242,8 @@ class _Drive:
                 return self._sleep(pending.position, request, pending.recorded is not None)
             if isinstance(request, WaitRequest):
                 return self._wait(pending.position, request, pending.recorded is not None)
+            if isinstance(request, GatherRequest):
+                return self._gather(pending, request)
             raise InvalidYield(
                 f"workflow {self.wf.name!r} yielded {request.describe()}, a request this "
                 f"version of contengine cannot carry out; the log is unchanged"
@@ -499,6 +520,158 @@ class _Drive:
             # Woken by another name's signal (or a restart): back to waiting.
             self._commit(run=RunUpdate(WAITING, now, due_at=deadline))
         raise NotDue(deadline)
+
+    # -- gather: several requests at once ------------------------------------------
+
+    def _gather(self, pending: Pending, request: GatherRequest) -> Outcome:
+        """Carry out a gather's members concurrently, committing each outcome as it comes.
+
+        Every member has its own log entry, at the position its argument order gives
+        it, written when the gather is first reached. Steps run in the runner's
+        thread pool; commits are made here, in the driving thread, as they finish.
+        """
+        now = self.r.clock.now()
+        members = request.members
+        recorded = pending.members or [None] * len(members)
+        entries: list[EntryRow] = []
+        fresh: list[EntryRow] = []
+        for i, member in enumerate(members):
+            position = pending.position + i
+            if recorded[i] is not None:
+                entry = self.r.store.load_log(self.run.id, position, 1)[0]
+                self.stored[position] = entry.attempts
+            else:
+                entry = self._member_entry(position, member, now)
+                fresh.append(entry)
+            entries.append(entry)
+        if fresh:
+            self.recorded.extend(fresh)
+            self._commit(run=self._run_update(RUNNING, None, now))
+        outcomes: list[Outcome | None] = [decode_outcome(self.r.serde, e) for e in entries]
+        steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        for i, (member, entry) in enumerate(zip(members, entries, strict=True)):
+            if outcomes[i] is not None:
+                continue
+            if isinstance(member, StepCall):
+                if recorded[i] is not None and entry.status == E_RUNNING:
+                    self._resume_member(entry, member, now)  # its process died during it
+                    if entry.status == E_FAILED:
+                        self._commit(update=entry)
+                        outcomes[i] = self._finished_outcome(entry)
+                        continue
+                if entry.status == E_RETRYING and (entry.due_at or now) <= now:
+                    entry.status, entry.due_at = E_RUNNING, None
+                    entry.attempts += 1
+                    self._commit(update=entry)
+                if entry.status == E_RUNNING:
+                    steps[i] = self._step_arguments(member)
+            else:
+                outcomes[i] = self._settle_member(entry, member, now)
+        self._run_steps(members, entries, outcomes, steps)
+        if all(o is not None for o in outcomes):
+            return request.combine(outcomes)  # type: ignore[no-any-return]
+        # Some members wait (a timer, a signal, a retry): the run waits for the earliest.
+        waiting = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
+        due = min(e.due_at if e.due_at is not None else NEVER for e in waiting)
+        kinds = {e.kind for e in waiting}
+        status = SLEEPING if kinds == {"sleep"} else WAITING if "wait" in kinds else RUNNING
+        update = self._run_update(status, due, self.r.clock.now())
+        if update is not None or self.carry is not None or self.recorded:
+            self._commit(run=update)
+        raise NotDue(due)
+
+    def _member_entry(self, position: int, member: Request, now: float) -> EntryRow:
+        """The first log entry of a gather member, written when the gather is reached."""
+        if isinstance(member, Immediate):
+            self._immediate(position, member)
+            return self.recorded.pop()  # inserted with the other members, complete
+        due: float | None = None
+        if isinstance(member, SleepRequest):
+            due = member.wake_time(now)
+        elif isinstance(member, WaitRequest):
+            due = NEVER if member.timeout is None else now + member.timeout
+        return EntryRow(
+            self.run.id, position, member.kind, member.name, member.key, member.text,
+            E_RUNNING, 1, 0, now, None, due,
+        )  # fmt: skip
+
+    def _resume_member(self, entry: EntryRow, member: StepCall[Any], now: float) -> None:
+        """A member step found running after a restart: count the crash, try again or give up."""
+        entry.crashes += 1
+        if entry.crashes > member.options.max_crashes:
+            err = CrashLoop(
+                "CrashLoop",
+                f"step {member.name!r} at position {entry.position} of run {self.run.id!r} "
+                f"was interrupted by a process crash {entry.crashes} times "
+                f"(max_crashes={member.options.max_crashes}); it is not tried again.",
+            )
+            self._fail_entry(entry, err, "", now)
+            return
+        entry.attempts += 1
+        self._commit(update=entry)
+
+    def _settle_member(self, entry: EntryRow, member: Request, now: float) -> Outcome | None:
+        """A member that runs no code: a due timer completes, a wait takes its signal."""
+        if isinstance(member, SleepRequest):
+            if entry.due_at is not None and entry.due_at > now:
+                return None
+            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+            entry.outcome = self.r.serde.dumps(None, "nothing")
+            self._commit(update=entry)
+            return Outcome(True, None)
+        assert isinstance(member, WaitRequest)
+        signal = self.r.store.peek_signal(self.run.id, member.signal)
+        if signal is not None:
+            value = self.r.serde.loads(signal.payload, f"signal {member.signal!r}")
+            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+            entry.outcome = signal.payload
+            self.consume = signal.seq
+            self._commit(update=entry)
+            return Outcome(True, value)
+        if entry.due_at is not None and entry.due_at <= now:
+            error = Timeout(
+                f"no signal {member.signal!r} arrived within {_duration_text(member.timeout)}"
+            )
+            self._fail_entry(entry, error, f"Timeout: {error}", now)
+            self._commit(update=entry)
+            return self._finished_outcome(entry)
+        return None
+
+    def _run_steps(
+        self,
+        members: tuple[Request, ...],
+        entries: list[EntryRow],
+        outcomes: list[Outcome | None],
+        steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> None:
+        """Run member steps in the pool; settle (and commit) each attempt as it ends."""
+        if not steps:
+            return
+        pool = self.r.pool()
+        running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
+
+        def submit(i: int) -> None:
+            args, kwargs = steps[i]
+            step = members[i]
+            assert isinstance(step, StepCall)
+            running[pool.submit(self._execute, entries[i], step, args, kwargs)] = i
+
+        for i in steps:
+            submit(i)
+        while running:
+            done, _ = concurrent.futures.wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                step = members[i]
+                assert isinstance(step, StepCall)
+                ok, value, tb = future.result()
+                args, kwargs = steps[i]
+                settled = self._settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+                if isinstance(settled, Outcome):
+                    self._commit(update=entries[i])
+                    outcomes[i] = settled
+                elif settled is None:
+                    submit(i)  # the next attempt, now
 
     def _hold(self, entry: EntryRow, logged: bool) -> None:
         """Keep a finished entry for the next commit: an update if logged, else an insert."""
