@@ -1,0 +1,662 @@
+"""One drive of one run: rebuild it from its log, execute steps, commit outcomes.
+
+The write pattern is what makes every step cost one commit: when a step's
+outcome is known it is sent into the generator first (pure code runs up to the
+next yield), and then the outcome *and* the next request are committed together.
+The log therefore always shows the request in flight, and a crash at any point
+leaves either the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import traceback
+import uuid
+from concurrent.futures import FIRST_COMPLETED
+from typing import TYPE_CHECKING, Any
+
+from .attempts import bad_call, call_with_timeout
+from .driver import Driver, Outcome, Pending, Raised, Returned
+from .errors import (
+    Cancelled,
+    ContengineError,
+    CrashLoop,
+    InvalidYield,
+    SerializationError,
+    StepFailed,
+    Timeout,
+    WorkflowFailed,
+)
+from .log import decode_outcome
+from .requests import (
+    GatherRequest,
+    Immediate,
+    NowRequest,
+    PublishRequest,
+    RandomRequest,
+    Request,
+    SleepRequest,
+    StepCall,
+    UuidRequest,
+    WaitRequest,
+    _duration,
+)
+from .store.base import (
+    CANCELLED,
+    COMPLETED,
+    E_COMPLETED,
+    E_FAILED,
+    E_RETRYING,
+    E_RUNNING,
+    FAILED,
+    RUNNING,
+    SLEEPING,
+    WAITING,
+    EntryRow,
+    Progress,
+    RunRow,
+    RunUpdate,
+)
+from .workflow import Workflow, _current
+
+if TYPE_CHECKING:
+    from .runner import Runner
+
+
+class NotDue(Exception):
+    """The run waits for a retry that is due at `due_at`; nothing more can be done now."""
+
+    def __init__(self, due_at: float) -> None:
+        super().__init__(due_at)
+        self.due_at = due_at
+
+
+class _Drive:
+    """The state of one drive of one run (kept out of Runner so it is never shared)."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        run: RunRow,
+        wf: Workflow[Any, Any],
+        driver: Driver,
+    ) -> None:
+        self.r = runner
+        self.run = run
+        self.wf = wf
+        self.driver = driver
+        self.status = run.status
+        self.due_at = run.due_at
+        # The outcome of the previous request, to be committed with whatever
+        # comes next (the next request, or the run's end).
+        self.carry: EntryRow | None = None
+        # Answers to immediate requests (now, random, ...), logged with the next commit.
+        self.recorded: list[EntryRow] = []
+        self.consume: int | None = None  # a mailbox message taken, deleted with the next commit
+        self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
+        self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
+        # The attempts count of each entry in flight as last committed, by position:
+        # every update must find it unchanged, so a second driver of the same run
+        # cannot overwrite the first one's progress (the update fails instead).
+        self.stored: dict[int, int] = {}
+
+    def go(self) -> None:
+        try:
+            self._go()
+        except Exception:
+            # A step's outcome is a fact even if the code after it cannot go on
+            # (an invalid yield, an engine error): keep it, so the step never runs twice.
+            if self.carry is not None or self.recorded or self.consume is not None:
+                self._commit()
+            raise
+
+    def _go(self) -> None:
+        nxt = self.driver.start()
+        while type(nxt) is Pending:
+            nxt = self.driver.send(self._carry_out(nxt))
+        if isinstance(nxt, Returned):
+            self._finish_returned(nxt.value)
+        elif isinstance(nxt, Raised):
+            self._finish_raised(nxt.error)
+
+    # -- run end ------------------------------------------------------------
+
+    def _finish_returned(self, value: Any) -> None:
+        try:
+            data = self.r.serde.dumps_checked(
+                value, f"the result of workflow {self.wf.name!r} (run {self.run.id!r})"
+            )[0]
+        except SerializationError as exc:
+            self._finish_raised(exc)
+            return
+        now = self.r.clock.now()
+        self._commit(run=RunUpdate(COMPLETED, now, finished_at=now, result=data))
+
+    def _finish_raised(self, error: BaseException) -> None:
+        what = f"the exception of workflow {self.wf.name!r} (run {self.run.id!r})"
+        data = self.r.serde.dumps_error(error, what, WorkflowFailed)
+        text = "".join(traceback.format_exception(error))
+        now = self.r.clock.now()
+        status = CANCELLED if isinstance(error, Cancelled) else FAILED
+        self._commit(run=RunUpdate(status, now, finished_at=now, error=data, error_text=text))
+
+    # -- one request ------------------------------------------------------------
+
+    def _carry_out(self, pending: Pending) -> Outcome:
+        request = pending.request
+        if self.cancel_pending:
+            return self._deliver_cancel(pending)
+        if not isinstance(request, StepCall):
+            if isinstance(request, Immediate):
+                return self._immediate(pending.position, request)
+            if isinstance(request, SleepRequest):
+                return self._sleep(pending.position, request, pending.recorded is not None)
+            if isinstance(request, WaitRequest):
+                return self._wait(pending.position, request, pending.recorded is not None)
+            if isinstance(request, GatherRequest):
+                return self._gather(pending, request)
+            raise InvalidYield(
+                f"workflow {self.wf.name!r} yielded {request.describe()}, a request this "
+                f"version of contengine cannot carry out; the log is unchanged"
+            )
+        rec = pending.recorded
+        carry = self.carry
+        # The previous outcome's time is this request's start: they share a commit.
+        now = carry.finished_at if carry is not None and carry.finished_at else self.r.clock.now()
+        if rec is None:
+            # A new request: log it as in flight (attempt 1) with the previous outcome.
+            entry = EntryRow(
+                self.run.id, pending.position, request.kind, request.name, request.key,
+                request.text, E_RUNNING, 1, 0, now,
+            )  # fmt: skip
+            self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
+        else:
+            # Replay read only what it needed; the entry in flight is read whole.
+            entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
+            self.stored[entry.position] = entry.attempts
+            self._resume_entry(entry, request, now)
+            if entry.status != E_RUNNING:  # a crash loop was declared: the outcome is final
+                return self._finished_outcome(entry)
+        return self._attempts(entry, request)
+
+    def _resume_entry(self, entry: EntryRow, request: StepCall[Any], now: float) -> None:
+        """Prepare an entry found in flight in the log for its next attempt."""
+        if entry.status == E_RUNNING:
+            # Logged as running but no one is running it: its process died.
+            entry.crashes += 1
+            if entry.crashes > request.options.max_crashes:
+                err = CrashLoop(
+                    "CrashLoop",
+                    f"step {request.name!r} at position {entry.position} of run "
+                    f"{self.run.id!r} was interrupted by a process crash {entry.crashes} "
+                    f"times (max_crashes={request.options.max_crashes}); it is not tried "
+                    f"again. Fix what kills the process, then retry the run.",
+                )
+                self._fail_entry(entry, err, "", now)
+                self.carry = entry
+                return
+        elif entry.status == E_RETRYING and entry.due_at is not None and entry.due_at > now:
+            raise NotDue(entry.due_at)
+        entry.status = E_RUNNING
+        entry.attempts += 1
+        entry.due_at = None
+        self._commit(update=entry, run=self._run_update(RUNNING, None, now))
+
+    def _attempts(self, entry: EntryRow, request: StepCall[Any]) -> Outcome:
+        """Run attempts until the step succeeds or its retries are spent."""
+        args, kwargs = self._step_arguments(request)
+        while True:
+            ok, value, tb = self._execute(entry, request, args, kwargs)
+            settled = self._settle(entry, request, ok, value, tb, args, kwargs)
+            if isinstance(settled, Outcome):
+                self.carry = entry  # written with the next request, in one commit
+                return settled
+            if settled is not None:
+                raise NotDue(settled)
+
+    def _settle(
+        self,
+        entry: EntryRow,
+        request: StepCall[Any],
+        ok: bool,
+        value: Any,
+        tb: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        member: bool = False,
+    ) -> Outcome | float | None:
+        """Decide what one attempt's end means for its step.
+
+        Returns the step's final Outcome (the entry is filled in, not yet written),
+        None when the next attempt starts now, or the time the next attempt is due
+        (both of those are committed here). A gather's member leaves the run's due
+        time to the gather.
+        """
+        opts = request.options
+        now = self.r.clock.now()
+        retryable = True
+        if ok:
+            try:
+                data, copy = self.r.serde.dumps_checked(
+                    value,
+                    lambda: (
+                        f"the result of step {request.name!r} at position "
+                        f"{entry.position} of run {self.run.id!r}"
+                    ),
+                )
+            except SerializationError as exc:
+                # Running the step again would repeat its effects for nothing:
+                # the same kind of value would be refused again.
+                ok, value, tb = False, exc, "".join(traceback.format_exception(exc))
+                retryable = False
+            else:
+                entry.status, entry.finished_at, entry.outcome = E_COMPLETED, now, data
+                return Outcome(True, copy)
+        failures = entry.attempts - entry.crashes
+        if bad_call(request.step.fn, args, kwargs, value):
+            retryable = False
+            value.add_note(
+                f"contengine: step {request.name!r} was called with arguments it does "
+                f"not accept; it was not retried"
+            )
+        if retryable and isinstance(value, opts.retry_on) and failures <= opts.retries:
+            delay = opts.backoff.delay(failures)
+            entry.error_text = tb
+            if delay > 0:
+                entry.status, entry.due_at = E_RETRYING, now + delay
+                run = None if member else self._run_update(RUNNING, entry.due_at, now)
+                self._commit(update=entry, run=run)
+                return entry.due_at
+            entry.status, entry.due_at = E_RUNNING, None
+            entry.attempts += 1
+            self._commit(update=entry, run=None if member else self._run_update(RUNNING, None, now))
+            return None
+        value.add_note(
+            f"contengine: step {request.name!r} failed at position {entry.position} of run "
+            f"{self.run.id!r} after {entry.attempts} attempt(s)"
+        )
+        self._fail_entry(entry, value, tb, now)
+        return self._finished_outcome(entry)
+
+    def _fail_entry(self, entry: EntryRow, error: BaseException, tb: str, now: float) -> None:
+        """Fill in entry as failed with error (the caller decides how it is written)."""
+        what = f"the exception of {entry.kind} {entry.name!r} at position {entry.position}"
+        entry.outcome = self.r.serde.dumps_error(error, what, StepFailed)
+        entry.status, entry.finished_at, entry.due_at = E_FAILED, now, None
+        entry.error_text = tb or (
+            str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
+        )
+
+    def _finished_outcome(self, entry: EntryRow) -> Outcome:
+        # Read back what was stored, so the live run sees exactly what a replay will.
+        return decode_outcome(self.r.serde, entry)  # type: ignore[return-value]
+
+    def _step_arguments(self, request: StepCall[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments a step is called with: copies, unless they are plain scalars.
+
+        A replay never runs the step, so a step that changed an argument in place
+        would make the live run and its replay see different objects. Handing the
+        step a copy (read back from its serialized form) keeps them the same.
+        """
+        args, kwargs = request.args, request.kwargs
+        if not kwargs:
+            for a in args:
+                if type(a) not in _SCALARS:
+                    break
+            else:
+                return args, kwargs
+        serde = self.r.serde
+        try:
+            copied = serde.loads(serde.dumps((args, kwargs), "step arguments"), "step arguments")
+        except ContengineError:
+            return args, kwargs  # not serializable: nothing a replay could differ on either
+        return copied  # type: ignore[no-any-return]
+
+    def _execute(
+        self,
+        entry: EntryRow,
+        request: StepCall[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[bool, Any, str]:
+        token = _current.set(
+            (self.run.id, self.wf.name, request.name, entry.position, entry.attempts)
+        )
+        try:
+            timeout = request.options.timeout
+            if timeout is None:
+                return True, request.step.fn(*args, **kwargs), ""
+            return True, call_with_timeout(request, args, kwargs, timeout, entry.attempts), ""
+        except Exception as exc:
+            return False, exc, "".join(traceback.format_exception(exc))
+        finally:
+            _current.reset(token)
+
+    # -- requests answered without user code ---------------------------------------
+
+    def _immediate(self, position: int, request: Immediate) -> Outcome:
+        """Answer now/random/uuid/patched/publish at once; the answer is logged with the
+        next commit (so these cost no commit of their own)."""
+        now = self.r.clock.now()
+        if isinstance(request, NowRequest):
+            value: Any = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        elif isinstance(request, RandomRequest):
+            value = self.r.random.random()
+        elif isinstance(request, UuidRequest):
+            value = uuid.UUID(int=self.r.random.getrandbits(128), version=4)
+        elif isinstance(request, PublishRequest):
+            value = request.value
+        else:
+            value = True  # a patch reached live: this run takes the new path
+        status, error_text = E_COMPLETED, None
+        try:
+            data, copy = self.r.serde.dumps_checked(
+                value, lambda: f"the value of {request.describe()} at position {position}"
+            )
+        except SerializationError as exc:
+            status, error_text = E_FAILED, f"{type(exc).__name__}: {exc}"
+            data = self.r.serde.dumps_error(exc, "a serialization error", StepFailed)
+            copy = self.r.serde.loads(data, "a serialization error")
+        self.recorded.append(
+            EntryRow(
+                self.run.id, position, request.kind, request.name, request.key, request.text,
+                status, 1, 0, now, now, None, data, error_text,
+            )
+        )  # fmt: skip
+        return Outcome(status == E_COMPLETED, copy)
+
+    def _sleep(self, position: int, request: SleepRequest, logged: bool) -> Outcome:
+        """A durable timer: log the wake time once, then wait (NotDue) until it passes."""
+        now = self.r.clock.now()
+        if not logged:
+            wake = request.wake_time(now)
+            entry = EntryRow(
+                self.run.id, position, request.kind, request.name, request.key, request.text,
+                E_RUNNING, 1, 0, now, None, wake,
+            )  # fmt: skip
+            if wake > now:
+                self._commit(insert=entry, run=RunUpdate(SLEEPING, now, due_at=wake))
+                raise NotDue(wake)
+            # Already due (a zero or past sleep): logged complete with the next commit.
+            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+            entry.outcome = self.r.serde.dumps(None, "nothing")
+            self.recorded.append(entry)
+            return Outcome(True, None)
+        else:
+            entry = self.r.store.load_log(self.run.id, position, 1)[0]
+            self.stored[entry.position] = entry.attempts
+            if entry.due_at is not None and entry.due_at > now:
+                raise NotDue(entry.due_at)
+        entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+        entry.outcome = self.r.serde.dumps(None, "nothing")
+        self.carry = entry
+        return Outcome(True, None)
+
+    def _wait(self, position: int, request: WaitRequest, logged: bool) -> Outcome:
+        """Take the oldest signal under the name, or wait for one until the timeout."""
+        now = self.r.clock.now()
+        store = self.r.store
+        if logged:
+            entry = store.load_log(self.run.id, position, 1)[0]
+            self.stored[entry.position] = entry.attempts
+        else:
+            deadline = NEVER if request.timeout is None else now + request.timeout
+            entry = EntryRow(
+                self.run.id, position, request.kind, request.name, request.key, request.text,
+                E_RUNNING, 1, 0, now, None, deadline,
+            )  # fmt: skip
+        signal = store.peek_signal(self.run.id, request.signal)
+        if signal is not None:
+            # Taken and logged in one transaction (the next commit): a crash either
+            # leaves the signal in the mailbox or has it logged, never both or neither.
+            value = self.r.serde.loads(signal.payload, f"signal {request.signal!r}")
+            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+            entry.outcome = signal.payload
+            self._hold(entry, logged)
+            self.consume = signal.seq
+            return Outcome(True, value)
+        deadline = entry.due_at if entry.due_at is not None else NEVER
+        if deadline <= now:
+            # The timeout is logged as the outcome: a replay takes the same branch
+            # even if the signal arrives later (it stays for a later wait).
+            error = Timeout(
+                f"no signal {request.signal!r} arrived within {_duration_text(request.timeout)}"
+            )
+            self._fail_entry(entry, error, f"Timeout: {error}", now)
+            self._hold(entry, logged)
+            return self._finished_outcome(entry)
+        if not logged:
+            self._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=deadline))
+        elif self.status != WAITING or self.due_at != deadline:
+            # Woken by another name's signal (or a restart): back to waiting.
+            self._commit(run=RunUpdate(WAITING, now, due_at=deadline))
+        raise NotDue(deadline)
+
+    # -- gather: several requests at once ------------------------------------------
+
+    def _gather(self, pending: Pending, request: GatherRequest) -> Outcome:
+        """Carry out a gather's members concurrently, committing each outcome as it comes.
+
+        Every member has its own log entry, at the position its argument order gives
+        it, written when the gather is first reached. Steps run in the runner's
+        thread pool; commits are made here, in the driving thread, as they finish.
+        """
+        now = self.r.clock.now()
+        members = request.members
+        recorded = pending.members or [None] * len(members)
+        entries: list[EntryRow] = []
+        fresh: list[EntryRow] = []
+        for i, member in enumerate(members):
+            position = pending.position + i
+            if recorded[i] is not None:
+                entry = self.r.store.load_log(self.run.id, position, 1)[0]
+                self.stored[position] = entry.attempts
+            else:
+                entry = self._member_entry(position, member, now)
+                fresh.append(entry)
+            entries.append(entry)
+        if fresh:
+            self.recorded.extend(fresh)
+            self._commit(run=self._run_update(RUNNING, None, now))
+        outcomes: list[Outcome | None] = [decode_outcome(self.r.serde, e) for e in entries]
+        steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        for i, (member, entry) in enumerate(zip(members, entries, strict=True)):
+            if outcomes[i] is not None:
+                continue
+            if isinstance(member, StepCall):
+                if recorded[i] is not None and entry.status == E_RUNNING:
+                    self._resume_member(entry, member, now)  # its process died during it
+                    if entry.status == E_FAILED:
+                        self._commit(update=entry)
+                        outcomes[i] = self._finished_outcome(entry)
+                        continue
+                if entry.status == E_RETRYING and (entry.due_at or now) <= now:
+                    entry.status, entry.due_at = E_RUNNING, None
+                    entry.attempts += 1
+                    self._commit(update=entry)
+                if entry.status == E_RUNNING:
+                    steps[i] = self._step_arguments(member)
+            else:
+                outcomes[i] = self._settle_member(entry, member, now)
+        self._run_steps(members, entries, outcomes, steps)
+        if all(o is not None for o in outcomes):
+            return request.combine(outcomes)  # type: ignore[no-any-return]
+        # Some members wait (a timer, a signal, a retry): the run waits for the earliest.
+        waiting = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
+        due = min(e.due_at if e.due_at is not None else NEVER for e in waiting)
+        kinds = {e.kind for e in waiting}
+        status = SLEEPING if kinds == {"sleep"} else WAITING if "wait" in kinds else RUNNING
+        update = self._run_update(status, due, self.r.clock.now())
+        if update is not None or self.carry is not None or self.recorded:
+            self._commit(run=update)
+        raise NotDue(due)
+
+    def _member_entry(self, position: int, member: Request, now: float) -> EntryRow:
+        """The first log entry of a gather member, written when the gather is reached."""
+        if isinstance(member, Immediate):
+            self._immediate(position, member)
+            return self.recorded.pop()  # inserted with the other members, complete
+        due: float | None = None
+        if isinstance(member, SleepRequest):
+            due = member.wake_time(now)
+        elif isinstance(member, WaitRequest):
+            due = NEVER if member.timeout is None else now + member.timeout
+        return EntryRow(
+            self.run.id, position, member.kind, member.name, member.key, member.text,
+            E_RUNNING, 1, 0, now, None, due,
+        )  # fmt: skip
+
+    def _resume_member(self, entry: EntryRow, member: StepCall[Any], now: float) -> None:
+        """A member step found running after a restart: count the crash, try again or give up."""
+        entry.crashes += 1
+        if entry.crashes > member.options.max_crashes:
+            err = CrashLoop(
+                "CrashLoop",
+                f"step {member.name!r} at position {entry.position} of run {self.run.id!r} "
+                f"was interrupted by a process crash {entry.crashes} times "
+                f"(max_crashes={member.options.max_crashes}); it is not tried again.",
+            )
+            self._fail_entry(entry, err, "", now)
+            return
+        entry.attempts += 1
+        self._commit(update=entry)
+
+    def _settle_member(self, entry: EntryRow, member: Request, now: float) -> Outcome | None:
+        """A member that runs no code: a due timer completes, a wait takes its signal."""
+        if isinstance(member, SleepRequest):
+            if entry.due_at is not None and entry.due_at > now:
+                return None
+            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+            entry.outcome = self.r.serde.dumps(None, "nothing")
+            self._commit(update=entry)
+            return Outcome(True, None)
+        assert isinstance(member, WaitRequest)
+        signal = self.r.store.peek_signal(self.run.id, member.signal)
+        if signal is not None:
+            value = self.r.serde.loads(signal.payload, f"signal {member.signal!r}")
+            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+            entry.outcome = signal.payload
+            self.consume = signal.seq
+            self._commit(update=entry)
+            return Outcome(True, value)
+        if entry.due_at is not None and entry.due_at <= now:
+            error = Timeout(
+                f"no signal {member.signal!r} arrived within {_duration_text(member.timeout)}"
+            )
+            self._fail_entry(entry, error, f"Timeout: {error}", now)
+            self._commit(update=entry)
+            return self._finished_outcome(entry)
+        return None
+
+    def _run_steps(
+        self,
+        members: tuple[Request, ...],
+        entries: list[EntryRow],
+        outcomes: list[Outcome | None],
+        steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> None:
+        """Run member steps in the pool; settle (and commit) each attempt as it ends."""
+        if not steps:
+            return
+        pool = self.r.pool()
+        running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
+
+        def submit(i: int) -> None:
+            args, kwargs = steps[i]
+            step = members[i]
+            assert isinstance(step, StepCall)
+            running[pool.submit(self._execute, entries[i], step, args, kwargs)] = i
+
+        for i in steps:
+            submit(i)
+        while running:
+            done, _ = concurrent.futures.wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                step = members[i]
+                assert isinstance(step, StepCall)
+                ok, value, tb = future.result()
+                args, kwargs = steps[i]
+                settled = self._settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+                if isinstance(settled, Outcome):
+                    self._commit(update=entries[i])
+                    outcomes[i] = settled
+                elif settled is None:
+                    submit(i)  # the next attempt, now
+
+    def _hold(self, entry: EntryRow, logged: bool) -> None:
+        """Keep a finished entry for the next commit: an update if logged, else an insert."""
+        if logged:
+            self.carry = entry
+        else:
+            self.recorded.append(entry)
+
+    def _deliver_cancel(self, pending: Pending) -> Outcome:
+        """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too."""
+        self.cancel_pending = False
+        self.clear_cancel = True
+        now = self.r.clock.now()
+        request = pending.request
+        logged = pending.recorded is not None
+        if logged:
+            entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
+            self.stored[entry.position] = entry.attempts
+        else:
+            entry = EntryRow(
+                self.run.id, pending.position, request.kind, request.name, request.key,
+                request.text, E_RUNNING, 0, 0, now,
+            )  # fmt: skip
+        error = Cancelled(f"run {self.run.id!r} was cancelled")
+        self._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+        self._hold(entry, logged)
+        return self._finished_outcome(entry)
+
+    # -- writing ---------------------------------------------------------------
+
+    def _run_update(self, status: str, due_at: float | None, now: float) -> RunUpdate | None:
+        if status == self.status and due_at == self.due_at:
+            return None
+        return RunUpdate(status, now, due_at=due_at)
+
+    def _commit(
+        self,
+        *,
+        update: EntryRow | None = None,
+        insert: EntryRow | None = None,
+        run: RunUpdate | None = None,
+    ) -> None:
+        # A carried outcome is always flushed by the next commit, and the only
+        # writes that update an entry happen when nothing is carried.
+        assert self.carry is None or update is None
+        entry = update or self.carry
+        expect = self.stored.get(entry.position) if entry is not None else None
+        recorded = tuple(self.recorded) if self.recorded else ()
+        if self.clear_cancel:
+            if run is None:
+                run = RunUpdate(self.status, self.r.clock.now(), due_at=self.due_at)
+            run.clear_cancel = True
+        self.r.store.commit(
+            Progress(self.run.id, entry, insert, run, expect, recorded, self.consume)
+        )
+        if entry is not None:
+            self.stored[entry.position] = entry.attempts
+        if insert is not None:
+            self.stored[insert.position] = insert.attempts
+        for e in recorded:
+            self.stored[e.position] = e.attempts
+        self.carry = None
+        self.consume = None
+        self.clear_cancel = False
+        if recorded:
+            self.recorded.clear()
+        if run is not None:
+            self.status, self.due_at = run.status, run.due_at
+
+
+_SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
+NEVER = float("inf")  # the due time of a wait without a timeout
+
+
+def _duration_text(seconds: float | None) -> str:
+    return "forever" if seconds is None else _duration(seconds)
