@@ -14,7 +14,7 @@ import datetime
 import traceback
 import uuid
 from concurrent.futures import FIRST_COMPLETED
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .attempts import bad_call, call_with_timeout
 from .driver import Driver, Outcome, Pending, Raised, Returned
@@ -145,7 +145,7 @@ class _Drive:
 
     def _carry_out(self, pending: Pending) -> Outcome:
         request = pending.request
-        if self.cancel_pending:
+        if self.cancel_pending or (self.r.cancelled and self.run.id in self.r.cancelled):
             return self._deliver_cancel(pending)
         if not isinstance(request, StepCall):
             if isinstance(request, Immediate):
@@ -213,7 +213,7 @@ class _Drive:
                 self.carry = entry  # written with the next request, in one commit
                 return settled
             if settled is not None:
-                raise NotDue(settled)
+                self._go_idle([], settled)
 
     def _settle(
         self,
@@ -377,7 +377,7 @@ class _Drive:
             )  # fmt: skip
             if wake > now:
                 self._commit(insert=entry, run=RunUpdate(SLEEPING, now, due_at=wake))
-                raise NotDue(wake)
+                self._go_idle([], wake)
             # Already due (a zero or past sleep): logged complete with the next commit.
             entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
             entry.outcome = self.r.serde.dumps(None, "nothing")
@@ -415,6 +415,9 @@ class _Drive:
             entry.outcome = signal.payload
             self._hold(entry, logged)
             self.consume = signal.seq
+            # Committed now, not with the next request: a later wait in this same
+            # drive must not find this signal still in the mailbox.
+            self._commit()
             return Outcome(True, value)
         deadline = entry.due_at if entry.due_at is not None else NEVER
         if deadline <= now:
@@ -431,7 +434,7 @@ class _Drive:
         elif self.status != WAITING or self.due_at != deadline:
             # Woken by another name's signal (or a restart): back to waiting.
             self._commit(run=RunUpdate(WAITING, now, due_at=deadline))
-        raise NotDue(deadline)
+        self._go_idle([request.signal], deadline)
 
     # -- gather: several requests at once ------------------------------------------
 
@@ -447,8 +450,10 @@ class _Drive:
         recorded = pending.members or [None] * len(members)
         entries: list[EntryRow] = []
         fresh: list[EntryRow] = []
+        if pending.recorded is None:
+            fresh.append(self._gather_entry(pending.position, request, now))
         for i, member in enumerate(members):
-            position = pending.position + i
+            position = pending.position + 1 + i
             if recorded[i] is not None:
                 entry = self.r.store.load_log(self.run.id, position, 1)[0]
                 self.stored[position] = entry.attempts
@@ -490,7 +495,40 @@ class _Drive:
         update = self._run_update(status, due, self.r.clock.now())
         if update is not None or self.carry is not None or self.recorded:
             self._commit(run=update)
+        names = [
+            m.signal
+            for m, o in zip(members, outcomes, strict=True)
+            if o is None and isinstance(m, WaitRequest)
+        ]
+        self._go_idle(names, due)
+
+    def _go_idle(self, names: list[str], due: float) -> NoReturn:
+        """Set the run aside until due (NotDue), unless it was woken meanwhile.
+
+        A signal (for names) or a cancel that came after the last look but before
+        the commit that set the run aside found it busy, so it did not wake it;
+        looking again after that commit closes the gap (anything later sees the run
+        idle and wakes it itself). Woken, the run is made due now and driven again.
+        """
+        store = self.r.store
+        woken = self.run.id in self.r.cancelled or any(
+            store.peek_signal(self.run.id, name) is not None for name in names
+        )
+        if not woken:
+            row = store.get_run(self.run.id)
+            woken = row is not None and bool(row.cancel_requested)
+        if woken:
+            now = self.r.clock.now()
+            self._commit(run=RunUpdate(self.status, now, due_at=now))
+            raise NotDue(now)
         raise NotDue(due)
+
+    def _gather_entry(self, position: int, request: GatherRequest, now: float) -> EntryRow:
+        """The gather's own entry: complete at once, it records how many members follow."""
+        return EntryRow(
+            self.run.id, position, request.kind, request.name, request.key, request.text,
+            E_COMPLETED, 1, 0, now, now, None, self.r.serde.dumps(None, "nothing"),
+        )  # fmt: skip
 
     def _member_entry(self, position: int, member: Request, now: float) -> EntryRow:
         """The first log entry of a gather member, written when the gather is reached."""
@@ -595,10 +633,14 @@ class _Drive:
     def _deliver_cancel(self, pending: Pending) -> Outcome:
         """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too."""
         self.cancel_pending = False
+        self.r.cancelled.discard(self.run.id)
         self.clear_cancel = True
         now = self.r.clock.now()
         request = pending.request
         logged = pending.recorded is not None
+        error = Cancelled(f"run {self.run.id!r} was cancelled")
+        if isinstance(request, GatherRequest):
+            return self._cancel_gather(pending, request, error, now)
         if logged:
             entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
             self.stored[entry.position] = entry.attempts
@@ -607,10 +649,37 @@ class _Drive:
                 self.run.id, pending.position, request.kind, request.name, request.key,
                 request.text, E_RUNNING, 0, 0, now,
             )  # fmt: skip
-        error = Cancelled(f"run {self.run.id!r} was cancelled")
         self._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
         self._hold(entry, logged)
         return self._finished_outcome(entry)
+
+    def _cancel_gather(
+        self, pending: Pending, request: GatherRequest, error: Cancelled, now: float
+    ) -> Outcome:
+        """Cancel a gather: every member without an outcome gets ce.Cancelled."""
+        members = pending.members or [None] * len(request.members)
+        if pending.recorded is None:
+            self.recorded.append(self._gather_entry(pending.position, request, now))
+        for i, member in enumerate(request.members):
+            position = pending.position + 1 + i
+            if members[i] is not None:
+                entry = self.r.store.load_log(self.run.id, position, 1)[0]
+                self.stored[position] = entry.attempts
+                if entry.status in (E_COMPLETED, E_FAILED):
+                    continue
+                self._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+                self._commit(update=entry)
+            else:
+                entry = self._member_entry(position, member, now)
+                if entry.status != E_COMPLETED:
+                    self._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+                self.recorded.append(entry)
+        return Outcome(
+            False,
+            self.r.serde.loads(
+                self.r.serde.dumps_error(error, "a cancellation", StepFailed), "a cancellation"
+            ),
+        )
 
     # -- writing ---------------------------------------------------------------
 

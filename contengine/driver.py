@@ -178,14 +178,22 @@ class Driver:
             self.position = pos + 1
 
     def _gather(self, pos: int, request: GatherRequest) -> Pending | Outcome:
-        """Check a gather's members against their logged positions; replay it if all are done."""
+        """Check a gather (its own entry, then its members) against the log; replay it if
+        every member is done."""
+        if not request.members:
+            return Outcome(True, [])  # an empty gather takes no position
         history, logged = self._history, self._logged
+        header: Recorded | None = None
+        if pos < logged:
+            header = history[pos]
+            self._check_same(header, request)
         recorded: list[Recorded | None] = []
         outcomes: list[Outcome | None] = []
         for i, member in enumerate(request.members):
-            if pos + i < logged:
-                rec = history[pos + i]
-                self.position = pos + i  # so a mismatch names the member's position
+            at = pos + 1 + i
+            if at < logged:
+                rec = history[at]
+                self.position = at  # so a mismatch names the member's position
                 self._check_same(rec, member)
                 recorded.append(rec)
                 outcomes.append(self._decode(rec))
@@ -199,7 +207,7 @@ class Driver:
             self.replayed += width
             return request.combine(outcomes)  # type: ignore[no-any-return]
         self._width = width
-        return Pending(pos, request, None, recorded)
+        return Pending(pos, request, header, recorded)
 
     def _check_same(self, rec: Recorded, req: Request) -> None:
         if rec.kind != req.kind or rec.name != req.name:

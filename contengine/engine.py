@@ -174,6 +174,8 @@ class Engine:
     def cancel(self, run_id: str) -> bool:
         """Raise ce.Cancelled inside the run at its current yield; False if it already finished."""
         requested = self.store.request_cancel(run_id, self.clock.now())
+        if requested:
+            self._runner.cancelled.add(run_id)
         with self._wakeup:
             self._wakeup.notify_all()
         return requested

@@ -423,8 +423,19 @@ class GatherRequest(Request):
 
     @property
     def width(self) -> int:
-        """How many log positions the gather takes: one per member, in argument order."""
-        return len(self.members)
+        """Log positions the gather takes: its own entry, then one per member in argument
+        order (none at all when it is empty)."""
+        return len(self.members) + 1 if self.members else 0
+
+    @property
+    def key(self) -> str | None:
+        # The gather's own entry records how many members it has, so a replay notices
+        # members added or removed even while the gather is still in flight.
+        return str(len(self.members))
+
+    @property
+    def text(self) -> str:
+        return f"{len(self.members)} members"
 
     def describe(self) -> str:
         return "gather(" + ", ".join(m.describe() for m in self.members) + ")"
@@ -462,3 +473,86 @@ def gather(*requests: Request, return_exceptions: bool = False) -> GatherRequest
     exceptions are returned in place of results (as asyncio.gather does).
     """
     return GatherRequest(tuple(requests), return_exceptions)
+
+
+class ChildRequest(Request):
+    """Run a workflow as a child of this run (made by calling a @workflow inside a workflow)."""
+
+    __slots__ = ("workflow", "args", "kwargs", "detached", "_canon")
+
+    def __init__(
+        self, workflow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], detached: bool
+    ) -> None:
+        self.workflow = workflow
+        self.args = args
+        self.kwargs = kwargs
+        self.detached = detached  # ce.start_child: a handle now, the result when it is yielded
+        self._canon: str | None | bool = False
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "start_child" if self.detached else "child"
+
+    @property
+    def name(self) -> str:
+        return str(self.workflow.name)
+
+    def _canonical(self) -> str | None:
+        if self._canon is False:
+            self._canon = canonical_call(self.args, self.kwargs)
+        return self._canon  # type: ignore[return-value]
+
+    @property
+    def key(self) -> str | None:
+        return key_of(self._canonical())
+
+    @property
+    def text(self) -> str:
+        return display_call(self.args, self.kwargs, self._canonical())
+
+    def __iter__(self) -> Generator[ChildRequest, Any, Any]:
+        """`result = yield from child(...)`."""
+        result: Any = yield self
+        return result
+
+
+class ChildHandle(Request):
+    """A child run started with ce.start_child; yield it to wait for its result."""
+
+    __slots__ = ("run_id",)
+    kind: ClassVar[str] = "join"
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    @property
+    def name(self) -> str:
+        return self.run_id
+
+    @property
+    def key(self) -> str | None:
+        return ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChildHandle, (self.run_id,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChildHandle) and other.run_id == self.run_id
+
+    def __hash__(self) -> int:
+        return hash(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"<child run {self.run_id!r}>"
+
+    def __iter__(self) -> Generator[ChildHandle, Any, Any]:
+        """`result = yield from handle`."""
+        result: Any = yield self
+        return result
+
+
+def start_child(workflow: Any, /, *args: Any, **kwargs: Any) -> ChildRequest:
+    """Start a child run without waiting: the yield returns a handle; yield it for the result."""
+    if not hasattr(workflow, "fn") or not hasattr(workflow, "ref"):
+        raise TypeError(f"ce.start_child() needs a @ce.workflow, not {workflow!r}")
+    return ChildRequest(workflow, args, kwargs, detached=True)

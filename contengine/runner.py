@@ -42,6 +42,10 @@ class Runner:
         # (a replay reads the logged values instead).
         self.random = random_module.Random()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # Runs cancelled by this process: checked at every request, so a cancel sent
+        # while a run executes steps reaches its next yield (other processes' cancels
+        # are seen when the run next goes idle or is driven).
+        self.cancelled: set[str] = set()
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for the steps of a gather (made on first use)."""

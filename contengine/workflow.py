@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .errors import ContengineError, WorkflowDefinitionError, WorkflowNotFound
-from .requests import Backoff, StepCall, StepOptions, normalize_options
+from .requests import Backoff, ChildRequest, StepCall, StepOptions, normalize_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -74,14 +74,13 @@ class Workflow(Generic[P, R]):
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Child runs are not available yet; say so instead of failing obscurely."""
-        raise ContengineError(
-            f"workflow {self.name!r} was called directly. Start it with "
-            f"engine.start({self.fn.__name__}, ...) or engine.run({self.fn.__name__}, ...); "
-            f"calling a workflow inside a workflow (a child run) is not supported yet, "
-            f"and {self.fn.__name__}.fn(...) gives the bare generator."
-        )
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> ChildRequest:
+        """Inside a workflow: a request to run this workflow as a child run and wait for it.
+
+        Outside one, start runs with engine.start()/engine.run(); workflow.fn(...)
+        gives the bare generator.
+        """
+        return ChildRequest(self, args, kwargs, detached=False)
 
     def __repr__(self) -> str:
         return f"<workflow {self.name}>"

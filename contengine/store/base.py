@@ -41,6 +41,7 @@ class RunRow:
     error_text: str | None = None
     note: str | None = None
     cancel_requested: bool = False
+    parent_id: str | None = None  # the run that started this one as a child
 
 
 @dataclass(slots=True)
@@ -119,6 +120,8 @@ class Progress:
     # A mailbox message consumed by this progress (its seq); it is deleted in the
     # same transaction that logs it, and the commit fails if it is already gone.
     consume: int | None = None
+    # Child runs started by this progress, created in the same transaction.
+    new_runs: tuple[RunRow, ...] = ()
 
 
 class Store(ABC):
@@ -179,7 +182,8 @@ class Store(ABC):
 
     @abstractmethod
     def request_cancel(self, run_id: str, now: float) -> bool:
-        """Mark the run to be cancelled at its current yield and wake it; False if finished."""
+        """Mark the run (and its unfinished child runs) to be cancelled at their current
+        yield and wake them; False if the run had finished."""
 
     @abstractmethod
     def set_note(self, run_id: str, note: str | None) -> None:

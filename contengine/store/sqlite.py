@@ -68,6 +68,8 @@ CREATE TABLE log (
 # Version 2: signals (a mailbox per run) and cancellation requests.
 _SCHEMA_V2 = """
 ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN parent_id TEXT;
+CREATE INDEX runs_by_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
 CREATE TABLE mailbox (
     seq INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL,
@@ -100,7 +102,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
 
 _RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
-    "finished_at, due_at, result, error, error_text, note, cancel_requested"
+    "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id"
 )
 _LOG_COLS = (
     "id, kind, name, key, text, status, attempts, crashes, "
@@ -278,7 +280,7 @@ class SQLiteStore(Store):
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 15)}) "
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 16)}) "
                 f"ON CONFLICT (id) DO NOTHING",
                 (
                     run.id,
@@ -296,6 +298,7 @@ class SQLiteStore(Store):
                     run.error_text,
                     run.note,
                     int(run.cancel_requested),
+                    run.parent_id,
                 ),
             )
             if cur.rowcount == 1:
@@ -485,6 +488,21 @@ class SQLiteStore(Store):
                     p.run_id,
                 ),
             )
+        if p.run is not None and p.run.status in FINISHED:
+            # A child that ends wakes its parent, which waits for it.
+            conn.execute(
+                "UPDATE runs SET due_at = ? WHERE id = (SELECT parent_id FROM runs WHERE id = ?) "
+                f"AND status IN ({_UNFINISHED_SQL})",
+                (p.run.updated_at, p.run_id),
+            )
+        for child in p.new_runs:
+            cur = conn.execute(
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 16)}) "
+                f"ON CONFLICT (id) DO NOTHING",
+                _run_params(child),
+            )
+            if cur.rowcount == 1:
+                self._remember_num(child.id, cur.lastrowid)
         if p.consume is not None:
             deleted = conn.execute("DELETE FROM mailbox WHERE seq = ?", (p.consume,)).rowcount
             if deleted != 1:
@@ -545,8 +563,13 @@ class SQLiteStore(Store):
                 raise RunNotFound(f"no run with id {run_id!r} to cancel")
             if row[0] in FINISHED:
                 return False
+            # The run and, recursively, its unfinished children.
             conn.execute(
-                "UPDATE runs SET cancel_requested = 1, due_at = ? WHERE id = ?", (now, run_id)
+                "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL "
+                "SELECT runs.id FROM runs JOIN tree ON runs.parent_id = tree.id) "
+                "UPDATE runs SET cancel_requested = 1, due_at = ? "
+                f"WHERE id IN (SELECT id FROM tree) AND status IN ({_UNFINISHED_SQL})",
+                (run_id, now),
             )
             return True
 
@@ -563,3 +586,11 @@ def _checked_position(position: int) -> int:
     if not 0 <= position <= POSITION_MASK:
         raise DatabaseError(f"log position {position} is out of range")
     return position
+
+
+def _run_params(run: RunRow) -> tuple[object, ...]:
+    return (
+        run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
+        run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
+        run.note, int(run.cancel_requested), run.parent_id,
+    )  # fmt: skip
