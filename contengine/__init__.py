@@ -24,6 +24,7 @@ from .errors import (
 from .log import Entry
 from .requests import (
     Backoff,
+    ChildHandle,
     Request,
     StepCall,
     StepOptions,
@@ -34,6 +35,7 @@ from .requests import (
     random,
     sleep,
     sleep_until,
+    start_child,
     wait,
 )
 from .requests import uuid4 as uuid
@@ -44,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backoff",
     "Cancelled",
+    "ChildHandle",
     "Clock",
     "ContengineError",
     "CorruptPayload",
@@ -79,6 +82,7 @@ __all__ = [
     "random",
     "sleep",
     "sleep_until",
+    "start_child",
     "step",
     "testing",
     "uuid",

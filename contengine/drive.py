@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import inspect
 import traceback
 import uuid
 from concurrent.futures import FIRST_COMPLETED
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .attempts import bad_call, call_with_timeout
+from .canonical import canonical_call, key_of
 from .driver import Driver, Outcome, Pending, Raised, Returned
 from .errors import (
     Cancelled,
@@ -30,6 +32,8 @@ from .errors import (
 )
 from .log import decode_outcome
 from .requests import (
+    ChildHandle,
+    ChildRequest,
     GatherRequest,
     Immediate,
     NowRequest,
@@ -50,6 +54,8 @@ from .store.base import (
     E_RETRYING,
     E_RUNNING,
     FAILED,
+    FINISHED,
+    PENDING,
     RUNNING,
     SLEEPING,
     WAITING,
@@ -94,6 +100,7 @@ class _Drive:
         # Answers to immediate requests (now, random, ...), logged with the next commit.
         self.recorded: list[EntryRow] = []
         self.consume: int | None = None  # a mailbox message taken, deleted with the next commit
+        self.new_runs: list[RunRow] = []  # child runs started, created with the next commit
         self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
         self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
         # The attempts count of each entry in flight as last committed, by position:
@@ -107,7 +114,7 @@ class _Drive:
         except Exception:
             # A step's outcome is a fact even if the code after it cannot go on
             # (an invalid yield, an engine error): keep it, so the step never runs twice.
-            if self.carry is not None or self.recorded or self.consume is not None:
+            if self.carry is not None or self.recorded or self.consume is not None or self.new_runs:
                 self._commit()
             raise
 
@@ -156,6 +163,10 @@ class _Drive:
                 return self._wait(pending.position, request, pending.recorded is not None)
             if isinstance(request, GatherRequest):
                 return self._gather(pending, request)
+            if isinstance(request, ChildRequest):
+                return self._child(pending, request)
+            if isinstance(request, ChildHandle):
+                return self._join(pending, request)
             raise InvalidYield(
                 f"workflow {self.wf.name!r} yielded {request.describe()}, a request this "
                 f"version of contengine cannot carry out; the log is unchanged"
@@ -436,6 +447,111 @@ class _Drive:
             self._commit(run=RunUpdate(WAITING, now, due_at=deadline))
         self._go_idle([request.signal], deadline)
 
+    # -- child runs -----------------------------------------------------------------
+
+    def _child(self, pending: Pending, request: ChildRequest) -> Outcome:
+        """Start a child run (created with this entry, in one commit), then wait for it.
+
+        The child's id is derived from this run's id and the position, so a replay
+        finds the same child. ce.start_child returns a handle at once instead.
+        """
+        position = pending.position
+        child_id = f"{self.run.id}/{position}"
+        now = self.r.clock.now()
+        if pending.recorded is not None:
+            return self._join_child(position, child_id, logged=True)
+        wf = request.workflow
+        try:
+            inspect.signature(wf.fn).bind(*request.args, **request.kwargs)
+            data = self.r.serde.dumps_checked(
+                (request.args, request.kwargs), f"the arguments of child run {child_id!r}"
+            )[0]
+        except (TypeError, SerializationError) as exc:
+            entry = EntryRow(
+                self.run.id, position, request.kind, request.name, request.key, request.text,
+                E_RUNNING, 1, 0, now,
+            )  # fmt: skip
+            self._fail_entry(entry, exc, f"{type(exc).__name__}: {exc}", now)
+            self.recorded.append(entry)
+            return self._finished_outcome(entry)
+        args_key = key_of(canonical_call(request.args, request.kwargs))
+        self.new_runs.append(
+            RunRow(
+                child_id, wf.name, wf.ref, PENDING, data, args_key, now, now,
+                parent_id=self.run.id,
+            )
+        )  # fmt: skip
+        if request.detached:
+            handle = ChildHandle(child_id)
+            entry = EntryRow(
+                self.run.id, position, request.kind, request.name, request.key, request.text,
+                E_COMPLETED, 1, 0, now, now, None, self.r.serde.dumps(handle, "a child handle"),
+            )  # fmt: skip
+            self.recorded.append(entry)
+            return Outcome(True, handle)
+        entry = EntryRow(
+            self.run.id, position, request.kind, request.name, request.key, request.text,
+            E_RUNNING, 1, 0, now, None, NEVER,
+        )  # fmt: skip
+        self._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
+        return self._join_child(position, child_id, logged=True)
+
+    def _join(self, pending: Pending, handle: ChildHandle) -> Outcome:
+        """Wait for a child started with ce.start_child (yielding its handle)."""
+        position = pending.position
+        if pending.recorded is None:
+            now = self.r.clock.now()
+            entry = EntryRow(
+                self.run.id, position, handle.kind, handle.name, handle.key, handle.text,
+                E_RUNNING, 1, 0, now, None, NEVER,
+            )  # fmt: skip
+            child = self.r.store.get_run(handle.run_id)
+            if child is None:
+                raise ContengineError(
+                    f"run {self.run.id!r} yielded a handle of child run {handle.run_id!r}, "
+                    f"which does not exist; the log is unchanged"
+                )
+            if child.status not in FINISHED:
+                self._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
+            else:
+                self.recorded.append(entry)
+                return self._child_outcome(entry, child, logged=False)
+        return self._join_child(position, handle.run_id, logged=True)
+
+    def _join_child(self, position: int, child_id: str, logged: bool) -> Outcome:
+        """The child's outcome if it finished (logged at this position), else wait for it."""
+        child = self.r.store.get_run(child_id)
+        if child is None:
+            raise ContengineError(f"child run {child_id!r} is missing; the log is unchanged")
+        if child.status not in FINISHED:
+            now = self.r.clock.now()
+            if self.status != WAITING or self.due_at != NEVER:
+                self._commit(run=RunUpdate(WAITING, now, due_at=NEVER))
+            # The child wakes this run when it ends; look once more in case it ended
+            # between the look above and the commit.
+            again = self.r.store.get_run(child_id)
+            if again is not None and again.status in FINISHED:
+                self._commit(run=RunUpdate(WAITING, now, due_at=now))
+                raise NotDue(now)
+            self._go_idle([], NEVER)
+        entry = self.r.store.load_log(self.run.id, position, 1)[0]
+        self.stored[position] = entry.attempts
+        return self._child_outcome(entry, child, logged=True)
+
+    def _child_outcome(self, entry: EntryRow, child: RunRow, logged: bool) -> Outcome:
+        """Log the finished child's result (or exception) at the parent's entry."""
+        now = self.r.clock.now()
+        entry.finished_at, entry.due_at = now, None
+        if child.status == COMPLETED:
+            entry.status, entry.outcome = E_COMPLETED, child.result
+        else:
+            entry.status, entry.outcome = E_FAILED, child.error
+            lines = (child.error_text or child.status).strip().splitlines()
+            entry.error_text = f"child run {child.id!r} {child.status}: {lines[-1]}"
+        if logged:
+            self.carry = entry  # (a new entry is already among self.recorded)
+        return self._finished_outcome(entry)
+
     # -- gather: several requests at once ------------------------------------------
 
     def _gather(self, pending: Pending, request: GatherRequest) -> Outcome:
@@ -705,9 +821,11 @@ class _Drive:
             if run is None:
                 run = RunUpdate(self.status, self.r.clock.now(), due_at=self.due_at)
             run.clear_cancel = True
+        new_runs = tuple(self.new_runs) if self.new_runs else ()
         self.r.store.commit(
-            Progress(self.run.id, entry, insert, run, expect, recorded, self.consume)
+            Progress(self.run.id, entry, insert, run, expect, recorded, self.consume, new_runs)
         )
+        self.new_runs.clear()
         if entry is not None:
             self.stored[entry.position] = entry.attempts
         if insert is not None:

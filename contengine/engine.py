@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import logging
@@ -278,9 +279,24 @@ class Engine:
                 self._lock.release()
             if finished:
                 continue
-            # The run waits (a retry, a timer, a signal): wait without holding the
-            # engine, then drive again (a replay, which costs little next to the wait).
+            # The run waits. Its child runs (and anything else due) are driven here
+            # too, since no one else may be; then wait without holding the engine
+            # and drive again (a replay, which costs little next to the wait).
+            if self._drive_others(run_id):
+                continue
             self._wait_until_due(run_id, deadline, timeout)
+
+    def _drive_others(self, waiting: str) -> bool:
+        """Drive every other run due now, once; True if any of them moved."""
+        moved = False
+        with self._lock:
+            for other in self.store.runnable(self.clock.now()):
+                if other == waiting or other in self._active or other in self._stuck:
+                    continue
+                with contextlib.suppress(ContengineError):  # reported when driven on its own
+                    self._drive(other)
+                moved = True
+        return moved
 
     def _wait_until_due(self, run_id: str, deadline: float | None, timeout: float | None) -> None:
         """Block until the run is due (its time came, or a signal/cancel woke it)."""
