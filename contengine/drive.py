@@ -138,7 +138,8 @@ class _Drive:
             self._finish_raised(exc)
             return
         now = self.r.clock.now()
-        self._commit(run=RunUpdate(COMPLETED, now, finished_at=now, result=data))
+        # A cancel that came too late to be delivered is void once the run has ended.
+        self._commit(run=RunUpdate(COMPLETED, now, finished_at=now, result=data, clear_cancel=True))
 
     def _finish_raised(self, error: BaseException) -> None:
         what = f"the exception of workflow {self.wf.name!r} (run {self.run.id!r})"
@@ -146,7 +147,11 @@ class _Drive:
         text = "".join(traceback.format_exception(error))
         now = self.r.clock.now()
         status = CANCELLED if isinstance(error, Cancelled) else FAILED
-        self._commit(run=RunUpdate(status, now, finished_at=now, error=data, error_text=text))
+        self._commit(
+            run=RunUpdate(
+                status, now, finished_at=now, error=data, error_text=text, clear_cancel=True
+            )
+        )
 
     # -- one request ------------------------------------------------------------
 
