@@ -9,16 +9,13 @@ leaves either the old state or the new one.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
-import inspect
 import traceback
 import uuid
-from concurrent.futures import FIRST_COMPLETED
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import drive_children, drive_gather
 from .attempts import bad_call, call_with_timeout
-from .canonical import canonical_call, key_of
 from .driver import Driver, Outcome, Pending, Raised, Returned
 from .errors import (
     Cancelled,
@@ -30,6 +27,7 @@ from .errors import (
     Timeout,
     WorkflowFailed,
 )
+from .idle import NEVER, NotDue, duration_text
 from .log import decode_outcome
 from .requests import (
     ChildHandle,
@@ -39,12 +37,10 @@ from .requests import (
     NowRequest,
     PublishRequest,
     RandomRequest,
-    Request,
     SleepRequest,
     StepCall,
     UuidRequest,
     WaitRequest,
-    _duration,
 )
 from .store.base import (
     CANCELLED,
@@ -54,8 +50,6 @@ from .store.base import (
     E_RETRYING,
     E_RUNNING,
     FAILED,
-    FINISHED,
-    PENDING,
     RUNNING,
     SLEEPING,
     WAITING,
@@ -68,14 +62,6 @@ from .workflow import Workflow, _current
 
 if TYPE_CHECKING:
     from .runner import Runner
-
-
-class NotDue(Exception):
-    """The run waits for a retry that is due at `due_at`; nothing more can be done now."""
-
-    def __init__(self, due_at: float) -> None:
-        super().__init__(due_at)
-        self.due_at = due_at
 
 
 class _Drive:
@@ -167,11 +153,11 @@ class _Drive:
             if isinstance(request, WaitRequest):
                 return self._wait(pending.position, request, pending.recorded is not None)
             if isinstance(request, GatherRequest):
-                return self._gather(pending, request)
+                return drive_gather.gather(self, pending, request)
             if isinstance(request, ChildRequest):
-                return self._child(pending, request)
+                return drive_children.child(self, pending, request)
             if isinstance(request, ChildHandle):
-                return self._join(pending, request)
+                return drive_children.join(self, pending, request)
             raise InvalidYield(
                 f"workflow {self.wf.name!r} yielded {request.describe()}, a request this "
                 f"version of contengine cannot carry out; the log is unchanged"
@@ -440,7 +426,7 @@ class _Drive:
             # The timeout is logged as the outcome: a replay takes the same branch
             # even if the signal arrives later (it stays for a later wait).
             error = Timeout(
-                f"no signal {request.signal!r} arrived within {_duration_text(request.timeout)}"
+                f"no signal {request.signal!r} arrived within {duration_text(request.timeout)}"
             )
             self._fail_entry(entry, error, f"Timeout: {error}", now)
             self._hold(entry, logged)
@@ -451,177 +437,6 @@ class _Drive:
             # Woken by another name's signal (or a restart): back to waiting.
             self._commit(run=RunUpdate(WAITING, now, due_at=deadline))
         self._go_idle([request.signal], deadline)
-
-    # -- child runs -----------------------------------------------------------------
-
-    def _child(self, pending: Pending, request: ChildRequest) -> Outcome:
-        """Start a child run (created with this entry, in one commit), then wait for it.
-
-        The child's id is derived from this run's id and the position, so a replay
-        finds the same child. ce.start_child returns a handle at once instead.
-        """
-        position = pending.position
-        child_id = f"{self.run.id}/{position}"
-        now = self.r.clock.now()
-        if pending.recorded is not None:
-            return self._join_child(position, child_id, logged=True)
-        wf = request.workflow
-        try:
-            inspect.signature(wf.fn).bind(*request.args, **request.kwargs)
-            data = self.r.serde.dumps_checked(
-                (request.args, request.kwargs), f"the arguments of child run {child_id!r}"
-            )[0]
-        except (TypeError, SerializationError) as exc:
-            entry = EntryRow(
-                self.run.id, position, request.kind, request.name, request.key, request.text,
-                E_RUNNING, 1, 0, now,
-            )  # fmt: skip
-            self._fail_entry(entry, exc, f"{type(exc).__name__}: {exc}", now)
-            self.recorded.append(entry)
-            return self._finished_outcome(entry)
-        args_key = key_of(canonical_call(request.args, request.kwargs))
-        self.new_runs.append(
-            RunRow(
-                child_id, wf.name, wf.ref, PENDING, data, args_key, now, now,
-                parent_id=self.run.id,
-            )
-        )  # fmt: skip
-        if request.detached:
-            handle = ChildHandle(child_id)
-            entry = EntryRow(
-                self.run.id, position, request.kind, request.name, request.key, request.text,
-                E_COMPLETED, 1, 0, now, now, None, self.r.serde.dumps(handle, "a child handle"),
-            )  # fmt: skip
-            self.recorded.append(entry)
-            return Outcome(True, handle)
-        entry = EntryRow(
-            self.run.id, position, request.kind, request.name, request.key, request.text,
-            E_RUNNING, 1, 0, now, None, NEVER,
-        )  # fmt: skip
-        self._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
-        return self._join_child(position, child_id, logged=True)
-
-    def _join(self, pending: Pending, handle: ChildHandle) -> Outcome:
-        """Wait for a child started with ce.start_child (yielding its handle)."""
-        position = pending.position
-        if pending.recorded is None:
-            now = self.r.clock.now()
-            entry = EntryRow(
-                self.run.id, position, handle.kind, handle.name, handle.key, handle.text,
-                E_RUNNING, 1, 0, now, None, NEVER,
-            )  # fmt: skip
-            child = self.r.store.get_run(handle.run_id)
-            if child is None:
-                raise ContengineError(
-                    f"run {self.run.id!r} yielded a handle of child run {handle.run_id!r}, "
-                    f"which does not exist; the log is unchanged"
-                )
-            if child.status not in FINISHED:
-                self._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
-            else:
-                self.recorded.append(entry)
-                return self._child_outcome(entry, child, logged=False)
-        return self._join_child(position, handle.run_id, logged=True)
-
-    def _join_child(self, position: int, child_id: str, logged: bool) -> Outcome:
-        """The child's outcome if it finished (logged at this position), else wait for it."""
-        child = self.r.store.get_run(child_id)
-        if child is None:
-            raise ContengineError(f"child run {child_id!r} is missing; the log is unchanged")
-        if child.status not in FINISHED:
-            now = self.r.clock.now()
-            if self.status != WAITING or self.due_at != NEVER:
-                self._commit(run=RunUpdate(WAITING, now, due_at=NEVER))
-            # The child wakes this run when it ends; look once more in case it ended
-            # between the look above and the commit.
-            again = self.r.store.get_run(child_id)
-            if again is not None and again.status in FINISHED:
-                self._commit(run=RunUpdate(WAITING, now, due_at=now))
-                raise NotDue(now)
-            self._go_idle([], NEVER)
-        entry = self.r.store.load_log(self.run.id, position, 1)[0]
-        self.stored[position] = entry.attempts
-        return self._child_outcome(entry, child, logged=True)
-
-    def _child_outcome(self, entry: EntryRow, child: RunRow, logged: bool) -> Outcome:
-        """Log the finished child's result (or exception) at the parent's entry."""
-        now = self.r.clock.now()
-        entry.finished_at, entry.due_at = now, None
-        if child.status == COMPLETED:
-            entry.status, entry.outcome = E_COMPLETED, child.result
-        else:
-            entry.status, entry.outcome = E_FAILED, child.error
-            lines = (child.error_text or child.status).strip().splitlines()
-            entry.error_text = f"child run {child.id!r} {child.status}: {lines[-1]}"
-        if logged:
-            self.carry = entry  # (a new entry is already among self.recorded)
-        return self._finished_outcome(entry)
-
-    # -- gather: several requests at once ------------------------------------------
-
-    def _gather(self, pending: Pending, request: GatherRequest) -> Outcome:
-        """Carry out a gather's members concurrently, committing each outcome as it comes.
-
-        Every member has its own log entry, at the position its argument order gives
-        it, written when the gather is first reached. Steps run in the runner's
-        thread pool; commits are made here, in the driving thread, as they finish.
-        """
-        now = self.r.clock.now()
-        members = request.members
-        recorded = pending.members or [None] * len(members)
-        entries: list[EntryRow] = []
-        fresh: list[EntryRow] = []
-        if pending.recorded is None:
-            fresh.append(self._gather_entry(pending.position, request, now))
-        for i, member in enumerate(members):
-            position = pending.position + 1 + i
-            if recorded[i] is not None:
-                entry = self.r.store.load_log(self.run.id, position, 1)[0]
-                self.stored[position] = entry.attempts
-            else:
-                entry = self._member_entry(position, member, now)
-                fresh.append(entry)
-            entries.append(entry)
-        if fresh:
-            self.recorded.extend(fresh)
-            self._commit(run=self._run_update(RUNNING, None, now))
-        outcomes: list[Outcome | None] = [decode_outcome(self.r.serde, e) for e in entries]
-        steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-        for i, (member, entry) in enumerate(zip(members, entries, strict=True)):
-            if outcomes[i] is not None:
-                continue
-            if isinstance(member, StepCall):
-                if recorded[i] is not None and entry.status == E_RUNNING:
-                    self._resume_member(entry, member, now)  # its process died during it
-                    if entry.status == E_FAILED:
-                        self._commit(update=entry)
-                        outcomes[i] = self._finished_outcome(entry)
-                        continue
-                if entry.status == E_RETRYING and (entry.due_at or now) <= now:
-                    entry.status, entry.due_at = E_RUNNING, None
-                    entry.attempts += 1
-                    self._commit(update=entry)
-                if entry.status == E_RUNNING:
-                    steps[i] = self._step_arguments(member)
-            else:
-                outcomes[i] = self._settle_member(entry, member, now)
-        self._run_steps(members, entries, outcomes, steps)
-        if all(o is not None for o in outcomes):
-            return request.combine(outcomes)  # type: ignore[no-any-return]
-        # Some members wait (a timer, a signal, a retry): the run waits for the earliest.
-        waiting = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
-        due = min(e.due_at if e.due_at is not None else NEVER for e in waiting)
-        kinds = {e.kind for e in waiting}
-        status = SLEEPING if kinds == {"sleep"} else WAITING if "wait" in kinds else RUNNING
-        update = self._run_update(status, due, self.r.clock.now())
-        if update is not None or self.carry is not None or self.recorded:
-            self._commit(run=update)
-        names = [
-            m.signal
-            for m, o in zip(members, outcomes, strict=True)
-            if o is None and isinstance(m, WaitRequest)
-        ]
-        self._go_idle(names, due)
 
     def _go_idle(self, names: list[str], due: float) -> NoReturn:
         """Set the run aside until due (NotDue), unless it was woken meanwhile.
@@ -644,106 +459,6 @@ class _Drive:
             raise NotDue(now)
         raise NotDue(due)
 
-    def _gather_entry(self, position: int, request: GatherRequest, now: float) -> EntryRow:
-        """The gather's own entry: complete at once, it records how many members follow."""
-        return EntryRow(
-            self.run.id, position, request.kind, request.name, request.key, request.text,
-            E_COMPLETED, 1, 0, now, now, None, self.r.serde.dumps(None, "nothing"),
-        )  # fmt: skip
-
-    def _member_entry(self, position: int, member: Request, now: float) -> EntryRow:
-        """The first log entry of a gather member, written when the gather is reached."""
-        if isinstance(member, Immediate):
-            self._immediate(position, member)
-            return self.recorded.pop()  # inserted with the other members, complete
-        due: float | None = None
-        if isinstance(member, SleepRequest):
-            due = member.wake_time(now)
-        elif isinstance(member, WaitRequest):
-            due = NEVER if member.timeout is None else now + member.timeout
-        return EntryRow(
-            self.run.id, position, member.kind, member.name, member.key, member.text,
-            E_RUNNING, 1, 0, now, None, due,
-        )  # fmt: skip
-
-    def _resume_member(self, entry: EntryRow, member: StepCall[Any], now: float) -> None:
-        """A member step found running after a restart: count the crash, try again or give up."""
-        entry.crashes += 1
-        if entry.crashes > member.options.max_crashes:
-            err = CrashLoop(
-                "CrashLoop",
-                f"step {member.name!r} at position {entry.position} of run {self.run.id!r} "
-                f"was interrupted by a process crash {entry.crashes} times "
-                f"(max_crashes={member.options.max_crashes}); it is not tried again.",
-            )
-            self._fail_entry(entry, err, "", now)
-            return
-        entry.attempts += 1
-        self._commit(update=entry)
-
-    def _settle_member(self, entry: EntryRow, member: Request, now: float) -> Outcome | None:
-        """A member that runs no code: a due timer completes, a wait takes its signal."""
-        if isinstance(member, SleepRequest):
-            if entry.due_at is not None and entry.due_at > now:
-                return None
-            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
-            entry.outcome = self.r.serde.dumps(None, "nothing")
-            self._commit(update=entry)
-            return Outcome(True, None)
-        assert isinstance(member, WaitRequest)
-        signal = self.r.store.peek_signal(self.run.id, member.signal)
-        if signal is not None:
-            value = self.r.serde.loads(signal.payload, f"signal {member.signal!r}")
-            entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
-            entry.outcome = signal.payload
-            self.consume = signal.seq
-            self._commit(update=entry)
-            return Outcome(True, value)
-        if entry.due_at is not None and entry.due_at <= now:
-            error = Timeout(
-                f"no signal {member.signal!r} arrived within {_duration_text(member.timeout)}"
-            )
-            self._fail_entry(entry, error, f"Timeout: {error}", now)
-            self._commit(update=entry)
-            return self._finished_outcome(entry)
-        return None
-
-    def _run_steps(
-        self,
-        members: tuple[Request, ...],
-        entries: list[EntryRow],
-        outcomes: list[Outcome | None],
-        steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]],
-    ) -> None:
-        """Run member steps in the pool; settle (and commit) each attempt as it ends."""
-        if not steps:
-            return
-        pool = self.r.pool()
-        running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
-
-        def submit(i: int) -> None:
-            args, kwargs = steps[i]
-            step = members[i]
-            assert isinstance(step, StepCall)
-            running[pool.submit(self._execute, entries[i], step, args, kwargs)] = i
-
-        for i in steps:
-            submit(i)
-        while running:
-            done, _ = concurrent.futures.wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                i = running.pop(future)
-                step = members[i]
-                assert isinstance(step, StepCall)
-                ok, value, tb = future.result()
-                args, kwargs = steps[i]
-                settled = self._settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
-                if isinstance(settled, Outcome):
-                    self._commit(update=entries[i])
-                    outcomes[i] = settled
-                elif settled is None:
-                    submit(i)  # the next attempt, now
-
     def _hold(self, entry: EntryRow, logged: bool) -> None:
         """Keep a finished entry for the next commit: an update if logged, else an insert."""
         if logged:
@@ -761,7 +476,7 @@ class _Drive:
         logged = pending.recorded is not None
         error = Cancelled(f"run {self.run.id!r} was cancelled")
         if isinstance(request, GatherRequest):
-            return self._cancel_gather(pending, request, error, now)
+            return drive_gather.cancel_gather(self, pending, request, error, now)
         if logged:
             entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
             self.stored[entry.position] = entry.attempts
@@ -773,34 +488,6 @@ class _Drive:
         self._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
         self._hold(entry, logged)
         return self._finished_outcome(entry)
-
-    def _cancel_gather(
-        self, pending: Pending, request: GatherRequest, error: Cancelled, now: float
-    ) -> Outcome:
-        """Cancel a gather: every member without an outcome gets ce.Cancelled."""
-        members = pending.members or [None] * len(request.members)
-        if pending.recorded is None:
-            self.recorded.append(self._gather_entry(pending.position, request, now))
-        for i, member in enumerate(request.members):
-            position = pending.position + 1 + i
-            if members[i] is not None:
-                entry = self.r.store.load_log(self.run.id, position, 1)[0]
-                self.stored[position] = entry.attempts
-                if entry.status in (E_COMPLETED, E_FAILED):
-                    continue
-                self._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
-                self._commit(update=entry)
-            else:
-                entry = self._member_entry(position, member, now)
-                if entry.status != E_COMPLETED:
-                    self._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
-                self.recorded.append(entry)
-        return Outcome(
-            False,
-            self.r.serde.loads(
-                self.r.serde.dumps_error(error, "a cancellation", StepFailed), "a cancellation"
-            ),
-        )
 
     # -- writing ---------------------------------------------------------------
 
@@ -847,8 +534,3 @@ class _Drive:
 
 
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
-NEVER = float("inf")  # the due time of a wait without a timeout
-
-
-def _duration_text(seconds: float | None) -> str:
-    return "forever" if seconds is None else _duration(seconds)

@@ -304,6 +304,8 @@ class SleepRequest(Request):
 
 def _duration(seconds: float) -> str:
     """Readable seconds: 0.25s, 90s -> 1m30s, 2592000 -> 30d."""
+    if seconds != seconds or abs(seconds) == float("inf"):
+        return "forever" if seconds > 0 else f"{seconds}"
     if seconds < 60:
         return f"{seconds:g}s"
     parts, rest = [], int(round(seconds))
@@ -342,8 +344,13 @@ def publish(key: str, value: Any) -> PublishRequest:
 def sleep(duration: float | datetime.timedelta) -> SleepRequest:
     """Sleep durably for a number of seconds or a timedelta; a restart keeps the deadline."""
     seconds = duration.total_seconds() if isinstance(duration, datetime.timedelta) else duration
-    if not isinstance(seconds, int | float) or seconds != seconds:
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
         raise TypeError(f"ce.sleep() needs seconds or a timedelta, not {duration!r}")
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(
+            f"ce.sleep() needs a finite duration, not {duration!r}; to wait until something "
+            f"happens, use ce.wait(name) and send it a signal"
+        )
     return SleepRequest(float(seconds), None)
 
 

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .clock import Clock
-from .drive import NotDue, _Drive
+from .drive import _Drive
 from .driver import Driver
 from .errors import ContengineError, NonDeterminismError
+from .idle import NotDue
 from .log import StreamedLog, decode_outcome
 from .serde import Serde
 from .store.base import FINISHED, RunRow, Store

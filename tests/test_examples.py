@@ -86,3 +86,64 @@ def test_reminder_sends_each_reminder_once_three_virtual_days_apart() -> None:
     assert "virtual time passed: 9 days" in out
     real = float(re.search(r"real time taken: ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
     assert real < 2.0
+
+
+def test_approval_escalates_once_the_wait_times_out_and_refuses_a_late_answer() -> None:
+    out = run_example("approval")
+    steps, _, logs = out.partition("The logs:")
+    assert "waiting: ['doc-1', 'doc-2']" in steps
+    # doc-1 is answered in time: nobody is escalated to.
+    assert "doc-1: approved by ana" in steps
+    assert steps.count("did not answer") == 1
+    assert "ben did not answer about 'office move': asking cleo instead" in steps
+    assert "Wed 09:00: doc-2 is waiting" in steps
+    assert "doc-2 is waiting; its answer is in the mailbox" in steps
+    assert "doc-2: rejected by cleo" in steps
+    assert "refused: run 'doc-2' is completed" in steps
+    doc1, _, doc2 = logs.partition("doc-2 is completed")
+    assert re.findall(r"^\s+\d  (\w+) (\w+)\(.*?\) \[(\w+)\]", doc1, re.M) == [
+        ("step", "ask", "completed"),
+        ("wait", "decision", "completed"),
+        ("step", "announce", "completed"),
+    ]
+    assert "Mon 09:00 -> Mon 12:00: {'approved': True, 'by': 'ana'}" in doc1
+    assert re.findall(r"^\s+\d  (\w+) (\w+)\(.*?\) \[(\w+)\]", doc2, re.M) == [
+        ("step", "ask", "completed"),
+        ("wait", "decision", "failed"),
+        ("step", "escalate", "completed"),
+        ("wait", "decision", "completed"),
+        ("step", "announce", "completed"),
+    ]
+    # The timeout came exactly two days after the question, and was logged as such.
+    assert "Mon 09:00 -> Wed 09:00: Timeout: no signal 'decision' arrived within 2d" in doc2
+    assert "Wed 09:00 -> Wed 14:00: {'approved': False, 'by': 'cleo'}" in doc2
+
+
+def test_fan_out_fetches_concurrently_in_order_and_resumes_only_the_page_in_flight() -> None:
+    out = run_example("fan_out")
+    first, _, rest = out.partition("Second run")
+    crashed, _, resumed = rest.partition("This process resumes")
+    urls = ["/", "/about", "/archive", "/blog", "/contact"]
+    # First run: pages finish fastest first, together in about the slowest one's time.
+    fetched = re.findall(r"fetched (\S+)$", first, re.M)
+    assert fetched == ["/about", "/contact", "/blog", "/", "/archive"]
+    took = float(re.search(r"all pages in ([\d.]+) s", first).group(1))  # type: ignore[union-attr]
+    assert took < 1.0  # one after another they take 1.2 s
+    entry = r"^\s+(\d)  (\w+) (\w+)\((?:'([^']*)')?.*\[(\w+)\]$"
+    assert re.findall(entry, first, re.M) == [
+        ("0", "gather", "", "", "completed"),
+        *[(str(i), "step", "fetch_page", url, "completed") for i, url in enumerate(urls, 1)],
+        ("6", "step", "count_words", "", "completed"),
+    ]
+    # The process that dies: four pages logged, /archive in flight, no fan-in yet.
+    assert re.findall(r"fetched (\S+)$", crashed, re.M) == ["/about", "/contact", "/blog", "/"]
+    assert "the process dies while fetching /archive" in crashed
+    assert "exited with code 1" in crashed
+    left = [(pos, status) for pos, _, _, _, status in re.findall(entry, crashed, re.M)]
+    assert left == [(str(i), "running" if i == 3 else "completed") for i in range(6)]
+    # Resumed: only /archive is fetched again, and the answer is the first run's.
+    assert re.findall(r"fetched (\S+)$", resumed, re.M) == ["/archive"]
+    top = re.search(r"top words: (.*)$", first, re.M).group(1)  # type: ignore[union-attr]
+    assert f"top words: {top}" in resumed
+    assert "same as the first run: True" in resumed
+    assert [s for *_, s in re.findall(entry, resumed, re.M)] == ["completed"] * 7

@@ -1,0 +1,232 @@
+"""ce.gather inside a drive: members in argument order, steps in a pool, outcomes as they come."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from concurrent.futures import FIRST_COMPLETED
+from typing import TYPE_CHECKING, Any
+
+from .driver import Outcome, Pending
+from .errors import Cancelled, CrashLoop, StepFailed, Timeout
+from .idle import NEVER, duration_text
+from .log import decode_outcome
+from .requests import (
+    GatherRequest,
+    Immediate,
+    Request,
+    SleepRequest,
+    StepCall,
+    WaitRequest,
+)
+from .store.base import (
+    E_COMPLETED,
+    E_FAILED,
+    E_RETRYING,
+    E_RUNNING,
+    RUNNING,
+    SLEEPING,
+    WAITING,
+    EntryRow,
+)
+
+if TYPE_CHECKING:
+    from .drive import _Drive
+
+
+def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
+    """Carry out a gather's members concurrently, committing each outcome as it comes.
+
+    Every member has its own log entry, at the position its argument order gives
+    it, written when the gather is first reached. Steps run in the runner's
+    thread pool; commits are made here, in the driving thread, as they finish.
+    """
+    now = d.r.clock.now()
+    members = request.members
+    recorded = pending.members or [None] * len(members)
+    entries: list[EntryRow] = []
+    fresh: list[EntryRow] = []
+    if pending.recorded is None:
+        fresh.append(gather_entry(d, pending.position, request, now))
+    for i, member in enumerate(members):
+        position = pending.position + 1 + i
+        if recorded[i] is not None:
+            entry = d.r.store.load_log(d.run.id, position, 1)[0]
+            d.stored[position] = entry.attempts
+        else:
+            entry = member_entry(d, position, member, now)
+            fresh.append(entry)
+        entries.append(entry)
+    if fresh:
+        d.recorded.extend(fresh)
+        d._commit(run=d._run_update(RUNNING, None, now))
+    outcomes: list[Outcome | None] = [decode_outcome(d.r.serde, e) for e in entries]
+    steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    for i, (member, entry) in enumerate(zip(members, entries, strict=True)):
+        if outcomes[i] is not None:
+            continue
+        if isinstance(member, StepCall):
+            if recorded[i] is not None and entry.status == E_RUNNING:
+                resume_member(d, entry, member, now)  # its process died during it
+                if entry.status == E_FAILED:
+                    d._commit(update=entry)
+                    outcomes[i] = d._finished_outcome(entry)
+                    continue
+            if entry.status == E_RETRYING and (entry.due_at or now) <= now:
+                entry.status, entry.due_at = E_RUNNING, None
+                entry.attempts += 1
+                d._commit(update=entry)
+            if entry.status == E_RUNNING:
+                steps[i] = d._step_arguments(member)
+        else:
+            outcomes[i] = settle_member(d, entry, member, now)
+    run_steps(d, members, entries, outcomes, steps)
+    if all(o is not None for o in outcomes):
+        return request.combine(outcomes)  # type: ignore[no-any-return]
+    # Some members wait (a timer, a signal, a retry): the run waits for the earliest.
+    waiting = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
+    due = min(e.due_at if e.due_at is not None else NEVER for e in waiting)
+    kinds = {e.kind for e in waiting}
+    status = SLEEPING if kinds == {"sleep"} else WAITING if "wait" in kinds else RUNNING
+    update = d._run_update(status, due, d.r.clock.now())
+    if update is not None or d.carry is not None or d.recorded:
+        d._commit(run=update)
+    names = [
+        m.signal
+        for m, o in zip(members, outcomes, strict=True)
+        if o is None and isinstance(m, WaitRequest)
+    ]
+    d._go_idle(names, due)
+
+
+def gather_entry(d: _Drive, position: int, request: GatherRequest, now: float) -> EntryRow:
+    """The gather's own entry: complete at once, it records how many members follow."""
+    return EntryRow(
+        d.run.id, position, request.kind, request.name, request.key, request.text,
+        E_COMPLETED, 1, 0, now, now, None, d.r.serde.dumps(None, "nothing"),
+    )  # fmt: skip
+
+
+def member_entry(d: _Drive, position: int, member: Request, now: float) -> EntryRow:
+    """The first log entry of a gather member, written when the gather is reached."""
+    if isinstance(member, Immediate):
+        d._immediate(position, member)
+        return d.recorded.pop()  # inserted with the other members, complete
+    due: float | None = None
+    if isinstance(member, SleepRequest):
+        due = member.wake_time(now)
+    elif isinstance(member, WaitRequest):
+        due = NEVER if member.timeout is None else now + member.timeout
+    return EntryRow(
+        d.run.id, position, member.kind, member.name, member.key, member.text,
+        E_RUNNING, 1, 0, now, None, due,
+    )  # fmt: skip
+
+
+def resume_member(d: _Drive, entry: EntryRow, member: StepCall[Any], now: float) -> None:
+    """A member step found running after a restart: count the crash, try again or give up."""
+    entry.crashes += 1
+    if entry.crashes > member.options.max_crashes:
+        err = CrashLoop(
+            "CrashLoop",
+            f"step {member.name!r} at position {entry.position} of run {d.run.id!r} "
+            f"was interrupted by a process crash {entry.crashes} times "
+            f"(max_crashes={member.options.max_crashes}); it is not tried again.",
+        )
+        d._fail_entry(entry, err, "", now)
+        return
+    entry.attempts += 1
+    d._commit(update=entry)
+
+
+def settle_member(d: _Drive, entry: EntryRow, member: Request, now: float) -> Outcome | None:
+    """A member that runs no code: a due timer completes, a wait takes its signal."""
+    if isinstance(member, SleepRequest):
+        if entry.due_at is not None and entry.due_at > now:
+            return None
+        entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+        entry.outcome = d.r.serde.dumps(None, "nothing")
+        d._commit(update=entry)
+        return Outcome(True, None)
+    assert isinstance(member, WaitRequest)
+    signal = d.r.store.peek_signal(d.run.id, member.signal)
+    if signal is not None:
+        value = d.r.serde.loads(signal.payload, f"signal {member.signal!r}")
+        entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+        entry.outcome = signal.payload
+        d.consume = signal.seq
+        d._commit(update=entry)
+        return Outcome(True, value)
+    if entry.due_at is not None and entry.due_at <= now:
+        error = Timeout(
+            f"no signal {member.signal!r} arrived within {duration_text(member.timeout)}"
+        )
+        d._fail_entry(entry, error, f"Timeout: {error}", now)
+        d._commit(update=entry)
+        return d._finished_outcome(entry)
+    return None
+
+
+def run_steps(
+    d: _Drive,
+    members: tuple[Request, ...],
+    entries: list[EntryRow],
+    outcomes: list[Outcome | None],
+    steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]],
+) -> None:
+    """Run member steps in the pool; settle (and commit) each attempt as it ends."""
+    if not steps:
+        return
+    pool = d.r.pool()
+    running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
+
+    def submit(i: int) -> None:
+        args, kwargs = steps[i]
+        step = members[i]
+        assert isinstance(step, StepCall)
+        running[pool.submit(d._execute, entries[i], step, args, kwargs)] = i
+
+    for i in steps:
+        submit(i)
+    while running:
+        done, _ = concurrent.futures.wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            i = running.pop(future)
+            step = members[i]
+            assert isinstance(step, StepCall)
+            ok, value, tb = future.result()
+            args, kwargs = steps[i]
+            settled = d._settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+            if isinstance(settled, Outcome):
+                d._commit(update=entries[i])
+                outcomes[i] = settled
+            elif settled is None:
+                submit(i)  # the next attempt, now
+
+
+def cancel_gather(
+    d: _Drive, pending: Pending, request: GatherRequest, error: Cancelled, now: float
+) -> Outcome:
+    """Cancel a gather: every member without an outcome gets ce.Cancelled."""
+    members = pending.members or [None] * len(request.members)
+    if pending.recorded is None:
+        d.recorded.append(gather_entry(d, pending.position, request, now))
+    for i, member in enumerate(request.members):
+        position = pending.position + 1 + i
+        if members[i] is not None:
+            entry = d.r.store.load_log(d.run.id, position, 1)[0]
+            d.stored[position] = entry.attempts
+            if entry.status in (E_COMPLETED, E_FAILED):
+                continue
+            d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+            d._commit(update=entry)
+        else:
+            entry = member_entry(d, position, member, now)
+            if entry.status != E_COMPLETED:
+                d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+            d.recorded.append(entry)
+    return Outcome(
+        False,
+        d.r.serde.loads(
+            d.r.serde.dumps_error(error, "a cancellation", StepFailed), "a cancellation"
+        ),
+    )
