@@ -165,8 +165,8 @@ class Store(ABC):
         """Ids of unfinished runs with nothing to wait for at time now, oldest first."""
 
     @abstractmethod
-    def next_due(self) -> float | None:
-        """The earliest time an unfinished run becomes due, if any is waiting."""
+    def next_due(self, after: float | None = None) -> float | None:
+        """The earliest time (later than `after`, if given) an unfinished run becomes due."""
 
     @abstractmethod
     def send_signal(self, run_id: str, name: str, payload: bytes, now: float) -> None:

@@ -520,10 +520,11 @@ class SQLiteStore(Store):
             sql += f" LIMIT {int(limit)}"
         return [str(r[0]) for r in self._read(sql, (now,))]
 
-    def next_due(self) -> float | None:
+    def next_due(self, after: float | None = None) -> float | None:
         rows = self._read(
             f"SELECT min(due_at) FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
-            f"AND due_at IS NOT NULL"
+            f"AND due_at IS NOT NULL AND due_at > ?",
+            (float("-inf") if after is None else after,),
         )
         value = rows[0][0]
         # A wait without a timeout is due "never" (infinity): no time will wake it.
