@@ -200,14 +200,10 @@ class Engine:
             while True:
                 ids = [i for i in self.store.runnable(self.clock.now()) if i not in passed]
                 if not ids and jump is not None:
-                    due = self.store.next_due()
                     # Only forward: a due time already passed belongs to a run set
                     # aside above (stuck), and jumping to it would change nothing.
-                    if (
-                        due is not None
-                        and due > self.clock.now()
-                        and (limit is None or due <= limit)
-                    ):
+                    due = self.store.next_due(after=self.clock.now())
+                    if due is not None and (limit is None or due <= limit):
                         jump(due)
                         continue
                 if not ids:

@@ -316,9 +316,9 @@ class CrashingStore(Store):
         """Delegated."""
         return self.inner.runnable(now, limit)
 
-    def next_due(self) -> float | None:
+    def next_due(self, after: float | None = None) -> float | None:
         """Delegated."""
-        return self.inner.next_due()
+        return self.inner.next_due(after)
 
     def set_note(self, run_id: str, note: str | None) -> None:
         """Delegated."""
