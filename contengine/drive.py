@@ -10,6 +10,7 @@ leaves either the old state or the new one.
 from __future__ import annotations
 
 import datetime
+import inspect
 import traceback
 import uuid
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -32,6 +33,7 @@ from .log import decode_outcome
 from .requests import (
     ChildHandle,
     ChildRequest,
+    ContinueAsNew,
     GatherRequest,
     Immediate,
     NowRequest,
@@ -50,6 +52,7 @@ from .store.base import (
     E_RETRYING,
     E_RUNNING,
     FAILED,
+    PENDING,
     RUNNING,
     SLEEPING,
     WAITING,
@@ -87,6 +90,8 @@ class _Drive:
         self.recorded: list[EntryRow] = []
         self.consume: int | None = None  # a mailbox message taken, deleted with the next commit
         self.new_runs: list[RunRow] = []  # child runs started, created with the next commit
+        self.publish: list[tuple[str, bytes]] = []  # ce.publish values, with the next commit
+        self.restart: bytes | None = None  # continue_as_new: new arguments
         self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
         self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
         # The attempts count of each entry in flight as last committed, by position:
@@ -116,6 +121,9 @@ class _Drive:
     # -- run end ------------------------------------------------------------
 
     def _finish_returned(self, value: Any) -> None:
+        if isinstance(value, ContinueAsNew):
+            self._continue_as_new(value)
+            return
         try:
             data = self.r.serde.dumps_checked(
                 value, f"the result of workflow {self.wf.name!r} (run {self.run.id!r})"
@@ -126,6 +134,20 @@ class _Drive:
         now = self.r.clock.now()
         # A cancel that came too late to be delivered is void once the run has ended.
         self._commit(run=RunUpdate(COMPLETED, now, finished_at=now, result=data, clear_cancel=True))
+
+    def _continue_as_new(self, again: ContinueAsNew) -> None:
+        """Start this run again with new arguments; its log so far is dropped."""
+        try:
+            inspect.signature(self.wf.fn).bind(*again.args, **again.kwargs)
+            data = self.r.serde.dumps_checked(
+                (again.args, again.kwargs), f"the arguments to continue run {self.run.id!r} with"
+            )[0]
+        except (TypeError, SerializationError) as exc:
+            self._finish_raised(exc)
+            return
+        self.restart = data
+        self._commit(run=RunUpdate(PENDING, self.r.clock.now()))
+        raise NotDue(self.r.clock.now())  # due at once: the next drive starts it afresh
 
     def _finish_raised(self, error: BaseException) -> None:
         what = f"the exception of workflow {self.wf.name!r} (run {self.run.id!r})"
@@ -349,6 +371,7 @@ class _Drive:
             value = uuid.UUID(int=self.r.random.getrandbits(128), version=4)
         elif isinstance(request, PublishRequest):
             value = request.value
+            self.publish.append((request.name, self.r.serde.dumps(value, "a published value")))
         else:
             value = True  # a patch reached live: this run takes the new path
         status, error_text = E_COMPLETED, None
@@ -514,10 +537,16 @@ class _Drive:
                 run = RunUpdate(self.status, self.r.clock.now(), due_at=self.due_at)
             run.clear_cancel = True
         new_runs = tuple(self.new_runs) if self.new_runs else ()
+        publish = tuple(self.publish) if self.publish else ()
         self.r.store.commit(
-            Progress(self.run.id, entry, insert, run, expect, recorded, self.consume, new_runs)
-        )
+            Progress(
+                self.run.id, entry, insert, run, expect, recorded, self.consume, new_runs,
+                publish, self.restart,
+            )
+        )  # fmt: skip
         self.new_runs.clear()
+        self.publish.clear()
+        self.restart = None
         if entry is not None:
             self.stored[entry.position] = entry.attempts
         if insert is not None:

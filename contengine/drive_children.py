@@ -37,7 +37,10 @@ def child(d: _Drive, pending: Pending, request: ChildRequest) -> Outcome:
     finds the same child. ce.start_child returns a handle at once instead.
     """
     position = pending.position
-    child_id = f"{d.run.id}/{position}"
+    # Derived from the parent, its generation (continue_as_new) and the position, so
+    # a replay finds the same child and a new generation never finds an old one.
+    gen = d.run.generation
+    child_id = f"{d.run.id}/{position}" if not gen else f"{d.run.id}/g{gen}/{position}"
     now = d.r.clock.now()
     if pending.recorded is not None:
         return join_child(d, position, child_id, logged=True)

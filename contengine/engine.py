@@ -355,13 +355,12 @@ class Engine:
 
     def published(self, run_id: str, key: str | None = None, default: Any = None) -> Any:
         """What the run published with ce.publish: all keys as a dict, or one key's value."""
-        latest: dict[str, Any] = {}
-        for entry in self.history(run_id):
-            if entry.kind == "publish" and entry.status == "completed":
-                latest[entry.name] = entry
+        self._row(run_id)
+        values = self.store.published(run_id)
+        what = f"a value published by run {run_id!r}"
         if key is not None:
-            return latest[key].value if key in latest else default
-        return {k: e.value for k, e in latest.items()}
+            return self.serde.loads(values[key], what) if key in values else default
+        return {k: self.serde.loads(v, what) for k, v in values.items()}
 
     def stuck(self) -> dict[str, ContengineError]:
         """Runs this engine could not rebuild, with the reason (log untouched)."""

@@ -563,3 +563,26 @@ def start_child(workflow: Any, /, *args: Any, **kwargs: Any) -> ChildRequest:
     if not hasattr(workflow, "fn") or not hasattr(workflow, "ref"):
         raise TypeError(f"ce.start_child() needs a @ce.workflow, not {workflow!r}")
     return ChildRequest(workflow, args, kwargs, detached=True)
+
+
+class ContinueAsNew:
+    """Returned by a workflow: end this log and start again, same run id, new arguments."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return f"<continue_as_new {display_call(self.args, self.kwargs, None)}>"
+
+
+def continue_as_new(*args: Any, **kwargs: Any) -> Any:
+    """`return ce.continue_as_new(...)`: the run goes on as a fresh log under the same id.
+
+    A loop that never ends (a monitor, an agent) keeps a bounded log this way: the
+    current log is dropped and the workflow starts again with these arguments.
+    The run's mailbox and published values carry over.
+    """
+    return ContinueAsNew(args, kwargs)

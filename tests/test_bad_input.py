@@ -510,6 +510,8 @@ def test_a_version_1_file_is_migrated_to_the_current_schema(tmp_path: Path) -> N
     conn = sqlite3.connect(path)  # take the file back to version 1, as the v1 code wrote it
     with conn:
         conn.execute("DROP TABLE mailbox")
+        conn.execute("DROP TABLE published")
+        conn.execute("ALTER TABLE runs DROP COLUMN generation")
         conn.execute("DROP INDEX runs_by_parent")
         conn.execute("ALTER TABLE runs DROP COLUMN cancel_requested")
         conn.execute("ALTER TABLE runs DROP COLUMN parent_id")

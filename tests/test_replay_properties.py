@@ -312,6 +312,10 @@ class CrashingStore(Store):
         """Delegated."""
         return self.inner.request_cancel(run_id, now)
 
+    def published(self, run_id: str) -> dict[str, bytes]:
+        """Delegated."""
+        return self.inner.published(run_id)
+
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         """Delegated."""
         return self.inner.runnable(now, limit)

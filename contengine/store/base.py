@@ -42,6 +42,7 @@ class RunRow:
     note: str | None = None
     cancel_requested: bool = False
     parent_id: str | None = None  # the run that started this one as a child
+    generation: int = 0  # how many times the run continued as new
 
 
 @dataclass(slots=True)
@@ -122,6 +123,10 @@ class Progress:
     consume: int | None = None
     # Child runs started by this progress, created in the same transaction.
     new_runs: tuple[RunRow, ...] = ()
+    # Values published (ce.publish) with this progress: (key, serialized value).
+    publish: tuple[tuple[str, bytes], ...] = ()
+    # continue_as_new: the new arguments; the run's log is cleared and it starts again.
+    restart: bytes | None = None
 
 
 class Store(ABC):
@@ -184,6 +189,10 @@ class Store(ABC):
     def request_cancel(self, run_id: str, now: float) -> bool:
         """Mark the run (and its unfinished child runs) to be cancelled at their current
         yield and wake them; False if the run had finished."""
+
+    @abstractmethod
+    def published(self, run_id: str) -> dict[str, bytes]:
+        """The latest value published under each key by the run (serialized)."""
 
     @abstractmethod
     def set_note(self, run_id: str, note: str | None) -> None:

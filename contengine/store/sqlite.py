@@ -77,7 +77,14 @@ CREATE TABLE mailbox (
     payload BLOB NOT NULL,
     sent_at REAL NOT NULL
 );
-CREATE INDEX mailbox_by_run ON mailbox (run_id, name, seq)
+CREATE INDEX mailbox_by_run ON mailbox (run_id, name, seq);
+ALTER TABLE runs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE published (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID
 """
 # A log entry's key packs its run's number and its position into one integer,
 # so the log is a plain rowid table: the cheapest insert and lookup SQLite has
@@ -102,7 +109,8 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
 
 _RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
-    "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id"
+    "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
+    "generation"
 )
 _LOG_COLS = (
     "id, kind, name, key, text, status, attempts, crashes, "
@@ -280,7 +288,7 @@ class SQLiteStore(Store):
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 16)}) "
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 17)}) "
                 f"ON CONFLICT (id) DO NOTHING",
                 (
                     run.id,
@@ -299,6 +307,7 @@ class SQLiteStore(Store):
                     run.note,
                     int(run.cancel_requested),
                     run.parent_id,
+                    run.generation,
                 ),
             )
             if cur.rowcount == 1:
@@ -497,12 +506,27 @@ class SQLiteStore(Store):
             )
         for child in p.new_runs:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 16)}) "
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 17)}) "
                 f"ON CONFLICT (id) DO NOTHING",
                 _run_params(child),
             )
             if cur.rowcount == 1:
                 self._remember_num(child.id, cur.lastrowid)
+        for published_key, value in p.publish:
+            conn.execute(
+                "INSERT INTO published (run_id, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+                (p.run_id, published_key, value),
+            )
+        if p.restart is not None:
+            # continue_as_new: this generation's log goes; the run starts afresh
+            # with new arguments under the same id (mailbox and published values stay).
+            conn.execute("DELETE FROM log WHERE id BETWEEN ? AND ?", (base, base | POSITION_MASK))
+            conn.execute(
+                "UPDATE runs SET args = ?, status = 'pending', due_at = NULL, "
+                "generation = generation + 1 WHERE id = ?",
+                (p.restart, p.run_id),
+            )
         if p.consume is not None:
             deleted = conn.execute("DELETE FROM mailbox WHERE seq = ?", (p.consume,)).rowcount
             if deleted != 1:
@@ -574,6 +598,10 @@ class SQLiteStore(Store):
             )
             return True
 
+    def published(self, run_id: str) -> dict[str, bytes]:
+        rows = self._read("SELECT key, value FROM published WHERE run_id = ?", (run_id,))
+        return {str(k): bytes(v) for k, v in rows}
+
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._tx() as conn:
             conn.execute("UPDATE runs SET note = ? WHERE id = ?", (note, run_id))
@@ -593,5 +621,5 @@ def _run_params(run: RunRow) -> tuple[object, ...]:
     return (
         run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
         run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
-        run.note, int(run.cancel_requested), run.parent_id,
+        run.note, int(run.cancel_requested), run.parent_id, run.generation,
     )  # fmt: skip
