@@ -371,7 +371,6 @@ class _Drive:
             value = uuid.UUID(int=self.r.random.getrandbits(128), version=4)
         elif isinstance(request, PublishRequest):
             value = request.value
-            self.publish.append((request.name, self.r.serde.dumps(value, "a published value")))
         else:
             value = True  # a patch reached live: this run takes the new path
         status, error_text = E_COMPLETED, None
@@ -379,6 +378,8 @@ class _Drive:
             data, copy = self.r.serde.dumps_checked(
                 value, lambda: f"the value of {request.describe()} at position {position}"
             )
+            if isinstance(request, PublishRequest):
+                self.publish.append((request.name, data))  # written with the entry
         except SerializationError as exc:
             status, error_text = E_FAILED, f"{type(exc).__name__}: {exc}"
             data = self.r.serde.dumps_error(exc, "a serialization error", StepFailed)

@@ -161,7 +161,7 @@ class Driver:
                     outcome = Outcome(True, False)
                     continue
                 pos = self.position = j
-            if type(yielded) is GatherRequest:
+            if isinstance(yielded, GatherRequest):
                 gathered = self._gather(pos, yielded)
                 if isinstance(gathered, Pending):
                     return gathered
@@ -177,7 +177,7 @@ class Driver:
             self.replayed += 1
             self.position = pos + 1
 
-    def _gather(self, pos: int, request: GatherRequest) -> Pending | Outcome:
+    def _gather(self, pos: int, request: GatherRequest) -> Pending | Outcome:  # also races
         """Check a gather (its own entry, then its members) against the log; replay it if
         every member is done."""
         if not request.members:
@@ -202,7 +202,14 @@ class Driver:
                 outcomes.append(None)
         self.position = pos
         width = request.width
-        if all(o is not None for o in outcomes):
+        if request.kind == "race":
+            # A race's own entry holds the winner (index and value, or its exception).
+            decided = self._decode(header) if header is not None else None
+            if decided is not None:
+                self.position = pos + width
+                self.replayed += width
+                return decided
+        elif all(o is not None for o in outcomes):
             self.position = pos + width
             self.replayed += width
             return request.combine(outcomes)  # type: ignore[no-any-return]

@@ -191,6 +191,8 @@ class Engine:
         seconds or an aware datetime) stops the jumps there, for runs that never end.
         """
         report = IdleReport()
+        if isinstance(until, datetime.datetime) and until.tzinfo is None:
+            raise ValueError("run_until_idle(until=...) needs an aware datetime (with a tzinfo)")
         limit = until.timestamp() if isinstance(until, datetime.datetime) else until
         jump = (
             getattr(self.clock, "jump_to", None) if getattr(self.clock, "virtual", False) else None

@@ -586,3 +586,33 @@ def continue_as_new(*args: Any, **kwargs: Any) -> Any:
     The run's mailbox and published values carry over.
     """
     return ContinueAsNew(args, kwargs)
+
+
+class RaceRequest(GatherRequest):
+    """Several requests at once; the first to finish wins, the rest are cancelled or ignored."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "race"
+
+    def __init__(self, members: tuple[Request, ...]) -> None:
+        if not members:
+            raise ValueError("ce.race() needs at least one request")
+        super().__init__(members, return_exceptions=False)
+
+    def describe(self) -> str:
+        return "race(" + ", ".join(m.describe() for m in self.members) + ")"
+
+    def __iter__(self) -> Generator[RaceRequest, Any, tuple[int, Any]]:  # type: ignore[override]
+        """`index, value = yield from ce.race(...)`."""
+        result: tuple[int, Any] = yield self
+        return result
+
+
+def race(*requests: Request) -> RaceRequest:
+    """Carry out requests at once; the first to finish wins: returns (index, value).
+
+    If the winner failed, its exception is raised. Losers are cancelled where they
+    can be (a timer, a wait); a losing step already running is left to finish, its
+    outcome logged but unused. Which member won is logged, so a replay agrees.
+    """
+    return RaceRequest(tuple(requests))

@@ -307,9 +307,12 @@ def test_bad_sleep_arguments_are_refused_where_the_workflow_asks() -> None:
         ce.sleep_until(datetime.datetime(2026, 1, 2))
     with pytest.raises(TypeError):
         ce.sleep_until(START)  # type: ignore[arg-type]
-    for bad in ("x", None, float("nan"), [1]):
+    for bad in ("x", None, [1], True):
         with pytest.raises(TypeError):
             ce.sleep(bad)  # type: ignore[arg-type]
+    for endless in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="finite"):
+            ce.sleep(endless)
     with pytest.raises(ValueError):
         VirtualClock(datetime.datetime(2026, 1, 1))
 
@@ -330,23 +333,25 @@ def test_bad_sleep_arguments_are_refused_where_the_workflow_asks() -> None:
     assert kinds(engine, "b") == ["sleep"]
 
 
-def test_an_endless_sleep_is_refused_or_sleeps_but_never_breaks_the_engine() -> None:
+def test_an_endless_sleep_fails_the_run_at_the_yield_and_not_the_engine() -> None:
     @ce.workflow(name="tests.time.forever")
     def forever() -> Generator[Any, Any, str]:
-        yield ce.sleep(math.inf)
+        try:
+            yield ce.sleep(math.inf)
+        except ValueError:
+            yield ce.publish("endless", "refused")
+        yield ce.sleep(math.inf)  # uncaught: the run fails
         return "woke"
 
     engine = ce.Engine(clock=VirtualClock(START))
     engine.start(forever, id="f")
-    # Either ce.sleep() refuses infinity (the run fails with TypeError/ValueError at the
-    # yield) or the run sleeps for ever; an error escaping the engine is neither.
-    engine.run_until_idle(until=START + DAY)
-    run = engine.get_run("f")
-    if run.status == "failed":
-        with pytest.raises((TypeError, ValueError)):
-            run.result()
-    else:
-        assert run.status == "sleeping"
+    report = engine.run_until_idle(until=START + DAY)
+    assert report.finished == ["f"] and report.stuck == {}
+    assert engine.get_run("f").status == "failed"
+    with pytest.raises(ValueError, match="ce.wait"):
+        engine.get_run("f").result()
+    assert engine.published("f") == {"endless": "refused"}
+    assert kinds(engine, "f") == ["publish"]
 
 
 def test_a_short_sleep_on_the_real_clock_really_waits() -> None:
