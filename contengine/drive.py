@@ -175,6 +175,8 @@ class _Drive:
             if isinstance(request, WaitRequest):
                 return self._wait(pending.position, request, pending.recorded is not None)
             if isinstance(request, GatherRequest):
+                if request.kind == "race":
+                    return drive_gather.race(self, pending, request)
                 return drive_gather.gather(self, pending, request)
             if isinstance(request, ChildRequest):
                 return drive_children.child(self, pending, request)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from concurrent.futures import FIRST_COMPLETED
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .driver import Outcome, Pending
 from .errors import Cancelled, CrashLoop, StepFailed, Timeout
@@ -27,6 +28,7 @@ from .store.base import (
     SLEEPING,
     WAITING,
     EntryRow,
+    Progress,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +43,19 @@ def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
     thread pool; commits are made here, in the driving thread, as they finish.
     """
     now = d.r.clock.now()
+    members = request.members
+    entries, outcomes, steps = _prepare(d, pending, request, now)
+    run_steps(d, members, entries, outcomes, steps)
+    if all(o is not None for o in outcomes):
+        return request.combine(outcomes)  # type: ignore[no-any-return]
+    _go_idle_for_members(d, members, entries, outcomes)
+
+
+def _prepare(
+    d: _Drive, pending: Pending, request: GatherRequest, now: float
+) -> tuple[list[EntryRow], list[Outcome | None], dict[int, tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """Log a gather's (or race's) entries if new; settle what needs no code; list the steps
+    to run now, with their arguments."""
     members = request.members
     recorded = pending.members or [None] * len(members)
     entries: list[EntryRow] = []
@@ -79,10 +94,16 @@ def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
                 steps[i] = d._step_arguments(member)
         else:
             outcomes[i] = settle_member(d, entry, member, now)
-    run_steps(d, members, entries, outcomes, steps)
-    if all(o is not None for o in outcomes):
-        return request.combine(outcomes)  # type: ignore[no-any-return]
-    # Some members wait (a timer, a signal, a retry): the run waits for the earliest.
+    return entries, outcomes, steps
+
+
+def _go_idle_for_members(
+    d: _Drive,
+    members: tuple[Request, ...],
+    entries: list[EntryRow],
+    outcomes: list[Outcome | None],
+) -> NoReturn:
+    """Some members wait (a timer, a signal, a retry): the run waits for the earliest."""
     waiting = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
     due = min(e.due_at if e.due_at is not None else NEVER for e in waiting)
     kinds = {e.kind for e in waiting}
@@ -99,7 +120,13 @@ def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
 
 
 def gather_entry(d: _Drive, position: int, request: GatherRequest, now: float) -> EntryRow:
-    """The gather's own entry: complete at once, it records how many members follow."""
+    """The gather's own entry: it records how many members follow. A gather's is complete
+    at once; a race's stays in flight until it records the winner."""
+    if request.kind == "race":
+        return EntryRow(
+            d.run.id, position, request.kind, request.name, request.key, request.text,
+            E_RUNNING, 1, 0, now,
+        )  # fmt: skip
     return EntryRow(
         d.run.id, position, request.kind, request.name, request.key, request.text,
         E_COMPLETED, 1, 0, now, now, None, d.r.serde.dumps(None, "nothing"),
@@ -172,12 +199,17 @@ def run_steps(
     entries: list[EntryRow],
     outcomes: list[Outcome | None],
     steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]],
-) -> None:
-    """Run member steps in the pool; settle (and commit) each attempt as it ends."""
-    if not steps:
-        return
-    pool = d.r.pool()
+    first_only: bool = False,
+) -> dict[concurrent.futures.Future[tuple[bool, Any, str]], int]:
+    """Run member steps in the pool; settle (and commit) each attempt as it ends.
+
+    With first_only, stop at the first member with an outcome and return the
+    attempts still running (a race's losers).
+    """
     running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
+    if not steps:
+        return running
+    pool = d.r.pool()
 
     def submit(i: int) -> None:
         args, kwargs = steps[i]
@@ -201,6 +233,75 @@ def run_steps(
                 outcomes[i] = settled
             elif settled is None:
                 submit(i)  # the next attempt, now
+        if first_only and any(o is not None for o in outcomes):
+            break
+    return running
+
+
+def race(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
+    """The first member to finish wins; its index and value (or its exception) are logged
+    in the race's own entry, and the rest are cancelled or left to finish unused."""
+    now = d.r.clock.now()
+    members = request.members
+    entries, outcomes, steps = _prepare(d, pending, request, now)
+    running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
+    if all(o is None for o in outcomes):
+        running = run_steps(d, members, entries, outcomes, steps, first_only=True)
+    # Several may be done already (after a restart, say): the first in argument order wins.
+    winner = next((i for i, o in enumerate(outcomes) if o is not None), None)
+    if winner is None:
+        _go_idle_for_members(d, members, entries, outcomes)
+    result = outcomes[winner]
+    assert result is not None
+    _drop_losers(d, members, entries, outcomes, running, now)
+    header = d.r.store.load_log(d.run.id, pending.position, 1)[0]
+    d.stored[header.position] = header.attempts
+    header.finished_at = d.r.clock.now()
+    if result.ok:
+        header.status = E_COMPLETED
+        header.outcome = d.r.serde.dumps((winner, result.value), "a race's winner")
+    else:
+        d._fail_entry(header, result.value, f"member {winner} won with an exception", now)
+    d._commit(update=header)
+    return d._finished_outcome(header)
+
+
+def _drop_losers(
+    d: _Drive,
+    members: tuple[Request, ...],
+    entries: list[EntryRow],
+    outcomes: list[Outcome | None],
+    running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int],
+    now: float,
+) -> None:
+    """Cancel what can be cancelled; a step already running finishes and is logged unused."""
+    still_running = set(running.values())
+    error = Cancelled("lost the race")
+    for i, entry in enumerate(entries):
+        if outcomes[i] is not None or i in still_running:
+            continue
+        d._fail_entry(entry, error, "Cancelled: lost the race", now)
+        d._commit(update=entry)
+    store, serde, run_id = d.r.store, d.r.serde, d.run.id
+    for future, i in running.items():
+        entry, expect = entries[i], entries[i].attempts
+
+        def log_unused(done: Any, entry: EntryRow = entry, expect: int = expect) -> None:
+            # Runs in the step's thread, after the drive has moved on: write the
+            # outcome straight to the store (fenced like any update); if the engine is
+            # gone by then, the entry simply stays in flight, which nothing reads.
+            with contextlib.suppress(Exception):
+                ok, value, _ = done.result()
+                entry.finished_at = d.r.clock.now()
+                if ok:
+                    entry.status = E_COMPLETED
+                    entry.outcome = serde.dumps(value, "a losing member's result")
+                else:
+                    entry.status = E_FAILED
+                    entry.outcome = serde.dumps_error(value, "a losing member's error", StepFailed)
+                store.commit(Progress(run_id, update=entry, expect_attempts=expect))
+
+        future.add_done_callback(log_unused)
 
 
 def cancel_gather(
@@ -209,7 +310,16 @@ def cancel_gather(
     """Cancel a gather: every member without an outcome gets ce.Cancelled."""
     members = pending.members or [None] * len(request.members)
     if pending.recorded is None:
-        d.recorded.append(gather_entry(d, pending.position, request, now))
+        header = gather_entry(d, pending.position, request, now)
+        if request.kind == "race":  # decided: by the cancellation
+            d._fail_entry(header, error, "Cancelled: the run was cancelled", now)
+        d.recorded.append(header)
+    elif request.kind == "race":
+        header = d.r.store.load_log(d.run.id, pending.position, 1)[0]
+        d.stored[header.position] = header.attempts
+        if header.status not in (E_COMPLETED, E_FAILED):
+            d._fail_entry(header, error, "Cancelled: the run was cancelled", now)
+            d._commit(update=header)
     for i, member in enumerate(request.members):
         position = pending.position + 1 + i
         if members[i] is not None:
