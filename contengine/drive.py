@@ -210,16 +210,7 @@ class _Drive:
         """Prepare an entry found in flight in the log for its next attempt."""
         if entry.status == E_RUNNING:
             # Logged as running but no one is running it: its process died.
-            entry.crashes += 1
-            if entry.crashes > request.options.max_crashes:
-                err = CrashLoop(
-                    "CrashLoop",
-                    f"step {request.name!r} at position {entry.position} of run "
-                    f"{self.run.id!r} was interrupted by a process crash {entry.crashes} "
-                    f"times (max_crashes={request.options.max_crashes}); it is not tried "
-                    f"again. Fix what kills the process, then retry the run.",
-                )
-                self._fail_entry(entry, err, "", now)
+            if self._count_crash(entry, request, now):
                 self.carry = entry
                 return
         elif entry.status == E_RETRYING and entry.due_at is not None and entry.due_at > now:
@@ -228,6 +219,22 @@ class _Drive:
         entry.attempts += 1
         entry.due_at = None
         self._commit(update=entry, run=self._run_update(RUNNING, None, now))
+
+    def _count_crash(self, entry: EntryRow, request: StepCall[Any], now: float) -> bool:
+        """Count a crash during the entry's last attempt; True (the entry failed with
+        ce.CrashLoop) once the step's max_crashes is passed."""
+        entry.crashes += 1
+        limit = request.options.max_crashes
+        if entry.crashes <= limit:
+            return False
+        err = CrashLoop(
+            "CrashLoop",
+            f"step {request.name!r} at position {entry.position} of run {self.run.id!r} was "
+            f"interrupted by a process crash {entry.crashes} times (max_crashes={limit}); "
+            f"it is not tried again. Fix what kills the process, then retry the run.",
+        )
+        self._fail_entry(entry, err, "", now)
+        return True
 
     def _attempts(self, entry: EntryRow, request: StepCall[Any]) -> Outcome:
         """Run attempts until the step succeeds or its retries are spent."""

@@ -8,7 +8,7 @@ from concurrent.futures import FIRST_COMPLETED
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .driver import Outcome, Pending
-from .errors import Cancelled, CrashLoop, StepFailed, Timeout
+from .errors import Cancelled, StepFailed, Timeout
 from .idle import NEVER, duration_text
 from .log import decode_outcome
 from .requests import (
@@ -151,15 +151,7 @@ def member_entry(d: _Drive, position: int, member: Request, now: float) -> Entry
 
 def resume_member(d: _Drive, entry: EntryRow, member: StepCall[Any], now: float) -> None:
     """A member step found running after a restart: count the crash, try again or give up."""
-    entry.crashes += 1
-    if entry.crashes > member.options.max_crashes:
-        err = CrashLoop(
-            "CrashLoop",
-            f"step {member.name!r} at position {entry.position} of run {d.run.id!r} "
-            f"was interrupted by a process crash {entry.crashes} times "
-            f"(max_crashes={member.options.max_crashes}); it is not tried again.",
-        )
-        d._fail_entry(entry, err, "", now)
+    if d._count_crash(entry, member, now):
         return
     entry.attempts += 1
     d._commit(update=entry)

@@ -361,41 +361,54 @@ class SQLiteStore(Store):
         return [RunRow(*r) for r in self._read(sql, params)]
 
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
-        with self._lock:
-            try:
-                base = self._key(self._conn, run_id, 0)
-            except DatabaseError:
-                return []
-            rows = self._read(
-                f"SELECT id & {POSITION_MASK}, kind, name, key, coalesce(text, key), status, "
-                f"attempts, crashes, started_at, finished_at, due_at, outcome, error_text "
-                f"FROM log WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
-                (base + max(start, 0), base | POSITION_MASK, -1 if limit is None else limit),
-            )
         # text is stored as NULL when it equals key (the usual case), to keep rows small;
         # the query puts it back.
+        rows = self._log_window(
+            run_id,
+            "id & {mask}, kind, name, key, coalesce(text, key), status, attempts, crashes, "
+            "started_at, finished_at, due_at, outcome, error_text",
+            start,
+            limit,
+        )
         return [EntryRow(run_id, *r) for r in rows]
 
     def replay_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[ReplayRow]:
+        rows = self._log_window(
+            run_id,
+            "?, id & {mask}, kind, name, key, coalesce(text, key), status, outcome",
+            start,
+            limit,
+            (run_id,),
+        )
+        # tuple.__new__ skips the NamedTuple's Python-level constructor: rows are
+        # already in field order, and replay reads thousands of them.
+        new = tuple.__new__
+        return [new(ReplayRow, r) for r in rows]
+
+    def _log_window(
+        self,
+        run_id: str,
+        columns: str,
+        start: int,
+        limit: int | None,
+        leading: tuple[object, ...] = (),
+    ) -> list[tuple[Any, ...]]:
+        """Rows of a run's log from position start, at most limit, in position order."""
         with self._lock:
             try:
                 base = self._key(self._conn, run_id, 0)
             except DatabaseError:
                 return []
-            rows = self._read(
-                f"SELECT ?, id & {POSITION_MASK}, kind, name, key, coalesce(text, key), status, "
-                f"outcome FROM log WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+            return self._read(
+                f"SELECT {columns.format(mask=POSITION_MASK)} FROM log "
+                f"WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
                 (
-                    run_id,
+                    *leading,
                     base + max(start, 0),
                     base | POSITION_MASK,
                     -1 if limit is None else limit,
                 ),
             )
-        # tuple.__new__ skips the NamedTuple's Python-level constructor: rows are
-        # already in field order, and replay reads thousands of them.
-        new = tuple.__new__
-        return [new(ReplayRow, r) for r in rows]
 
     def log_length(self, run_id: str) -> int:
         with self._lock:
