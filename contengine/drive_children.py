@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .drive import _Drive
 
 
-def child(d: _Drive, pending: Pending, request: ChildRequest) -> Outcome:
+def child(d: _Drive, pending: Pending, request: ChildRequest[Any]) -> Outcome:
     """Start a child run (created with this entry, in one commit), then wait for it.
 
     The child's id is derived from this run's id and the position, so a replay

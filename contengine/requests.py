@@ -482,7 +482,7 @@ def gather(*requests: Request, return_exceptions: bool = False) -> GatherRequest
     return GatherRequest(tuple(requests), return_exceptions)
 
 
-class ChildRequest(Request):
+class ChildRequest(Request, Generic[R]):
     """Run a workflow as a child of this run (made by calling a @workflow inside a workflow)."""
 
     __slots__ = ("workflow", "args", "kwargs", "detached", "_canon")
@@ -517,9 +517,9 @@ class ChildRequest(Request):
     def text(self) -> str:
         return display_call(self.args, self.kwargs, self._canonical())
 
-    def __iter__(self) -> Generator[ChildRequest, Any, Any]:
-        """`result = yield from child(...)`."""
-        result: Any = yield self
+    def __iter__(self) -> Generator[ChildRequest[R], Any, R]:
+        """`result = yield from child(...)` gives type checkers the child's return type."""
+        result: R = yield self
         return result
 
 
@@ -558,7 +558,7 @@ class ChildHandle(Request):
         return result
 
 
-def start_child(workflow: Any, /, *args: Any, **kwargs: Any) -> ChildRequest:
+def start_child(workflow: Any, /, *args: Any, **kwargs: Any) -> ChildRequest[Any]:
     """Start a child run without waiting: the yield returns a handle; yield it for the result."""
     if not hasattr(workflow, "fn") or not hasattr(workflow, "ref"):
         raise TypeError(f"ce.start_child() needs a @ce.workflow, not {workflow!r}")

@@ -74,7 +74,7 @@ class Workflow(Generic[P, R]):
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> ChildRequest:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> ChildRequest[R]:
         """Inside a workflow: a request to run this workflow as a child run and wait for it.
 
         Outside one, start runs with engine.start()/engine.run(); workflow.fn(...)

@@ -52,6 +52,24 @@ SNIPPET = textwrap.dedent(
         return x
 
 
+    @ce.workflow
+    def parent() -> Generator[Any, Any, None]:
+        receipt = yield from checkout("o-2")
+        reveal_type(receipt)  # reveal-child
+        when = yield from ce.now()
+        reveal_type(when)  # reveal-now
+        r = yield from ce.random()
+        reveal_type(r)  # reveal-random
+        u = yield from ce.uuid()
+        reveal_type(u)  # reveal-uuid
+        new = yield from ce.patched("x")
+        reveal_type(new)  # reveal-patched
+        both = yield from ce.gather(charge("a", 1), refund("b"))
+        reveal_type(both)  # reveal-gather
+        won = yield from ce.race(charge("a", 1), ce.sleep(5))
+        reveal_type(won)  # reveal-race
+
+
     reveal_type(refund)  # reveal-step-options
     reveal_type(checkout)  # reveal-workflow
     reveal_type(ce.Engine().run(checkout, "o-1"))  # reveal-run
@@ -146,6 +164,17 @@ def test_workflow_and_engine_run_carry_types(mypy_report: dict[str, str]) -> Non
     workflow_type = revealed(mypy_report, "reveal-workflow")
     assert workflow_type == "contengine.workflow.Workflow[[order_id: str], str]"
     assert revealed(mypy_report, "reveal-run") == "str"
+
+
+def test_yield_from_other_requests_has_their_types(mypy_report: dict[str, str]) -> None:
+    """Child runs, recorded values, patches, gather and race carry their types too."""
+    assert revealed(mypy_report, "reveal-child") == "str"
+    assert revealed(mypy_report, "reveal-now") == "datetime.datetime"
+    assert revealed(mypy_report, "reveal-random") == "float"
+    assert revealed(mypy_report, "reveal-uuid") == "uuid.UUID"
+    assert revealed(mypy_report, "reveal-patched") == "bool"
+    assert revealed(mypy_report, "reveal-gather") == "list[Any]"
+    assert revealed(mypy_report, "reveal-race") == "tuple[int, Any]"
 
 
 def test_nothing_else_is_reported(mypy_report: dict[str, str]) -> None:
