@@ -5,6 +5,7 @@ from .clock import Clock, SystemClock
 from .engine import Engine, IdleReport, Run
 from .errors import (
     Cancelled,
+    ChildCancelled,
     ContengineError,
     CorruptPayload,
     CrashLoop,
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backoff",
     "Cancelled",
+    "ChildCancelled",
     "ChildHandle",
     "Clock",
     "ContengineError",

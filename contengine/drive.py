@@ -214,7 +214,7 @@ class _Drive:
                 self.carry = entry
                 return
         elif entry.status == E_RETRYING and entry.due_at is not None and entry.due_at > now:
-            raise NotDue(entry.due_at)
+            self._not_yet(RUNNING, entry.due_at)
         entry.status = E_RUNNING
         entry.attempts += 1
         entry.due_at = None
@@ -422,7 +422,7 @@ class _Drive:
             entry = self.r.store.load_log(self.run.id, position, 1)[0]
             self.stored[entry.position] = entry.attempts
             if entry.due_at is not None and entry.due_at > now:
-                raise NotDue(entry.due_at)
+                self._not_yet(SLEEPING, entry.due_at)
         entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
         entry.outcome = self.r.serde.dumps(None, "nothing")
         self.carry = entry
@@ -470,6 +470,12 @@ class _Drive:
             # Woken by another name's signal (or a restart): back to waiting.
             self._commit(run=RunUpdate(WAITING, now, due_at=deadline))
         self._go_idle([request.signal], deadline)
+
+    def _not_yet(self, status: str, due: float) -> NoReturn:
+        """Woken early (by a child's end, a signal for another name): back to waiting."""
+        if self.status != status or self.due_at != due:
+            self._commit(run=RunUpdate(status, self.r.clock.now(), due_at=due))
+        raise NotDue(due)
 
     def _go_idle(self, names: list[str], due: float) -> NoReturn:
         """Set the run aside until due (NotDue), unless it was woken meanwhile.

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from .canonical import canonical_call, key_of
 from .driver import Outcome, Pending
-from .errors import ContengineError, SerializationError
+from .errors import ChildCancelled, ContengineError, SerializationError
 from .idle import NEVER, NotDue
 from .requests import (
     ChildHandle,
     ChildRequest,
 )
 from .store.base import (
+    CANCELLED,
     COMPLETED,
     E_COMPLETED,
     E_FAILED,
@@ -72,6 +73,7 @@ def child(d: _Drive, pending: Pending, request: ChildRequest[Any]) -> Outcome:
             E_COMPLETED, 1, 0, now, now, None, d.r.serde.dumps(handle, "a child handle"),
         )  # fmt: skip
         d.recorded.append(entry)
+        d._commit()  # the child exists from here on: the handle may be yielded at once
         return Outcome(True, handle)
     entry = EntryRow(
         d.run.id, position, request.kind, request.name, request.key, request.text,
@@ -131,6 +133,11 @@ def child_outcome(d: _Drive, entry: EntryRow, child: RunRow, logged: bool) -> Ou
     entry.finished_at, entry.due_at = now, None
     if child.status == COMPLETED:
         entry.status, entry.outcome = E_COMPLETED, child.result
+    elif child.status == CANCELLED:
+        # Cancelled on its own: the parent gets an ordinary exception it may catch (a
+        # parent cancelled itself gets ce.Cancelled at its own yield).
+        error = ChildCancelled(f"child run {child.id!r} was cancelled")
+        d._fail_entry(entry, error, f"ChildCancelled: {error}", now)
     else:
         entry.status, entry.outcome = E_FAILED, child.error
         lines = (child.error_text or child.status).strip().splitlines()

@@ -52,10 +52,11 @@ def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
 
 
 def _prepare(
-    d: _Drive, pending: Pending, request: GatherRequest, now: float
+    d: _Drive, pending: Pending, request: GatherRequest, now: float, first_only: bool = False
 ) -> tuple[list[EntryRow], list[Outcome | None], dict[int, tuple[tuple[Any, ...], dict[str, Any]]]]:
     """Log a gather's (or race's) entries if new; settle what needs no code; list the steps
-    to run now, with their arguments."""
+    to run now, with their arguments. With first_only (a race), stop at the first member
+    with an outcome: later members must not take signals or finish timers they lost."""
     members = request.members
     recorded = pending.members or [None] * len(members)
     entries: list[EntryRow] = []
@@ -77,6 +78,8 @@ def _prepare(
     outcomes: list[Outcome | None] = [decode_outcome(d.r.serde, e) for e in entries]
     steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
     for i, (member, entry) in enumerate(zip(members, entries, strict=True)):
+        if first_only and any(o is not None for o in outcomes[: i + 1]):
+            break
         if outcomes[i] is not None:
             continue
         if isinstance(member, StepCall):
@@ -235,7 +238,7 @@ def race(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
     in the race's own entry, and the rest are cancelled or left to finish unused."""
     now = d.r.clock.now()
     members = request.members
-    entries, outcomes, steps = _prepare(d, pending, request, now)
+    entries, outcomes, steps = _prepare(d, pending, request, now, first_only=True)
     running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
     if all(o is None for o in outcomes):
         running = run_steps(d, members, entries, outcomes, steps, first_only=True)
@@ -245,7 +248,8 @@ def race(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
         _go_idle_for_members(d, members, entries, outcomes)
     result = outcomes[winner]
     assert result is not None
-    _drop_losers(d, members, entries, outcomes, running, now)
+    # The decision is committed first: after a crash the winner stands, whatever state
+    # the losers' entries were left in.
     header = d.r.store.load_log(d.run.id, pending.position, 1)[0]
     d.stored[header.position] = header.attempts
     header.finished_at = d.r.clock.now()
@@ -255,6 +259,7 @@ def race(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
     else:
         d._fail_entry(header, result.value, f"member {winner} won with an exception", now)
     d._commit(update=header)
+    _drop_losers(d, members, entries, outcomes, running, now)
     return d._finished_outcome(header)
 
 
@@ -274,7 +279,7 @@ def _drop_losers(
             continue
         d._fail_entry(entry, error, "Cancelled: lost the race", now)
         d._commit(update=entry)
-    store, serde, run_id = d.r.store, d.r.serde, d.run.id
+    store, serde, run_id, generation = d.r.store, d.r.serde, d.run.id, d.run.generation
     for future, i in running.items():
         entry, expect = entries[i], entries[i].attempts
 
@@ -291,7 +296,11 @@ def _drop_losers(
                 else:
                     entry.status = E_FAILED
                     entry.outcome = serde.dumps_error(value, "a losing member's error", StepFailed)
-                store.commit(Progress(run_id, update=entry, expect_attempts=expect))
+                store.commit(
+                    Progress(
+                        run_id, update=entry, expect_attempts=expect, expect_generation=generation
+                    )
+                )
 
         future.add_done_callback(log_unused)
 
@@ -322,9 +331,13 @@ def cancel_gather(
             d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
             d._commit(update=entry)
         else:
-            entry = member_entry(d, position, member, now)
-            if entry.status != E_COMPLETED:
-                d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+            # Not carried out at all (not even now/uuid): every member is cancelled, so a
+            # replay combines the members into the same Cancelled.
+            entry = EntryRow(
+                d.run.id, position, member.kind, member.name, member.key, member.text,
+                E_RUNNING, 1, 0, now,
+            )  # fmt: skip
+            d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
             d.recorded.append(entry)
     return Outcome(
         False,

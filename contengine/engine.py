@@ -119,6 +119,11 @@ class Engine:
         run_id = id if id is not None else uuid.uuid4().hex
         if not isinstance(run_id, str) or not run_id:
             raise ValueError(f"a run id must be a non-empty string, not {run_id!r}")
+        if "/" in run_id:
+            raise ValueError(
+                f"run id {run_id!r} contains '/', which is kept for child runs "
+                f"(parent/position); choose another id"
+            )
         try:
             # Read back now: arguments that could not be read later would leave the
             # run impossible to rebuild.
@@ -303,36 +308,47 @@ class Engine:
         return moved
 
     def _wait_until_due(self, run_id: str, deadline: float | None, timeout: float | None) -> None:
-        """Block until the run is due (its time came, or a signal/cancel woke it)."""
+        """Block until the run is due (its time came, or a signal/cancel woke it), or until
+        another run is due (a child it waits for may be one: the caller drives them)."""
         clock = self.clock
         # Only the real clock passes on its own; any other (a test's fake, a virtual
         # clock) moves when it is slept, so the wait is handed to it.
         virtual = not isinstance(clock, SystemClock)
         while True:
             row = self._row(run_id)
-            due_at = row.due_at if row.due_at is not None else clock.now()
-            if row.status in FINISHED or due_at <= clock.now():
+            now = clock.now()
+            due_at = row.due_at if row.due_at is not None else now
+            if row.status in FINISHED or due_at <= now or self._others_due(run_id):
                 return
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
+            others = self.store.next_due(after=now)
+            target = min(due_at, others if others is not None else math.inf)
             if virtual:
-                if due_at == math.inf:
+                if target == math.inf:
                     raise ContengineError(
                         f"run {run_id!r} waits for a signal with no timeout, and on a test "
                         f"clock nothing in this thread can send it: send it with "
                         f"engine.signal() first"
                     )
-                wait = due_at - clock.now()
+                wait = target - now
                 clock.sleep(wait if remaining is None else min(wait, remaining))
                 continue
             # Real time: sleep until due, woken early by signal()/cancel() in this
             # process; look at the store at least every 0.1 s for other processes.
-            wait = min(due_at - clock.now(), 0.1)
+            wait = min(target - now, 0.1)
             if remaining is not None:
                 wait = min(wait, remaining)
             with self._wakeup:
                 self._wakeup.wait(max(wait, 0.0))
+
+    def _others_due(self, run_id: str) -> bool:
+        """Whether a run other than run_id (and not stuck or being driven) is due now."""
+        for other in self.store.runnable(self.clock.now(), limit=8):
+            if other != run_id and other not in self._active and other not in self._stuck:
+                return True
+        return False
 
     # -- looking -------------------------------------------------------------
 

@@ -56,6 +56,10 @@ class Cancelled(BaseException):
     """Raised inside a cancelled run; a BaseException so `except Exception` does not swallow it."""
 
 
+class ChildCancelled(ContengineError):
+    """Raised in a parent whose child run was cancelled (the parent itself was not)."""
+
+
 class NonDeterminismError(ContengineError):
     """A replayed workflow yielded a request that differs from its log."""
 

@@ -127,6 +127,8 @@ class Progress:
     publish: tuple[tuple[str, bytes], ...] = ()
     # continue_as_new: the new arguments; the run's log is cleared and it starts again.
     restart: bytes | None = None
+    # When set, nothing is written unless the run is still in this generation.
+    expect_generation: int | None = None
 
 
 class Store(ABC):

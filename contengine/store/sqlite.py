@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import ContengineError, DatabaseError, DatabaseLocked, RunNotFound
+from ..errors import ContengineError, DatabaseError, DatabaseLocked, IdConflict, RunNotFound
 from .base import (
     E_COMPLETED,
     E_RUNNING,
@@ -447,6 +447,14 @@ class SQLiteStore(Store):
     def _write(self, conn: sqlite3.Connection, p: Progress) -> None:
         num = self._nums.get(p.run_id)
         base = (self._num(conn, p.run_id) if num is None else num) << POSITION_BITS
+        if p.expect_generation is not None:
+            current = conn.execute(
+                "SELECT generation FROM runs WHERE id = ?", (p.run_id,)
+            ).fetchone()
+            if current is None or current[0] != p.expect_generation:
+                raise DatabaseError(
+                    f"run {p.run_id!r} has moved to another generation; nothing was written"
+                )
         if p.update is not None:
             e = p.update
             params: tuple[object, ...]
@@ -514,7 +522,7 @@ class SQLiteStore(Store):
             # A child that ends wakes its parent, which waits for it.
             conn.execute(
                 "UPDATE runs SET due_at = ? WHERE id = (SELECT parent_id FROM runs WHERE id = ?) "
-                f"AND status IN ({_UNFINISHED_SQL})",
+                "AND status = 'waiting'",
                 (p.run.updated_at, p.run_id),
             )
         for child in p.new_runs:
@@ -525,6 +533,13 @@ class SQLiteStore(Store):
             )
             if cur.rowcount == 1:
                 self._remember_num(child.id, cur.lastrowid)
+                continue
+            owner = conn.execute("SELECT parent_id FROM runs WHERE id = ?", (child.id,)).fetchone()
+            if owner is None or owner[0] != p.run_id:
+                raise IdConflict(
+                    f"child run id {child.id!r} is taken by a run that is not a child of "
+                    f"{p.run_id!r}; nothing was written"
+                )
         for published_key, value in p.publish:
             conn.execute(
                 "INSERT INTO published (run_id, key, value) VALUES (?, ?, ?) "
