@@ -195,7 +195,7 @@ def test_a_losing_step_cannot_write_into_the_next_generation() -> None:
     @ce.workflow(name="interactions.loser_then_new")
     def wf(generation: int) -> Flow:
         if generation == 0:
-            yield ce.race(slow(), fast())
+            yield ce.race(fast(), slow())  # slow takes position 2, as the wait will
             return ce.continue_as_new(1)
         yield ce.now()
         yield ce.now()
