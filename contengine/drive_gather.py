@@ -214,8 +214,23 @@ def run_steps(
 
     for i in steps:
         submit(i)
+    others = [
+        i
+        for i, m in enumerate(members)
+        if first_only and outcomes[i] is None and not isinstance(m, StepCall)
+    ]
     while running:
-        done, _ = concurrent.futures.wait(running, return_when=FIRST_COMPLETED)
+        done, _ = concurrent.futures.wait(
+            running, timeout=_next_look(d, entries, others), return_when=FIRST_COMPLETED
+        )
+        if not done:
+            # A race's timer came due, or a signal may have come, while steps run.
+            for i in others:
+                if outcomes[i] is None:
+                    outcomes[i] = settle_member(d, entries[i], members[i], d.r.clock.now())
+                if outcomes[i] is not None:
+                    return running
+            continue
         for future in done:
             i = running.pop(future)
             step = members[i]
@@ -231,6 +246,18 @@ def run_steps(
         if first_only and any(o is not None for o in outcomes):
             break
     return running
+
+
+def _next_look(d: _Drive, entries: list[EntryRow], others: list[int]) -> float | None:
+    """How long to wait for a step before looking at a race's timers and waits again."""
+    if not others:
+        return None
+    now = d.r.clock.now()
+    due = min((entries[i].due_at or NEVER) for i in others)
+    waits = any(entries[i].kind == "wait" for i in others)
+    # Signals come from outside: look for them every 0.1 s while waiting.
+    wait = min(due - now, 0.1) if waits else due - now
+    return max(wait, 0.0) if wait != NEVER else None
 
 
 def race(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:

@@ -6,7 +6,7 @@ import datetime
 import uuid
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Never, TypeVar
 
 from .canonical import canonical_call, display_call, key_of
 from .errors import Cancelled
@@ -578,14 +578,15 @@ class ContinueAsNew:
         return f"<continue_as_new {display_call(self.args, self.kwargs, None)}>"
 
 
-def continue_as_new(*args: Any, **kwargs: Any) -> Any:
+def continue_as_new(*args: Any, **kwargs: Any) -> Never:
     """`return ce.continue_as_new(...)`: the run goes on as a fresh log under the same id.
 
     A loop that never ends (a monitor, an agent) keeps a bounded log this way: the
     current log is dropped and the workflow starts again with these arguments.
     The run's mailbox and published values carry over.
     """
-    return ContinueAsNew(args, kwargs)
+    # Typed Never so that `return ce.continue_as_new(...)` fits any workflow's return type.
+    return ContinueAsNew(args, kwargs)  # type: ignore[misc]
 
 
 class RaceRequest(GatherRequest):

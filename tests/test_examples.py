@@ -149,3 +149,69 @@ def test_fan_out_fetches_concurrently_in_order_and_resumes_only_the_page_in_flig
     assert f"top words: {top}" in resumed
     assert "same as the first run: True" in resumed
     assert [s for *_, s in re.findall(entry, resumed, re.M)] == ["completed"] * 7
+
+
+def test_child_runs_prices_in_a_child_ships_without_waiting_and_finishes_after_a_restart() -> None:
+    out = run_example("child_runs")
+    first, _, rest = out.partition("A new process")
+    second, _, rejected = rest.partition("Order 2")
+    # Pricing happens in the child order-1/0; the email goes out before the courier is
+    # booked in order-1/2, because start_child did not wait.
+    tagged = re.findall(r"^  \[([\w/-]+)\] (\w+)", first, re.M)
+    assert tagged == [
+        ("order-1/0", "pricing"),
+        ("order-1/0", "pricing"),
+        ("order-1", "charging"),
+        ("order-1", "email"),
+        ("order-1/2", "booking"),
+    ]
+    runs = re.findall(r"^    (order-1\S*)\s+(\S+)\s+(\w+)$", first, re.M)
+    assert runs == [
+        ("order-1", "orders.checkout", "waiting"),
+        ("order-1/0", "orders.price_all", "completed"),
+        ("order-1/2", "orders.ship", "waiting"),
+    ]
+    log = re.findall(r"^    (\d)  (\w+) .*\[(\w+)\]$", first, re.M)
+    assert log == [
+        ("0", "child", "completed"),
+        ("1", "step", "completed"),
+        ("2", "start_child", "completed"),
+        ("3", "step", "completed"),
+        ("4", "join", "running"),
+    ]
+    assert "holds the handle <child run 'order-1/2'>" in first
+    # The second process runs one step; the parent completes without pricing again.
+    assert "steps this process ran: ['record_delivery']" in second
+    assert "parcel-order-1 delivered, signed by Rui" in second
+    assert "order-1 is completed:" in second
+    assert "{'total': 16500, 'receipt': 'receipt-order-1', 'parcel': 'parcel-order-1'}" in second
+    # The child's UnknownItem reached the parent with its own type.
+    assert "pricing unicorn: not in the catalog" in rejected
+    assert "order-2 is completed: 'rejected: unicorn is not for sale'" in rejected
+    assert "its pricing child order-2/0 is failed" in rejected
+    assert "the parent's entry for it: UnknownItem(unicorn)" in rejected
+
+
+def test_monitor_keeps_a_log_of_one_generation_and_takes_a_stop_signal_across_one() -> None:
+    out = run_example("monitor")
+    checks = re.findall(
+        r"^  (\d\d:\d\d)  generation (\d)  check\s+(\d+): (up|DOWN).*log:\s+(\d+) entries$",
+        out,
+        re.M,
+    )
+    assert len(checks) == 15
+    # Ten virtual minutes apart, a new generation every five checks.
+    assert [at for at, *_ in checks][:3] == ["00:00", "00:10", "00:20"]
+    assert [int(gen) for _, gen, *_ in checks] == [g for g in range(3) for _ in range(5)]
+    assert [int(n) for _, _, n, _, _ in checks] == list(range(1, 16))
+    assert [at for at, _, _, state, _ in checks if state == "DOWN"] == ["01:10"]
+    # The log grows within a generation and starts afresh with the next one.
+    assert [int(size) for *_, size in checks] == [5, 9, 13, 17, 21] * 3
+    assert out.index("the operator sends 'stop'") > out.index("check 12")
+    assert "02:30  generation 3 begins, takes the signal and stops" in out
+    assert "result: {'generations': 3, 'checks': 15, 'incidents': 1, 'stopped_by': 'ops'}" in out
+    assert "published status: {'generation': 2, 'checks': 15, 'incidents': 1}" in out
+    assert "longest log: 21 entries (one generation: 21)" in out
+    assert "virtual time passed: 2:30:00" in out
+    real = float(re.search(r"real time taken: ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
+    assert real < 2.0
