@@ -1,4 +1,4 @@
-"""The `contengine` command line: demo, runs, show, bench."""
+"""The `contengine` command line: demo, runs, show, bench, signal, cancel, gc, backup."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+
+class CommandError(Exception):
+    """A command's expected failure: one line for stderr, and the exit code (2: usage)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__((message.strip().splitlines() or [""])[0])
+        self.code = code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--status")
             p.add_argument("--workflow")
+            p.add_argument("--json", action="store_true", help="print a JSON list, for scripts")
+    from .ops_cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -48,11 +60,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import main as bench_main
 
             return bench_main(args)
-        from .inspect_cli import main as inspect_main
+        if args.command in ("runs", "show"):
+            from .inspect_cli import main as inspect_main
 
-        return inspect_main(args)
+            return inspect_main(args)
+        from .ops_cli import main as ops_main
+
+        return ops_main(args)
     except KeyboardInterrupt:
         return 130
+    except CommandError as exc:
+        print(f"contengine: {exc}", file=sys.stderr)
+        return exc.code
     except Exception as exc:
         if args.debug:
             raise

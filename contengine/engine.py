@@ -34,6 +34,8 @@ from .workflow import Workflow, lookup
 P = ParamSpec("P")
 R = TypeVar("R")
 log = logging.getLogger("contengine")
+# Runs deleted per transaction by gc(): a short write lock at a time for the other writers.
+GC_BATCH = 500
 
 
 @dataclass
@@ -379,6 +381,30 @@ class Engine:
         if key is not None:
             return self.serde.loads(values[key], what) if key in values else default
         return {k: self.serde.loads(v, what) for k, v in values.items()}
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def gc(self, older_than_seconds: float) -> int:
+        """Delete runs that finished more than this many seconds ago, with their logs,
+        mailboxes and published values; returns how many runs were deleted.
+
+        Unfinished runs are never touched, nor a finished child whose parent is
+        unfinished. Each batch of GC_BATCH runs is one transaction.
+        """
+        seconds = float(older_than_seconds)
+        if not seconds >= 0 or math.isinf(seconds):
+            raise ValueError(f"older_than_seconds must be finite and >= 0, not {seconds!r}")
+        before = self.clock.now() - seconds
+        total = 0
+        while True:
+            deleted = self.store.delete_finished(before, GC_BATCH)
+            total += deleted
+            if deleted < GC_BATCH:
+                return total
+
+    def backup(self, dest: str | os.PathLike[str]) -> None:
+        """Copy the database to a new file dest, consistently, while runs go on."""
+        self.store.backup(dest)
 
     def stuck(self) -> dict[str, ContengineError]:
         """Runs this engine could not rebuild, with the reason (log untouched)."""

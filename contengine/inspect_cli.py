@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import reprlib
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from .cli import CommandError
 from .engine import Engine
 from .errors import ContengineError, StepFailed
 from .log import Entry
@@ -18,6 +20,8 @@ from .store.base import COMPLETED, E_COMPLETED, E_FAILED, E_RETRYING, FAILED, RU
 ARGS_WIDTH = 40
 OUTCOME_WIDTH = 80
 NOTE_WIDTH = 100
+# What `runs --json` gives of each run (times in seconds since the epoch).
+JSON_FIELDS = ("id", "workflow", "status", "created_at", "finished_at", "parent_id", "note")
 
 Formatter = Callable[[Any], str]
 
@@ -28,26 +32,32 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
 
 def main(args: argparse.Namespace) -> int:
     """Run `runs` or `show` against args.db; returns the exit code."""
-    if not args.db:
-        _error("no database given: pass --db FILE or set CONTENGINE_DB")
-        return 2
-    if not os.path.isfile(args.db):
-        # Opening a missing path would create an empty database; a typo should not.
-        _error(f"no database at {args.db!r}")
-        return 1
-    # Signed databases: the secret comes from the environment, never the command line.
-    secret = os.environ.get("CONTENGINE_SECRET")
-    with Engine(args.db, secret=secret.encode() if secret else None) as engine:
+    with open_engine(args.db) as engine:
         if args.command == "runs":
-            return _runs(engine, args.status, args.workflow)
+            return _runs(engine, args.status, args.workflow, args.json)
         return _show(engine, args.run_id)
 
 
-def _runs(engine: Engine, status: str | None, workflow: str | None) -> int:
+def open_engine(db: str | None) -> Engine:
+    """An engine on the existing database file db; CommandError if there is none."""
+    if not db:
+        raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
+    if not os.path.isfile(db):
+        # Opening a missing path would create an empty database; a typo should not.
+        raise CommandError(f"no database at {db!r}")
+    # Signed databases: the secret comes from the environment, never the command line.
+    secret = os.environ.get("CONTENGINE_SECRET")
+    return Engine(db, secret=secret.encode() if secret else None)
+
+
+def _runs(engine: Engine, status: str | None, workflow: str | None, as_json: bool) -> int:
     if status is not None and status not in RUN_STATUSES:
         _error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
         return 2
     rows = engine.store.list_runs(status, workflow)
+    if as_json:
+        print(json.dumps([{field: getattr(r, field) for field in JSON_FIELDS} for r in rows]))
+        return 0
     if not rows:
         print("no runs")
         return 0

@@ -11,6 +11,7 @@ was committed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,6 +328,14 @@ class CrashingStore(Store):
     def set_note(self, run_id: str, note: str | None) -> None:
         """Delegated."""
         self.inner.set_note(run_id, note)
+
+    def delete_finished(self, before: float, limit: int) -> int:
+        """Delegated."""
+        return self.inner.delete_finished(before, limit)
+
+    def backup(self, dest_path: str | os.PathLike[str]) -> None:
+        """Delegated."""
+        self.inner.backup(dest_path)
 
     def close(self) -> None:
         """Delegated."""

@@ -351,3 +351,181 @@ def test_set_note_touches_nothing_else(store: Store) -> None:
     assert store.get_run("r1") == row
     store.set_note("unknown", "ignored")  # no such run: nothing happens
     assert store.get_run("unknown") is None
+
+
+# -- garbage collection and backup ------------------------------------------------------
+
+
+def _lived(
+    store: Store, run_id: str, status: str | None, finished_at: float = 0.0, **fields: Any
+) -> None:
+    """A run with two log entries, a mailbox message and a published value; finished with
+    status at finished_at, or left running when status is None."""
+    started(store, run_id, **fields)
+    store.commit(Progress(run_id, insert=entry(run_id, 0)))
+    store.commit(
+        Progress(
+            run_id,
+            update=entry(run_id, 0, E_COMPLETED, outcome=b"v0", finished_at=201.0),
+            insert=entry(run_id, 1),
+            publish=(("stage", b"one"),),
+        )
+    )
+    store.send_signal(run_id, "approved", b"yes", 10.0)
+    if status is not None:
+        store.commit(Progress(run_id, run=RunUpdate(status, finished_at, finished_at=finished_at)))
+
+
+def _kept(store: Store, run_id: str) -> bool:
+    """Whether the run and everything of it survived."""
+    if store.get_run(run_id) is None:
+        return False
+    assert store.log_length(run_id) == 2 and store.load_log(run_id)[0].outcome == b"v0"
+    assert store.published(run_id) == {"stage": b"one"}
+    message = store.peek_signal(run_id, "approved")
+    assert message is not None and message.payload == b"yes"
+    return True
+
+
+def _gone(store: Store, run_id: str) -> bool:
+    """Whether the run and everything of it was deleted."""
+    return (
+        store.get_run(run_id) is None
+        and store.load_log(run_id) == []
+        and store.log_length(run_id) == 0
+        and store.published(run_id) == {}
+        and store.peek_signal(run_id, "approved") is None
+    )
+
+
+def test_delete_finished_deletes_only_old_finished_runs_free_of_unfinished_relatives(
+    store: Store,
+) -> None:
+    """Old completed/failed/cancelled runs go with their logs, mailboxes and published
+    values; unfinished runs, young runs, children of unfinished parents and parents
+    with children left stay whole; trees go leaves first; batches respect the limit."""
+    _lived(store, "old_done", COMPLETED, 50.0)
+    _lived(store, "old_failed", FAILED, 60.0)
+    _lived(store, "old_cancelled", CANCELLED, 70.0)
+    _lived(store, "young_done", COMPLETED, 150.0)
+    _lived(store, "unfinished", None)
+    _lived(store, "parent", None)
+    _lived(store, "parent/1", COMPLETED, 40.0, parent_id="parent")
+    _lived(store, "tree", COMPLETED, 30.0)
+    _lived(store, "tree/1", COMPLETED, 35.0, parent_id="tree")
+    _lived(store, "tree/1/2", FAILED, 36.0, parent_id="tree/1")
+    _lived(store, "busy", COMPLETED, 30.0)
+    _lived(store, "busy/1", None, parent_id="busy")
+    _lived(store, "recent_kid", COMPLETED, 30.0)
+    _lived(store, "recent_kid/1", COMPLETED, 150.0, parent_id="recent_kid")
+    deletable = {"old_done", "old_failed", "old_cancelled", "tree", "tree/1", "tree/1/2"}
+    everyone = {r.id for r in store.list_runs()}
+
+    assert store.delete_finished(100.0, 4) == 4  # one transaction, at most `limit` runs
+    assert len(everyone - {r.id for r in store.list_runs()}) == 4
+    assert store.delete_finished(100.0, 4) == 2  # fewer than the limit: none is left
+    assert store.delete_finished(100.0, 4) == 0
+
+    assert all(_gone(store, run_id) for run_id in deletable)
+    assert all(_kept(store, run_id) for run_id in everyone - deletable)
+    # Finished at exactly `before` is not older than it.
+    assert store.delete_finished(150.0, 10) == 0
+    # A new run under a deleted id starts with nothing of the old one.
+    started(store, "old_done")
+    assert store.load_log("old_done") == [] and store.published("old_done") == {}
+    assert store.peek_signal("old_done", "approved") is None
+
+
+def test_backup_never_overwrites_an_existing_file(store: Store, tmp_path: Path) -> None:
+    """A backup onto an existing path fails with ContengineError and leaves the file as it was."""
+    started(store, "r1")
+    dest = tmp_path / "taken.db"
+    dest.write_bytes(b"precious")
+    with pytest.raises(ce.ContengineError, match="already exists"):
+        store.backup(dest)
+    assert dest.read_bytes() == b"precious"
+
+
+# -- signals, cancels, children, published values, restarts ----------------------------
+
+
+def test_signals_are_kept_oldest_first_per_name_and_taken_by_a_commit(store: Store) -> None:
+    started(store, "r1")
+    store.send_signal("r1", "go", b"first", 300.0)
+    store.send_signal("r1", "other", b"x", 301.0)
+    store.send_signal("r1", "go", b"second", 302.0)
+    first = store.peek_signal("r1", "go")
+    assert first is not None and first.payload == b"first" and first.sent_at == 300.0
+    assert store.peek_signal("r1", "nope") is None
+    store.commit(Progress("r1", insert=entry("r1", 0), consume=first.seq))
+    second = store.peek_signal("r1", "go")
+    assert second is not None and second.payload == b"second"
+    with pytest.raises(ce.ContengineError):  # taken already: the whole commit fails
+        store.commit(Progress("r1", insert=entry("r1", 1), consume=first.seq))
+    assert [e.position for e in store.load_log("r1")] == [0]
+
+
+def test_a_signal_wakes_a_waiting_run_and_is_refused_for_unknown_or_finished_runs(
+    store: Store,
+) -> None:
+    started(store, "r1", status=WAITING, due_at=float("inf"))
+    store.send_signal("r1", "go", b"p", 300.0)
+    assert store.runnable(300.0) == ["r1"]
+    with pytest.raises(ce.RunNotFound):
+        store.send_signal("nope", "go", b"p", 300.0)
+    started(store, "r2", status=COMPLETED)
+    with pytest.raises(ce.ContengineError):
+        store.send_signal("r2", "go", b"p", 300.0)
+    assert store.peek_signal("r2", "go") is None
+
+
+def test_cancel_marks_the_run_and_its_children_and_not_finished_ones(store: Store) -> None:
+    started(store, "p", status=WAITING, due_at=float("inf"))
+    store.commit(
+        Progress("p", new_runs=(run_row("p/0", parent_id="p", status=SLEEPING, due_at=900.0),))
+    )
+    assert store.request_cancel("p", 300.0) is True
+    parent, child = store.get_run("p"), store.get_run("p/0")
+    assert parent is not None and child is not None
+    assert parent.cancel_requested and child.cancel_requested
+    assert set(store.runnable(300.0)) == {"p", "p/0"}
+    started(store, "done", status=COMPLETED)
+    assert store.request_cancel("done", 300.0) is False
+    with pytest.raises(ce.RunNotFound):
+        store.request_cancel("nope", 300.0)
+
+
+def test_a_finished_child_wakes_its_waiting_parent(store: Store) -> None:
+    started(store, "p", status=WAITING, due_at=float("inf"))
+    store.commit(Progress("p", new_runs=(run_row("p/0", parent_id="p"),)))
+    assert store.runnable(300.0) == ["p/0"]
+    store.commit(Progress("p/0", run=RunUpdate(COMPLETED, 310.0, finished_at=310.0)))
+    assert store.runnable(310.0) == ["p"]
+
+
+def test_published_values_and_a_restart(store: Store) -> None:
+    started(store, "r1")
+    store.commit(Progress("r1", insert=entry("r1", 0), publish=(("stage", b"one"),)))
+    store.commit(Progress("r1", publish=(("stage", b"two"), ("n", b"1"))))
+    assert store.published("r1") == {"stage": b"two", "n": b"1"}
+    store.commit(Progress("r1", restart=b"new args"))
+    row = store.get_run("r1")
+    assert row is not None and row.args == b"new args" and row.generation == 1
+    assert row.status == PENDING and store.load_log("r1") == []
+    assert store.published("r1") == {"stage": b"two", "n": b"1"}
+    with pytest.raises(ce.ContengineError):  # fenced to generation 0
+        store.commit(Progress("r1", insert=entry("r1", 0), expect_generation=0))
+    assert store.load_log("r1") == []
+
+
+def test_replay_log_reads_what_replay_needs(store: Store) -> None:
+    started(store, "r1")
+    first = entry("r1", 0, status=E_COMPLETED, finished_at=201.0, outcome=b"o")
+    store.commit(Progress("r1", insert=first))
+    store.commit(Progress("r1", insert=entry("r1", 1, key=None, text="<object>")))
+    rows = store.replay_log("r1")
+    assert [(r.position, r.kind, r.name, r.key, r.text, r.status, r.outcome) for r in rows] == [
+        (0, "step", "charge", "'o-1', 0", "'o-1', 0", E_COMPLETED, b"o"),
+        (1, "step", "charge", None, "<object>", E_RUNNING, None),
+    ]
+    assert store.replay_log("r1", 1, 5)[0].position == 1

@@ -6,6 +6,7 @@ never runs user code. Every store passes tests/test_store_contract.py.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -199,6 +200,23 @@ class Store(ABC):
     @abstractmethod
     def set_note(self, run_id: str, note: str | None) -> None:
         """Attach a human-readable note (why a run is stuck) without touching its log."""
+
+    @abstractmethod
+    def delete_finished(self, before: float, limit: int) -> int:
+        """Delete up to limit finished runs that finished before `before`, in one transaction,
+        with their logs, mailboxes and published values; return how many were deleted.
+
+        Never an unfinished run, never a run whose parent is unfinished (the parent's
+        replay reads it), and never a run that still has child runs (a new run under the
+        same id would adopt them): children go first. Fewer than limit means none is left.
+        """
+
+    @abstractmethod
+    def backup(self, dest_path: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the whole store to a new file, while others write.
+
+        Raises ContengineError, writing nothing, if dest_path already exists.
+        """
 
     @abstractmethod
     def close(self) -> None:

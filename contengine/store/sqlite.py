@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -31,7 +32,7 @@ DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 _SCHEMA_V1 = """
 CREATE TABLE runs (
-    num INTEGER PRIMARY KEY,
+    num INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: log keys are built from it
     id TEXT NOT NULL UNIQUE,
     workflow TEXT NOT NULL,
     ref TEXT,
@@ -142,6 +143,17 @@ _UPDATE_RUN = (
 _NUM_CACHE = 10_000
 # Listed positively so that SQLite can use the (status, due_at) index.
 _UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
+# Finished runs that finished before ?, oldest first, at most ? of them: not one whose
+# parent is unfinished (its replay reads the child's row), nor one with children left.
+_DELETABLE = (
+    "SELECT num, id FROM runs AS r WHERE status IN ("
+    + ", ".join(f"'{s}'" for s in RUN_STATUSES if s in FINISHED)
+    + ") AND finished_at < ? "
+    "AND NOT EXISTS (SELECT 1 FROM runs AS p WHERE p.id = r.parent_id "
+    f"AND p.status IN ({_UNFINISHED_SQL})) "
+    "AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_id = r.id) "
+    "ORDER BY num LIMIT ?"
+)
 
 
 class SQLiteStore(Store):
@@ -633,6 +645,77 @@ class SQLiteStore(Store):
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._tx() as conn:
             conn.execute("UPDATE runs SET note = ? WHERE id = ?", (note, run_id))
+
+    def delete_finished(self, before: float, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+        deleted = 0
+        with self._tx() as conn:
+            # Children go before their parents, so a tree of old runs is deleted leaves
+            # first: look again after each round until the batch is full or none is left.
+            while deleted < limit:
+                rows = conn.execute(_DELETABLE, (before, limit - deleted)).fetchall()
+                if not rows:
+                    break
+                self._delete_runs(conn, [(int(num), str(run_id)) for num, run_id in rows])
+                deleted += len(rows)
+        return deleted
+
+    def _delete_runs(self, conn: sqlite3.Connection, runs: list[tuple[int, str]]) -> None:
+        conn.executemany(
+            "DELETE FROM log WHERE id BETWEEN ? AND ?",
+            [(num << POSITION_BITS, (num << POSITION_BITS) | POSITION_MASK) for num, _ in runs],
+        )
+        ids = [(run_id,) for _, run_id in runs]
+        conn.executemany("DELETE FROM mailbox WHERE run_id = ?", ids)
+        conn.executemany("DELETE FROM published WHERE run_id = ?", ids)
+        conn.executemany("DELETE FROM runs WHERE id = ?", ids)
+        for _, run_id in runs:
+            self._nums.pop(run_id, None)
+
+    def backup(self, dest_path: str | os.PathLike[str]) -> None:
+        dest = os.fspath(dest_path)
+        # A leftover -wal or -journal next to the new file would be read as part of it.
+        for path in (dest, f"{dest}-wal", f"{dest}-journal"):
+            if os.path.lexists(path):
+                raise ContengineError(
+                    f"{path!r} already exists; a backup never overwrites a file, so nothing "
+                    f"was written. Choose a new path."
+                )
+        try:
+            # O_EXCL claims the name: a file that appeared since the check is not overwritten.
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            raise ContengineError(f"{dest!r} already exists; nothing was written") from None
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the backup file {dest!r}: {exc}") from exc
+        try:
+            self._copy_to(dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(dest)
+            raise
+
+    def _copy_to(self, dest: str) -> None:
+        try:
+            target = sqlite3.connect(dest, isolation_level=None)
+            try:
+                if self.path == ":memory:":
+                    with self._lock:
+                        self._conn.backup(target)
+                    return
+                # A connection of its own, so the engine's writes go on meanwhile (WAL:
+                # a reader does not block writers). pages=-1 copies in one step, inside
+                # one read transaction: the copy is one snapshot of the file.
+                source = sqlite3.connect(self.path, timeout=self.busy_timeout)
+                try:
+                    source.backup(target, pages=-1)
+                finally:
+                    source.close()
+            finally:
+                target.close()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"backup of {self.path!r} to {dest!r} failed: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
