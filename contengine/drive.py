@@ -94,6 +94,8 @@ class _Drive:
         self.restart: bytes | None = None  # continue_as_new: new arguments
         self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
         self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
+        self.requests_since_look = 0  # requests since the store was last asked about a cancel
+        self.last_look = runner.clock.monotonic()
         # The attempts count of each entry in flight as last committed, by position:
         # every update must find it unchanged, so a second driver of the same run
         # cannot overwrite the first one's progress (the update fails instead).
@@ -167,6 +169,17 @@ class _Drive:
         request = pending.request
         if self.cancel_pending or (self.r.cancelled and self.run.id in self.r.cancelled):
             return self._deliver_cancel(pending)
+        self.requests_since_look += 1
+        if self.requests_since_look >= LOOK_EVERY or (
+            self.r.clock.monotonic() - self.last_look >= LOOK_AFTER
+        ):
+            # Another process may have cancelled the run while it ran steps: look in
+            # the store now and then (every so many requests, or after a long step).
+            self.requests_since_look = 0
+            self.last_look = self.r.clock.monotonic()
+            row = self.r.store.get_run(self.run.id)
+            if row is not None and row.cancel_requested:
+                return self._deliver_cancel(pending)
         if not isinstance(request, StepCall):
             if isinstance(request, Immediate):
                 return self._immediate(pending.position, request)
@@ -579,3 +592,7 @@ class _Drive:
 
 
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
+# A cancel from another process is looked for every LOOK_EVERY requests, or when
+# LOOK_AFTER seconds have passed since the last look (a long step).
+LOOK_EVERY = 32
+LOOK_AFTER = 0.05

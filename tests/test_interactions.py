@@ -211,3 +211,35 @@ def test_a_losing_step_cannot_write_into_the_next_generation() -> None:
     engine.signal("r", "go", "go-payload")
     engine.run_until_idle()
     assert run.result() == "go-payload"
+
+
+@pytest.mark.parametrize(("pause", "seen_by"), [(0.08, 3), (0.0, 2 + 32)])
+def test_a_cancel_from_another_engine_is_seen_after_a_long_step_or_a_few_requests(
+    tmp_path: Path, pause: float, seen_by: int
+) -> None:
+    import time
+
+    path = tmp_path / "e.db"
+    ran: list[int] = []
+
+    @ce.step(name=f"interactions.tick{int(pause * 100)}")
+    def tick(i: int) -> int:
+        ran.append(i)
+        if i == 2:
+            other = ce.Engine(path)
+            other.cancel("r")
+            other.close()
+            time.sleep(pause)
+        return i
+
+    @ce.workflow(name=f"interactions.ticker{int(pause * 100)}")
+    def wf() -> Flow:
+        for i in range(100):
+            yield tick(i)
+        return "all ticks"
+
+    engine = ce.Engine(path)
+    run = engine.start(wf, id="r")
+    engine.run_until_idle()
+    assert run.status == "cancelled"
+    assert len(ran) <= seen_by
