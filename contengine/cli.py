@@ -1,4 +1,4 @@
-"""The `contengine` command line: demo, runs, show, bench, signal, cancel, gc, backup."""
+"""The `contengine` command line: run, inspect, operate and check durable workflows."""
 
 from __future__ import annotations
 
@@ -43,8 +43,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--workflow")
             p.add_argument("--json", action="store_true", help="print a JSON list, for scripts")
     from .ops_cli import add_parsers
+    from .testing.lint import add_lint_command
+    from .testing.replay import add_replay_command
 
     add_parsers(sub)
+    add_lint_command(sub)
+    add_replay_command(sub)
     return parser
 
 
@@ -64,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .inspect_cli import main as inspect_main
 
             return inspect_main(args)
+        if args.command == "lint":
+            from .testing.lint import lint_main
+
+            return lint_main(args)
+        if args.command == "replay":
+            from .testing.replay import replay_main
+
+            return replay_main(args)
         from .ops_cli import main as ops_main
 
         return ops_main(args)

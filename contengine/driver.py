@@ -233,9 +233,13 @@ class Driver:
             self.position += 1  # a retired patch's marker asks nothing of the code
         if self.position < self._logged:
             rec = self._history[self.position]
-            self._diverged(f"the workflow {ended} before reaching it", describe_recorded(rec), None)
+            self._diverged(
+                f"the workflow {ended} before reaching it", describe_recorded(rec), None, ended
+            )
 
-    def _diverged(self, what: str, recorded: str, replayed: str | None) -> None:
+    def _diverged(
+        self, what: str, recorded: str, replayed: str | None, ended: str = "returned"
+    ) -> None:
         pos = self.position
         lines = [
             f"{self._label} diverged from its log at position {pos}: {what}.",
@@ -246,7 +250,7 @@ class Driver:
             "old path for runs already in flight) and it resumes where it stopped.",
         ]
         raise NonDeterminismError(
-            "\n".join(lines), position=pos, recorded=recorded, replayed=replayed
+            "\n".join(lines), position=pos, recorded=recorded, replayed=replayed, ended=ended
         )
 
     def _invalid_yield_message(self, yielded: Any) -> str:

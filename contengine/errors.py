@@ -71,12 +71,14 @@ class NonDeterminismError(ContengineError):
         recorded: str | None,
         replayed: str | None,
         run_id: str | None = None,
+        ended: str = "returned",
     ) -> None:
         super().__init__(message)
         self.position = position
         self.recorded = recorded
         self.replayed = replayed
         self.run_id = run_id
+        self.ended = ended  # how the workflow ended when it stopped short of its log
 
     @property
     def diff(self) -> str:
@@ -84,7 +86,7 @@ class NonDeterminismError(ContengineError):
         import difflib
 
         old = (self.recorded or "(nothing: the log ends here)").splitlines()
-        new = (self.replayed or "(nothing: the workflow returned)").splitlines()
+        new = (self.replayed or f"(nothing: the workflow {self.ended})").splitlines()
         return "\n".join(difflib.unified_diff(old, new, "recorded", "replayed", lineterm="", n=0))
 
 

@@ -1,5 +1,43 @@
-"""Tools for testing workflows: a virtual clock that jumps straight to the next timer."""
+"""Tools for testing workflows: a virtual clock, crash schedules and offline replay.
 
+ce.testing.strategies (hypothesis strategies) and ce.testing.plugin (the pytest
+plugin) are imported on their own, never from here.
+"""
+
+from .check import CheckReport, check
 from .clock import VirtualClock
+from .crashes import (
+    CompletionOrder,
+    CrashedRun,
+    CrashPoint,
+    CrashSchedule,
+    SignalArrival,
+    SimulatedCrash,
+    run_with_crashes,
+)
+from .fuzz import FuzzFinding, FuzzReport, assert_deterministic, fuzz
+from .lint import Finding, lint
+from .replay import ReplayReport, RunReplay, assert_replays, replay
 
-__all__ = ["VirtualClock"]
+__all__ = [
+    "CheckReport",
+    "CompletionOrder",
+    "CrashPoint",
+    "CrashSchedule",
+    "CrashedRun",
+    "Finding",
+    "FuzzFinding",
+    "FuzzReport",
+    "ReplayReport",
+    "RunReplay",
+    "SignalArrival",
+    "SimulatedCrash",
+    "VirtualClock",
+    "assert_deterministic",
+    "assert_replays",
+    "check",
+    "fuzz",
+    "lint",
+    "replay",
+    "run_with_crashes",
+]
