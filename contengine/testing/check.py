@@ -7,8 +7,11 @@
 check() runs the workflow once, uninterrupted, as the reference run. Then it runs it
 again in a fresh engine with no crash at all, and then once per crash point of the
 reference run: just before and just after each commit, and as each step returns
-(it ran, its outcome was not committed), gathers' and races' members included. At
-the crash the engine dies; a brand-new engine on the same file resumes the run.
+(it ran, its outcome was not committed), gathers' and races' members and child runs
+included; two points that leave the same file and the same effects behind (just
+after one commit and just before the next, with nothing run between) are tried
+once. At the crash the engine dies; a brand-new engine on the same file resumes
+the run.
 Every run must end as the reference did (the same value, or the same exception),
 log the same requests in the same order, and never run a step again whose outcome
 was committed before the crash. The first crash point that breaks one of these is
@@ -19,8 +22,8 @@ place of the named ones), but after the reference each attempt ends as it did th
 check is about the workflow's code and its recovery, so a step that returns
 something else each time (an id, a timestamp) does not make runs differ. For the
 same reason ce.random() and ce.uuid() give every run the reference's values, and
-every run has its own virtual clock starting at the same time, so sleeps, timeouts
-and retries' backoff take no time.
+every run has its own virtual clock starting at the same time, so sleeps, waits'
+timeouts and retries' backoff take no time.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from .check_runs import (
     Played,
     Point,
     SignalPlan,
+    losing_events,
 )
 from .clock import VirtualClock
 
@@ -126,8 +130,8 @@ class CheckReport:
             )
         if self.rerun:
             lines.append(
-                "  run again when a crash came before their outcome was committed (so they "
-                "must be idempotent): " + ", ".join(self.rerun)
+                "  steps that ran again when a crash lost their outcome (make their effects "
+                "idempotent, with ce.current_step().idempotency_key): " + ", ".join(self.rerun)
             )
         return "\n".join(lines)
 
@@ -165,9 +169,10 @@ def check(
 
     `args` and `kwargs` are the workflow's arguments. `steps` maps step names (or @ce.step
     objects) to stand-ins called in their place with the same arguments. `signals` is
-    sent to the run: a dict {name: payload} or a list of (name, payload) pairs, in the
-    mailbox before the run first runs; or (after_seconds, name, payload) triples, sent
-    once the run's clock has passed that many seconds from its start. `clock` is where
+    sent to the run: a dict {name: payload} or a list of (name, payload) pairs, in its
+    mailbox before it first runs; or (after_seconds, name, payload) triples, sent once
+    the run's clock has passed that many seconds from its start, to the run (or child
+    run) that waits for that name then, else to the run. `clock` is where
     each run's virtual clock starts (epoch seconds, an aware datetime, or a VirtualClock
     whose time is taken), or a clock, or a zero-argument factory of clocks
     (`clock=ce.SystemClock` for real time).
@@ -195,7 +200,8 @@ def check(
         names = _Names(reference.log)
         _check_reference(workflow, reference, names)
         _check_fakes(fakes, harness.yielded)
-        boundaries = _boundaries(reference, names)
+        skip = losing_events(reference.events, harness.losers)
+        boundaries = _boundaries(reference, names, skip)
         rerun: dict[str, None] = {}
         missed = 0
         for number, boundary in enumerate(boundaries):
@@ -374,6 +380,8 @@ class _Names:
             what = self.row(p.run_id, u)
             if u.status == E_COMPLETED:
                 parts.append(f"records the outcome of {what}")
+            elif u.status == E_FAILED and (u.error_text or "").startswith("Cancelled"):
+                parts.append(f"records that {what} was cancelled")
             elif u.status == E_FAILED:
                 parts.append(f"records that {what} failed")
             elif u.status == E_RETRYING:
@@ -418,14 +426,16 @@ class _Names:
         return parts
 
 
-def _boundaries(reference: Played, names: _Names) -> list[_Boundary]:
+def _boundaries(reference: Played, names: _Names, skip: set[int]) -> list[_Boundary]:
     """The crash points of the reference run, in the order it reached them; the first
     is no crash at all. Points that leave the same file and the same side effects are
     tried once: just after a commit and just before the next (nothing ran between), or
-    a step's return and the commit of its outcome."""
+    a step's return and the commit of its outcome. Events in `skip` are left out."""
     out = [_Boundary(None, "run it again in a fresh engine, with no crash at all", "none")]
     last = ""
-    for event in reference.events:
+    for index, event in enumerate(reference.events):
+        if index in skip:
+            continue
         p, x = event.progress, event.execution
         if p is not None:
             what = names.commit(p)

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import random as random_module
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,11 +44,12 @@ from ..requests import (
     UuidRequest,
 )
 from ..serde import Serde
-from ..store.base import E_COMPLETED, E_FAILED, FINISHED, Progress, Store
+from ..store.base import E_COMPLETED, E_FAILED, FINISHED, EntryRow, Progress, Store
 from ..store.sqlite import SQLiteStore
 from ..workflow import Step, Workflow, current_step
 
 RUN_ID = "check"
+HOLD_LIMIT = 10.0  # seconds a race's losing step waits for the race to be decided
 DONE = (E_COMPLETED, E_FAILED)
 BEFORE, AFTER, RAN = "before", "after", "ran"  # a crash point's place: commit, commit, step
 
@@ -312,6 +314,9 @@ class Harness:
         self.yielded: set[str] = set()  # names of the steps yielded, for checking `fakes`
         # Outcome of each step attempt in the reference: (ok, serialized value or error).
         self.pins: dict[Key, tuple[bool, bytes]] = {}
+        # The steps that lost a race in the reference (they had not finished when it
+        # was decided), with the race's position: see _hold().
+        self.losers: dict[Where, int] = {}
         self.drawn: dict[Key, Any] = {}  # ce.random()/ce.uuid() values, by draw
         self._draws: deque[Key] = deque()  # the draws the engine is about to make
         self.random = _PinnedRandom(self)
@@ -340,6 +345,8 @@ class Harness:
             self._play = None
             for leftover in self.directory.glob(f"{path.name}*"):
                 leftover.unlink()
+        if record:
+            self.losers = race_losers(play.events)
         committed = left.committed
         again = [
             x
@@ -582,6 +589,9 @@ class Harness:
         if session.dead:
             session.die()  # a dead process starts nothing
         where = self._where(session)
+        race = self.losers.get(where[:3])
+        if race is not None and not play.record:
+            self._hold(session, where[0], race)
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
@@ -589,6 +599,18 @@ class Harness:
             return self._pinned(play, (name, key, *where), False, exc)
         self._ran(play, session, where, name)
         return self._pinned(play, (name, key, *where), True, value)
+
+    def _hold(self, session: Session, run_id: str, race: int) -> None:
+        """Keep a step that lost this race in the reference from starting until the race
+        is decided, so the reference's winner wins again: which of several running steps
+        ends first is the threads' timing, which a crash must not be blamed for."""
+        store = session.store
+        deadline = time.monotonic() + HOLD_LIMIT
+        while store is not None and not session.dead and time.monotonic() < deadline:
+            entries = store.load_log(run_id, race, 1)
+            if not entries or entries[0].status in DONE:
+                return
+            time.sleep(0.002)
 
     def _where(self, session: Session) -> tuple[str, int, int, int]:
         """The running step's run, generation, position and try (not counting crashes)."""
@@ -653,6 +675,59 @@ def _waiting_for(store: Store, name: str) -> str:
             if e.kind == "wait" and e.name == name and e.status not in DONE:
                 return run.id
     return RUN_ID
+
+
+def race_losers(events: Sequence[Event]) -> dict[Where, int]:
+    """The step members of each race that did not win it, from a play's commits in their
+    order: (run, generation, position) -> the race's position."""
+    generation: Counter[str] = Counter()
+    races: dict[Where, list[EntryRow]] = {}  # (run, generation, race) -> its members
+    done: set[Where] = set()
+    losers: dict[Where, int] = {}
+    for event in events:
+        p = event.progress
+        if p is None:
+            continue
+        run_id, gen = p.run_id, generation[p.run_id]
+        rows = [e for e in (p.update, *p.recorded) if e is not None]
+        for e in p.recorded:
+            if e.kind == "race" and e.key is not None and e.key.isdigit():
+                first, count = e.position + 1, int(e.key)
+                members = [m for m in p.recorded if first <= m.position < first + count]
+                races[(run_id, gen, e.position)] = members
+        done.update((run_id, gen, e.position) for e in rows if e.status in DONE)
+        for e in rows:
+            members = races.get((run_id, gen, e.position), [])
+            if e.status in DONE and e.kind == "race":
+                # As the engine decides: the first member in argument order that was done.
+                finished = [m for m in members if (run_id, gen, m.position) in done]
+                winner = finished[0].position if finished else None
+                for m in members:
+                    if m.kind == "step" and m.position != winner:
+                        losers[(run_id, gen, m.position)] = e.position
+        if p.restart is not None:
+            generation[run_id] += 1
+    return losers
+
+
+def losing_events(events: Sequence[Event], losers: Mapping[Where, int]) -> set[int]:
+    """Indices of the events that concern only a race's losing steps: their timing
+    decides whether they happen at all, and in which thread, so they are no crash points."""
+    generation: Counter[str] = Counter()
+    out: set[int] = set()
+    for index, event in enumerate(events):
+        x, p = event.execution, event.progress
+        if x is not None and (x.run_id, x.generation, x.position) in losers:
+            out.add(index)
+        elif p is not None:
+            gen = generation[p.run_id]
+            only_update = p.insert is None and not p.recorded and p.run is None
+            if only_update and p.update is not None:
+                if (p.run_id, gen, p.update.position) in losers:
+                    out.add(index)
+            if p.restart is not None:
+                generation[p.run_id] += 1
+    return out
 
 
 def committed_steps(store: Store) -> set[Where]:
