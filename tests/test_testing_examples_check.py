@@ -1,0 +1,54 @@
+"""No false positives: ce.testing.check passes on every workflow of the examples."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import contengine as ce
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def example(stem: str) -> ModuleType:
+    """Import examples/STEM.py as examples.STEM, once per process (as the lint tests do)."""
+    name = f"examples.{stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{stem}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# (example, workflow attribute, arguments, signals)
+CASES: list[tuple[str, str, tuple[Any, ...], Any]] = [
+    ("hello", "hello", ("u-1",), None),
+    ("payment_retries", "checkout", ("ada", 1999), None),
+    ("compensation", "place_order", ("ada", "lamp", 4500, "Lyon"), None),
+    ("approval", "approval", ("doc-1", "ann", "bob"), {"decision": {"ok": True, "by": "ann"}}),
+    (
+        "approval",
+        "approval",
+        ("doc-2", "ann", "bob"),
+        [(3 * 86400, "decision", {"ok": False, "by": "bob"})],
+    ),
+    ("reminder", "reminders", ("ada", 3, 2), None),
+    ("fan_out", "word_count", (["/home", "/about"],), None),
+    ("child_runs", "price_all", (["lamp", "vase"],), None),
+    ("monitor", "watch", ("api",), [(3600, "stop", "operator")]),
+]
+
+
+@pytest.mark.parametrize(("stem", "attr", "args", "signals"), CASES, ids=[c[0] for c in CASES])
+def test_check_passes_on_the_examples(stem: str, attr: str, args: Any, signals: Any) -> None:
+    workflow = getattr(example(stem), attr)
+    report = ce.testing.check(workflow, *args, signals=signals)
+    assert report.boundaries > 0
