@@ -721,10 +721,9 @@ def losing_events(events: Sequence[Event], losers: Mapping[Where, int]) -> set[i
             out.add(index)
         elif p is not None:
             gen = generation[p.run_id]
-            only_update = p.insert is None and not p.recorded and p.run is None
-            if only_update and p.update is not None:
-                if (p.run_id, gen, p.update.position) in losers:
-                    out.add(index)
+            loser = p.update is not None and (p.run_id, gen, p.update.position) in losers
+            if loser and p.insert is None and not p.recorded and p.run is None:
+                out.add(index)
             if p.restart is not None:
                 generation[p.run_id] += 1
     return out
