@@ -161,16 +161,21 @@ def test_signals_may_be_a_dict_sent_up_front() -> None:
 def fan_out(urls: list[str]) -> Flow:
     """A gather of steps and a recorded value, then a race of a step and a timer."""
     pages = yield ce.gather(*[fetch(u) for u in urls], ce.random())
-    index, value = yield ce.race(fetch("fast"), ce.sleep(3600))
+    index, value = yield ce.race(fetch("mirror-1"), fetch("mirror-2"), ce.sleep(3600))
     return pages[:-1], 0 <= pages[-1] < 1, index, value
 
 
 def test_gather_and_race_pass_with_crashes_between_their_members() -> None:
     report = check(fan_out, ["a", "b", "c"])
 
-    assert report.result == (["<a>", "<b>", "<c>"], True, 0, "<fast>")
+    # Which of two running steps wins a race is the threads' timing: every run after
+    # the reference is made to agree with it, whatever the timing after a crash.
+    pages, drew, index, value = report.result
+    assert (pages, drew) == (["<a>", "<b>", "<c>"], True)
+    assert (index, value) in ((0, "<mirror-1>"), (1, "<mirror-2>"))
     assert report.kinds["inside a gather or race"] >= 4  # each member's end, at least
     assert "step 'fetch' at position 2 (member 2 of the gather at position 0)" in report.rerun
+    assert report.missed == 0
 
 
 @ce.workflow
@@ -513,7 +518,7 @@ def perform(op: Op, acc: int) -> Flow:
         values = yield ce.gather(*[work(t, acc) for t in op[1]], ce.random())
         return (sum(values[:-1]) + int(values[-1] * 100)) % MOD
     if kind == "race":
-        _, value = yield ce.race(work(op[1], acc), ce.sleep(3600))
+        _, value = yield ce.race(work(op[1], acc), work(op[1] + 1, acc), ce.sleep(3600))
         return int(value)
     if kind == "wait":
         return (acc + (yield ce.wait("go"))) % MOD
@@ -583,14 +588,16 @@ def programs(draw: st.DrawFn, max_ops: int = 4) -> Program:
     return ops(0)
 
 
-@settings(max_examples=min(settings().max_examples, 30))
+@settings(max_examples=min(settings().max_examples, 40))
 @given(program=programs())
 def test_random_well_formed_workflows_pass(program: Program) -> None:
     report = check(program_wf, program, signals=[("go", n) for n in range(1, 5)])
 
     assert report.runs == report.boundaries + 2
-    # Every step that ran is a crash point of its own; every commit at least one more.
+    # Every step that ran is a crash point of its own (but a race's losers, whose
+    # timing decides when they run), and every commit at least one more.
     steps_logged = sum(": step " in line for line in report.log)
-    assert report.kinds["after a step ran, before its outcome was committed"] >= steps_logged
+    if "race" not in repr(program):
+        assert report.kinds["after a step ran, before its outcome was committed"] >= steps_logged
     assert report.boundaries > steps_logged or not report.log
     assert report.missed == 0  # every run reached its crash point

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import contengine as ce
-from tests.broken_workflows import DEFECTS, PAIRS, Defect
+from broken_workflows import DEFECTS, PAIRS, Defect
 
 BY_NAME = {d.name: d for d in DEFECTS}
 

@@ -4,7 +4,7 @@ ce.testing.strategies (hypothesis strategies) and ce.testing.plugin (the pytest
 plugin) are imported on their own, never from here.
 """
 
-from .check import CheckReport, check
+from .check import CheckFailed, CheckReport, check
 from .clock import VirtualClock
 from .crashes import (
     CompletionOrder,
@@ -20,6 +20,7 @@ from .lint import Finding, lint
 from .replay import ReplayReport, RunReplay, assert_replays, replay
 
 __all__ = [
+    "CheckFailed",
     "CheckReport",
     "CompletionOrder",
     "CrashPoint",

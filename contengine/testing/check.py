@@ -48,20 +48,20 @@ from ..errors import ContengineError, NonDeterminismError
 from ..serde import Serde
 from ..store.base import E_COMPLETED, E_FAILED, E_RETRYING, FINISHED, EntryRow, Progress
 from ..workflow import Step, Workflow
-from .check_runs import (
+from .check_events import (
     AFTER,
     BEFORE,
     RAN,
     RUN_ID,
     Ending,
     Execution,
-    Harness,
     Line,
     Played,
     Point,
     SignalPlan,
     losing_events,
 )
+from .check_runs import Harness
 from .clock import VirtualClock
 
 __all__ = ["CheckFailed", "CheckReport", "check"]
@@ -130,8 +130,9 @@ class CheckReport:
             )
         if self.rerun:
             lines.append(
-                "  steps that ran again when a crash lost their outcome (make their effects "
-                "idempotent, with ce.current_step().idempotency_key): " + ", ".join(self.rerun)
+                f"  {len(self.rerun)} steps ran again after a crash lost their outcome, as "
+                f"they may in production: their effects need an idempotency key "
+                f"(ce.current_step().idempotency_key)"
             )
         return "\n".join(lines)
 

@@ -10,9 +10,10 @@ What makes plays comparable with each other: the workflow and its child workflow
 are wrapped so that every step they yield runs through the harness, which keeps a
 ledger of executions and, after the first play (the reference), ends each step
 attempt as it ended there (the step's function still runs, for its side effects
-and its time). ce.random() and ce.uuid() draw the reference's values, and every
-play starts its own virtual clock at the same time. So a play can only differ from
-the reference through the workflow's own code, or through the crash.
+and its time). ce.random() and ce.uuid() draw the reference's values, a step that
+lost a race in the reference waits for the race to be decided (so the same member
+wins), and every play starts its own virtual clock at the same time. So a play can
+only differ from the reference through the workflow's own code, or through the crash.
 """
 
 from __future__ import annotations
@@ -44,18 +45,30 @@ from ..requests import (
     UuidRequest,
 )
 from ..serde import Serde
-from ..store.base import E_COMPLETED, E_FAILED, FINISHED, EntryRow, Progress, Store
+from ..store.base import FINISHED, Progress, Store
 from ..store.sqlite import SQLiteStore
 from ..workflow import Step, Workflow, current_step
+from .check_events import (
+    AFTER,
+    BEFORE,
+    DONE,
+    RAN,
+    RUN_ID,
+    Ending,
+    Event,
+    Execution,
+    Key,
+    Line,
+    Played,
+    Point,
+    SignalPlan,
+    Stuck,
+    Where,
+    commit_key,
+    race_losers,
+)
 
-RUN_ID = "check"
 HOLD_LIMIT = 10.0  # seconds a race's losing step waits for the race to be decided
-DONE = (E_COMPLETED, E_FAILED)
-BEFORE, AFTER, RAN = "before", "after", "ran"  # a crash point's place: commit, commit, step
-
-Key = tuple[Any, ...]
-Where = tuple[str, int, int]  # a step's run, generation and position
-Stuck = tuple[str, ContengineError]  # a run that cannot be rebuilt, and why
 
 
 class Crash(BaseException):
@@ -64,97 +77,6 @@ class Crash(BaseException):
 
 class _Dead(Exception):
     """What a dead engine's other threads get: an error they are built to swallow."""
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    """A crash point: at the occurrence-th event with this key (a commit or a step's
-    return), crash before the commit, after it, or as the step returns."""
-
-    when: str
-    key: Key
-    occurrence: int
-
-
-@dataclass(frozen=True, slots=True)
-class Execution:
-    """One call of a step function: which engine of the play ran it, and where."""
-
-    session: int
-    run_id: str
-    generation: int
-    position: int
-    attempt: int  # counted without crashes: the n-th try that could end the step
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Something the reference play did that another play may crash at."""
-
-    key: Key
-    occurrence: int
-    progress: Progress | None = None  # a commit, as the engine made it
-    execution: Execution | None = None  # a step function's return
-
-
-@dataclass(frozen=True, slots=True)
-class Ending:
-    """How a run ended: returned value (ok) or raised value (not ok)."""
-
-    ok: bool
-    value: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One entry of a run's final log, as plays are compared."""
-
-    run_id: str
-    position: int
-    kind: str
-    name: str
-    key: str | None
-    text: str
-    status: str
-
-    @property
-    def identity(self) -> tuple[Any, ...]:
-        """What must be the same in every play: where, and which request."""
-        return (self.run_id, self.position, self.kind, self.name, self.key)
-
-    def describe(self) -> str:
-        """One line for a diff: run, position and request."""
-        where = "" if self.run_id == RUN_ID else f"child run {self.run_id!r} "
-        return f"{where}{self.position}: {self.kind} {self.name}({self.text})"
-
-
-@dataclass(frozen=True, slots=True)
-class SignalPlan:
-    """A signal for the run: sent before it first runs (after is None), or once the
-    play's clock has passed `after` seconds from its start."""
-
-    after: float | None
-    name: str
-    payload: Any
-
-
-@dataclass
-class Played:
-    """What one play came to."""
-
-    plan: Point | None
-    fired: bool  # the planned crash happened
-    engines: int
-    ending: Ending | None  # None: the run did not finish
-    status: str
-    stuck: ContengineError | None  # why a run could not be rebuilt
-    stuck_run: str | None
-    log: list[Line]
-    ledger: list[Execution]
-    events: list[Event]
-    again: list[Execution]  # executions of steps whose outcome was committed before the crash
-    error: Exception | None = None  # an error the engine raised while resuming the run
 
 
 @dataclass
@@ -178,6 +100,7 @@ class Session:
         self.driver = driver  # the thread that drives runs; only its commits are crash points
         self.store: SQLiteStore | None = None
         self.dead = False
+        self.over = False  # the engine is closing: nothing will decide a race any more
         self._seen: Counter[Key] = Counter()
         self._lock = threading.Lock()
 
@@ -221,18 +144,6 @@ class _Play:
     def session(self) -> Session:
         """The engine now carrying the play."""
         return self.sessions[-1]
-
-
-def commit_key(p: Progress) -> Key:
-    """What identifies a commit from one play to the next (never times or payloads)."""
-    update = None if p.update is None else (p.update.position, p.update.status, p.update.attempts)
-    insert = None if p.insert is None else (p.insert.position, p.insert.kind, p.insert.name)
-    recorded = tuple((e.position, e.kind, e.name, e.status) for e in p.recorded)
-    run = None if p.run is None else p.run.status
-    return (
-        "commit", p.run_id, update, insert, recorded, run,
-        p.consume is not None, tuple(r.id for r in p.new_runs), p.restart is not None,
-    )  # fmt: skip
 
 
 class _CrashingStore(SQLiteStore):
@@ -397,6 +308,7 @@ class Harness:
                 raise  # pragma: no cover - only a dying session raises it
         finally:
             self._engine = None
+            session.over = True
             engine.close()  # waits for step threads still running
         # A step thread may have died after the run ended (a race's losing step).
         return None if session.dead else left
@@ -606,7 +518,9 @@ class Harness:
         ends first is the threads' timing, which a crash must not be blamed for."""
         store = session.store
         deadline = time.monotonic() + HOLD_LIMIT
-        while store is not None and not session.dead and time.monotonic() < deadline:
+        while store is not None and not (session.dead or session.over):
+            if time.monotonic() > deadline:
+                return
             entries = store.load_log(run_id, race, 1)
             if not entries or entries[0].status in DONE:
                 return
@@ -677,58 +591,6 @@ def _waiting_for(store: Store, name: str) -> str:
     return RUN_ID
 
 
-def race_losers(events: Sequence[Event]) -> dict[Where, int]:
-    """The step members of each race that did not win it, from a play's commits in their
-    order: (run, generation, position) -> the race's position."""
-    generation: Counter[str] = Counter()
-    races: dict[Where, list[EntryRow]] = {}  # (run, generation, race) -> its members
-    done: set[Where] = set()
-    losers: dict[Where, int] = {}
-    for event in events:
-        p = event.progress
-        if p is None:
-            continue
-        run_id, gen = p.run_id, generation[p.run_id]
-        rows = [e for e in (p.update, *p.recorded) if e is not None]
-        for e in p.recorded:
-            if e.kind == "race" and e.key is not None and e.key.isdigit():
-                first, count = e.position + 1, int(e.key)
-                members = [m for m in p.recorded if first <= m.position < first + count]
-                races[(run_id, gen, e.position)] = members
-        done.update((run_id, gen, e.position) for e in rows if e.status in DONE)
-        for e in rows:
-            members = races.get((run_id, gen, e.position), [])
-            if e.status in DONE and e.kind == "race":
-                # As the engine decides: the first member in argument order that was done.
-                finished = [m for m in members if (run_id, gen, m.position) in done]
-                winner = finished[0].position if finished else None
-                for m in members:
-                    if m.kind == "step" and m.position != winner:
-                        losers[(run_id, gen, m.position)] = e.position
-        if p.restart is not None:
-            generation[run_id] += 1
-    return losers
-
-
-def losing_events(events: Sequence[Event], losers: Mapping[Where, int]) -> set[int]:
-    """Indices of the events that concern only a race's losing steps: their timing
-    decides whether they happen at all, and in which thread, so they are no crash points."""
-    generation: Counter[str] = Counter()
-    out: set[int] = set()
-    for index, event in enumerate(events):
-        x, p = event.execution, event.progress
-        if x is not None and (x.run_id, x.generation, x.position) in losers:
-            out.add(index)
-        elif p is not None:
-            gen = generation[p.run_id]
-            loser = p.update is not None and (p.run_id, gen, p.update.position) in losers
-            if loser and p.insert is None and not p.recorded and p.run is None:
-                out.add(index)
-            if p.restart is not None:
-                generation[p.run_id] += 1
-    return out
-
-
 def committed_steps(store: Store) -> set[Where]:
     """The steps whose outcome a store holds (run, generation, position)."""
     return {
@@ -739,19 +601,4 @@ def committed_steps(store: Store) -> set[Where]:
     }
 
 
-__all__ = [
-    "AFTER",
-    "BEFORE",
-    "RAN",
-    "RUN_ID",
-    "Crash",
-    "Ending",
-    "Event",
-    "Execution",
-    "Harness",
-    "Line",
-    "Played",
-    "Point",
-    "SignalPlan",
-    "commit_key",
-]
+__all__ = ["Crash", "Harness", "committed_steps"]
