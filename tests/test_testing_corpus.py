@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from broken_workflows import DEFECTS, PAIRS, Defect
 
 import contengine as ce
-from broken_workflows import DEFECTS, PAIRS, Defect
 
 BY_NAME = {d.name: d for d in DEFECTS}
 
