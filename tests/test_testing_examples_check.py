@@ -29,6 +29,7 @@ def example(stem: str) -> ModuleType:
 
 
 # (example, workflow attribute, arguments, signals)
+# Every workflow of every example, on its happy path.
 CASES: list[tuple[str, str, tuple[Any, ...], Any]] = [
     ("hello", "hello", ("u-1",), None),
     ("payment_retries", "checkout", ("ada", 1999), None),
@@ -48,6 +49,13 @@ CASES: list[tuple[str, str, tuple[Any, ...], Any]] = [
     ("reminder", "reminders", ("ada", 3, 2), None),
     ("fan_out", "word_count", (["/about"],), None),  # a real page; each takes 0.1 s
     ("child_runs", "price_all", (["lamp", "vase"],), None),
+    ("child_runs", "ship", ("o-1", "Lyon"), {"delivered": {"signed_by": "ada"}}),
+    (
+        "child_runs",
+        "checkout",
+        ("o-1", ["lamp"], "Lyon"),
+        [(60, "delivered", {"signed_by": "ada"})],
+    ),
     ("monitor", "watch", ("api",), [(3600, "stop", {"stopped_by": "operator"})]),
 ]
 
@@ -59,3 +67,12 @@ def test_check_passes_on_the_examples(stem: str, attr: str, args: Any, signals: 
     assert report.boundaries > 0
     assert report.missed == 0
     assert report.error is None, report.error  # the happy path: no exception
+
+
+def test_every_example_workflow_is_checked() -> None:
+    checked = {(stem, attr) for stem, attr, _, _ in CASES}
+    for path in sorted((REPO / "examples").glob("*.py")):
+        module = example(path.stem)
+        for attr, value in vars(module).items():
+            if isinstance(value, ce.Workflow) and value.fn.__module__ == module.__name__:
+                assert (path.stem, attr) in checked, f"examples/{path.name}: {attr} not checked"
