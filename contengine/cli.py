@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("runs", "list runs"), ("show", "print a run's log")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--db", default=os.environ.get("CONTENGINE_DB"), help="database file")
+        p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page to PATH")
         if name == "show":
             p.add_argument("run_id")
         else:

@@ -33,9 +33,34 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
 def main(args: argparse.Namespace) -> int:
     """Run `runs` or `show` against args.db; returns the exit code."""
     with open_engine(args.db) as engine:
+        if getattr(args, "html", None):
+            return _write_html(engine, args)
         if args.command == "runs":
             return _runs(engine, args.status, args.workflow, args.json)
         return _show(engine, args.run_id)
+
+
+def _write_html(engine: Engine, args: argparse.Namespace) -> int:
+    """Render `runs` or `show` as an HTML page, write it to args.html and print its path."""
+    from .timeline import render_run, render_runs  # it imports this module
+
+    if args.command == "runs":
+        if args.status is not None and args.status not in RUN_STATUSES:
+            _error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {args.status!r}")
+            return 2
+        page = render_runs(engine, status=args.status, workflow=args.workflow)
+    elif engine.store.get_run(args.run_id) is None:
+        _error(f"no run with id {args.run_id!r} in this database")
+        return 1
+    else:
+        page = render_run(engine, args.run_id)
+    try:
+        with open(args.html, "w", encoding="utf-8") as out:
+            out.write(page)
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.html!r}: {exc.strerror or exc}") from exc
+    print(os.path.abspath(args.html))
+    return 0
 
 
 def open_engine(db: str | None) -> Engine:

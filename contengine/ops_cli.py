@@ -1,4 +1,4 @@
-"""The `signal`, `cancel`, `gc` and `backup` commands: an operator's hands on a database."""
+"""Operator commands (signal, cancel, retry, fork, export, import, gc, backup) on a database."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import argparse
 import json
 import os
 import re
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from .cli import CommandError
 from .errors import ContengineError
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
@@ -28,7 +32,18 @@ def add_parsers(sub: Any) -> None:
     gc.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 45s")
     backup = sub.add_parser("backup", help="copy the database to a new file, while it is in use")
     backup.add_argument("dest", help="the new file (never overwritten)")
-    for p in (signal, cancel, gc, backup):
+    retry = sub.add_parser("retry", help="resume a failed run from the step that failed")
+    retry.add_argument("run_id")
+    fork = sub.add_parser("fork", help="a new run from a copy of the first N log entries")
+    fork.add_argument("run_id")
+    fork.add_argument("--at", type=int, required=True, metavar="N", help="entries to keep")
+    fork.add_argument("--id", dest="new_id", help="the new run's id (default: a fresh one)")
+    export = sub.add_parser("export", help="print a run (log, pending signals) as JSON")
+    export.add_argument("run_id")
+    imp = sub.add_parser("import", help="recreate an exported run in this database")
+    imp.add_argument("file", help="a file written by `contengine export` ('-': stdin)")
+    imp.add_argument("--id", dest="new_id", help="import under this id instead")
+    for p in (signal, cancel, gc, backup, retry, fork, export, imp):
         p.add_argument("--db", default=os.environ.get("CONTENGINE_DB"), help=db_help)
 
 
@@ -41,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
         raise CommandError("a signal name must be a non-empty string", 2)
     payload = _json(args.payload) if args.command == "signal" else None
     age = parse_duration(args.older_than) if args.command == "gc" else 0.0
+    data = _read_export(args.file) if args.command == "import" else None
     with open_engine(args.db) as engine:
         try:
             if args.command == "signal":
@@ -53,6 +69,8 @@ def main(args: argparse.Namespace) -> int:
                 else:
                     status = engine.get_run(args.run_id).status
                     print(f"run {args.run_id!r} had already finished ({status}); nothing changed")
+            elif args.command in ("retry", "fork", "export", "import"):
+                _move(engine, args, data)
             elif args.command == "gc":
                 deleted = engine.gc(age)
                 print(f"deleted {deleted} finished run{'' if deleted == 1 else 's'}")
@@ -63,6 +81,34 @@ def main(args: argparse.Namespace) -> int:
             # The engine's message names the run and what was (not) done.
             raise CommandError(str(exc)) from exc
     return 0
+
+
+def _move(engine: Engine, args: argparse.Namespace, data: Any) -> None:
+    """retry, fork, export or import; prints what was done (export: the JSON)."""
+    if args.command == "retry":
+        engine.retry(args.run_id)
+        at = len(engine.history(args.run_id))
+        print(f"run {args.run_id!r} is pending again; it resumes at position {at} when driven")
+    elif args.command == "fork":
+        run = engine.fork(args.run_id, args.at, args.new_id)
+        print(f"forked run {args.run_id!r} at {args.at} as {run.id!r} (pending)")
+    elif args.command == "export":
+        print(json.dumps(engine.export_run(args.run_id), indent=1))
+    else:
+        run = engine.import_run(data, args.new_id)
+        print(f"imported run {run.id!r} ({run.status})")
+
+
+def _read_export(path: str) -> Any:
+    try:
+        if path == "-":
+            return json.load(sys.stdin)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise CommandError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path!r} is not JSON written by `contengine export`: {exc}") from None
 
 
 def parse_duration(text: str) -> float:

@@ -215,3 +215,69 @@ def test_monitor_keeps_a_log_of_one_generation_and_takes_a_stop_signal_across_on
     assert "virtual time passed: 2:30:00" in out
     real = float(re.search(r"real time taken: ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
     assert real < 2.0
+
+
+def test_agent_loop_resumes_the_conversation_repeating_only_the_interrupted_tool_call() -> None:
+    out = run_example("agent_loop")
+    child, _, rest = out.partition("This process resumes")
+    resumed, _, ledger = rest.partition("The ledger")
+    assert "the process dies inside check_weather" in child
+    assert "exited with code 1" in child
+    assert "book_flight" not in child
+    # The parent calls neither the model nor a tool that the log already holds.
+    assert re.findall(r"\[parent\] (model -> \w+|tool \w+)", resumed) == [
+        "tool check_weather",
+        "model -> book_flight",
+        "tool book_flight",
+        "model -> answer",
+    ]
+    assert "answer: Booked. flight TP1351 to Lisbon at 09:40; Lisbon: sunny, 24 C;" in resumed
+    log = re.findall(r"^\s+(\d)  step (\w+)\(.*\[completed, crashes=(\d)\]$", resumed, re.M)
+    assert [crashes for *_, crashes in log] == ["0", "0", "0", "1", "0", "0", "0"]
+    assert [name for _, name, _ in log] == ["call_model", "run_tool"] * 3 + ["call_model"]
+    calls = re.findall(r"^  (child|parent)\s+(trip-1:\d)\s+(model|tool)", ledger, re.M)
+    assert [key for _, key, _ in calls] == [f"trip-1:{i}" for i in (0, 1, 2, 3, 3, 4, 5, 6)]
+    assert [who for who, _, _ in calls] == ["child"] * 4 + ["parent"] * 4
+    assert "distinct calls: 4 model, 3 tool; lines: 8" in ledger
+    assert "repeated: ['trip-1:3 tool check_weather']" in ledger
+
+
+def test_versioning_keeps_old_runs_on_their_path_and_retires_the_patch_later() -> None:
+    out = run_example("versioning")
+    v1, _, rest = out.partition("version 2 is deployed")
+    v2, _, rest = rest.partition("Version 3 is deployed")
+    v3, _, too_early = rest.partition("Had version 3")
+    assert "order-1 is sleeping" in v1 and "fraud" not in v1
+    # The old run wakes under version 2 and ships without the new step.
+    assert "fraud check on order-1" not in out
+    assert "'receipt': 'receipt-order-1', 'fraud': 'unchecked'" in v2
+    order1, _, order2 = v2.partition("order-2 is completed")
+    assert re.findall(r"^\s+\d  (step \w+|sleep|patched)", order1, re.M) == [
+        "step charge",
+        "sleep",
+        "step ship",
+    ]
+    # A new run under version 2 logs the marker and takes the check.
+    assert re.findall(r"^\s+\d  (step \w+|sleep|patched)", order2, re.M) == [
+        "step charge",
+        "patched",
+        "step fraud_check",
+        "sleep",
+        "step ship",
+    ]
+    assert "runs still in flight: ['order-3']" in v2
+    # Version 3: the run with a marker replays past it; a new run has no marker.
+    assert "finished: ['order-3'], stuck: []" in v3
+    assert "'receipt': 'receipt-order-3', 'fraud': 'clean'" in v3
+    assert v3.count("charging") == 1 and "charging order-4" in v3
+    order4 = v3.partition("order-4 is completed")[2]
+    assert re.findall(r"^\s+\d  (step \w+|sleep|patched)", order4, re.M) == [
+        "step charge",
+        "step fraud_check",
+        "sleep",
+        "step ship",
+    ]
+    # Retired too early: a version-1 run is stuck, not failed, and keeps its log.
+    assert "order-1 is stuck: NonDeterminismError" in too_early
+    assert "replayed: step fraud_check('order-1')" in too_early
+    assert "order-1 is still sleeping" in too_early

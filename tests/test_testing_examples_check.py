@@ -57,6 +57,10 @@ CASES: list[tuple[str, str, tuple[Any, ...], Any]] = [
         [(60, "delivered", {"signed_by": "ada"})],
     ),
     ("monitor", "watch", ("api",), [(3600, "stop", {"stopped_by": "operator"})]),
+    ("agent_loop", "agent", ("Book me a flight to Lisbon.",), None),
+    ("versioning", "fulfil_v1", ("o-1",), None),
+    ("versioning", "fulfil_v2", ("o-1",), None),
+    ("versioning", "fulfil_v3", ("o-1",), None),
 ]
 
 

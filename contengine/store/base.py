@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ..errors import ContengineError
+
 # Run statuses, as the public API names them.
 PENDING, RUNNING, SLEEPING, WAITING = "pending", "running", "sleeping", "waiting"
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
@@ -221,6 +223,26 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the connection."""
+
+    def rewind(self, run_id: str, position: int, now: float) -> None:
+        """Delete the failed run's log from position on and make it pending again, with its
+        error cleared, in one transaction; ContengineError (nothing written) unless it failed."""
+        raise ContengineError(f"{type(self).__name__} cannot rewind runs")
+
+    def insert_run(
+        self,
+        run: RunRow,
+        entries: Sequence[EntryRow] = (),
+        mailbox: Sequence[Signal] = (),
+        published: dict[str, bytes] | None = None,
+    ) -> None:
+        """Create a run with its log, mailbox messages (oldest first) and published values
+        in one transaction; IdConflict, writing nothing, if the id is taken."""
+        raise ContengineError(f"{type(self).__name__} cannot insert whole runs")
+
+    def mailbox(self, run_id: str) -> list[Signal]:
+        """The run's pending mailbox messages, oldest first."""
+        raise ContengineError(f"{type(self).__name__} cannot list mailboxes")
 
     def commit_many(self, batch: Sequence[Progress]) -> None:
         """Write several runs' progress; stores may do it in one transaction."""

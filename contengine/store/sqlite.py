@@ -14,6 +14,7 @@ from ..errors import ContengineError, DatabaseError, DatabaseLocked, IdConflict,
 from .base import (
     E_COMPLETED,
     E_RUNNING,
+    FAILED,
     FINISHED,
     RUN_STATUSES,
     EntryRow,
@@ -672,6 +673,73 @@ class SQLiteStore(Store):
         conn.executemany("DELETE FROM runs WHERE id = ?", ids)
         for _, run_id in runs:
             self._nums.pop(run_id, None)
+
+    def rewind(self, run_id: str, position: int, now: float) -> None:
+        with self._tx() as conn:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
+            if row[0] != FAILED:
+                raise ContengineError(
+                    f"run {run_id!r} is {row[0]}, not failed; only a failed run can be "
+                    f"retried, so nothing was changed"
+                )
+            base = self._key(conn, run_id, 0)
+            conn.execute(
+                "DELETE FROM log WHERE id BETWEEN ? AND ?",
+                (base + _checked_position(position), base | POSITION_MASK),
+            )
+            conn.execute(
+                "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
+                "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
+                "note = NULL, cancel_requested = 0 WHERE id = ?",
+                (now, run_id),
+            )
+
+    def insert_run(
+        self,
+        run: RunRow,
+        entries: Sequence[EntryRow] = (),
+        mailbox: Sequence[Signal] = (),
+        published: dict[str, bytes] | None = None,
+    ) -> None:
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 17)}) "
+                f"ON CONFLICT (id) DO NOTHING",
+                _run_params(run),
+            )
+            if cur.rowcount != 1:
+                raise IdConflict(f"a run with id {run.id!r} already exists; nothing was written")
+            base = int(cur.lastrowid or 0) << POSITION_BITS
+            conn.executemany(
+                _INSERT_ENTRY,
+                [
+                    (
+                        base | _checked_position(e.position), e.kind, e.name, e.key,
+                        None if e.text == e.key else e.text, e.status, e.attempts, e.crashes,
+                        e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
+                    )
+                    for e in entries
+                ],
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (?, ?, ?, ?)",
+                [(run.id, m.name, m.payload, m.sent_at) for m in mailbox],
+            )
+            conn.executemany(
+                "INSERT INTO published (run_id, key, value) VALUES (?, ?, ?)",
+                [(run.id, k, v) for k, v in (published or {}).items()],
+            )
+            num = cur.lastrowid
+        self._remember_num(run.id, num)
+
+    def mailbox(self, run_id: str) -> list[Signal]:
+        rows = self._read(
+            "SELECT seq, run_id, name, payload, sent_at FROM mailbox WHERE run_id = ? ORDER BY seq",
+            (run_id,),
+        )
+        return [Signal(int(q), str(r), str(n), bytes(p), float(t)) for q, r, n, p, t in rows]
 
     def backup(self, dest_path: str | os.PathLike[str]) -> None:
         dest = os.fspath(dest_path)
