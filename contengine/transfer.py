@@ -1,0 +1,212 @@
+"""Moving runs: what retry, fork and export/import check and how a run is written as JSON."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import math
+from typing import Any
+
+from .errors import (
+    ContengineError,
+)
+from .store.base import (
+    E_COMPLETED,
+    E_FAILED,
+    E_RETRYING,
+    E_RUNNING,
+    RUN_STATUSES,
+    EntryRow,
+    RunRow,
+    Signal,
+)
+
+EXPORT_FORMAT = "contengine-run"
+EXPORT_VERSION = 1
+# Kinds of entries that start or join child runs, which fork and export do not copy.
+CHILD_KINDS = frozenset({"child", "start_child", "join"})
+
+
+def _checked_id(run_id: Any) -> str:
+    """run_id if it can name a new run; ValueError if not."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"a run id must be a non-empty string, not {run_id!r}")
+    if "/" in run_id:
+        raise ValueError(
+            f"run id {run_id!r} contains '/', which is kept for child runs "
+            f"(parent/position); choose another id"
+        )
+    return run_id
+
+
+def _group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
+    """(first, last) positions of the gather or race whose span holds position, if any."""
+    for e in entries[: position + 1]:
+        if e.kind in ("gather", "race"):
+            last = e.position + _members(e)
+            if e.position <= position <= last:
+                return e.position, last
+    return None
+
+
+def _members(entry: EntryRow) -> int:
+    # A gather's or race's own entry has its member count as key; its members follow it.
+    try:
+        return int(entry.key or 0)
+    except ValueError:
+        return 0
+
+
+def _retry_position(entries: list[EntryRow]) -> int:
+    """Where a failed run resumes: its failed last entry, the gather or race holding a
+    failure at the end of the log, or after the log (the workflow's own code raised)."""
+    if not entries:
+        return 0
+    last = entries[-1]
+    group = _group_of(entries, last.position)
+    if group is not None and any(e.status == E_FAILED for e in entries[group[0] :]):
+        return group[0]
+    return last.position if last.status == E_FAILED else len(entries)
+
+
+def _check_fork(run_id: str, entries: list[EntryRow], at: Any) -> None:
+    """Refuse a fork point that the new run could not replay up to."""
+    if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at <= len(entries):
+        raise ContengineError(
+            f"cannot fork run {run_id!r} at {at!r}: the position must be a whole number "
+            f"from 0 to {len(entries)} (its log has {len(entries)} entries)"
+        )
+    for e in entries[:at]:
+        if e.status not in (E_COMPLETED, E_FAILED):
+            raise ContengineError(
+                f"cannot fork run {run_id!r} at {at}: entry {e.position} ({e.kind} {e.name}) "
+                f"is {e.status}, not finished; fork before it"
+            )
+        if e.kind in CHILD_KINDS:
+            raise ContengineError(
+                f"cannot fork run {run_id!r} at {at}: entry {e.position} is a child run "
+                f"({e.name}), and child runs are not copied; fork at {e.position} or before"
+            )
+        if e.kind in ("gather", "race") and e.position < at <= e.position + _members(e):
+            raise ContengineError(
+                f"cannot fork run {run_id!r} at {at}: that cuts the {e.kind} at positions "
+                f"{e.position}..{e.position + _members(e)} in two; fork at {e.position} "
+                f"or {e.position + _members(e) + 1}"
+            )
+
+
+def _check_movable(row: RunRow, entries: list[EntryRow]) -> None:
+    """Refuse to export an unfinished run that is part of a tree of runs."""
+    if row.parent_id is not None:
+        raise ContengineError(
+            f"run {row.id!r} is an unfinished child of {row.parent_id!r}; a child run "
+            f"cannot be moved without its parent"
+        )
+    for e in entries:
+        if e.kind in CHILD_KINDS:
+            raise ContengineError(
+                f"run {row.id!r} is unfinished and has child runs (entry {e.position}); "
+                f"child runs are not exported, so it cannot be moved until it finishes"
+            )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _encode_fields(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A RunRow's or EntryRow's fields as JSON values (bytes as base64, infinity as "inf")."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        value = getattr(obj, f.name)
+        if str(f.type) == "bool":
+            value = bool(value)  # SQLite hands booleans back as 0 and 1
+        elif isinstance(value, bytes):
+            value = _b64(value)
+        elif isinstance(value, float) and math.isinf(value):
+            value = "inf" if value > 0 else "-inf"
+        out[f.name] = value
+    return out
+
+
+def _decode_fields(cls: Any, data: Any, what: str, **given: Any) -> Any:
+    """An instance of the dataclass cls from _encode_fields() output, checking each field."""
+    if not isinstance(data, dict):
+        raise ContengineError(f"{what} must be a JSON object, not {type(data).__name__}")
+    values: dict[str, Any] = dict(given)
+    for f in dataclasses.fields(cls):
+        if f.name in given:
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING:
+                raise ContengineError(f"{what} has no field {f.name!r}")
+            continue
+        values[f.name] = _decode_value(data[f.name], str(f.type), f"{what}, field {f.name!r}")
+    return cls(**values)
+
+
+def _decode_value(value: Any, annotation: str, what: str) -> Any:
+    """value checked against a field's annotation (str, int, float, bool, bytes, | None)."""
+    if value is None and "None" in annotation:
+        return None
+    kind = annotation.split("|")[0].strip()
+    if kind == "bytes" and isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            raise ContengineError(f"{what} is not valid base64") from None
+    if kind == "float" and value in ("inf", "-inf"):
+        return float(value)
+    if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind in ("int", "bool", "str"):
+        expected = {"int": int, "bool": bool, "str": str}[kind]
+        if isinstance(value, expected) and (kind != "int" or not isinstance(value, bool)):
+            return value
+    raise ContengineError(f"{what} must be {annotation}, not {value!r}")
+
+
+def _decode_export(
+    data: Any, new_id: str | None
+) -> tuple[RunRow, list[EntryRow], list[Signal], dict[str, bytes]]:
+    """The run, log, mailbox and published values in export_run() data, all checked."""
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise ContengineError(
+            f'this is not an exported contengine run (no "format": {EXPORT_FORMAT!r})'
+        )
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ContengineError(f"the export's version must be a whole number >= 1, not {version!r}")
+    if version > EXPORT_VERSION:
+        raise ContengineError(
+            f"the export is of format version {version}, written by a newer contengine; "
+            f"this one reads up to version {EXPORT_VERSION}. Upgrade contengine to import it."
+        )
+    for key, kind in (("run", dict), ("log", list), ("mailbox", list), ("published", dict)):
+        if not isinstance(data.get(key), kind):
+            raise ContengineError(f"the export's {key!r} must be a JSON {kind.__name__}")
+    row: RunRow = _decode_fields(RunRow, data["run"], "the exported run")
+    if new_id is not None:
+        row.id = _checked_id(new_id)
+    if row.status not in RUN_STATUSES:
+        raise ContengineError(f"the exported run has an unknown status {row.status!r}")
+    entries = [
+        _decode_fields(EntryRow, e, f"log entry {i}", run_id=row.id)
+        for i, e in enumerate(data["log"])
+    ]
+    for i, e in enumerate(entries):
+        if e.position != i:
+            raise ContengineError(f"log entry {i} has position {e.position}; expected {i}")
+        if e.status not in (E_RUNNING, E_RETRYING, E_COMPLETED, E_FAILED):
+            raise ContengineError(f"log entry {i} has an unknown status {e.status!r}")
+    mailbox = [
+        _decode_fields(Signal, m, f"mailbox message {i}", seq=i, run_id=row.id)
+        for i, m in enumerate(data["mailbox"])
+    ]
+    published = {
+        str(k): _decode_value(v, "bytes", f"published value {k!r}")
+        for k, v in data["published"].items()
+    }
+    return row, entries, mailbox, published
