@@ -6,7 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from .base import (
     Signal,
     Store,
 )
+from .sqlite_schema import MIGRATIONS
 
 # "Cont" in the file header marks a contengine database among SQLite files.
 APPLICATION_ID = 0x436F6E74
@@ -31,83 +32,12 @@ SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
-_SCHEMA_V1 = """
-CREATE TABLE runs (
-    num INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: log keys are built from it
-    id TEXT NOT NULL UNIQUE,
-    workflow TEXT NOT NULL,
-    ref TEXT,
-    status TEXT NOT NULL,
-    args BLOB NOT NULL,
-    args_key TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    finished_at REAL,
-    due_at REAL,
-    result BLOB,
-    error BLOB,
-    error_text TEXT,
-    note TEXT
-);
-CREATE INDEX runs_by_status ON runs (status, due_at);
-CREATE INDEX runs_by_workflow ON runs (workflow, status);
-CREATE TABLE log (
-    id INTEGER PRIMARY KEY,  -- (runs.num << 32) | position
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    key TEXT,
-    text TEXT,  -- NULL when equal to key
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    crashes INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    due_at REAL,
-    outcome BLOB,
-    error_text TEXT
-);
-"""
-# Version 2: signals (a mailbox per run) and cancellation requests.
-_SCHEMA_V2 = """
-ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE runs ADD COLUMN parent_id TEXT;
-CREATE INDEX runs_by_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
-CREATE TABLE mailbox (
-    seq INTEGER PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    sent_at REAL NOT NULL
-);
-CREATE INDEX mailbox_by_run ON mailbox (run_id, name, seq);
-ALTER TABLE runs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE published (
-    run_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (run_id, key)
-) WITHOUT ROWID
-"""
 # A log entry's key packs its run's number and its position into one integer,
 # so the log is a plain rowid table: the cheapest insert and lookup SQLite has
 # (this keeps the per-step write close to the raw commit floor).
 POSITION_BITS = 32
 POSITION_MASK = (1 << POSITION_BITS) - 1
 
-
-# MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
-# A new schema version appends a function here; files are migrated on open.
-def _run_script(conn: sqlite3.Connection, script: str) -> None:
-    # executescript() would COMMIT the open transaction first; run statement by statement.
-    for statement in script.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    0: lambda conn: _run_script(conn, _SCHEMA_V1),
-    1: lambda conn: _run_script(conn, _SCHEMA_V2),
-}
 
 _RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "

@@ -1,0 +1,79 @@
+"""The SQLite store's schema, version by version, and the migrations between them."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (
+    num INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: log keys are built from it
+    id TEXT NOT NULL UNIQUE,
+    workflow TEXT NOT NULL,
+    ref TEXT,
+    status TEXT NOT NULL,
+    args BLOB NOT NULL,
+    args_key TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    due_at REAL,
+    result BLOB,
+    error BLOB,
+    error_text TEXT,
+    note TEXT
+);
+CREATE INDEX runs_by_status ON runs (status, due_at);
+CREATE INDEX runs_by_workflow ON runs (workflow, status);
+CREATE TABLE log (
+    id INTEGER PRIMARY KEY,  -- (runs.num << 32) | position
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key TEXT,
+    text TEXT,  -- NULL when equal to key
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    crashes INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    due_at REAL,
+    outcome BLOB,
+    error_text TEXT
+);
+"""
+# Version 2: signals (a mailbox per run) and cancellation requests.
+_SCHEMA_V2 = """
+ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN parent_id TEXT;
+CREATE INDEX runs_by_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
+CREATE TABLE mailbox (
+    seq INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX mailbox_by_run ON mailbox (run_id, name, seq);
+ALTER TABLE runs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE published (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID
+"""
+
+
+# MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
+# A new schema version appends a function here; files are migrated on open.
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the open transaction first; run statement by statement.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: lambda conn: _run_script(conn, _SCHEMA_V1),
+    1: lambda conn: _run_script(conn, _SCHEMA_V2),
+}
