@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--status")
             p.add_argument("--workflow")
             p.add_argument("--json", action="store_true", help="print a JSON list, for scripts")
+            p.add_argument("--older-than", metavar="AGE", help="created at least AGE ago (30d)")
+            p.add_argument("--newer-than", metavar="AGE", help="created at most AGE ago (12h)")
     from .ops_cli import add_parsers
     from .testing.lint import add_lint_command
     from .testing.replay import add_replay_command

@@ -9,13 +9,13 @@ import reprlib
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from .cli import CommandError
 from .engine import Engine
 from .errors import ContengineError, StepFailed
 from .log import Entry
-from .store.base import COMPLETED, E_COMPLETED, E_FAILED, E_RETRYING, FAILED, RUN_STATUSES
+from .store.base import COMPLETED, E_COMPLETED, E_FAILED, E_RETRYING, FAILED, RUN_STATUSES, RunRow
 
 ARGS_WIDTH = 40
 OUTCOME_WIDTH = 80
@@ -24,6 +24,8 @@ NOTE_WIDTH = 100
 JSON_FIELDS = ("id", "workflow", "status", "created_at", "finished_at", "parent_id", "note")
 
 Formatter = Callable[[Any], str]
+# (least, most) age in seconds a listed run may have; None: no bound.
+AgeWindow = tuple[float | None, float | None]
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = OUTCOME_WIDTH
@@ -32,12 +34,66 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
 
 def main(args: argparse.Namespace) -> int:
     """Run `runs` or `show` against args.db; returns the exit code."""
+    window = _age_window(args)  # checked before the database is opened
     with open_engine(args.db) as engine:
+        if window != (None, None):
+            engine = _aged(engine, window)
         if getattr(args, "html", None):
             return _write_html(engine, args)
         if args.command == "runs":
             return _runs(engine, args.status, args.workflow, args.json)
         return _show(engine, args.run_id)
+
+
+def _age_window(args: argparse.Namespace) -> AgeWindow:
+    """The --older-than and --newer-than ages of `runs`, in seconds (None if not given)."""
+    from .ops_cli import parse_duration
+
+    older, newer = getattr(args, "older_than", None), getattr(args, "newer_than", None)
+    return (
+        None if older is None else parse_duration(older, "--older-than"),
+        None if newer is None else parse_duration(newer, "--newer-than"),
+    )
+
+
+def created_within(row: RunRow, window: AgeWindow, now: float) -> bool:
+    """True if the run was created at least window[0] and at most window[1] seconds ago."""
+    age = now - row.created_at
+    least, most = window
+    return (least is None or age >= least) and (most is None or age <= most)
+
+
+class _AgedStore:
+    """A store whose list_runs keeps only the runs created within an age window."""
+
+    def __init__(self, engine: Engine, window: AgeWindow) -> None:
+        self._store, self._window = engine.store, window
+        self._now = engine.clock.now()  # one instant for the whole listing
+
+    def list_runs(
+        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> list[RunRow]:
+        """The store's runs (oldest first) that were created within the window."""
+        rows = self._store.list_runs(status, workflow)
+        rows = [r for r in rows if created_within(r, self._window, self._now)]
+        return rows if limit is None else rows[:limit]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class _AgedEngine:
+    """An engine seen through _AgedStore: every listing of runs (table, JSON, HTML) agrees."""
+
+    def __init__(self, engine: Engine, window: AgeWindow) -> None:
+        self._engine, self.store = engine, _AgedStore(engine, window)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def _aged(engine: Engine, window: AgeWindow) -> Engine:
+    return cast(Engine, _AgedEngine(engine, window))
 
 
 def _write_html(engine: Engine, args: argparse.Namespace) -> int:

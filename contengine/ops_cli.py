@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .cli import CommandError
 from .errors import ContengineError
@@ -72,15 +73,67 @@ def main(args: argparse.Namespace) -> int:
             elif args.command in ("retry", "fork", "export", "import"):
                 _move(engine, args, data)
             elif args.command == "gc":
-                deleted = engine.gc(age)
+                deleted = _gc(engine, age, Progress())
                 print(f"deleted {deleted} finished run{'' if deleted == 1 else 's'}")
             else:
-                engine.backup(args.dest)
+                _backup(engine, args.db, args.dest, Progress())
                 print(f"backed up {args.db} to {args.dest}")
         except ContengineError as exc:
             # The engine's message names the run and what was (not) done.
             raise CommandError(str(exc)) from exc
     return 0
+
+
+class Progress:
+    """A progress line, rewritten in place on a terminal; silent when the stream is not one."""
+
+    def __init__(self, stream: TextIO | None = None, is_tty: bool | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.on = self.stream.isatty() if is_tty is None else is_tty
+        self._shown = False
+
+    def update(self, text: str) -> None:
+        """Show text as the current progress line (erasing the previous one)."""
+        if self.on:
+            self.stream.write(f"\r{text}\x1b[K")
+            self.stream.flush()
+            self._shown = True
+
+    def finish(self) -> None:
+        """End the progress line, so that what is printed next starts on its own line."""
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._shown = False
+
+
+def _gc(engine: Engine, age: float, progress: Progress) -> int:
+    """engine.gc(age), batch by batch, showing the runs deleted so far; returns the count."""
+    from .engine import GC_BATCH
+
+    if math.isinf(age):
+        raise CommandError("--older-than is too large", 2)
+    before = engine.clock.now() - age
+    total = 0
+    try:
+        while True:
+            deleted = engine.store.delete_finished(before, GC_BATCH)  # one transaction
+            total += deleted
+            progress.update(f"gc: deleted {total} finished runs so far")
+            if deleted < GC_BATCH:
+                return total
+    finally:
+        progress.finish()
+
+
+def _backup(engine: Engine, db: str, dest: str, progress: Progress) -> None:
+    """engine.backup(dest), with a line while it copies (the store reports no page counts)."""
+    progress.update(f"backup: copying {db} to {dest} ...")
+    try:
+        engine.backup(dest)
+        progress.update(f"backup: copied {db} to {dest}")
+    finally:
+        progress.finish()
 
 
 def _move(engine: Engine, args: argparse.Namespace, data: Any) -> None:
@@ -111,12 +164,12 @@ def _read_export(path: str) -> Any:
         raise CommandError(f"{path!r} is not JSON written by `contengine export`: {exc}") from None
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--older-than") -> float:
     """Seconds in an age such as 30d, 12h, 90m, 45s or 10 (seconds); CommandError if not one."""
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise CommandError(
-            f"--older-than needs a number with a unit s, m, h or d (e.g. 30d), not {text!r}", 2
+            f"{option} needs a number with a unit s, m, h or d (e.g. 30d), not {text!r}", 2
         )
     return float(match.group(1)) * UNITS[match.group(2) or "s"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -305,3 +306,119 @@ def test_runs_through_python_dash_m(db: str) -> None:
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["id", "workflow", "status"]
     assert [line.split()[:3] for line in lines[1:]] == [["run-ok", "cli.ok", "completed"]]
+
+
+# -- runs --older-than / --newer-than ---------------------------------------------------------
+
+
+@pytest.fixture
+def aged_db(tmp_path: Path) -> str:
+    """Runs created 40 days, 2 hours and 1 minute ago (by the wall clock the command reads)."""
+    import time
+
+    path = str(tmp_path / "aged.db")
+    now = time.time()
+    for run_id, age in (("old", 40 * 86400), ("recent", 2 * 3600), ("fresh", 60)):
+        with ce.Engine(path, clock=ce.testing.VirtualClock(now - age)) as engine:
+            engine.start(wf_ok, run_id, id=run_id)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "ids"),
+    [
+        (("--older-than", "30d"), ["old"]),
+        (("--older-than", "1h"), ["old", "recent"]),
+        (("--newer-than", "1h"), ["fresh"]),
+        (("--newer-than", "3h", "--older-than", "90s"), ["recent"]),
+        (("--newer-than", "10s"), []),
+    ],
+)
+def test_runs_filters_by_age_in_the_table_and_the_json(
+    aged_db: str, flags: tuple[str, ...], ids: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "runs", "--db", aged_db, *flags)
+    assert code == 0 and err == ""
+    listed = [line.split()[0] for line in out.splitlines()[1:]] if ids else []
+    assert listed == ids and (ids or out == "no runs\n")
+    code, out, _ = run_cli(capsys, "runs", "--db", aged_db, "--json", *flags)
+    assert code == 0 and [r["id"] for r in json.loads(out)] == ids
+
+
+def test_runs_age_filter_applies_to_the_html_overview(
+    aged_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / "runs.html"
+    code, _, err = run_cli(
+        capsys, "runs", "--db", aged_db, "--older-than", "1h", "--html", str(page)
+    )
+    assert code == 0 and err == ""
+    html = page.read_text()
+    assert "2 most recent runs" in html
+    assert ">old<" in html and ">recent<" in html and ">fresh<" not in html
+
+
+@pytest.mark.parametrize("flag", ["--older-than", "--newer-than"])
+def test_runs_refuses_a_bad_age_as_a_usage_error_naming_the_flag(
+    aged_db: str, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "runs", "--db", aged_db, flag, "3 weeks")
+    assert code == 2 and out == ""
+    assert err.startswith(f"contengine: {flag} needs a number with a unit") and "'3 weeks'" in err
+
+
+# -- progress lines of gc and backup ----------------------------------------------------------
+
+
+def test_gc_and_backup_print_no_progress_when_stderr_is_not_a_terminal(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "gc", "--older-than", "0s", "--db", db)
+    assert (code, out, err) == (0, "deleted 2 finished runs\n", "")
+    dest = str(tmp_path / "copy.db")
+    code, out, err = run_cli(capsys, "backup", dest, "--db", db)
+    assert (code, out, err) == (0, f"backed up {db} to {dest}\n", "")
+    assert os.path.isfile(dest)
+
+
+def test_gc_progress_shows_the_runs_deleted_after_each_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    import contengine.engine
+    from contengine.ops_cli import Progress, _gc
+
+    monkeypatch.setattr(contengine.engine, "GC_BATCH", 2)
+    clock = ce.testing.VirtualClock()
+    with ce.Engine(str(tmp_path / "gc.db"), clock=clock) as engine:
+        for i in range(5):
+            engine.run(wf_ok, f"k{i}", id=f"r{i}")
+        clock.sleep(60)
+        stream = io.StringIO()
+        assert _gc(engine, 30, Progress(stream, is_tty=True)) == 5
+        assert engine.store.list_runs() == []
+    lines = stream.getvalue().split("\r")[1:]
+    assert [re.sub(r"\x1b\[K\n?$", "", line) for line in lines] == [
+        f"gc: deleted {n} finished runs so far" for n in (2, 4, 5)
+    ]
+    assert stream.getvalue().endswith("\x1b[K\n")  # the line is ended before the summary
+
+
+def test_backup_progress_shows_a_start_and_a_done_line_and_nothing_unless_forced(
+    db: str, tmp_path: Path
+) -> None:
+    import io
+
+    from contengine.ops_cli import Progress, _backup
+
+    shown, hidden = io.StringIO(), io.StringIO()
+    with ce.Engine(db) as engine:
+        _backup(engine, db, str(tmp_path / "a.db"), Progress(shown, is_tty=True))
+        _backup(engine, db, str(tmp_path / "b.db"), Progress(hidden, is_tty=False))
+    assert shown.getvalue() == (
+        f"\rbackup: copying {db} to {tmp_path / 'a.db'} ...\x1b[K"
+        f"\rbackup: copied {db} to {tmp_path / 'a.db'}\x1b[K\n"
+    )
+    assert hidden.getvalue() == ""
+    assert (tmp_path / "a.db").is_file() and (tmp_path / "b.db").is_file()

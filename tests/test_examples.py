@@ -281,3 +281,23 @@ def test_versioning_keeps_old_runs_on_their_path_and_retires_the_patch_later() -
     assert "order-1 is stuck: NonDeterminismError" in too_early
     assert "replayed: step fraud_check('order-1')" in too_early
     assert "order-1 is still sleeping" in too_early
+
+
+def test_crash_and_resume_reruns_only_the_step_in_flight() -> None:
+    out = run_example("crash_and_resume")
+    child, _, rest = out.partition("This process opens the same file")
+    resumed, _, ledger = rest.partition("The ledger")
+    assert "the process dies inside step 2 charge" in child
+    assert "exited with code 1" in child and "not reached" not in child
+    assert "step 3" not in child
+    # Step 1 is replayed from the log; step 2 runs again; step 3 runs for the first time.
+    assert re.findall(r"\[parent\] running (step \d)", resumed) == ["step 2", "step 3"]
+    assert "result: 'receipt for charge-order-7: 42.00'" in resumed
+    log = re.findall(r"^\s+(\d)  (\w+) \[(\w+), crashes=(\d)\]$", resumed, re.M)
+    assert log == [
+        ("0", "fetch_order", "completed", "0"),
+        ("1", "charge", "completed", "1"),
+        ("2", "send_receipt", "completed", "0"),
+    ]
+    executions = re.findall(r"^  (child|parent)\s+step (\d)", ledger, re.M)
+    assert executions == [("child", "1"), ("child", "2"), ("parent", "2"), ("parent", "3")]

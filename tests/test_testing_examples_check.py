@@ -58,6 +58,7 @@ CASES: list[tuple[str, str, tuple[Any, ...], Any]] = [
     ),
     ("monitor", "watch", ("api",), [(3600, "stop", {"stopped_by": "operator"})]),
     ("agent_loop", "agent", ("Book me a flight to Lisbon.",), None),
+    ("crash_and_resume", "checkout", ("order-7",), None),
     ("versioning", "fulfil_v1", ("o-1",), None),
     ("versioning", "fulfil_v2", ("o-1",), None),
     ("versioning", "fulfil_v3", ("o-1",), None),
