@@ -11,7 +11,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -400,12 +400,13 @@ class Engine:
 
     # -- housekeeping -----------------------------------------------------------
 
-    def gc(self, older_than_seconds: float) -> int:
+    def gc(self, older_than_seconds: float, on_batch: Callable[[int], None] | None = None) -> int:
         """Delete runs that finished more than this many seconds ago, with their logs,
         mailboxes and published values; returns how many runs were deleted.
 
         Unfinished runs are never touched, nor a finished child whose parent is
-        unfinished. Each batch of GC_BATCH runs is one transaction.
+        unfinished. Each batch of GC_BATCH runs is one transaction; on_batch gets the
+        running total after each.
         """
         seconds = float(older_than_seconds)
         if not seconds >= 0 or math.isinf(seconds):
@@ -415,6 +416,8 @@ class Engine:
         while True:
             deleted = self.store.delete_finished(before, GC_BATCH)
             total += deleted
+            if on_batch is not None:
+                on_batch(total)
             if deleted < GC_BATCH:
                 return total
 

@@ -108,20 +108,13 @@ class Progress:
 
 
 def _gc(engine: Engine, age: float, progress: Progress) -> int:
-    """engine.gc(age), batch by batch, showing the runs deleted so far; returns the count."""
-    from .engine import GC_BATCH
-
+    """engine.gc(age), showing the runs deleted so far after each batch; returns the count."""
     if math.isinf(age):
         raise CommandError("--older-than is too large", 2)
-    before = engine.clock.now() - age
-    total = 0
     try:
-        while True:
-            deleted = engine.store.delete_finished(before, GC_BATCH)  # one transaction
-            total += deleted
-            progress.update(f"gc: deleted {total} finished runs so far")
-            if deleted < GC_BATCH:
-                return total
+        return engine.gc(
+            age, on_batch=lambda total: progress.update(f"gc: deleted {total} finished runs so far")
+        )
     finally:
         progress.finish()
 
