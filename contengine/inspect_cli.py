@@ -17,6 +17,7 @@ from .errors import ContengineError, StepFailed
 from .log import Entry
 from .store.base import COMPLETED, E_COMPLETED, E_FAILED, E_RETRYING, FAILED, RUN_STATUSES, RunRow
 
+MAX_CHILD_DEPTH = 3  # child runs shown inside their parent's log, this deep
 ARGS_WIDTH = 40
 OUTCOME_WIDTH = 80
 NOTE_WIDTH = 100
@@ -175,17 +176,50 @@ def _show(engine: Engine, run_id: str) -> int:
         return 0
     _print_table(
         ["pos", "kind", "request", "status", "attempts", "crashes", "ms", "outcome"],
-        [_timeline_row(e) for e in entries],
-        right={"pos", "attempts", "crashes", "ms"},
+        _timeline_rows(engine, row.id, row.generation, entries, 0),
+        right={"attempts", "crashes", "ms"},
     )
     return 0
 
 
-def _timeline_row(e: Entry) -> list[str]:
+def _timeline_rows(
+    engine: Engine, run_id: str, generation: int, entries: list[Entry], depth: int
+) -> list[list[str]]:
+    """Rows of a run's log: gather/race members and child runs' logs indented under them."""
+    rows: list[list[str]] = []
+    members_left = 0
+    for e in entries:
+        indent = depth + (1 if members_left else 0)
+        members_left = max(members_left - 1, 0)
+        rows.append(_timeline_row(e, indent))
+        if e.kind in ("gather", "race") and e.key and e.key.isdigit():
+            members_left = int(e.key)
+        if e.kind in ("child", "start_child") and depth < MAX_CHILD_DEPTH:
+            child_id = (
+                f"{run_id}/{e.position}"
+                if not generation
+                else f"{run_id}/g{generation}/{e.position}"
+            )
+            child = engine.store.get_run(child_id)
+            if child is not None:
+                child_entries = engine.history(child_id)
+                rows.append(_child_header(child_id, child.status, indent + 1))
+                rows.extend(
+                    _timeline_rows(engine, child_id, child.generation, child_entries, indent + 1)
+                )
+    return rows
+
+
+def _child_header(child_id: str, status: str, depth: int) -> list[str]:
+    return ["  " * depth + "-", "run", child_id, status, "", "", "", ""]
+
+
+def _timeline_row(e: Entry, depth: int = 0) -> list[str]:
     request = f"{e.name}({_clip(e.text, ARGS_WIDTH)})"
     ms = "-" if e.duration is None else f"{e.duration * 1000:.1f}"
+    pad = "  " * depth
     return [
-        str(e.position),
+        f"{pad}{e.position}",
         e.kind,
         request,
         e.status,

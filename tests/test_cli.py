@@ -422,3 +422,39 @@ def test_backup_progress_shows_a_start_and_a_done_line_and_nothing_unless_forced
     )
     assert hidden.getvalue() == ""
     assert (tmp_path / "a.db").is_file() and (tmp_path / "b.db").is_file()
+
+
+@ce.step(name="cli_part")
+def cli_part(x: int) -> int:
+    return x + 1
+
+
+@ce.workflow(name="cli_kid")
+def cli_kid(x: int) -> Generator[Any, Any, int]:
+    return (yield cli_part(x))
+
+
+@ce.workflow(name="cli_tree")
+def cli_tree() -> Generator[Any, Any, Any]:
+    a = yield cli_kid(1)
+    both = yield ce.gather(cli_part(10), cli_part(20))
+    return a, both
+
+
+def test_show_indents_gather_members_and_child_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "tree.db")
+    with ce.Engine(path) as engine:
+        assert engine.run(cli_tree, id="tree") == (2, [11, 21])
+    code, out, _ = run_cli(capsys, "show", "--db", path, "tree")
+    assert code == 0
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("pos"))
+    table = lines[header + 1 :]
+    assert re.match(r"^0\s+child\s+cli_kid\(1\)", table[0])
+    assert re.match(r"^  -\s+run\s+tree/0\s+completed", table[1])
+    assert re.match(r"^  0\s+step\s+cli_part\(1\)", table[2])  # the child's own log
+    assert re.match(r"^1\s+gather\s+\(2 members\)", table[3])
+    assert re.match(r"^  2\s+step\s+cli_part\(10\)", table[4])  # members, indented
+    assert re.match(r"^  3\s+step\s+cli_part\(20\)", table[5])
