@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--status")
             p.add_argument("--workflow")
+            p.add_argument("--tag", help="only runs started with this tag")
             p.add_argument("--json", action="store_true", help="print a JSON list, for scripts")
             p.add_argument("--older-than", metavar="AGE", help="created at least AGE ago (30d)")
             p.add_argument("--newer-than", metavar="AGE", help="created at most AGE ago (12h)")

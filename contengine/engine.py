@@ -85,6 +85,11 @@ class Run(Generic[R]):
         return self._engine._row(self.id).status
 
     @property
+    def tags(self) -> tuple[str, ...]:
+        """The labels the run was started with."""
+        return self._engine._row(self.id).tags
+
+    @property
     def note(self) -> str | None:
         """Why the run cannot go on, when it is stuck (unknown workflow, nondeterminism)."""
         return self._engine._row(self.id).note
@@ -133,7 +138,13 @@ class Engine:
     # -- starting ------------------------------------------------------------
 
     def start(
-        self, workflow: Workflow[P, R] | str, /, *args: Any, id: str | None = None, **kwargs: Any
+        self,
+        workflow: Workflow[P, R] | str,
+        /,
+        *args: Any,
+        id: str | None = None,
+        tags: Iterable[str] = (),
+        **kwargs: Any,
     ) -> Run[R]:
         """Record a new run (or return the existing one with this id); runs nothing yet."""
         wf = self._resolve(workflow)
@@ -155,7 +166,9 @@ class Engine:
             raise
         args_key = key_of(canonical_call(args, kwargs))
         now = self.clock.now()
-        row = RunRow(run_id, wf.name, wf.ref, PENDING, data, args_key, now, now)
+        row = RunRow(
+            run_id, wf.name, wf.ref, PENDING, data, args_key, now, now, tags=_checked_tags(tags)
+        )
         stored, created = self.store.create_run(row)
         if not created:
             self._check_same_start(stored, wf, args_key)
@@ -376,13 +389,16 @@ class Engine:
         return Run(self, row.id, row.workflow)
 
     def runs(
-        self, status: str | None = None, workflow: Workflow[Any, Any] | str | None = None
+        self,
+        status: str | None = None,
+        workflow: Workflow[Any, Any] | str | None = None,
+        tag: str | None = None,
     ) -> list[Run[Any]]:
-        """Runs, oldest first, filtered by status and workflow."""
+        """Runs, oldest first, filtered by status, workflow and tag."""
         if status is not None and status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
         name = workflow.name if isinstance(workflow, Workflow) else workflow
-        return [Run(self, r.id, r.workflow) for r in self.store.list_runs(status, name)]
+        return [Run(self, r.id, r.workflow) for r in self.store.list_runs(status, name, tag=tag)]
 
     def history(self, run_id: str) -> list[Entry]:
         """The run's log in order: one entry per request, with status and outcome."""
@@ -558,3 +574,16 @@ class Engine:
 
     def _find_workflow(self, row: RunRow) -> Workflow[Any, Any]:
         return lookup(row.workflow, row.ref, self._workflows)
+
+
+def _checked_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """Tags as stored: non-empty strings without commas, each once, in the order given."""
+    if isinstance(tags, str):
+        raise TypeError(f"tags must be a list of strings, not the string {tags!r}")
+    out: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag or "," in tag:
+            raise ValueError(f"a tag must be a non-empty string without commas, not {tag!r}")
+        if tag not in out:
+            out.append(tag)
+    return tuple(out)

@@ -22,7 +22,7 @@ ARGS_WIDTH = 40
 OUTCOME_WIDTH = 80
 NOTE_WIDTH = 100
 # What `runs --json` gives of each run (times in seconds since the epoch).
-JSON_FIELDS = ("id", "workflow", "status", "created_at", "finished_at", "parent_id", "note")
+JSON_FIELDS = ("id", "workflow", "status", "created_at", "finished_at", "parent_id", "note", "tags")
 
 Formatter = Callable[[Any], str]
 # (least, most) age in seconds a listed run may have; None: no bound.
@@ -36,9 +36,10 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
 def main(args: argparse.Namespace) -> int:
     """Run `runs` or `show` against args.db; returns the exit code."""
     window = _age_window(args)  # checked before the database is opened
+    tag = getattr(args, "tag", None)
     with open_engine(args.db) as engine:
-        if window != (None, None):
-            engine = _aged(engine, window)
+        if window != (None, None) or tag is not None:
+            engine = _aged(engine, window, tag)
         if getattr(args, "html", None):
             return _write_html(engine, args)
         if args.command == "runs":
@@ -65,17 +66,18 @@ def created_within(row: RunRow, window: AgeWindow, now: float) -> bool:
 
 
 class _AgedStore:
-    """A store whose list_runs keeps only the runs created within an age window."""
+    """A store whose list_runs keeps only the runs created within an age window (and
+    carrying a tag, if one is asked for)."""
 
-    def __init__(self, engine: Engine, window: AgeWindow) -> None:
-        self._store, self._window = engine.store, window
+    def __init__(self, engine: Engine, window: AgeWindow, tag: str | None) -> None:
+        self._store, self._window, self._tag = engine.store, window, tag
         self._now = engine.clock.now()  # one instant for the whole listing
 
     def list_runs(
         self, status: str | None = None, workflow: str | None = None, limit: int | None = None
     ) -> list[RunRow]:
         """The store's runs (oldest first) that were created within the window."""
-        rows = self._store.list_runs(status, workflow)
+        rows = self._store.list_runs(status, workflow, tag=self._tag)
         rows = [r for r in rows if created_within(r, self._window, self._now)]
         return rows if limit is None else rows[:limit]
 
@@ -86,15 +88,15 @@ class _AgedStore:
 class _AgedEngine:
     """An engine seen through _AgedStore: every listing of runs (table, JSON, HTML) agrees."""
 
-    def __init__(self, engine: Engine, window: AgeWindow) -> None:
-        self._engine, self.store = engine, _AgedStore(engine, window)
+    def __init__(self, engine: Engine, window: AgeWindow, tag: str | None) -> None:
+        self._engine, self.store = engine, _AgedStore(engine, window, tag)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
 
-def _aged(engine: Engine, window: AgeWindow) -> Engine:
-    return cast(Engine, _AgedEngine(engine, window))
+def _aged(engine: Engine, window: AgeWindow, tag: str | None) -> Engine:
+    return cast(Engine, _AgedEngine(engine, window, tag))
 
 
 def _write_html(engine: Engine, args: argparse.Namespace) -> int:

@@ -161,6 +161,12 @@ def _decode_value(value: Any, annotation: str, what: str) -> Any:
         return float(value)
     if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if (
+        kind == "tuple[str, ...]"
+        and isinstance(value, list | tuple)
+        and all(isinstance(v, str) for v in value)
+    ):
+        return tuple(value)
     if kind in ("int", "bool", "str"):
         expected = {"int": int, "bool": bool, "str": str}[kind]
         if isinstance(value, expected) and (kind != "int" or not isinstance(value, bool)):

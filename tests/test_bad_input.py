@@ -512,6 +512,7 @@ def test_a_version_1_file_is_migrated_to_the_current_schema(tmp_path: Path) -> N
         conn.execute("DROP TABLE mailbox")
         conn.execute("DROP TABLE published")
         conn.execute("ALTER TABLE runs DROP COLUMN generation")
+        conn.execute("ALTER TABLE runs DROP COLUMN tags")
         conn.execute("DROP INDEX runs_by_parent")
         conn.execute("ALTER TABLE runs DROP COLUMN cancel_requested")
         conn.execute("ALTER TABLE runs DROP COLUMN parent_id")

@@ -458,3 +458,14 @@ def test_show_indents_gather_members_and_child_runs(
     assert re.match(r"^1\s+gather\s+\(2 members\)", table[3])
     assert re.match(r"^  2\s+step\s+cli_part\(10\)", table[4])  # members, indented
     assert re.match(r"^  3\s+step\s+cli_part\(20\)", table[5])
+
+
+def test_runs_filters_by_tag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "tags.db")
+    with ce.Engine(path) as engine:
+        engine.start(cli_kid, 1, id="t1", tags=["batch-7"])
+        engine.start(cli_kid, 2, id="t2")
+    code, out, _ = run_cli(capsys, "runs", "--db", path, "--tag", "batch-7", "--json")
+    assert code == 0
+    listed = json.loads(out)
+    assert [r["id"] for r in listed] == ["t1"] and listed[0]["tags"] == ["batch-7"]

@@ -428,3 +428,30 @@ def test_a_type_error_inside_the_step_is_retried() -> None:
 
     assert ce.Engine().run(wf, id="r") == 4
     assert calls == [4, 4, 4]
+
+
+def test_runs_carry_tags_and_are_found_by_tag(tmp_path: Path) -> None:
+    @ce.workflow(name="edges.tagged")
+    def wf(n: int) -> Flow:
+        return n
+        yield
+
+    engine = ce.Engine(tmp_path / "e.db")
+    engine.start(wf, 1, id="a", tags=["eu", "vip"])
+    engine.start(wf, 2, id="b", tags=("eu",))
+    engine.start(wf, 3, id="c")
+    engine.start(wf, 4, id="d", tags=["eu_west"])  # "_" is not a wildcard
+    assert engine.get_run("a").tags == ("eu", "vip")
+    assert engine.get_run("c").tags == ()
+    assert [r.id for r in engine.runs(tag="eu")] == ["a", "b"]
+    assert [r.id for r in engine.runs(tag="vip")] == ["a"]
+    assert [r.id for r in engine.runs(tag="eu_west")] == ["d"]
+    assert engine.runs(tag="e") == []
+    engine.run_until_idle()
+    assert [r.id for r in engine.runs(status="completed", tag="eu")] == ["a", "b"]
+    for bad in (["a,b"], [""], [3]):
+        with pytest.raises(ValueError, match="tag"):
+            engine.start(wf, 5, id="bad", tags=bad)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="list of strings"):
+        engine.start(wf, 5, id="bad", tags="eu")
+    assert [r.id for r in engine.runs()] == ["a", "b", "c", "d"]

@@ -288,10 +288,14 @@ class CrashingStore(Store):
         return self.inner.get_run(run_id)
 
     def list_runs(
-        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+        self,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int | None = None,
+        tag: str | None = None,
     ) -> list[RunRow]:
         """Delegated."""
-        return self.inner.list_runs(status, workflow, limit)
+        return self.inner.list_runs(status, workflow, limit, tag)
 
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
         """Delegated."""

@@ -529,3 +529,14 @@ def test_replay_log_reads_what_replay_needs(store: Store) -> None:
         (1, "step", "charge", None, "<object>", E_RUNNING, None),
     ]
     assert store.replay_log("r1", 1, 5)[0].position == 1
+
+
+def test_tags_round_trip_and_filter(store: Store) -> None:
+    started(store, "r1", tags=("a", "b"))
+    started(store, "r2", tags=("b",))
+    started(store, "r3")
+    row = store.get_run("r1")
+    assert row is not None and row.tags == ("a", "b")
+    assert [r.id for r in store.list_runs(tag="b")] == ["r1", "r2"]
+    assert [r.id for r in store.list_runs(tag="a")] == ["r1"]
+    assert store.list_runs(tag="%") == []

@@ -46,6 +46,7 @@ class RunRow:
     cancel_requested: bool = False
     parent_id: str | None = None  # the run that started this one as a child
     generation: int = 0  # how many times the run continued as new
+    tags: tuple[str, ...] = ()  # labels to find runs by (engine.runs(tag=...))
 
 
 @dataclass(slots=True)
@@ -147,9 +148,13 @@ class Store(ABC):
 
     @abstractmethod
     def list_runs(
-        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+        self,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int | None = None,
+        tag: str | None = None,
     ) -> list[RunRow]:
-        """Runs, oldest first, optionally filtered."""
+        """Runs, oldest first, optionally filtered (by status, workflow, one tag)."""
 
     @abstractmethod
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:

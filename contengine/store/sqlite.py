@@ -28,7 +28,7 @@ from .sqlite_schema import MIGRATIONS
 
 # "Cont" in the file header marks a contengine database among SQLite files.
 APPLICATION_ID = 0x436F6E74
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
@@ -42,7 +42,7 @@ POSITION_MASK = (1 << POSITION_BITS) - 1
 _RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
     "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
-    "generation"
+    "generation, tags"
 )
 _LOG_COLS = (
     "id, kind, name, key, text, status, attempts, crashes, "
@@ -231,7 +231,7 @@ class SQLiteStore(Store):
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 17)}) "
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 18)}) "
                 f"ON CONFLICT (id) DO NOTHING",
                 (
                     run.id,
@@ -251,13 +251,14 @@ class SQLiteStore(Store):
                     int(run.cancel_requested),
                     run.parent_id,
                     run.generation,
+                    _tags_text(run.tags),
                 ),
             )
             if cur.rowcount == 1:
                 self._remember_num(run.id, cur.lastrowid)
                 return run, True
             row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run.id,)).fetchone()
-            return RunRow(*row), False
+            return _run_row(row), False
 
     def _remember_num(self, run_id: str, num: int | None) -> None:
         if len(self._nums) >= _NUM_CACHE:
@@ -283,12 +284,21 @@ class SQLiteStore(Store):
 
     def get_run(self, run_id: str) -> RunRow | None:
         rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,))
-        return RunRow(*rows[0]) if rows else None
+        return _run_row(rows[0]) if rows else None
 
     def list_runs(
-        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+        self,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int | None = None,
+        tag: str | None = None,
     ) -> list[RunRow]:
         where, params = [], []
+        if tag is not None:
+            where.append("tags LIKE ? ESCAPE '\\'")
+            params.append(
+                "%," + tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ",%"
+            )
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -301,7 +311,7 @@ class SQLiteStore(Store):
         sql += " ORDER BY created_at, num"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [RunRow(*r) for r in self._read(sql, params)]
+        return [_run_row(r) for r in self._read(sql, params)]
 
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
         # text is stored as NULL when it equals key (the usual case), to keep rows small;
@@ -470,7 +480,7 @@ class SQLiteStore(Store):
             )
         for child in p.new_runs:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 17)}) "
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 18)}) "
                 f"ON CONFLICT (id) DO NOTHING",
                 _run_params(child),
             )
@@ -635,7 +645,7 @@ class SQLiteStore(Store):
     ) -> None:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 17)}) "
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 18)}) "
                 f"ON CONFLICT (id) DO NOTHING",
                 _run_params(run),
             )
@@ -731,4 +741,17 @@ def _run_params(run: RunRow) -> tuple[object, ...]:
         run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
         run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
         run.note, int(run.cancel_requested), run.parent_id, run.generation,
+        _tags_text(run.tags),
     )  # fmt: skip
+
+
+def _tags_text(tags: tuple[str, ...]) -> str | None:
+    return "," + ",".join(tags) + "," if tags else None
+
+
+def _run_row(row: tuple[Any, ...]) -> RunRow:
+    """A runs row as read; tags come back from their ",a,b," form."""
+    *fields, tags = row
+    run = RunRow(*fields)
+    run.tags = tuple(t for t in (tags or "").split(",") if t)
+    return run

@@ -63,6 +63,11 @@ CREATE TABLE published (
 ) WITHOUT ROWID
 """
 
+# Version 3: tags on runs, stored as ",a,b," so that one tag is found with LIKE.
+_SCHEMA_V3 = """
+ALTER TABLE runs ADD COLUMN tags TEXT
+"""
+
 
 # MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
 # A new schema version appends a function here; files are migrated on open.
@@ -76,4 +81,5 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: lambda conn: _run_script(conn, _SCHEMA_V1),
     1: lambda conn: _run_script(conn, _SCHEMA_V2),
+    2: lambda conn: _run_script(conn, _SCHEMA_V3),
 }
