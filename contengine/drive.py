@@ -76,8 +76,10 @@ class _Drive:
         run: RunRow,
         wf: Workflow[Any, Any],
         driver: Driver,
+        lease: tuple[str, int] | None = None,
     ) -> None:
         self.r = runner
+        self.lease = lease
         self.run = run
         self.wf = wf
         self.driver = driver
@@ -169,6 +171,11 @@ class _Drive:
         request = pending.request
         if self.cancel_pending or (self.r.cancelled and self.run.id in self.r.cancelled):
             return self._deliver_cancel(pending)
+        if self.r.stopping.is_set() and isinstance(request, StepCall):
+            # The worker stops: keep what is done, leave the rest due now for another.
+            now = self.r.clock.now()
+            self._commit(run=RunUpdate(self.status, now, due_at=now))
+            raise NotDue(now)
         self.requests_since_look += 1
         if self.requests_since_look >= LOOK_EVERY or (
             self.r.clock.monotonic() - self.last_look >= LOOK_AFTER
@@ -570,7 +577,7 @@ class _Drive:
         self.r.store.commit(
             Progress(
                 self.run.id, entry, insert, run, expect, recorded, self.consume, new_runs,
-                publish, self.restart,
+                publish, self.restart, lease=self.lease,
             )
         )  # fmt: skip
         self.new_runs.clear()

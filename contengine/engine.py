@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -21,10 +22,12 @@ from .errors import (
     ContengineError,
     DatabaseError,
     IdConflict,
+    LeaseLost,
     RunNotFound,
     SerializationError,
     Timeout,
 )
+from .leases import Leaseholder
 from .log import Entry
 from .runner import NotDue, Runner
 from .serde import Serde
@@ -35,6 +38,7 @@ from .store.base import (
     FINISHED,
     PENDING,
     RUN_STATUSES,
+    Claim,
     EntryRow,
     RunRow,
     Store,
@@ -58,6 +62,8 @@ R = TypeVar("R")
 log = logging.getLogger("contengine")
 # Runs deleted per transaction by gc(): a short write lock at a time for the other writers.
 GC_BATCH = 500
+# Runs run_until_idle() advances at once: enough that their commits share a disk sync.
+DRIVE_THREADS = 32
 # What export_run() writes; import_run() reads this version and older ones.
 
 
@@ -121,17 +127,30 @@ class Engine:
         secret: bytes | None = None,
         workflows: Iterable[Workflow[Any, Any]] = (),
         store: Store | None = None,
+        lease: float = 10.0,
+        poll_interval: float = 0.1,
     ) -> None:
+        if not poll_interval > 0:
+            raise ValueError(
+                f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
+            )
         self.store: Store = store or SQLiteStore(path, durability, busy_timeout)
         self.clock: Clock = clock or SystemClock()
         self.serde = Serde(secret)
         self._workflows: dict[str, Workflow[Any, Any]] = {wf.name: wf for wf in workflows}
         self._runner = Runner(self.store, self.serde, self.clock, self._find_workflow)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards _active and _stuck
         # Runs this engine could not rebuild, with the reason. Kept in memory only:
         # a process with fixed code (or the missing module) tries them afresh.
         self._stuck: dict[str, ContengineError] = {}
-        self._active: set[str] = set()  # runs being driven now, by this engine
+        # Runs being driven now by this engine, with the thread driving each.
+        self._active: dict[str, int] = {}
+        # How this engine leases runs, so that several engines (in this process or
+        # others) may share the file and never drive one run at once.
+        self._holder = Leaseholder(self.store, lease)
+        self.poll_interval = float(poll_interval)
+        self._drivers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._drivers_size = 0
         # Notified by signal() and cancel(), so result() waiting on a run wakes at once.
         self._wakeup = threading.Condition()
 
@@ -219,9 +238,16 @@ class Engine:
 
     # -- driving -------------------------------------------------------------
 
-    def run_until_idle(self, *, until: float | datetime.datetime | None = None) -> IdleReport:
-        """Drive every run that is due now, in this thread, until none is left.
+    def run_until_idle(
+        self, *, until: float | datetime.datetime | None = None, threads: int | None = None
+    ) -> IdleReport:
+        """Drive every run that is due now, until none is left; returns what was done.
 
+        Up to `threads` runs advance at once, in threads of the engine, and their
+        commits are written together (group commit), so many short runs go as fast
+        as a worker drives them (default 32; 1 on a test clock, so that a test sees the
+        runs advance one by one, in order, in its own thread). Runs leased to another
+        live engine are left to it.
         With a virtual clock (ce.testing.VirtualClock) the clock jumps to the next due
         timer whenever nothing is due, so sleeping runs finish at once; `until` (epoch
         seconds or an aware datetime) stops the jumps there, for runs that never end.
@@ -229,73 +255,136 @@ class Engine:
         report = IdleReport()
         if isinstance(until, datetime.datetime) and until.tzinfo is None:
             raise ValueError("run_until_idle(until=...) needs an aware datetime (with a tzinfo)")
+        if threads is None:
+            threads = DRIVE_THREADS if isinstance(self.clock, SystemClock) else 1
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads!r}")
         limit = until.timestamp() if isinstance(until, datetime.datetime) else until
         jump = (
             getattr(self.clock, "jump_to", None) if getattr(self.clock, "virtual", False) else None
         )
-        with self._lock:
-            passed: set[str] = set()  # stuck, or driven by a caller up the stack
-            while True:
-                ids = [i for i in self.store.runnable(self.clock.now()) if i not in passed]
-                if not ids and jump is not None:
+        pool = self._driver_pool(threads) if threads > 1 else None
+        passed: set[str] = set()  # stuck this time: not driven again in this call
+        inflight: dict[concurrent.futures.Future[bool], str] = {}
+        failure: BaseException | None = None
+        while True:
+            free = threads - len(inflight)
+            if free > 0 and failure is None:
+                # Runs in flight are skipped by their lease; a store without leases
+                # needs telling.
+                skip = passed | set(inflight.values())
+                for claim in self._holder.claim(self.clock.now(), free, skip=skip):
+                    report.driven += 1
+                    inflight[self._submit(pool, claim)] = claim.run.id
+            if not inflight:
+                if failure is not None:
+                    raise failure
+                if jump is not None:
                     # Only forward: a due time already passed belongs to a run set
                     # aside above (stuck), and jumping to it would change nothing.
                     due = self.store.next_due(after=self.clock.now())
                     if due is not None and (limit is None or due <= limit):
                         jump(due)
                         continue
-                if not ids:
-                    break
-                for run_id in ids:
-                    if run_id in self._active:
-                        passed.add(run_id)
-                        continue
-                    report.driven += 1
-                    try:
-                        finished = self._drive(run_id)
-                    except DatabaseError:
-                        raise  # the database's trouble, not the run's
-                    except ContengineError as exc:
-                        passed.add(run_id)
-                        report.stuck[run_id] = exc
-                        continue
-                    if finished:
+                break
+            done, _ = concurrent.futures.wait(
+                inflight, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                run_id = inflight.pop(future)
+                try:
+                    if future.result():
                         report.finished.append(run_id)
-            report.next_due = self.store.next_due()
+                except DatabaseError as exc:
+                    failure = failure or exc  # the database's trouble: stop claiming
+                except ContengineError as exc:
+                    passed.add(run_id)
+                    report.stuck[run_id] = exc
+                except BaseException as exc:  # noqa: BLE001 - re-raised once all are back
+                    failure = failure or exc
+        report.next_due = self.store.next_due()
         return report
 
-    def _drive(self, run_id: str) -> bool:
-        """Drive one run as far as it goes now; True if it is finished."""
+    def _submit(
+        self, pool: concurrent.futures.ThreadPoolExecutor | None, claim: Claim
+    ) -> concurrent.futures.Future[bool]:
+        """Drive the claimed run in the pool, or at once in this thread without one."""
+        if pool is not None:
+            return pool.submit(self._drive_claim, claim)
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        try:
+            done.set_result(self._drive_claim(claim))
+        except BaseException as exc:  # noqa: BLE001 - handed over with the result
+            done.set_exception(exc)
+        return done
+
+    def _driver_pool(self, threads: int) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads that drive runs (made on first use, grown when more are asked for)."""
         with self._lock:
-            if run_id in self._active:
+            if self._drivers is None or self._drivers_size < threads:
+                if self._drivers is not None:
+                    self._drivers.shutdown(wait=False)
+                self._drivers = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=threads, thread_name_prefix="contengine-drive"
+                )
+                self._drivers_size = threads
+            return self._drivers
+
+    def _drive(self, run_id: str) -> bool:
+        """Drive one run as far as it goes now, in this thread; True if it is finished.
+
+        False also when the run is leased to another engine, or driven by another
+        thread of this one: the caller waits and asks again.
+        """
+        with self._lock:
+            if self._active.get(run_id) == threading.get_ident():
                 raise ContengineError(
                     f"run {run_id!r} is already being driven by this engine, further up "
                     f"this thread's stack: a step cannot wait for the run it belongs to"
                 )
-            row = self._row(run_id)
-            self._active.add(run_id)
-            try:
-                self._runner.drive(row)
-                finished = True
-            except NotDue:
-                finished = False
-            except DatabaseError:
-                raise  # not the run's fault: leave it unmarked
-            except ContengineError as exc:
-                self._mark_stuck(row, exc)
-                raise
-            finally:
-                self._active.discard(run_id)
-            if run_id in self._stuck or row.note is not None:
-                self._stuck.pop(run_id, None)
-                self.store.set_note(run_id, None)
-            return finished
+        claims = self._holder.claim(self.clock.now(), 1, run_id=run_id)
+        if not claims:
+            return self._row(run_id).status in FINISHED
+        return self._drive_claim(claims[0])
+
+    def _drive_claim(self, claim: Claim) -> bool:
+        """Drive a run leased to this engine; True if it finished. The lease is let go
+        when the drive ends (a finished run's was let go by its last write)."""
+        row = claim.run
+        with self._lock:
+            self._active[row.id] = threading.get_ident()
+        finished = False
+        try:
+            # A store without leases (a test's wrapper) serves one engine: no fence.
+            leased = self.store.supports_leases
+            self._runner.drive(row, (self._holder.id, claim.lease) if leased else None)
+            finished = True
+        except NotDue:
+            pass
+        except LeaseLost as exc:
+            log.warning("run %r was taken over by another worker: %s", row.id, exc)
+        except DatabaseError:
+            raise  # not the run's fault: leave it unmarked
+        except ContengineError as exc:
+            self._mark_stuck(row, exc)
+            raise
+        finally:
+            with self._lock:
+                self._active.pop(row.id, None)
+            if not finished and self.store.supports_leases:
+                self._holder.release(row.id, claim.lease)
+        if row.id in self._stuck or row.note is not None:
+            with self._lock:
+                self._stuck.pop(row.id, None)
+            self.store.set_note(row.id, None)
+        return finished
 
     def _mark_stuck(self, row: RunRow, exc: ContengineError) -> None:
         first = str(exc).splitlines()[0]
         if self._stuck.get(row.id) is None:
             log.warning("run %r (%s) is stuck and was left as it is: %s", row.id, row.workflow, exc)
-        self._stuck[row.id] = exc
+        with self._lock:
+            self._stuck[row.id] = exc
         if row.note != first:
             self.store.set_note(row.id, first)
 
@@ -311,13 +400,7 @@ class Engine:
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
-            if not self._lock.acquire(timeout=-1 if remaining is None else remaining):
-                continue  # another thread held the engine until the deadline
-            try:
-                finished = self._drive(run_id)
-            finally:
-                self._lock.release()
-            if finished:
+            if self._drive(run_id):
                 continue
             # The run waits. Its child runs (and anything else due) are driven here
             # too, since no one else may be; then wait without holding the engine
@@ -327,15 +410,13 @@ class Engine:
             self._wait_until_due(run_id, deadline, timeout)
 
     def _drive_others(self, waiting: str) -> bool:
-        """Drive every other run due now, once; True if any of them moved."""
+        """Drive every other run due now (and free to claim), once; True if any moved."""
         moved = False
-        with self._lock:
-            for other in self.store.runnable(self.clock.now()):
-                if other == waiting or other in self._active or other in self._stuck:
-                    continue
-                with contextlib.suppress(ContengineError):  # reported when driven on its own
-                    self._drive(other)
-                moved = True
+        skip = {waiting, *self._stuck, *self._active}
+        for claim in self._holder.claim(self.clock.now(), 64, skip=skip):
+            with contextlib.suppress(ContengineError):  # reported when driven on its own
+                self._drive_claim(claim)
+            moved = True
         return moved
 
     def _wait_until_due(self, run_id: str, deadline: float | None, timeout: float | None) -> None:
@@ -367,16 +448,16 @@ class Engine:
                 clock.sleep(wait if remaining is None else min(wait, remaining))
                 continue
             # Real time: sleep until due, woken early by signal()/cancel() in this
-            # process; look at the store at least every 0.1 s for other processes.
-            wait = min(target - now, 0.1)
+            # process; look at the store every poll interval for other processes.
+            wait = min(target - now, self.poll_interval)
             if remaining is not None:
                 wait = min(wait, remaining)
             with self._wakeup:
                 self._wakeup.wait(max(wait, 0.0))
 
     def _others_due(self, run_id: str) -> bool:
-        """Whether a run other than run_id (and not stuck or being driven) is due now."""
-        for other in self.store.runnable(self.clock.now(), limit=8):
+        """Whether a run other than run_id (not stuck, and leased to no one) is due now."""
+        for other in self.store.due_unowned(self.clock.now(), limit=8):
             if other != run_id and other not in self._active and other not in self._stuck:
                 return True
         return False
@@ -543,8 +624,12 @@ class Engine:
         return dict(self._stuck)
 
     def close(self) -> None:
-        """Close the database connection (and let the step threads of gathers go)."""
+        """Let go of this engine's leases and threads, then close the database connection."""
         self._runner.close()
+        if self._drivers is not None:
+            self._drivers.shutdown(wait=True)
+            self._drivers = None
+        self._holder.close()
         self.store.close()
 
     def __enter__(self) -> Engine:

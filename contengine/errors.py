@@ -37,6 +37,10 @@ class DatabaseLocked(DatabaseError):
     """Another connection held the write lock for longer than the busy timeout."""
 
 
+class LeaseLost(ContengineError):
+    """A driver's lease on a run was taken over by another worker; it wrote nothing."""
+
+
 class RunNotFound(ContengineError, KeyError):
     """No run with that id exists in this database."""
 

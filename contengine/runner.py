@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import random as random_module
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,9 @@ class Runner:
         # while a run executes steps reaches its next yield (other processes' cancels
         # are seen when the run next goes idle or is driven).
         self.cancelled: set[str] = set()
+        # Set when the engine's worker stops: drives set their runs aside (due now,
+        # for any worker) before starting another step, instead of going on.
+        self.stopping = threading.Event()
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for the steps of a gather (made on first use)."""
@@ -64,12 +68,13 @@ class Runner:
 
     # -- rebuilding -----------------------------------------------------------
 
-    def drive(self, run: RunRow) -> None:
+    def drive(self, run: RunRow, lease: tuple[str, int] | None = None) -> None:
         """Carry the run as far as it can go now: to its end, or NotDue for a later retry.
 
         Raises the ContengineError that stops a run from being rebuilt (unknown
         workflow, nondeterminism, invalid yield, corrupt payload); the log is then
         unchanged. Waiting is left to the caller, who need not hold any lock meanwhile.
+        With a lease (owner, number), every write is fenced by it (LeaseLost).
         """
         if run.status in FINISHED:
             return
@@ -90,7 +95,7 @@ class Runner:
             decode=lambda row: decode_outcome(serde, row),
         )
         try:
-            _Drive(self, run, wf, driver).go()
+            _Drive(self, run, wf, driver, lease).go()
         except NonDeterminismError as exc:
             exc.run_id = run.id
             raise

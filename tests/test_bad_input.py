@@ -458,8 +458,8 @@ def test_lock_held_by_another_thread_is_waited_for_within_busy_timeout(tmp_path:
 # -- migrations -----------------------------------------------------------------------------------
 
 
-def _add_priority(conn: sqlite3.Connection) -> None:
-    conn.execute("ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+def _add_importance(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE runs ADD COLUMN importance INTEGER NOT NULL DEFAULT 0")
 
 
 def _columns(path: Path, table: str) -> list[str]:
@@ -487,11 +487,11 @@ def test_forward_migration_upgrades_an_existing_file(
     current = sqlite_store.SCHEMA_VERSION
     assert _user_version(path) == current
     monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", current + 1)
-    monkeypatch.setitem(sqlite_store.MIGRATIONS, current, _add_priority)
+    monkeypatch.setitem(sqlite_store.MIGRATIONS, current, _add_importance)
 
     with ce.Engine(path) as engine:
         assert _user_version(path) == current + 1
-        assert "priority" in _columns(path, "runs")
+        assert "importance" in _columns(path, "runs")
         assert [r.id for r in engine.runs()] == ["r"]
         assert engine.get_run("r").result() == 2
         assert [e.status for e in engine.history("r")] == ["completed", "completed"]
@@ -509,8 +509,12 @@ def test_a_version_1_file_is_migrated_to_the_current_schema(tmp_path: Path) -> N
     crashed_run(path)
     conn = sqlite3.connect(path)  # take the file back to version 1, as the v1 code wrote it
     with conn:
-        conn.execute("DROP TABLE mailbox")
-        conn.execute("DROP TABLE published")
+        for index in ("runs_to_claim", "runs_by_owner", "runs_by_queue"):
+            conn.execute(f"DROP INDEX {index}")
+        for table in ("workers", "queues", "mailbox", "published"):
+            conn.execute(f"DROP TABLE {table}")
+        for column in ("queue", "priority", "owner", "lease", "claimed_at"):
+            conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
         conn.execute("ALTER TABLE runs DROP COLUMN generation")
         conn.execute("ALTER TABLE runs DROP COLUMN tags")
         conn.execute("DROP INDEX runs_by_parent")
@@ -535,7 +539,7 @@ def test_failed_migration_leaves_the_file_at_its_old_version(
     runs_before = dump(path, "runs")
 
     def half_done(conn: sqlite3.Connection) -> None:
-        _add_priority(conn)
+        _add_importance(conn)
         raise RuntimeError("migration bug")
 
     current = sqlite_store.SCHEMA_VERSION
@@ -544,5 +548,5 @@ def test_failed_migration_leaves_the_file_at_its_old_version(
     with pytest.raises(RuntimeError, match="migration bug"):
         ce.Engine(path)
     assert _user_version(path) == current
-    assert "priority" not in _columns(path, "runs")
+    assert "importance" not in _columns(path, "runs")
     assert dump(path, "runs") == runs_before

@@ -112,22 +112,45 @@ def test_an_engine_error_after_a_step_keeps_the_steps_outcome(
     assert ran == ["first", "second"]
 
 
-def test_a_second_engine_cannot_overwrite_progress_it_did_not_make(tmp_path: Path) -> None:
-    """Fencing by attempts: the engine whose attempt was superseded cannot commit."""
+def test_a_second_engine_leaves_a_leased_run_alone(tmp_path: Path) -> None:
+    """While one engine drives a run, another engine on the file does not touch it."""
     path = tmp_path / "e.db"
     calls: list[str] = []
     seen: dict[str, Any] = {}
 
     @ce.step(name="edges.slow")
     def slow() -> str:
+        calls.append("ran")
+        other = ce.Engine(path)
+        seen["report"] = other.run_until_idle()
+        seen["status"] = other.get_run("r").status
+        other.close()
+        return "only"
+
+    @ce.workflow(name="edges.leased")
+    def wf() -> Flow:
+        return (yield slow())
+
+    with ce.Engine(path) as engine:
+        assert engine.run(wf, id="r") == "only"
+    assert calls == ["ran"]
+    assert seen["report"].driven == 0 and seen["status"] == "running"
+
+
+def test_a_driver_whose_lease_was_taken_cannot_commit(tmp_path: Path) -> None:
+    """Fencing by lease: once another worker holds the run, the old driver writes nothing."""
+    path = tmp_path / "e.db"
+    calls: list[str] = []
+
+    @ce.step(name="edges.slow")
+    def slow() -> str:
         who = "inner" if calls else "outer"
         calls.append(who)
         if who == "outer":
-            # While this attempt runs, another engine on the file takes the entry
-            # (it looks crashed to that engine) and finishes the run.
-            other = ce.Engine(path)
-            seen["report"] = other.run_until_idle()
-            other.close()
+            # While this attempt runs, another worker takes the run over (its lease
+            # number moves on); that worker then vanishes without a trace.
+            with sqlite3.connect(path) as conn:
+                conn.execute("UPDATE runs SET owner = 'thief', lease = lease + 1 WHERE id = 'r'")
         return who
 
     @ce.workflow(name="edges.fenced")
@@ -135,12 +158,11 @@ def test_a_second_engine_cannot_overwrite_progress_it_did_not_make(tmp_path: Pat
         return (yield slow())
 
     engine = ce.Engine(path)
-    with pytest.raises(ce.DatabaseError, match="another engine is driving the same run"):
-        engine.run(wf, id="r")
-    assert seen["report"].finished == ["r"]
+    # The outer attempt's outcome is refused; the run is claimed again (the thief is
+    # no live worker) and the step, logged in flight, runs again as after a crash.
+    assert engine.run(wf, id="r") == "inner"
     assert calls == ["outer", "inner"]
     (entry,) = engine.history("r")
-    # The log holds the second engine's outcome, untouched by the first one.
     assert (entry.status, entry.value, entry.attempts, entry.crashes) == (
         "completed",
         "inner",

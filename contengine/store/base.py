@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,6 +47,8 @@ class RunRow:
     parent_id: str | None = None  # the run that started this one as a child
     generation: int = 0  # how many times the run continued as new
     tags: tuple[str, ...] = ()  # labels to find runs by (engine.runs(tag=...))
+    queue: str | None = None  # the queue whose limits the run is claimed under
+    priority: int = 0  # higher is claimed first
 
 
 @dataclass(slots=True)
@@ -133,6 +135,41 @@ class Progress:
     restart: bytes | None = None
     # When set, nothing is written unless the run is still in this generation.
     expect_generation: int | None = None
+    # When set, nothing is written unless the run is still leased to this (owner,
+    # lease number): a driver whose lease was taken over is fenced out (LeaseLost).
+    lease: tuple[str, int] | None = None
+
+
+@dataclass(slots=True)
+class WorkerRow:
+    """A process (or engine) that holds leases on runs, alive until expires_at."""
+
+    id: str
+    host: str
+    pid: int
+    pid_start: str | None
+    started_at: float
+    expires_at: float
+
+
+@dataclass(slots=True)
+class QueueConfig:
+    """Limits on a queue's runs: at once across all workers, at once per worker, and
+    how many may start per period of seconds. None means no limit."""
+
+    name: str
+    concurrency: int | None = None
+    worker_concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+
+
+@dataclass(slots=True)
+class Claim:
+    """A run leased to a driver: its row and the lease number that fences its writes."""
+
+    run: RunRow
+    lease: int
 
 
 class Store(ABC):
@@ -178,6 +215,10 @@ class Store(ABC):
     @abstractmethod
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         """Ids of unfinished runs with nothing to wait for at time now, oldest first."""
+
+    def due_unowned(self, now: float, limit: int | None = None) -> list[str]:
+        """Like runnable(), but only runs that no engine holds a lease on."""
+        return self.runnable(now, limit)
 
     @abstractmethod
     def next_due(self, after: float | None = None) -> float | None:
@@ -253,3 +294,50 @@ class Store(ABC):
         """Write several runs' progress; stores may do it in one transaction."""
         for p in batch:
             self.commit(p)
+
+    # -- leases (stores without them serve one engine at a time) -------------------
+
+    supports_leases = False
+
+    def claim(
+        self,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        limit: int,
+        run_id: str | None = None,
+        release: Sequence[tuple[str, int]] = (),
+        skip: Collection[str] = (),
+    ) -> list[Claim]:
+        """Lease up to limit due runs to worker (or just run_id, if due or not), highest
+        priority first, within the queues' limits; runs held by another live worker are
+        skipped, and so are the ids in skip. `release` lists (run, lease) pairs to let go
+        in the same transaction."""
+        ids = [run_id] if run_id is not None else self.runnable(now, limit + len(skip))
+        rows = [self.get_run(i) for i in ids if i not in skip][:limit]
+        return [Claim(r, 0) for r in rows if r is not None and r.status not in FINISHED]
+
+    def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        """Let go of these (run, lease) pairs, if still held, so any worker may claim them."""
+        return None
+
+    def heartbeat(self, worker: WorkerRow) -> bool:
+        """Record worker (alive until its expires_at); False if its row had gone, which
+        means another worker judged it dead (its leases may have been taken)."""
+        return True
+
+    def retire_worker(self, worker_id: str) -> None:
+        """Remove the worker and release every run it holds (a clean stop)."""
+        return None
+
+    def workers(self) -> list[WorkerRow]:
+        """Workers on record (alive or not yet found dead)."""
+        return []
+
+    def set_queue(self, config: QueueConfig) -> None:
+        """Create or replace a queue's limits (shared by every process on the store)."""
+        raise ContengineError(f"{type(self).__name__} has no queues")
+
+    def queues(self) -> list[QueueConfig]:
+        """Every queue's limits."""
+        return []

@@ -6,29 +6,40 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import ContengineError, DatabaseError, DatabaseLocked, IdConflict, RunNotFound
+from ..errors import (
+    ContengineError,
+    DatabaseError,
+    DatabaseLocked,
+    IdConflict,
+    LeaseLost,
+    RunNotFound,
+)
+from . import sqlite_claims
 from .base import (
     E_COMPLETED,
     E_RUNNING,
     FAILED,
     FINISHED,
     RUN_STATUSES,
+    Claim,
     EntryRow,
     Progress,
+    QueueConfig,
     ReplayRow,
     RunRow,
     Signal,
     Store,
+    WorkerRow,
 )
 from .sqlite_schema import MIGRATIONS
 
 # "Cont" in the file header marks a contengine database among SQLite files.
 APPLICATION_ID = 0x436F6E74
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
@@ -42,8 +53,9 @@ POSITION_MASK = (1 << POSITION_BITS) - 1
 _RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
     "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
-    "generation, tags"
+    "generation, tags, queue, priority"
 )
+_RUN_MARKS = ", ".join("?" * 20)
 _LOG_COLS = (
     "id, kind, name, key, text, status, attempts, crashes, "
     "started_at, finished_at, due_at, outcome, error_text"
@@ -67,9 +79,12 @@ _UPDATE_ENTRY = (
     "outcome = ?, error_text = ? WHERE id = ? "
     "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
 )
+# A finished run lets go of its lease in the same statement: no one drives it again.
 _UPDATE_RUN = (
     "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
-    "error = ?, error_text = ?, cancel_requested = cancel_requested AND NOT ? WHERE id = ?"
+    "error = ?, error_text = ?, cancel_requested = cancel_requested AND NOT ?, "
+    "owner = CASE WHEN ?1 IN ('completed', 'failed', 'cancelled') THEN NULL ELSE owner END "
+    "WHERE id = ?"
 )
 _NUM_CACHE = 10_000
 # Listed positively so that SQLite can use the (status, due_at) index.
@@ -99,6 +114,8 @@ class SQLiteStore(Store):
         self.durability = durability
         self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
+        self._queue: list[_Slot] = []  # progress waiting for the next group commit
+        self._queue_lock = threading.Lock()
         self._nums: dict[str, int] = {}
         self._refuse_foreign_file()
         try:
@@ -231,28 +248,8 @@ class SQLiteStore(Store):
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 18)}) "
-                f"ON CONFLICT (id) DO NOTHING",
-                (
-                    run.id,
-                    run.workflow,
-                    run.ref,
-                    run.status,
-                    run.args,
-                    run.args_key,
-                    run.created_at,
-                    run.updated_at,
-                    run.finished_at,
-                    run.due_at,
-                    run.result,
-                    run.error,
-                    run.error_text,
-                    run.note,
-                    int(run.cancel_requested),
-                    run.parent_id,
-                    run.generation,
-                    _tags_text(run.tags),
-                ),
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
+                _run_params(run),
             )
             if cur.rowcount == 1:
                 self._remember_num(run.id, cur.lastrowid)
@@ -376,30 +373,85 @@ class SQLiteStore(Store):
         return 0 if last is None else (last & POSITION_MASK) + 1
 
     def commit(self, progress: Progress) -> None:
-        # The per-step path: written out rather than through _tx() to save the
-        # context manager's overhead on every step.
+        # Group commit: every thread queues its progress, and whichever takes the
+        # write lock first writes all that is queued in one transaction (one fsync),
+        # while the others wait for the lock, find theirs written, and go on. With
+        # one thread this is one transaction per commit, as before.
+        slot = _Slot(progress)
+        with self._queue_lock:
+            self._queue.append(slot)
         with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._write(conn, progress)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
+            if not slot.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._write_batch(batch)
+        if slot.error is not None:
+            raise slot.error
 
     def commit_many(self, batch: Sequence[Progress]) -> None:
         with self._tx() as conn:
             for progress in batch:
                 self._write(conn, progress)
 
+    def _write_batch(self, batch: list[_Slot]) -> None:
+        """Write each slot's progress in one transaction; a progress that fails (fenced
+        out, raced) is rolled back alone, to its savepoint, and gets its own error."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = self._translate(exc)
+            for slot in batch:
+                slot.fail(error)
+            return
+        alone = len(batch) == 1
+        try:
+            for slot in batch:
+                if not alone:
+                    conn.execute("SAVEPOINT progress")
+                try:
+                    self._write(conn, slot.progress)
+                except Exception as exc:
+                    self._forget_children(slot.progress)
+                    if alone:
+                        raise
+                    conn.execute("ROLLBACK TO progress")
+                    slot.fail(self._translate(exc) if isinstance(exc, sqlite3.Error) else exc)
+                if not alone:
+                    conn.execute("RELEASE progress")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = self._translate(exc) if isinstance(exc, sqlite3.Error) else exc
+            for slot in batch:
+                self._forget_children(slot.progress)
+                slot.fail(error if isinstance(error, Exception) else DatabaseError(str(error)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for slot in batch:
+            slot.done = True
+
+    def _forget_children(self, p: Progress) -> None:
+        # Numbers remembered for child runs whose insert was rolled back are wrong.
+        for child in p.new_runs:
+            self._nums.pop(child.id, None)
+
     def _write(self, conn: sqlite3.Connection, p: Progress) -> None:
         num = self._nums.get(p.run_id)
-        base = (self._num(conn, p.run_id) if num is None else num) << POSITION_BITS
+        if num is None:
+            num = self._num(conn, p.run_id)
+        base = num << POSITION_BITS
+        if p.lease is not None:
+            held = conn.execute("SELECT owner, lease FROM runs WHERE num = ?", (num,)).fetchone()
+            if held is None or (held[0], held[1]) != p.lease:
+                raise LeaseLost(
+                    f"run {p.run_id!r} is no longer leased to this driver (lease "
+                    f"{p.lease[1]} of {p.lease[0]}; now {held and held[1]} of "
+                    f"{held and held[0]}): another worker took it over, so nothing was "
+                    f"written and this driver lets the run go"
+                )
         if p.expect_generation is not None:
             current = conn.execute(
                 "SELECT generation FROM runs WHERE id = ?", (p.run_id,)
@@ -480,8 +532,7 @@ class SQLiteStore(Store):
             )
         for child in p.new_runs:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 18)}) "
-                f"ON CONFLICT (id) DO NOTHING",
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
                 _run_params(child),
             )
             if cur.rowcount == 1:
@@ -520,6 +571,15 @@ class SQLiteStore(Store):
         sql = (
             f"SELECT id FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
             f"AND (due_at IS NULL OR due_at <= ?) ORDER BY num"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [str(r[0]) for r in self._read(sql, (now,))]
+
+    def due_unowned(self, now: float, limit: int | None = None) -> list[str]:
+        sql = (
+            f"SELECT id FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
+            f"AND (due_at IS NULL OR due_at <= ?) AND owner IS NULL ORDER BY num"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -632,7 +692,8 @@ class SQLiteStore(Store):
             conn.execute(
                 "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
                 "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
-                "note = NULL, cancel_requested = 0 WHERE id = ?",
+                "note = NULL, cancel_requested = 0, owner = NULL, lease = lease + 1 "
+                "WHERE id = ?",
                 (now, run_id),
             )
 
@@ -645,8 +706,7 @@ class SQLiteStore(Store):
     ) -> None:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({', '.join('?' * 18)}) "
-                f"ON CONFLICT (id) DO NOTHING",
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
                 _run_params(run),
             )
             if cur.rowcount != 1:
@@ -725,9 +785,93 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise DatabaseError(f"backup of {self.path!r} to {dest!r} failed: {exc}") from exc
 
+    # -- leases and queues ----------------------------------------------------
+
+    supports_leases = True
+
+    def claim(
+        self,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        limit: int,
+        run_id: str | None = None,
+        release: Sequence[tuple[str, int]] = (),
+        skip: Collection[str] = (),
+    ) -> list[Claim]:
+        with self._tx() as conn:
+            picked = sqlite_claims.claim(conn, worker, now, wall, limit, run_id, release, skip)
+            if not picked:
+                return []
+            leases = dict(picked)
+            rows = conn.execute(
+                f"SELECT num, {_RUN_COLS} FROM runs WHERE num IN ({', '.join('?' * len(picked))})",
+                list(leases),
+            ).fetchall()
+        runs = {}
+        for num, *rest in rows:
+            runs[num] = _run_row(tuple(rest))
+            self._remember_num(runs[num].id, num)
+        return [Claim(runs[num], lease) for num, lease in picked]
+
+    def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        if not leases:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND lease = ?",
+                [(r, owner, n) for r, n in leases],
+            )
+
+    def heartbeat(self, worker: WorkerRow) -> bool:
+        with self._tx() as conn:
+            return sqlite_claims.record_worker(conn, worker)
+
+    def retire_worker(self, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET owner = NULL WHERE owner = ?", (worker_id,))
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerRow]:
+        with self._lock:
+            return sqlite_claims.read_workers(self._conn)
+
+    def set_queue(self, config: QueueConfig) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO queues (name, concurrency, worker_concurrency, "
+                "rate_limit, rate_period) VALUES (?, ?, ?, ?, ?)",
+                (
+                    config.name,
+                    config.concurrency,
+                    config.worker_concurrency,
+                    config.rate_limit,
+                    config.rate_period,
+                ),
+            )
+
+    def queues(self) -> list[QueueConfig]:
+        with self._lock:
+            return list(sqlite_claims.queue_configs(self._conn).values())
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class _Slot:
+    """One progress waiting in the group-commit queue, and what became of it."""
+
+    __slots__ = ("progress", "done", "error")
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.done = False
+        self.error: Exception | None = None
+
+    def fail(self, error: Exception) -> None:
+        self.done = True
+        self.error = error
 
 
 def _checked_position(position: int) -> int:
@@ -741,7 +885,7 @@ def _run_params(run: RunRow) -> tuple[object, ...]:
         run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
         run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
         run.note, int(run.cancel_requested), run.parent_id, run.generation,
-        _tags_text(run.tags),
+        _tags_text(run.tags), run.queue, run.priority,
     )  # fmt: skip
 
 
@@ -751,7 +895,8 @@ def _tags_text(tags: tuple[str, ...]) -> str | None:
 
 def _run_row(row: tuple[Any, ...]) -> RunRow:
     """A runs row as read; tags come back from their ",a,b," form."""
-    *fields, tags = row
+    *fields, tags, queue, priority = row
     run = RunRow(*fields)
     run.tags = tuple(t for t in (tags or "").split(",") if t)
+    run.queue, run.priority = queue, priority
     return run

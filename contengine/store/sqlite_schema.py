@@ -69,6 +69,36 @@ ALTER TABLE runs ADD COLUMN tags TEXT
 """
 
 
+# Version 4: leases (a run's owner and a fencing counter), the workers that hold
+# them, and queues (name, priority, per-queue limits).
+_SCHEMA_V4 = """
+ALTER TABLE runs ADD COLUMN queue TEXT;
+ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN claimed_at REAL;
+CREATE INDEX runs_to_claim ON runs (priority DESC, num)
+    WHERE status IN ('pending', 'running', 'sleeping', 'waiting');
+CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL;
+CREATE INDEX runs_by_queue ON runs (queue, claimed_at) WHERE queue IS NOT NULL;
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start TEXT,
+    started_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE queues (
+    name TEXT PRIMARY KEY,
+    concurrency INTEGER,
+    worker_concurrency INTEGER,
+    rate_limit INTEGER,
+    rate_period REAL
+)
+"""
+
+
 # MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
 # A new schema version appends a function here; files are migrated on open.
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -82,4 +112,5 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: lambda conn: _run_script(conn, _SCHEMA_V1),
     1: lambda conn: _run_script(conn, _SCHEMA_V2),
     2: lambda conn: _run_script(conn, _SCHEMA_V3),
+    3: lambda conn: _run_script(conn, _SCHEMA_V4),
 }

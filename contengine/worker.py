@@ -1,0 +1,165 @@
+"""A worker: claims due runs for an engine and drives them in a pool of threads.
+
+The loop claims no more runs than it has free threads (backpressure: a burst of
+started runs waits in the database, not in memory), drives each in a thread of
+its own, and sleeps until something may be due: a drive ended (a child's end may
+have woken its parent), this process started, signalled or cancelled a run, a
+timer of a run it drove comes due, or the poll interval passed (for what other
+processes did). A sleeping or waiting run holds no thread: its drive ends, its
+lease is let go, and it is claimed again when due.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from .errors import ContengineError, DatabaseError
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("contengine")
+
+
+class Worker:
+    """Drives an engine's due runs in the background until stopped."""
+
+    def __init__(self, engine: Engine, threads: int, grace: float) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads!r}")
+        if not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        self.engine = engine
+        self.threads = threads
+        self.grace = grace
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._inflight: set[concurrent.futures.Future[bool]] = set()
+        self._inflight_lock = threading.Lock()
+        self._timers: list[float] = []  # due times of runs this worker set aside
+        self._loop: threading.Thread | None = None
+        self.driven = 0
+        self.finished = 0
+        self.error: BaseException | None = None
+
+    # -- life -----------------------------------------------------------------
+
+    def start(self) -> Worker:
+        """Start the claiming loop in a thread of its own."""
+        self.engine._listeners.append(self.poke)
+        self._loop = threading.Thread(target=self._run, name="contengine-worker", daemon=True)
+        self._loop.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running steps finish (up to grace seconds), then let go of
+        every lease, so other workers take over at once what is left."""
+        grace = self.grace if grace is None else grace
+        self._stop.set()
+        engine = self.engine
+        engine._runner.stopping.set()  # drives set their runs aside before the next step
+        self._wake.set()
+        if self._loop is not None:
+            self._loop.join()
+        with self._inflight_lock:
+            pending = set(self._inflight)
+        _, late = concurrent.futures.wait(pending, timeout=grace)
+        if late:
+            log.warning(
+                "%d run(s) still in a step after the %g s grace period; their leases are "
+                "let go and their steps, when they end, are not recorded",
+                len(late),
+                grace,
+            )
+        engine._holder.retire()
+        engine._runner.stopping.clear()
+        if self.poke in engine._listeners:
+            engine._listeners.remove(self.poke)
+
+    def poke(self) -> None:
+        """Something may be due now: look at once."""
+        self._wake.set()
+
+    # -- the loop -------------------------------------------------------------
+
+    def _run(self) -> None:
+        engine = self.engine
+        pool = engine._driver_pool(self.threads)
+        while not self._stop.is_set():
+            self._wake.clear()
+            free = self.threads - len(self._inflight)
+            claims = []
+            if free > 0:
+                try:
+                    claims = engine._holder.claim(engine.clock.now(), free, skip=engine._stuck)
+                except DatabaseError as exc:  # a locked file: try again at the next poll
+                    log.warning("worker could not claim runs: %s", exc)
+                except BaseException as exc:  # noqa: BLE001 - kept for the caller of work()
+                    self.error = exc
+                    self._stop.set()
+                    break
+            for claim in claims:
+                self.driven += 1
+                future = pool.submit(self._drive, claim)
+                with self._inflight_lock:
+                    self._inflight.add(future)
+                future.add_done_callback(self._done)
+            if claims and len(claims) == free:
+                continue  # there may be more: claim again once a thread is free
+            self._wake.wait(self._sleep_time())
+
+    def _sleep_time(self) -> float:
+        """Until the next local timer, at most one poll interval."""
+        engine = self.engine
+        wait = engine.poll_interval
+        with self._inflight_lock:
+            now = engine.clock.now()
+            while self._timers and self._timers[0] <= now:
+                heapq.heappop(self._timers)
+            if self._timers:
+                wait = min(wait, self._timers[0] - now)
+        return max(wait, 0.0)
+
+    def _drive(self, claim: Any) -> bool:
+        due = [float("inf")]
+        try:
+            return self.engine._drive_claim(claim, due)
+        except ContengineError:
+            return False  # stuck: reported by the engine, skipped from now on
+        finally:
+            if due[0] != float("inf"):
+                with self._inflight_lock:
+                    heapq.heappush(self._timers, due[0])
+
+    def _done(self, future: concurrent.futures.Future[bool]) -> None:
+        with self._inflight_lock:
+            self._inflight.discard(future)
+        if not future.cancelled() and future.exception() is None and future.result():
+            self.finished += 1
+        self._wake.set()  # a thread is free, and a finished child may have woken its parent
+
+
+def install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
+    """Make SIGTERM and SIGINT set stop (main thread only); returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+    return old
+
+
+def restore_handlers(old: dict[int, Any]) -> None:
+    """Put back the handlers install_stop_handlers replaced."""
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
