@@ -12,7 +12,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -40,6 +40,7 @@ from .store.base import (
     RUN_STATUSES,
     Claim,
     EntryRow,
+    QueueConfig,
     RunRow,
     Store,
 )
@@ -55,6 +56,7 @@ from .transfer import (
     _encode_fields,
     _retry_position,
 )
+from .worker import Worker, install_stop_handlers, restore_handlers
 from .workflow import Workflow, lookup
 
 P = ParamSpec("P")
@@ -63,7 +65,7 @@ log = logging.getLogger("contengine")
 # Runs deleted per transaction by gc(): a short write lock at a time for the other writers.
 GC_BATCH = 500
 # Runs run_until_idle() advances at once: enough that their commits share a disk sync.
-DRIVE_THREADS = 32
+DRIVE_THREADS = 64
 # What export_run() writes; import_run() reads this version and older ones.
 
 
@@ -151,6 +153,9 @@ class Engine:
         self.poll_interval = float(poll_interval)
         self._drivers: concurrent.futures.ThreadPoolExecutor | None = None
         self._drivers_size = 0
+        # Called when this process made a run due (start, signal, cancel): a worker
+        # of this engine looks at once instead of at its next poll.
+        self._listeners: list[Callable[[], None]] = []
         # Notified by signal() and cancel(), so result() waiting on a run wakes at once.
         self._wakeup = threading.Condition()
 
@@ -163,9 +168,15 @@ class Engine:
         *args: Any,
         id: str | None = None,
         tags: Iterable[str] = (),
+        queue: str | None = None,
+        priority: int = 0,
         **kwargs: Any,
     ) -> Run[R]:
-        """Record a new run (or return the existing one with this id); runs nothing yet."""
+        """Record a new run (or return the existing one with this id); runs nothing yet.
+
+        A run in a queue is claimed within the queue's limits (engine.set_queue);
+        among due runs, a higher priority is claimed first.
+        """
         wf = self._resolve(workflow)
         try:
             inspect.signature(wf.fn).bind(*args, **kwargs)
@@ -185,12 +196,19 @@ class Engine:
             raise
         args_key = key_of(canonical_call(args, kwargs))
         now = self.clock.now()
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ValueError(f"a queue name must be a non-empty string, not {queue!r}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise TypeError(f"priority must be an int, not {priority!r}")
         row = RunRow(
-            run_id, wf.name, wf.ref, PENDING, data, args_key, now, now, tags=_checked_tags(tags)
-        )
+            run_id, wf.name, wf.ref, PENDING, data, args_key, now, now,
+            tags=_checked_tags(tags), queue=queue, priority=priority,
+        )  # fmt: skip
         stored, created = self.store.create_run(row)
         if not created:
             self._check_same_start(stored, wf, args_key)
+        elif self._listeners:
+            self._poke()
         return Run(self, run_id, wf.name)
 
     def _check_same_start(self, stored: RunRow, wf: Workflow[Any, Any], key: str | None) -> None:
@@ -224,17 +242,22 @@ class Engine:
             raise ValueError(f"a signal name must be a non-empty string, not {name!r}")
         data = self.serde.dumps_checked(payload, f"the payload of signal {name!r} to {run_id!r}")[0]
         self.store.send_signal(run_id, name, data, self.clock.now())
-        with self._wakeup:
-            self._wakeup.notify_all()
+        self._poke()
 
     def cancel(self, run_id: str) -> bool:
         """Raise ce.Cancelled inside the run at its current yield; False if it already finished."""
         requested = self.store.request_cancel(run_id, self.clock.now())
         if requested:
             self._runner.cancelled.add(run_id)
+        self._poke()
+        return requested
+
+    def _poke(self) -> None:
+        """A run may be due now: wake whoever waits in this process."""
         with self._wakeup:
             self._wakeup.notify_all()
-        return requested
+        for listener in list(self._listeners):
+            listener()
 
     # -- driving -------------------------------------------------------------
 
@@ -245,7 +268,7 @@ class Engine:
 
         Up to `threads` runs advance at once, in threads of the engine, and their
         commits are written together (group commit), so many short runs go as fast
-        as a worker drives them (default 32; 1 on a test clock, so that a test sees the
+        as a worker drives them (default 64; 1 on a test clock, so that a test sees the
         runs advance one by one, in order, in its own thread). Runs leased to another
         live engine are left to it.
         With a virtual clock (ce.testing.VirtualClock) the clock jumps to the next due
@@ -347,9 +370,10 @@ class Engine:
             return self._row(run_id).status in FINISHED
         return self._drive_claim(claims[0])
 
-    def _drive_claim(self, claim: Claim) -> bool:
-        """Drive a run leased to this engine; True if it finished. The lease is let go
-        when the drive ends (a finished run's was let go by its last write)."""
+    def _drive_claim(self, claim: Claim, due: list[float] | None = None) -> bool:
+        """Drive a run leased to this engine; True if it finished (else due[0] is when it
+        is due again). The lease is let go when the drive ends (a finished run's was let
+        go by its last write)."""
         row = claim.run
         with self._lock:
             self._active[row.id] = threading.get_ident()
@@ -359,8 +383,9 @@ class Engine:
             leased = self.store.supports_leases
             self._runner.drive(row, (self._holder.id, claim.lease) if leased else None)
             finished = True
-        except NotDue:
-            pass
+        except NotDue as idle:
+            if due is not None:
+                due[0] = idle.due_at
         except LeaseLost as exc:
             log.warning("run %r was taken over by another worker: %s", row.id, exc)
         except DatabaseError:
@@ -461,6 +486,62 @@ class Engine:
             if other != run_id and other not in self._active and other not in self._stuck:
                 return True
         return False
+
+    # -- workers -------------------------------------------------------------
+
+    def work(self, threads: int = 8, *, grace: float = 30.0) -> None:
+        """Drive due runs until SIGTERM or SIGINT (or KeyboardInterrupt), in `threads`
+        threads; several processes may work one file. On a stop it claims nothing more,
+        lets running steps finish for up to `grace` seconds, and lets go of its leases."""
+        stop = threading.Event()
+        old = install_stop_handlers(stop)
+        w = Worker(self, threads, grace).start()
+        try:
+            while not stop.wait(0.2):
+                if w.error is not None:
+                    raise w.error
+        except KeyboardInterrupt:
+            pass
+        finally:
+            w.stop()
+            restore_handlers(old)
+
+    @contextlib.contextmanager
+    def worker(self, threads: int = 8, *, grace: float = 30.0) -> Iterator[Worker]:
+        """Drive due runs in background threads while the block runs (in an app);
+        leaving the block stops the worker as work() does on SIGTERM."""
+        w = Worker(self, threads, grace).start()
+        try:
+            yield w
+        finally:
+            w.stop()
+
+    def set_queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        rate_limit: int | None = None,
+        period: float = 1.0,
+    ) -> None:
+        """Set a queue's limits, shared by every process on the file: at most
+        `concurrency` of its runs driven at once in all, `worker_concurrency` per
+        engine, and `rate_limit` runs started per `period` seconds. None: no limit."""
+        for label, value in (
+            ("concurrency", concurrency),
+            ("worker_concurrency", worker_concurrency),
+            ("rate_limit", rate_limit),
+        ):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{label} must be a positive int or None, not {value!r}")
+        if not period > 0:
+            raise ValueError(f"period must be a positive number of seconds, not {period!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a queue name must be a non-empty string, not {name!r}")
+        self.store.set_queue(
+            QueueConfig(name, concurrency, worker_concurrency, rate_limit, float(period))
+        )
 
     # -- looking -------------------------------------------------------------
 

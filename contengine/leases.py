@@ -76,7 +76,8 @@ class Leaseholder:
 
     def _beat(self) -> None:
         # Renewed four times per lease: a late beat or two (a busy disk) loses nothing.
-        while not self._stop.wait(self.lease / 4):
+        stop = self._stop
+        while not stop.wait(self.lease / 4):
             try:
                 if not self.store.heartbeat(self.row()):
                     log.warning(
@@ -89,11 +90,16 @@ class Leaseholder:
             except ContengineError as exc:  # a locked or closed database: try again
                 log.debug("heartbeat of %s failed: %s", self.id, exc)
 
-    def close(self) -> None:
-        """Stop the heartbeat and let go of every run this engine holds."""
-        self._stop.set()
-        beating = self._beating
+    def retire(self) -> None:
+        """Stop the heartbeat and let go of every run this engine holds (a later claim
+        starts over)."""
+        with self._lock:
+            beating, self._beating = self._beating, None
+            stop, self._stop = self._stop, threading.Event()
+        stop.set()
         if beating is not None:
             beating.join()
             with contextlib.suppress(ContengineError):
                 self.store.retire_worker(self.id)
+
+    close = retire

@@ -153,7 +153,7 @@ def install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    old = {}
+    old: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         old[sig] = signal.signal(sig, handler)
     return old

@@ -116,6 +116,7 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._queue: list[_Slot] = []  # progress waiting for the next group commit
         self._queue_lock = threading.Lock()
+        self._writing = False  # a thread is writing a batch (or is about to)
         self._nums: dict[str, int] = {}
         self._refuse_foreign_file()
         try:
@@ -129,6 +130,20 @@ class SQLiteStore(Store):
         except BaseException:
             self._conn.close()
             raise
+        # Reads go through a connection of their own (WAL: readers never wait for
+        # the writer), so a drive reading its log does not queue behind the disk
+        # sync of a group commit. ":memory:" is one database per connection.
+        self._reader, self._rlock = self._conn, self._lock
+        if self.path != ":memory:":
+            try:
+                self._reader = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                )
+                self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            except sqlite3.Error as exc:
+                self._conn.close()
+                raise DatabaseError(f"cannot open database {self.path!r}: {exc}") from exc
+            self._rlock = threading.Lock()
 
     # -- opening ----------------------------------------------------------
 
@@ -237,11 +252,23 @@ class SQLiteStore(Store):
         return DatabaseError(f"database {self.path!r}: {exc}. Nothing was written.")
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._rlock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                return self._reader.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._translate(exc) from exc
+
+    def _base(self, run_id: str) -> int | None:
+        """The first log key of the run (None if there is no such run), read without
+        waiting for the writer."""
+        num = self._nums.get(run_id)
+        if num is None:
+            rows = self._read("SELECT num FROM runs WHERE id = ?", (run_id,))
+            if not rows:
+                return None
+            num = int(rows[0][0])
+            self._remember_num(run_id, num)
+        return num << POSITION_BITS
 
     # -- the interface ------------------------------------------------------
 
@@ -344,47 +371,61 @@ class SQLiteStore(Store):
         leading: tuple[object, ...] = (),
     ) -> list[tuple[Any, ...]]:
         """Rows of a run's log from position start, at most limit, in position order."""
-        with self._lock:
-            try:
-                base = self._key(self._conn, run_id, 0)
-            except DatabaseError:
-                return []
-            return self._read(
-                f"SELECT {columns.format(mask=POSITION_MASK)} FROM log "
-                f"WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
-                (
-                    *leading,
-                    base + max(start, 0),
-                    base | POSITION_MASK,
-                    -1 if limit is None else limit,
-                ),
-            )
+        base = self._base(run_id)
+        if base is None:
+            return []
+        return self._read(
+            f"SELECT {columns.format(mask=POSITION_MASK)} FROM log "
+            f"WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+            (
+                *leading,
+                base + max(start, 0),
+                base | POSITION_MASK,
+                -1 if limit is None else limit,
+            ),
+        )
 
     def log_length(self, run_id: str) -> int:
-        with self._lock:
-            try:
-                base = self._key(self._conn, run_id, 0)
-            except DatabaseError:
-                return 0
-            # Positions are contiguous, so the last one tells the length (one index probe).
-            (last,) = self._read(
-                "SELECT max(id) FROM log WHERE id BETWEEN ? AND ?", (base, base | POSITION_MASK)
-            )[0]
+        base = self._base(run_id)
+        if base is None:
+            return 0
+        # Positions are contiguous, so the last one tells the length (one index probe).
+        (last,) = self._read(
+            "SELECT max(id) FROM log WHERE id BETWEEN ? AND ?", (base, base | POSITION_MASK)
+        )[0]
         return 0 if last is None else (last & POSITION_MASK) + 1
 
     def commit(self, progress: Progress) -> None:
-        # Group commit: every thread queues its progress, and whichever takes the
-        # write lock first writes all that is queued in one transaction (one fsync),
-        # while the others wait for the lock, find theirs written, and go on. With
-        # one thread this is one transaction per commit, as before.
+        # Group commit: every thread queues its progress. If no write is under way,
+        # it becomes the writer of everything queued, in one transaction (one disk
+        # sync); otherwise it sleeps until the writer of its batch wakes it (done),
+        # or hands it the queue that built up meanwhile (write it). Only the threads
+        # concerned are woken. With one thread this is one transaction per commit.
         slot = _Slot(progress)
         with self._queue_lock:
             self._queue.append(slot)
-        with self._lock:
-            if not slot.done:
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            slot.wake.acquire()  # released when done, or when this thread is to write
+        while not slot.done:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            try:
+                with self._lock:
+                    self._write_batch(batch)
+            finally:
+                for other in batch:
+                    if other is not slot:
+                        other.wake.release()
                 with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._write_batch(batch)
+                    if self._queue:
+                        # The next writer is the oldest waiter (it has its own batch).
+                        self._queue[0].lead()
+                    else:
+                        self._writing = False
+            if not slot.done:  # cannot happen: a writer's batch holds its own slot
+                raise DatabaseError("group commit lost a progress write")
         if slot.error is not None:
             raise slot.error
 
@@ -423,10 +464,12 @@ class SQLiteStore(Store):
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = self._translate(exc) if isinstance(exc, sqlite3.Error) else exc
+            failure: BaseException = self._translate(exc) if isinstance(exc, sqlite3.Error) else exc
             for slot in batch:
                 self._forget_children(slot.progress)
-                slot.fail(error if isinstance(error, Exception) else DatabaseError(str(error)))
+                slot.fail(
+                    failure if isinstance(failure, Exception) else DatabaseError(str(failure))
+                )
             if not isinstance(exc, Exception):
                 raise
             return
@@ -857,17 +900,27 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        if self._reader is not self._conn:
+            with self._rlock:
+                self._reader.close()
 
 
 class _Slot:
     """One progress waiting in the group-commit queue, and what became of it."""
 
-    __slots__ = ("progress", "done", "error")
+    __slots__ = ("progress", "done", "error", "wake")
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.done = False
         self.error: Exception | None = None
+        # Held from the start; released once, to wake the waiting thread.
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+    def lead(self) -> None:
+        """Wake the waiting thread to write the queue (its slot is not done)."""
+        self.wake.release()
 
     def fail(self, error: Exception) -> None:
         self.done = True
