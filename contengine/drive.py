@@ -102,6 +102,7 @@ class _Drive:
         # every update must find it unchanged, so a second driver of the same run
         # cannot overwrite the first one's progress (the update fails instead).
         self.stored: dict[int, int] = {}
+        self.idle_at: Pending | None = None  # the request the run went idle at, if resumable
 
     def go(self) -> None:
         try:
@@ -113,10 +114,31 @@ class _Drive:
                 self._commit()
             raise
 
+    def resume(self, pending: Pending) -> None:
+        """Go on from the idle point where an earlier drive of this run set it aside
+        (its generator kept alive, its request logged)."""
+        try:
+            self._loop(pending)
+        except Exception:
+            if self.carry is not None or self.recorded or self.consume is not None or self.new_runs:
+                self._commit()
+            raise
+
     def _go(self) -> None:
-        nxt = self.driver.start()
+        self._loop(self.driver.start())
+
+    def _loop(self, nxt: Any) -> None:
+        self.idle_at = None
         while type(nxt) is Pending:
-            nxt = self.driver.send(self._carry_out(nxt))
+            try:
+                outcome = self._carry_out(nxt)
+            except NotDue:
+                # Where the run went idle: a sleep, a wait or a retry's backoff can
+                # be resumed from here without a replay, if the generator is kept.
+                if isinstance(nxt.request, (SleepRequest, WaitRequest, StepCall)):
+                    self.idle_at = nxt
+                raise
+            nxt = self.driver.send(outcome)
         if isinstance(nxt, Returned):
             self._finish_returned(nxt.value)
         elif isinstance(nxt, Raised):

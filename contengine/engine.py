@@ -28,6 +28,7 @@ from .errors import (
     Timeout,
 )
 from .leases import Leaseholder
+from .live import MAX_BYTES, MAX_RUNS
 from .log import Entry
 from .runner import NotDue, Runner
 from .serde import Serde
@@ -117,7 +118,14 @@ class Run(Generic[R]):
 
 
 class Engine:
-    """Starts workflows, drives them through their logs, and answers questions about runs."""
+    """Starts workflows, drives them through their logs, and answers questions about runs.
+
+    lease: seconds a frozen engine's runs stay held before others take them over
+    (an engine whose process died on this host is seen dead at once); poll_interval:
+    how often an idle worker or a waiting result() looks for what other processes
+    did; cache_runs / cache_bytes: bounds of the cache of live generators of idle
+    runs (0 turns it off, and every wake-up replays the log).
+    """
 
     def __init__(
         self,
@@ -131,6 +139,8 @@ class Engine:
         store: Store | None = None,
         lease: float = 10.0,
         poll_interval: float = 0.1,
+        cache_runs: int = MAX_RUNS,
+        cache_bytes: int = MAX_BYTES,
     ) -> None:
         if not poll_interval > 0:
             raise ValueError(
@@ -141,6 +151,7 @@ class Engine:
         self.serde = Serde(secret)
         self._workflows: dict[str, Workflow[Any, Any]] = {wf.name: wf for wf in workflows}
         self._runner = Runner(self.store, self.serde, self.clock, self._find_workflow)
+        self._runner.live.max_runs, self._runner.live.max_bytes = cache_runs, cache_bytes
         self._lock = threading.RLock()  # guards _active and _stuck
         # Runs this engine could not rebuild, with the reason. Kept in memory only:
         # a process with fixed code (or the missing module) tries them afresh.

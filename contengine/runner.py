@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import random as random_module
 import threading
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from .drive import _Drive
 from .driver import Driver
 from .errors import ContengineError, NonDeterminismError
 from .idle import NotDue
+from .live import Kept, LiveCache
 from .log import StreamedLog, decode_outcome
 from .serde import Serde
 from .store.base import FINISHED, RunRow, Store
@@ -51,6 +53,9 @@ class Runner:
         # Set when the engine's worker stops: drives set their runs aside (due now,
         # for any worker) before starting another step, instead of going on.
         self.stopping = threading.Event()
+        # Generators of runs set aside at a sleep, wait or retry, kept alive so that
+        # the next drive goes on without replaying the log (bounded; evicted ones replay).
+        self.live = LiveCache(close=_set_aside)
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for the steps of a gather (made on first use)."""
@@ -61,7 +66,8 @@ class Runner:
         return self._pool
 
     def close(self) -> None:
-        """Let the step threads go (steps still running finish first)."""
+        """Let the step threads go (steps still running finish first); drop kept generators."""
+        self.live.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -78,6 +84,11 @@ class Runner:
         """
         if run.status in FINISHED:
             return
+        if lease is not None:
+            kept = self.live.take(run, lease[1])
+            if kept is not None:
+                self._resume(kept, run, lease)
+                return
         wf = self.find_workflow(run)
         args, kwargs = self.serde.loads(run.args, f"the arguments of run {run.id!r}")
         try:
@@ -94,13 +105,40 @@ class Runner:
             label=f"workflow {wf.name!r} (run {run.id!r})",
             decode=lambda row: decode_outcome(serde, row),
         )
+        drive = _Drive(self, run, wf, driver, lease)
+        self._finish(drive, gen, drive.go)
+
+    def _resume(self, kept: Kept, run: RunRow, lease: tuple[str, int]) -> None:
+        """Go on with a live generator kept from this run's last drive: no replay."""
+        drive = kept.drive
+        # What others may have changed meanwhile: status and due time (a signal, a
+        # child's end), a cancel request; never the log (the lease shows no one
+        # else drove the run).
+        drive.run, drive.lease = run, lease
+        drive.status, drive.due_at = run.status, run.due_at
+        drive.cancel_pending = drive.cancel_pending or bool(run.cancel_requested)
+        position = kept.pending.position
+        logged = self.store.replay_log(run.id, position, 1)
+        pending = dataclasses.replace(kept.pending, recorded=logged[0] if logged else None)
+        self._finish(drive, kept.gen, lambda: drive.resume(pending))
+
+    def _finish(self, drive: _Drive, gen: Any, go: Callable[[], None]) -> None:
+        """Run a drive; keep its generator alive if it went idle where it can resume."""
+        keep = False
         try:
-            _Drive(self, run, wf, driver, lease).go()
+            go()
+        except NotDue:
+            lease = drive.lease
+            keep = drive.idle_at is not None and lease is not None
+            if keep and lease is not None and drive.idle_at is not None:
+                self.live.put(drive.run.id, Kept(drive, drive.idle_at, gen, lease[1]))
+            raise
         except NonDeterminismError as exc:
-            exc.run_id = run.id
+            exc.run_id = drive.run.id
             raise
         finally:
-            _set_aside(gen)
+            if not keep:
+                _set_aside(gen)
 
 
 def _set_aside(gen: Any) -> None:

@@ -110,10 +110,13 @@ class CrashingStore(SQLiteStore):
 
 
 def engine_on(
-    path: Path | str, clock: VirtualClock, *workflows: ce.Workflow[Any, Any]
+    path: Path | str, clock: VirtualClock, *workflows: ce.Workflow[Any, Any], cache_runs: int = 0
 ) -> ce.Engine:
-    """A fresh engine on the file, as a restarted process would open it."""
-    return ce.Engine(path, durability="normal", clock=clock, workflows=workflows)
+    """A fresh engine on the file, as a restarted process would open it; without the
+    live-generator cache, so that every wake-up replays the log (as these tests want)."""
+    return ce.Engine(
+        path, durability="normal", clock=clock, workflows=workflows, cache_runs=cache_runs
+    )
 
 
 def define(name: str, body: Callable[..., Generator[Any, Any, Any]]) -> ce.Workflow[..., Any]:

@@ -133,7 +133,8 @@ class SQLiteStore(Store):
         # Reads go through a connection of their own (WAL: readers never wait for
         # the writer), so a drive reading its log does not queue behind the disk
         # sync of a group commit. ":memory:" is one database per connection.
-        self._reader, self._rlock = self._conn, self._lock
+        self._reader = self._conn
+        self._rlock: Any = self._lock
         if self.path != ":memory:":
             try:
                 self._reader = sqlite3.connect(

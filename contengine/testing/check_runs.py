@@ -316,7 +316,9 @@ class Harness:
     def _open(self, path: Path, clock: Clock, session: Session) -> Engine:
         store = _CrashingStore(path, self, session)
         session.store = store
-        engine = Engine(store=store, clock=clock, workflows=list(self.wrapped.values()))
+        engine = Engine(
+            store=store, clock=clock, workflows=list(self.wrapped.values()), cache_runs=0
+        )
         # Seams of the engine the harness plugs into (it is part of the package):
         # the random source answers ce.random()/ce.uuid() as in the reference, and
         # child workflows met while the run goes on are found in their wrapped form.

@@ -297,7 +297,7 @@ def run_with_crashes(
                 world.dead = False
             proxy = _watched(workflow, life)
             store = _CrashingStore(db, life)
-            engine = Engine(store=store, clock=clock, workflows=[proxy, *workflows])
+            engine = Engine(store=store, clock=clock, workflows=[proxy, *workflows], cache_runs=0)
             result.engines += 1
             try:
                 if index == 0:
@@ -339,7 +339,7 @@ def _drive(
 
 def _ending(db: str, clock: Clock, result: CrashedRun, world: _World) -> CrashedRun:
     """Fill in how the run ended, read back with a plain engine."""
-    with Engine(db, clock=clock, durability="normal") as engine:
+    with Engine(db, clock=clock, durability="normal", cache_runs=0) as engine:
         run = engine.get_run(result.run_id)
         result.status = run.status
         result.history = engine.history(result.run_id)

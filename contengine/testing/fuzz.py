@@ -221,7 +221,9 @@ def _record(
     stand_in: Workflow[Any, Any] = Workflow(in_world, workflow.name)
     stand_in.ref = workflow.ref
     db = os.path.join(tmp, "run.db")
-    engine = Engine(db, durability="normal", clock=_make_clock(clock), workflows=[stand_in])
+    engine = Engine(
+        db, durability="normal", clock=_make_clock(clock), workflows=[stand_in], cache_runs=0
+    )
     try:
         engine.start(stand_in, *args, id=RUN_ID, **kwargs)
         stuck = _drive(engine, _signal_plan(signals))
