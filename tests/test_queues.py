@@ -1,0 +1,178 @@
+"""Queues in one process: priorities, concurrency limits, rate limits, backpressure."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import contengine as ce
+from contengine.testing import VirtualClock
+
+START = 1_700_000_000.0
+ORDER: list[str] = []
+INSIDE = {"now": 0, "most": 0}
+INSIDE_LOCK = threading.Lock()
+GATE = threading.Event()
+
+
+@ce.step(name="queues.note")
+def note(label: str) -> str:
+    """Record the order steps ran in."""
+    ORDER.append(label)
+    return label
+
+
+@ce.step(name="queues.busy")
+def busy(label: str) -> str:
+    """Count how many runs are inside this step at once."""
+    with INSIDE_LOCK:
+        INSIDE["now"] += 1
+        INSIDE["most"] = max(INSIDE["most"], INSIDE["now"])
+    time.sleep(0.03)
+    with INSIDE_LOCK:
+        INSIDE["now"] -= 1
+    return label
+
+
+@ce.step(name="queues.held")
+def held(label: str) -> str:
+    """Block until the test opens the gate."""
+    GATE.wait(10)
+    return label
+
+
+@ce.workflow(name="queues.one")
+def one(label: str) -> Generator[Any, Any, str]:
+    """One noted step."""
+    return (yield note(label))
+
+
+@ce.workflow(name="queues.two_busy")
+def two_busy(label: str) -> Generator[Any, Any, str]:
+    """Two counted steps."""
+    yield busy(label)
+    return (yield busy(label))
+
+
+@ce.workflow(name="queues.gated")
+def gated(label: str) -> Generator[Any, Any, str]:
+    """A step that waits for the gate."""
+    return (yield held(label))
+
+
+def test_higher_priority_runs_are_claimed_first(tmp_path: Path) -> None:
+    """Among due runs, priority decides before age."""
+    ORDER.clear()
+    with ce.Engine(tmp_path / "q.db", clock=VirtualClock(START)) as engine:
+        for i in range(3):
+            engine.start(one, f"low{i}", priority=0)
+        engine.start(one, "urgent", priority=10)
+        engine.start(one, "high", priority=5, queue="q")
+        engine.run_until_idle()
+    assert ORDER == ["urgent", "high", "low0", "low1", "low2"]
+
+
+def test_a_queue_concurrency_limit_holds_with_many_threads(tmp_path: Path) -> None:
+    """64 driving threads, but never more than 2 runs of the queue driven at once."""
+    INSIDE.update(now=0, most=0)
+    with ce.Engine(tmp_path / "q.db") as engine:
+        engine.set_queue("narrow", concurrency=2)
+        runs = [engine.start(two_busy, f"n{i}", queue="narrow") for i in range(10)]
+        free = [engine.start(one, f"free{i}") for i in range(5)]
+        report = engine.run_until_idle(threads=16)
+        assert len(report.finished) == 15
+        assert [r.result() for r in runs] == [f"n{i}" for i in range(10)]
+        assert all(r.status == "completed" for r in free)
+    assert INSIDE["most"] == 2
+
+
+def test_a_rate_limit_counts_starts_per_period(tmp_path: Path) -> None:
+    """rate_limit=3 per hour: three runs start now, the others an hour later."""
+    clock = VirtualClock(START)
+    with ce.Engine(tmp_path / "q.db", clock=clock) as engine:
+        engine.set_queue("mail", rate_limit=3, period=3600)
+        runs = [engine.start(one, f"m{i}", queue="mail") for i in range(5)]
+        engine.run_until_idle()
+        assert [r.status for r in runs] == ["completed"] * 3 + ["pending"] * 2
+        clock.sleep(3601)
+        engine.run_until_idle()
+        assert all(r.status == "completed" for r in runs)
+
+
+def test_queue_settings_are_checked_and_shared_through_the_file(tmp_path: Path) -> None:
+    """Bad limits are refused; limits set by one engine are seen by another."""
+    path = tmp_path / "q.db"
+    with ce.Engine(path) as engine:
+        with pytest.raises(ValueError, match="concurrency"):
+            engine.set_queue("q", concurrency=0)
+        with pytest.raises(ValueError, match="period"):
+            engine.set_queue("q", rate_limit=1, period=0)
+        with pytest.raises(ValueError, match="queue name"):
+            engine.start(one, "x", queue="")
+        engine.set_queue("q", concurrency=4, worker_concurrency=1)
+    with ce.Engine(path) as other:
+        (q,) = other.store.queues()
+        assert (q.name, q.concurrency, q.worker_concurrency) == ("q", 4, 1)
+
+
+def test_a_worker_claims_no_more_runs_than_it_has_threads(tmp_path: Path) -> None:
+    """Backpressure: of 50 started runs, a 3-thread worker holds leases on 3 at most."""
+    path = tmp_path / "q.db"
+    GATE.clear()
+    engine = ce.Engine(path)
+    try:
+        runs = [engine.start(gated, f"g{i}") for i in range(50)]
+        with engine.worker(threads=3, grace=5):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                with sqlite3.connect(path) as conn:
+                    held_now = conn.execute(
+                        "SELECT count(*) FROM runs WHERE owner IS NOT NULL"
+                    ).fetchone()[0]
+                if held_now == 3:
+                    break
+                time.sleep(0.01)
+            assert held_now == 3
+            time.sleep(0.1)  # had it claimed more, it would have by now
+            with sqlite3.connect(path) as conn:
+                assert (
+                    conn.execute("SELECT count(*) FROM runs WHERE owner IS NOT NULL").fetchone()[0]
+                    == 3
+                )
+            GATE.set()
+            assert [r.result(timeout=10) for r in runs] == [f"g{i}" for i in range(50)]
+    finally:
+        GATE.set()
+        engine.close()
+
+
+def test_a_worker_wakes_at_once_for_a_signal_from_this_process(tmp_path: Path) -> None:
+    """No poll delay in one process: a signal resumes a waiting run within milliseconds."""
+    seen: list[float] = []
+
+    @ce.step(name="queues.stamp")
+    def stamp() -> None:
+        seen.append(time.perf_counter())
+
+    @ce.workflow(name="queues.signalled")
+    def signalled() -> Generator[Any, Any, None]:
+        yield ce.wait("go")
+        yield stamp()
+
+    # A poll interval of 5 s: anything faster than that is the wake-up, not a poll.
+    with ce.Engine(tmp_path / "q.db", poll_interval=5.0) as engine:
+        run = engine.start(signalled)
+        with engine.worker(threads=2):
+            deadline = time.monotonic() + 5
+            while run.status != "waiting" and time.monotonic() < deadline:
+                time.sleep(0.005)
+            sent = time.perf_counter()
+            engine.signal(run.id, "go")
+            run.result(timeout=5)
+    assert seen and seen[0] - sent < 1.0
