@@ -398,6 +398,8 @@ class _Drive:
         token = _current.set(
             (self.run.id, self.wf.name, request.name, entry.position, entry.attempts)
         )
+        queue = request.options.queue
+        slot = self.r.take_slot(queue) if queue is not None else None
         try:
             timeout = request.options.timeout
             if timeout is None:
@@ -407,6 +409,8 @@ class _Drive:
             return False, exc, "".join(traceback.format_exception(exc))
         finally:
             _current.reset(token)
+            if slot is not None:
+                self.r.give_slot(slot)
 
     # -- requests answered without user code ---------------------------------------
 

@@ -152,6 +152,8 @@ class Engine:
         self._workflows: dict[str, Workflow[Any, Any]] = {wf.name: wf for wf in workflows}
         self._runner = Runner(self.store, self.serde, self.clock, self._find_workflow)
         self._runner.live.max_runs, self._runner.live.max_bytes = cache_runs, cache_bytes
+        self._runner.take_slot = self._take_slot  # type: ignore[method-assign]
+        self._runner.give_slot = self.store.give_slot  # type: ignore[method-assign]
         self._lock = threading.RLock()  # guards _active and _stuck
         # Runs this engine could not rebuild, with the reason. Kept in memory only:
         # a process with fixed code (or the missing module) tries them afresh.
@@ -553,6 +555,17 @@ class Engine:
         self.store.set_queue(
             QueueConfig(name, concurrency, worker_concurrency, rate_limit, float(period))
         )
+
+    def _take_slot(self, queue: str) -> int:
+        """Wait (on this engine's clock) until the step queue has room; its slot."""
+        delay = 0.002
+        holder = self._holder
+        while True:
+            slot = self.store.take_slot(queue, holder.row(), self.clock.now(), holder.wall())
+            if slot is not None:
+                return slot
+            self.clock.sleep(delay)
+            delay = min(delay * 2, self.poll_interval)
 
     # -- looking -------------------------------------------------------------
 

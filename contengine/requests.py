@@ -49,6 +49,8 @@ class StepOptions:
     # A process that dies during a step is not an exception the step can see; this
     # bounds how often that may happen before the step is given up (a crash loop).
     max_crashes: int = 3
+    # Executions of the step take a slot of this queue (engine.set_queue limits).
+    queue: str | None = None
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -57,6 +59,8 @@ class StepOptions:
             raise ValueError(f"max_crashes must be >= 0, not {self.max_crashes}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, not {self.timeout}")
+        if self.queue is not None and (not isinstance(self.queue, str) or not self.queue):
+            raise ValueError(f"a queue name must be a non-empty string, not {self.queue!r}")
         for exc_type in self.retry_on:
             if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
                 raise TypeError(f"retry_on must hold exception classes, not {exc_type!r}")

@@ -57,6 +57,16 @@ class Runner:
         # the next drive goes on without replaying the log (bounded; evicted ones replay).
         self.live = LiveCache(close=_set_aside)
 
+    # Set by the engine: a slot of a step queue (waiting while the queue is full), and
+    # letting it go. Without an engine's leases, queues of steps do not limit anything.
+    def take_slot(self, queue: str) -> int:
+        """Wait for a slot of the queue for one step execution."""
+        return 0
+
+    def give_slot(self, slot: int) -> None:
+        """Let a step queue's slot go."""
+        return None
+
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for the steps of a gather (made on first use)."""
         if self._pool is None:

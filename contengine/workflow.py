@@ -178,6 +178,7 @@ def step(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     timeout: float | None = None,
     max_crashes: int = 3,
+    queue: str | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 def step(fn: Any = None, /, *, name: str | None = None, **options: Any) -> Any:
     """Declare a function as a step: logged once, retried per its options, never re-run."""

@@ -176,3 +176,42 @@ def test_a_worker_wakes_at_once_for_a_signal_from_this_process(tmp_path: Path) -
             engine.signal(run.id, "go")
             run.result(timeout=5)
     assert seen and seen[0] - sent < 1.0
+
+
+@ce.step(name="queues.model_call", queue="model")
+def model_call(label: str) -> str:
+    """A step in a queue of its own: counted like busy()."""
+    return busy.fn(label)
+
+
+@ce.workflow(name="queues.asks")
+def asks(label: str, n: int) -> Generator[Any, Any, list[str]]:
+    """n calls of the queued step."""
+    out = []
+    for i in range(n):
+        out.append((yield model_call(f"{label}.{i}")))
+    return out
+
+
+def test_a_queued_step_waits_for_a_slot(tmp_path: Path) -> None:
+    """Runs are free, but their queued step runs at most twice at once."""
+    INSIDE.update(now=0, most=0)
+    with ce.Engine(tmp_path / "q.db") as engine:
+        engine.set_queue("model", concurrency=2)
+        runs = [engine.start(asks, f"a{i}", 2) for i in range(8)]
+        engine.run_until_idle(threads=8)
+        assert [r.result() for r in runs] == [[f"a{i}.0", f"a{i}.1"] for i in range(8)]
+    assert INSIDE["most"] == 2
+
+
+def test_a_queued_step_keeps_to_its_rate_limit(tmp_path: Path) -> None:
+    """Two calls a minute: the fifth call ends two minutes after the first."""
+    clock = VirtualClock(START)
+    with ce.Engine(tmp_path / "q.db", clock=clock) as engine:
+        engine.set_queue("model", rate_limit=2, period=60)
+        run = engine.start(asks, "r", 5)
+        engine.run_until_idle()
+        assert run.result() == [f"r.{i}" for i in range(5)]
+        ends = [e.finished_at or 0.0 for e in engine.history(run.id)]
+    assert clock.now() - START >= 120
+    assert ends[4] - ends[0] >= 120 and ends[1] - ends[0] < 60

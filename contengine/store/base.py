@@ -341,3 +341,11 @@ class Store(ABC):
     def queues(self) -> list[QueueConfig]:
         """Every queue's limits."""
         return []
+
+    def take_slot(self, queue: str, worker: WorkerRow, now: float, wall: float) -> int | None:
+        """A slot of the queue for one step execution (its id), or None while it is full."""
+        return 0
+
+    def give_slot(self, slot: int) -> None:
+        """Let a slot taken with take_slot go."""
+        return None

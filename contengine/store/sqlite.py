@@ -898,6 +898,15 @@ class SQLiteStore(Store):
         with self._lock:
             return list(sqlite_claims.queue_configs(self._conn).values())
 
+    def take_slot(self, queue: str, worker: WorkerRow, now: float, wall: float) -> int | None:
+        with self._tx() as conn:
+            return sqlite_claims.take_slot(conn, queue, worker, now, wall)
+
+    def give_slot(self, slot: int) -> None:
+        if slot:
+            with self._tx() as conn:
+                sqlite_claims.give_slot(conn, slot)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -213,3 +213,58 @@ def claim(
         [(me, lease, now, num) for num, lease in picked],
     )
     return picked
+
+
+def take_slot(
+    conn: sqlite3.Connection, queue: str, worker: WorkerRow, now: float, wall: float
+) -> int | None:
+    """A slot of the queue for one step execution: its id (0 for a queue without
+    limits), or None if the queue is full now."""
+    config = queue_configs(conn).get(queue)
+    if config is None:
+        return 0
+    me = worker.id
+    conn.execute(
+        "INSERT OR IGNORE INTO workers (id, host, pid, pid_start, started_at, expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (me, worker.host, worker.pid, worker.pid_start, worker.started_at, worker.expires_at),
+    )
+    live = live_workers(conn, me, wall)
+    held = mine = 0
+    for holder, count in conn.execute(
+        f"SELECT holder, count(*) FROM step_slots WHERE queue = ? AND released = 0 "
+        f"AND holder IN ({_marks(len(live))}) GROUP BY holder",
+        [queue, *live],
+    ):
+        held += count
+        if holder == me:
+            mine = count
+    if config.concurrency is not None and held >= config.concurrency:
+        return None
+    if config.worker_concurrency is not None and mine >= config.worker_concurrency:
+        return None
+    if config.rate_limit is not None and config.rate_period is not None:
+        since = now - config.rate_period
+        conn.execute(
+            "DELETE FROM step_slots WHERE queue = ? AND released = 1 AND acquired_at <= ?",
+            (queue, since),
+        )
+        (started,) = conn.execute(
+            "SELECT count(*) FROM step_slots WHERE queue = ? AND acquired_at > ?", (queue, since)
+        ).fetchone()
+        if started >= config.rate_limit:
+            return None
+    cur = conn.execute(
+        "INSERT INTO step_slots (queue, holder, acquired_at) VALUES (?, ?, ?)", (queue, me, now)
+    )
+    return int(cur.lastrowid or 0)
+
+
+def give_slot(conn: sqlite3.Connection, slot: int) -> None:
+    """Let a slot go: kept (released) while a rate limit may still count it."""
+    conn.execute(
+        "UPDATE step_slots SET released = 1 WHERE id = ? AND queue IN "
+        "(SELECT name FROM queues WHERE rate_limit IS NOT NULL)",
+        (slot,),
+    )
+    conn.execute("DELETE FROM step_slots WHERE id = ? AND released = 0", (slot,))

@@ -95,7 +95,15 @@ CREATE TABLE queues (
     worker_concurrency INTEGER,
     rate_limit INTEGER,
     rate_period REAL
-)
+);
+CREATE TABLE step_slots (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    acquired_at REAL NOT NULL,
+    released INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX step_slots_by_queue ON step_slots (queue, released, acquired_at)
 """
 
 

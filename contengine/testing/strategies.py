@@ -164,7 +164,9 @@ def signal_offsets(
     deadline = wait_at + timeout
     options += [st.just(deadline), st.just(deadline + EPSILON), st.just(deadline + timeout + 1)]
     if timeout > EPSILON:
-        options += [st.just(deadline - EPSILON), st.floats(wait_at, deadline, exclude_max=True)]
+        # Not closer to the deadline than EPSILON: added to an epoch start time, an
+        # offset a hair below the deadline rounds to the deadline itself.
+        options += [st.just(deadline - EPSILON), st.floats(wait_at, deadline - EPSILON)]
     return st.one_of(options)
 
 
