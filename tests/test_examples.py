@@ -301,3 +301,14 @@ def test_crash_and_resume_reruns_only_the_step_in_flight() -> None:
     ]
     executions = re.findall(r"^  (child|parent)\s+step (\d)", ledger, re.M)
     assert executions == [("child", "1"), ("child", "2"), ("parent", "2"), ("parent", "3")]
+
+
+def test_workers_take_over_the_runs_of_a_killed_worker() -> None:
+    out = run_example("workers")
+    assert "40 of 40 runs completed" in out
+    assert "exit codes [0, 0]" in out
+    counts = [int(n) for n in re.findall(r"^  \d+(?: \(killed\))?: (\d+)$", out, re.M)]
+    twice = int(re.search(r"steps that ran twice: (\d+)", out).group(1))  # type: ignore[union-attr]
+    # Every step ran once, but those the killed worker (4 threads) was inside of.
+    assert len(counts) == 3 and sum(counts) == 40 * 3 + twice
+    assert twice <= 4
