@@ -93,9 +93,7 @@ def main() -> None:
                 engine.start(thumbnail, f"img-{i}", id=f"img-{i}")
         print(f"{RUNS} runs started; three worker processes start on the same file.")
         me = os.path.abspath(__file__)
-        workers = [
-            subprocess.Popen([sys.executable, me, "--work", db, ledger]) for _ in range(3)
-        ]
+        workers = [subprocess.Popen([sys.executable, me, "--work", db, ledger]) for _ in range(3)]
         try:
             time.sleep(0.8)  # the workers are busy resizing by now
             victim = workers[0]
@@ -123,7 +121,8 @@ def main() -> None:
         for pid, n in sorted(by_worker.items()):
             tag = " (killed)" if int(pid) == victim.pid else ""
             print(f"  {pid}{tag}: {n}")
-        twice = sorted(what for what, n in collections.Counter(w for _, w in lines).items() if n > 1)
+        executions = collections.Counter(what for _, what in lines)
+        twice = sorted(what for what, n in executions.items() if n > 1)
         print(f"steps that ran twice: {len(twice)} {twice}")
 
 
