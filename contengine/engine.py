@@ -440,6 +440,15 @@ class Engine:
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
+            if self._listeners:
+                # A worker of this engine drives the runs: wait for it to end this one
+                # (it wakes us when a drive ends) rather than drive it here.
+                wait = (
+                    self.poll_interval if remaining is None else min(remaining, self.poll_interval)
+                )
+                with self._wakeup:
+                    self._wakeup.wait(wait)
+                continue
             if self._drive(run_id):
                 continue
             # The run waits. Its child runs (and anything else due) are driven here

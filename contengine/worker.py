@@ -145,6 +145,8 @@ class Worker:
         if not future.cancelled() and future.exception() is None and future.result():
             self.finished += 1
         self._wake.set()  # a thread is free, and a finished child may have woken its parent
+        with self.engine._wakeup:  # and a result() may be waiting for this run
+            self.engine._wakeup.notify_all()
 
 
 def install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
