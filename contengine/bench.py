@@ -4,6 +4,8 @@ Every step costs one commit, so the honest yardstick for the engine is the
 fastest a Python program can commit small rows to the same kind of SQLite file
 (WAL, same `synchronous` setting, same directory). Floor and engine rounds
 alternate so that a slow patch of the disk or a busy neighbour hits both alike.
+The workers part (many runs at once, runs asleep, wake-up latency) is in
+bench_workers.py; `--no-workers` leaves it out.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ TARGET_REPLAY = 200_000.0  # replayed steps/s
 TARGET_RESUME_MS = 20.0  # from Engine() to the workflow body running again
 _PAYLOAD = b"x" * 100  # the floor's row: about the size of a step's log entry
 _RUN_ID = "bench-crashed"
+# The workers measurements' sizes, as `contengine bench` options (bench_workers.Sizes).
+WORKER_SIZES = ("runs", "concurrent_steps", "asleep", "signals", "remote_signals")
 
 
 class _Crash(BaseException):
@@ -148,15 +152,18 @@ def resume_round(base: str, path: str, n: int) -> tuple[float, float]:
 
 @dataclass
 class Metric:
-    """One measured quantity: its samples, its floor (if any) and its target."""
+    """One measured quantity: its samples, its floor (if any) and its target (if any)."""
 
     name: str
     label: str
     unit: str
-    target: float
+    target: float | None  # None: reported for context, judged by nothing
     samples: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)  # raw SQLite commits/s, same rounds
     lower_is_better: bool = False
+    floor_cost: float = 1.0  # commits one unit costs on the floor (a run of 10 steps: 11)
+    target_on_median: bool = False  # the floor is context; the target is on the median
+    details: dict[str, Any] = field(default_factory=dict)  # sizes and raw figures, for --json
 
     @property
     def median(self) -> float:
@@ -169,10 +176,16 @@ class Metric:
         return statistics.median(self.floor) if self.floor else None
 
     @property
-    def ratio(self) -> float | None:
-        """Median over floor median: the share of raw commit speed the engine keeps."""
+    def cap(self) -> float | None:
+        """What the floor's commits/s would give in this metric's unit, one commit at a time."""
         floor = self.floor_median
-        return self.median / floor if floor else None
+        return floor / self.floor_cost if floor else None
+
+    @property
+    def ratio(self) -> float | None:
+        """Median over the floor's cap: the share of raw commit speed the engine keeps."""
+        cap = self.cap
+        return self.median / cap if cap else None
 
     @property
     def spread(self) -> float:
@@ -180,22 +193,35 @@ class Metric:
         return (max(self.samples) - min(self.samples)) / self.median
 
     @property
-    def passed(self) -> bool:
-        """Whether the target is met (by the ratio when there is a floor)."""
-        value = self.ratio if self.floor else self.median
+    def passed(self) -> bool | None:
+        """Whether the target is met (by the ratio when there is a floor); None without one."""
+        if self.target is None:
+            return None
+        value = self.ratio if self.floor and not self.target_on_median else self.median
         assert value is not None
         return value < self.target if self.lower_is_better else value >= self.target
 
     def target_text(self) -> str:
-        """The target as a reader would write it."""
-        if self.floor:
+        """The target as a reader would write it ("" without one)."""
+        if self.target is None:
+            return ""
+        if self.floor and not self.target_on_median:
             return f"ratio >= {self.target:g}"
         sign = "<" if self.lower_is_better else ">="
         return f"{sign} {_num(self.target)} {self.unit}"
 
+    def floor_text(self) -> str:
+        """The floor column: commits/s, and what they cap this metric at when a unit costs more."""
+        floor, cap = self.floor_median, self.cap
+        if floor is None or cap is None:
+            return ""
+        if self.floor_cost == 1:
+            return f"{_num(floor)} commits/s"
+        return f"{_num(floor)} commits/s / {self.floor_cost:g} = {_num(cap)} {self.unit}"
+
     def as_json(self) -> dict[str, Any]:
         """Plain data for --json."""
-        return {
+        doc = {
             "label": self.label,
             "unit": self.unit,
             "median": self.median,
@@ -207,6 +233,12 @@ class Metric:
             "samples": self.samples,
             "floor_samples": self.floor,
         }
+        if self.floor_cost != 1:
+            doc["floor_cost"] = self.floor_cost
+            doc["cap"] = self.cap
+        if self.details:
+            doc["details"] = self.details
+        return doc
 
 
 def measure(
@@ -313,18 +345,24 @@ def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -
         f"SQLite {info['sqlite']}, {info['cpus']} CPUs, {info['filesystem'] or '?'} "
         f"at {info['directory']}"
     )
+    if "runs" in params:
+        head += (
+            f"\nworkers (durability full): {params['runs']:,} runs, "
+            f"{params['concurrent_steps']:,} steps at each concurrency, {params['asleep']:,} "
+            f"runs asleep, {params['signals']} + {params['remote_signals']} signals"
+        )
     rows = [("metric", "median", "raw SQLite floor", "ratio", "target", "", "spread")]
     for m in metrics:
-        floor = m.floor_median
+        verdict = {None: "", True: "pass", False: "FAIL"}[m.passed]
         rows.append(
             (
                 m.label,
                 f"{_num(m.median)} {m.unit}",
-                "" if floor is None else f"{_num(floor)} commits/s",
+                m.floor_text(),
                 "" if m.ratio is None else f"{m.ratio:.3f}",
                 m.target_text(),
-                "pass" if m.passed else "FAIL",
-                f"{m.spread:.0%}",
+                verdict,
+                "" if len(m.samples) < 2 else f"{m.spread:.0%}",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -336,6 +374,7 @@ def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -
     lines += [
         "",
         "median over rounds; floor and engine rounds alternate; spread = (max - min) / median",
+        "(no spread: measured once; a target left blank: for context)",
     ]
     return "\n".join(lines)
 
@@ -354,6 +393,8 @@ def _progress() -> Callable[[str], None]:
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table (or JSON); 0 whether or not targets are met."""
     params = {"steps": args.steps, "rounds": args.rounds, "replay_steps": args.replay_steps}
+    sizes = {name: getattr(args, name) for name in WORKER_SIZES} if args.workers else {}
+    params.update(sizes)
     for name, value in params.items():
         if value < 1:
             print(f"contengine bench: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
@@ -366,13 +407,17 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="contengine-bench-", dir=args.dir) as tmp:
         try:
             metrics = measure(tmp, args.steps, args.rounds, args.replay_steps, say)
+            if sizes:
+                from .bench_workers import Sizes, measure_workers
+
+                metrics += measure_workers(tmp, Sizes(**sizes), args.steps, args.rounds, say)
         finally:
             if sys.stderr.isatty():
                 sys.stderr.write("\r\033[K")
     if args.json:
         doc = {
             "machine": info,
-            "params": params,
+            "params": {**params, "workers": bool(sizes)},
             "metrics": {m.name: m.as_json() for m in metrics},
         }
         print(json.dumps(doc, indent=2))

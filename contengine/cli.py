@@ -32,6 +32,19 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
     bench.add_argument("--replay-steps", type=int, default=10_000)
     bench.add_argument("--json", action="store_true", help="print results as JSON")
+    bench.add_argument(
+        "--workers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure many runs at once, runs asleep and wake-ups (default: yes)",
+    )
+    bench.add_argument("--runs", type=int, default=200, help="runs of 10 steps at once")
+    bench.add_argument(
+        "--concurrent-steps", type=int, default=2400, help="steps for 1, 10 and 100 runs at once"
+    )
+    bench.add_argument("--asleep", type=int, default=10_000, help="runs asleep at once")
+    bench.add_argument("--signals", type=int, default=100, help="wake-ups in one process")
+    bench.add_argument("--remote-signals", type=int, default=40, help="across processes")
 
     for name, text in (("runs", "list runs"), ("show", "print a run's log")):
         p = sub.add_parser(name, help=text)

@@ -9,10 +9,29 @@ from typing import Any
 import pytest
 
 from contengine.bench import Metric
+from contengine.bench_workers import percentile
 from contengine.cli import main
 
 TINY = ["--steps", "50", "--rounds", "1", "--replay-steps", "200"]
+TINY_WORKERS = [
+    *["--runs", "5", "--concurrent-steps", "100", "--asleep", "40"],
+    *["--signals", "3", "--remote-signals", "2"],
+]
 METRICS = {"steps_full", "steps_normal", "replay", "resume"}
+WORKER_METRICS = {
+    "many_runs",
+    "concurrent_1",
+    "concurrent_10",
+    "concurrent_100",
+    "asleep_rss",
+    "asleep_peak",
+    "asleep_wake",
+    "wake_local",
+    "wake_local_p99",
+    "wake_local_done",
+    "wake_remote",
+    "wake_remote_p99",
+}
 
 
 def _bench(capsys: pytest.CaptureFixture[str], tmp_path: Path, *extra: str) -> tuple[int, str]:
@@ -23,10 +42,11 @@ def _bench(capsys: pytest.CaptureFixture[str], tmp_path: Path, *extra: str) -> t
 def test_json_has_every_metric_with_positive_numbers(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, out = _bench(capsys, tmp_path, "--json")
+    """The single-run part alone (--no-workers): every metric, sampled once per round."""
+    code, out = _bench(capsys, tmp_path, "--json", "--no-workers")
     assert code == 0
     doc = json.loads(out)
-    assert doc["params"] == {"steps": 50, "rounds": 1, "replay_steps": 200}
+    assert doc["params"] == {"steps": 50, "rounds": 1, "replay_steps": 200, "workers": False}
     assert doc["machine"]["cpus"] >= 1
     metrics: dict[str, Any] = doc["metrics"]
     assert set(metrics) == METRICS
@@ -47,21 +67,102 @@ def test_json_has_every_metric_with_positive_numbers(
 def test_table_names_each_metric_and_leaves_no_files(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, out = _bench(capsys, tmp_path)
+    """The table of the single-run part has a verdict per target and cleans up."""
+    code, out = _bench(capsys, tmp_path, "--no-workers")
     assert code == 0
     for label in ("durability full", "durability normal", "replayed steps/s", "time to resume"):
         assert label in out
     assert out.count("pass") + out.count("FAIL") == 4
+    assert "workers" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_json_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """With the workers part: every run finished, every latency taken, all numbers positive."""
+    code, out = _bench(capsys, tmp_path, "--json", *TINY_WORKERS)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["params"] == {
+        "steps": 50,
+        "rounds": 1,
+        "replay_steps": 200,
+        "runs": 5,
+        "concurrent_steps": 100,
+        "asleep": 40,
+        "signals": 3,
+        "remote_signals": 2,
+        "workers": True,
+    }
+    metrics: dict[str, Any] = doc["metrics"]
+    assert set(metrics) == METRICS | WORKER_METRICS
+    for name in WORKER_METRICS:
+        m = metrics[name]
+        assert m["median"] > 0, name
+        assert len(m["samples"]) == 1, name
+        assert (m["pass"] is None) == (m["target"] == ""), name
+    judged = {n for n in WORKER_METRICS if metrics[n]["target"]}
+    assert judged == {"many_runs", "concurrent_100", "asleep_rss", "wake_local", "wake_remote_p99"}
+
+    runs = metrics["many_runs"]
+    assert runs["floor_cost"] == 11 and runs["cap"] == pytest.approx(runs["floor"] / 11)
+    assert runs["ratio"] == pytest.approx(runs["median"] / runs["cap"])
+    assert runs["target"] == ">= 1,000 runs/s"  # on the median: the floor is context
+    for n in (1, 10, 100):
+        m = metrics[f"concurrent_{n}"]
+        assert m["floor"] > 0 and m["ratio"] == pytest.approx(m["median"] / m["floor"])
+        assert m["details"]["runs"] == n and m["details"]["threads"] == n
+        assert m["details"]["steps_per_run"] == max(1, 100 // n)
+    assert metrics["concurrent_100"]["target"] == "ratio >= 4"
+
+    asleep = metrics["asleep_rss"]["details"]
+    assert asleep["runs"] == asleep["completed"] == 40
+    assert asleep["base_rss_mb"] > 0 and 0 < asleep["rss_mb"] <= asleep["hwm_mb"]
+    assert asleep["due_after_s"] > asleep["start_s"] + asleep["to_sleep_s"]
+    assert metrics["asleep_peak"]["median"] == asleep["hwm_mb"]
+    assert metrics["asleep_wake"]["median"] == asleep["wake_s"] >= 0
+
+    local = metrics["wake_local"]["details"]
+    assert local["signals"] == 3
+    assert len(local["to_step_ms"]) == len(local["to_completed_ms"]) == 3
+    for step, done in zip(local["to_step_ms"], local["to_completed_ms"], strict=True):
+        assert 0 < step <= done
+    remote = metrics["wake_remote"]["details"]
+    assert remote["signals"] == 2 and remote["poll_s"] == 0.1
+    assert len(remote["to_completed_ms"]) == 2 and min(remote["to_completed_ms"]) > 0
+    assert metrics["wake_remote_p99"]["median"] == max(remote["to_completed_ms"])
+    assert metrics["wake_remote_p99"]["target"] == "< 150 ms"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_table_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The table names the workers measurements and their sizes; verdicts only with targets."""
+    code, out = _bench(capsys, tmp_path, *TINY_WORKERS)
+    assert code == 0
+    assert "workers (durability full): 5 runs, 100 steps at each concurrency" in out
+    for label in (
+        "runs/s, 5 runs of 10 steps",
+        "commits/s / 11 = ",
+        "100 runs advancing at once",
+        "RSS, 40 runs asleep",
+        "wake-up, same process",
+        "wake-up, across processes",
+    ):
+        assert label in out
+    assert out.count("pass") + out.count("FAIL") == 9
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_parameters_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Sizes below 1 and a missing directory are usage errors."""
     assert main(["bench", "--dir", str(tmp_path), "--rounds", "0"]) == 2
     assert "--rounds must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "--dir", str(tmp_path), "--asleep", "0"]) == 2
+    assert "--asleep must be >= 1" in capsys.readouterr().err
     assert main(["bench", "--dir", str(tmp_path / "missing")]) == 2
 
 
 def test_targets_compare_the_ratio_or_the_median() -> None:
+    """A floor means a ratio target, unless the target is on the median; no target, no verdict."""
     ratio = Metric("s", "steps", "steps/s", 0.8, samples=[90.0], floor=[100.0])
     assert ratio.passed and ratio.target_text() == "ratio >= 0.8"
     ratio.samples = [70.0]
@@ -71,3 +172,19 @@ def test_targets_compare_the_ratio_or_the_median() -> None:
     assert resume.target_text() == "< 20 ms"
     resume.samples = [20.0]
     assert not resume.passed
+    runs = Metric(
+        "r", "runs", "runs/s", 1000.0, [1200.0], [5500.0], floor_cost=11, target_on_median=True
+    )
+    assert runs.cap == 500.0 and runs.ratio == 2.4 and runs.passed
+    assert runs.target_text() == ">= 1,000 runs/s"
+    assert runs.floor_text() == "5,500 commits/s / 11 = 500 runs/s"
+    context = Metric("c", "context", "ms", None, [3.0])
+    assert context.passed is None and context.target_text() == ""
+
+
+def test_percentile_is_nearest_rank() -> None:
+    """p99 of fewer than 100 values is the largest; p50 of 1..100 is 50."""
+    assert percentile([5.0, 1.0, 3.0], 99) == 5.0
+    assert percentile([float(i) for i in range(1, 101)], 50) == 50.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
