@@ -97,7 +97,7 @@ class _Drive:
         self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
         self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
         self.requests_since_look = 0  # requests since the store was last asked about a cancel
-        self.last_look = runner.clock.monotonic()
+        self.stepped = 0.0  # seconds spent inside steps since the store was last asked
         # The attempts count of each entry in flight as last committed, by position:
         # every update must find it unchanged, so a second driver of the same run
         # cannot overwrite the first one's progress (the update fails instead).
@@ -199,13 +199,14 @@ class _Drive:
             self._commit(run=RunUpdate(self.status, now, due_at=now))
             raise NotDue(now)
         self.requests_since_look += 1
-        if self.requests_since_look >= LOOK_EVERY or (
-            self.r.clock.monotonic() - self.last_look >= LOOK_AFTER
-        ):
+        if self.requests_since_look >= LOOK_EVERY or self.stepped >= LOOK_AFTER:
             # Another process may have cancelled the run while it ran steps: look in
-            # the store now and then (every so many requests, or after a long step).
+            # the store now and then (every so many requests, or after long steps).
+            # Time in steps, not wall time: a busy worker's runs wait for the disk and
+            # the CPU between steps, and looking after each of those would cost a read
+            # per step.
             self.requests_since_look = 0
-            self.last_look = self.r.clock.monotonic()
+            self.stepped = 0.0
             row = self.r.store.get_run(self.run.id)
             if row is not None and row.cancel_requested:
                 return self._deliver_cancel(pending)
@@ -400,6 +401,7 @@ class _Drive:
         )
         queue = request.options.queue
         slot = self.r.take_slot(queue) if queue is not None else None
+        began = self.r.clock.monotonic()
         try:
             timeout = request.options.timeout
             if timeout is None:
@@ -408,6 +410,7 @@ class _Drive:
         except Exception as exc:
             return False, exc, "".join(traceback.format_exception(exc))
         finally:
+            self.stepped += self.r.clock.monotonic() - began
             _current.reset(token)
             if slot is not None:
                 self.r.give_slot(slot)
@@ -626,6 +629,6 @@ class _Drive:
 
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 # A cancel from another process is looked for every LOOK_EVERY requests, or when
-# LOOK_AFTER seconds have passed since the last look (a long step).
+# LOOK_AFTER seconds have been spent in steps since the last look (long steps).
 LOOK_EVERY = 32
 LOOK_AFTER = 0.05

@@ -404,8 +404,10 @@ class SQLiteStore(Store):
         # concerned are woken. With one thread this is one transaction per commit.
         slot = _Slot(progress)
         with self._queue_lock:
-            self._queue.append(slot)
             lead = not self._writing
+            if not lead:
+                slot.wait_here()
+            self._queue.append(slot)
             self._writing = True
         if not lead:
             slot.wake.acquire()  # released when done, or when this thread is to write
@@ -915,6 +917,19 @@ class SQLiteStore(Store):
                 self._reader.close()
 
 
+class _NoWait:
+    """The wake-up of a slot whose thread never sleeps (it writes the batch itself)."""
+
+    def acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
+_NO_WAIT: Any = _NoWait()
+
+
 class _Slot:
     """One progress waiting in the group-commit queue, and what became of it."""
 
@@ -924,7 +939,11 @@ class _Slot:
         self.progress = progress
         self.done = False
         self.error: Exception | None = None
-        # Held from the start; released once, to wake the waiting thread.
+        self.wake = _NO_WAIT
+
+    def wait_here(self) -> None:
+        """Give the slot a lock its thread will sleep on: held from the start, released
+        once to wake it (a writer's own slot needs none)."""
         self.wake = threading.Lock()
         self.wake.acquire()
 
