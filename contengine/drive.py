@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import logging
 import traceback
 import uuid
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -65,6 +66,8 @@ from .workflow import Workflow, _current
 
 if TYPE_CHECKING:
     from .runner import Runner
+
+log = logging.getLogger("contengine")
 
 
 class _Drive:
@@ -413,7 +416,15 @@ class _Drive:
             self.stepped += self.r.clock.monotonic() - began
             _current.reset(token)
             if slot is not None:
-                self.r.give_slot(slot)
+                self._give_slot(slot)
+
+    def _give_slot(self, slot: int) -> None:
+        """Let a step queue's slot go; a failure here must not replace the step's outcome
+        (the slot then counts until this engine stops: its holder is no longer live)."""
+        try:
+            self.r.give_slot(slot)
+        except ContengineError as exc:
+            log.warning("could not let go of step queue slot %d: %s", slot, exc)
 
     # -- requests answered without user code ---------------------------------------
 

@@ -166,6 +166,7 @@ class Engine:
         self.poll_interval = float(poll_interval)
         self._drivers: concurrent.futures.ThreadPoolExecutor | None = None
         self._drivers_size = 0
+        self._retired_pools: list[concurrent.futures.ThreadPoolExecutor] = []
         # Called when this process made a run due (start, signal, cancel): a worker
         # of this engine looks at once instead of at its next poll.
         self._listeners: list[Callable[[], None]] = []
@@ -289,6 +290,11 @@ class Engine:
         seconds or an aware datetime) stops the jumps there, for runs that never end.
         """
         report = IdleReport()
+        if self._listeners:
+            raise ContengineError(
+                "this engine's worker is driving its runs; run_until_idle() would compete "
+                "with it. Wait for runs with run.result(), or use another Engine."
+            )
         if isinstance(until, datetime.datetime) and until.tzinfo is None:
             raise ValueError("run_until_idle(until=...) needs an aware datetime (with a tzinfo)")
         if threads is None:
@@ -361,19 +367,17 @@ class Engine:
         with self._lock:
             if self._drivers is None or self._drivers_size < threads:
                 if self._drivers is not None:
-                    self._drivers.shutdown(wait=False)
+                    # Still in use by another caller: let it go only at close().
+                    self._retired_pools.append(self._drivers)
                 self._drivers = concurrent.futures.ThreadPoolExecutor(
                     max_workers=threads, thread_name_prefix="contengine-drive"
                 )
                 self._drivers_size = threads
             return self._drivers
 
-    def _drive(self, run_id: str) -> bool:
-        """Drive one run as far as it goes now, in this thread; True if it is finished.
-
-        False also when the run is leased to another engine, or driven by another
-        thread of this one: the caller waits and asks again.
-        """
+    def _drive(self, run_id: str) -> bool | None:
+        """Drive one run as far as it goes now, in this thread; True if it is finished,
+        False if it waits, None if another engine (or thread of this one) drives it."""
         with self._lock:
             if self._active.get(run_id) == threading.get_ident():
                 raise ContengineError(
@@ -382,7 +386,8 @@ class Engine:
                 )
         claims = self._holder.claim(self.clock.now(), 1, run_id=run_id)
         if not claims:
-            return self._row(run_id).status in FINISHED
+            # None: leased to another engine, or driven by another thread of this one.
+            return True if self._row(run_id).status in FINISHED else None
         return self._drive_claim(claims[0])
 
     def _drive_claim(self, claim: Claim, due: list[float] | None = None) -> bool:
@@ -410,7 +415,8 @@ class Engine:
             raise
         finally:
             with self._lock:
-                self._active.pop(row.id, None)
+                if self._active.get(row.id) == threading.get_ident():
+                    del self._active[row.id]
             if not finished and self.store.supports_leases:
                 self._holder.release(row.id, claim.lease)
         if row.id in self._stuck or row.note is not None:
@@ -449,7 +455,17 @@ class Engine:
                 with self._wakeup:
                     self._wakeup.wait(wait)
                 continue
-            if self._drive(run_id):
+            finished = self._drive(run_id)
+            if finished:
+                continue
+            if finished is None:
+                # Another engine (or another thread of this one) drives it: wait a
+                # poll interval, or until this process wakes us, and ask again.
+                wait = (
+                    self.poll_interval if remaining is None else min(remaining, self.poll_interval)
+                )
+                with self._wakeup:
+                    self._wakeup.wait(wait)
                 continue
             # The run waits. Its child runs (and anything else due) are driven here
             # too, since no one else may be; then wait without holding the engine
@@ -457,6 +473,12 @@ class Engine:
             if self._drive_others(run_id):
                 continue
             self._wait_until_due(run_id, deadline, timeout)
+
+    def _pause(self, remaining: float | None) -> None:
+        """Wait one poll interval (less if the deadline is nearer), or until woken."""
+        wait = self.poll_interval if remaining is None else min(remaining, self.poll_interval)
+        with self._wakeup:
+            self._wakeup.wait(max(wait, 0.0))
 
     def _drive_others(self, waiting: str) -> bool:
         """Drive every other run due now (and free to claim), once; True if any moved."""
@@ -742,9 +764,10 @@ class Engine:
     def close(self) -> None:
         """Let go of this engine's leases and threads, then close the database connection."""
         self._runner.close()
-        if self._drivers is not None:
-            self._drivers.shutdown(wait=True)
-            self._drivers = None
+        for pool in [*self._retired_pools, self._drivers]:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._drivers, self._retired_pools = None, []
         self._holder.close()
         self.store.close()
 

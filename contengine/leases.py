@@ -52,7 +52,12 @@ class Leaseholder:
         """Lease up to limit due runs (or run_id) to this engine."""
         with self._lock:
             release, self._unreleased = self._unreleased, []
-        claims = self.store.claim(self.row(), now, self.wall(), limit, run_id, release, skip)
+        try:
+            claims = self.store.claim(self.row(), now, self.wall(), limit, run_id, release, skip)
+        except BaseException:
+            with self._lock:
+                self._unreleased.extend(release)  # not let go yet: try again next time
+            raise
         if self.store.supports_leases and self._beating is None:
             self._start_heartbeat()
         return claims

@@ -98,7 +98,12 @@ class LiveCache:
                 self._bytes -= kept.size
         if kept is None:
             return None
-        if lease != kept.lease + 1 or run.generation != kept.drive.run.generation:
+        was = kept.drive.run
+        if (
+            lease != kept.lease + 1
+            or run.generation != was.generation
+            or run.created_at != was.created_at  # a new run under a reused id
+        ):
             self.misses += 1
             self._close(kept.gen)  # someone else drove the run meanwhile: replay
             return None

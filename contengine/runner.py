@@ -94,6 +94,9 @@ class Runner:
         """
         if run.status in FINISHED:
             return
+        if not run.cancel_requested and run.id in self.cancelled:
+            # Delivered meanwhile by another engine (the row says so): not again.
+            self.cancelled.discard(run.id)
         if lease is not None:
             kept = self.live.take(run, lease[1])
             if kept is not None:

@@ -52,6 +52,11 @@ class Worker:
 
     def start(self) -> Worker:
         """Start the claiming loop in a thread of its own."""
+        if self.engine._listeners:
+            raise ContengineError(
+                "this engine already runs a worker; give it more threads instead (stopping "
+                "one worker lets go of all the engine's leases)"
+            )
         self.engine._listeners.append(self.poke)
         self._loop = threading.Thread(target=self._run, name="contengine-worker", daemon=True)
         self._loop.start()
@@ -99,7 +104,9 @@ class Worker:
             # threads, or whatever is free when nothing runs.
             if free >= max(1, self.threads // 8) or (free > 0 and not self._inflight):
                 try:
-                    claims = engine._holder.claim(engine.clock.now(), free, skip=engine._stuck)
+                    with engine._lock:
+                        stuck = set(engine._stuck)
+                    claims = engine._holder.claim(engine.clock.now(), free, skip=stuck)
                 except DatabaseError as exc:  # a locked file: try again at the next poll
                     log.warning("worker could not claim runs: %s", exc)
                 except BaseException as exc:  # noqa: BLE001 - kept for the caller of work()
@@ -108,7 +115,11 @@ class Worker:
                     break
             for claim in claims:
                 self.driven += 1
-                future = pool.submit(self._drive, claim)
+                try:
+                    future = pool.submit(self._drive, claim)
+                except RuntimeError:  # the pool is gone (the engine closes): let it go
+                    engine._holder.release(claim.run.id, claim.lease)
+                    continue
                 with self._inflight_lock:
                     self._inflight.add(future)
                 future.add_done_callback(self._done)

@@ -536,3 +536,28 @@ def test_result_wakes_within_moments_of_a_cancel_from_another_thread(tmp_path: P
         elapsed = time.monotonic() - began
         assert run.status == "cancelled"
     assert 0.15 < elapsed < 2.0
+
+
+@ce.workflow(name="tests.cancel.cleans_once")
+def cleans_once() -> Generator[Any, Any, str]:
+    """Catches one cancel, cleans up, naps and returns."""
+    try:
+        yield ce.sleep(3600)
+    except ce.Cancelled:
+        yield ce.sleep(60)  # goes idle: the next drive may be another engine's
+        return "cleaned up once"
+    return "never cancelled"
+
+
+def test_a_cancel_delivered_by_another_engine_is_not_delivered_again(tmp_path: Path) -> None:
+    """A cancels, B delivers it; when A drives the run later it does not cancel it again."""
+    clock = VirtualClock(1_700_000_000.0)
+    path = tmp_path / "c.db"
+    with ce.Engine(path, clock=clock) as a, ce.Engine(path, clock=clock) as b:
+        run = a.start(cleans_once)
+        a.run_until_idle(until=clock.now())
+        assert a.cancel(run.id)
+        b.run_until_idle(until=clock.now())  # delivered by b: now asleep in the except block
+        assert run.status == "sleeping"
+        a.run_until_idle()
+        assert run.result() == "cleaned up once"

@@ -135,3 +135,22 @@ def test_the_cache_is_bounded_by_memory(tmp_path: Path) -> None:
         assert len(live) == 1 and 0 < live.bytes <= 5_000 and live.evictions == 3
         engine.run_until_idle()
         assert all(r.status == "completed" for r in engine.runs())
+
+
+def test_a_new_run_under_a_reused_id_is_not_resumed_from_the_old_one(tmp_path: Path) -> None:
+    """Deleted and started again under the same id, a run starts afresh."""
+    fresh()
+    clock = VirtualClock(START)
+    path = tmp_path / "a.db"
+    with ce.Engine(path, clock=clock) as engine:
+        engine.start(napper, "old", 1, id="x")
+        engine.run_until_idle(until=START)  # asleep, its generator kept
+        with ce.Engine(path, clock=clock) as other:
+            other.run_until_idle()  # finishes it elsewhere
+            clock.sleep(1)
+            assert other.gc(0) == 1
+            other.start(napper, "new", 1, id="x")
+        clock.jump_to(START + 200)
+        engine.run_until_idle()
+        assert engine.get_run("x").result() == ["NEW-0", "NEW-1"]
+        assert engine._runner.live.misses == 1  # the old generator was dropped

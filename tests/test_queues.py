@@ -215,3 +215,27 @@ def test_a_queued_step_keeps_to_its_rate_limit(tmp_path: Path) -> None:
         ends = [e.finished_at or 0.0 for e in engine.history(run.id)]
     assert clock.now() - START >= 120
     assert ends[4] - ends[0] >= 120 and ends[1] - ends[0] < 60
+
+
+def test_runs_behind_a_spent_rate_limit_are_not_starved(tmp_path: Path) -> None:
+    """200 unstarted runs of a queue whose starts are used up do not hide the others."""
+    with ce.Engine(tmp_path / "q.db", clock=VirtualClock(START)) as engine:
+        engine.set_queue("mail", rate_limit=1, period=3600)
+        mail = [engine.start(one, f"m{i}", queue="mail") for i in range(200)]
+        plain = engine.start(one, "plain")
+        engine.run_until_idle()
+        assert plain.status == "completed"
+        assert sum(r.status == "completed" for r in mail) == 1
+
+
+def test_an_engine_runs_one_worker_and_no_run_until_idle_beside_it(tmp_path: Path) -> None:
+    """A second worker, or run_until_idle(), on an engine whose worker runs is refused."""
+    with ce.Engine(tmp_path / "q.db") as engine, engine.worker(threads=2):
+        with (
+            pytest.raises(ce.ContengineError, match="already runs a worker"),
+            engine.worker(threads=2),
+        ):
+            pass
+        with pytest.raises(ce.ContengineError, match="worker is driving its runs"):
+            engine.run_until_idle()
+        assert engine.start(one, "still works").result(timeout=5) == "still works"

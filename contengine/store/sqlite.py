@@ -409,12 +409,22 @@ class SQLiteStore(Store):
                 slot.wait_here()
             self._queue.append(slot)
             self._writing = True
+        interrupted: BaseException | None = None
         if not lead:
-            slot.wake.acquire()  # released when done, or when this thread is to write
+            # Released when done, or when this thread is to write. An exception here
+            # (KeyboardInterrupt) must wait: the slot may be handed the queue, and
+            # leaving would leave everyone after it waiting for a writer.
+            while True:
+                try:
+                    slot.wake.acquire()
+                    break
+                except BaseException as exc:  # noqa: BLE001 - raised below
+                    interrupted = interrupted or exc
         while not slot.done:
-            with self._queue_lock:
-                batch, self._queue = self._queue, []
+            batch: list[_Slot] = []
             try:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
                 with self._lock:
                     self._write_batch(batch)
             finally:
@@ -429,6 +439,8 @@ class SQLiteStore(Store):
                         self._writing = False
             if not slot.done:  # cannot happen: a writer's batch holds its own slot
                 raise DatabaseError("group commit lost a progress write")
+        if interrupted is not None:
+            raise interrupted
         if slot.error is not None:
             raise slot.error
 
@@ -466,7 +478,8 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # every slot is failed below anyway
+                    conn.execute("ROLLBACK")
             failure: BaseException = self._translate(exc) if isinstance(exc, sqlite3.Error) else exc
             for slot in batch:
                 self._forget_children(slot.progress)

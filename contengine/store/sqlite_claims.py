@@ -186,6 +186,14 @@ def claim(
     if full:
         where.append(f"(queue IS NULL OR queue NOT IN ({_marks(len(full))}))")
         params.extend(full)
+    # A queue whose starts are used up may still resume its runs, but its unstarted
+    # runs are left out here: otherwise they could fill the window and starve the rest.
+    spent = [q for q, n in starts.items() if n <= 0]
+    if spent:
+        where.append(
+            f"(queue IS NULL OR claimed_at IS NOT NULL OR queue NOT IN ({_marks(len(spent))}))"
+        )
+        params.extend(spent)
     # A few more than asked for: some may be skipped for their queue's limits.
     params.append(limit * 2 + 8)
     rows = conn.execute(
