@@ -170,6 +170,7 @@ class Engine:
         # Called when this process made a run due (start, signal, cancel): a worker
         # of this engine looks at once instead of at its next poll.
         self._listeners: list[Callable[[], None]] = []
+        self._worker: Worker | None = None  # the worker running in this engine, if any
         # Notified by signal() and cancel(), so result() waiting on a run wakes at once.
         self._wakeup = threading.Condition()
 
@@ -763,6 +764,8 @@ class Engine:
 
     def close(self) -> None:
         """Let go of this engine's leases and threads, then close the database connection."""
+        if self._worker is not None:
+            self._worker.stop()  # as on SIGTERM: steps finish within its grace period
         self._runner.close()
         for pool in [*self._retired_pools, self._drivers]:
             if pool is not None:

@@ -58,6 +58,7 @@ class Worker:
                 "one worker lets go of all the engine's leases)"
             )
         self.engine._listeners.append(self.poke)
+        self.engine._worker = self
         self._loop = threading.Thread(target=self._run, name="contengine-worker", daemon=True)
         self._loop.start()
         return self
@@ -86,6 +87,8 @@ class Worker:
         engine._runner.stopping.clear()
         if self.poke in engine._listeners:
             engine._listeners.remove(self.poke)
+        if engine._worker is self:
+            engine._worker = None
 
     def poke(self) -> None:
         """Something may be due now: look at once."""

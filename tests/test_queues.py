@@ -239,3 +239,16 @@ def test_an_engine_runs_one_worker_and_no_run_until_idle_beside_it(tmp_path: Pat
         with pytest.raises(ce.ContengineError, match="worker is driving its runs"):
             engine.run_until_idle()
         assert engine.start(one, "still works").result(timeout=5) == "still works"
+
+
+def test_closing_an_engine_stops_its_worker(tmp_path: Path) -> None:
+    """close() with a worker running stops it first: its thread ends, its leases go."""
+    path = tmp_path / "q.db"
+    engine = ce.Engine(path)
+    worker = engine.worker(threads=2).__enter__()
+    run = engine.start(one, "closing")
+    assert run.result(timeout=5) == "closing"
+    engine.close()
+    assert worker._loop is not None and not worker._loop.is_alive()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 0
