@@ -399,6 +399,11 @@ def main(args: argparse.Namespace) -> int:
         if value < 1:
             print(f"contengine bench: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    if args.burst < 0:
+        print("contengine bench: --burst must be >= 0", file=sys.stderr)
+        return 2
+    if args.burst:
+        params["burst"] = args.burst
     if args.dir is not None and not os.path.isdir(args.dir):
         print(f"contengine bench: {args.dir!r} is not a directory", file=sys.stderr)
         return 2
@@ -411,6 +416,10 @@ def main(args: argparse.Namespace) -> int:
                 from .bench_workers import Sizes, measure_workers
 
                 metrics += measure_workers(tmp, Sizes(**sizes), args.steps, args.rounds, say)
+            if args.burst:
+                from .bench_workers import measure_burst
+
+                metrics += measure_burst(tmp, args.burst, say)
         finally:
             if sys.stderr.isatty():
                 sys.stderr.write("\r\033[K")

@@ -41,6 +41,7 @@ REMOTE_SLACK_MS = 50.0  # across processes: p99 within the poll interval plus th
 WAIT = 120.0  # seconds any one phase may take before the benchmark gives up
 _CHILD_ASLEEP = "from contengine.bench_workers import asleep_child; asleep_child()"
 _CHILD_WORK = "from contengine.bench_workers import work_child; work_child()"
+_CHILD_BURST = "from contengine.bench_workers import burst_child; burst_child()"
 
 
 @dataclass
@@ -268,6 +269,81 @@ def measure_asleep(tmp: str, count: int, say: _Say) -> list[Metric]:
             None,
             [figures["wake_s"]],
             lower_is_better=True,
+        ),
+    ]
+
+
+# -- a burst of started runs (child process) ------------------------------------------
+
+
+@workflow(name="contengine.bench.pair")
+def pair() -> Generator[Any, Any, int]:
+    """Two steps."""
+    yield noop()
+    yield noop()
+    return 2
+
+
+def burst(path: str, count: int) -> dict[str, Any]:
+    """Start `count` runs one engine.start() at a time, then work through all of them
+    with run_until_idle(); memory before, after starting, and at the peak."""
+    base = _memory()
+    with Engine(path, durability="full", workflows=[pair]) as engine:
+        t0 = time.perf_counter()
+        for _ in range(count):
+            engine.start(pair)
+        started = time.perf_counter() - t0
+        after_start = _memory()
+        t1 = time.perf_counter()
+        finished = len(engine.run_until_idle().finished)
+        work = time.perf_counter() - t1
+    if finished != count:
+        raise RuntimeError(f"{finished} of {count} started runs finished")
+    return {
+        "runs": count,
+        "start_s": started,
+        "work_s": work,
+        "runs_per_s": count / work,
+        "base_rss_mb": base.get("VmRSS"),
+        "started_rss_mb": after_start.get("VmRSS"),
+        "hwm_mb": _memory().get("VmHWM"),
+    }
+
+
+def burst_child(argv: list[str] | None = None) -> None:
+    """Child process entry: `DB COUNT`; prints burst()'s figures as JSON on stdout."""
+    db, count = argv if argv is not None else sys.argv[1:]
+    print(json.dumps(burst(db, int(count))), flush=True)
+
+
+def measure_burst(tmp: str, count: int, say: _Say) -> list[Metric]:
+    """Peak memory while a child process works through `count` runs started at once."""
+    say(f"workers: a burst of {count:,} started runs, in a child process")
+    path = os.path.join(tmp, "burst.db")
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD_BURST, path, str(count)],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        timeout=max(3 * WAIT, count / 50),
+    )
+    _remove_db(path)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the child process failed: {proc.stderr.strip()[-2000:]}")
+    figures: dict[str, Any] = json.loads(proc.stdout)
+    what = f"a burst of {count:,} started runs"
+    return [
+        Metric(
+            "burst_peak",
+            f"peak RSS (VmHWM), {what}",
+            "MB",
+            None,
+            [figures["hwm_mb"]],
+            lower_is_better=True,
+            details=figures,
+        ),
+        Metric(
+            "burst_rate", f"runs/s working through {what}", "runs/s", None, [figures["runs_per_s"]]
         ),
     ]
 

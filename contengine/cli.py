@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--asleep", type=int, default=10_000, help="runs asleep at once")
     bench.add_argument("--signals", type=int, default=100, help="wake-ups in one process")
     bench.add_argument("--remote-signals", type=int, default=40, help="across processes")
+    bench.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also start N runs at once and work through them: peak memory (e.g. 100000)",
+    )
 
     for name, text in (("runs", "list runs"), ("show", "print a run's log")):
         p = sub.add_parser(name, help=text)

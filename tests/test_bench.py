@@ -188,3 +188,18 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([float(i) for i in range(1, 101)], 50) == 50.0
     assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
     assert percentile([7.0], 99) == 7.0
+
+
+def test_a_burst_is_worked_through_and_its_memory_reported(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--burst N: every started run finished, a peak memory and a rate reported."""
+    code, out = _bench(capsys, tmp_path, "--no-workers", "--burst", "30", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["params"]["burst"] == 30
+    peak, rate = doc["metrics"]["burst_peak"], doc["metrics"]["burst_rate"]
+    assert peak["details"]["runs"] == 30 and peak["median"] > 0 and rate["median"] > 0
+    assert peak["details"]["hwm_mb"] >= peak["details"]["base_rss_mb"] > 0
+    assert main(["bench", "--dir", str(tmp_path), "--burst", "-1"]) == 2
+    assert "--burst must be >= 0" in capsys.readouterr().err
