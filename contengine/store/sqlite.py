@@ -6,7 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,24 +18,37 @@ from ..errors import (
     LeaseLost,
     RunNotFound,
 )
-from . import sqlite_claims
 from .base import (
     E_COMPLETED,
     E_RUNNING,
-    FAILED,
     FINISHED,
-    RUN_STATUSES,
-    Claim,
     EntryRow,
     Progress,
-    QueueConfig,
     ReplayRow,
     RunRow,
     Signal,
     Store,
-    WorkerRow,
 )
+from .group_commit import Slot
+from .sqlite_leases import LeaseMethods
+from .sqlite_ops import OperatorMethods
 from .sqlite_schema import MIGRATIONS
+from .sqlite_sql import (
+    _COMPLETE_ENTRY,
+    _INSERT_ENTRY,
+    _INSERT_NEW_ENTRY,
+    _NUM_CACHE,
+    _RUN_COLS,
+    _RUN_MARKS,
+    _UNFINISHED_SQL,
+    _UPDATE_ENTRY,
+    _UPDATE_RUN,
+    POSITION_BITS,
+    POSITION_MASK,
+    _checked_position,
+    _run_params,
+    _run_row,
+)
 
 # "Cont" in the file header marks a contengine database among SQLite files.
 APPLICATION_ID = 0x436F6E74
@@ -43,66 +56,8 @@ SCHEMA_VERSION = 4
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
-# A log entry's key packs its run's number and its position into one integer,
-# so the log is a plain rowid table: the cheapest insert and lookup SQLite has
-# (this keeps the per-step write close to the raw commit floor).
-POSITION_BITS = 32
-POSITION_MASK = (1 << POSITION_BITS) - 1
 
-
-_RUN_COLS = (
-    "id, workflow, ref, status, args, args_key, created_at, updated_at, "
-    "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
-    "generation, tags, queue, priority"
-)
-_RUN_MARKS = ", ".join("?" * 20)
-_LOG_COLS = (
-    "id, kind, name, key, text, status, attempts, crashes, "
-    "started_at, finished_at, due_at, outcome, error_text"
-)
-_INSERT_ENTRY = f"INSERT INTO log ({_LOG_COLS}) VALUES ({', '.join('?' * 13)})"
-# The two writes every step makes get statements of their own with the constant
-# parts spelled out: binding fewer parameters is measurably cheaper per step.
-_INSERT_NEW_ENTRY = (
-    "INSERT INTO log (id, kind, name, key, text, status, attempts, crashes, started_at) "
-    "VALUES (?, ?, ?, ?, ?, 'running', 1, 0, ?)"
-)
-_COMPLETE_ENTRY = (
-    "UPDATE log SET status = 'completed', attempts = ?, crashes = ?, finished_at = ?, "
-    "due_at = NULL, outcome = ?, error_text = ? WHERE id = ? "
-    "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
-)
-# Only an entry still in flight may change: a finished outcome is final, and a
-# write that finds none was raced by another writer of the same run.
-_UPDATE_ENTRY = (
-    "UPDATE log SET status = ?, attempts = ?, crashes = ?, finished_at = ?, due_at = ?, "
-    "outcome = ?, error_text = ? WHERE id = ? "
-    "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
-)
-# A finished run lets go of its lease in the same statement: no one drives it again.
-_UPDATE_RUN = (
-    "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
-    "error = ?, error_text = ?, cancel_requested = cancel_requested AND NOT ?, "
-    "owner = CASE WHEN ?1 IN ('completed', 'failed', 'cancelled') THEN NULL ELSE owner END "
-    "WHERE id = ?"
-)
-_NUM_CACHE = 10_000
-# Listed positively so that SQLite can use the (status, due_at) index.
-_UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
-# Finished runs that finished before ?, oldest first, at most ? of them: not one whose
-# parent is unfinished (its replay reads the child's row), nor one with children left.
-_DELETABLE = (
-    "SELECT num, id FROM runs AS r WHERE status IN ("
-    + ", ".join(f"'{s}'" for s in RUN_STATUSES if s in FINISHED)
-    + ") AND finished_at < ? "
-    "AND NOT EXISTS (SELECT 1 FROM runs AS p WHERE p.id = r.parent_id "
-    f"AND p.status IN ({_UNFINISHED_SQL})) "
-    "AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_id = r.id) "
-    "ORDER BY num LIMIT ?"
-)
-
-
-class SQLiteStore(Store):
+class SQLiteStore(OperatorMethods, LeaseMethods, Store):
     """A Store on one SQLite file (or ":memory:")."""
 
     def __init__(
@@ -114,7 +69,7 @@ class SQLiteStore(Store):
         self.durability = durability
         self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
-        self._queue: list[_Slot] = []  # progress waiting for the next group commit
+        self._queue: list[Slot] = []  # progress waiting for the next group commit
         self._queue_lock = threading.Lock()
         self._writing = False  # a thread is writing a batch (or is about to)
         self._nums: dict[str, int] = {}
@@ -402,7 +357,7 @@ class SQLiteStore(Store):
         # sync); otherwise it sleeps until the writer of its batch wakes it (done),
         # or hands it the queue that built up meanwhile (write it). Only the threads
         # concerned are woken. With one thread this is one transaction per commit.
-        slot = _Slot(progress)
+        slot = Slot(progress)
         with self._queue_lock:
             lead = not self._writing
             if not lead:
@@ -421,7 +376,7 @@ class SQLiteStore(Store):
                 except BaseException as exc:  # noqa: BLE001 - raised below
                     interrupted = interrupted or exc
         while not slot.done:
-            batch: list[_Slot] = []
+            batch: list[Slot] = []
             try:
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
@@ -449,7 +404,7 @@ class SQLiteStore(Store):
             for progress in batch:
                 self._write(conn, progress)
 
-    def _write_batch(self, batch: list[_Slot]) -> None:
+    def _write_batch(self, batch: list[Slot]) -> None:
         """Write each slot's progress in one transaction; a progress that fails (fenced
         out, raced) is rolled back alone, to its savepoint, and gets its own error."""
         conn = self._conn
@@ -706,292 +661,9 @@ class SQLiteStore(Store):
         with self._tx() as conn:
             conn.execute("UPDATE runs SET note = ? WHERE id = ?", (note, run_id))
 
-    def delete_finished(self, before: float, limit: int) -> int:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit!r}")
-        deleted = 0
-        with self._tx() as conn:
-            # Children go before their parents, so a tree of old runs is deleted leaves
-            # first: look again after each round until the batch is full or none is left.
-            while deleted < limit:
-                rows = conn.execute(_DELETABLE, (before, limit - deleted)).fetchall()
-                if not rows:
-                    break
-                self._delete_runs(conn, [(int(num), str(run_id)) for num, run_id in rows])
-                deleted += len(rows)
-        return deleted
-
-    def _delete_runs(self, conn: sqlite3.Connection, runs: list[tuple[int, str]]) -> None:
-        conn.executemany(
-            "DELETE FROM log WHERE id BETWEEN ? AND ?",
-            [(num << POSITION_BITS, (num << POSITION_BITS) | POSITION_MASK) for num, _ in runs],
-        )
-        ids = [(run_id,) for _, run_id in runs]
-        conn.executemany("DELETE FROM mailbox WHERE run_id = ?", ids)
-        conn.executemany("DELETE FROM published WHERE run_id = ?", ids)
-        conn.executemany("DELETE FROM runs WHERE id = ?", ids)
-        for _, run_id in runs:
-            self._nums.pop(run_id, None)
-
-    def rewind(self, run_id: str, position: int, now: float) -> None:
-        with self._tx() as conn:
-            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
-            if row[0] != FAILED:
-                raise ContengineError(
-                    f"run {run_id!r} is {row[0]}, not failed; only a failed run can be "
-                    f"retried, so nothing was changed"
-                )
-            base = self._key(conn, run_id, 0)
-            conn.execute(
-                "DELETE FROM log WHERE id BETWEEN ? AND ?",
-                (base + _checked_position(position), base | POSITION_MASK),
-            )
-            conn.execute(
-                "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
-                "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
-                "note = NULL, cancel_requested = 0, owner = NULL, lease = lease + 1 "
-                "WHERE id = ?",
-                (now, run_id),
-            )
-
-    def insert_run(
-        self,
-        run: RunRow,
-        entries: Sequence[EntryRow] = (),
-        mailbox: Sequence[Signal] = (),
-        published: dict[str, bytes] | None = None,
-    ) -> None:
-        with self._tx() as conn:
-            cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
-                _run_params(run),
-            )
-            if cur.rowcount != 1:
-                raise IdConflict(f"a run with id {run.id!r} already exists; nothing was written")
-            base = int(cur.lastrowid or 0) << POSITION_BITS
-            conn.executemany(
-                _INSERT_ENTRY,
-                [
-                    (
-                        base | _checked_position(e.position), e.kind, e.name, e.key,
-                        None if e.text == e.key else e.text, e.status, e.attempts, e.crashes,
-                        e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
-                    )
-                    for e in entries
-                ],
-            )  # fmt: skip
-            conn.executemany(
-                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (?, ?, ?, ?)",
-                [(run.id, m.name, m.payload, m.sent_at) for m in mailbox],
-            )
-            conn.executemany(
-                "INSERT INTO published (run_id, key, value) VALUES (?, ?, ?)",
-                [(run.id, k, v) for k, v in (published or {}).items()],
-            )
-            num = cur.lastrowid
-        self._remember_num(run.id, num)
-
-    def mailbox(self, run_id: str) -> list[Signal]:
-        rows = self._read(
-            "SELECT seq, run_id, name, payload, sent_at FROM mailbox WHERE run_id = ? ORDER BY seq",
-            (run_id,),
-        )
-        return [Signal(int(q), str(r), str(n), bytes(p), float(t)) for q, r, n, p, t in rows]
-
-    def backup(self, dest_path: str | os.PathLike[str]) -> None:
-        dest = os.fspath(dest_path)
-        # A leftover -wal or -journal next to the new file would be read as part of it.
-        for path in (dest, f"{dest}-wal", f"{dest}-journal"):
-            if os.path.lexists(path):
-                raise ContengineError(
-                    f"{path!r} already exists; a backup never overwrites a file, so nothing "
-                    f"was written. Choose a new path."
-                )
-        try:
-            # O_EXCL claims the name: a file that appeared since the check is not overwritten.
-            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            raise ContengineError(f"{dest!r} already exists; nothing was written") from None
-        except OSError as exc:
-            raise DatabaseError(f"cannot create the backup file {dest!r}: {exc}") from exc
-        try:
-            self._copy_to(dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(dest)
-            raise
-
-    def _copy_to(self, dest: str) -> None:
-        try:
-            target = sqlite3.connect(dest, isolation_level=None)
-            try:
-                if self.path == ":memory:":
-                    with self._lock:
-                        self._conn.backup(target)
-                    return
-                # A connection of its own, so the engine's writes go on meanwhile (WAL:
-                # a reader does not block writers). pages=-1 copies in one step, inside
-                # one read transaction: the copy is one snapshot of the file.
-                source = sqlite3.connect(self.path, timeout=self.busy_timeout)
-                try:
-                    source.backup(target, pages=-1)
-                finally:
-                    source.close()
-            finally:
-                target.close()
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"backup of {self.path!r} to {dest!r} failed: {exc}") from exc
-
-    # -- leases and queues ----------------------------------------------------
-
-    supports_leases = True
-
-    def claim(
-        self,
-        worker: WorkerRow,
-        now: float,
-        wall: float,
-        limit: int,
-        run_id: str | None = None,
-        release: Sequence[tuple[str, int]] = (),
-        skip: Collection[str] = (),
-    ) -> list[Claim]:
-        with self._tx() as conn:
-            picked = sqlite_claims.claim(conn, worker, now, wall, limit, run_id, release, skip)
-            if not picked:
-                return []
-            leases = dict(picked)
-            rows = conn.execute(
-                f"SELECT num, {_RUN_COLS} FROM runs WHERE num IN ({', '.join('?' * len(picked))})",
-                list(leases),
-            ).fetchall()
-        runs = {}
-        for num, *rest in rows:
-            runs[num] = _run_row(tuple(rest))
-            self._remember_num(runs[num].id, num)
-        return [Claim(runs[num], lease) for num, lease in picked]
-
-    def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
-        if not leases:
-            return
-        with self._tx() as conn:
-            conn.executemany(
-                "UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND lease = ?",
-                [(r, owner, n) for r, n in leases],
-            )
-
-    def heartbeat(self, worker: WorkerRow) -> bool:
-        with self._tx() as conn:
-            return sqlite_claims.record_worker(conn, worker)
-
-    def retire_worker(self, worker_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE runs SET owner = NULL WHERE owner = ?", (worker_id,))
-            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
-
-    def workers(self) -> list[WorkerRow]:
-        with self._lock:
-            return sqlite_claims.read_workers(self._conn)
-
-    def set_queue(self, config: QueueConfig) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO queues (name, concurrency, worker_concurrency, "
-                "rate_limit, rate_period) VALUES (?, ?, ?, ?, ?)",
-                (
-                    config.name,
-                    config.concurrency,
-                    config.worker_concurrency,
-                    config.rate_limit,
-                    config.rate_period,
-                ),
-            )
-
-    def queues(self) -> list[QueueConfig]:
-        with self._lock:
-            return list(sqlite_claims.queue_configs(self._conn).values())
-
-    def take_slot(self, queue: str, worker: WorkerRow, now: float, wall: float) -> int | None:
-        with self._tx() as conn:
-            return sqlite_claims.take_slot(conn, queue, worker, now, wall)
-
-    def give_slot(self, slot: int) -> None:
-        if slot:
-            with self._tx() as conn:
-                sqlite_claims.give_slot(conn, slot)
-
     def close(self) -> None:
         with self._lock:
             self._conn.close()
         if self._reader is not self._conn:
             with self._rlock:
                 self._reader.close()
-
-
-class _NoWait:
-    """The wake-up of a slot whose thread never sleeps (it writes the batch itself)."""
-
-    def acquire(self) -> bool:
-        return True
-
-    def release(self) -> None:
-        return None
-
-
-_NO_WAIT: Any = _NoWait()
-
-
-class _Slot:
-    """One progress waiting in the group-commit queue, and what became of it."""
-
-    __slots__ = ("progress", "done", "error", "wake")
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.done = False
-        self.error: Exception | None = None
-        self.wake = _NO_WAIT
-
-    def wait_here(self) -> None:
-        """Give the slot a lock its thread will sleep on: held from the start, released
-        once to wake it (a writer's own slot needs none)."""
-        self.wake = threading.Lock()
-        self.wake.acquire()
-
-    def lead(self) -> None:
-        """Wake the waiting thread to write the queue (its slot is not done)."""
-        self.wake.release()
-
-    def fail(self, error: Exception) -> None:
-        self.done = True
-        self.error = error
-
-
-def _checked_position(position: int) -> int:
-    if not 0 <= position <= POSITION_MASK:
-        raise DatabaseError(f"log position {position} is out of range")
-    return position
-
-
-def _run_params(run: RunRow) -> tuple[object, ...]:
-    return (
-        run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
-        run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
-        run.note, int(run.cancel_requested), run.parent_id, run.generation,
-        _tags_text(run.tags), run.queue, run.priority,
-    )  # fmt: skip
-
-
-def _tags_text(tags: tuple[str, ...]) -> str | None:
-    return "," + ",".join(tags) + "," if tags else None
-
-
-def _run_row(row: tuple[Any, ...]) -> RunRow:
-    """A runs row as read; tags come back from their ",a,b," form."""
-    *fields, tags, queue, priority = row
-    run = RunRow(*fields)
-    run.tags = tuple(t for t in (tags or "").split(",") if t)
-    run.queue, run.priority = queue, priority
-    return run

@@ -1,0 +1,109 @@
+"""The SQLite store's lease and queue methods (the SQL is in sqlite_claims.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from . import sqlite_claims
+from .base import Claim, QueueConfig, WorkerRow
+from .sqlite_sql import _RUN_COLS, _run_row
+
+
+class _Parts:
+    """What these methods use of SQLiteStore (declared for the type checker only)."""
+
+    if TYPE_CHECKING:
+        path: str
+        busy_timeout: float
+        _lock: threading.RLock
+        _conn: sqlite3.Connection
+        _nums: dict[str, int]
+
+        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _key(self, conn: sqlite3.Connection, run_id: str, position: int) -> int: ...
+        def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+        def _remember_num(self, run_id: str, num: int | None) -> None: ...
+
+
+class LeaseMethods(_Parts):
+    """Part of SQLiteStore: claiming runs, workers on record, queues."""
+
+    supports_leases = True
+
+    def claim(
+        self,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        limit: int,
+        run_id: str | None = None,
+        release: Sequence[tuple[str, int]] = (),
+        skip: Collection[str] = (),
+    ) -> list[Claim]:
+        with self._tx() as conn:
+            picked = sqlite_claims.claim(conn, worker, now, wall, limit, run_id, release, skip)
+            if not picked:
+                return []
+            leases = dict(picked)
+            rows = conn.execute(
+                f"SELECT num, {_RUN_COLS} FROM runs WHERE num IN ({', '.join('?' * len(picked))})",
+                list(leases),
+            ).fetchall()
+        runs = {}
+        for num, *rest in rows:
+            runs[num] = _run_row(tuple(rest))
+            self._remember_num(runs[num].id, num)
+        return [Claim(runs[num], lease) for num, lease in picked]
+
+    def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        if not leases:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND lease = ?",
+                [(r, owner, n) for r, n in leases],
+            )
+
+    def heartbeat(self, worker: WorkerRow) -> bool:
+        with self._tx() as conn:
+            return sqlite_claims.record_worker(conn, worker)
+
+    def retire_worker(self, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET owner = NULL WHERE owner = ?", (worker_id,))
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerRow]:
+        with self._lock:
+            return sqlite_claims.read_workers(self._conn)
+
+    def set_queue(self, config: QueueConfig) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO queues (name, concurrency, worker_concurrency, "
+                "rate_limit, rate_period) VALUES (?, ?, ?, ?, ?)",
+                (
+                    config.name,
+                    config.concurrency,
+                    config.worker_concurrency,
+                    config.rate_limit,
+                    config.rate_period,
+                ),
+            )
+
+    def queues(self) -> list[QueueConfig]:
+        with self._lock:
+            return list(sqlite_claims.queue_configs(self._conn).values())
+
+    def take_slot(self, queue: str, worker: WorkerRow, now: float, wall: float) -> int | None:
+        with self._tx() as conn:
+            return sqlite_claims.take_slot(conn, queue, worker, now, wall)
+
+    def give_slot(self, slot: int) -> None:
+        if slot:
+            with self._tx() as conn:
+                sqlite_claims.give_slot(conn, slot)
