@@ -539,7 +539,9 @@ class Engine:
     def work(self, threads: int = 8, *, grace: float = 30.0) -> None:
         """Drive due runs until SIGTERM or SIGINT (or KeyboardInterrupt), in `threads`
         threads; several processes may work one file. On a stop it claims nothing more,
-        lets running steps finish for up to `grace` seconds, and lets go of its leases."""
+        lets running steps finish for up to `grace` seconds, and lets go of its leases.
+        Signal handlers can only be set from the main thread: elsewhere, use
+        `with engine.worker():`, which stops when the block ends."""
         stop = threading.Event()
         old = install_stop_handlers(stop)
         w = Worker(self, threads, grace).start()
