@@ -39,9 +39,8 @@ TARGET_ASLEEP_MB = 300.0  # resident memory with every run asleep
 TARGET_WAKE_MS = 5.0  # same process: median from signal() to the next step starting
 REMOTE_SLACK_MS = 50.0  # across processes: p99 within the poll interval plus this
 WAIT = 120.0  # seconds any one phase may take before the benchmark gives up
-_CHILD_ASLEEP = "from contengine.bench_workers import asleep_child; asleep_child()"
+_CHILD_MEASURE = "from contengine.bench_workers import measure_child; measure_child()"
 _CHILD_WORK = "from contengine.bench_workers import work_child; work_child()"
-_CHILD_BURST = "from contengine.bench_workers import burst_child; burst_child()"
 
 
 @dataclass
@@ -227,27 +226,34 @@ def asleep(path: str, count: int) -> dict[str, Any]:
     }
 
 
-def asleep_child(argv: list[str] | None = None) -> None:
-    """Child process entry: `DB COUNT`; prints asleep()'s figures as JSON on stdout."""
-    db, count = argv if argv is not None else sys.argv[1:]
-    print(json.dumps(asleep(db, int(count))), flush=True)
+def measure_child(argv: list[str] | None = None) -> None:
+    """Child process entry: `asleep|burst DB COUNT`; prints the figures as JSON on stdout."""
+    what, db, count = argv if argv is not None else sys.argv[1:]
+    measure = {"asleep": asleep, "burst": burst}[what]
+    print(json.dumps(measure(db, int(count))), flush=True)
 
 
-def measure_asleep(tmp: str, count: int, say: _Say) -> list[Metric]:
-    """Memory with `count` runs asleep, and the time to wake them all, from a child process."""
-    say(f"workers: {count:,} runs asleep, in a child process")
-    path = os.path.join(tmp, "asleep.db")
+def _in_child(what: str, tmp: str, count: int, timeout: float) -> dict[str, Any]:
+    """Run asleep() or burst() in a fresh process (so that its memory is its own)."""
+    path = os.path.join(tmp, f"{what}.db")
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD_ASLEEP, path, str(count)],
+        [sys.executable, "-c", _CHILD_MEASURE, what, path, str(count)],
         capture_output=True,
         text=True,
         env=_child_env(),
-        timeout=3 * WAIT,
+        timeout=timeout,
     )
     _remove_db(path)
     if proc.returncode != 0:
         raise RuntimeError(f"the child process failed: {proc.stderr.strip()[-2000:]}")
     figures: dict[str, Any] = json.loads(proc.stdout)
+    return figures
+
+
+def measure_asleep(tmp: str, count: int, say: _Say) -> list[Metric]:
+    """Memory with `count` runs asleep, and the time to wake them all, from a child process."""
+    say(f"workers: {count:,} runs asleep, in a child process")
+    figures = _in_child("asleep", tmp, count, 3 * WAIT)
     if figures["rss_mb"] is None:
         raise RuntimeError("resident memory cannot be read here (no /proc/self/status)")
     what = f"{count:,} runs asleep"
@@ -310,27 +316,10 @@ def burst(path: str, count: int) -> dict[str, Any]:
     }
 
 
-def burst_child(argv: list[str] | None = None) -> None:
-    """Child process entry: `DB COUNT`; prints burst()'s figures as JSON on stdout."""
-    db, count = argv if argv is not None else sys.argv[1:]
-    print(json.dumps(burst(db, int(count))), flush=True)
-
-
 def measure_burst(tmp: str, count: int, say: _Say) -> list[Metric]:
     """Peak memory while a child process works through `count` runs started at once."""
     say(f"workers: a burst of {count:,} started runs, in a child process")
-    path = os.path.join(tmp, "burst.db")
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD_BURST, path, str(count)],
-        capture_output=True,
-        text=True,
-        env=_child_env(),
-        timeout=max(3 * WAIT, count / 50),
-    )
-    _remove_db(path)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the child process failed: {proc.stderr.strip()[-2000:]}")
-    figures: dict[str, Any] = json.loads(proc.stdout)
+    figures = _in_child("burst", tmp, count, max(3 * WAIT, count / 50))
     what = f"a burst of {count:,} started runs"
     return [
         Metric(

@@ -167,10 +167,9 @@ class Engine:
         self._drivers: concurrent.futures.ThreadPoolExecutor | None = None
         self._drivers_size = 0
         self._retired_pools: list[concurrent.futures.ThreadPoolExecutor] = []
-        # Called when this process made a run due (start, signal, cancel): a worker
-        # of this engine looks at once instead of at its next poll.
-        self._listeners: list[Callable[[], None]] = []
-        self._worker: Worker | None = None  # the worker running in this engine, if any
+        # The worker running in this engine, if any: poked when this process makes a
+        # run due (start, signal, cancel), so it looks at once instead of at its next poll.
+        self._worker: Worker | None = None
         # Notified by signal() and cancel(), so result() waiting on a run wakes at once.
         self._wakeup = threading.Condition()
 
@@ -222,7 +221,7 @@ class Engine:
         stored, created = self.store.create_run(row)
         if not created:
             self._check_same_start(stored, wf, args_key)
-        elif self._listeners:
+        elif self._worker is not None:
             self._poke()
         return Run(self, run_id, wf.name)
 
@@ -271,8 +270,9 @@ class Engine:
         """A run may be due now: wake whoever waits in this process."""
         with self._wakeup:
             self._wakeup.notify_all()
-        for listener in list(self._listeners):
-            listener()
+        worker = self._worker
+        if worker is not None:
+            worker.poke()
 
     # -- driving -------------------------------------------------------------
 
@@ -291,7 +291,7 @@ class Engine:
         seconds or an aware datetime) stops the jumps there, for runs that never end.
         """
         report = IdleReport()
-        if self._listeners:
+        if self._worker is not None:
             raise ContengineError(
                 "this engine's worker is driving its runs; run_until_idle() would compete "
                 "with it. Wait for runs with run.result(), or use another Engine."
@@ -447,7 +447,7 @@ class Engine:
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
-            if self._listeners:
+            if self._worker is not None:
                 # A worker of this engine drives the runs: wait for it to end this one
                 # (it wakes us when a drive ends) rather than drive it here.
                 wait = (

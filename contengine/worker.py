@@ -52,12 +52,11 @@ class Worker:
 
     def start(self) -> Worker:
         """Start the claiming loop in a thread of its own."""
-        if self.engine._listeners:
+        if self.engine._worker is not None:
             raise ContengineError(
                 "this engine already runs a worker; give it more threads instead (stopping "
                 "one worker lets go of all the engine's leases)"
             )
-        self.engine._listeners.append(self.poke)
         self.engine._worker = self
         self._loop = threading.Thread(target=self._run, name="contengine-worker", daemon=True)
         self._loop.start()
@@ -85,8 +84,6 @@ class Worker:
             )
         engine._holder.retire()
         engine._runner.stopping.clear()
-        if self.poke in engine._listeners:
-            engine._listeners.remove(self.poke)
         if engine._worker is self:
             engine._worker = None
 

@@ -62,16 +62,21 @@ def alive(w: WorkerRow, wall: float) -> bool:
     return not (w.host == HOST and process_gone(w.pid, w.pid_start))
 
 
+def ensure_worker(conn: sqlite3.Connection, w: WorkerRow) -> None:
+    """Put the worker on record if it is not (a write, and so a disk sync, only then)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO workers (id, host, pid, pid_start, started_at, expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (w.id, w.host, w.pid, w.pid_start, w.started_at, w.expires_at),
+    )
+
+
 def record_worker(conn: sqlite3.Connection, w: WorkerRow) -> bool:
     """Insert or renew the worker's row; False if the row had gone (judged dead)."""
     cur = conn.execute("UPDATE workers SET expires_at = ? WHERE id = ?", (w.expires_at, w.id))
     if cur.rowcount == 1:
         return True
-    conn.execute(
-        "INSERT INTO workers (id, host, pid, pid_start, started_at, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (w.id, w.host, w.pid, w.pid_start, w.started_at, w.expires_at),
-    )
+    ensure_worker(conn, w)
     return False
 
 
@@ -159,14 +164,7 @@ def claim(
             "UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND lease = ?",
             [(r, me, n) for r, n in release],
         )
-    # The heartbeat renews the row; a claim only makes sure it is there (a write,
-    # and so a disk sync, only the first time).
-    conn.execute(
-        "INSERT OR IGNORE INTO workers (id, host, pid, pid_start, started_at, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (worker.id, worker.host, worker.pid, worker.pid_start, worker.started_at,
-         worker.expires_at),
-    )  # fmt: skip
+    ensure_worker(conn, worker)  # the heartbeat renews it
     if limit <= 0:
         return []
     live = live_workers(conn, me, wall)
@@ -232,11 +230,7 @@ def take_slot(
     if config is None:
         return 0
     me = worker.id
-    conn.execute(
-        "INSERT OR IGNORE INTO workers (id, host, pid, pid_start, started_at, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (me, worker.host, worker.pid, worker.pid_start, worker.started_at, worker.expires_at),
-    )
+    ensure_worker(conn, worker)
     live = live_workers(conn, me, wall)
     held = mine = 0
     for holder, count in conn.execute(

@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Collection, Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
 
 from . import sqlite_claims
 from .base import Claim, QueueConfig, WorkerRow
-from .sqlite_sql import _RUN_COLS, _run_row
+from .sqlite_sql import _RUN_COLS, SQLiteParts, _run_row
 
 
-class _Parts:
-    """What these methods use of SQLiteStore (declared for the type checker only)."""
-
-    if TYPE_CHECKING:
-        path: str
-        busy_timeout: float
-        _lock: threading.RLock
-        _conn: sqlite3.Connection
-        _nums: dict[str, int]
-
-        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-        def _key(self, conn: sqlite3.Connection, run_id: str, position: int) -> int: ...
-        def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
-        def _remember_num(self, run_id: str, num: int | None) -> None: ...
-
-
-class LeaseMethods(_Parts):
+class LeaseMethods(SQLiteParts):
     """Part of SQLiteStore: claiming runs, workers on record, queues."""
 
     supports_leases = True

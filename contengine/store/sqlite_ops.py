@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import threading
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
 
 from ..errors import ContengineError, DatabaseError, IdConflict, RunNotFound
 from .base import FAILED, EntryRow, RunRow, Signal
@@ -19,28 +16,13 @@ from .sqlite_sql import (
     _RUN_MARKS,
     POSITION_BITS,
     POSITION_MASK,
+    SQLiteParts,
     _checked_position,
     _run_params,
 )
 
 
-class _Parts:
-    """What these methods use of SQLiteStore (declared for the type checker only)."""
-
-    if TYPE_CHECKING:
-        path: str
-        busy_timeout: float
-        _lock: threading.RLock
-        _conn: sqlite3.Connection
-        _nums: dict[str, int]
-
-        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-        def _key(self, conn: sqlite3.Connection, run_id: str, position: int) -> int: ...
-        def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
-        def _remember_num(self, run_id: str, num: int | None) -> None: ...
-
-
-class OperatorMethods(_Parts):
+class OperatorMethods(SQLiteParts):
     """Part of SQLiteStore: what the operator commands need of the file."""
 
     def delete_finished(self, before: float, limit: int) -> int:

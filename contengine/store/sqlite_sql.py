@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DatabaseError
 from .base import FINISHED, RUN_STATUSES, RunRow
@@ -92,3 +96,19 @@ def _run_row(row: tuple[Any, ...]) -> RunRow:
     run.tags = tuple(t for t in (tags or "").split(",") if t)
     run.queue, run.priority = queue, priority
     return run
+
+
+class SQLiteParts:
+    """What the store's method modules use of SQLiteStore (declared for the type checker only)."""
+
+    if TYPE_CHECKING:
+        path: str
+        busy_timeout: float
+        _lock: threading.RLock
+        _conn: sqlite3.Connection
+        _nums: dict[str, int]
+
+        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _key(self, conn: sqlite3.Connection, run_id: str, position: int) -> int: ...
+        def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+        def _remember_num(self, run_id: str, num: int | None) -> None: ...
