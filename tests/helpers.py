@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+import contengine as ce
+from contengine.store.base import Progress
+from contengine.store.sqlite import SQLiteStore
+from contengine.testing import VirtualClock
+
 
 class FakeClock:
     """A virtual clock: sleeping records the delay and moves time on at once."""
@@ -25,4 +33,50 @@ class FakeClock:
 
 
 class Crash(BaseException):
-    """Stands for the process dying in the middle of a step."""
+    """Stands in for the process dying: the engine does not catch it."""
+
+
+def at_commit(k: int) -> Callable[[Progress, int], bool]:
+    """Picks the k-th commit (counted from 1)."""
+    return lambda _, n: n == k
+
+
+class CrashingStore(SQLiteStore):
+    """An SQLite store that counts commits and raises Crash before or after the first
+    one `chosen` picks (given the progress and the commit's number, from 1)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        chosen: Callable[[Progress, int], bool] = lambda _, n: False,
+        when: str = "before",
+    ) -> None:
+        super().__init__(path, durability="normal")
+        self.chosen = chosen
+        self.when = when
+        self.commits = 0
+        self.crashed = False
+
+    def commit(self, progress: Progress) -> None:
+        """Write the progress, unless this is the commit planned to crash."""
+        self.commits += 1
+        hit = not self.crashed and self.chosen(progress, self.commits)
+        if hit and self.when == "before":
+            self.crashed = True
+            raise Crash
+        super().commit(progress)
+        if hit and self.when == "after":
+            self.crashed = True
+            raise Crash
+
+
+def crash_at(path: Path | str, when: str | None = None, k: int = 0) -> CrashingStore:
+    """A CrashingStore that crashes before or after the k-th commit (when None: never)."""
+    if when is None:
+        return CrashingStore(path)
+    return CrashingStore(path, at_commit(k), when)
+
+
+def engine_on(path: Path, clock: VirtualClock, store: SQLiteStore | None = None) -> ce.Engine:
+    """A fresh engine on the file, as a restarted process would open it."""
+    return ce.Engine(path, durability="normal", clock=clock, store=store)

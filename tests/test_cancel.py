@@ -20,19 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Crash, crash_at, engine_on
 
 import contengine as ce
-from contengine.store.base import Progress
-from contengine.store.sqlite import SQLiteStore
 from contengine.testing import VirtualClock
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 DAY = 86_400.0
 RUN = "r"
-
-
-class Crash(BaseException):
-    """Stands in for the process dying: the engine does not catch it."""
 
 
 # -- the world outside the engine ----------------------------------------------------
@@ -172,30 +167,6 @@ def waits() -> Generator[Any, Any, Any]:
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-class CrashingStore(SQLiteStore):
-    """An SQLite store that counts commits and crashes before or after the k-th one."""
-
-    def __init__(self, path: Path, when: str | None = None, k: int = 0) -> None:
-        super().__init__(path, durability="normal")
-        self.when = when
-        self.k = k
-        self.commits = 0
-
-    def commit(self, progress: Progress) -> None:
-        """Write the progress, unless this is the commit planned to crash."""
-        self.commits += 1
-        if self.when == "before" and self.commits == self.k:
-            raise Crash
-        super().commit(progress)
-        if self.when == "after" and self.commits == self.k:
-            raise Crash
-
-
-def engine_on(path: Path, clock: VirtualClock, store: SQLiteStore | None = None) -> ce.Engine:
-    """A fresh engine on the file, as a restarted process would open it."""
-    return ce.Engine(path, durability="normal", clock=clock, store=store)
 
 
 def outcomes(engine: ce.Engine, run_id: str = RUN) -> list[tuple[str, str, str, Any]]:
@@ -434,7 +405,7 @@ def _play(path: Path, crash: tuple[str, int] | None) -> tuple[ce.Engine, int, in
     a fresh engine on the file does the interrupted drive again.
     """
     clock = VirtualClock(START)
-    store = CrashingStore(path, *crash) if crash else CrashingStore(path)
+    store = crash_at(path, *crash) if crash else crash_at(path)
     engine = engine_on(path, clock, store)
     engine.start(compensating, id=RUN)
     crashes = 0

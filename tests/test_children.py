@@ -14,11 +14,12 @@ would, and a new Engine on the same file resumes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Crash, CrashingStore, at_commit
 
 import contengine as ce
 from contengine.store.base import Progress
@@ -31,10 +32,6 @@ PRICES = {"pen": 2, "ink": 3, "pad": 4}
 
 ledger: list[str] = []  # every step execution, in order
 ARMED: set[str] = set()  # step labels that crash (once) on their next execution
-
-
-class Crash(BaseException):
-    """Stands for the process dying: the engine does not catch it."""
 
 
 class UnknownItem(Exception):
@@ -89,36 +86,6 @@ def order(items: list[str]) -> Flow:
     total = yield price_all(items)
     receipt = yield work(f"charge {total}")
     return total, receipt
-
-
-class CrashingStore(SQLiteStore):
-    """A store that raises Crash before or after the first commit `chosen` picks."""
-
-    def __init__(
-        self, path: Path, chosen: Callable[[Progress, int], bool], when: str = "before"
-    ) -> None:
-        super().__init__(path, durability="normal")
-        self.chosen = chosen
-        self.when = when
-        self.commits = 0
-        self.crashed = False
-
-    def commit(self, progress: Progress) -> None:
-        """Write the progress, unless this is the commit planned to crash."""
-        self.commits += 1
-        hit = not self.crashed and self.chosen(progress, self.commits)
-        if hit and self.when == "before":
-            self.crashed = True
-            raise Crash
-        super().commit(progress)
-        if hit and self.when == "after":
-            self.crashed = True
-            raise Crash
-
-
-def at_commit(k: int) -> Callable[[Progress, int], bool]:
-    """Picks the k-th commit (counted from 1)."""
-    return lambda _, n: n == k
 
 
 def engine_on(path: Path, store: SQLiteStore | None = None, **options: Any) -> ce.Engine:

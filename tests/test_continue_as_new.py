@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Crash, at_commit, engine_on
 
 import contengine as ce
 from contengine.store.base import Progress
@@ -29,10 +30,6 @@ POLLS = 2  # polls per generation of the monitor
 
 ledger: list[str] = []  # every step execution, in order
 ARMED: set[str] = set()  # step labels that crash (once) on their next execution
-
-
-class Crash(BaseException):
-    """Stands for the process dying: the engine does not catch it."""
 
 
 @pytest.fixture(autouse=True)
@@ -106,16 +103,6 @@ class WatchedStore(SQLiteStore):
         if hit and self.when == "after":
             self.crashed = True
             raise Crash
-
-
-def at_commit(k: int) -> Callable[[Progress, int], bool]:
-    """Picks the k-th commit (counted from 1)."""
-    return lambda _, n: n == k
-
-
-def engine_on(path: Path, clock: VirtualClock, store: SQLiteStore | None = None) -> ce.Engine:
-    """A fresh engine on the file, as a restarted process would open it."""
-    return ce.Engine(path, durability="normal", clock=clock, store=store)
 
 
 def generation_of(engine: ce.Engine, run_id: str) -> int:

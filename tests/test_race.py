@@ -16,11 +16,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Crash, CrashingStore, at_commit, engine_on
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,10 +36,6 @@ START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 
 ledger: list[str] = []  # every step execution, in order
 GATES: dict[str, threading.Event] = {}  # steps labelled so wait for their gate to open
-
-
-class Crash(BaseException):
-    """Stands for the process dying: the engine does not catch it."""
 
 
 class Oops(Exception):
@@ -91,31 +88,6 @@ def slow(label: str, seconds: float) -> str:
     return label
 
 
-class CrashingStore(SQLiteStore):
-    """A store that raises Crash before or after the first commit `chosen` picks."""
-
-    def __init__(
-        self, path: Path, chosen: Callable[[Progress, int], bool], when: str = "before"
-    ) -> None:
-        super().__init__(path, durability="normal")
-        self.chosen = chosen
-        self.when = when
-        self.commits = 0
-        self.crashed = False
-
-    def commit(self, progress: Progress) -> None:
-        """Write the progress, unless this is the commit planned to crash."""
-        self.commits += 1
-        hit = not self.crashed and self.chosen(progress, self.commits)
-        if hit and self.when == "before":
-            self.crashed = True
-            raise Crash
-        super().commit(progress)
-        if hit and self.when == "after":
-            self.crashed = True
-            raise Crash
-
-
 class CountingStore(SQLiteStore):
     """A store that counts its commits."""
 
@@ -137,16 +109,6 @@ def inserts_race(progress: Progress, _: int) -> bool:
 def decides_race(progress: Progress, _: int) -> bool:
     """The commit that records a race's winner."""
     return progress.update is not None and progress.update.kind == "race"
-
-
-def at_commit(k: int) -> Callable[[Progress, int], bool]:
-    """Picks the k-th commit (counted from 1)."""
-    return lambda _, n: n == k
-
-
-def engine_on(path: Path, clock: VirtualClock, store: SQLiteStore | None = None) -> ce.Engine:
-    """A fresh engine on the file, as a restarted process would open it."""
-    return ce.Engine(path, durability="normal", clock=clock, store=store)
 
 
 def outcomes(engine: ce.Engine, run_id: str) -> list[tuple[str, str, Any]]:

@@ -28,21 +28,16 @@ from typing import Any
 
 import pytest
 from crashing_child import HANG_ENV, read_ledger, work
+from helpers import Crash, CrashingStore, crash_at, engine_on
 from hypothesis import given
 from hypothesis import strategies as st
 
 import contengine as ce
-from contengine.store.base import Progress
-from contengine.store.sqlite import SQLiteStore
 from contengine.testing import VirtualClock
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 RUN = "r"
 FINISHED = ("completed", "failed", "cancelled")
-
-
-class Crash(BaseException):
-    """Stands in for the process dying: the engine does not catch it."""
 
 
 # -- the world outside the engine ----------------------------------------------------
@@ -161,30 +156,6 @@ def two_deliveries(ledger: str) -> Generator[Any, Any, str]:
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-class CrashingStore(SQLiteStore):
-    """An SQLite store that counts commits and crashes before or after the k-th one."""
-
-    def __init__(self, path: Path, when: str | None = None, k: int = 0) -> None:
-        super().__init__(path, durability="normal")
-        self.when = when
-        self.k = k
-        self.commits = 0
-
-    def commit(self, progress: Progress) -> None:
-        """Write the progress, unless this is the commit planned to crash."""
-        self.commits += 1
-        if self.when == "before" and self.commits == self.k:
-            raise Crash
-        super().commit(progress)
-        if self.when == "after" and self.commits == self.k:
-            raise Crash
-
-
-def engine_on(path: Path, clock: VirtualClock, store: SQLiteStore | None = None) -> ce.Engine:
-    """A fresh engine on the file, as a restarted process would open it."""
-    return ce.Engine(path, durability="normal", clock=clock, store=store)
 
 
 def mailbox(path: Path, run_id: str = RUN) -> list[tuple[str, bytes]]:
@@ -587,7 +558,7 @@ def play(
     the same virtual time, as a restarted process would.
     """
     clock = VirtualClock(START)
-    store = CrashingStore(path, *crash) if crash else CrashingStore(path)
+    store = crash_at(path, *crash) if crash else crash_at(path)
     engine = engine_on(path, clock, store)
     engine.start(wf, *args, id=RUN)
     played = Played(engine, 0, 0, [])
@@ -677,7 +648,7 @@ def test_a_crash_before_the_wait_is_logged_leaves_the_signal_in_the_mailbox(
     engine.signal(RUN, "go", "kept")
     # Commit 1 logs step "before"; commit 2 would complete it, log the wait with the
     # signal's payload, take the signal and log step "after".
-    store = CrashingStore(db, "before", 2)
+    store = crash_at(db, "before", 2)
     crashing = engine_on(db, clock, store)
     with pytest.raises(Crash):
         crashing.run_until_idle()

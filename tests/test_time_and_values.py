@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Crash, crash_at
 from hypothesis import given
 from hypothesis import strategies as st
 
 import contengine as ce
-from contengine.store.base import E_COMPLETED, E_FAILED, Progress
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.base import E_COMPLETED, E_FAILED
 from contengine.testing import VirtualClock
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
@@ -37,10 +37,6 @@ DONE = (E_COMPLETED, E_FAILED)
 def at(seconds: float) -> datetime.datetime:
     """The aware UTC datetime of epoch seconds."""
     return datetime.datetime.fromtimestamp(seconds, UTC)
-
-
-class Crash(BaseException):
-    """Stands in for the process dying: the engine does not catch it."""
 
 
 # -- the world outside the engine ----------------------------------------------------
@@ -88,25 +84,6 @@ def note(text: str) -> str:
     """A step that records its argument."""
     enter(f"note:{text}")
     return text.upper()
-
-
-class CrashingStore(SQLiteStore):
-    """An SQLite store that counts commits and crashes before or after the k-th one."""
-
-    def __init__(self, path: Path | str, when: str | None = None, k: int = 0) -> None:
-        super().__init__(path, durability="normal")
-        self.when = when
-        self.k = k
-        self.commits = 0
-
-    def commit(self, progress: Progress) -> None:
-        """Write the progress, unless this is the commit planned to crash."""
-        self.commits += 1
-        if self.when == "before" and self.commits == self.k:
-            raise Crash
-        super().commit(progress)
-        if self.when == "after" and self.commits == self.k:
-            raise Crash
 
 
 def engine_on(
@@ -274,7 +251,7 @@ def instant() -> Generator[Any, Any, list[datetime.datetime]]:
 
 def test_zero_and_past_sleeps_complete_at_once_without_moving_the_clock() -> None:
     clock = VirtualClock(START)
-    store = CrashingStore(":memory:")
+    store = crash_at(":memory:")
     engine = ce.Engine(store=store, clock=clock)
     engine.start(instant, id="i")
     report = engine.run_until_idle(until=START)  # no jumps allowed, and none needed
@@ -504,7 +481,7 @@ def test_recorded_values_cost_no_commit_of_their_own() -> None:
 
     counts = []
     for wf in (plain, busy):
-        store = CrashingStore(":memory:")
+        store = crash_at(":memory:")
         ce.Engine(store=store, clock=VirtualClock(START)).run(wf, id="x")
         counts.append(store.commits)
     assert counts[0] == counts[1] == 3
@@ -564,7 +541,7 @@ def crash_points(commits: int) -> list[CrashPoint]:
 
 def reference_commits(kind: str) -> int:
     """How many commits the uninterrupted run makes."""
-    store = CrashingStore(":memory:")
+    store = crash_at(":memory:")
     ce.Engine(store=store, clock=VirtualClock(START)).run(around, kind, id="ref")
     EXECUTED.clear()
     SEEN.clear()
@@ -588,9 +565,9 @@ def check_crash_around(path: Path, kind: str, point: CrashPoint) -> None:
     clock = VirtualClock(START)
     if point.where == "step":
         ARMED.add(point.step)
-        store = CrashingStore(path)
+        store = crash_at(path)
     else:
-        store = CrashingStore(path, point.where, point.k)
+        store = crash_at(path, point.where, point.k)
     first = ce.Engine(store=store, clock=clock, workflows=[around])
     first.start(around, kind, id="r")
     with pytest.raises(Crash):
@@ -1081,9 +1058,9 @@ def test_random_programs_crashed_anywhere_resume_to_the_reference_result(
     steps = [i for i, op in enumerate(ops) if op[0] == "step"]
     if where == "step":
         ARMED.add(f"mix@{steps[k - 1]}")
-        store = CrashingStore(path)
+        store = crash_at(path)
     else:
-        store = CrashingStore(path, where, k)
+        store = crash_at(path, where, k)
     first = ce.Engine(store=store, clock=clock, workflows=[program])
     first.start(program, ops, id="p")
     with contextlib.suppress(Crash):  # a plan past the program's end does not fire
