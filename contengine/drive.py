@@ -14,10 +14,12 @@ import inspect
 import logging
 import traceback
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import drive_children, drive_gather
 from .attempts import bad_call, call_with_timeout
+from .drive_pool import Parked
 from .driver import Driver, Outcome, Pending, Raised, Returned
 from .errors import (
     Cancelled,
@@ -80,9 +82,15 @@ class _Drive:
         wf: Workflow[Any, Any],
         driver: Driver,
         lease: tuple[str, int] | None = None,
+        park: bool = False,
     ) -> None:
         self.r = runner
         self.lease = lease
+        # Driven by a DrivePool: the commit before a step may park the drive (Parked)
+        # instead of holding the thread until it is durable.
+        self.park = park
+        # Set by the runner: how a parked drive goes on inside the runner's handling.
+        self.outer: Callable[[Callable[[], None]], None] | None = None
         self.run = run
         self.wf = wf
         self.driver = driver
@@ -108,21 +116,19 @@ class _Drive:
         self.idle_at: Pending | None = None  # the request the run went idle at, if resumable
 
     def go(self) -> None:
-        try:
-            self._go()
-        except Exception:
-            # A step's outcome is a fact even if the code after it cannot go on
-            # (an invalid yield, an engine error): keep it, so the step never runs twice.
-            if self.carry is not None or self.recorded or self.consume is not None or self.new_runs:
-                self._commit()
-            raise
+        self._guarded(self._go)
 
     def resume(self, pending: Pending) -> None:
         """Go on from the idle point where an earlier drive of this run set it aside
         (its generator kept alive, its request logged)."""
+        self._guarded(lambda: self._loop(pending))
+
+    def _guarded(self, go: Callable[[], None]) -> None:
         try:
-            self._loop(pending)
+            go()
         except Exception:
+            # A step's outcome is a fact even if the code after it cannot go on
+            # (an invalid yield, an engine error): keep it, so the step never runs twice.
             if self.carry is not None or self.recorded or self.consume is not None or self.new_runs:
                 self._commit()
             raise
@@ -242,6 +248,14 @@ class _Drive:
                 self.run.id, pending.position, request.kind, request.name, request.key,
                 request.text, E_RUNNING, 1, 0, now,
             )  # fmt: skip
+            if self.park:
+                # The step may start only once this is durable: let the thread drive
+                # other runs meanwhile, and go on from here when it is.
+                self._commit_then(
+                    lambda: self._after_logged(pending, entry, request),
+                    insert=entry,
+                    run=self._run_update(RUNNING, None, now),
+                )
             self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
         else:
             # Replay read only what it needed; the entry in flight is read whole.
@@ -251,6 +265,16 @@ class _Drive:
             if entry.status != E_RUNNING:  # a crash loop was declared: the outcome is final
                 return self._finished_outcome(entry)
         return self._attempts(entry, request)
+
+    def _after_logged(self, pending: Pending, entry: EntryRow, request: StepCall[Any]) -> None:
+        """Go on once a new step's entry is durable: run it, and the workflow after it
+        (what _loop would have done after _carry_out returned)."""
+        try:
+            outcome = self._attempts(entry, request)
+        except NotDue:
+            self.idle_at = pending  # a retry's backoff: resumable from here
+            raise
+        self._loop(self.driver.send(outcome))
 
     def _resume_entry(self, entry: EntryRow, request: StepCall[Any], now: float) -> None:
         """Prepare an entry found in flight in the log for its next attempt."""
@@ -602,6 +626,37 @@ class _Drive:
         insert: EntryRow | None = None,
         run: RunUpdate | None = None,
     ) -> None:
+        progress = self._progress(update, insert, run)
+        self.r.store.commit(progress)
+        self._committed(progress)
+
+    def _commit_then(
+        self,
+        then: Callable[[], None],
+        *,
+        update: EntryRow | None = None,
+        insert: EntryRow | None = None,
+        run: RunUpdate | None = None,
+    ) -> NoReturn:
+        """Start the commit and park: then() runs once it is durable, in whichever
+        thread of the pool takes the drive up again (the commit's error is raised
+        there instead, as _commit would raise it)."""
+        progress = self._progress(update, insert, run)
+        ticket = self.r.store.commit_later(progress)
+
+        def go_on() -> None:
+            if ticket.error is not None:
+                raise ticket.error
+            self._committed(progress)
+            then()
+
+        outer = self.outer
+        assert outer is not None, "a drive that may park has the runner's handling"
+        raise Parked(ticket, lambda: outer(lambda: self._guarded(go_on)))
+
+    def _progress(
+        self, update: EntryRow | None, insert: EntryRow | None, run: RunUpdate | None
+    ) -> Progress:
         # A carried outcome is always flushed by the next commit, and the only
         # writes that update an entry happen when nothing is carried.
         assert self.carry is None or update is None
@@ -614,28 +669,29 @@ class _Drive:
             run.clear_cancel = True
         new_runs = tuple(self.new_runs) if self.new_runs else ()
         publish = tuple(self.publish) if self.publish else ()
-        self.r.store.commit(
-            Progress(
-                self.run.id, entry, insert, run, expect, recorded, self.consume, new_runs,
-                publish, self.restart, lease=self.lease,
-            )
+        return Progress(
+            self.run.id, entry, insert, run, expect, recorded, self.consume, new_runs,
+            publish, self.restart, lease=self.lease,
         )  # fmt: skip
+
+    def _committed(self, p: Progress) -> None:
+        """Bring the drive's state up to a durable commit of p."""
         self.new_runs.clear()
         self.publish.clear()
         self.restart = None
-        if entry is not None:
-            self.stored[entry.position] = entry.attempts
-        if insert is not None:
-            self.stored[insert.position] = insert.attempts
-        for e in recorded:
+        if p.update is not None:
+            self.stored[p.update.position] = p.update.attempts
+        if p.insert is not None:
+            self.stored[p.insert.position] = p.insert.attempts
+        for e in p.recorded:
             self.stored[e.position] = e.attempts
         self.carry = None
         self.consume = None
         self.clear_cancel = False
-        if recorded:
+        if p.recorded:
             self.recorded.clear()
-        if run is not None:
-            self.status, self.due_at = run.status, run.due_at
+        if p.run is not None:
+            self.status, self.due_at = p.run.status, p.run.due_at
 
 
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})

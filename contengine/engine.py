@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from . import drive_pool
 from .canonical import canonical_call, key_of
 from .clock import Clock, SystemClock
+from .drive_pool import DrivePool, Parked
 from .errors import (
     ContengineError,
     DatabaseError,
@@ -164,9 +166,9 @@ class Engine:
         # others) may share the file and never drive one run at once.
         self._holder = Leaseholder(self.store, lease)
         self.poll_interval = float(poll_interval)
-        self._drivers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._drivers: DrivePool | None = None
         self._drivers_size = 0
-        self._retired_pools: list[concurrent.futures.ThreadPoolExecutor] = []
+        self._retired_pools: list[DrivePool] = []
         # The worker running in this engine, if any: poked when this process makes a
         # run due (start, signal, cancel), so it looks at once instead of at its next poll.
         self._worker: Worker | None = None
@@ -350,12 +352,13 @@ class Engine:
         report.next_due = self.store.next_due()
         return report
 
-    def _submit(
-        self, pool: concurrent.futures.ThreadPoolExecutor | None, claim: Claim
-    ) -> concurrent.futures.Future[bool]:
+    def _submit(self, pool: DrivePool | None, claim: Claim) -> concurrent.futures.Future[bool]:
         """Drive the claimed run in the pool, or at once in this thread without one."""
         if pool is not None:
-            return pool.submit(self._drive_claim, claim)
+            return pool.submit(
+                lambda: self._drive_claim(claim, park=True),
+                lambda then: self._drive_claim(claim, park=True, then=then),
+            )
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         try:
             done.set_result(self._drive_claim(claim))
@@ -363,16 +366,14 @@ class Engine:
             done.set_exception(exc)
         return done
 
-    def _driver_pool(self, threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    def _driver_pool(self, threads: int) -> DrivePool:
         """Threads that drive runs (made on first use, grown when more are asked for)."""
         with self._lock:
             if self._drivers is None or self._drivers_size < threads:
                 if self._drivers is not None:
                     # Still in use by another caller: let it go only at close().
                     self._retired_pools.append(self._drivers)
-                self._drivers = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=threads, thread_name_prefix="contengine-drive"
-                )
+                self._drivers = DrivePool(threads, self.store.flush, active=drive_pool.ACTIVE)
                 self._drivers_size = threads
             return self._drivers
 
@@ -391,19 +392,34 @@ class Engine:
             return True if self._row(run_id).status in FINISHED else None
         return self._drive_claim(claims[0])
 
-    def _drive_claim(self, claim: Claim, due: list[float] | None = None) -> bool:
+    def _drive_claim(
+        self,
+        claim: Claim,
+        due: list[float] | None = None,
+        *,
+        park: bool = False,
+        then: Callable[[], None] | None = None,
+    ) -> bool:
         """Drive a run leased to this engine; True if it finished (else due[0] is when it
         is due again). The lease is let go when the drive ends (a finished run's was let
-        go by its last write)."""
+        go by its last write). With park (in a DrivePool) the drive may raise Parked;
+        then() is where a parked drive goes on, inside this same handling."""
         row = claim.run
         with self._lock:
             self._active[row.id] = threading.get_ident()
-        finished = False
+        finished = parked = False
         try:
-            # A store without leases (a test's wrapper) serves one engine: no fence.
-            leased = self.store.supports_leases
-            self._runner.drive(row, (self._holder.id, claim.lease) if leased else None)
+            if then is not None:
+                then()
+            else:
+                # A store without leases (a test's wrapper) serves one engine: no fence.
+                leased = self.store.supports_leases
+                lease = (self._holder.id, claim.lease) if leased else None
+                self._runner.drive(row, lease, park=park)
             finished = True
+        except Parked:
+            parked = True
+            raise
         except NotDue as idle:
             if due is not None:
                 due[0] = idle.due_at
@@ -417,8 +433,10 @@ class Engine:
         finally:
             with self._lock:
                 if self._active.get(row.id) == threading.get_ident():
+                    # Parked: this thread goes on to other runs; whichever thread takes
+                    # this one up again says so.
                     del self._active[row.id]
-            if not finished and self.store.supports_leases:
+            if not finished and not parked and self.store.supports_leases:
                 self._holder.release(row.id, claim.lease)
         if row.id in self._stuck or row.note is not None:
             with self._lock:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .clock import Clock
 from .drive import _Drive
+from .drive_pool import Parked
 from .driver import Driver
 from .errors import ContengineError, NonDeterminismError
 from .idle import NotDue
@@ -84,13 +85,14 @@ class Runner:
 
     # -- rebuilding -----------------------------------------------------------
 
-    def drive(self, run: RunRow, lease: tuple[str, int] | None = None) -> None:
+    def drive(self, run: RunRow, lease: tuple[str, int] | None = None, park: bool = False) -> None:
         """Carry the run as far as it can go now: to its end, or NotDue for a later retry.
 
         Raises the ContengineError that stops a run from being rebuilt (unknown
         workflow, nondeterminism, invalid yield, corrupt payload); the log is then
         unchanged. Waiting is left to the caller, who need not hold any lock meanwhile.
-        With a lease (owner, number), every write is fenced by it (LeaseLost).
+        With a lease (owner, number), every write is fenced by it (LeaseLost). With
+        park (a DrivePool drives it), the drive may raise Parked to wait for a commit.
         """
         if run.status in FINISHED:
             return
@@ -100,7 +102,7 @@ class Runner:
         if lease is not None:
             kept = self.live.take(run, lease[1])
             if kept is not None:
-                self._resume(kept, run, lease)
+                self._resume(kept, run, lease, park)
                 return
         wf = self.find_workflow(run)
         args, kwargs = self.serde.loads(run.args, f"the arguments of run {run.id!r}")
@@ -118,16 +120,16 @@ class Runner:
             label=f"workflow {wf.name!r} (run {run.id!r})",
             decode=lambda row: decode_outcome(serde, row),
         )
-        drive = _Drive(self, run, wf, driver, lease)
+        drive = _Drive(self, run, wf, driver, lease, park)
         self._finish(drive, gen, drive.go)
 
-    def _resume(self, kept: Kept, run: RunRow, lease: tuple[str, int]) -> None:
+    def _resume(self, kept: Kept, run: RunRow, lease: tuple[str, int], park: bool) -> None:
         """Go on with a live generator kept from this run's last drive: no replay."""
         drive = kept.drive
         # What others may have changed meanwhile: status and due time (a signal, a
         # child's end), a cancel request; never the log (the lease shows no one
         # else drove the run).
-        drive.run, drive.lease = run, lease
+        drive.run, drive.lease, drive.park = run, lease, park
         drive.status, drive.due_at = run.status, run.due_at
         drive.cancel_pending = drive.cancel_pending or bool(run.cancel_requested)
         position = kept.pending.position
@@ -137,9 +139,13 @@ class Runner:
 
     def _finish(self, drive: _Drive, gen: Any, go: Callable[[], None]) -> None:
         """Run a drive; keep its generator alive if it went idle where it can resume."""
+        drive.outer = lambda then: self._finish(drive, gen, then)
         keep = False
         try:
             go()
+        except Parked:
+            keep = True  # not set aside: it goes on once its commit is durable
+            raise
         except NotDue:
             lease = drive.lease
             keep = drive.idle_at is not None and lease is not None

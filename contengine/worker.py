@@ -12,13 +12,16 @@ lease is let go, and it is claimed again when due.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import heapq
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from .drive_pool import Parked
 from .errors import ContengineError, DatabaseError
 
 if TYPE_CHECKING:
@@ -116,7 +119,11 @@ class Worker:
             for claim in claims:
                 self.driven += 1
                 try:
-                    future = pool.submit(self._drive, claim)
+                    due = [float("inf")]
+                    future = pool.submit(
+                        functools.partial(self._drive, claim, due),
+                        functools.partial(self._drive, claim, due),
+                    )
                 except RuntimeError:  # the pool is gone (the engine closes): let it go
                     engine._holder.release(claim.run.id, claim.lease)
                     continue
@@ -139,14 +146,18 @@ class Worker:
                 wait = min(wait, self._timers[0] - now)
         return max(wait, 0.0)
 
-    def _drive(self, claim: Any) -> bool:
-        due = [float("inf")]
+    def _drive(self, claim: Any, due: list[float], then: Callable[[], Any] | None = None) -> bool:
+        """Drive a claimed run (or go on with a parked drive of it: then)."""
+        parked = False
         try:
-            return self.engine._drive_claim(claim, due)
+            return self.engine._drive_claim(claim, due, park=True, then=then)
+        except Parked:
+            parked = True
+            raise
         except ContengineError:
             return False  # stuck: reported by the engine, skipped from now on
         finally:
-            if due[0] != float("inf"):
+            if not parked and due[0] != float("inf"):
                 with self._inflight_lock:
                     heapq.heappush(self._timers, due[0])
 

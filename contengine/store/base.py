@@ -6,9 +6,11 @@ never runs user code. Every store passes tests/test_store_contract.py.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -107,6 +109,38 @@ class Signal:
     name: str
     payload: bytes
     sent_at: float
+
+
+class Ticket:
+    """A progress write under way (Store.commit_later): done once durable or failed."""
+
+    __slots__ = ("error", "done", "_lock", "_then")
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None  # why nothing was written, once done
+        self.done = False
+        self._lock = threading.Lock()
+        self._then: Callable[[], None] | None = None
+
+    def finish(self, error: Exception | None = None) -> None:
+        """Mark the write done (durable, or failed with error) and call the waiting callback."""
+        with self._lock:
+            self.error, self.done = error, True
+            then, self._then = self._then, None
+        if then is not None:
+            try:
+                then()
+            except Exception:  # the writer's thread must go on writing for everyone else
+                logging.getLogger("contengine").exception("a commit's callback failed")
+
+    def when_done(self, then: Callable[[], None]) -> None:
+        """Call then() once the write is done: at once (in this thread) if it already is,
+        else in the thread that finishes it."""
+        with self._lock:
+            if not self.done:
+                self._then = then
+                return
+        then()
 
 
 @dataclass(slots=True)
@@ -211,6 +245,25 @@ class Store(ABC):
     @abstractmethod
     def commit(self, progress: Progress) -> None:
         """Write progress atomically and durably (per the store's durability setting)."""
+
+    def commit_later(self, progress: Progress) -> Ticket:
+        """Start writing progress as commit() does, without waiting for it: the ticket is
+        done once it is durable, or failed with the error commit() would have raised.
+        Stores that batch such writes override this (and flush()); here it is commit()."""
+        ticket = Ticket()
+        try:
+            self.commit(progress)
+        except Exception as exc:  # noqa: BLE001 - handed over with the ticket
+            ticket.finish(exc)
+        else:
+            ticket.finish()
+        return ticket
+
+    def flush(self) -> None:
+        """Write what commit_later() queued, now, in this thread (unless another thread
+        is writing it). Whoever calls commit_later() must call this once it has nothing
+        else to do: the store does not write queued progress on its own."""
+        return None  # commit_later() here writes at once: nothing is ever queued
 
     @abstractmethod
     def runnable(self, now: float, limit: int | None = None) -> list[str]:

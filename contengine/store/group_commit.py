@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .base import Progress
+from .base import Progress, Ticket
 
 
 class _NoWait:
@@ -25,15 +25,27 @@ _NO_WAIT: Any = _NoWait()
 
 
 class Slot:
-    """One progress waiting in the group-commit queue, and what became of it."""
+    """One progress waiting in the group-commit queue, and what became of it.
 
-    __slots__ = ("progress", "done", "error", "wake")
+    A slot has either a thread sleeping until it is written (commit()) or a ticket
+    that says so to whoever asks later (commit_later(): no thread waits).
+    """
 
-    def __init__(self, progress: Progress) -> None:
+    __slots__ = ("progress", "done", "error", "wake", "ticket")
+
+    def __init__(self, progress: Progress, ticket: Ticket | None = None) -> None:
         self.progress = progress
         self.done = False
         self.error: Exception | None = None
         self.wake = _NO_WAIT
+        self.ticket = ticket
+
+    def release(self) -> None:
+        """Say the slot is written (or failed): wake its thread, or finish its ticket."""
+        if self.ticket is not None:
+            self.ticket.finish(self.error)
+        else:
+            self.wake.release()
 
     def wait_here(self) -> None:
         """Give the slot a lock its thread will sleep on: held from the start, released

@@ -15,9 +15,9 @@ from ..errors import (
     DatabaseError,
     DatabaseLocked,
     IdConflict,
-    LeaseLost,
     RunNotFound,
 )
+from . import sqlite_bulk
 from .base import (
     E_COMPLETED,
     E_RUNNING,
@@ -28,6 +28,7 @@ from .base import (
     RunRow,
     Signal,
     Store,
+    Ticket,
 )
 from .group_commit import Slot
 from .sqlite_leases import LeaseMethods
@@ -376,28 +377,54 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 except BaseException as exc:  # noqa: BLE001 - raised below
                     interrupted = interrupted or exc
         while not slot.done:
-            batch: list[Slot] = []
-            try:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                with self._lock:
-                    self._write_batch(batch)
-            finally:
-                for other in batch:
-                    if other is not slot:
-                        other.wake.release()
-                with self._queue_lock:
-                    if self._queue:
-                        # The next writer is the oldest waiter (it has its own batch).
-                        self._queue[0].lead()
-                    else:
-                        self._writing = False
+            self._write_round(slot)
             if not slot.done:  # cannot happen: a writer's batch holds its own slot
                 raise DatabaseError("group commit lost a progress write")
         if interrupted is not None:
             raise interrupted
         if slot.error is not None:
             raise slot.error
+
+    def commit_later(self, progress: Progress) -> Ticket:
+        if type(self).commit is not SQLiteStore.commit:
+            # A subclass that intercepts commit() (a test's crash injection) sees
+            # every write go through it.
+            return super().commit_later(progress)
+        # Queued for the next batch, which the caller writes with flush() once it has
+        # nothing else to do (or a commit() caller writes, whichever comes first):
+        # meanwhile the caller drives other runs, whose progress joins the batch.
+        ticket = Ticket()
+        with self._queue_lock:
+            self._queue.append(Slot(progress, ticket))
+        return ticket
+
+    def flush(self) -> None:
+        with self._queue_lock:
+            if self._writing or not self._queue:
+                return  # nothing queued, or its writer is at work
+            self._writing = True
+        self._write_round(None)
+
+    def _write_round(self, own: Slot | None) -> None:
+        """Write everything queued in one transaction, say so to each slot (own's
+        thread, the writer, needs no waking), and hand what was queued meanwhile to
+        the oldest thread waiting in commit(); with none, the next flush() writes it."""
+        batch: list[Slot] = []
+        try:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            with self._lock:
+                self._write_batch(batch)
+        finally:
+            for other in batch:
+                if other is not own or other.ticket is not None:
+                    other.release()
+            with self._queue_lock:
+                waiting = next((slot for slot in self._queue if slot.ticket is None), None)
+                if waiting is not None:
+                    waiting.lead()
+                else:
+                    self._writing = False
 
     def commit_many(self, batch: Sequence[Progress]) -> None:
         with self._tx() as conn:
@@ -406,7 +433,24 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
 
     def _write_batch(self, batch: list[Slot]) -> None:
         """Write each slot's progress in one transaction; a progress that fails (fenced
-        out, raced) is rolled back alone, to its savepoint, and gets its own error."""
+        out, raced) is rolled back alone, to its savepoint, and gets its own error.
+        Plain step progress goes first, in bulk (sqlite_bulk.py), when there is more
+        than one; if the bulk write gives up, the whole batch is written one by one."""
+        rest: list[Slot] | None = None
+        if len(batch) > 1:
+            plain: list[Slot] = []
+            rest = []
+            for slot in batch:
+                (plain if sqlite_bulk.plain(slot.progress) else rest).append(slot)
+            if len(plain) < 2:
+                rest = None
+        if rest is not None and self._write_slots(batch, plain, rest):
+            return
+        self._write_slots(batch, [], batch)
+
+    def _write_slots(self, batch: list[Slot], plain: list[Slot], rest: list[Slot]) -> bool:
+        """One transaction: plain in bulk, then rest one by one. False (nothing written,
+        no slot told) if the bulk write gave up."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -414,10 +458,16 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
             error = self._translate(exc)
             for slot in batch:
                 slot.fail(error)
-            return
+            return True
         alone = len(batch) == 1
         try:
-            for slot in batch:
+            if plain:
+                try:
+                    sqlite_bulk.write_plain(conn, plain, lambda run_id: self._num(conn, run_id))
+                except (sqlite_bulk.Redo, sqlite3.Error, DatabaseError):
+                    conn.execute("ROLLBACK")
+                    return False
+            for slot in rest:
                 if not alone:
                     conn.execute("SAVEPOINT progress")
                 try:
@@ -443,9 +493,10 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 )
             if not isinstance(exc, Exception):
                 raise
-            return
+            return True
         for slot in batch:
             slot.done = True
+        return True
 
     def _forget_children(self, p: Progress) -> None:
         # Numbers remembered for child runs whose insert was rolled back are wrong.
@@ -460,11 +511,8 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         if p.lease is not None:
             held = conn.execute("SELECT owner, lease FROM runs WHERE num = ?", (num,)).fetchone()
             if held is None or (held[0], held[1]) != p.lease:
-                raise LeaseLost(
-                    f"run {p.run_id!r} is no longer leased to this driver (lease "
-                    f"{p.lease[1]} of {p.lease[0]}; now {held and held[1]} of "
-                    f"{held and held[0]}): another worker took it over, so nothing was "
-                    f"written and this driver lets the run go"
+                raise sqlite_bulk.lease_lost(
+                    p.run_id, p.lease, None if held is None else (held[0], held[1])
                 )
         if p.expect_generation is not None:
             current = conn.execute(
