@@ -122,13 +122,14 @@ def test_pooled_runs_end_as_the_model_with_each_step_executed_once(
 
 def test_a_parked_drive_whose_lease_was_taken_writes_nothing(tmp_path: Path) -> None:
     """The commit a parked drive waits for is fenced like any other: refused (LeaseLost),
-    the run is claimed again, and its step runs again as after a crash."""
+    the drive stops there (the next step does not start), the run is claimed again,
+    and its step runs again as after a crash."""
     path = tmp_path / "p.db"
     calls: list[str] = []
 
     @ce.step(name="parked.stolen")
     def stolen() -> str:
-        who = "inner" if calls else "outer"
+        who = "inner" if "outer" in calls else "outer"
         calls.append(who)
         if who == "outer":
             engine.store._conn.execute(  # another worker takes the run, then vanishes
@@ -138,18 +139,21 @@ def test_a_parked_drive_whose_lease_was_taken_writes_nothing(tmp_path: Path) -> 
 
     @ce.step(name="parked.first")
     def first() -> str:
+        calls.append("first")
         return "first"
 
     @ce.workflow(name="parked.fenced")
     def wf() -> Generator[Any, Any, str]:
-        yield first()  # parks once before the step that loses the lease
-        return (yield stolen())
+        yield first()
+        who: str = yield stolen()
+        yield first()  # the commit of stolen()'s outcome with this step: a parked one
+        return who
 
     with ce.Engine(path) as engine:
         engine.start(wf, id="r")
         engine.run_until_idle(threads=4)
         assert engine.get_run("r").result() == "inner"
-        assert calls == ["outer", "inner"]
+        assert calls == ["first", "outer", "inner", "first"]
         entry = engine.history("r")[1]
         assert (entry.status, entry.value, entry.attempts, entry.crashes) == (
             "completed",
