@@ -35,7 +35,7 @@ from .store.base import Ticket
 # Threads kept running ready drives at once (more only stand in for blocked ones):
 # driving is CPU work under one interpreter lock, and each extra runnable thread
 # adds lock hand-offs, not throughput.
-ACTIVE = 4
+ACTIVE = 1
 # A task running longer than this counts as blocked (in a slow step); a ready
 # drive waits at most about this long for a thread while others are free.
 STARVE = 0.002
@@ -190,6 +190,7 @@ class DrivePool:
                     # Out of work: write the batch the parked drives wait for (their
                     # continuations come back to the ready queue), then look again.
                     flushed = True
+                    me.task_since = 0.0  # writing is not being stuck in a step
                     self._write()
                     continue
                 flushed = False

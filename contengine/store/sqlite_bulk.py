@@ -3,13 +3,15 @@
 Most of a busy batch is runs moving from one step to the next: the previous
 step's outcome, the next step in flight, perhaps the run's status back to
 running. Written one by one, each costs a savepoint, a lease check, two or three
-statements and a release. Here the whole batch is one statement (an upsert of
-its entries, joined with the runs to check the leases), plus one for the runs
-whose status changes. That matters less for SQLite's own work than for the
-interpreter lock: every call into SQLite lets it go and must take it back from
-the threads driving runs, and under load each of those hand-offs costs more than
-the statement. Anything else in the batch (a run's end, children, signals,
-values recorded) is written one by one as before.
+statements and a release. Here the whole batch's leases are checked with one
+query and its rows written with one executemany() per statement. Anything else
+in the batch (a run's end, children, signals, values recorded) is written one by
+one as before; so is the whole batch when something is off (a lease taken, an
+entry raced), so that each progress gets its own error.
+
+(Multi-row statements - an upsert joined with the runs, UPDATE ... FROM VALUES -
+were measured too: fewer calls into SQLite, but more work inside it, and slower
+here, where one thread both drives runs and writes their batches.)
 """
 
 from __future__ import annotations
@@ -20,51 +22,16 @@ from collections.abc import Callable
 from ..errors import LeaseLost
 from .base import E_COMPLETED, E_RUNNING, RUNNING, Progress
 from .group_commit import Slot
-from .sqlite_sql import POSITION_BITS, _checked_position
-
-# Rows per statement: under the 999 host parameters of SQLite builds older than
-# 3.32 (15 parameters a row).
-_CHUNK = 64
-# UPDATE ... FROM needs SQLite 3.33; older builds write the rows one by one.
-_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
-
-# A step's outcome and the next step in flight, for a whole batch, in one statement:
-# new entries are inserted, entries in flight (same id) are completed. Only rows of
-# runs still leased to their driver are written (the join with runs), and an entry
-# is completed only if still in flight with the attempts its driver wrote (the
-# upsert's WHERE): a row left out makes the count fall short, and the batch is
-# written one by one instead (which says which progress failed, and why).
-_UPSERT_MANY = (
-    "INSERT INTO log (id, kind, name, key, text, status, attempts, crashes, started_at, "
-    "finished_at, outcome, error_text) "
-    "SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, "
-    "v.column8, v.column9, v.column10, v.column11, v.column12 "
-    "FROM (VALUES {rows}) AS v "
-    "JOIN runs ON runs.num = v.column13 AND runs.owner = v.column14 AND runs.lease = v.column15 "
-    "WHERE true "  # (an INSERT ... SELECT with an upsert clause needs a WHERE)
-    "ON CONFLICT (id) DO UPDATE SET status = 'completed', attempts = excluded.attempts, "
-    "crashes = excluded.crashes, finished_at = excluded.finished_at, due_at = NULL, "
-    "outcome = excluded.outcome, error_text = excluded.error_text "
-    "WHERE excluded.status = 'completed' AND log.status IN ('running', 'retrying') "
-    "AND log.attempts = excluded.attempts"
-)
-_UPSERT_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_RUNNING_MANY = (
-    "UPDATE runs SET status = v.column2, updated_at = v.column3, due_at = v.column4 "
-    "FROM (VALUES {rows}) AS v WHERE runs.num = v.column1"
+from .sqlite_sql import (
+    _COMPLETE_ENTRY,
+    _INSERT_NEW_ENTRY,
+    _UPDATE_RUN,
+    POSITION_BITS,
+    _checked_position,
 )
 
-
-def _many(conn: sqlite3.Connection, sql: str, row: str, rows: list[tuple[object, ...]]) -> int:
-    """Run sql once per chunk of rows, all of a chunk's rows in one statement (one
-    call into SQLite, so the interpreter lock is let go once, not once a row)."""
-    changed = 0
-    for i in range(0, len(rows), _CHUNK):
-        part = rows[i : i + _CHUNK]
-        params = [x for r in part for x in r]
-        cur = conn.execute(sql.format(rows=",".join([row] * len(part))), params)
-        changed += cur.rowcount
-    return changed
+# Runs per lease query: under the 999 host parameters of SQLite builds older than 3.32.
+_CHUNK = 500
 
 
 class Redo(Exception):
@@ -79,10 +46,7 @@ def plain(p: Progress) -> bool:
     ):  # fmt: skip
         return False
     u = p.update
-    if u is not None and (
-        u.status != E_COMPLETED or u.due_at is not None
-        or (p.expect_attempts is not None and p.expect_attempts != u.attempts)
-    ):  # fmt: skip
+    if u is not None and (u.status != E_COMPLETED or u.due_at is not None):
         return False
     e = p.insert
     if e is not None and (
@@ -110,38 +74,49 @@ def lease_lost(run_id: str, lease: tuple[str, int], held: tuple[str, int] | None
 
 def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[str], int]) -> None:
     """Write the slots' plain progress in bulk, inside the caller's transaction. Raises
-    Redo (or a sqlite3 error) when a row could not be written as expected: the caller
-    rolls the transaction back and writes the batch one by one."""
-    if not _UPDATE_FROM:
-        raise Redo("this SQLite has no UPDATE ... FROM")
-    rows: list[tuple[object, ...]] = []
+    Redo (or a sqlite3 error) when a row could not be written as expected (a lease
+    taken, an entry raced): the caller rolls the transaction back and writes the batch
+    one by one, which tells each progress what became of it."""
+    nums = [num_of(slot.progress.run_id) for slot in slots]
+    held: dict[int, tuple[str, int]] = {}
+    for i in range(0, len(nums), _CHUNK):
+        part = nums[i : i + _CHUNK]
+        marks = ",".join("?" * len(part))
+        for num, owner, lease in conn.execute(
+            f"SELECT num, owner, lease FROM runs WHERE num IN ({marks})", part
+        ):
+            held[num] = (owner, lease)
+    completes: list[tuple[object, ...]] = []
+    inserts: list[tuple[object, ...]] = []
     runs: list[tuple[object, ...]] = []
-    for slot in slots:
+    for slot, num in zip(slots, nums, strict=True):
         p = slot.progress
-        num = num_of(p.run_id)
+        if held.get(num) != p.lease:
+            raise Redo(f"the lease of run {p.run_id!r} was taken")
         base = num << POSITION_BITS
-        assert p.lease is not None  # plain() says so
-        owner, lease = p.lease
         u = p.update
         # fmt: off
         if u is not None:
-            rows.append((
-                base | u.position, u.kind, u.name, u.key, None if u.text == u.key else u.text,
-                E_COMPLETED, u.attempts, u.crashes, u.started_at, u.finished_at, u.outcome,
-                u.error_text, num, owner, lease,
+            completes.append((
+                u.attempts, u.crashes, u.finished_at, u.outcome, u.error_text,
+                base | u.position, p.expect_attempts,
             ))
         e = p.insert
         if e is not None:
-            rows.append((
+            inserts.append((
                 base | _checked_position(e.position), e.kind, e.name, e.key,
-                None if e.text == e.key else e.text, E_RUNNING, 1, 0, e.started_at, None, None,
-                None, num, owner, lease,
+                None if e.text == e.key else e.text, e.started_at,
             ))
-        # fmt: on
         r = p.run
         if r is not None:
-            runs.append((num, r.status, r.updated_at, r.due_at))
-    if rows and _many(conn, _UPSERT_MANY, _UPSERT_ROW, rows) != len(rows):
-        raise Redo("a lease was taken, or an entry is no longer in flight as expected")
-    if runs and _many(conn, _RUNNING_MANY, "(?,?,?,?)", runs) != len(runs):
+            runs.append((
+                r.status, r.updated_at, r.due_at, r.finished_at, r.result, r.error,
+                r.error_text, r.clear_cancel, p.run_id,
+            ))
+        # fmt: on
+    if completes and conn.executemany(_COMPLETE_ENTRY, completes).rowcount != len(completes):
+        raise Redo("an entry is no longer in flight with the attempts its driver wrote")
+    if inserts:
+        conn.executemany(_INSERT_NEW_ENTRY, inserts)
+    if runs and conn.executemany(_UPDATE_RUN, runs).rowcount != len(runs):
         raise Redo("a run row is missing")
