@@ -168,7 +168,9 @@ class _Drive:
             return
         now = self.r.clock.now()
         # A cancel that came too late to be delivered is void once the run has ended.
-        self._commit(run=RunUpdate(COMPLETED, now, finished_at=now, result=data, clear_cancel=True))
+        self._commit_last(
+            RunUpdate(COMPLETED, now, finished_at=now, result=data, clear_cancel=True)
+        )
 
     def _continue_as_new(self, again: ContinueAsNew) -> None:
         """Start this run again with new arguments; its log so far is dropped."""
@@ -190,11 +192,17 @@ class _Drive:
         text = "".join(traceback.format_exception(error))
         now = self.r.clock.now()
         status = CANCELLED if isinstance(error, Cancelled) else FAILED
-        self._commit(
-            run=RunUpdate(
-                status, now, finished_at=now, error=data, error_text=text, clear_cancel=True
-            )
+        self._commit_last(
+            RunUpdate(status, now, finished_at=now, error=data, error_text=text, clear_cancel=True)
         )
+
+    def _commit_last(self, run: RunUpdate) -> None:
+        """The run's end: nothing is left to do after it, so in a pool the drive parks
+        and ends once it is durable, and the end joins the batch of the runs still
+        advancing (instead of being a disk sync of its own)."""
+        if self.park:
+            self._commit_then(_nothing, run=run)
+        self._commit(run=run)
 
     # -- one request ------------------------------------------------------------
 
@@ -692,6 +700,10 @@ class _Drive:
             self.recorded.clear()
         if p.run is not None:
             self.status, self.due_at = p.run.status, p.run.due_at
+
+
+def _nothing() -> None:
+    """What is left of a drive after its run's end is written."""
 
 
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})

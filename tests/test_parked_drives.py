@@ -187,3 +187,31 @@ def test_a_step_still_cannot_wait_for_its_own_run_after_parking(tmp_path: Path) 
         assert engine.get_run(run.id).status == "failed"
         (entry,) = [e for e in engine.history(run.id) if e.name == "parked.wait_self"]
         assert "further up this thread's stack" in (entry.error_text or "")
+
+
+def test_a_parked_run_end_whose_lease_was_taken_is_not_an_end(tmp_path: Path) -> None:
+    """A run's end, written with the batch, is fenced too: refused, the run is not
+    counted finished, and the next claim runs its last step again and ends it."""
+    path = tmp_path / "p.db"
+    calls: list[str] = []
+
+    @ce.step(name="parked.last")
+    def last() -> str:
+        who = "inner" if calls else "outer"
+        calls.append(who)
+        if who == "outer":
+            engine.store._conn.execute(
+                "UPDATE runs SET owner = 'thief', lease = lease + 1 WHERE id = 'r'"
+            )
+        return who
+
+    @ce.workflow(name="parked.ends")
+    def wf() -> Generator[Any, Any, str]:
+        return (yield last())
+
+    with ce.Engine(path) as engine:
+        engine.start(wf, id="r")
+        report = engine.run_until_idle(threads=4)
+        assert report.finished == ["r"]  # once: the refused end was not an end
+        assert calls == ["outer", "inner"]
+        assert engine.get_run("r").result() == "inner"
