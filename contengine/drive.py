@@ -10,6 +10,7 @@ leaves either the old state or the new one.
 from __future__ import annotations
 
 import datetime
+import functools
 import inspect
 import logging
 import traceback
@@ -660,7 +661,7 @@ class _Drive:
 
         outer = self.outer
         assert outer is not None, "a drive that may park has the runner's handling"
-        raise Parked(ticket, lambda: outer(lambda: self._guarded(go_on)))
+        raise Parked(ticket, functools.partial(outer, functools.partial(self._guarded, go_on)))
 
     def _progress(
         self, update: EntryRow | None, insert: EntryRow | None, run: RunUpdate | None

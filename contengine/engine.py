@@ -156,7 +156,7 @@ class Engine:
         self._runner.live.max_runs, self._runner.live.max_bytes = cache_runs, cache_bytes
         self._runner.take_slot = self._take_slot  # type: ignore[method-assign]
         self._runner.give_slot = self.store.give_slot  # type: ignore[method-assign]
-        self._lock = threading.RLock()  # guards _active and _stuck
+        self._lock = threading.RLock()  # guards _stuck (_active: one writer per key)
         # Runs this engine could not rebuild, with the reason. Kept in memory only:
         # a process with fixed code (or the missing module) tries them afresh.
         self._stuck: dict[str, ContengineError] = {}
@@ -405,8 +405,10 @@ class Engine:
         go by its last write). With park (in a DrivePool) the drive may raise Parked;
         then() is where a parked drive goes on, inside this same handling."""
         row = claim.run
-        with self._lock:
-            self._active[row.id] = threading.get_ident()
+        me = threading.get_ident()
+        # Only this thread writes this run's entry (a run has one driver); a dict's
+        # single writes need no lock.
+        self._active[row.id] = me
         finished = parked = False
         try:
             if then is not None:
@@ -431,11 +433,10 @@ class Engine:
             self._mark_stuck(row, exc)
             raise
         finally:
-            with self._lock:
-                if self._active.get(row.id) == threading.get_ident():
-                    # Parked: this thread goes on to other runs; whichever thread takes
-                    # this one up again says so.
-                    del self._active[row.id]
+            # Parked too: this thread goes on to other runs; whichever thread takes
+            # this one up again says so.
+            if self._active.get(row.id) == me:
+                del self._active[row.id]
             if not finished and not parked and self.store.supports_leases:
                 self._holder.release(row.id, claim.lease)
         if row.id in self._stuck or row.note is not None:

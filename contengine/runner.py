@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import random as random_module
 import threading
 from collections.abc import Callable
@@ -139,7 +140,8 @@ class Runner:
 
     def _finish(self, drive: _Drive, gen: Any, go: Callable[[], None]) -> None:
         """Run a drive; keep its generator alive if it went idle where it can resume."""
-        drive.outer = lambda then: self._finish(drive, gen, then)
+        if drive.outer is None:
+            drive.outer = functools.partial(self._finish, drive, gen)
         keep = False
         try:
             go()
