@@ -141,9 +141,12 @@ class DrivePool:
         for t in idle:
             t.wake.release()  # each sees the shutdown and ends once nothing is left
         if wait:
-            for t in threads:
-                if t.thread is not None and t.thread is not threading.current_thread():
-                    t.thread.join()
+            while threads:
+                for t in threads:
+                    if t.thread is not None and t.thread is not threading.current_thread():
+                        t.thread.join()
+                with self._lock:  # threads started meanwhile, for tasks left
+                    threads = [t for t in self._all if t not in threads]
             if monitor is not None:
                 monitor.join()
 
@@ -164,14 +167,20 @@ class DrivePool:
         if self._idle:
             self._awake += 1
             return self._idle.pop()
-        if len(self._all) < self.threads and not self._shutdown:
+        # Shutting down too while tasks are left: a parked task must not wait for a
+        # thread that is inside a step (nor forever, when submit() raced shutdown()).
+        if len(self._all) < self.threads and (not self._shutdown or self._outstanding > 0):
             t = _Thread()
             t.thread = threading.Thread(
                 target=self._serve, args=(t,), name=f"{self._name}-{len(self._all)}", daemon=True
             )
+            try:
+                t.thread.start()  # it waits for its wake, like a woken idle thread
+            except RuntimeError:  # no more threads to be had: the ones there will do
+                logging.getLogger("contengine").warning("the drive pool could not start a thread")
+                return None
             self._all.append(t)
             self._awake += 1
-            t.thread.start()  # it waits for its wake, like a woken idle thread
             return t
         return None
 
@@ -258,6 +267,7 @@ class DrivePool:
                 if self._shutdown and self._outstanding == 0:
                     return
                 if self._outstanding == 0:
+                    self._blocked = 0  # no task runs: none is blocked
                     self._busy.wait()
                     continue
                 now = time.monotonic()

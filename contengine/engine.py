@@ -787,11 +787,11 @@ class Engine:
         """Let go of this engine's leases and threads, then close the database connection."""
         if self._worker is not None:
             self._worker.stop()  # as on SIGTERM: steps finish within its grace period
-        self._runner.close()
         for pool in [*self._retired_pools, self._drivers]:
             if pool is not None:
-                pool.shutdown(wait=True)
+                pool.shutdown(wait=True)  # parked drives go on to their end first
         self._drivers, self._retired_pools = None, []
+        self._runner.close()
         self._holder.close()
         self.store.close()
 

@@ -248,3 +248,41 @@ def test_batches_longer_than_one_statement_are_written_whole(tmp_path: Path, run
     assert outcomes == [None] * runs
     assert sum(1 for r in log if r[5] == "completed") == runs
     assert BULK_WRITES[0] == (1 if runs > 1 else 0)  # a batch of one is written as it is
+
+
+def test_an_interrupted_writer_tells_queued_commits_they_were_not_written(
+    tmp_path: Path,
+) -> None:
+    """A KeyboardInterrupt in the thread writing a batch (the caller of commit()) must
+    not leave the queued commits of that batch looking durable."""
+    path = tmp_path / "q.db"
+    store = open_store(path, 3)
+    real = sqlite_bulk.plain
+    calls = [0]
+
+    def interrupted(p: Progress) -> bool:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise KeyboardInterrupt
+        return real(p)
+
+    try:
+        tickets = [
+            store.commit_later(
+                Progress(
+                    f"r{i}",
+                    update=completed(f"r{i}", 0),
+                    insert=in_flight(f"r{i}", 1),
+                    expect_attempts=1,
+                    lease=(OWNER, 1),
+                )
+            )  # fmt: skip
+            for i in range(2)
+        ]
+        with mock.patch.object(sqlite_bulk, "plain", interrupted), pytest.raises(KeyboardInterrupt):
+            store.commit(Progress("r2", update=completed("r2", 0), expect_attempts=1))
+        assert all(t.done and isinstance(t.error, DatabaseError) for t in tickets)
+        assert [r[5] for r in dump(path)[0]] == ["running"] * 3  # nothing was written
+        assert not store._writing
+    finally:
+        store.close()

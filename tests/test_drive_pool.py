@@ -174,3 +174,58 @@ def test_a_busy_pool_goes_from_task_to_task_without_waking_threads() -> None:
         assert tickets.flushes < parks[0] / 4
     finally:
         pool.shutdown()
+
+
+def test_a_pool_shutting_down_still_starts_a_thread_for_a_parked_task() -> None:
+    """Shutting down while the only thread is in a step that waits for a parked task:
+    the parked task gets a thread of its own once its commit is written (no hang)."""
+    ticket = Ticket()
+    allow = threading.Event()
+    went_on = threading.Event()
+
+    def flush() -> None:
+        if allow.is_set() and not ticket.done:
+            ticket.finish()
+
+    def parked() -> Any:
+        raise Parked(ticket, lambda: went_on.set() or "parked one")
+
+    pool = DrivePool(2, flush)
+    first = pool.submit(parked)
+    assert not first.done()
+    waiter = pool.submit(lambda: went_on.wait(5) and "waiter")
+    stopper = threading.Thread(target=pool.shutdown, daemon=True)
+    stopper.start()
+    allow.set()  # the commit is written now; the monitor or a thread flushes it
+    assert first.result(timeout=5) == "parked one"
+    assert waiter.result(timeout=5) == "waiter"
+    stopper.join(5)
+    assert not stopper.is_alive()
+
+
+def test_blocked_threads_are_forgotten_once_the_pool_is_idle() -> None:
+    """After a burst of slow tasks, a burst of quick ones wakes one thread, not one each."""
+    pool = DrivePool(8)
+    try:
+        slow = [pool.submit(lambda: threading.Event().wait(0.02)) for _ in range(8)]
+        for f in slow:
+            f.result(timeout=5)
+        deadline = threading.Event()
+        while pool._outstanding and not deadline.wait(0.01):
+            pass
+        deadline.wait(0.02)  # the monitor's next look, with nothing outstanding
+        woken = [0]
+        real = pool._wake_locked
+
+        def counting() -> Any:
+            t = real()
+            woken[0] += t is not None
+            return t
+
+        pool._wake_locked = counting  # type: ignore[method-assign]
+        quick = [pool.submit(lambda: sum(range(1000))) for _ in range(8)]
+        for f in quick:
+            f.result(timeout=5)
+        assert woken[0] <= 2  # one, or two if the monitor saw one task waiting
+    finally:
+        pool.shutdown()

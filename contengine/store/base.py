@@ -260,9 +260,10 @@ class Store(ABC):
         return ticket
 
     def flush(self) -> None:
-        """Write what commit_later() queued, now, in this thread (unless another thread
-        is writing it). Whoever calls commit_later() must call this once it has nothing
-        else to do: the store does not write queued progress on its own."""
+        """Write what commit_later() queued, now, in this thread; if another thread is
+        writing, return at once (what that writer did not take is left for the next
+        flush). Whoever calls commit_later() must call this until its tickets are done:
+        the store does not write queued progress on its own."""
         return None  # commit_later() here writes at once: nothing is ever queued
 
     @abstractmethod

@@ -399,6 +399,8 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         return ticket
 
     def flush(self) -> None:
+        # If a write is under way, its writer hands what it did not take to a thread
+        # waiting in commit(), if any; else the next flush() writes it.
         with self._queue_lock:
             if self._writing or not self._queue:
                 return  # nothing queued, or its writer is at work
@@ -417,6 +419,8 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 self._write_batch(batch)
         finally:
             for other in batch:
+                if not other.done:  # the writer was interrupted before telling it
+                    other.fail(DatabaseError("the batch holding this progress was not written"))
                 if other is not own or other.ticket is not None:
                     other.release()
             with self._queue_lock:
@@ -437,7 +441,9 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         Plain step progress goes first, in bulk (sqlite_bulk.py), when there is more
         than one; if the bulk write gives up, the whole batch is written one by one."""
         rest: list[Slot] | None = None
-        if len(batch) > 1:
+        # A run has one progress in a batch (its driver waits for each write); the bulk
+        # path, which writes plain progress first, relies on it.
+        if len(batch) > 1 and len({slot.progress.run_id for slot in batch}) == len(batch):
             plain: list[Slot] = []
             rest = []
             for slot in batch:
