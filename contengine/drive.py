@@ -218,11 +218,12 @@ class _Drive:
             raise NotDue(now)
         self.requests_since_look += 1
         if self.requests_since_look >= LOOK_EVERY or self.stepped >= LOOK_AFTER:
-            # Another process may have cancelled the run while it ran steps: look in
-            # the store now and then (every so many requests, or after long steps).
-            # Time in steps, not wall time: a busy worker's runs wait for the disk and
-            # the CPU between steps, and looking after each of those would cost a read
-            # per step.
+            # Another process may have cancelled the run: every write reads that with
+            # its lease check (_committed), but requests that write nothing do not, so
+            # look in the store now and then too (every so many requests, or after
+            # long steps). Time in steps, not wall time: a busy worker's runs wait for
+            # the disk and the CPU between steps, and looking after each of those would
+            # cost a read per step.
             self.requests_since_look = 0
             self.stepped = 0.0
             row = self.r.store.get_run(self.run.id)
@@ -266,6 +267,10 @@ class _Drive:
                     run=self._run_update(RUNNING, None, now),
                 )
             self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
+            if self.cancel_pending:
+                # Another process cancelled the run while the previous step ran (the
+                # write read it): this step does not start; the cancel is raised here.
+                return self._deliver_cancel(pending, logged=True)
         else:
             # Replay read only what it needed; the entry in flight is read whole.
             entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
@@ -278,6 +283,9 @@ class _Drive:
     def _after_logged(self, pending: Pending, entry: EntryRow, request: StepCall[Any]) -> None:
         """Go on once a new step's entry is durable: run it, and the workflow after it
         (what _loop would have done after _carry_out returned)."""
+        if self.cancel_pending:  # seen by the write: as in _carry_out
+            self._loop(self.driver.send(self._deliver_cancel(pending, logged=True)))
+            return
         try:
             outcome = self._attempts(entry, request)
         except NotDue:
@@ -598,14 +606,16 @@ class _Drive:
         else:
             self.recorded.append(entry)
 
-    def _deliver_cancel(self, pending: Pending) -> Outcome:
-        """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too."""
+    def _deliver_cancel(self, pending: Pending, logged: bool | None = None) -> Outcome:
+        """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too
+        (logged: the request's entry is in the log, whatever pending says)."""
         self.cancel_pending = False
         self.r.cancelled.discard(self.run.id)
         self.clear_cancel = True
         now = self.r.clock.now()
         request = pending.request
-        logged = pending.recorded is not None
+        if logged is None:
+            logged = pending.recorded is not None
         error = Cancelled(f"run {self.run.id!r} was cancelled")
         if isinstance(request, GatherRequest):
             return drive_gather.cancel_gather(self, pending, request, error, now)
@@ -636,8 +646,8 @@ class _Drive:
         run: RunUpdate | None = None,
     ) -> None:
         progress = self._progress(update, insert, run)
-        self.r.store.commit(progress)
-        self._committed(progress)
+        cancel = self.r.store.commit(progress)
+        self._committed(progress, bool(cancel))
 
     def _commit_then(
         self,
@@ -656,7 +666,7 @@ class _Drive:
         def go_on() -> None:
             if ticket.error is not None:
                 raise ticket.error
-            self._committed(progress)
+            self._committed(progress, ticket.cancel)
             then()
 
         outer = self.outer
@@ -683,8 +693,11 @@ class _Drive:
             publish, self.restart, lease=self.lease,
         )  # fmt: skip
 
-    def _committed(self, p: Progress) -> None:
-        """Bring the drive's state up to a durable commit of p."""
+    def _committed(self, p: Progress, cancel: bool = False) -> None:
+        """Bring the drive's state up to a durable commit of p; cancel: the run's row asks
+        for a cancel (another process's), delivered at the next yield."""
+        if cancel:
+            self.cancel_pending = True
         self.new_runs.clear()
         self.publish.clear()
         self.restart = None

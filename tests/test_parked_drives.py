@@ -215,3 +215,36 @@ def test_a_parked_run_end_whose_lease_was_taken_is_not_an_end(tmp_path: Path) ->
         assert report.finished == ["r"]  # once: the refused end was not an end
         assert calls == ["outer", "inner"]
         assert engine.get_run("r").result() == "inner"
+
+
+def test_a_cancel_from_another_engine_stops_a_pooled_run_before_its_next_step(
+    tmp_path: Path,
+) -> None:
+    """The cancel is read with the (parked) write that logs the next step: that step
+    does not start, and Cancelled is raised at its yield."""
+    path = tmp_path / "p.db"
+    ran: list[str] = []
+
+    @ce.step(name="parked.cancels")
+    def cancels() -> None:
+        ran.append("cancels")
+        with ce.Engine(path) as other:
+            assert other.cancel("r")
+
+    @ce.step(name="parked.after")
+    def after() -> None:
+        ran.append("after")
+
+    @ce.workflow(name="parked.cancelled")
+    def wf() -> Generator[Any, Any, str]:
+        yield cancels()
+        yield after()
+        return "not cancelled"
+
+    with ce.Engine(path) as engine:
+        engine.start(wf, id="r")
+        engine.run_until_idle(threads=4)
+        assert ran == ["cancels"]
+        assert engine.get_run("r").status == "cancelled"
+        entry = engine.history("r")[1]
+        assert (entry.name, entry.status) == ("parked.after", "failed")

@@ -114,18 +114,19 @@ class Signal:
 class Ticket:
     """A progress write under way (Store.commit_later): done once durable or failed."""
 
-    __slots__ = ("error", "done", "_lock", "_then")
+    __slots__ = ("error", "done", "cancel", "_lock", "_then")
 
     def __init__(self) -> None:
         self.error: Exception | None = None  # why nothing was written, once done
         self.done = False
+        self.cancel = False  # the run's row asked for a cancel (as commit() returns)
         self._lock = threading.Lock()
         self._then: Callable[[], None] | None = None
 
-    def finish(self, error: Exception | None = None) -> None:
+    def finish(self, error: Exception | None = None, cancel: bool = False) -> None:
         """Mark the write done (durable, or failed with error) and call the waiting callback."""
         with self._lock:
-            self.error, self.done = error, True
+            self.error, self.done, self.cancel = error, True, cancel
             then, self._then = self._then, None
         if then is not None:
             try:
@@ -243,8 +244,11 @@ class Store(ABC):
         """How many entries the run's log has (positions are 0 .. length - 1)."""
 
     @abstractmethod
-    def commit(self, progress: Progress) -> None:
-        """Write progress atomically and durably (per the store's durability setting)."""
+    def commit(self, progress: Progress) -> bool | None:
+        """Write progress atomically and durably (per the store's durability setting).
+        True if the run's row asks for a cancel not delivered by this progress (read
+        with the write, so a cancel from another process is seen at once); a store
+        that does not read it returns False or None."""
 
     def commit_later(self, progress: Progress) -> Ticket:
         """Start writing progress as commit() does, without waiting for it: the ticket is
@@ -252,11 +256,11 @@ class Store(ABC):
         Stores that batch such writes override this (and flush()); here it is commit()."""
         ticket = Ticket()
         try:
-            self.commit(progress)
+            cancel = self.commit(progress)
         except Exception as exc:  # noqa: BLE001 - handed over with the ticket
             ticket.finish(exc)
         else:
-            ticket.finish()
+            ticket.finish(cancel=bool(cancel))
         return ticket
 
     def flush(self) -> None:

@@ -31,19 +31,20 @@ class Slot:
     that says so to whoever asks later (commit_later(): no thread waits).
     """
 
-    __slots__ = ("progress", "done", "error", "wake", "ticket")
+    __slots__ = ("progress", "done", "error", "cancel", "wake", "ticket")
 
     def __init__(self, progress: Progress, ticket: Ticket | None = None) -> None:
         self.progress = progress
         self.done = False
         self.error: Exception | None = None
+        self.cancel = False  # the run's row asks for a cancel (read with the write)
         self.wake = _NO_WAIT
         self.ticket = ticket
 
     def release(self) -> None:
         """Say the slot is written (or failed): wake its thread, or finish its ticket."""
         if self.ticket is not None:
-            self.ticket.finish(self.error)
+            self.ticket.finish(self.error, self.cancel)
         else:
             self.wake.release()
 

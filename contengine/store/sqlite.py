@@ -352,7 +352,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         )[0]
         return 0 if last is None else (last & POSITION_MASK) + 1
 
-    def commit(self, progress: Progress) -> None:
+    def commit(self, progress: Progress) -> bool:
         # Group commit: every thread queues its progress. If no write is under way,
         # it becomes the writer of everything queued, in one transaction (one disk
         # sync); otherwise it sleeps until the writer of its batch wakes it (done),
@@ -384,6 +384,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
             raise interrupted
         if slot.error is not None:
             raise slot.error
+        return slot.cancel
 
     def commit_later(self, progress: Progress) -> Ticket:
         if type(self).commit is not SQLiteStore.commit:
@@ -477,7 +478,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 if not alone:
                     conn.execute("SAVEPOINT progress")
                 try:
-                    self._write(conn, slot.progress)
+                    slot.cancel = self._write(conn, slot.progress)
                 except Exception as exc:
                     self._forget_children(slot.progress)
                     if alone:
@@ -509,17 +510,22 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         for child in p.new_runs:
             self._nums.pop(child.id, None)
 
-    def _write(self, conn: sqlite3.Connection, p: Progress) -> None:
+    def _write(self, conn: sqlite3.Connection, p: Progress) -> bool:
+        """Write one progress; True if the run's row asks for a cancel (see commit())."""
         num = self._nums.get(p.run_id)
         if num is None:
             num = self._num(conn, p.run_id)
         base = num << POSITION_BITS
+        cancel = False
         if p.lease is not None:
-            held = conn.execute("SELECT owner, lease FROM runs WHERE num = ?", (num,)).fetchone()
+            held = conn.execute(
+                "SELECT owner, lease, cancel_requested FROM runs WHERE num = ?", (num,)
+            ).fetchone()
             if held is None or (held[0], held[1]) != p.lease:
                 raise sqlite_bulk.lease_lost(
                     p.run_id, p.lease, None if held is None else (held[0], held[1])
                 )
+            cancel = bool(held[2]) and not (p.run is not None and p.run.clear_cancel)
         if p.expect_generation is not None:
             current = conn.execute(
                 "SELECT generation FROM runs WHERE id = ?", (p.run_id,)
@@ -634,6 +640,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                     f"signal {p.consume} of run {p.run_id!r} was already taken (another engine "
                     f"is driving the same run); nothing was written"
                 )
+        return cancel
 
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         sql = (

@@ -79,13 +79,16 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
     one by one, which tells each progress what became of it."""
     nums = [num_of(slot.progress.run_id) for slot in slots]
     held: dict[int, tuple[str, int]] = {}
+    cancels: set[int] = set()
     for i in range(0, len(nums), _CHUNK):
         part = nums[i : i + _CHUNK]
         marks = ",".join("?" * len(part))
-        for num, owner, lease in conn.execute(
-            f"SELECT num, owner, lease FROM runs WHERE num IN ({marks})", part
+        for num, owner, lease, cancel in conn.execute(
+            f"SELECT num, owner, lease, cancel_requested FROM runs WHERE num IN ({marks})", part
         ):
             held[num] = (owner, lease)
+            if cancel:
+                cancels.add(num)
     completes: list[tuple[object, ...]] = []
     inserts: list[tuple[object, ...]] = []
     runs: list[tuple[object, ...]] = []
@@ -93,6 +96,7 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
         p = slot.progress
         if held.get(num) != p.lease:
             raise Redo(f"the lease of run {p.run_id!r} was taken")
+        slot.cancel = num in cancels  # (plain progress delivers no cancel)
         base = num << POSITION_BITS
         u = p.update
         # fmt: off

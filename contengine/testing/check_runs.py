@@ -155,7 +155,7 @@ class _CrashingStore(SQLiteStore):
         self.harness = harness
         self.session = session
 
-    def commit(self, progress: Progress) -> None:
+    def commit(self, progress: Progress) -> bool:
         """Commit, crashing before or after if this commit is the planned crash point."""
         session = self.session
         if session.dead:
@@ -163,16 +163,16 @@ class _CrashingStore(SQLiteStore):
         if not session.in_driver():
             # A losing race step logging its outcome late: timing decides when, so
             # it is no crash point.
-            super().commit(progress)
-            return
+            return super().commit(progress)
         key = commit_key(progress)
         occurrence = session.occurrence(key)
         if session.due(BEFORE, key, occurrence):
             session.die()
-        super().commit(progress)
+        cancel = super().commit(progress)
         self.harness.note(key, occurrence, progress)
         if session.due(AFTER, key, occurrence):
             session.die()
+        return cancel
 
     def commit_many(self, batch: Sequence[Progress]) -> None:
         """Each progress is a commit of its own here, so each is a crash point."""

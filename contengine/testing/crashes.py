@@ -195,16 +195,17 @@ class _CrashingStore(SQLiteStore):
         super().__init__(path, durability="normal")  # in-process crashes: fsync buys nothing
         self.life = life
 
-    def commit(self, progress: Progress) -> None:
+    def commit(self, progress: Progress) -> bool:
         """Count the commit; crash before or after it is written if this one is planned."""
         life = self.life
         life.commits += 1
         if life.due(BEFORE_COMMIT, life.commits):
             raise SimulatedCrash(str(life.point))
-        super().commit(progress)
+        cancel = super().commit(progress)
         _note_committed(life.world, progress)
         if life.due(AFTER_COMMIT, life.commits):
             raise SimulatedCrash(str(life.point))
+        return cancel
 
     def commit_many(self, batch: Sequence[Progress]) -> None:
         """Each progress is a commit of its own, counted."""
