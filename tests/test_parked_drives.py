@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import given, settings
 
 import contengine as ce
@@ -248,3 +249,44 @@ def test_a_cancel_from_another_engine_stops_a_pooled_run_before_its_next_step(
         assert engine.get_run("r").status == "cancelled"
         entry = engine.history("r")[1]
         assert (entry.name, entry.status) == ("parked.after", "failed")
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_cancel_from_another_engine_caught_by_the_workflow_is_raised_once(
+    tmp_path: Path, threads: int
+) -> None:
+    """A workflow that catches the cancel and goes on with more steps sees it once: the
+    writes after the delivery clear it, so none of them reads it again, pooled or not."""
+    path = tmp_path / "once.db"
+    ran: list[str] = []
+
+    @ce.step(name="parked.once.cancels")
+    def cancels() -> None:
+        ran.append("cancels")
+        with ce.Engine(path) as other:
+            assert other.cancel("r")
+
+    @ce.step(name="parked.once.after")
+    def after(n: int) -> int:
+        ran.append(f"after{n}")
+        return n
+
+    @ce.workflow(name="parked.once.catches")
+    def wf() -> Generator[Any, Any, int]:
+        caught = 0
+        for n in range(3):
+            try:
+                yield cancels() if n == 0 else after(n)
+                yield after(10 + n)
+            except ce.Cancelled:
+                caught += 1
+        return caught
+
+    with ce.Engine(path) as engine:
+        engine.start(wf, id="r")
+        engine.run_until_idle(threads=threads)
+        assert engine.get_run("r").result() == 1
+        # The step logged with the write that read the cancel never ran.
+        assert ran == ["cancels", "after1", "after11", "after2", "after12"]
+        failed = [e.name for e in engine.history("r") if e.status == "failed"]
+        assert failed == ["parked.once.after"]
