@@ -326,8 +326,16 @@ class _Drive:
     def _attempts(self, entry: EntryRow, request: StepCall[Any]) -> Outcome:
         """Run attempts until the step succeeds or its retries are spent."""
         args, kwargs = self._step_arguments(request)
+        queue = request.options.queue
         while True:
-            ok, value, tb = self._execute(entry, request, args, kwargs)
+            slot = None
+            if queue is not None:
+                # A stopping worker does not wait for a full queue: a step that starts
+                # after its grace period would run while another worker has the run.
+                slot = self.r.take_slot(queue, self.r.stopping)
+                if slot is None:
+                    self._give_back(entry)
+            ok, value, tb = self._execute(entry, request, args, kwargs, slot)
             settled = self._settle(entry, request, ok, value, tb, args, kwargs)
             if isinstance(settled, Outcome):
                 self.carry = entry  # written with the next request, in one commit
@@ -433,18 +441,43 @@ class _Drive:
             return args, kwargs  # not serializable: nothing a replay could differ on either
         return copied  # type: ignore[no-any-return]
 
-    def _execute(
+    def _give_back(self, entry: EntryRow) -> NoReturn:
+        """The worker stops while the step waits for room in its queue: the attempt never
+        began, so it is given back (the entry waits as a retry due now, the attempt not
+        counted as a failure or a crash) and the run is set aside for the next worker."""
+        now = self.r.clock.now()
+        entry.status, entry.due_at = E_RETRYING, now
+        entry.attempts -= 1  # the next drive counts it again when it does start it
+        self._commit(update=entry, run=self._run_update(RUNNING, now, now))
+        raise NotDue(now)
+
+    def _execute_member(
         self,
         entry: EntryRow,
         request: StepCall[Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> tuple[bool, Any, str]:
+        """Run a gather's member step (in the step pool), waiting for room in its queue.
+
+        A member waits for its queue even when the worker stops: it runs apart from the
+        drive, which cannot be set aside from the step pool (README, Limits)."""
+        queue = request.options.queue
+        slot = self.r.take_slot(queue) if queue is not None else None
+        return self._execute(entry, request, args, kwargs, slot)
+
+    def _execute(
+        self,
+        entry: EntryRow,
+        request: StepCall[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        slot: int | None,
+    ) -> tuple[bool, Any, str]:
+        """Run one attempt of the step (holding slot of its queue, let go after)."""
         token = _current.set(
             (self.run.id, self.wf.name, request.name, entry.position, entry.attempts)
         )
-        queue = request.options.queue
-        slot = self.r.take_slot(queue) if queue is not None else None
         began = self.r.clock.monotonic()
         try:
             timeout = request.options.timeout

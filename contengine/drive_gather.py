@@ -210,7 +210,7 @@ def run_steps(
         args, kwargs = steps[i]
         step = members[i]
         assert isinstance(step, StepCall)
-        running[pool.submit(d._execute, entries[i], step, args, kwargs)] = i
+        running[pool.submit(d._execute_member, entries[i], step, args, kwargs)] = i
 
     for i in steps:
         submit(i)

@@ -611,14 +611,17 @@ class Engine:
             QueueConfig(name, concurrency, worker_concurrency, rate_limit, float(period))
         )
 
-    def _take_slot(self, queue: str) -> int:
-        """Wait (on this engine's clock) until the step queue has room; its slot."""
+    def _take_slot(self, queue: str, give_up: threading.Event | None = None) -> int | None:
+        """Wait (on this engine's clock) until the step queue has room; its slot, or None
+        once give_up is set while the queue is full."""
         delay = 0.002
         holder = self._holder
         while True:
             slot = self.store.take_slot(queue, holder.row(), self.clock.now(), holder.wall())
             if slot is not None:
                 return slot
+            if give_up is not None and give_up.is_set():
+                return None
             self.clock.sleep(delay)
             delay = min(delay * 2, self.poll_interval)
 

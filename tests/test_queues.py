@@ -252,3 +252,83 @@ def test_closing_an_engine_stops_its_worker(tmp_path: Path) -> None:
     assert worker._loop is not None and not worker._loop.is_alive()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 0
+
+
+HOLDING = threading.Event()  # the hog is inside its step, holding the queue's one slot
+LET_GO = threading.Event()
+QUEUED_RAN: list[str] = []
+
+
+@ce.step(name="queues.hog", queue="gpu")
+def hog() -> str:
+    """Hold the gpu queue's slot until the test lets go."""
+    HOLDING.set()
+    LET_GO.wait(10)
+    return "hogged"
+
+
+@ce.step(name="queues.gpu_call", queue="gpu")
+def gpu_call(label: str) -> str:
+    """The step that waits for the slot; counts its executions."""
+    QUEUED_RAN.append(label)
+    return label
+
+
+@ce.workflow(name="queues.hogs")
+def hogs() -> Generator[Any, Any, str]:
+    """Takes the slot and keeps it for a while."""
+    return (yield hog())
+
+
+@ce.workflow(name="queues.waits_for_gpu")
+def waits_for_gpu(label: str) -> Generator[Any, Any, str]:
+    """A plain step, then the queued one."""
+    yield note(label)
+    return (yield gpu_call(label))
+
+
+@pytest.mark.parametrize("finisher", ["same engine", "another engine"])
+def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
+    tmp_path: Path, finisher: str
+) -> None:
+    """The step is given back (a retry due now, its attempt not counted) instead of
+    starting after the worker let go of the run; whoever drives the run next (from the
+    kept generator, or by replay) runs it once."""
+    path = tmp_path / "q.db"
+    HOLDING.clear()
+    LET_GO.clear()
+    QUEUED_RAN.clear()
+    with ce.Engine(path) as holder, ce.Engine(path) as engine:
+        engine.set_queue("gpu", concurrency=1)
+        hogged: list[str] = []
+        background = threading.Thread(target=lambda: hogged.append(holder.run(hogs, id="hog")))
+        background.start()
+        try:
+            assert HOLDING.wait(5)
+            run = engine.start(waits_for_gpu, "w", id="w")
+            with engine.worker(threads=2, grace=5):
+                deadline = time.monotonic() + 5
+                while len(engine.history("w")) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.05)  # inside the wait for the slot
+                began = time.monotonic()
+            stopped_in = time.monotonic() - began
+            waiting = engine.history("w")[1]
+            assert (waiting.name, waiting.status) == ("queues.gpu_call", "retrying")
+            assert (waiting.attempts, waiting.crashes) == (0, 0)
+            assert engine.get_run("w").status == "running"
+            assert QUEUED_RAN == []
+        finally:
+            LET_GO.set()
+            background.join(10)
+        assert stopped_in < 2.0  # did not wait out the grace period
+        assert hogged == ["hogged"]
+        if finisher == "same engine":
+            engine.run_until_idle()
+        else:
+            with ce.Engine(path) as other:
+                other.run_until_idle()
+        assert run.result() == "w"
+        assert QUEUED_RAN == ["w"]
+        done = engine.history("w")[1]
+        assert (done.status, done.attempts, done.crashes) == ("completed", 1, 0)
