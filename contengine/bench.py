@@ -312,9 +312,38 @@ def machine(directory: str) -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(terse=True),
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python_speed": python_speed(),
         "directory": directory,
         "filesystem": _filesystem(directory),
     }
+
+
+def python_speed(loops: int = 1_000_000, rounds: int = 5) -> float:
+    """How fast this interpreter runs here: millions of iterations of a plain loop per
+    second (median of a few rounds). The floor is the disk's speed, but the engine's
+    cost per step is interpreter time: a ratio bound by the CPU (replay, many runs at
+    once) moves with this figure from machine to machine, the disk's ratio does not."""
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        total = 0
+        for i in range(loops):
+            total += i
+        rates.append(loops / (time.perf_counter() - start) / 1e6)
+    return round(statistics.median(rates), 1)
+
+
+def _cpu_model() -> str | None:
+    # Linux only, best effort.
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _filesystem(directory: str) -> str | None:
@@ -342,7 +371,8 @@ def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -
     head = (
         f"contengine bench: {params['steps']:,} steps x {params['rounds']} rounds, "
         f"replay of {params['replay_steps']:,} steps; Python {info['python']}, "
-        f"SQLite {info['sqlite']}, {info['cpus']} CPUs, {info['filesystem'] or '?'} "
+        f"SQLite {info['sqlite']}, {info['cpus']} CPUs ({info['cpu_model'] or '?'}; Python "
+        f"runs {info['python_speed']} M loop iterations/s), {info['filesystem'] or '?'} "
         f"at {info['directory']}"
     )
     if "runs" in params:

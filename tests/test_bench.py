@@ -48,6 +48,7 @@ def test_json_has_every_metric_with_positive_numbers(
     doc = json.loads(out)
     assert doc["params"] == {"steps": 50, "rounds": 1, "replay_steps": 200, "workers": False}
     assert doc["machine"]["cpus"] >= 1
+    assert doc["machine"]["python_speed"] > 0  # what CPU-bound ratios depend on
     metrics: dict[str, Any] = doc["metrics"]
     assert set(metrics) == METRICS
     for name, m in metrics.items():
@@ -203,3 +204,13 @@ def test_a_burst_is_worked_through_and_its_memory_reported(
     assert peak["details"]["hwm_mb"] >= peak["details"]["base_rss_mb"] > 0
     assert main(["bench", "--dir", str(tmp_path), "--burst", "-1"]) == 2
     assert "--burst must be >= 0" in capsys.readouterr().err
+
+
+def test_python_speed_is_a_rate_that_falls_with_the_work_per_loop() -> None:
+    """The calibration is iterations per second: a loop half the length takes about half
+    the time, so the rate stays of the same order (and is never zero)."""
+    from contengine.bench import python_speed
+
+    short, long = python_speed(20_000, 3), python_speed(200_000, 3)
+    assert short > 0 and long > 0
+    assert 0.2 < short / long < 5
