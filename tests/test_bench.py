@@ -214,3 +214,29 @@ def test_python_speed_is_a_rate_that_falls_with_the_work_per_loop() -> None:
     short, long = python_speed(20_000, 3), python_speed(200_000, 3)
     assert short > 0 and long > 0
     assert 0.2 < short / long < 5
+
+
+def test_runs_asleep_are_measured_again_with_more_time_when_the_machine_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A due time that comes before every run is asleep is refused by the child (the
+    measure would be spoiled); the parent tries again with a wider margin."""
+    from contengine import bench_workers
+
+    # The first margin puts the due time in the past: every run wakes at once.
+    monkeypatch.setattr(bench_workers, "_ASLEEP_MARGINS", (-1e6, 5))
+    said: list[str] = []
+    metrics = bench_workers.measure_asleep(str(tmp_path), 30, said.append)
+    figures = metrics[0].details
+    assert figures["margin"] == 5 and figures["completed"] == 30
+    assert any("again" in line for line in said)
+
+
+def test_a_slow_machine_on_every_margin_is_an_error_that_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contengine import bench_workers
+
+    monkeypatch.setattr(bench_workers, "_ASLEEP_MARGINS", (-1e6,))
+    with pytest.raises(RuntimeError, match="slower than the due time allowed for"):
+        bench_workers.measure_asleep(str(tmp_path), 30, lambda text: None)
