@@ -327,12 +327,18 @@ class _Drive:
         """Run attempts until the step succeeds or its retries are spent."""
         args, kwargs = self._step_arguments(request)
         queue = request.options.queue
+        stopping = self.r.stopping
         while True:
+            if stopping.is_set():
+                # The worker stops: an attempt not begun yet (a retry due at once, or
+                # a step logged just before the stop) is left for the next worker.
+                self._give_back(entry)
             slot = None
             if queue is not None:
-                # A stopping worker does not wait for a full queue: a step that starts
-                # after its grace period would run while another worker has the run.
-                slot = self.r.take_slot(queue, self.r.stopping)
+                # Nor does it wait for a full queue: a step that started after the grace
+                # period would run while another worker has the run (the slot is only
+                # given while this drive holds the lease).
+                slot = self.r.take_slot(queue, stopping, self._slot_lease())
                 if slot is None:
                     self._give_back(entry)
             ok, value, tb = self._execute(entry, request, args, kwargs, slot)
@@ -442,9 +448,10 @@ class _Drive:
         return copied  # type: ignore[no-any-return]
 
     def _give_back(self, entry: EntryRow) -> NoReturn:
-        """The worker stops while the step waits for room in its queue: the attempt never
-        began, so it is given back (the entry waits as a retry due now, the attempt not
-        counted as a failure or a crash) and the run is set aside for the next worker."""
+        """The worker stops before the attempt began (while it waited for room in the
+        step's queue, or before a retry due at once): the attempt is given back (the
+        entry waits as a retry due now, not counted as a failure or a crash) and the run
+        is set aside for the next worker."""
         now = self.r.clock.now()
         entry.status, entry.due_at = E_RETRYING, now
         entry.attempts -= 1  # the next drive counts it again when it does start it
@@ -463,8 +470,12 @@ class _Drive:
         A member waits for its queue even when the worker stops: it runs apart from the
         drive, which cannot be set aside from the step pool (README, Limits)."""
         queue = request.options.queue
-        slot = self.r.take_slot(queue) if queue is not None else None
+        slot = self.r.take_slot(queue, None, self._slot_lease()) if queue is not None else None
         return self._execute(entry, request, args, kwargs, slot)
+
+    def _slot_lease(self) -> tuple[str, str, int] | None:
+        """The run's lease as a step queue checks it before giving a slot."""
+        return None if self.lease is None else (self.run.id, *self.lease)
 
     def _execute(
         self,

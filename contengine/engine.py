@@ -611,18 +611,27 @@ class Engine:
             QueueConfig(name, concurrency, worker_concurrency, rate_limit, float(period))
         )
 
-    def _take_slot(self, queue: str, give_up: threading.Event | None = None) -> int | None:
+    def _take_slot(
+        self,
+        queue: str,
+        give_up: threading.Event | None = None,
+        lease: tuple[str, str, int] | None = None,
+    ) -> int | None:
         """Wait (on this engine's clock) until the step queue has room; its slot, or None
-        once give_up is set while the queue is full."""
+        once give_up is set while the queue is full (ce.LeaseLost once lease is gone)."""
         delay = 0.002
         holder = self._holder
+        real = isinstance(self.clock, SystemClock)
         while True:
-            slot = self.store.take_slot(queue, holder.row(), self.clock.now(), holder.wall())
+            slot = self.store.take_slot(queue, holder.row(), self.clock.now(), holder.wall(), lease)
             if slot is not None:
                 return slot
             if give_up is not None and give_up.is_set():
                 return None
-            self.clock.sleep(delay)
+            if give_up is not None and real:
+                give_up.wait(delay)  # a stop ends the wait at once, not a poll later
+            else:
+                self.clock.sleep(delay)
             delay = min(delay * 2, self.poll_interval)
 
     # -- looking -------------------------------------------------------------

@@ -244,7 +244,8 @@ def _outcome(e: Entry) -> str:
         return _clip(last or _unreadable(exc, e.run_id), OUTCOME_WIDTH)
     if e.status == E_RETRYING:
         due = "" if e.due_at is None else f" {_iso(e.due_at)}"
-        return _clip(f"retry due{due} after {_last_line(e.error_text)}", OUTCOME_WIDTH)
+        why = _last_line(e.error_text)  # none: an attempt given back at a worker's stop
+        return _clip(f"retry due{due}" + (f" after {why}" if why else ""), OUTCOME_WIDTH)
     return "in flight"
 
 

@@ -61,9 +61,15 @@ class Runner:
 
     # Set by the engine: a slot of a step queue (waiting while the queue is full), and
     # letting it go. Without an engine's leases, queues of steps do not limit anything.
-    def take_slot(self, queue: str, give_up: threading.Event | None = None) -> int | None:
+    def take_slot(
+        self,
+        queue: str,
+        give_up: threading.Event | None = None,
+        lease: tuple[str, str, int] | None = None,
+    ) -> int | None:
         """Wait for a slot of the queue for one step execution; None if give_up is set
-        while it waits (the step does not start)."""
+        while it waits, ce.LeaseLost once the run's lease (run id, owner, number) is
+        gone (either way the step does not start)."""
         return 0
 
     def give_slot(self, slot: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import contengine as ce
+from contengine.cli import main
 from contengine.testing import VirtualClock
 
 START = 1_700_000_000.0
@@ -289,7 +290,7 @@ def waits_for_gpu(label: str) -> Generator[Any, Any, str]:
 
 @pytest.mark.parametrize("finisher", ["same engine", "another engine"])
 def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
-    tmp_path: Path, finisher: str
+    tmp_path: Path, finisher: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The step is given back (a retry due now, its attempt not counted) instead of
     starting after the worker let go of the run; whoever drives the run next (from the
@@ -318,6 +319,9 @@ def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
             assert (waiting.attempts, waiting.crashes) == (0, 0)
             assert engine.get_run("w").status == "running"
             assert QUEUED_RAN == []
+            assert main(["show", "--db", str(path), "w"]) == 0
+            shown = capsys.readouterr().out
+            assert "retry due" in shown and "after" not in shown  # no failure to name
         finally:
             LET_GO.set()
             background.join(10)
@@ -332,3 +336,117 @@ def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
         assert QUEUED_RAN == ["w"]
         done = engine.history("w")[1]
         assert (done.status, done.attempts, done.crashes) == ("completed", 1, 0)
+
+
+@pytest.mark.parametrize("grace", [0.0, 0.2])
+def test_a_step_waiting_for_its_queue_never_starts_after_its_worker_let_go(
+    tmp_path: Path, grace: float
+) -> None:
+    """A grace period shorter than the wait's poll: the stop ends the wait at once, and a
+    slot is only given while the run's lease is held, so the stopped engine's drive
+    cannot start the step once the slot frees up, however late it looks."""
+    path = tmp_path / "q.db"
+    HOLDING.clear()
+    LET_GO.clear()
+    QUEUED_RAN.clear()
+    with ce.Engine(path) as holder, ce.Engine(path, poll_interval=1.0) as engine:
+        engine.set_queue("gpu", concurrency=1)
+        hogged: list[str] = []
+        background = threading.Thread(target=lambda: hogged.append(holder.run(hogs, id="hog")))
+        background.start()
+        try:
+            assert HOLDING.wait(5)
+            run = engine.start(waits_for_gpu, "late", id="late")
+            with engine.worker(threads=2, grace=grace):
+                deadline = time.monotonic() + 5
+                while len(engine.history("late")) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.3)  # waiting for the slot, in a backoff of up to 1 s
+        finally:
+            LET_GO.set()
+            background.join(10)
+        assert hogged == ["hogged"]
+        time.sleep(1.5)  # past the longest backoff: a stale waiter would have the slot now
+        assert QUEUED_RAN == []
+        with ce.Engine(path) as other:
+            other.run_until_idle()
+        assert run.result() == "late"
+        assert QUEUED_RAN == ["late"]
+        done = engine.history("late")[1]
+        # With no grace at all the stop may let go of the lease before the give-back
+        # is written: the next driver then counts the attempt as a crash (it cannot
+        # know it never began); either way the step ran once.
+        assert done.status == "completed" and done.attempts - done.crashes == 1
+        if grace > 0:
+            assert (done.attempts, done.crashes) == (1, 0)
+
+
+def test_a_slot_is_refused_to_a_driver_that_no_longer_holds_the_runs_lease(
+    tmp_path: Path,
+) -> None:
+    """The store checks the lease in the same transaction that takes the slot."""
+    with ce.Engine(tmp_path / "q.db") as engine:
+        engine.set_queue("gpu", concurrency=5)
+        run = engine.start(waits_for_gpu, "x", id="x")
+        store, holder = engine.store, engine._holder
+        with pytest.raises(ce.LeaseLost, match="no longer leased"):
+            store.take_slot("gpu", holder.row(), time.time(), holder.wall(), ("x", "w-1", 3))
+        engine.run_until_idle()
+        assert run.result() == "x"
+        with pytest.raises(ce.LeaseLost):  # finished: no one holds it
+            store.take_slot("gpu", holder.row(), time.time(), holder.wall(), ("x", "w-1", 3))
+        # Without a lease (a store that serves one engine) a slot is given as before.
+        assert store.take_slot("gpu", holder.row(), time.time(), holder.wall()) is not None
+
+
+IN_FLAKY = threading.Event()
+FLAKY_GO = threading.Event()
+FLAKY_CALLS: list[int] = []
+
+
+@ce.step(name="queues.flaky_once", retries=3, backoff=0.0)
+def flaky_once() -> str:
+    """Fails its first attempt once the test lets it go; later attempts succeed."""
+    attempt = ce.current_step().attempt
+    FLAKY_CALLS.append(attempt)
+    if attempt == 1:
+        IN_FLAKY.set()
+        FLAKY_GO.wait(10)
+        raise ConnectionError("first attempt fails")
+    return "ok"
+
+
+@ce.workflow(name="queues.retries_at_once")
+def retries_at_once() -> Generator[Any, Any, str]:
+    """One step, retried without a pause."""
+    return (yield flaky_once())
+
+
+def test_a_retry_due_at_once_does_not_start_while_the_worker_stops(tmp_path: Path) -> None:
+    """The attempt running when the stop comes may finish (grace); the retry it asks for
+    is left to the next worker, as a new step would be."""
+    path = tmp_path / "q.db"
+    IN_FLAKY.clear()
+    FLAKY_GO.clear()
+    FLAKY_CALLS.clear()
+    with ce.Engine(path) as engine:
+        run = engine.start(retries_at_once, id="flaky")
+        worker = engine.worker(threads=2, grace=10)
+        worker.__enter__()
+        assert IN_FLAKY.wait(5)
+        stopping = threading.Thread(target=worker.__exit__, args=(None, None, None))
+        stopping.start()  # stops claiming, waits for the attempt in flight
+        deadline = time.monotonic() + 5
+        while not engine._runner.stopping.is_set() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        FLAKY_GO.set()
+        stopping.join(10)
+        assert FLAKY_CALLS == [1]
+        entry = engine.history("flaky")[0]
+        assert (entry.status, entry.attempts, entry.crashes) == ("retrying", 1, 0)
+    with ce.Engine(path) as other:
+        other.run_until_idle()
+        assert other.get_run(run.id).result() == "ok"
+        assert FLAKY_CALLS == [1, 2]
+        entry = other.history("flaky")[0]
+        assert (entry.status, entry.attempts, entry.crashes) == ("completed", 2, 0)

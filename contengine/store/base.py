@@ -400,8 +400,17 @@ class Store(ABC):
         """Every queue's limits."""
         return []
 
-    def take_slot(self, queue: str, worker: WorkerRow, now: float, wall: float) -> int | None:
-        """A slot of the queue for one step execution (its id), or None while it is full."""
+    def take_slot(
+        self,
+        queue: str,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        lease: tuple[str, str, int] | None = None,
+    ) -> int | None:
+        """A slot of the queue for one step execution (its id), or None while it is full;
+        with lease (run id, owner, lease number), ce.LeaseLost if the run is no longer
+        leased so, instead of a slot (a step must not start for a run taken over)."""
         return 0
 
     def give_slot(self, slot: int) -> None:

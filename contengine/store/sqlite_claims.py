@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Collection, Sequence
 
 from .base import QueueConfig, WorkerRow
+from .sqlite_bulk import lease_lost
 
 HOST = socket.gethostname()
 _UNFINISHED = "'pending', 'running', 'sleeping', 'waiting'"
@@ -222,13 +223,26 @@ def claim(
 
 
 def take_slot(
-    conn: sqlite3.Connection, queue: str, worker: WorkerRow, now: float, wall: float
+    conn: sqlite3.Connection,
+    queue: str,
+    worker: WorkerRow,
+    now: float,
+    wall: float,
+    lease: tuple[str, str, int] | None = None,
 ) -> int | None:
     """A slot of the queue for one step execution: its id (0 for a queue without
-    limits), or None if the queue is full now."""
+    limits), or None if the queue is full now. With lease (run id, owner, lease
+    number), LeaseLost if the run is no longer leased so: a driver that waited for
+    the slot past its lease (its worker stopped, or it was frozen) must not start
+    the step while another one drives the run."""
     config = queue_configs(conn).get(queue)
     if config is None:
         return 0
+    if lease is not None:
+        run_id, owner, number = lease
+        held = conn.execute("SELECT owner, lease FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if held is None or (held[0], held[1]) != (owner, number):
+            raise lease_lost(run_id, (owner, number), None if held is None else (held[0], held[1]))
     me = worker.id
     ensure_worker(conn, worker)
     live = live_workers(conn, me, wall)

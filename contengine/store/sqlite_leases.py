@@ -79,9 +79,16 @@ class LeaseMethods(SQLiteParts):
         with self._lock:
             return list(sqlite_claims.queue_configs(self._conn).values())
 
-    def take_slot(self, queue: str, worker: WorkerRow, now: float, wall: float) -> int | None:
+    def take_slot(
+        self,
+        queue: str,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        lease: tuple[str, str, int] | None = None,
+    ) -> int | None:
         with self._tx() as conn:
-            return sqlite_claims.take_slot(conn, queue, worker, now, wall)
+            return sqlite_claims.take_slot(conn, queue, worker, now, wall, lease)
 
     def give_slot(self, slot: int) -> None:
         if slot:

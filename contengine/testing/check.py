@@ -385,6 +385,8 @@ class _Names:
                 parts.append(f"records that {what} was cancelled")
             elif u.status == E_FAILED:
                 parts.append(f"records that {what} failed")
+            elif u.status == E_RETRYING and not u.error_text:
+                parts.append(f"gives back attempt {u.attempts + 1} of {what} (due again now)")
             elif u.status == E_RETRYING:
                 parts.append(f"records that attempt {u.attempts} of {what} failed (a retry is due)")
             else:
