@@ -319,7 +319,7 @@ def machine(directory: str) -> dict[str, Any]:
     }
 
 
-def python_speed(loops: int = 1_000_000, rounds: int = 5) -> float:
+def python_speed(loops: int = 300_000, rounds: int = 5) -> float:
     """How fast this interpreter runs here: millions of iterations of a plain loop per
     second (median of a few rounds). The floor is the disk's speed, but the engine's
     cost per step is interpreter time: a ratio bound by the CPU (replay, many runs at

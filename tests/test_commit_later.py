@@ -60,6 +60,12 @@ def completed(run_id: str, position: int, value: bytes = b"v") -> EntryRow:
     return e
 
 
+def next_step(run_id: str) -> Progress:
+    """A driver's plain progress: step 0's outcome and step 1 in flight, under lease 1."""
+    return Progress(run_id, update=completed(run_id, 0), insert=in_flight(run_id, 1),
+                    expect_attempts=1, lease=(OWNER, 1))  # fmt: skip
+
+
 def dump(path: Path) -> tuple[list[Any], list[Any]]:
     """Everything the progress writes touch, read through a connection of its own."""
     with sqlite3.connect(path) as conn:
@@ -76,18 +82,7 @@ def test_a_queued_commit_is_written_by_the_next_flush(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     store = open_store(path, 3)
     try:
-        tickets = [
-            store.commit_later(
-                Progress(
-                    f"r{i}",
-                    update=completed(f"r{i}", 0),
-                    insert=in_flight(f"r{i}", 1),
-                    expect_attempts=1,
-                    lease=(OWNER, 1),
-                )
-            )  # fmt: skip
-            for i in range(3)
-        ]
+        tickets = [store.commit_later(next_step(f"r{i}")) for i in range(3)]
         assert not any(t.done for t in tickets)
         assert [r[5] for r in dump(path)[0]] == ["running"] * 3  # step 0 of each, as before
         store.flush()
@@ -104,10 +99,7 @@ def test_a_commit_writes_the_queued_progress_with_its_own(tmp_path: Path) -> Non
     path = tmp_path / "q.db"
     store = open_store(path, 2)
     try:
-        ticket = store.commit_later(
-            Progress("r0", update=completed("r0", 0), insert=in_flight("r0", 1),
-                     expect_attempts=1, lease=(OWNER, 1))
-        )  # fmt: skip
+        ticket = store.commit_later(next_step("r0"))
         store.commit(Progress("r1", update=completed("r1", 0), expect_attempts=1))
         assert ticket.done and ticket.error is None
         log, _ = dump(path)
@@ -122,18 +114,7 @@ def test_a_taken_lease_fails_only_its_own_progress_in_a_bulk_batch(tmp_path: Pat
     store = open_store(path, 4)
     try:
         store._conn.execute("UPDATE runs SET owner = 'thief', lease = 2 WHERE id = 'r1'")
-        tickets = [
-            store.commit_later(
-                Progress(
-                    f"r{i}",
-                    update=completed(f"r{i}", 0),
-                    insert=in_flight(f"r{i}", 1),
-                    expect_attempts=1,
-                    lease=(OWNER, 1),
-                )
-            )  # fmt: skip
-            for i in range(4)
-        ]
+        tickets = [store.commit_later(next_step(f"r{i}")) for i in range(4)]
         store.flush()
         assert [type(t.error) for t in tickets] == [type(None), LeaseLost, type(None), type(None)]
         log, _ = dump(path)
@@ -160,12 +141,9 @@ plans = st.builds(
 
 
 def progress_for(run_id: str, plan: Plan) -> Progress:
-    lease = (OWNER, 1)
-    expect = 1
     if plan.kind == "first":
-        return Progress(run_id, insert=in_flight(run_id, 1), lease=lease)
-    p = Progress(run_id, update=completed(run_id, 0), insert=in_flight(run_id, 1),
-                 expect_attempts=expect, lease=lease)  # fmt: skip
+        return Progress(run_id, insert=in_flight(run_id, 1), lease=(OWNER, 1))
+    p = next_step(run_id)
     if plan.kind == "plain+run":
         p.run = RunUpdate(RUNNING, 5.0, due_at=None)
     elif plan.kind == "finish":
@@ -267,18 +245,7 @@ def test_an_interrupted_writer_tells_queued_commits_they_were_not_written(
         return real(p)
 
     try:
-        tickets = [
-            store.commit_later(
-                Progress(
-                    f"r{i}",
-                    update=completed(f"r{i}", 0),
-                    insert=in_flight(f"r{i}", 1),
-                    expect_attempts=1,
-                    lease=(OWNER, 1),
-                )
-            )  # fmt: skip
-            for i in range(2)
-        ]
+        tickets = [store.commit_later(next_step(f"r{i}")) for i in range(2)]
         with mock.patch.object(sqlite_bulk, "plain", interrupted), pytest.raises(KeyboardInterrupt):
             store.commit(Progress("r2", update=completed("r2", 0), expect_attempts=1))
         assert all(t.done and isinstance(t.error, DatabaseError) for t in tickets)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +289,30 @@ def waits_for_gpu(label: str) -> Generator[Any, Any, str]:
     return (yield gpu_call(label))
 
 
+@contextlib.contextmanager
+def hogging(holder: ce.Engine) -> Iterator[list[str]]:
+    """The gpu queue's one slot held by a run of `holder` (in a thread) until the block
+    ends; yields the list the hog's result lands in."""
+    HOLDING.clear()
+    LET_GO.clear()
+    hogged: list[str] = []
+    background = threading.Thread(target=lambda: hogged.append(holder.run(hogs, id="hog")))
+    background.start()
+    try:
+        assert HOLDING.wait(5)
+        yield hogged
+    finally:
+        LET_GO.set()
+        background.join(10)
+
+
+def until_logged(engine: ce.Engine, run_id: str, entries: int) -> None:
+    """Wait (up to 5 s) until the run's log has so many entries."""
+    deadline = time.monotonic() + 5
+    while len(engine.history(run_id)) < entries and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("finisher", ["same engine", "another engine"])
 def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
     tmp_path: Path, finisher: str, capsys: pytest.CaptureFixture[str]
@@ -296,21 +321,13 @@ def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
     starting after the worker let go of the run; whoever drives the run next (from the
     kept generator, or by replay) runs it once."""
     path = tmp_path / "q.db"
-    HOLDING.clear()
-    LET_GO.clear()
     QUEUED_RAN.clear()
     with ce.Engine(path) as holder, ce.Engine(path) as engine:
         engine.set_queue("gpu", concurrency=1)
-        hogged: list[str] = []
-        background = threading.Thread(target=lambda: hogged.append(holder.run(hogs, id="hog")))
-        background.start()
-        try:
-            assert HOLDING.wait(5)
+        with hogging(holder) as hogged:
             run = engine.start(waits_for_gpu, "w", id="w")
             with engine.worker(threads=2, grace=5):
-                deadline = time.monotonic() + 5
-                while len(engine.history("w")) < 2 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                until_logged(engine, "w", 2)
                 time.sleep(0.05)  # inside the wait for the slot
                 began = time.monotonic()
             stopped_in = time.monotonic() - began
@@ -322,9 +339,6 @@ def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
             assert main(["show", "--db", str(path), "w"]) == 0
             shown = capsys.readouterr().out
             assert "retry due" in shown and "after" not in shown  # no failure to name
-        finally:
-            LET_GO.set()
-            background.join(10)
         assert stopped_in < 2.0  # did not wait out the grace period
         assert hogged == ["hogged"]
         if finisher == "same engine":
@@ -346,25 +360,14 @@ def test_a_step_waiting_for_its_queue_never_starts_after_its_worker_let_go(
     slot is only given while the run's lease is held, so the stopped engine's drive
     cannot start the step once the slot frees up, however late it looks."""
     path = tmp_path / "q.db"
-    HOLDING.clear()
-    LET_GO.clear()
     QUEUED_RAN.clear()
     with ce.Engine(path) as holder, ce.Engine(path, poll_interval=1.0) as engine:
         engine.set_queue("gpu", concurrency=1)
-        hogged: list[str] = []
-        background = threading.Thread(target=lambda: hogged.append(holder.run(hogs, id="hog")))
-        background.start()
-        try:
-            assert HOLDING.wait(5)
+        with hogging(holder) as hogged:
             run = engine.start(waits_for_gpu, "late", id="late")
             with engine.worker(threads=2, grace=grace):
-                deadline = time.monotonic() + 5
-                while len(engine.history("late")) < 2 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                until_logged(engine, "late", 2)
                 time.sleep(0.3)  # waiting for the slot, in a backoff of up to 1 s
-        finally:
-            LET_GO.set()
-            background.join(10)
         assert hogged == ["hogged"]
         time.sleep(1.5)  # past the longest backoff: a stale waiter would have the slot now
         assert QUEUED_RAN == []
