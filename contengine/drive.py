@@ -742,6 +742,11 @@ class _Drive:
         for a cancel (another process's), delivered at the next yield."""
         if cancel:
             self.cancel_pending = True
+        if p.lease is not None:
+            # The write read the run's cancel flag with its lease: a look is due only
+            # after requests that write nothing, or time in steps, since this one.
+            self.requests_since_look = 0
+            self.stepped = 0.0
         self.new_runs.clear()
         self.publish.clear()
         self.restart = None

@@ -243,3 +243,70 @@ def test_a_cancel_from_another_engine_is_seen_after_a_long_step_or_a_few_request
     engine.run_until_idle()
     assert run.status == "cancelled"
     assert len(ran) <= seen_by
+
+
+class _CountingReads(SQLiteStore):
+    """Counts the run-row reads a drive makes to look for a cancel."""
+
+    looks = 0
+
+    def get_run(self, run_id: str) -> Any:
+        type(self).looks += 1
+        return super().get_run(run_id)
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_steps_that_write_read_the_cancel_with_the_write_not_with_a_look_of_their_own(
+    tmp_path: Path, threads: int
+) -> None:
+    """Every step's write reads the cancel flag: a run of steps makes no extra reads."""
+
+    @ce.step(name=f"interactions.plain{threads}")
+    def plain(i: int) -> int:
+        return i
+
+    @ce.workflow(name=f"interactions.plains{threads}")
+    def wf() -> Flow:
+        total = 0
+        for i in range(200):
+            total += yield plain(i)
+        return total
+
+    engine = ce.Engine(store=_CountingReads(str(tmp_path / "e.db")))
+    run = engine.start(wf, id="r")
+    _CountingReads.looks = 0
+    engine.run_until_idle(threads=threads)
+    assert run.result() == sum(range(200))
+    # At most one read for the drive itself; none every so many steps.
+    assert _CountingReads.looks <= 1, _CountingReads.looks
+    engine.close()
+
+
+def test_a_cancel_from_another_engine_is_seen_among_requests_that_write_nothing(
+    tmp_path: Path,
+) -> None:
+    """Immediate requests write nothing of their own: a look every so many finds the cancel."""
+    path = tmp_path / "e.db"
+
+    @ce.step(name="interactions.cancel_here")
+    def cancel_here() -> None:
+        other = ce.Engine(path)
+        other.cancel("r")
+        other.close()
+
+    seen: list[int] = []
+
+    @ce.workflow(name="interactions.clock_reader")
+    def wf() -> Flow:
+        yield cancel_here()
+        for i in range(1000):
+            yield ce.now()
+            seen.append(i)
+        return "read the clock 1000 times"
+
+    engine = ce.Engine(path)
+    run = engine.start(wf, id="r")
+    engine.run_until_idle()
+    assert run.status == "cancelled"
+    assert 0 < len(seen) <= 33
+    engine.close()
