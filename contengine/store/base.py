@@ -248,7 +248,9 @@ class Store(ABC):
         """Write progress atomically and durably (per the store's durability setting).
         True if the run's row asks for a cancel not delivered by this progress (read
         with the write, so a cancel from another process is seen at once); a store
-        that does not read it returns False or None."""
+        that does not read it returns False or None. A store with leases must read it
+        with every write fenced by a lease: a drive then looks for a cancel only
+        after requests that write nothing."""
 
     def commit_later(self, progress: Progress) -> Ticket:
         """Start writing progress as commit() does, without waiting for it: the ticket is
