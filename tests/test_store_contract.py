@@ -30,6 +30,7 @@ from contengine.store.base import (
     RunRow,
     RunUpdate,
     Store,
+    WorkerRow,
 )
 from contengine.store.sqlite import SQLiteStore
 
@@ -193,6 +194,40 @@ def test_commit_writes_update_insert_and_run_together(store: Store) -> None:
     run = store.get_run("r1")
     assert run is not None
     assert (run.status, run.updated_at) == (RUNNING, 202.0)
+
+
+def test_a_write_fenced_by_a_lease_reads_the_cancel_flag(store: Store) -> None:
+    """A store with leases says, with every fenced write, whether the run asks for a
+    cancel (drives look for a cancel on their own only between writes)."""
+    if not store.supports_leases:
+        pytest.skip("a store without leases serves one engine and reads no flag")
+    started(store, "r1")
+    worker = WorkerRow("w1", "host", 1, None, 100.0, 10_000.0)
+    (claim,) = store.claim(worker, 150.0, 150.0, 1)
+    lease = (worker.id, claim.lease)
+    first = entry("r1", 0)
+    begun = Progress("r1", insert=first, run=RunUpdate(RUNNING, 201.0), lease=lease)
+    assert not store.commit(begun)
+
+    assert store.request_cancel("r1", 202.0) is True
+    first.status, first.finished_at, first.outcome = E_COMPLETED, 203.0, b"\x01outcome"
+    second = entry("r1", 1)
+    assert store.commit(Progress("r1", update=first, insert=second, lease=lease, expect_attempts=1))
+
+    # Queued and written in a batch (with another run's progress), the same.
+    started(store, "r2")
+    (claim2,) = store.claim(worker, 204.0, 204.0, 1, run_id="r2")
+    lease2 = (worker.id, claim2.lease)
+    second.status, second.finished_at, second.outcome = E_COMPLETED, 205.0, b"\x01outcome"
+    tickets = [
+        store.commit_later(Progress("r1", update=second, insert=entry("r1", 2), lease=lease,
+                                    expect_attempts=1)),
+        store.commit_later(Progress("r2", insert=entry("r2", 0), run=RunUpdate(RUNNING, 205.0),
+                                    lease=lease2)),
+    ]  # fmt: skip
+    store.flush()
+    told = [(t.done, t.error, t.cancel) for t in tickets]
+    assert told == [(True, None, True), (True, None, False)]
 
 
 def test_commit_update_writes_every_mutable_field(store: Store) -> None:
