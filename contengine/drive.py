@@ -654,7 +654,8 @@ class _Drive:
         """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too
         (logged: the request's entry is in the log, whatever pending says)."""
         self.cancel_pending = False
-        self.r.cancelled.discard(self.run.id)
+        with self.r.cancel_lock:  # a cancel() still between its write and its entry
+            self.r.cancelled.discard(self.run.id)
         self.clear_cancel = True
         now = self.r.clock.now()
         request = pending.request

@@ -262,9 +262,11 @@ class Engine:
 
     def cancel(self, run_id: str) -> bool:
         """Raise ce.Cancelled inside the run at its current yield; False if it already finished."""
-        requested = self.store.request_cancel(run_id, self.clock.now())
-        if requested:
-            self._runner.cancelled.add(run_id)
+        runner = self._runner
+        with runner.cancel_lock:  # see Runner.cancel_lock
+            requested = self.store.request_cancel(run_id, self.clock.now())
+            if requested:
+                runner.cancelled.add(run_id)
         self._poke()
         return requested
 

@@ -50,8 +50,13 @@ class Runner:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         # Runs cancelled by this process: checked at every request, so a cancel sent
         # while a run executes steps reaches its next yield (other processes' cancels
-        # are seen when the run next goes idle or is driven).
+        # are read with the run's next write, or looked for between writes).
         self.cancelled: set[str] = set()
+        # Held across a cancel's write and its entry in `cancelled`, and by a drive
+        # delivering a cancel: a drive that reads the row's flag before the entry is
+        # made waits for it and takes it out, instead of leaving it to raise
+        # ce.Cancelled a second time at the next yield.
+        self.cancel_lock = threading.Lock()
         # Set when the engine's worker stops: drives set their runs aside (due now,
         # for any worker) before starting another step, instead of going on.
         self.stopping = threading.Event()
@@ -106,7 +111,8 @@ class Runner:
             return
         if not run.cancel_requested and run.id in self.cancelled:
             # Delivered meanwhile by another engine (the row says so): not again.
-            self.cancelled.discard(run.id)
+            with self.cancel_lock:
+                self.cancelled.discard(run.id)
         if lease is not None:
             kept = self.live.take(run, lease[1])
             if kept is not None:

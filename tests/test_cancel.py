@@ -23,6 +23,7 @@ import pytest
 from helpers import Crash, crash_at, engine_on
 
 import contengine as ce
+from contengine.store.sqlite import SQLiteStore
 from contengine.testing import VirtualClock
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
@@ -525,3 +526,71 @@ def test_a_cancel_delivered_by_another_engine_is_not_delivered_again(tmp_path: P
         assert run.status == "sleeping"
         a.run_until_idle()
         assert run.result() == "cleaned up once"
+
+
+class _CancelWriteThenPause(SQLiteStore):
+    """request_cancel() commits, says so, then pauses: a thread switch at the worst time."""
+
+    committed = threading.Event()
+
+    def request_cancel(self, run_id: str, now: float) -> bool:
+        requested = super().request_cancel(run_id, now)
+        type(self).committed.set()
+        time.sleep(0.2)
+        return requested
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_cancel_read_from_the_row_before_cancel_returns_is_raised_once(
+    tmp_path: Path, threads: int
+) -> None:
+    """The drive reads the flag with its write while cancel() is between its write and
+    its note in memory: the cancel is raised once, and the cleanup steps run."""
+    _CancelWriteThenPause.committed.clear()
+    in_step = threading.Event()
+    release = threading.Event()
+    cancel_returned = threading.Event()
+
+    @ce.step(name=f"cancel.held{threads}")
+    def held() -> int:
+        in_step.set()
+        assert release.wait(5)
+        return 1
+
+    @ce.step(name=f"cancel.cleanup{threads}")
+    def cleanup(i: int) -> int:
+        assert cancel_returned.wait(5)  # the note in memory is made by now
+        return i
+
+    @ce.workflow(name=f"cancel.cleans_after_held{threads}")
+    def wf() -> Generator[Any, Any, Any]:
+        try:
+            yield held()
+            yield held()
+        except ce.Cancelled:
+            total = 0
+            for i in range(3):
+                total += yield cleanup(i)
+            return ("cleaned", total)
+        return "not cancelled"
+
+    engine = ce.Engine(store=_CancelWriteThenPause(str(tmp_path / "c.db")))
+    run = engine.start(wf, id=RUN)
+    driving = threading.Thread(target=engine.run_until_idle, kwargs={"threads": threads})
+    driving.start()
+    assert in_step.wait(5)
+
+    def cancel() -> None:
+        assert engine.cancel(RUN)
+        cancel_returned.set()
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    assert _CancelWriteThenPause.committed.wait(5)
+    release.set()  # the step's write reads the flag while cancel() pauses
+    driving.join(10)
+    canceller.join(10)
+    assert run.result() == ("cleaned", 3)
+    failed = [e for e in engine.history(RUN) if e.status == "failed"]
+    assert [e.name for e in failed] == [f"cancel.held{threads}"]
+    engine.close()
