@@ -486,8 +486,9 @@ class _Drive:
         slot: int | None,
     ) -> tuple[bool, Any, str]:
         """Run one attempt of the step (holding slot of its queue, let go after)."""
+        run = self.run
         token = _current.set(
-            (self.run.id, self.wf.name, request.name, entry.position, entry.attempts)
+            (run.id, self.wf.name, request.name, entry.position, entry.attempts, run.generation)
         )
         began = self.r.clock.monotonic()
         try:

@@ -215,10 +215,10 @@ class StepContext:
     idempotency_key: str
 
 
-# Holds (run_id, workflow, step, position, attempt) while a step runs: a plain
-# tuple, because it is set on every step and read rarely.
-_current: contextvars.ContextVar[tuple[str, str, str, int, int] | None] = contextvars.ContextVar(
-    "contengine_step", default=None
+# Holds (run_id, workflow, step, position, attempt, generation) while a step runs: a
+# plain tuple, because it is set on every step and read rarely.
+_current: contextvars.ContextVar[tuple[str, str, str, int, int, int] | None] = (
+    contextvars.ContextVar("contengine_step", default=None)
 )
 
 
@@ -227,5 +227,14 @@ def current_step() -> StepContext:
     ctx = _current.get()
     if ctx is None:
         raise ContengineError("ce.current_step() is only available while a step is running")
-    run_id, wf, name, position, attempt = ctx
-    return StepContext(run_id, wf, name, position, attempt, f"{run_id}:{position}")
+    run_id, wf, name, position, attempt, generation = ctx
+    return StepContext(
+        run_id, wf, name, position, attempt, idempotency_key(run_id, generation, position)
+    )
+
+
+def idempotency_key(run_id: str, generation: int, position: int) -> str:
+    """The key of the step at position: "run:position", and "run/gN:position" once the
+    run has continued as new N times (positions start again at 0 in each generation,
+    so without N two different steps would share a key)."""
+    return f"{run_id}:{position}" if not generation else f"{run_id}/g{generation}:{position}"

@@ -552,6 +552,41 @@ def test_idempotency_keys_differ_between_positions_and_runs(engine: ce.Engine) -
     assert len(set(keys)) == 4
 
 
+def test_idempotency_keys_differ_between_generations_of_a_run(tmp_path: Path) -> None:
+    """continue_as_new starts positions at 0 again: the key names the generation too,
+    and stays the same for every attempt of one step (here, after a crash)."""
+    db = tmp_path / "gen.db"
+    seen: list[tuple[int, str]] = []
+    crash_once = [True]
+
+    @ce.step(name="engine.charge_gen")
+    def charge(cents: int) -> int:
+        seen.append((cents, ce.current_step().idempotency_key))
+        if cents == 101 and crash_once[0]:
+            crash_once[0] = False
+            raise Crash()
+        return cents
+
+    @ce.workflow(name="engine.charges_gen")
+    def charges(cents: int) -> Flow:
+        yield charge(cents)
+        if cents < 102:
+            return ce.continue_as_new(cents + 1)
+        return cents
+
+    with ce.Engine(db) as engine, pytest.raises(Crash):
+        engine.run(charges, 100, id="sub-1")
+    with ce.Engine(db) as engine:
+        assert engine.run(charges, 100, id="sub-1") == 102
+
+    assert seen == [
+        (100, "sub-1:0"),
+        (101, "sub-1/g1:0"),
+        (101, "sub-1/g1:0"),  # the attempt after the crash: the same key
+        (102, "sub-1/g2:0"),
+    ]
+
+
 def test_current_step_outside_a_step_raises(engine: ce.Engine) -> None:
     with pytest.raises(ce.ContengineError, match="current_step"):
         ce.current_step()
