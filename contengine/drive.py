@@ -278,7 +278,7 @@ class _Drive:
             self._resume_entry(entry, request, now)
             if entry.status != E_RUNNING:  # a crash loop was declared: the outcome is final
                 return self._finished_outcome(entry)
-        return self._attempts(entry, request)
+        return self._attempts(pending, entry, request)
 
     def _after_logged(self, pending: Pending, entry: EntryRow, request: StepCall[Any]) -> None:
         """Go on once a new step's entry is durable: run it, and the workflow after it
@@ -287,7 +287,7 @@ class _Drive:
             self._loop(self.driver.send(self._deliver_cancel(pending, logged=True)))
             return
         try:
-            outcome = self._attempts(entry, request)
+            outcome = self._attempts(pending, entry, request)
         except NotDue:
             self.idle_at = pending  # a retry's backoff: resumable from here
             raise
@@ -323,12 +323,17 @@ class _Drive:
         self._fail_entry(entry, err, "", now)
         return True
 
-    def _attempts(self, entry: EntryRow, request: StepCall[Any]) -> Outcome:
+    def _attempts(self, pending: Pending, entry: EntryRow, request: StepCall[Any]) -> Outcome:
         """Run attempts until the step succeeds or its retries are spent."""
         args, kwargs = self._step_arguments(request)
         queue = request.options.queue
         stopping = self.r.stopping
+        cancelled = self.r.cancelled
         while True:
+            if self.cancel_pending or (cancelled and self.run.id in cancelled):
+                # Read with the last write (a retry due at once, a crash counted) or sent
+                # from this process meanwhile: the next attempt does not start.
+                return self._deliver_cancel(pending, logged=True)
             if stopping.is_set():
                 # The worker stops: an attempt not begun yet (a retry due at once, or
                 # a step logged just before the stop) is left for the next worker.

@@ -594,3 +594,41 @@ def test_a_cancel_read_from_the_row_before_cancel_returns_is_raised_once(
     failed = [e for e in engine.history(RUN) if e.status == "failed"]
     assert [e.name for e in failed] == [f"cancel.held{threads}"]
     engine.close()
+
+
+@pytest.mark.parametrize("sender", ["this engine", "another engine"])
+def test_a_cancel_during_a_step_retried_at_once_stops_its_retries(
+    tmp_path: Path, sender: str
+) -> None:
+    """A step fails and is retried at once: a cancel sent during the first attempt is
+    raised at its yield instead of the next attempt starting."""
+    path = tmp_path / "c.db"
+    attempts: list[int] = []
+    engine = ce.Engine(path)
+
+    @ce.step(name=f"cancel.flaky_{sender[0]}", retries=5, backoff=0)
+    def flaky() -> None:
+        attempts.append(ce.current_step().attempt)
+        if len(attempts) == 1:
+            if sender == "this engine":
+                engine.cancel(RUN)
+            else:
+                with ce.Engine(path) as other:
+                    other.cancel(RUN)
+        raise RuntimeError("the service is down")
+
+    @ce.workflow(name=f"cancel.retries_{sender[0]}")
+    def wf() -> Generator[Any, Any, Any]:
+        try:
+            yield flaky()
+        except ce.Cancelled:
+            return "cancelled while retrying"
+        return "not cancelled"
+
+    run = engine.start(wf, id=RUN)
+    engine.run_until_idle()
+    assert run.result() == "cancelled while retrying"
+    assert attempts == [1]
+    (entry,) = engine.history(RUN)
+    assert entry.status == "failed" and "Cancelled" in (entry.error_text or "")
+    engine.close()
