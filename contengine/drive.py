@@ -211,8 +211,9 @@ class _Drive:
         request = pending.request
         if self.cancel_pending or (self.r.cancelled and self.run.id in self.r.cancelled):
             return self._deliver_cancel(pending)
-        if self.r.stopping.is_set() and isinstance(request, StepCall):
-            # The worker stops: keep what is done, leave the rest due now for another.
+        if self.r.stopping.is_set() and isinstance(request, (StepCall, GatherRequest)):
+            # The worker stops: keep what is done, leave the rest due now for another
+            # (a gather or race too, whose members are steps).
             now = self.r.clock.now()
             self._commit(run=RunUpdate(self.status, now, due_at=now))
             raise NotDue(now)

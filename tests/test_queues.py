@@ -453,3 +453,59 @@ def test_a_retry_due_at_once_does_not_start_while_the_worker_stops(tmp_path: Pat
         assert FLAKY_CALLS == [1, 2]
         entry = other.history("flaky")[0]
         assert (entry.status, entry.attempts, entry.crashes) == ("completed", 2, 0)
+
+
+IN_FIRST = threading.Event()
+FIRST_GO = threading.Event()
+MEMBERS_RAN: list[int] = []
+
+
+@ce.step(name="queues.first_of_two")
+def first_of_two() -> str:
+    IN_FIRST.set()
+    assert FIRST_GO.wait(5)
+    return "first"
+
+
+@ce.step(name="queues.member")
+def member(i: int) -> int:
+    MEMBERS_RAN.append(i)
+    return i
+
+
+@ce.workflow(name="queues.step_then_gather")
+def step_then_gather() -> Generator[Any, Any, Any]:
+    """A step, then a gather of two steps."""
+    first = yield first_of_two()
+    together = yield ce.gather(member(1), member(2))
+    return first, together
+
+
+def test_a_stopping_worker_does_not_start_a_gather(tmp_path: Path) -> None:
+    """The step running when the stop comes finishes (grace); the gather after it is set
+    aside for the next worker like a step would be, its members not started."""
+    path = tmp_path / "q.db"
+    IN_FIRST.clear()
+    FIRST_GO.clear()
+    MEMBERS_RAN.clear()
+    with ce.Engine(path) as engine:
+        run = engine.start(step_then_gather, id="g")
+        worker = engine.worker(threads=2, grace=10)
+        worker.__enter__()
+        assert IN_FIRST.wait(5)
+        stopping = threading.Thread(target=worker.__exit__, args=(None, None, None))
+        stopping.start()
+        deadline = time.monotonic() + 5
+        while not engine._runner.stopping.is_set() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        FIRST_GO.set()
+        stopping.join(10)
+        assert MEMBERS_RAN == []
+        assert [(e.name, e.status) for e in engine.history("g")] == [
+            ("queues.first_of_two", "completed")
+        ]
+    with ce.Engine(path) as other:
+        other.run_until_idle()
+        assert other.get_run(run.id).result() == ("first", [1, 2])
+        assert sorted(MEMBERS_RAN) == [1, 2]
+        assert all(e.crashes == 0 for e in other.history("g"))
