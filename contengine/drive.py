@@ -87,6 +87,7 @@ class _Drive:
     ) -> None:
         self.r = runner
         self.lease = lease
+        self.lapses = 0  # the leaseholder's lapses when the run was claimed (may_start)
         # Driven by a DrivePool: the commit before a step may park the drive (Parked)
         # instead of holding the thread until it is durable.
         self.park = park
@@ -339,6 +340,10 @@ class _Drive:
                 # The worker stops: an attempt not begun yet (a retry due at once, or
                 # a step logged just before the stop) is left for the next worker.
                 self._give_back(entry)
+            if self.lease is not None:
+                # A process frozen (or starved) since the entry was written may have lost
+                # the run meanwhile: the step must not start for a run taken over.
+                self.lapses = self.r.may_start(self.run.id, self.lease[1], self.lapses)
             slot = None
             if queue is not None:
                 # Nor does it wait for a full queue: a step that started after the grace

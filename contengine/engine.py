@@ -165,6 +165,8 @@ class Engine:
         # How this engine leases runs, so that several engines (in this process or
         # others) may share the file and never drive one run at once.
         self._holder = Leaseholder(self.store, lease)
+        if self.store.supports_leases:
+            self._runner.may_start = self._holder.may_start  # type: ignore[method-assign]
         self.poll_interval = float(poll_interval)
         self._drivers: DrivePool | None = None
         self._drivers_size = 0
@@ -419,7 +421,7 @@ class Engine:
                 # A store without leases (a test's wrapper) serves one engine: no fence.
                 leased = self.store.supports_leases
                 lease = (self._holder.id, claim.lease) if leased else None
-                self._runner.drive(row, lease, park=park)
+                self._runner.drive(row, lease, park=park, lapses=claim.lapses)
             finished = True
         except Parked:
             parked = True

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 
-from .errors import ContengineError
+from .errors import ContengineError, LeaseLost
 from .store.base import Claim, Store, WorkerRow
 from .store.sqlite_claims import HOST, process_start
 
@@ -39,6 +39,12 @@ class Leaseholder:
         # Leases whose release failed (a locked database): let go with the next claim.
         self._unreleased: list[tuple[str, int]] = []
         self.renewals = 0
+        # Until when (wall clock) this engine's row, as last written, keeps its runs
+        # from other workers; and how many times that lapsed (a renewal that came after
+        # it, a row found gone, a retire): a run claimed before a lapse may have been
+        # taken over since, even if this engine is on record again now.
+        self.valid_until = 0.0
+        self.lapses = 0
 
     def row(self) -> WorkerRow:
         """This holder as a workers row, alive for one more lease period."""
@@ -52,15 +58,39 @@ class Leaseholder:
         """Lease up to limit due runs (or run_id) to this engine."""
         with self._lock:
             release, self._unreleased = self._unreleased, []
+        row = self.row()
+        lapses = self.lapses
         try:
-            claims = self.store.claim(self.row(), now, self.wall(), limit, run_id, release, skip)
+            claims = self.store.claim(row, now, self.wall(), limit, run_id, release, skip)
         except BaseException:
             with self._lock:
                 self._unreleased.extend(release)  # not let go yet: try again next time
             raise
         if self.store.supports_leases and self._beating is None:
+            with self._lock:
+                if not self.valid_until:  # the claim put this engine's row on record
+                    self.valid_until = row.expires_at
             self._start_heartbeat()
+        for claim in claims:
+            claim.lapses = lapses
         return claims
+
+    def may_start(self, run_id: str, lease: int, lapses: int) -> int:
+        """Before a step starts: ce.LeaseLost unless the run is still leased to this
+        engine (lease, claimed when `lapses` lapses had happened); returns the count to
+        check against next time. Cheap while the engine's row has not expired since
+        (a clock reading); else the store says (a thawed process, a late heartbeat)."""
+        if lapses == self.lapses and self.wall() < self.valid_until:
+            return lapses
+        now_lapses = self.lapses
+        held = self.store.lease_of(run_id)
+        if held is None or held[:2] != (self.id, lease) or (held[2] or 0.0) <= self.wall():
+            raise LeaseLost(
+                f"run {run_id!r} is no longer safely leased to engine {self.id} (lease "
+                f"{lease}; the store has {held}): this engine's lease lapsed (a frozen or "
+                f"starved process), so the step does not start and the run is let go"
+            )
+        return now_lapses
 
     def release(self, run_id: str, lease: int) -> None:
         """Let the run go so any worker may claim it; retried later if the store refuses."""
@@ -83,17 +113,24 @@ class Leaseholder:
         # Renewed four times per lease: a late beat or two (a busy disk) loses nothing.
         stop = self._stop
         while not stop.wait(self.lease / 4):
+            row = self.row()
             try:
-                if not self.store.heartbeat(self.row()):
-                    log.warning(
-                        "engine %s was judged dead by another worker (it missed its lease); "
-                        "runs it was driving may have been taken over, and its writes to "
-                        "them are refused",
-                        self.id,
-                    )
-                self.renewals += 1
+                alive = self.store.heartbeat(row)
             except ContengineError as exc:  # a locked or closed database: try again
                 log.debug("heartbeat of %s failed: %s", self.id, exc)
+                continue
+            with self._lock:
+                if not alive or self.wall() >= self.valid_until:
+                    self.lapses += 1  # others may have taken runs meanwhile
+                self.valid_until = row.expires_at
+            if not alive:
+                log.warning(
+                    "engine %s was judged dead by another worker (it missed its lease); "
+                    "runs it was driving may have been taken over, and its writes to "
+                    "them are refused",
+                    self.id,
+                )
+            self.renewals += 1
 
     def retire(self) -> None:
         """Stop the heartbeat and let go of every run this engine holds (a later claim
@@ -104,6 +141,9 @@ class Leaseholder:
         stop.set()
         if beating is not None:
             beating.join()
+            with self._lock:
+                self.lapses += 1  # every run is let go: none may start a step now
+                self.valid_until = 0.0
             with contextlib.suppress(ContengineError):
                 self.store.retire_worker(self.id)
 

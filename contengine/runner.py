@@ -81,6 +81,11 @@ class Runner:
         """Let a step queue's slot go."""
         return None
 
+    def may_start(self, run_id: str, lease: int, lapses: int) -> int:
+        """Before a step starts: ce.LeaseLost unless the run is still leased to this
+        engine since its claim (Leaseholder.may_start); the lapse count to check next."""
+        return lapses
+
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for the steps of a gather (made on first use)."""
         if self._pool is None:
@@ -98,7 +103,13 @@ class Runner:
 
     # -- rebuilding -----------------------------------------------------------
 
-    def drive(self, run: RunRow, lease: tuple[str, int] | None = None, park: bool = False) -> None:
+    def drive(
+        self,
+        run: RunRow,
+        lease: tuple[str, int] | None = None,
+        park: bool = False,
+        lapses: int = 0,
+    ) -> None:
         """Carry the run as far as it can go now: to its end, or NotDue for a later retry.
 
         Raises the ContengineError that stops a run from being rebuilt (unknown
@@ -106,6 +117,7 @@ class Runner:
         unchanged. Waiting is left to the caller, who need not hold any lock meanwhile.
         With a lease (owner, number), every write is fenced by it (LeaseLost). With
         park (a DrivePool drives it), the drive may raise Parked to wait for a commit.
+        lapses: the leaseholder's lapse count when the run was claimed (may_start).
         """
         if run.status in FINISHED:
             return
@@ -116,7 +128,7 @@ class Runner:
         if lease is not None:
             kept = self.live.take(run, lease[1])
             if kept is not None:
-                self._resume(kept, run, lease, park)
+                self._resume(kept, run, lease, park, lapses)
                 return
         wf = self.find_workflow(run)
         args, kwargs = self.serde.loads(run.args, f"the arguments of run {run.id!r}")
@@ -135,15 +147,18 @@ class Runner:
             decode=lambda row: decode_outcome(serde, row),
         )
         drive = _Drive(self, run, wf, driver, lease, park)
+        drive.lapses = lapses
         self._finish(drive, gen, drive.go)
 
-    def _resume(self, kept: Kept, run: RunRow, lease: tuple[str, int], park: bool) -> None:
+    def _resume(
+        self, kept: Kept, run: RunRow, lease: tuple[str, int], park: bool, lapses: int
+    ) -> None:
         """Go on with a live generator kept from this run's last drive: no replay."""
         drive = kept.drive
         # What others may have changed meanwhile: status and due time (a signal, a
         # child's end), a cancel request; never the log (the lease shows no one
         # else drove the run).
-        drive.run, drive.lease, drive.park = run, lease, park
+        drive.run, drive.lease, drive.park, drive.lapses = run, lease, park, lapses
         drive.status, drive.due_at = run.status, run.due_at
         drive.cancel_pending = drive.cancel_pending or bool(run.cancel_requested)
         position = kept.pending.position

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import contengine as ce
-from contengine.store.base import WorkerRow
+from contengine.store.base import Progress, WorkerRow
+from contengine.store.sqlite import SQLiteStore
 from contengine.store.sqlite_claims import HOST, alive
 
 GATE = threading.Event()
@@ -102,3 +103,75 @@ def test_a_start_by_id_is_idempotent_across_processes(tmp_path: Path) -> None:
     assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
     with ce.Engine(path) as engine:
         assert [r.id for r in engine.runs()] == ["the-one"]
+
+
+FROZEN = threading.Event()  # the "process" of the store below is frozen while set
+THAWED = threading.Event()
+SECOND_RAN: list[str] = []
+
+
+class _FreezesAfterLogging(SQLiteStore):
+    """Freezes, heartbeat and all, right after the write that logs the second step: a
+    SIGSTOP between a step's durable entry and the step's start."""
+
+    def heartbeat(self, worker: WorkerRow) -> bool:
+        while FROZEN.is_set():
+            time.sleep(0.005)
+        return super().heartbeat(worker)
+
+    def commit(self, progress: Progress) -> bool:
+        cancel = super().commit(progress)
+        if progress.insert is not None and progress.insert.name == "leases.second":
+            FROZEN.set()
+            assert THAWED.wait(10)
+            FROZEN.clear()
+        return cancel
+
+
+@ce.step(name="leases.first")
+def first() -> int:
+    return 1
+
+
+@ce.step(name="leases.second")
+def second(who: str) -> str:
+    SECOND_RAN.append(who)
+    return who
+
+
+@ce.workflow(name="leases.two_steps")
+def two_steps(who: str) -> Generator[Any, Any, str]:
+    """Two steps; every execution of the second is counted."""
+    yield first()
+    return (yield second(who))
+
+
+def test_a_thawed_engine_does_not_start_a_step_of_a_run_taken_over(tmp_path: Path) -> None:
+    """Frozen past its lease after logging a step, before starting it: another engine
+    takes the run over and runs the step; thawed, the first engine does not run it."""
+    path = tmp_path / "l.db"
+    FROZEN.clear()
+    THAWED.clear()
+    SECOND_RAN.clear()
+    frozen = ce.Engine(store=_FreezesAfterLogging(str(path)), lease=0.3)
+    run = frozen.start(two_steps, "frozen", id="r")
+    driving = threading.Thread(target=frozen.run_until_idle, kwargs={"threads": 1})
+    driving.start()
+    assert _wait_for(FROZEN.is_set)
+    time.sleep(0.5)  # past the frozen engine's lease
+    with ce.Engine(path) as other:
+        other.run_until_idle()
+        assert other.get_run("r").result() == "frozen"
+    assert SECOND_RAN == ["frozen"]  # run by the other engine (a crash counted)
+    THAWED.set()
+    driving.join(10)
+    assert SECOND_RAN == ["frozen"]  # not again by the thawed engine
+    assert run.result() == "frozen"
+    frozen.close()
+
+
+def _wait_for(test: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not test() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return bool(test())

@@ -205,6 +205,9 @@ class Claim:
 
     run: RunRow
     lease: int
+    # The claimer's count of lapses of its liveness when it claimed (see
+    # Leaseholder.lapses): a later lapse means the lease may have been taken since.
+    lapses: int = 0
 
 
 class Store(ABC):
@@ -379,6 +382,11 @@ class Store(ABC):
 
     def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
         """Let go of these (run, lease) pairs, if still held, so any worker may claim them."""
+        return None
+
+    def lease_of(self, run_id: str) -> tuple[str | None, int, float | None] | None:
+        """The run's owner and lease number, and until when (wall clock) its owner's row
+        says it is alive (None without a row); None if there is no such run."""
         return None
 
     def heartbeat(self, worker: WorkerRow) -> bool:
