@@ -11,6 +11,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import contengine as ce
 from contengine.store.base import Progress, WorkerRow
 from contengine.store.sqlite import SQLiteStore
@@ -121,7 +123,8 @@ class _FreezesAfterLogging(SQLiteStore):
 
     def commit(self, progress: Progress) -> bool:
         cancel = super().commit(progress)
-        if progress.insert is not None and progress.insert.name == "leases.second":
+        logged = [*progress.recorded, *([progress.insert] if progress.insert else [])]
+        if any(e.name == "leases.second" and e.status == "running" for e in logged):
             FROZEN.set()
             assert THAWED.wait(10)
             FROZEN.clear()
@@ -140,13 +143,18 @@ def second(who: str) -> str:
 
 
 @ce.workflow(name="leases.two_steps")
-def two_steps(who: str) -> Generator[Any, Any, str]:
-    """Two steps; every execution of the second is counted."""
+def two_steps(who: str, gathered: bool) -> Generator[Any, Any, Any]:
+    """Two steps (the second alone or in a gather); its executions are counted."""
     yield first()
+    if gathered:
+        return (yield ce.gather(second(who)))
     return (yield second(who))
 
 
-def test_a_thawed_engine_does_not_start_a_step_of_a_run_taken_over(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gathered", [False, True])
+def test_a_thawed_engine_does_not_start_a_step_of_a_run_taken_over(
+    tmp_path: Path, gathered: bool
+) -> None:
     """Frozen past its lease after logging a step, before starting it: another engine
     takes the run over and runs the step; thawed, the first engine does not run it."""
     path = tmp_path / "l.db"
@@ -154,19 +162,20 @@ def test_a_thawed_engine_does_not_start_a_step_of_a_run_taken_over(tmp_path: Pat
     THAWED.clear()
     SECOND_RAN.clear()
     frozen = ce.Engine(store=_FreezesAfterLogging(str(path)), lease=0.3)
-    run = frozen.start(two_steps, "frozen", id="r")
+    run = frozen.start(two_steps, "frozen", gathered, id="r")
     driving = threading.Thread(target=frozen.run_until_idle, kwargs={"threads": 1})
     driving.start()
     assert _wait_for(FROZEN.is_set)
     time.sleep(0.5)  # past the frozen engine's lease
     with ce.Engine(path) as other:
         other.run_until_idle()
-        assert other.get_run("r").result() == "frozen"
+        expected = ["frozen"] if gathered else "frozen"
+        assert other.get_run("r").result() == expected
     assert SECOND_RAN == ["frozen"]  # run by the other engine (a crash counted)
     THAWED.set()
     driving.join(10)
     assert SECOND_RAN == ["frozen"]  # not again by the thawed engine
-    assert run.result() == "frozen"
+    assert run.result() == expected
     frozen.close()
 
 
