@@ -501,6 +501,8 @@ class _Drive:
         token = _current.set(
             (run.id, self.wf.name, request.name, entry.position, entry.attempts, run.generation)
         )
+        in_step = (run.id, entry.position)
+        self.r.in_steps.add(in_step)
         began = self.r.clock.monotonic()
         try:
             timeout = request.options.timeout
@@ -510,6 +512,7 @@ class _Drive:
         except Exception as exc:
             return False, exc, "".join(traceback.format_exception(exc))
         finally:
+            self.r.in_steps.discard(in_step)
             self.stepped += self.r.clock.monotonic() - began
             _current.reset(token)
             if slot is not None:

@@ -45,6 +45,7 @@ class Leaseholder:
         # taken over since, even if this engine is on record again now.
         self.valid_until = 0.0
         self.lapses = 0
+        self.claims = 0  # claim() calls that went through
 
     def row(self) -> WorkerRow:
         """This holder as a workers row, alive for one more lease period."""
@@ -73,6 +74,7 @@ class Leaseholder:
             self._start_heartbeat()
         for claim in claims:
             claim.lapses = lapses
+        self.claims += 1
         return claims
 
     def may_start(self, run_id: str, lease: int, lapses: int) -> int:
@@ -99,6 +101,15 @@ class Leaseholder:
         except ContengineError:
             with self._lock:
                 self._unreleased.append((run_id, lease))
+
+    def let_go_of_runs(self) -> None:
+        """Let go of every run this engine holds but stay on record, heartbeat and all:
+        a step that outlived a worker's grace period keeps its step-queue slot counted
+        until it ends (retire() once it has)."""
+        with self._lock:
+            self.lapses += 1  # no run may start a step now
+        with contextlib.suppress(ContengineError):
+            self.store.release_all(self.id)
 
     def _start_heartbeat(self) -> None:
         with self._lock:

@@ -60,6 +60,9 @@ class Runner:
         # Set when the engine's worker stops: drives set their runs aside (due now,
         # for any worker) before starting another step, instead of going on.
         self.stopping = threading.Event()
+        # (run id, position) of every step attempt running now (a stopping worker waits
+        # for the drives that are not in one: they are only setting their runs aside).
+        self.in_steps: set[tuple[str, int]] = set()
         # Generators of runs set aside at a sleep, wait or retry, kept alive so that
         # the next drive goes on without replaying the log (bounded; evicted ones replay).
         self.live = LiveCache(close=_set_aside)

@@ -17,6 +17,7 @@ import heapq
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 log = logging.getLogger("contengine")
+
+# Seconds a stopping worker waits, past its grace period, for drives that are only
+# setting their runs aside (not inside a step) to write that.
+SETTLE = 1.0
 
 
 class Worker:
@@ -43,7 +48,8 @@ class Worker:
         self.grace = grace
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._inflight: set[concurrent.futures.Future[bool]] = set()
+        # Drives under way, and the run of each.
+        self._inflight: dict[concurrent.futures.Future[bool], str] = {}
         self._inflight_lock = threading.Lock()
         self._timers: list[float] = []  # due times of runs this worker set aside
         self._loop: threading.Thread | None = None
@@ -76,8 +82,10 @@ class Worker:
         if self._loop is not None:
             self._loop.join()
         with self._inflight_lock:
-            pending = set(self._inflight)
-        _, late = concurrent.futures.wait(pending, timeout=grace)
+            pending = dict(self._inflight)
+        _, late = concurrent.futures.wait(set(pending), timeout=grace)
+        late = self._settle(pending, late)
+        holder = engine._holder
         if late:
             log.warning(
                 "%d run(s) still in a step after the %g s grace period; their leases are "
@@ -85,10 +93,46 @@ class Worker:
                 len(late),
                 grace,
             )
-        engine._holder.retire()
+            # Let the runs go now, but stay on record until those steps end: their
+            # step-queue slots must go on counting (Python cannot stop a thread).
+            holder.let_go_of_runs()
+            threading.Thread(
+                target=self._retire_after,
+                args=(late, holder.claims),
+                name="contengine-retire",
+                daemon=True,
+            ).start()
+        else:
+            holder.retire()
         engine._runner.stopping.clear()
         if engine._worker is self:
             engine._worker = None
+
+    def _settle(
+        self,
+        pending: dict[concurrent.futures.Future[bool], str],
+        late: set[concurrent.futures.Future[bool]],
+    ) -> set[concurrent.futures.Future[bool]]:
+        """Wait (up to SETTLE seconds) for the late drives that are not inside a step:
+        they are only setting their runs aside (a give-back, a last commit), which must
+        be written under their lease, or the next driver counts a crash for an attempt
+        that never began. Returns the drives still under way."""
+        deadline = time.monotonic() + SETTLE
+        in_steps = self.engine._runner.in_steps
+        while late and time.monotonic() < deadline:
+            busy = {run_id for run_id, _ in list(in_steps)}
+            if all(pending[f] in busy for f in late):
+                break
+            _, late = concurrent.futures.wait(late, timeout=0.01)
+        return late
+
+    def _retire_after(self, late: set[concurrent.futures.Future[bool]], claims: int) -> None:
+        """Once the steps that outlived the grace period end, go off record (unless this
+        engine has claimed runs again meanwhile: then its next stop or close does it)."""
+        concurrent.futures.wait(late)
+        holder = self.engine._holder
+        if holder.claims == claims:
+            holder.retire()
 
     def poke(self) -> None:
         """Something may be due now: look at once."""
@@ -128,7 +172,7 @@ class Worker:
                     engine._holder.release(claim.run.id, claim.lease)
                     continue
                 with self._inflight_lock:
-                    self._inflight.add(future)
+                    self._inflight[future] = claim.run.id
                 future.add_done_callback(self._done)
             if claims and len(claims) == free:
                 continue  # there may be more: claim again once a thread is free
@@ -163,7 +207,7 @@ class Worker:
 
     def _done(self, future: concurrent.futures.Future[bool]) -> None:
         with self._inflight_lock:
-            self._inflight.discard(future)
+            self._inflight.pop(future, None)
         if not future.cancelled() and future.exception() is None and future.result():
             self.finished += 1
         self._wake.set()  # a thread is free, and a finished child may have woken its parent

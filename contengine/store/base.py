@@ -394,6 +394,10 @@ class Store(ABC):
         means another worker judged it dead (its leases may have been taken)."""
         return True
 
+    def release_all(self, owner: str) -> None:
+        """Let go of every run `owner` holds; the worker stays on record."""
+        return None
+
     def retire_worker(self, worker_id: str) -> None:
         """Remove the worker and release every run it holds (a clean stop)."""
         return None

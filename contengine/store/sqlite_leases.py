@@ -60,6 +60,10 @@ class LeaseMethods(SQLiteParts):
         with self._tx() as conn:
             return sqlite_claims.record_worker(conn, worker)
 
+    def release_all(self, owner: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET owner = NULL WHERE owner = ?", (owner,))
+
     def retire_worker(self, worker_id: str) -> None:
         with self._tx() as conn:
             conn.execute("UPDATE runs SET owner = NULL WHERE owner = ?", (worker_id,))
