@@ -210,9 +210,12 @@ def run_steps(
         args, kwargs = steps[i]
         step = members[i]
         assert isinstance(step, StepCall)
-        if d.lease is not None:  # as before a step of the drive's own (_attempts)
-            d.lapses = d.r.may_start(d.run.id, d.lease[1], d.lapses)
         running[pool.submit(d._execute_member, entries[i], step, args, kwargs)] = i
+
+    if d.lease is not None:
+        # As before a step of the drive's own (_attempts), once, before any member is
+        # running (a member's retry follows a fenced write of its last attempt).
+        d.lapses = d.r.may_start(d.run.id, d.lease[1], d.lapses)
 
     for i in steps:
         submit(i)

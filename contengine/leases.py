@@ -45,7 +45,10 @@ class Leaseholder:
         # taken over since, even if this engine is on record again now.
         self.valid_until = 0.0
         self.lapses = 0
-        self.claims = 0  # claim() calls that went through
+        self.claims = 0  # claim() calls begun
+        # Set when this engine let go of its runs (a stop, a retire): no step starts
+        # until it claims again.
+        self.letting_go = False
 
     def row(self) -> WorkerRow:
         """This holder as a workers row, alive for one more lease period."""
@@ -59,40 +62,58 @@ class Leaseholder:
         """Lease up to limit due runs (or run_id) to this engine."""
         with self._lock:
             release, self._unreleased = self._unreleased, []
+            self.claims += 1
         row = self.row()
-        lapses = self.lapses
         try:
             claims = self.store.claim(row, now, self.wall(), limit, run_id, release, skip)
         except BaseException:
             with self._lock:
                 self._unreleased.extend(release)  # not let go yet: try again next time
             raise
-        if self.store.supports_leases and self._beating is None:
-            with self._lock:
-                if not self.valid_until:  # the claim put this engine's row on record
-                    self.valid_until = row.expires_at
+        if not self.store.supports_leases:
+            return claims
+        self._renewed(row, alive=True)  # a claim renews this engine's row too
+        with self._lock:
+            self.letting_go = False
+            lapses = self.lapses
+        if self._beating is None:
             self._start_heartbeat()
         for claim in claims:
             claim.lapses = lapses
-        self.claims += 1
         return claims
+
+    def _renewed(self, row: WorkerRow, alive: bool) -> None:
+        """Note that row was written just now; a lapse if it had expired before (others
+        may have taken runs meanwhile) or had gone (judged dead)."""
+        with self._lock:
+            # lapses before valid_until: may_start reads them the other way round
+            if not alive or (self.valid_until and self.wall() >= self.valid_until):
+                self.lapses += 1
+            self.valid_until = row.expires_at
 
     def may_start(self, run_id: str, lease: int, lapses: int) -> int:
         """Before a step starts: ce.LeaseLost unless the run is still leased to this
         engine (lease, claimed when `lapses` lapses had happened); returns the count to
         check against next time. Cheap while the engine's row has not expired since
         (a clock reading); else the store says (a thawed process, a late heartbeat)."""
-        if lapses == self.lapses and self.wall() < self.valid_until:
+        # valid_until before lapses: _renewed writes them the other way round, so a
+        # renewal seen here comes with its lapse.
+        if self.wall() < self.valid_until and lapses == self.lapses:
             return lapses
-        now_lapses = self.lapses
-        held = self.store.lease_of(run_id)
-        if held is None or held[:2] != (self.id, lease) or (held[2] or 0.0) <= self.wall():
+        if self.letting_go:
+            raise LeaseLost(f"this engine let go of run {run_id!r}: the step does not start")
+        # The store says: if the run still names this engine and lease, no one took it
+        # (a claim changes them), and renewing the row in the same transaction keeps it
+        # so for a lease more. A late heartbeat costs a write here, not the run.
+        row = self.row()
+        if not self.store.hold(run_id, lease, row):
             raise LeaseLost(
-                f"run {run_id!r} is no longer safely leased to engine {self.id} (lease "
-                f"{lease}; the store has {held}): this engine's lease lapsed (a frozen or "
-                f"starved process), so the step does not start and the run is let go"
+                f"run {run_id!r} is no longer leased to engine {self.id} (lease {lease}): "
+                f"this engine's lease lapsed (a frozen or starved process) and another "
+                f"worker took the run over, so the step does not start here"
             )
-        return now_lapses
+        self._renewed(row, alive=True)
+        return self.lapses
 
     def release(self, run_id: str, lease: int) -> None:
         """Let the run go so any worker may claim it; retried later if the store refuses."""
@@ -102,14 +123,26 @@ class Leaseholder:
             with self._lock:
                 self._unreleased.append((run_id, lease))
 
-    def let_go_of_runs(self) -> None:
+    def let_go_of_runs(self) -> bool:
         """Let go of every run this engine holds but stay on record, heartbeat and all:
         a step that outlived a worker's grace period keeps its step-queue slot counted
-        until it ends (retire() once it has)."""
+        until it ends (retire() once it has). False if the store refused."""
         with self._lock:
-            self.lapses += 1  # no run may start a step now
-        with contextlib.suppress(ContengineError):
+            self.letting_go = True  # no step starts now
+            self.lapses += 1
+        try:
             self.store.release_all(self.id)
+        except ContengineError:
+            return False
+        return True
+
+    def retire_if_idle(self, claims: int) -> None:
+        """retire(), unless this engine began another claim since `claims` were counted
+        (it is in use again: its next stop or close retires it)."""
+        with self._lock:
+            if self.claims != claims:
+                return
+        self.retire()
 
     def _start_heartbeat(self) -> None:
         with self._lock:
@@ -130,10 +163,7 @@ class Leaseholder:
             except ContengineError as exc:  # a locked or closed database: try again
                 log.debug("heartbeat of %s failed: %s", self.id, exc)
                 continue
-            with self._lock:
-                if not alive or self.wall() >= self.valid_until:
-                    self.lapses += 1  # others may have taken runs meanwhile
-                self.valid_until = row.expires_at
+            self._renewed(row, alive)
             if not alive:
                 log.warning(
                     "engine %s was judged dead by another worker (it missed its lease); "
@@ -153,7 +183,8 @@ class Leaseholder:
         if beating is not None:
             beating.join()
             with self._lock:
-                self.lapses += 1  # every run is let go: none may start a step now
+                self.letting_go = True  # every run is let go: none may start a step now
+                self.lapses += 1
                 self.valid_until = 0.0
             with contextlib.suppress(ContengineError):
                 self.store.retire_worker(self.id)

@@ -95,13 +95,15 @@ class Worker:
             )
             # Let the runs go now, but stay on record until those steps end: their
             # step-queue slots must go on counting (Python cannot stop a thread).
-            holder.let_go_of_runs()
-            threading.Thread(
-                target=self._retire_after,
-                args=(late, holder.claims),
-                name="contengine-retire",
-                daemon=True,
-            ).start()
+            if holder.let_go_of_runs():
+                threading.Thread(
+                    target=self._retire_after,
+                    args=(late, {pending[f] for f in late}, holder.claims),
+                    name="contengine-retire",
+                    daemon=True,
+                ).start()
+            else:  # the store refused (a locked file): go off record, leases expire
+                holder.retire()
         else:
             holder.retire()
         engine._runner.stopping.clear()
@@ -126,13 +128,17 @@ class Worker:
             _, late = concurrent.futures.wait(late, timeout=0.01)
         return late
 
-    def _retire_after(self, late: set[concurrent.futures.Future[bool]], claims: int) -> None:
-        """Once the steps that outlived the grace period end, go off record (unless this
-        engine has claimed runs again meanwhile: then its next stop or close does it)."""
+    def _retire_after(
+        self, late: set[concurrent.futures.Future[bool]], runs: set[str], claims: int
+    ) -> None:
+        """Once the steps that outlived the grace period end (a gather's other members
+        too), go off record, unless this engine claimed runs again meanwhile: then its
+        next stop or close does it."""
         concurrent.futures.wait(late)
-        holder = self.engine._holder
-        if holder.claims == claims:
-            holder.retire()
+        in_steps = self.engine._runner.in_steps
+        while any(run_id in runs for run_id, _ in list(in_steps)):
+            time.sleep(0.05)
+        self.engine._holder.retire_if_idle(claims)
 
     def poke(self) -> None:
         """Something may be due now: look at once."""

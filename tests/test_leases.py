@@ -184,3 +184,45 @@ def _wait_for(test: Any, timeout: float = 5.0) -> bool:
     while not test() and time.monotonic() < deadline:
         time.sleep(0.005)
     return bool(test())
+
+
+class _LateHeartbeat(SQLiteStore):
+    """The second renewal comes late, past the lease (a heartbeat stuck on a busy disk)."""
+
+    beats = 0
+
+    def heartbeat(self, worker: WorkerRow) -> bool:
+        type(self).beats += 1
+        if type(self).beats == 2:
+            time.sleep(0.5)
+        return super().heartbeat(worker)
+
+
+@ce.step(name="leases.tick")
+def tick(i: int) -> int:
+    time.sleep(0.01)
+    return i
+
+
+@ce.workflow(name="leases.ticks")
+def ticks(n: int) -> Generator[Any, Any, int]:
+    """n short steps."""
+    total = 0
+    for i in range(n):
+        total += yield tick(i)
+    return total
+
+
+def test_a_late_heartbeat_with_no_one_else_on_the_file_costs_no_run_a_crash(
+    tmp_path: Path,
+) -> None:
+    """The engine's row expires while its steps go on: no one took the runs, so the next
+    step renews the row (with the check that the run is still its own) and goes on."""
+    _LateHeartbeat.beats = 0
+    engine = ce.Engine(store=_LateHeartbeat(str(tmp_path / "l.db")), lease=0.3)
+    runs = [engine.start(ticks, 60, id=f"t{i}") for i in range(3)]
+    engine.run_until_idle(threads=3)
+    assert _LateHeartbeat.beats >= 2  # the late renewal happened during the runs
+    assert [run.result() for run in runs] == [sum(range(60))] * 3
+    assert all(e.crashes == 0 for run in runs for e in engine.history(run.id))
+    engine.close()

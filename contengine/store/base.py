@@ -384,10 +384,11 @@ class Store(ABC):
         """Let go of these (run, lease) pairs, if still held, so any worker may claim them."""
         return None
 
-    def lease_of(self, run_id: str) -> tuple[str | None, int, float | None] | None:
-        """The run's owner and lease number, and until when (wall clock) its owner's row
-        says it is alive (None without a row); None if there is no such run."""
-        return None
+    def hold(self, run_id: str, lease: int, worker: WorkerRow) -> bool:
+        """In one transaction: if the run is still leased to worker with this lease
+        number, renew the worker's row (alive until worker.expires_at) and say True;
+        else False. Stores with leases must implement it."""
+        raise NotImplementedError(f"{type(self).__name__} supports leases but not hold()")
 
     def heartbeat(self, worker: WorkerRow) -> bool:
         """Record worker (alive until its expires_at); False if its row had gone, which

@@ -165,7 +165,9 @@ def claim(
             "UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND lease = ?",
             [(r, me, n) for r, n in release],
         )
-    ensure_worker(conn, worker)  # the heartbeat renews it
+    # Renewed with every claim too: a claim's runs are safe for a whole lease from now,
+    # even if the heartbeat is late (the leaseholder counts on it: Leaseholder.claim).
+    record_worker(conn, worker)
     if limit <= 0:
         return []
     live = live_workers(conn, me, wall)

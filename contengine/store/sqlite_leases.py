@@ -39,13 +39,13 @@ class LeaseMethods(SQLiteParts):
             self._remember_num(runs[num].id, num)
         return [Claim(runs[num], lease) for num, lease in picked]
 
-    def lease_of(self, run_id: str) -> tuple[str | None, int, float | None] | None:
-        rows = self._read(
-            "SELECT r.owner, r.lease, w.expires_at FROM runs r "
-            "LEFT JOIN workers w ON w.id = r.owner WHERE r.id = ?",
-            (run_id,),
-        )
-        return (rows[0][0], int(rows[0][1] or 0), rows[0][2]) if rows else None
+    def hold(self, run_id: str, lease: int, worker: WorkerRow) -> bool:
+        with self._tx() as conn:
+            row = conn.execute("SELECT owner, lease FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or (row[0], row[1]) != (worker.id, lease):
+                return False
+            sqlite_claims.record_worker(conn, worker)
+            return True
 
     def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
         if not leases:
