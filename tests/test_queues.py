@@ -570,3 +570,49 @@ def test_a_step_that_outlives_the_grace_period_keeps_its_queue_slot(tmp_path: Pa
         late.join(10)
         assert results == ["after"]
         assert QUEUED_RAN == ["after"]
+
+
+B_GO = threading.Event()
+A_DONE = threading.Event()
+
+
+@ce.step(name="queues.member_a", queue="gpu")
+def member_a() -> str:
+    time.sleep(0.3)
+    A_DONE.set()
+    return "a"
+
+
+@ce.step(name="queues.member_b", queue="gpu")
+def member_b() -> str:
+    assert B_GO.wait(10)
+    return "b"
+
+
+@ce.workflow(name="queues.two_members")
+def two_members() -> Generator[Any, Any, Any]:
+    """A gather of two queued steps."""
+    return (yield ce.gather(member_a(), member_b()))
+
+
+def test_a_late_gather_keeps_its_worker_on_record_until_every_member_ends(
+    tmp_path: Path,
+) -> None:
+    """The first late member's end ends the drive (its write is refused); the other
+    member still holds a slot, so the engine stays on record until it ends too."""
+    A_DONE.clear()
+    B_GO.clear()
+    with ce.Engine(tmp_path / "q.db") as engine:
+        engine.set_queue("gpu", concurrency=2)
+        engine.start(two_members, id="pair")
+        with engine.worker(threads=2, grace=0.1):
+            until_logged(engine, "pair", 3)
+            time.sleep(0.1)  # both members in their steps
+        assert A_DONE.wait(5)
+        time.sleep(0.3)  # the drive has ended; member b still runs
+        assert [w.id for w in engine.store.workers()] == [engine._holder.id]
+        B_GO.set()
+        deadline = time.monotonic() + 5
+        while engine.store.workers() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.store.workers() == []  # off record once b ended
