@@ -72,8 +72,9 @@ class Leaseholder:
             raise
         if not self.store.supports_leases:
             return claims
-        self._renewed(row, alive=True)  # a claim renews this engine's row too
         with self._lock:
+            if not self.valid_until:  # off record before: the claim put the row there
+                self.valid_until = row.expires_at
             self.letting_go = False
             lapses = self.lapses
         if self._beating is None:

@@ -165,9 +165,10 @@ def claim(
             "UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND lease = ?",
             [(r, me, n) for r, n in release],
         )
-    # Renewed with every claim too: a claim's runs are safe for a whole lease from now,
-    # even if the heartbeat is late (the leaseholder counts on it: Leaseholder.claim).
-    record_worker(conn, worker)
+    # On record (a write, and so a disk sync, only then: a worker polling an idle file
+    # writes nothing); the heartbeat renews it, and so does a step's lease check when
+    # the heartbeat was late (Leaseholder.may_start).
+    ensure_worker(conn, worker)
     if limit <= 0:
         return []
     live = live_workers(conn, me, wall)
