@@ -627,6 +627,10 @@ class Engine:
         holder = self._holder
         real = isinstance(self.clock, SystemClock)
         while True:
+            if holder.letting_go:  # a stop past its grace period: no step starts now
+                if give_up is not None:
+                    return None
+                raise LeaseLost(f"this engine is letting go of its runs: no slot of {queue!r}")
             slot = self.store.take_slot(queue, holder.row(), self.clock.now(), holder.wall(), lease)
             if slot is not None:
                 return slot

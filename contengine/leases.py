@@ -124,6 +124,14 @@ class Leaseholder:
             with self._lock:
                 self._unreleased.append((run_id, lease))
 
+    def stop_steps(self) -> None:
+        """From now on no step starts (may_start and step-queue slots refuse) until this
+        engine claims again; its leases are kept, so a drive may still write that it
+        sets its run aside."""
+        with self._lock:
+            self.letting_go = True
+            self.lapses += 1  # off the fast path, where letting_go is looked at
+
     def let_go_of_runs(self) -> bool:
         """Let go of every run this engine holds but stay on record, heartbeat and all:
         a step that outlived a worker's grace period keeps its step-queue slot counted

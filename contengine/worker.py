@@ -84,21 +84,29 @@ class Worker:
         with self._inflight_lock:
             pending = dict(self._inflight)
         _, late = concurrent.futures.wait(set(pending), timeout=grace)
-        late = self._settle(pending, late)
         holder = engine._holder
         if late:
-            log.warning(
-                "%d run(s) still in a step after the %g s grace period; their leases are "
-                "let go and their steps, when they end, are not recorded",
-                len(late),
-                grace,
-            )
-            # Let the runs go now, but stay on record until those steps end: their
+            # Past the grace period no step starts (not even a gather's member that was
+            # waiting for a slot), while drives that are only setting their runs aside
+            # still write that under their leases.
+            holder.stop_steps()
+            late = self._settle(pending, late)
+        running = engine._runner.in_steps
+        if late or running:
+            if late:
+                log.warning(
+                    "%d run(s) still in a step after the %g s grace period; their leases "
+                    "are let go and their steps, when they end, are not recorded",
+                    len(late),
+                    grace,
+                )
+            # Let the runs go now, but stay on record until every step still running
+            # here ends (a late one, a race's loser, one left by an earlier stop): their
             # step-queue slots must go on counting (Python cannot stop a thread).
             if holder.let_go_of_runs():
                 threading.Thread(
                     target=self._retire_after,
-                    args=(late, {pending[f] for f in late}, holder.claims),
+                    args=(late, holder.claims),
                     name="contengine-retire",
                     daemon=True,
                 ).start()
@@ -128,17 +136,16 @@ class Worker:
             _, late = concurrent.futures.wait(late, timeout=0.01)
         return late
 
-    def _retire_after(
-        self, late: set[concurrent.futures.Future[bool]], runs: set[str], claims: int
-    ) -> None:
-        """Once the steps that outlived the grace period end (a gather's other members
-        too), go off record, unless this engine claimed runs again meanwhile: then its
-        next stop or close does it."""
+    def _retire_after(self, late: set[concurrent.futures.Future[bool]], claims: int) -> None:
+        """Once the late drives and every step still running here have ended, go off
+        record, unless this engine claimed runs again meanwhile (its next stop or close
+        does it then)."""
         concurrent.futures.wait(late)
+        holder = self.engine._holder
         in_steps = self.engine._runner.in_steps
-        while any(run_id in runs for run_id, _ in list(in_steps)):
+        while in_steps and holder.claims == claims:
             time.sleep(0.05)
-        self.engine._holder.retire_if_idle(claims)
+        holder.retire_if_idle(claims)
 
     def poke(self) -> None:
         """Something may be due now: look at once."""

@@ -616,3 +616,115 @@ def test_a_late_gather_keeps_its_worker_on_record_until_every_member_ends(
         while engine.store.workers() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert engine.store.workers() == []  # off record once b ended
+
+
+LOSER_GO = threading.Event()
+LOSER_IN = threading.Event()
+GPU_AT_ONCE: list[int] = []
+_gpu_now = [0]
+_gpu_lock = threading.Lock()
+
+
+def _gpu_enter() -> None:
+    with _gpu_lock:
+        _gpu_now[0] += 1
+        GPU_AT_ONCE.append(_gpu_now[0])
+
+
+def _gpu_leave() -> None:
+    with _gpu_lock:
+        _gpu_now[0] -= 1
+
+
+@ce.step(name="queues.quick")
+def quick() -> str:
+    assert LOSER_IN.wait(5)
+    return "quick"
+
+
+@ce.step(name="queues.slow_gpu", queue="gpu")
+def slow_gpu(tag: str) -> str:
+    _gpu_enter()
+    try:
+        if tag == "loser":
+            LOSER_IN.set()
+            assert LOSER_GO.wait(10)
+        return tag
+    finally:
+        _gpu_leave()
+
+
+@ce.workflow(name="queues.racer")
+def racer() -> Generator[Any, Any, Any]:
+    """A race a queued step loses (it runs on after the race)."""
+    return (yield ce.race(quick(), slow_gpu("loser")))
+
+
+@ce.workflow(name="queues.one_gpu")
+def one_gpu() -> Generator[Any, Any, Any]:
+    """One queued step."""
+    return (yield slow_gpu("other"))
+
+
+@pytest.mark.parametrize("stops", [1, 2])
+def test_a_race_loser_still_running_keeps_its_slot_after_its_worker_stops(
+    tmp_path: Path, stops: int
+) -> None:
+    """The race is over and no drive is under way when the worker stops, but the loser
+    still runs holding the queue's one slot: the engine stays on record (through a
+    second worker's stop too) and another engine's step waits for the slot."""
+    LOSER_GO.clear()
+    LOSER_IN.clear()
+    GPU_AT_ONCE.clear()
+    path = tmp_path / "q.db"
+    with ce.Engine(path) as engine, ce.Engine(path) as other:
+        engine.set_queue("gpu", concurrency=1)
+        run = engine.start(racer, id="race")
+        with engine.worker(threads=2, grace=0.1):
+            assert run.result(timeout=5) == (0, "quick")
+        for _ in range(stops - 1):
+            with engine.worker(threads=2, grace=0.1):
+                time.sleep(0.05)
+        assert [w.id for w in engine.store.workers()] == [engine._holder.id]
+        waiting = other.start(one_gpu, id="after")
+        results: list[Any] = []
+        late = threading.Thread(target=lambda: results.append(waiting.result()))
+        late.start()
+        time.sleep(0.5)
+        assert results == []  # waits for the loser's slot
+        LOSER_GO.set()
+        late.join(10)
+        assert results == ["other"]
+        assert max(GPU_AT_ONCE) == 1
+
+
+@ce.workflow(name="queues.gathers_gpu")
+def gathers_gpu(label: str) -> Generator[Any, Any, Any]:
+    """A gather whose one member waits for the gpu queue."""
+    return (yield ce.gather(gpu_call(label)))
+
+
+def test_a_gather_member_waiting_for_its_slot_does_not_start_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    """A member waits for its slot through the grace period, but not past it: once the
+    stop is past the grace period it gets no slot, and the step runs once, elsewhere."""
+    path = tmp_path / "q.db"
+    QUEUED_RAN.clear()
+    with ce.Engine(path) as holder, ce.Engine(path) as engine:
+        engine.set_queue("gpu", concurrency=1)
+        with hogging(holder):
+            run = engine.start(gathers_gpu, "member", id="g")
+            worker = engine.worker(threads=2, grace=0.2)
+            worker.__enter__()
+            until_logged(engine, "g", 2)
+            stopping = threading.Thread(target=worker.__exit__, args=(None, None, None))
+            stopping.start()
+            time.sleep(0.4)  # past the grace period, within the second the stop may wait
+        stopping.join(10)  # the slot freed while the stop was still going on
+        time.sleep(0.3)
+        assert QUEUED_RAN == []
+        with ce.Engine(path) as other:
+            other.run_until_idle()
+            assert other.get_run(run.id).result() == ["member"]
+        assert QUEUED_RAN == ["member"]

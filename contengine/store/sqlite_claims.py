@@ -165,9 +165,9 @@ def claim(
             "UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND lease = ?",
             [(r, me, n) for r, n in release],
         )
-    # On record (a write, and so a disk sync, only then: a worker polling an idle file
-    # writes nothing); the heartbeat renews it, and so does a step's lease check when
-    # the heartbeat was late (Leaseholder.may_start).
+    # On record (a write, and so a disk sync, only then: a claim that finds nothing to
+    # take writes nothing); the heartbeat renews it every lease / 4, and so does a
+    # step's lease check when the heartbeat was late (Leaseholder.may_start).
     ensure_worker(conn, worker)
     if limit <= 0:
         return []
