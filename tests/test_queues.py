@@ -574,10 +574,12 @@ def test_a_step_that_outlives_the_grace_period_keeps_its_queue_slot(tmp_path: Pa
 
 B_GO = threading.Event()
 A_DONE = threading.Event()
+MEMBERS_IN: list[str] = []
 
 
 @ce.step(name="queues.member_a", queue="gpu")
 def member_a() -> str:
+    MEMBERS_IN.append("a")
     time.sleep(0.3)
     A_DONE.set()
     return "a"
@@ -585,6 +587,7 @@ def member_a() -> str:
 
 @ce.step(name="queues.member_b", queue="gpu")
 def member_b() -> str:
+    MEMBERS_IN.append("b")
     assert B_GO.wait(10)
     return "b"
 
@@ -602,12 +605,15 @@ def test_a_late_gather_keeps_its_worker_on_record_until_every_member_ends(
     member still holds a slot, so the engine stays on record until it ends too."""
     A_DONE.clear()
     B_GO.clear()
+    MEMBERS_IN.clear()
     with ce.Engine(tmp_path / "q.db") as engine:
         engine.set_queue("gpu", concurrency=2)
         engine.start(two_members, id="pair")
         with engine.worker(threads=2, grace=0.1):
-            until_logged(engine, "pair", 3)
-            time.sleep(0.1)  # both members in their steps
+            deadline = time.monotonic() + 5
+            while len(MEMBERS_IN) < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)  # until both members are in their steps
+            assert sorted(MEMBERS_IN) == ["a", "b"]
         assert A_DONE.wait(5)
         time.sleep(0.3)  # the drive has ended; member b still runs
         assert [w.id for w in engine.store.workers()] == [engine._holder.id]
@@ -720,7 +726,10 @@ def test_a_gather_member_waiting_for_its_slot_does_not_start_after_the_grace_per
             until_logged(engine, "g", 2)
             stopping = threading.Thread(target=worker.__exit__, args=(None, None, None))
             stopping.start()
-            time.sleep(0.4)  # past the grace period, within the second the stop may wait
+            deadline = time.monotonic() + 5
+            while not engine._holder.letting_go and time.monotonic() < deadline:
+                time.sleep(0.005)  # until the stop is past its grace period
+            assert engine._holder.letting_go
         stopping.join(10)  # the slot freed while the stop was still going on
         time.sleep(0.3)
         assert QUEUED_RAN == []
