@@ -268,11 +268,9 @@ class _Drive:
                     insert=entry,
                     run=self._run_update(RUNNING, None, now),
                 )
+            # A cancel the write read (another process's, sent while the previous step
+            # ran) is raised by _attempts before the step starts.
             self._commit(insert=entry, run=self._run_update(RUNNING, None, now))
-            if self.cancel_pending:
-                # Another process cancelled the run while the previous step ran (the
-                # write read it): this step does not start; the cancel is raised here.
-                return self._deliver_cancel(pending, logged=True)
         else:
             # Replay read only what it needed; the entry in flight is read whole.
             entry = self.r.store.load_log(self.run.id, pending.position, 1)[0]
@@ -285,9 +283,6 @@ class _Drive:
     def _after_logged(self, pending: Pending, entry: EntryRow, request: StepCall[Any]) -> None:
         """Go on once a new step's entry is durable: run it, and the workflow after it
         (what _loop would have done after _carry_out returned)."""
-        if self.cancel_pending:  # seen by the write: as in _carry_out
-            self._loop(self.driver.send(self._deliver_cancel(pending, logged=True)))
-            return
         try:
             outcome = self._attempts(pending, entry, request)
         except NotDue:

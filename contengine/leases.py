@@ -107,12 +107,7 @@ class Leaseholder:
         # (a claim changes them), and renewing the row in the same transaction keeps it
         # so for a lease more. A late heartbeat costs a write here, not the run.
         row = self.row()
-        if not self.store.hold(run_id, lease, row):
-            raise LeaseLost(
-                f"run {run_id!r} is no longer leased to engine {self.id} (lease {lease}): "
-                f"this engine's lease lapsed (a frozen or starved process) and another "
-                f"worker took the run over, so the step does not start here"
-            )
+        self.store.hold(run_id, lease, row)
         self._renewed(row, alive=True)
         return self.lapses
 
@@ -136,9 +131,7 @@ class Leaseholder:
         """Let go of every run this engine holds but stay on record, heartbeat and all:
         a step that outlived a worker's grace period keeps its step-queue slot counted
         until it ends (retire() once it has). False if the store refused."""
-        with self._lock:
-            self.letting_go = True  # no step starts now
-            self.lapses += 1
+        self.stop_steps()
         try:
             self.store.release_all(self.id)
         except ContengineError:

@@ -384,10 +384,10 @@ class Store(ABC):
         """Let go of these (run, lease) pairs, if still held, so any worker may claim them."""
         return None
 
-    def hold(self, run_id: str, lease: int, worker: WorkerRow) -> bool:
+    def hold(self, run_id: str, lease: int, worker: WorkerRow) -> None:
         """In one transaction: if the run is still leased to worker with this lease
-        number, renew the worker's row (alive until worker.expires_at) and say True;
-        else False. Stores with leases must implement it."""
+        number, renew the worker's row (alive until worker.expires_at); else
+        ce.LeaseLost. Stores with leases must implement it."""
         raise NotImplementedError(f"{type(self).__name__} supports leases but not hold()")
 
     def heartbeat(self, worker: WorkerRow) -> bool:

@@ -225,6 +225,14 @@ def claim(
     return picked
 
 
+def check_lease(conn: sqlite3.Connection, run_id: str, owner: str, number: int) -> None:
+    """LeaseLost unless the run is leased to owner with this lease number (a claim
+    changes one or the other, so a match means no one took the run since)."""
+    held = conn.execute("SELECT owner, lease FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if held is None or (held[0], held[1]) != (owner, number):
+        raise lease_lost(run_id, (owner, number), None if held is None else (held[0], held[1]))
+
+
 def take_slot(
     conn: sqlite3.Connection,
     queue: str,
@@ -242,10 +250,7 @@ def take_slot(
     if config is None:
         return 0
     if lease is not None:
-        run_id, owner, number = lease
-        held = conn.execute("SELECT owner, lease FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if held is None or (held[0], held[1]) != (owner, number):
-            raise lease_lost(run_id, (owner, number), None if held is None else (held[0], held[1]))
+        check_lease(conn, *lease)
     me = worker.id
     ensure_worker(conn, worker)
     live = live_workers(conn, me, wall)

@@ -39,13 +39,10 @@ class LeaseMethods(SQLiteParts):
             self._remember_num(runs[num].id, num)
         return [Claim(runs[num], lease) for num, lease in picked]
 
-    def hold(self, run_id: str, lease: int, worker: WorkerRow) -> bool:
+    def hold(self, run_id: str, lease: int, worker: WorkerRow) -> None:
         with self._tx() as conn:
-            row = conn.execute("SELECT owner, lease FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None or (row[0], row[1]) != (worker.id, lease):
-                return False
+            sqlite_claims.check_lease(conn, run_id, worker.id, lease)
             sqlite_claims.record_worker(conn, worker)
-            return True
 
     def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
         if not leases:
