@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import contengine as ce
 from contengine.store.base import Progress
@@ -80,3 +84,20 @@ def crash_at(path: Path | str, when: str | None = None, k: int = 0) -> CrashingS
 def engine_on(path: Path, clock: VirtualClock, store: SQLiteStore | None = None) -> ce.Engine:
     """A fresh engine on the file, as a restarted process would open it."""
     return ce.Engine(path, durability="normal", clock=clock, store=store)
+
+
+def wait_until(test: Callable[[], object], timeout: float = 5.0, pause: float = 0.002) -> bool:
+    """Poll test() until it is true or timeout seconds have passed; its last verdict."""
+    deadline = time.monotonic() + timeout
+    while not test() and time.monotonic() < deadline:
+        time.sleep(pause)
+    return bool(test())
+
+
+def stop_in_background(block: AbstractContextManager[Any], engine: ce.Engine) -> threading.Thread:
+    """Leave an entered `engine.worker()` block in another thread (the stop waits out its
+    grace period there); returns once the stop has begun. The caller joins the thread."""
+    stopping = threading.Thread(target=block.__exit__, args=(None, None, None))
+    stopping.start()
+    assert wait_until(engine._runner.stopping.is_set)
+    return stopping

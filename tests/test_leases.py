@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
 import contengine as ce
 from contengine.store.base import Progress, WorkerRow
@@ -165,7 +166,7 @@ def test_a_thawed_engine_does_not_start_a_step_of_a_run_taken_over(
     run = frozen.start(two_steps, "frozen", gathered, id="r")
     driving = threading.Thread(target=frozen.run_until_idle, kwargs={"threads": 1})
     driving.start()
-    assert _wait_for(FROZEN.is_set)
+    assert wait_until(FROZEN.is_set)
     time.sleep(0.5)  # past the frozen engine's lease
     with ce.Engine(path) as other:
         other.run_until_idle()
@@ -177,13 +178,6 @@ def test_a_thawed_engine_does_not_start_a_step_of_a_run_taken_over(
     assert SECOND_RAN == ["frozen"]  # not again by the thawed engine
     assert run.result() == expected
     frozen.close()
-
-
-def _wait_for(test: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not test() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return bool(test())
 
 
 class _LateHeartbeat(SQLiteStore):

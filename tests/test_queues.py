@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import stop_in_background, wait_until
 
 import contengine as ce
 from contengine.cli import main
@@ -310,9 +311,7 @@ def hogging(holder: ce.Engine) -> Iterator[list[str]]:
 
 def until_logged(engine: ce.Engine, run_id: str, entries: int) -> None:
     """Wait (up to 5 s) until the run's log has so many entries."""
-    deadline = time.monotonic() + 5
-    while len(engine.history(run_id)) < entries and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(engine.history(run_id)) >= entries, pause=0.01)
 
 
 @pytest.mark.parametrize("finisher", ["same engine", "another engine"])
@@ -436,11 +435,7 @@ def test_a_retry_due_at_once_does_not_start_while_the_worker_stops(tmp_path: Pat
         worker = engine.worker(threads=2, grace=10)
         worker.__enter__()
         assert IN_FLAKY.wait(5)
-        stopping = threading.Thread(target=worker.__exit__, args=(None, None, None))
-        stopping.start()  # stops claiming, waits for the attempt in flight
-        deadline = time.monotonic() + 5
-        while not engine._runner.stopping.is_set() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        stopping = stop_in_background(worker, engine)  # waits for the attempt in flight
         FLAKY_GO.set()
         stopping.join(10)
         assert FLAKY_CALLS == [1]
@@ -492,11 +487,7 @@ def test_a_stopping_worker_does_not_start_a_gather(tmp_path: Path) -> None:
         worker = engine.worker(threads=2, grace=10)
         worker.__enter__()
         assert IN_FIRST.wait(5)
-        stopping = threading.Thread(target=worker.__exit__, args=(None, None, None))
-        stopping.start()
-        deadline = time.monotonic() + 5
-        while not engine._runner.stopping.is_set() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        stopping = stop_in_background(worker, engine)
         FIRST_GO.set()
         stopping.join(10)
         assert MEMBERS_RAN == []
@@ -610,17 +601,13 @@ def test_a_late_gather_keeps_its_worker_on_record_until_every_member_ends(
         engine.set_queue("gpu", concurrency=2)
         engine.start(two_members, id="pair")
         with engine.worker(threads=2, grace=0.1):
-            deadline = time.monotonic() + 5
-            while len(MEMBERS_IN) < 2 and time.monotonic() < deadline:
-                time.sleep(0.005)  # until both members are in their steps
+            wait_until(lambda: len(MEMBERS_IN) == 2)  # both members in their steps
             assert sorted(MEMBERS_IN) == ["a", "b"]
         assert A_DONE.wait(5)
         time.sleep(0.3)  # the drive has ended; member b still runs
         assert [w.id for w in engine.store.workers()] == [engine._holder.id]
         B_GO.set()
-        deadline = time.monotonic() + 5
-        while engine.store.workers() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: not engine.store.workers())
         assert engine.store.workers() == []  # off record once b ended
 
 
@@ -724,12 +711,8 @@ def test_a_gather_member_waiting_for_its_slot_does_not_start_after_the_grace_per
             worker = engine.worker(threads=2, grace=0.2)
             worker.__enter__()
             until_logged(engine, "g", 2)
-            stopping = threading.Thread(target=worker.__exit__, args=(None, None, None))
-            stopping.start()
-            deadline = time.monotonic() + 5
-            while not engine._holder.letting_go and time.monotonic() < deadline:
-                time.sleep(0.005)  # until the stop is past its grace period
-            assert engine._holder.letting_go
+            stopping = stop_in_background(worker, engine)
+            assert wait_until(lambda: engine._holder.letting_go)  # past its grace period
         stopping.join(10)  # the slot freed while the stop was still going on
         time.sleep(0.3)
         assert QUEUED_RAN == []
