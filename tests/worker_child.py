@@ -95,8 +95,10 @@ def hold(ledger: str, marks: str) -> str:
     """Say it started (and when, on the wall clock), block HOLD_SECONDS on the first
     attempt, say it ended; the result names the process."""
     attempt = ce.current_step().attempt
-    append(marks, f"started {os.getpid()} {attempt} {time.time()}")
+    # The ledger line first: a test that sees "started" may freeze the process at once,
+    # and the ledger must already hold this execution (else the lines come out of order).
     record(ledger)
+    append(marks, f"started {os.getpid()} {attempt} {time.time()}")
     if attempt == 1:
         time.sleep(HOLD_SECONDS)
     append(marks, f"finished {os.getpid()} {attempt}")
