@@ -1,4 +1,12 @@
-"""A static look at a workflow's body for code whose value or effect can differ on replay."""
+"""A static look at a workflow's body for code whose value or effect can differ on replay.
+
+The body and the functions of the workflow's own module that it calls (and that those
+call) are read; steps, child workflows and other modules' functions are not. The rules
+cover the clock, randomness, ids, the environment, I/O, and everything that differs
+between the process or thread that recorded a run and the one replaying it (process and
+user ids, host, platform, locale, time zone, argv, cwd, thread ids, per-thread state,
+set order, hashes and addresses).
+"""
 
 from __future__ import annotations
 
