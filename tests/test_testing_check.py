@@ -13,7 +13,7 @@ import datetime
 import random
 import re
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -257,7 +257,11 @@ def test_steps_are_replaced_by_name_or_by_step_and_the_real_ones_never_run() -> 
 
 
 # One dict of stand-ins shared by every test, each path calling some of them.
-SHARED_STEPS = {"charge": lambda o, c: f"r-{o}", "add": lambda a, b: a + b, "fetch": str}
+SHARED_STEPS: dict[str | ce.Step[..., Any], Callable[..., Any]] = {
+    "charge": lambda o, c: f"r-{o}",
+    "add": lambda a, b: a + b,
+    "fetch": str,
+}
 
 
 def test_stand_ins_for_steps_this_path_never_yields_are_accepted_and_named() -> None:
@@ -270,7 +274,10 @@ def test_stand_ins_for_steps_this_path_never_yields_are_accepted_and_named() -> 
 
 
 def test_a_misspelt_stand_in_is_named_in_the_report() -> None:
-    steps = {"chrage": lambda o, c: "x", "charge": lambda o, c: "r"}
+    steps: dict[str | ce.Step[..., Any], Callable[..., Any]] = {
+        "chrage": lambda o, c: "x",
+        "charge": lambda o, c: "r",
+    }
     assert check(checkout, "o-4", 1, steps=steps).unused_fakes == ("chrage",)
 
 
