@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--older-than", metavar="AGE", help="created at least AGE ago (30d)")
             p.add_argument("--newer-than", metavar="AGE", help="created at most AGE ago (12h)")
     from .ops_cli import add_parsers
-    from .testing.lint import add_lint_command
+    from .testing.lint_cli import add_lint_command
     from .testing.replay import add_replay_command
 
     add_parsers(sub)
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return inspect_main(args)
         if args.command == "lint":
-            from .testing.lint import lint_main
+            from .testing.lint_cli import lint_main
 
             return lint_main(args)
         if args.command == "replay":

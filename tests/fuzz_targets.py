@@ -7,7 +7,12 @@ that way, so the ones that need it live here.
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from collections.abc import Generator
+from socket import gethostname
 from typing import Any
 
 import contengine as ce
@@ -57,3 +62,49 @@ def regional() -> Flow:
     if CONFIG["region"] == "us":
         return (yield visit("us-east"))
     return (yield visit("eu-west"))
+
+
+@ce.workflow
+def visit_by_pid() -> Flow:
+    """Names the process it runs in: another process replays another request."""
+    return (yield visit(f"pid {os.getpid()}"))
+
+
+@ce.workflow
+def visit_by_host() -> Flow:
+    """Names the machine it runs on."""
+    return (yield visit(f"host {gethostname()}"))
+
+
+@ce.workflow
+def visit_by_cwd() -> Flow:
+    """Names the directory it runs in."""
+    return (yield visit(os.path.basename(os.getcwd())))
+
+
+@ce.workflow
+def visit_by_time_zone() -> Flow:
+    """Branches on the local hour of a fixed moment, which depends on the time zone."""
+    return (yield visit(f"local hour {time.localtime(0).tm_hour}"))
+
+
+@ce.workflow
+def visit_by_argv() -> Flow:
+    """Names the command line of its process."""
+    return (yield visit(f"{len(sys.argv)} {sys.argv[-1]}"))
+
+
+@ce.workflow
+def visit_by_address() -> Flow:
+    """Shows an object's default repr, which holds its memory address."""
+    return (yield visit(repr(Token())))
+
+
+@ce.workflow
+def visit_in_thread_order() -> Flow:
+    """Names the thread it runs in."""
+    return (yield visit(f"thread {threading.get_ident()}"))
+
+
+class Token:
+    """An object with the default repr."""

@@ -13,7 +13,7 @@ import datetime
 import random
 import re
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -256,9 +256,29 @@ def test_steps_are_replaced_by_name_or_by_step_and_the_real_ones_never_run() -> 
     assert CALLS == []
 
 
-def test_a_stand_in_for_a_step_the_workflow_never_yields_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"steps= names 'chrage'.*'charge', 'decline'"):
-        check(checkout, "o-4", 1, steps={"chrage": lambda o, c: "x", "charge": lambda o, c: "r"})
+# One dict of stand-ins shared by every test, each path calling some of them.
+SHARED_STEPS: dict[str | ce.Step[..., Any], Callable[..., Any]] = {
+    "charge": lambda o, c: f"r-{o}",
+    "add": lambda a, b: a + b,
+    "fetch": str,
+}
+
+
+def test_stand_ins_for_steps_this_path_never_yields_are_accepted_and_named() -> None:
+    report = check(checkout, "o-4", 1, steps=SHARED_STEPS)
+
+    assert report.result == ("r-o-4", "card of o-4 declined")
+    assert report.unused_fakes == ("add", "fetch")
+    assert "stand-ins in steps= for steps this path never yielded: 'add', 'fetch'" in str(report)
+    assert check(gives_up, "o-4", steps=SHARED_STEPS).unused_fakes == ("charge", "fetch")
+
+
+def test_a_misspelt_stand_in_is_named_in_the_report() -> None:
+    steps: dict[str | ce.Step[..., Any], Callable[..., Any]] = {
+        "chrage": lambda o, c: "x",
+        "charge": lambda o, c: "r",
+    }
+    assert check(checkout, "o-4", 1, steps=steps).unused_fakes == ("chrage",)
 
 
 @ce.workflow

@@ -402,7 +402,7 @@ def test_assert_deterministic_returns_the_report_when_nothing_diverged() -> None
     assert report.ok and report.causes == []
     text = str(report)
     assert "replayed the same" in text
-    assert "tried: plain replay; wall clock shifted" in text
+    assert "tried: plain replay; a replay in another thread; wall clock shifted" in text
     assert "skipped: PYTHONHASHSEED" in text
 
 

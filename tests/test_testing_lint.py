@@ -38,7 +38,8 @@ import pytest
 import test_gather
 
 import contengine as ce
-from contengine.testing.lint import Finding, add_lint_command, lint, lint_main
+from contengine.testing.lint import Finding, lint
+from contengine.testing.lint_cli import add_lint_command, lint_main
 
 Flow = Generator[Any, Any, Any]
 REPO = Path(__file__).resolve().parent.parent

@@ -1,5 +1,11 @@
 """Tools for testing workflows: a virtual clock, crash schedules and offline replay.
 
+check() crashes a workflow at every boundary; fuzz() replays its log in another thread,
+in fresh processes and with the clock, randomness and environment changed; lint() reads
+its source (and its module's helpers) for values that differ between the process or
+thread that recorded a run and the one replaying it; replay() checks recorded runs
+against new code. notes/determinism.md says what each catches.
+
 ce.testing.strategies (hypothesis strategies) and ce.testing.plugin (the pytest
 plugin) are imported on their own, never from here.
 """

@@ -1,19 +1,26 @@
-"""A static look at a workflow's body for code whose value or effect can differ on replay."""
+"""A static look at a workflow's body for code whose value or effect can differ on replay.
+
+The body and the functions of the workflow's own module that it calls (and that those
+call) are read; steps, child workflows and other modules' functions are not. The rules
+cover the clock, randomness, ids, the environment, I/O, and everything that differs
+between the process or thread that recorded a run and the one replaying it (process and
+user ids, host, platform, locale, time zone, argv, cwd, thread ids, per-thread state,
+set order, hashes and addresses).
+"""
 
 from __future__ import annotations
 
-import argparse
 import ast
 import collections
 import contextlib
-import importlib
-import importlib.util
+import contextvars
+import dataclasses
 import inspect
 import os
 import re
-import sys
+import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +28,7 @@ from ..errors import ContengineError
 from ..workflow import Workflow
 from .lint_scope import Scope, expr_kind, module_imports
 
-__all__ = ["Finding", "add_lint_command", "lint", "lint_main"]
+__all__ = ["Finding", "lint"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,15 @@ _RULES: dict[str, _Rule] = {
         "differs from one process or machine to the next, and a replay may run elsewhere",
         "pass it as an argument, or get it in a step",
     ),
+    "thread-id": _Rule(
+        "differs from one thread to the next, and a replay may run in another thread or process",
+        "pass the value as an argument, or get it in a step",
+    ),
+    "address": _Rule(
+        "shows the object's default repr, which holds its memory address: another text in "
+        "every process and on every replay",
+        "give the class a __repr__ (a @dataclass has one), or show a key you choose",
+    ),
     "thread": _Rule(
         "runs work beside the workflow's yields, neither logged nor replayed, finishing at "
         "another moment each time",
@@ -122,12 +138,13 @@ def _table(groups: dict[str, str]) -> dict[str, str]:
 # Fully qualified names (after resolving imports and aliases) and the rule each breaks.
 _EXACT = _table(
     {
-        "time": "time.time time.time_ns datetime.datetime.now datetime.datetime.utcnow "
+        "time": "time.time time.time_ns time.clock_gettime time.clock_gettime_ns "
+        "datetime.datetime.now datetime.datetime.utcnow "
         "datetime.datetime.today datetime.date.today arrow.now arrow.utcnow pendulum.now",
         "duration": "time.monotonic time.monotonic_ns time.perf_counter time.perf_counter_ns "
         "time.process_time time.process_time_ns time.thread_time",
         "sleep": "time.sleep",
-        "random": "os.urandom",
+        "random": "os.urandom os.getrandom",
         "uuid": "uuid.uuid1 uuid.uuid4",
         "environ": "os.environ os.environb os.getenv os.getenvb",
         "io": "builtins.open builtins.input io.open io.open_code os.open os.listdir os.scandir "
@@ -135,8 +152,15 @@ _EXACT = _table(
         "os.path.exists os.path.lexists os.path.isfile os.path.isdir os.path.islink "
         "os.path.getsize os.path.getmtime os.path.getatime os.path.getctime",
         "process": "os.system os.popen os.spawnl os.spawnv",
-        "host": "os.getpid os.getppid os.getcwd platform.node socket.gethostname "
-        "pathlib.Path.cwd pathlib.Path.home",
+        "host": "os.getpid os.getppid os.getcwd os.getcwdb os.getuid os.geteuid os.getgid "
+        "os.getegid os.getlogin os.uname os.cpu_count os.getloadavg os.times "
+        "os.get_terminal_size platform.node socket.gethostname socket.getfqdn getpass.getuser "
+        "uuid.getnode sys.argv sys.orig_argv time.tzname time.timezone time.altzone "
+        "time.daylight pathlib.Path.cwd pathlib.Path.home",
+        "thread-id": "threading.get_ident threading.get_native_id threading.current_thread "
+        "threading.currentThread threading.main_thread threading.active_count "
+        "threading.activeCount threading.enumerate threading.local _thread.get_ident "
+        "_thread.get_native_id contextvars.copy_context",
         "thread": "threading.Thread threading.Timer _thread.start_new_thread",
         "id": "builtins.id",
         "hash": "builtins.hash",
@@ -152,6 +176,7 @@ _PREFIXES = _table(
         "process": "subprocess.",
         "thread": "concurrent.futures. multiprocessing.",
         "io": "shutil. glob. tempfile.",
+        "host": "platform. locale.",
     }
 )
 
@@ -187,6 +212,10 @@ _MUTABLE_FACTORIES = {
     "collections.Counter",
 }  # fmt: skip
 _COMPREHENSIONS = (ast.ListComp, ast.GeneratorExp, ast.DictComp)
+# Values that hold something else in each thread: reading one is reading the thread.
+_PER_THREAD = (threading.local, contextvars.ContextVar)
+# Calls that turn their argument into text (an object's default repr shows its address).
+_TO_TEXT = {"builtins.repr", "builtins.str", "builtins.ascii", "builtins.format"}
 _STEP_DECORATORS = {"contengine.step", "contengine.workflow.step"}
 _IGNORE = re.compile(r"#\s*contengine:\s*ignore(?:\[([\w\s,-]+)\])?")
 
@@ -194,16 +223,60 @@ _IGNORE = re.compile(r"#\s*contengine:\s*ignore(?:\[([\w\s,-]+)\])?")
 def lint(
     workflow: Workflow[Any, Any] | Callable[..., Any], *, strict: bool = False
 ) -> list[Finding]:
-    """Findings in the workflow's body that break replay; strict=True raises AssertionError."""
+    """Findings in the workflow's body, and in the functions of its module that it calls,
+    that break replay; strict=True raises AssertionError."""
     fn = _function_of(workflow)
     name = workflow.name if isinstance(workflow, Workflow) else fn.__qualname__
     path, text, tree, node = _source_of(fn, name)
-    scope = Scope(fn, node, module_imports(tree, fn.__globals__.get("__package__")))
-    checker = _Checker(scope, text, _display_path(path))
+    imports = module_imports(tree, fn.__globals__.get("__package__"))
+    checker = _Checker(Scope(fn, node, imports), text, _display_path(path))
     checker.check_function(node)
-    findings = _unsuppressed(checker.findings, text.splitlines())
+    lines = text.splitlines()
+    found = checker.findings + _in_helpers(checker.helpers, fn, path, imports, text, lines)
+    findings = _unsuppressed(found, lines)
     if strict and findings:
         raise AssertionError(_describe(findings, name))
+    return findings
+
+
+def _in_helpers(
+    pending: list[tuple[types.FunctionType, int]],
+    fn: Callable[..., Any],
+    path: str,
+    imports: dict[str, str],
+    text: str,
+    lines: list[str],
+) -> list[Finding]:
+    """Findings in the module's own functions the workflow calls (and those they call):
+    their code runs between the workflow's yields too. Each names the helper and a line
+    that calls it; `# contengine: ignore` on a call's line covers what that call reaches."""
+    sites: dict[types.FunctionType, list[int]] = {}  # where each helper is called from
+    checked: dict[types.FunctionType, _Checker] = {}
+    while pending:
+        helper, line = pending.pop(0)
+        if helper is fn or _ignored(lines, line, None):
+            continue
+        sites.setdefault(helper, []).append(line)
+        if helper in checked:
+            continue
+        try:
+            helper_path, _, _, node = _source_of(helper, helper.__qualname__)
+        except (ContengineError, SyntaxError):
+            continue  # no source to read (made by exec, say): nothing to say about it
+        if helper_path != path:
+            continue
+        checker = _Checker(Scope(helper, node, imports), text, _display_path(path))
+        checker.check_function(node)
+        checked[helper] = checker
+        pending += checker.helpers
+    findings: list[Finding] = []
+    for helper, checker in checked.items():
+        for finding, shown in zip(checker.findings, checker.shown, strict=True):
+            calls = [line for line in sites[helper] if not _ignored(lines, line, finding.rule)]
+            if calls:
+                via = f"{shown} (in {helper.__name__}(), called at line {calls[0]})"
+                message = via + finding.message[len(shown) :]
+                findings.append(dataclasses.replace(finding, message=message))
     return findings
 
 
@@ -254,13 +327,16 @@ def _display_path(path: str) -> str:
 
 def _unsuppressed(findings: list[Finding], lines: list[str]) -> list[Finding]:
     """Drop findings whose line says `# contengine: ignore` (or ignore[rule, ...])."""
-    kept = []
-    for f in sorted(set(findings), key=lambda f: (f.line, f.col, f.rule)):
-        match = _IGNORE.search(lines[f.line - 1]) if f.line <= len(lines) else None
-        rules = {r.strip() for r in (match.group(1) or "").split(",")} if match else set()
-        if match is None or (match.group(1) and f.rule not in rules):
-            kept.append(f)
-    return kept
+    kept = [f for f in set(findings) if not _ignored(lines, f.line, f.rule)]
+    return sorted(kept, key=lambda f: (f.line, f.col, f.rule, f.message))
+
+
+def _ignored(lines: list[str], line: int, rule: str | None) -> bool:
+    """True if the line says `# contengine: ignore`, bare or naming the rule (None: bare)."""
+    match = _IGNORE.search(lines[line - 1]) if 0 < line <= len(lines) else None
+    if match is None:
+        return False
+    return not match.group(1) or rule in {r.strip() for r in match.group(1).split(",")}
 
 
 # -- the checks --------------------------------------------------------------------------------
@@ -292,7 +368,10 @@ class _Checker(ast.NodeVisitor):
         self.text = text
         self.path = path
         self.findings: list[Finding] = []
+        self.shown: list[str] = []  # how each finding's message names its code
         self.order_free: set[int] = set()  # ids of comprehensions whose order cannot show
+        # Functions of the workflow's module used here, with the line: checked next.
+        self.helpers: list[tuple[types.FunctionType, int]] = []
 
     def report(self, node: ast.AST, rule: str, code: str | None = None, name: str = "") -> None:
         """Add a finding for node, with the rule's reason and the replay-safe alternative."""
@@ -302,6 +381,7 @@ class _Checker(ast.NodeVisitor):
         shown = f"`{code}`" + (f" ({name})" if alias else "")
         line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", 0)
         message = f"{shown} {spec.why}: {spec.fix}"
+        self.shown.append(shown)
         self.findings.append(Finding(line, col, code, _rule_id(rule), message, self.path))
 
     def segment(self, node: ast.AST) -> str:
@@ -363,6 +443,36 @@ class _Checker(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
             self.check_name(node, None)
+            self.check_global_value(node)
+
+    def check_global_value(self, node: ast.Name) -> None:
+        """A module global (or closed-over value) that is per-thread state or a helper."""
+        found, value = self.scope.module_global(node.id)
+        if not found and node.id in self.scope.closure and node.id not in self.scope.locals:
+            found, value = True, self.scope.closure[node.id]
+        if not found:
+            return
+        if isinstance(value, _PER_THREAD):
+            self.report(node, "thread-id")
+        elif (
+            isinstance(value, types.FunctionType)
+            and value.__module__ == self.scope.globals.get("__name__")
+            and value.__globals__ is self.scope.globals
+        ):
+            self.helpers.append((value, node.lineno))
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> None:
+        if node.conversion != ord("a") and self.kind(node.value) == "object":
+            self.report(node.value, "address")  # f"{obj}", f"{obj!r}"
+        self.generic_visit(node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> None:
+        if isinstance(node.op, ast.Mod) and isinstance(node.left, ast.Constant):
+            values = node.right.elts if isinstance(node.right, ast.Tuple) else [node.right]
+            for value in values:  # "%s" % obj, "%r" % (obj,)
+                if self.kind(value) == "object":
+                    self.report(value, "address")
+        self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         if not isinstance(node.ctx, ast.Load):
@@ -396,9 +506,13 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
+        if isinstance(func, ast.Name):
+            self.check_global_value(func)
         if isinstance(func, ast.Name | ast.Attribute) and self.scope.resolve(func) is not None:
             self.check_name(func, node)
             self.check_consumer(node, self.scope.resolve(func))
+            if self.scope.resolve(func) in _TO_TEXT:  # repr(obj), str(obj)
+                self.check_text_of(node.args[:1])
             if self.scope.resolve(func) in _ORDER_FREE:  # sorted(x for x in some_set)
                 self.order_free.update(id(a) for a in node.args if isinstance(a, _COMPREHENSIONS))
         else:
@@ -421,10 +535,18 @@ class _Checker(ast.NodeVisitor):
             self.report(call, "set-order")
         elif func.attr == "join" and call.args:
             self.check_iterated(call.args[0], call)
+        elif func.attr == "format" and isinstance(func.value, ast.Constant):
+            self.check_text_of([*call.args, *(k.value for k in call.keywords)])
         if isinstance(func.value, ast.Name) and func.attr in _MUTATORS:
             found, value = self.scope.module_global(func.value.id)
             if found and isinstance(value, _MUTABLE_TYPES):
                 self.report(call, "global-state")
+
+    def check_text_of(self, values: list[ast.expr]) -> None:
+        """Flag values turned into text that have the default repr (an address)."""
+        for value in values:
+            if self.kind(value) == "object":
+                self.report(value, "address")
 
     def check_consumer(self, call: ast.Call, func: str | None) -> None:
         """list(s), tuple(s), enumerate(s)...: the order of a set becomes visible."""
@@ -474,132 +596,3 @@ def _decorator(node: ast.expr) -> ast.expr:
 
 def _rule_id(rule: str) -> str:
     return "time" if rule == "duration" else rule
-
-
-# -- the command line --------------------------------------------------------------------------
-
-
-def add_lint_command(sub: Any) -> None:
-    """Add `contengine lint TARGET...` to the command's subparsers."""
-    p = sub.add_parser(
-        "lint",
-        help="look for code in workflows that breaks replay (time, random, I/O, sets...)",
-        description="Check workflows' source for code that gives other values on replay. "
-        "Exit 0: nothing found; 1: findings (one per line); 2: a target cannot be used.",
-    )
-    p.add_argument(
-        "targets",
-        nargs="+",
-        metavar="module:workflow",
-        help="a workflow (myapp.flows:checkout), every workflow in a module (myapp.flows), "
-        "or in a file (path/to/flows.py, path/to/flows.py:checkout)",
-    )
-
-
-class _BadTarget(Exception):
-    """A target that cannot be imported or is not a workflow."""
-
-
-def lint_main(args: argparse.Namespace) -> int:
-    """Lint every target; print findings one per line; returns 0, 1 (findings) or 2 (bad target)."""
-    bad = linted = 0
-    findings: list[Finding] = []
-    for target in args.targets:
-        try:
-            workflows = _load(target)
-            for wf in workflows:
-                findings += lint(wf)
-        except (_BadTarget, ContengineError) as exc:
-            print(f"contengine lint: {_one_line(str(exc))}", file=sys.stderr)
-            bad += 1
-            continue
-        linted += len(workflows)
-    for finding in findings:
-        print(finding)
-    noun = f"{linted} workflow{'' if linted == 1 else 's'}"
-    if findings:
-        count = f"{len(findings)} finding{'' if len(findings) == 1 else 's'}"
-        print(f"contengine lint: {count} in {noun} that can break replay", file=sys.stderr)
-    elif not bad:
-        print(f"contengine lint: {noun} checked, nothing that breaks replay", file=sys.stderr)
-    return 2 if bad else 1 if findings else 0
-
-
-def _one_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0]
-
-
-def _load(target: str) -> list[Workflow[Any, Any]]:
-    """The workflows a target names: module:attr, module, file.py or file.py:attr."""
-    module_text, _, attr = target.rpartition(":") if ":" in target else (target, "", "")
-    if not module_text:
-        raise _BadTarget(f"{target!r} names no module (expected module:workflow)")
-    module = _import(module_text)
-    if not attr:
-        found = [
-            v
-            for v in vars(module).values()
-            if isinstance(v, Workflow) and getattr(v.fn, "__module__", None) == module.__name__
-        ]
-        if not found:
-            raise _BadTarget(f"{module_text!r} defines no @ce.workflow")
-        return list(dict.fromkeys(found))
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise _BadTarget(f"{module_text!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not isinstance(obj, Workflow):
-        raise _BadTarget(f"{target!r} is not a @ce.workflow but {type(obj).__name__} {obj!r}")
-    return [obj]
-
-
-@contextlib.contextmanager
-def _on_path(directory: str) -> Iterator[None]:
-    """Let imports find modules in a directory (a console script's path lacks the cwd)."""
-    added = directory not in sys.path
-    if added:
-        sys.path.insert(0, directory)
-    try:
-        yield
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(directory)
-
-
-def _import(text: str) -> types.ModuleType:
-    is_file = text.endswith(".py") or os.sep in text or "/" in text
-    try:
-        if not is_file:
-            with _on_path(os.getcwd()):
-                return importlib.import_module(text)
-        return _import_file(text)
-    except _BadTarget:
-        raise
-    except (Exception, SystemExit) as exc:  # whatever the import raised, in one line
-        raise _BadTarget(f"cannot import {text!r}: {type(exc).__name__}: {exc}") from None
-
-
-def _import_file(path: str) -> types.ModuleType:
-    if not os.path.isfile(path):
-        problem = "a directory, not a .py file" if os.path.isdir(path) else "no such file"
-        raise _BadTarget(f"cannot import {path!r}: {problem}")
-    full = os.path.abspath(path)
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) == full:
-            return module
-    stem = os.path.splitext(os.path.basename(full))[0]
-    name = stem if stem not in sys.modules else f"contengine_lint_{stem}"
-    spec = importlib.util.spec_from_file_location(name, full)
-    if spec is None or spec.loader is None:
-        raise _BadTarget(f"cannot import {path!r}: not a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        with _on_path(os.path.dirname(full)):
-            spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module

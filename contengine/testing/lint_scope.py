@@ -187,8 +187,18 @@ def _local_kinds(node: ast.FunctionDef, scope: Scope) -> dict[str, str]:
     return {name: k for name, kinds in seen.items() if len(kinds) == 1 for k in kinds if k}
 
 
+def default_repr(cls: type) -> bool:
+    """True for a class whose instances show as `<module.Class object at 0x...>`."""
+    default = vars(object)  # compared as plain objects: the class's own may be anything
+    return (
+        getattr(cls, "__repr__", None) is default["__repr__"]
+        and getattr(cls, "__str__", None) is default["__str__"]
+    )
+
+
 def expr_kind(node: ast.expr, scope: Scope, kinds: dict[str, str]) -> str | None:
-    """'set' for an expression that makes a set of unknown order, 'path' for a path."""
+    """'set' for an expression that makes a set of unknown order, 'path' for a path,
+    'object' for an object whose text is its default repr (its address)."""
     if isinstance(node, ast.Set):
         ints = all(isinstance(e, ast.Constant) and isinstance(e.value, int) for e in node.elts)
         return None if ints else "set"
@@ -202,6 +212,8 @@ def expr_kind(node: ast.expr, scope: Scope, kinds: dict[str, str]) -> str | None
             found, value = node.id in scope.closure, scope.closure.get(node.id)
         if found and isinstance(value, set | frozenset):
             return None if all(isinstance(v, int) for v in value) else "set"
+        if found and default_repr(type(value)):
+            return "object"
         return "path" if found and isinstance(value, PurePath) else None
     if isinstance(node, ast.BinOp):
         left, right = expr_kind(node.left, scope, kinds), expr_kind(node.right, scope, kinds)
@@ -221,6 +233,14 @@ def _call_kind(node: ast.Call, scope: Scope, kinds: dict[str, str]) -> str | Non
         return None if ranged else "set"
     if func in PATH_TYPES:
         return "path"
+    if func == "builtins.object":
+        return "object"
+    if isinstance(node.func, ast.Name):
+        found, value = scope.module_global(node.func.id)
+        if not found:
+            found, value = node.func.id in scope.closure, scope.closure.get(node.func.id)
+        if found and isinstance(value, type) and default_repr(value):
+            return "object"
     if isinstance(node.func, ast.Attribute):
         receiver = expr_kind(node.func.value, scope, kinds)
         if receiver == "set" and node.func.attr in _SET_METHODS:

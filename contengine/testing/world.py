@@ -1,6 +1,13 @@
 """A pinned world for workflow code: the wall clock, `random`, `uuid.uuid4` and
 `os.environ` as a workflow sees them between its yields.
 
+The pinned clocks (time.time, time.monotonic, time.perf_counter, datetime.now...) move
+at a rate: each resumption of the generator adds RESUME_TICK seconds times the rate,
+each read of a clock READ_TICK times the rate. What a workflow reads thus depends only
+on the path its code took, so a replay sees the values the recording saw, and a replay
+at another rate (0: a replay that takes no time; a million: one that took days) shows
+a branch that measures elapsed time.
+
 Determinism fuzzing records a run with these fixed and replays it with one of them
 changed. Only the workflow's own code runs inside the world (each resumption of its
 generator); steps run outside it and see the real ones. The patches are global
@@ -26,6 +33,12 @@ _REAL_TIME = time.time
 _REAL_TIME_NS = time.time_ns
 _REAL_MONOTONIC = time.monotonic
 _REAL_MONOTONIC_NS = time.monotonic_ns
+_REAL_PERF_COUNTER = time.perf_counter
+_REAL_PERF_COUNTER_NS = time.perf_counter_ns
+_REAL_PROCESS_TIME = time.process_time
+_REAL_PROCESS_TIME_NS = time.process_time_ns
+_REAL_THREAD_TIME = time.thread_time
+_REAL_THREAD_TIME_NS = time.thread_time_ns
 _REAL_LOCALTIME = time.localtime
 _REAL_GMTIME = time.gmtime
 _REAL_CTIME = time.ctime
@@ -40,6 +53,12 @@ _PATCHED: tuple[tuple[Any, str, object], ...] = (
     (time, "time_ns", _REAL_TIME_NS),
     (time, "monotonic", _REAL_MONOTONIC),
     (time, "monotonic_ns", _REAL_MONOTONIC_NS),
+    (time, "perf_counter", _REAL_PERF_COUNTER),
+    (time, "perf_counter_ns", _REAL_PERF_COUNTER_NS),
+    (time, "process_time", _REAL_PROCESS_TIME),
+    (time, "process_time_ns", _REAL_PROCESS_TIME_NS),
+    (time, "thread_time", _REAL_THREAD_TIME),
+    (time, "thread_time_ns", _REAL_THREAD_TIME_NS),
     (time, "localtime", _REAL_LOCALTIME),
     (time, "gmtime", _REAL_GMTIME),
     (time, "ctime", _REAL_CTIME),
@@ -52,6 +71,11 @@ _PATCHED: tuple[tuple[Any, str, object], ...] = (
 # (a module's or the workflow's globals, a name, the value to put there)
 _Patch = tuple[dict[str, Any], str, Any]
 _active: list[_Session] = []  # innermost last
+
+# Seconds the pinned clocks move at rate 1: per resumption of the generator (a yield
+# came back), and per read (so two reads with no yield between differ as well).
+RESUME_TICK = 1.0
+READ_TICK = 0.001
 
 
 def _now() -> float:
@@ -72,6 +96,30 @@ def _monotonic() -> float:
 
 def _monotonic_ns() -> int:
     return int(_monotonic() * 1e9) if _active else _REAL_MONOTONIC_NS()
+
+
+def _perf_counter() -> float:
+    return _active[-1].monotonic() if _active else _REAL_PERF_COUNTER()
+
+
+def _perf_counter_ns() -> int:
+    return int(_perf_counter() * 1e9) if _active else _REAL_PERF_COUNTER_NS()
+
+
+def _process_time() -> float:
+    return _active[-1].monotonic() if _active else _REAL_PROCESS_TIME()
+
+
+def _process_time_ns() -> int:
+    return int(_process_time() * 1e9) if _active else _REAL_PROCESS_TIME_NS()
+
+
+def _thread_time() -> float:
+    return _active[-1].monotonic() if _active else _REAL_THREAD_TIME()
+
+
+def _thread_time_ns() -> int:
+    return int(_thread_time() * 1e9) if _active else _REAL_THREAD_TIME_NS()
 
 
 def _localtime(secs: float | None = None) -> time.struct_time:
@@ -187,6 +235,7 @@ class World:
     random_seed: int = BASE_SEED
     uuid_seed: int = BASE_SEED
     shift: float = 0.0  # seconds added to the wall clock and the monotonic clock
+    rate: float = 1.0  # how fast the pinned clocks move (see RESUME_TICK and READ_TICK)
     # Environment variables workflow code read (ALL if it looked at all of them).
     reads: set[str] = dataclasses.field(default_factory=set, init=False, compare=False)
 
@@ -219,6 +268,9 @@ class _Session:
         self.environ = RecordingEnviron(dict(world.environ), world.reads)
         self._patches = self._find_patches(namespace)
         self._saved: list[tuple[list[_Patch], Any]] = []  # what each enter replaced
+        # Seconds the clocks moved so far, at rate 1; the first resumption moves them to
+        # 0, so the first read is the world's own time at any rate.
+        self._moved = -RESUME_TICK
 
     def _find_patches(self, namespace: dict[str, Any] | None) -> list[_Patch]:
         stand_ins: dict[int, Any] = {
@@ -226,6 +278,12 @@ class _Session:
             id(_REAL_TIME_NS): _time_ns,
             id(_REAL_MONOTONIC): _monotonic,
             id(_REAL_MONOTONIC_NS): _monotonic_ns,
+            id(_REAL_PERF_COUNTER): _perf_counter,
+            id(_REAL_PERF_COUNTER_NS): _perf_counter_ns,
+            id(_REAL_PROCESS_TIME): _process_time,
+            id(_REAL_PROCESS_TIME_NS): _process_time_ns,
+            id(_REAL_THREAD_TIME): _thread_time,
+            id(_REAL_THREAD_TIME_NS): _thread_time_ns,
             id(_REAL_LOCALTIME): _localtime,
             id(_REAL_GMTIME): _gmtime,
             id(_REAL_CTIME): _ctime,
@@ -244,19 +302,26 @@ class _Session:
                 patches.append((namespace, name, stand_ins[id(value)]))
         return patches
 
+    def _elapsed(self) -> float:
+        """Seconds the pinned clocks have moved in this generator; a read moves them on."""
+        elapsed = self._moved * self.world.rate
+        self._moved += READ_TICK
+        return elapsed
+
     def now(self) -> float:
         """The pinned wall clock."""
-        return self.world.t0 + self.world.shift
+        return self.world.t0 + self.world.shift + self._elapsed()
 
     def monotonic(self) -> float:
         """The pinned monotonic clock."""
-        return self.world.m0 + self.world.shift
+        return self.world.m0 + self.world.shift + self._elapsed()
 
     def uuid4(self) -> uuid.UUID:
         """The next uuid4 of this session's stream."""
         return uuid.UUID(int=self._uuids.getrandbits(128), version=4)
 
     def __enter__(self) -> None:
+        self._moved += RESUME_TICK
         undo = [(d, k, d.get(k, _MISSING)) for d, k, _ in self._patches]
         for d, k, stand_in in self._patches:
             d[k] = stand_in
