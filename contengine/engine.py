@@ -150,7 +150,7 @@ class Engine:
             )
         self.store: Store = store or SQLiteStore(path, durability, busy_timeout)
         self.clock: Clock = clock or SystemClock()
-        self.serde = Serde(secret)
+        self.serde = Serde(secret, self.store.max_payload)
         self._workflows: dict[str, Workflow[Any, Any]] = {wf.name: wf for wf in workflows}
         self._runner = Runner(self.store, self.serde, self.clock, self._find_workflow)
         self._runner.live.max_runs, self._runner.live.max_bytes = cache_runs, cache_bytes
