@@ -22,6 +22,7 @@ from .clock import Clock, SystemClock
 from .drive_pool import DrivePool, Parked
 from .errors import (
     ContengineError,
+    CorruptPayload,
     DatabaseError,
     IdConflict,
     LeaseLost,
@@ -33,7 +34,7 @@ from .leases import Leaseholder
 from .live import MAX_BYTES, MAX_RUNS
 from .log import Entry
 from .runner import NotDue, Runner
-from .serde import Serde
+from .serde import Serde, short
 from .store.base import (
     COMPLETED,
     E_COMPLETED,
@@ -436,6 +437,18 @@ class Engine:
         except ContengineError as exc:
             self._mark_stuck(row, exc)
             raise
+        except Exception as exc:
+            # Not the workflow's own exception (the driver makes those the run's end) nor
+            # a step's: contengine could not rebuild or drive the run (stored data of the
+            # wrong shape, an engine bug). The run is set aside like any stuck run, so
+            # a worker does not claim it again and again, and says why.
+            stuck = ContengineError(
+                f"run {row.id!r} cannot be driven on: {type(exc).__name__}: {exc} (raised "
+                f"by contengine while rebuilding or driving it, not by the workflow's code); "
+                f"the run is kept as it is"
+            )
+            self._mark_stuck(row, stuck)
+            raise stuck from exc
         finally:
             # Parked too: this thread goes on to other runs; whichever thread takes
             # this one up again says so.
@@ -466,7 +479,14 @@ class Engine:
             if row.status == COMPLETED:
                 return self.serde.loads(row.result or b"", f"the result of run {run_id!r}")
             if row.status in FINISHED:
-                raise self.serde.loads(row.error or b"", f"the exception of run {run_id!r}")
+                error = self.serde.loads(row.error or b"", f"the exception of run {run_id!r}")
+                if not isinstance(error, BaseException):
+                    raise CorruptPayload(
+                        f"the exception of run {run_id!r} decodes to {type(error).__name__} "
+                        f"{short(error)}, not an exception; the database was changed outside "
+                        f"contengine"
+                    )
+                raise error
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")

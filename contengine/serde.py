@@ -33,7 +33,8 @@ _SIG_LEN = 32
 _SAFE = (type(None), bool, int, float, str, bytes)
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """repr(value) in at most 80 characters, for error messages."""
     try:
         text = repr(value)
     except Exception:
@@ -61,7 +62,7 @@ class Serde:
                 data = _DILL + dill.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(
-                    f"cannot serialize {_say(what)}: {type(value).__name__} {_short(value)} "
+                    f"cannot serialize {_say(what)}: {type(value).__name__} {short(value)} "
                     f"({type(exc).__name__}: {exc}). Values that cross a yield, and a "
                     f"run's arguments and result, must be picklable by dill; pass an id "
                     f"or plain data instead of live objects (connections, files, locks)."
@@ -77,7 +78,7 @@ class Serde:
                 # the next driver, which would run the step again).
                 raise SerializationError(
                     f"{_say(what)} is too large to store: {type(value).__name__} "
-                    f"{_short(value)} serializes to {len(data):,} bytes, and the database "
+                    f"{short(value)} serializes to {len(data):,} bytes, and the database "
                     f"keeps at most {limit:,} bytes per value. Keep large data outside the "
                     f"run (a file, object storage) and pass its name or key instead."
                 )
