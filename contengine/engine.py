@@ -55,10 +55,11 @@ from .transfer import (
     _b64,
     _check_fork,
     _check_movable,
-    _checked_id,
     _decode_export,
     _encode_fields,
     _retry_position,
+    checked_id,
+    checked_ref,
 )
 from .worker import Worker, install_stop_handlers, restore_handlers
 from .workflow import Workflow, lookup
@@ -201,7 +202,7 @@ class Engine:
             inspect.signature(wf.fn).bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"workflow {wf.name!r} cannot take these arguments: {exc}") from None
-        run_id = _checked_id(id if id is not None else uuid.uuid4().hex)
+        run_id = checked_id(id if id is not None else uuid.uuid4().hex)
         try:
             # Read back now: arguments that could not be read later would leave the
             # run impossible to rebuild.
@@ -257,6 +258,7 @@ class Engine:
         The payload must be serializable; it is checked before anything is written.
         Unknown runs raise ce.RunNotFound, finished runs ce.ContengineError.
         """
+        checked_ref(run_id)
         if not isinstance(name, str) or not name:
             raise ValueError(f"a signal name must be a non-empty string, not {name!r}")
         data = self.serde.dumps_checked(payload, f"the payload of signal {name!r} to {run_id!r}")[0]
@@ -265,6 +267,7 @@ class Engine:
 
     def cancel(self, run_id: str) -> bool:
         """Raise ce.Cancelled inside the run at its current yield; False if it already finished."""
+        checked_ref(run_id)
         runner = self._runner
         with runner.cancel_lock:  # see Runner.cancel_lock
             requested = self.store.request_cancel(run_id, self.clock.now())
@@ -773,7 +776,7 @@ class Engine:
         row = self._row(run_id)
         entries = self.store.load_log(run_id)
         _check_fork(run_id, entries, at)
-        new = _checked_id(new_id if new_id is not None else uuid.uuid4().hex)
+        new = checked_id(new_id if new_id is not None else uuid.uuid4().hex)
         now = self.clock.now()
         copy = RunRow(new, row.workflow, row.ref, PENDING, row.args, row.args_key, now, now)
         kept = [dataclasses.replace(e, run_id=new) for e in entries[:at]]
