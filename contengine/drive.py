@@ -191,7 +191,7 @@ class _Drive:
     def _finish_raised(self, error: BaseException) -> None:
         what = f"the exception of workflow {self.wf.name!r} (run {self.run.id!r})"
         data = self.r.serde.dumps_error(error, what, WorkflowFailed)
-        text = "".join(traceback.format_exception(error))
+        text = self.r.serde.clip("".join(traceback.format_exception(error)))
         now = self.r.clock.now()
         status = CANCELLED if isinstance(error, Cancelled) else FAILED
         self._commit_last(
@@ -402,7 +402,7 @@ class _Drive:
             )
         if retryable and isinstance(value, opts.retry_on) and failures <= opts.retries:
             delay = opts.backoff.delay(failures)
-            entry.error_text = tb
+            entry.error_text = self.r.serde.clip(tb)
             if delay > 0:
                 entry.status, entry.due_at = E_RETRYING, now + delay
                 run = None if member else self._run_update(RUNNING, entry.due_at, now)
@@ -424,9 +424,9 @@ class _Drive:
         what = f"the exception of {entry.kind} {entry.name!r} at position {entry.position}"
         entry.outcome = self.r.serde.dumps_error(error, what, StepFailed)
         entry.status, entry.finished_at, entry.due_at = E_FAILED, now, None
-        entry.error_text = tb or (
-            str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
-        )
+        if not tb:
+            tb = str(error) if isinstance(error, StepFailed) else f"{type(error).__name__}: {error}"
+        entry.error_text = self.r.serde.clip(tb)
 
     def _finished_outcome(self, entry: EntryRow) -> Outcome:
         # Read back what was stored, so the live run sees exactly what a replay will.

@@ -22,6 +22,7 @@ from .clock import Clock, SystemClock
 from .drive_pool import DrivePool, Parked
 from .errors import (
     ContengineError,
+    CorruptPayload,
     DatabaseError,
     IdConflict,
     LeaseLost,
@@ -33,7 +34,7 @@ from .leases import Leaseholder
 from .live import MAX_BYTES, MAX_RUNS
 from .log import Entry
 from .runner import NotDue, Runner
-from .serde import Serde
+from .serde import Serde, short
 from .store.base import (
     COMPLETED,
     E_COMPLETED,
@@ -54,10 +55,11 @@ from .transfer import (
     _b64,
     _check_fork,
     _check_movable,
-    _checked_id,
     _decode_export,
     _encode_fields,
     _retry_position,
+    checked_id,
+    checked_ref,
 )
 from .worker import Worker, install_stop_handlers, restore_handlers
 from .workflow import Workflow, lookup
@@ -150,7 +152,7 @@ class Engine:
             )
         self.store: Store = store or SQLiteStore(path, durability, busy_timeout)
         self.clock: Clock = clock or SystemClock()
-        self.serde = Serde(secret)
+        self.serde = Serde(secret, self.store.max_payload)
         self._workflows: dict[str, Workflow[Any, Any]] = {wf.name: wf for wf in workflows}
         self._runner = Runner(self.store, self.serde, self.clock, self._find_workflow)
         self._runner.live.max_runs, self._runner.live.max_bytes = cache_runs, cache_bytes
@@ -200,7 +202,7 @@ class Engine:
             inspect.signature(wf.fn).bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"workflow {wf.name!r} cannot take these arguments: {exc}") from None
-        run_id = _checked_id(id if id is not None else uuid.uuid4().hex)
+        run_id = checked_id(id if id is not None else uuid.uuid4().hex)
         try:
             # Read back now: arguments that could not be read later would leave the
             # run impossible to rebuild.
@@ -256,6 +258,7 @@ class Engine:
         The payload must be serializable; it is checked before anything is written.
         Unknown runs raise ce.RunNotFound, finished runs ce.ContengineError.
         """
+        checked_ref(run_id)
         if not isinstance(name, str) or not name:
             raise ValueError(f"a signal name must be a non-empty string, not {name!r}")
         data = self.serde.dumps_checked(payload, f"the payload of signal {name!r} to {run_id!r}")[0]
@@ -264,6 +267,7 @@ class Engine:
 
     def cancel(self, run_id: str) -> bool:
         """Raise ce.Cancelled inside the run at its current yield; False if it already finished."""
+        checked_ref(run_id)
         runner = self._runner
         with runner.cancel_lock:  # see Runner.cancel_lock
             requested = self.store.request_cancel(run_id, self.clock.now())
@@ -436,6 +440,18 @@ class Engine:
         except ContengineError as exc:
             self._mark_stuck(row, exc)
             raise
+        except Exception as exc:
+            # Not the workflow's own exception (the driver makes those the run's end) nor
+            # a step's: contengine could not rebuild or drive the run (stored data of the
+            # wrong shape, an engine bug). The run is set aside like any stuck run, so
+            # a worker does not claim it again and again, and says why.
+            stuck = ContengineError(
+                f"run {row.id!r} cannot be driven on: {type(exc).__name__}: {exc} (raised "
+                f"by contengine while rebuilding or driving it, not by the workflow's code); "
+                f"the run is kept as it is"
+            )
+            self._mark_stuck(row, stuck)
+            raise stuck from exc
         finally:
             # Parked too: this thread goes on to other runs; whichever thread takes
             # this one up again says so.
@@ -466,7 +482,14 @@ class Engine:
             if row.status == COMPLETED:
                 return self.serde.loads(row.result or b"", f"the result of run {run_id!r}")
             if row.status in FINISHED:
-                raise self.serde.loads(row.error or b"", f"the exception of run {run_id!r}")
+                error = self.serde.loads(row.error or b"", f"the exception of run {run_id!r}")
+                if not isinstance(error, BaseException):
+                    raise CorruptPayload(
+                        f"the exception of run {run_id!r} decodes to {type(error).__name__} "
+                        f"{short(error)}, not an exception; the database was changed outside "
+                        f"contengine"
+                    )
+                raise error
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
@@ -753,7 +776,7 @@ class Engine:
         row = self._row(run_id)
         entries = self.store.load_log(run_id)
         _check_fork(run_id, entries, at)
-        new = _checked_id(new_id if new_id is not None else uuid.uuid4().hex)
+        new = checked_id(new_id if new_id is not None else uuid.uuid4().hex)
         now = self.clock.now()
         copy = RunRow(new, row.workflow, row.ref, PENDING, row.args, row.args_key, now, now)
         kept = [dataclasses.replace(e, run_id=new) for e in entries[:at]]

@@ -122,11 +122,12 @@ def _write_html(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def open_engine(db: str | None) -> Engine:
-    """An engine on the existing database file db; CommandError if there is none."""
+def open_engine(db: str | None, create: bool = False) -> Engine:
+    """An engine on the existing database file db (or a new one there, with create);
+    CommandError if there is none."""
     if not db:
         raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
-    if not os.path.isfile(db):
+    if not create and not os.path.isfile(db):
         # Opening a missing path would create an empty database; a typo should not.
         raise CommandError(f"no database at {db!r}")
     # Signed databases: the secret comes from the environment, never the command line.

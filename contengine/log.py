@@ -7,7 +7,7 @@ from typing import Any, overload
 
 from .driver import Outcome
 from .errors import CorruptPayload
-from .serde import Serde
+from .serde import Serde, short
 from .store.base import E_COMPLETED, E_FAILED, EntryRow, ReplayRow, Store
 
 
@@ -20,9 +20,19 @@ def decode_outcome(serde: Serde, e: EntryRow | ReplayRow | Entry) -> Outcome | N
     try:
         value = serde.loads(data or b"", _GENERIC)
     except CorruptPayload as exc:  # say which entry, on the rare path only
-        which = f"the outcome of {e.kind} {e.name!r} at position {e.position} of run {e.run_id!r}"
-        raise CorruptPayload(str(exc).replace(_GENERIC, which, 1)) from exc.__cause__
+        raise CorruptPayload(str(exc).replace(_GENERIC, _which(e), 1)) from exc.__cause__
+    if status == E_FAILED and not isinstance(value, BaseException):
+        # Raised at the yield, it would be a TypeError that looks like the workflow's own.
+        raise CorruptPayload(
+            f"{_which(e)} is a failure but decodes to {type(value).__name__} {short(value)}, "
+            f"not an exception; the database was changed outside contengine. The log is "
+            f"left as it is."
+        )
     return Outcome(status == E_COMPLETED, value)
+
+
+def _which(e: EntryRow | ReplayRow | Entry) -> str:
+    return f"the outcome of {e.kind} {e.name!r} at position {e.position} of run {e.run_id!r}"
 
 
 _GENERIC = "a log entry's outcome"

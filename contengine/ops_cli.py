@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .cli import CommandError
 from .errors import ContengineError
+from .transfer import check_export, checked_id, checked_ref
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -58,7 +59,22 @@ def main(args: argparse.Namespace) -> int:
     payload = _json(args.payload) if args.command == "signal" else None
     age = parse_duration(args.older_than) if args.command == "gc" else 0.0
     data = _read_export(args.file) if args.command == "import" else None
-    with open_engine(args.db) as engine:
+    try:
+        if getattr(args, "run_id", None) is not None:
+            checked_ref(args.run_id)
+        if getattr(args, "new_id", None) is not None:
+            checked_id(args.new_id)
+        if args.command == "import":
+            check_export(data, args.new_id)
+    except ValueError as exc:
+        raise CommandError(str(exc), 2) from None
+    except ContengineError as exc:
+        raise CommandError(str(exc)) from None
+    created = args.command == "import" and bool(args.db) and not os.path.exists(args.db)
+    # An import may be the first thing in a new database (moving a run to a new file).
+    with open_engine(args.db, create=args.command == "import") as engine:
+        if created:
+            print(f"created a new database at {args.db!r}")
         try:
             if args.command == "signal":
                 engine.signal(args.run_id, args.name, payload)

@@ -19,11 +19,11 @@ from .clock import Clock
 from .drive import _Drive
 from .drive_pool import Parked
 from .driver import Driver
-from .errors import ContengineError, NonDeterminismError
+from .errors import ContengineError, CorruptPayload, NonDeterminismError
 from .idle import NotDue
 from .live import Kept, LiveCache
 from .log import StreamedLog, decode_outcome
-from .serde import Serde
+from .serde import Serde, short
 from .store.base import FINISHED, RunRow, Store
 from .workflow import Workflow
 
@@ -134,7 +134,7 @@ class Runner:
                 self._resume(kept, run, lease, park, lapses)
                 return
         wf = self.find_workflow(run)
-        args, kwargs = self.serde.loads(run.args, f"the arguments of run {run.id!r}")
+        args, kwargs = self._arguments(run)
         try:
             gen = wf.fn(*args, **kwargs)
         except TypeError as exc:
@@ -152,6 +152,25 @@ class Runner:
         drive = _Drive(self, run, wf, driver, lease, park)
         drive.lapses = lapses
         self._finish(drive, gen, drive.go)
+
+    def _arguments(self, run: RunRow) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The run's recorded (args, kwargs); CorruptPayload if they decode to another shape
+        (bytes written outside contengine)."""
+        value = self.serde.loads(run.args, f"the arguments of run {run.id!r}")
+        if (
+            type(value) is tuple
+            and len(value) == 2
+            and isinstance(value[0], tuple | list)
+            and isinstance(value[1], dict)
+            and all(isinstance(k, str) for k in value[1])
+        ):
+            return tuple(value[0]), value[1]
+        raise CorruptPayload(
+            f"run {run.id!r} cannot be rebuilt: its recorded arguments decode to "
+            f"{type(value).__name__} {short(value)}, not (args, kwargs); the database was "
+            f"changed outside contengine. The run is kept as it is: restore its arguments "
+            f"(or cancel it)."
+        )
 
     def _resume(
         self, kept: Kept, run: RunRow, lease: tuple[str, int], park: bool, lapses: int

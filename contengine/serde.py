@@ -33,7 +33,8 @@ _SIG_LEN = 32
 _SAFE = (type(None), bool, int, float, str, bytes)
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """repr(value) in at most 80 characters, for error messages."""
     try:
         text = repr(value)
     except Exception:
@@ -44,8 +45,13 @@ def _short(value: Any) -> str:
 class Serde:
     """Turns values into bytes and back; optionally signs payloads with an HMAC key."""
 
-    def __init__(self, secret: bytes | None = None) -> None:
+    def __init__(
+        self, secret: bytes | None = None, max_bytes: Callable[[], int | None] | None = None
+    ) -> None:
         self._secret = secret
+        # The largest payload the store can keep (asked on every write: it is a read of
+        # the connection's limit, and a test may lower the limit after opening).
+        self._max_bytes = max_bytes
 
     def dumps(self, value: Any, what: What) -> bytes:
         """Serialize value; SerializationError names `what` it was and why it failed."""
@@ -56,7 +62,7 @@ class Serde:
                 data = _DILL + dill.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(
-                    f"cannot serialize {_say(what)}: {type(value).__name__} {_short(value)} "
+                    f"cannot serialize {_say(what)}: {type(value).__name__} {short(value)} "
                     f"({type(exc).__name__}: {exc}). Values that cross a yield, and a "
                     f"run's arguments and result, must be picklable by dill; pass an id "
                     f"or plain data instead of live objects (connections, files, locks)."
@@ -64,7 +70,31 @@ class Serde:
         if self._secret is not None:
             sig = hmac.new(self._secret, data, hashlib.sha256).digest()
             data = _SIGNED + sig + data
+        if self._max_bytes is not None:
+            limit = self._max_bytes()
+            if limit is not None and len(data) > limit:
+                # Checked here, before anything is written: the database would refuse
+                # the row, and only after the step ran (a failed write is a crash to
+                # the next driver, which would run the step again).
+                raise SerializationError(
+                    f"{_say(what)} is too large to store: {type(value).__name__} "
+                    f"{short(value)} serializes to {len(data):,} bytes, and the database "
+                    f"keeps at most {limit:,} bytes per value. Keep large data outside the "
+                    f"run (a file, object storage) and pass its name or key instead."
+                )
         return data
+
+    def clip(self, text: str) -> str:
+        """text, shortened (its head and tail kept) if it would not fit next to a value."""
+        limit = self._max_bytes() if self._max_bytes is not None else None
+        # A row holds up to two values and a text: the text gets a third of a value's
+        # room, counting 4 bytes per character (UTF-8 at worst).
+        room = None if limit is None else max(limit // 12, 200)
+        if room is None or len(text) <= room:
+            return text
+        half = (room - 100) // 2
+        cut = len(text) - 2 * half
+        return f"{text[:half]}\n[... {cut:,} characters cut: too long to store ...]\n{text[-half:]}"
 
     def dumps_checked(self, value: Any, what: What) -> tuple[bytes, Any]:
         """Serialize and read back: returns the bytes and the copy a replay would see."""
@@ -119,6 +149,6 @@ class Serde:
                 return data
         except SerializationError:
             pass
-        text = "".join(traceback.format_exception(exc))
-        substitute = stand_in(type(exc).__qualname__, str(exc), text)
+        text = self.clip("".join(traceback.format_exception(exc)))
+        substitute = stand_in(type(exc).__qualname__, self.clip(str(exc)), text)
         return self.dumps(substitute, what)

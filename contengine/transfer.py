@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
+import re
 from typing import Any
 
 from .errors import (
@@ -25,18 +26,34 @@ EXPORT_FORMAT = "contengine-run"
 EXPORT_VERSION = 1
 # Kinds of entries that start or join child runs, which fork and export do not copy.
 CHILD_KINDS = frozenset({"child", "start_child", "join"})
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
-def _checked_id(run_id: Any) -> str:
-    """run_id if it can name a new run; ValueError if not."""
+def checked_ref(run_id: Any) -> str:
+    """run_id if it can name a run (a child's too); ValueError if not."""
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"a run id must be a non-empty string, not {run_id!r}")
+    if _CONTROL.search(run_id):
+        # A NUL or a newline would make an id that prints, logs and is typed in a
+        # shell as another one.
+        raise ValueError(
+            f"run id {run_id!r} contains a control character (NUL, newline, tab, ...); "
+            f"choose an id of printable characters"
+        )
+    return run_id
+
+
+def checked_id(run_id: Any) -> str:
+    """run_id if it can name a new run started from outside (not a child); ValueError if
+    not. Every id that does not come from the engine itself passes here: start(), fork(),
+    import_run() and the command line."""
+    checked_ref(run_id)
     if "/" in run_id:
         raise ValueError(
             f"run id {run_id!r} contains '/', which is kept for child runs "
             f"(parent/position); choose another id"
         )
-    return run_id
+    return run_id  # type: ignore[no-any-return]
 
 
 def _group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
@@ -195,7 +212,19 @@ def _decode_export(
             raise ContengineError(f"the export's {key!r} must be a JSON {kind.__name__}")
     row: RunRow = _decode_fields(RunRow, data["run"], "the exported run")
     if new_id is not None:
-        row.id = _checked_id(new_id)
+        row.id = new_id
+    try:
+        checked_id(row.id)
+    except ValueError as exc:
+        hint = "" if new_id is not None else "; import it under another id (--id)"
+        raise ContengineError(f"the export cannot be imported: {exc}{hint}") from None
+    if row.parent_id is not None:
+        # Only the engine makes a child run, in the same commit as its parent's entry: an
+        # imported one could stand in for another run's child and feed it a forged result.
+        raise ContengineError(
+            f"the exported run {row.id!r} is a child run (of {row.parent_id!r}); a child "
+            f"run cannot be imported on its own, only made by its parent"
+        )
     if row.status not in RUN_STATUSES:
         raise ContengineError(f"the exported run has an unknown status {row.status!r}")
     entries = [
@@ -216,3 +245,9 @@ def _decode_export(
         for k, v in data["published"].items()
     }
     return row, entries, mailbox, published
+
+
+def check_export(data: Any, new_id: str | None = None) -> None:
+    """ContengineError unless import_run(data, new_id) could read the data (it may still
+    find the id taken)."""
+    _decode_export(data, new_id)

@@ -103,12 +103,16 @@ def test_an_engine_error_after_a_step_keeps_the_steps_outcome(
 
     path = tmp_path / "e.db"
     monkeypatch.setattr(requests, "canonical_call", broken)
-    with pytest.raises(RuntimeError, match="engine bug"):
+    # The run is set aside as stuck, its note naming the error (not driven again and again).
+    with pytest.raises(ce.ContengineError, match="RuntimeError: engine bug") as info:
         ce.Engine(path).run(wf, id="r")
+    assert isinstance(info.value.__cause__, RuntimeError)
     (entry,) = ce.Engine(path).history("r")
     assert (entry.status, entry.value) == ("completed", 1)
+    assert "engine bug" in (ce.Engine(path).get_run("r").note or "")
     monkeypatch.setattr(requests, "canonical_call", real)
     assert ce.Engine(path).run(wf, id="r") == 2
+    assert ce.Engine(path).get_run("r").note is None
     assert ran == ["first", "second"]
 
 

@@ -333,6 +333,10 @@ class Store(ABC):
     def close(self) -> None:
         """Release the connection."""
 
+    def max_payload(self) -> int | None:
+        """The largest serialized value (in bytes) the store can keep; None: no limit."""
+        return None
+
     def rewind(self, run_id: str, position: int, now: float) -> None:
         """Delete the failed run's log from position on and make it pending again, with its
         error cleared, in one transaction; ContengineError (nothing written) unless it failed."""

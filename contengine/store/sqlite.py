@@ -206,6 +206,14 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 f"process holding it (a long transaction, a paused writer) or open the "
                 f"engine with a larger busy_timeout."
             )
+        if isinstance(exc, sqlite3.DataError) or "too big" in str(exc):
+            # Values the engine writes are checked against max_payload() first; this is
+            # bytes from elsewhere (an imported run) or a row of several large values.
+            return DatabaseError(
+                f"database {self.path!r}: a row is larger than SQLite keeps ({exc}; at most "
+                f"{self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH):,} bytes). Nothing was "
+                f"written."
+            )
         return DatabaseError(f"database {self.path!r}: {exc}. Nothing was written.")
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
@@ -717,6 +725,16 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
     def published(self, run_id: str) -> dict[str, bytes]:
         rows = self._read("SELECT key, value FROM published WHERE run_id = ?", (run_id,))
         return {str(k): bytes(v) for k, v in rows}
+
+    def max_payload(self) -> int:
+        # SQLite refuses a row longer than its length limit (1,000,000,000 bytes unless
+        # the connection lowered it). A row holds up to two values (a run's arguments
+        # and its result or exception) and a text (an error's traceback), so a value
+        # gets 3/8 of the limit and a text a third of that (Serde.clip).
+        try:
+            return self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) * 3 // 8
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
 
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._tx() as conn:
