@@ -84,6 +84,18 @@ def work(db: str, ledger: str) -> None:
         engine.work(threads=4, grace=10)
 
 
+def wait_for_line(path: str, prefix: str, word: str) -> None:
+    """Wait (at most a minute) until the ledger has a line from `prefix` naming `word`."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                if any(ln.startswith(prefix) and word in ln for ln in f.read().splitlines()):
+                    return
+        time.sleep(0.02)
+    raise SystemExit(f"no {word!r} step from {prefix.strip()} within a minute")
+
+
 def main() -> None:
     """Start the runs, three workers, kill one, and show what happened."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,9 +105,12 @@ def main() -> None:
                 engine.start(thumbnail, f"img-{i}", id=f"img-{i}")
         print(f"{RUNS} runs started; three worker processes start on the same file.")
         me = os.path.abspath(__file__)
-        workers = [subprocess.Popen([sys.executable, me, "--work", db, ledger]) for _ in range(3)]
+        # The first worker starts alone, so that it surely holds runs when it is killed;
+        # the other two join once it is inside its first slow step.
+        workers = [subprocess.Popen([sys.executable, me, "--work", db, ledger])]
         try:
-            time.sleep(0.8)  # the workers are busy resizing by now
+            wait_for_line(ledger, f"{workers[0].pid} ", "resize")
+            workers += [subprocess.Popen([sys.executable, me, "--work", db, ledger]) for _ in "ab"]
             victim = workers[0]
             victim.send_signal(signal.SIGKILL)
             victim.wait()
