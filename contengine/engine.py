@@ -32,17 +32,16 @@ from .errors import (
 from .leases import Leaseholder
 from .live import MAX_BYTES, MAX_RUNS
 from .log import Entry
+from .retrying import plan_retry
 from .runner import NotDue, Runner
 from .serde import Serde
 from .store.base import (
     COMPLETED,
     E_COMPLETED,
-    FAILED,
     FINISHED,
     PENDING,
     RUN_STATUSES,
     Claim,
-    EntryRow,
     QueueConfig,
     RunRow,
     Store,
@@ -57,7 +56,6 @@ from .transfer import (
     _checked_id,
     _decode_export,
     _encode_fields,
-    _retry_position,
 )
 from .worker import Worker, install_stop_handlers, restore_handlers
 from .workflow import Workflow, lookup
@@ -704,43 +702,23 @@ class Engine:
 
     # -- repairing and moving runs ------------------------------------------------
 
-    def retry(self, run_id: str) -> Run[Any]:
-        """Resume a failed run from the entry whose failure ended it, keeping the log before it.
+    def retry(self, run_id: str, at: int | None = None) -> Run[Any]:
+        """Resume a failed run at the failed request whose exception ended it, discarding
+        the log from there on (a saga's compensations too); with `at`, from that position.
 
-        The failed entry (a whole gather or race, if the failure was one of its members)
-        is deleted and the run made pending again in one transaction; the next drive
-        replays the log and runs that request afresh. A run that failed in its own code
-        after its last entry resumes after that entry. Refused unless the run failed.
+        A failed child run behind that request is retried with it (and its own failed
+        child, and so on), all in one transaction. A run that failed in its own code
+        resumes after its log. Refused, with nothing changed, unless the run failed, or
+        where the re-run could not be the same run (a discarded wait's signal would be
+        lost, a discarded child run would be taken over, a cancelled or deleted child).
         """
-        row = self._row(run_id)
-        if row.status != FAILED:
-            raise ContengineError(
-                f"run {run_id!r} is {row.status}, not failed; only a failed run can be retried"
-            )
-        entries = self.store.load_log(run_id)
-        position = _retry_position(entries)
-        if position < len(entries):
-            self._check_child_retried(row, entries[position])
+        plan = plan_retry(self.store, run_id, at)
         with self._lock:
-            self.store.rewind(run_id, position, self.clock.now())
-            self._stuck.pop(run_id, None)
-        return Run(self, run_id, row.workflow)
-
-    def _check_child_retried(self, row: RunRow, entry: EntryRow) -> None:
-        """Refuse to retry a parent whose failed child would only fail it again."""
-        if entry.kind == "join":
-            child_id = entry.name
-        elif entry.kind == "child":
-            gen = f"g{row.generation}/" if row.generation else ""
-            child_id = f"{row.id}/{gen}{entry.position}"
-        else:
-            return
-        child = self.store.get_run(child_id)
-        if child is not None and child.status == FAILED:
-            raise ContengineError(
-                f"run {row.id!r} failed because its child run {child_id!r} failed; retry "
-                f"the child first (contengine retry {child_id}), then this run"
-            )
+            self.store.rewind([(r.run_id, r.position) for r in plan], self.clock.now())
+            for r in plan:
+                self._stuck.pop(r.run_id, None)
+        self._poke()
+        return Run(self, run_id, self._row(run_id).workflow)
 
     def fork(self, run_id: str, at: int, new_id: str | None = None) -> Run[Any]:
         """A new run of the same workflow and arguments whose log is a copy of the first

@@ -333,9 +333,10 @@ class Store(ABC):
     def close(self) -> None:
         """Release the connection."""
 
-    def rewind(self, run_id: str, position: int, now: float) -> None:
-        """Delete the failed run's log from position on and make it pending again, with its
-        error cleared, in one transaction; ContengineError (nothing written) unless it failed."""
+    def rewind(self, runs: Sequence[tuple[str, int]], now: float) -> None:
+        """For each (run, position), delete the failed run's log from position on and make
+        it pending again, with its error cleared, all in one transaction; ContengineError
+        (nothing written) unless every run failed."""
         raise ContengineError(f"{type(self).__name__} cannot rewind runs")
 
     def insert_run(
