@@ -28,6 +28,7 @@ from .errors import (
     RunNotFound,
     SerializationError,
     Timeout,
+    WorkflowNotFound,
 )
 from .leases import Leaseholder
 from .live import MAX_BYTES, MAX_RUNS
@@ -311,6 +312,9 @@ class Engine:
             getattr(self.clock, "jump_to", None) if getattr(self.clock, "virtual", False) else None
         )
         pool = self._driver_pool(threads) if threads > 1 else None
+        # A workflow missing here is noted on its run only if no worker loop elsewhere
+        # may have it (its note would be wrong until that worker drives the run).
+        note_missing = not self._holder.loops_elsewhere()
         passed: set[str] = set()  # stuck this time: not driven again in this call
         inflight: dict[concurrent.futures.Future[bool], str] = {}
         failure: BaseException | None = None
@@ -324,7 +328,7 @@ class Engine:
                 skip = passed | set(inflight.values())
                 for claim in self._holder.claim(self.clock.now(), free, skip=skip):
                     report.driven += 1
-                    inflight[self._submit(pool, claim)] = claim.run.id
+                    inflight[self._submit(pool, claim, note_missing)] = claim.run.id
             if not inflight:
                 if failure is not None:
                     raise failure
@@ -354,16 +358,20 @@ class Engine:
         report.next_due = self.store.next_due()
         return report
 
-    def _submit(self, pool: DrivePool | None, claim: Claim) -> concurrent.futures.Future[bool]:
+    def _submit(
+        self, pool: DrivePool | None, claim: Claim, note_missing: bool
+    ) -> concurrent.futures.Future[bool]:
         """Drive the claimed run in the pool, or at once in this thread without one."""
         if pool is not None:
             return pool.submit(
-                lambda: self._drive_claim(claim, park=True),
-                lambda then: self._drive_claim(claim, park=True, then=then),
+                lambda: self._drive_claim(claim, park=True, note_missing=note_missing),
+                lambda then: self._drive_claim(
+                    claim, park=True, then=then, note_missing=note_missing
+                ),
             )
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         try:
-            done.set_result(self._drive_claim(claim))
+            done.set_result(self._drive_claim(claim, note_missing=note_missing))
         except BaseException as exc:  # noqa: BLE001 - handed over with the result
             done.set_exception(exc)
         return done
@@ -379,7 +387,7 @@ class Engine:
                 self._drivers_size = threads
             return self._drivers
 
-    def _drive(self, run_id: str) -> bool | None:
+    def _drive(self, run_id: str, *, note_missing: bool = True) -> bool | None:
         """Drive one run as far as it goes now, in this thread; True if it is finished,
         False if it waits, None if another engine (or thread of this one) drives it."""
         with self._lock:
@@ -392,7 +400,7 @@ class Engine:
         if not claims:
             # None: leased to another engine, or driven by another thread of this one.
             return True if self._row(run_id).status in FINISHED else None
-        return self._drive_claim(claims[0])
+        return self._drive_claim(claims[0], note_missing=note_missing)
 
     def _drive_claim(
         self,
@@ -401,11 +409,14 @@ class Engine:
         *,
         park: bool = False,
         then: Callable[[], None] | None = None,
+        note_missing: bool = True,
     ) -> bool:
         """Drive a run leased to this engine; True if it finished (else due[0] is when it
         is due again). The lease is let go when the drive ends (a finished run's was let
         go by its last write). With park (in a DrivePool) the drive may raise Parked;
-        then() is where a parked drive goes on, inside this same handling."""
+        then() is where a parked drive goes on, inside this same handling. Without
+        note_missing, a workflow this process cannot find is raised but not noted on the
+        run (nor remembered as stuck): another process may well have it."""
         row = claim.run
         me = threading.get_ident()
         # Only this thread writes this run's entry (a run has one driver); a dict's
@@ -432,7 +443,8 @@ class Engine:
         except DatabaseError:
             raise  # not the run's fault: leave it unmarked
         except ContengineError as exc:
-            self._mark_stuck(row, exc)
+            if note_missing or not isinstance(exc, WorkflowNotFound):
+                self._mark_stuck(row, exc)
             raise
         finally:
             # Parked too: this thread goes on to other runs; whichever thread takes
@@ -457,6 +469,11 @@ class Engine:
             self.store.set_note(row.id, first)
 
     def _result(self, run_id: str, timeout: float | None) -> Any:
+        """Wait for the run's end. Who drives it: this engine's worker if it has one;
+        else a worker loop of another engine on the file, if one is live (unless the
+        run carries a note: the workers could not drive it); else this thread, which
+        drives the run and its child runs, never other runs, and writes no "cannot be
+        found" note (it may only lack the code that a worker started later has)."""
         clock = self.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
         while True:
@@ -468,31 +485,23 @@ class Engine:
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
-            if self._worker is not None:
-                # A worker of this engine drives the runs: wait for it to end this one
-                # (it wakes us when a drive ends) rather than drive it here.
-                wait = (
-                    self.poll_interval if remaining is None else min(remaining, self.poll_interval)
-                )
-                with self._wakeup:
-                    self._wakeup.wait(wait)
+            if self._worker is not None or (row.note is None and self._holder.loops_elsewhere()):
+                # A worker drives the runs: wait for it to end this one (this engine's
+                # wakes us when a drive ends; another's is looked for every poll).
+                self._pause(remaining)
                 continue
-            finished = self._drive(run_id)
+            finished = self._drive(run_id, note_missing=False)
             if finished:
                 continue
             if finished is None:
                 # Another engine (or another thread of this one) drives it: wait a
                 # poll interval, or until this process wakes us, and ask again.
-                wait = (
-                    self.poll_interval if remaining is None else min(remaining, self.poll_interval)
-                )
-                with self._wakeup:
-                    self._wakeup.wait(wait)
+                self._pause(remaining)
                 continue
-            # The run waits. Its child runs (and anything else due) are driven here
-            # too, since no one else may be; then wait without holding the engine
-            # and drive again (a replay, which costs little next to the wait).
-            if self._drive_others(run_id):
+            # The run waits. Its child runs are driven here too, since no one else may
+            # be; then wait without holding the engine and drive again (a replay,
+            # which costs little next to the wait).
+            if self._drive_tree(run_id):
                 continue
             self._wait_until_due(run_id, deadline, timeout)
 
@@ -502,34 +511,57 @@ class Engine:
         with self._wakeup:
             self._wakeup.wait(max(wait, 0.0))
 
-    def _drive_others(self, waiting: str) -> bool:
-        """Drive every other run due now (and free to claim), once; True if any moved."""
+    def _drive_tree(self, waiting: str) -> bool:
+        """Drive the due child runs (and theirs) of the run result() waits for, once;
+        True if any moved. One that cannot be rebuilt here is raised: the run cannot
+        end without it."""
         moved = False
-        skip = {waiting, *self._stuck, *self._active}
-        for claim in self._holder.claim(self.clock.now(), 64, skip=skip):
-            with contextlib.suppress(ContengineError):  # reported when driven on its own
-                self._drive_claim(claim)
-            moved = True
+        loops = None
+        now = self.clock.now()
+        for row in self.store.unfinished_descendants(waiting):
+            if row.id in self._active or (row.due_at is not None and row.due_at > now):
+                continue
+            if row.note is None:
+                loops = self._holder.loops_elsewhere() if loops is None else loops
+                if loops:
+                    continue  # a worker loop came up meanwhile: it drives the child
+            if self._drive(row.id, note_missing=False) is not None:
+                moved = True
         return moved
 
     def _wait_until_due(self, run_id: str, deadline: float | None, timeout: float | None) -> None:
         """Block until the run is due (its time came, or a signal/cancel woke it), or until
-        another run is due (a child it waits for may be one: the caller drives them)."""
+        one of its child runs is due (the caller drives them)."""
         clock = self.clock
         # Only the real clock passes on its own; any other (a test's fake, a virtual
         # clock) moves when it is slept, so the wait is handed to it.
         virtual = not isinstance(clock, SystemClock)
+        since = clock.now()
+        # Children due already that the caller could not drive (another engine or
+        # thread drives them): looked at again a poll interval later, not at once.
+        stale: set[str] | None = None
         while True:
             row = self._row(run_id)
             now = clock.now()
             due_at = row.due_at if row.due_at is not None else now
-            if row.status in FINISHED or due_at <= now or self._others_due(run_id):
+            if row.status in FINISHED or due_at <= now:
+                return
+            children = [
+                (d.id, d.due_at if d.due_at is not None else now)
+                for d in self.store.unfinished_descendants(run_id)
+                if d.id not in self._active
+            ]
+            due_now = {child for child, at in children if at <= now}
+            if stale is None:
+                stale = due_now
+            elif due_now - stale or (stale and now >= since + self.poll_interval):
                 return
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
-            others = self.store.next_due(after=now)
-            target = min(due_at, others if others is not None else math.inf)
+            target = min([due_at] + [at for _, at in children if at > now])
+            if stale:
+                target = min(target, since + self.poll_interval)
             if virtual:
                 if target == math.inf:
                     raise ContengineError(
@@ -547,13 +579,6 @@ class Engine:
                 wait = min(wait, remaining)
             with self._wakeup:
                 self._wakeup.wait(max(wait, 0.0))
-
-    def _others_due(self, run_id: str) -> bool:
-        """Whether a run other than run_id (not stuck, and leased to no one) is due now."""
-        for other in self.store.due_unowned(self.clock.now(), limit=8):
-            if other != run_id and other not in self._active and other not in self._stuck:
-                return True
-        return False
 
     # -- workers -------------------------------------------------------------
 

@@ -185,6 +185,9 @@ class WorkerRow:
     pid_start: str | None
     started_at: float
     expires_at: float
+    # Runs a worker loop (engine.work / engine.worker), which claims any due run: a
+    # client's run.result() leaves runs to such engines rather than drive them itself.
+    worker_loop: bool = False
 
 
 @dataclass(slots=True)
@@ -332,6 +335,21 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the connection."""
+
+    def unfinished_descendants(self, run_id: str) -> list[RunRow]:
+        """The unfinished runs below run_id in its tree of child runs (theirs too)."""
+        children: dict[str, list[RunRow]] = {}
+        for row in self.list_runs():
+            if row.parent_id is not None:
+                children.setdefault(row.parent_id, []).append(row)
+        out: list[RunRow] = []
+        todo = [run_id]
+        while todo:
+            for row in children.get(todo.pop(), []):
+                todo.append(row.id)
+                if row.status not in FINISHED:
+                    out.append(row)
+        return out
 
     def rewind(self, runs: Sequence[tuple[str, int]], now: float) -> None:
         """For each (run, position), delete the failed run's log from position on and make
