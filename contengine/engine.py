@@ -105,7 +105,8 @@ class Run(Generic[R]):
         return self._engine._row(self.id).note
 
     def result(self, timeout: float | None = None) -> R:
-        """The run's return value, or its exception re-raised; drives the run if need be."""
+        """The run's return value, or its exception re-raised; drives the run (and its
+        child runs) in this thread when no worker does (see Engine._result)."""
         return self._engine._result(self.id, timeout)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -244,7 +245,7 @@ class Engine:
     def run(
         self, workflow: Workflow[P, R] | str, /, *args: Any, id: str | None = None, **kwargs: Any
     ) -> R:
-        """Start a run (or find it by id) and drive it to its end in this thread."""
+        """Start a run (or find it by id) and wait for its end: run.result()."""
         return self.start(workflow, *args, id=id, **kwargs).result()
 
     # -- talking to runs ------------------------------------------------------
