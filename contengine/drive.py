@@ -48,6 +48,7 @@ from .requests import (
     UuidRequest,
     WaitRequest,
 )
+from .retrying import failure_line
 from .store.base import (
     CANCELLED,
     COMPLETED,
@@ -153,7 +154,7 @@ class _Drive:
         if isinstance(nxt, Returned):
             self._finish_returned(nxt.value)
         elif isinstance(nxt, Raised):
-            self._finish_raised(nxt.error)
+            self._finish_raised(nxt.error, nxt.failed_at)
 
     # -- run end ------------------------------------------------------------
 
@@ -188,12 +189,14 @@ class _Drive:
         self._commit(run=RunUpdate(PENDING, self.r.clock.now()))
         raise NotDue(self.r.clock.now())  # due at once: the next drive starts it afresh
 
-    def _finish_raised(self, error: BaseException) -> None:
+    def _finish_raised(self, error: BaseException, failed_at: int | None = None) -> None:
         what = f"the exception of workflow {self.wf.name!r} (run {self.run.id!r})"
         data = self.r.serde.dumps_error(error, what, WorkflowFailed)
         text = self.r.serde.clip("".join(traceback.format_exception(error)))
         now = self.r.clock.now()
         status = CANCELLED if isinstance(error, Cancelled) else FAILED
+        if status == FAILED:
+            text = failure_line(failed_at) + text  # where retry resumes (see retrying.py)
         self._commit_last(
             RunUpdate(status, now, finished_at=now, error=data, error_text=text, clear_cancel=True)
         )

@@ -78,9 +78,11 @@ class Returned:
 
 @dataclass(slots=True)  # not frozen: frozen instances cost several times more to make
 class Raised:
-    """The workflow raised error."""
+    """The workflow raised error; failed_at is the position of the earliest failed
+    request whose exception error is or comes from (None: its own code's)."""
 
     error: BaseException
+    failed_at: int | None = None
 
 
 Next = Pending | Returned | Raised
@@ -92,13 +94,18 @@ def describe_recorded(rec: Recorded) -> str:
 
 
 PATCHED = "patched"
+# Failures thrown into the workflow that are kept to tell which one its exception came
+# from (a saga re-raises one after compensating): the most recent ones, so that a run
+# that catches failures in a loop holds a bounded number of them.
+KEEP_THROWN = 256
 
 
 class Driver:
     """Feeds one workflow generator its logged outcomes, then runs it live."""
 
     __slots__ = (
-        "_gen", "_history", "_logged", "_label", "_decode", "_width", "position", "replayed",
+        "_gen", "_history", "_logged", "_label", "_decode", "_width", "_thrown",
+        "position", "replayed",
     )  # fmt: skip
 
     def __init__(
@@ -117,6 +124,8 @@ class Driver:
         self.position = 0
         self.replayed = 0  # outcomes fed from the log, for reporting
         self._width = 1  # log positions the pending request takes (a gather takes several)
+        # Exceptions thrown in at the yields of failed requests, by id, with the position.
+        self._thrown: dict[int, tuple[BaseException, int]] = {}
 
     def start(self) -> Next:
         """Run the workflow up to its first request without an outcome (or its end)."""
@@ -124,11 +133,13 @@ class Driver:
 
     def send(self, outcome: Outcome) -> Next:
         """Feed the outcome of the pending request and run to the next one."""
+        at = self.position
         self.position += self._width
         self._width = 1
-        return self._advance(outcome)
+        return self._advance(outcome, at)
 
-    def _advance(self, outcome: Outcome | None) -> Next:
+    def _advance(self, outcome: Outcome | None, at: int = 0) -> Next:
+        """Run the generator on from `outcome` (of the request at position `at`)."""
         gen, history, logged = self._gen, self._history, self._logged
         while True:
             try:
@@ -137,13 +148,14 @@ class Driver:
                 elif outcome.ok:
                     yielded = gen.send(outcome.value)
                 else:
+                    self._keep_thrown(outcome.value, at)
                     yielded = gen.throw(outcome.value)
             except StopIteration as stop:
                 self._check_log_ends("returned")
                 return Returned(stop.value)
             except (Exception, Cancelled) as exc:
                 self._check_log_ends(f"raised {type(exc).__name__}")
-                return Raised(exc)
+                return Raised(exc, self._failed_at(exc))
             if not isinstance(yielded, Request):
                 raise InvalidYield(self._invalid_yield_message(yielded))
             pos = self.position
@@ -158,24 +170,47 @@ class Driver:
                     j += 1
                 found = j < logged and history[j].kind == PATCHED
                 if marker is not None and not found and pos < logged:
-                    outcome = Outcome(True, False)
+                    outcome, at = Outcome(True, False), pos
                     continue
                 pos = self.position = j
             if isinstance(yielded, GatherRequest):
                 gathered = self._gather(pos, yielded)
                 if isinstance(gathered, Pending):
                     return gathered
-                outcome = gathered
+                outcome, at = gathered, pos
                 continue
             if pos >= logged:
                 return Pending(pos, yielded, None)
             rec = history[pos]
             self._check_same(rec, yielded)
-            outcome = self._decode(rec)
+            outcome, at = self._decode(rec), pos
             if outcome is None:
                 return Pending(pos, yielded, rec)
             self.replayed += 1
             self.position = pos + 1
+
+    def _keep_thrown(self, error: BaseException, at: int) -> None:
+        thrown = self._thrown
+        thrown[id(error)] = (error, at)
+        if len(thrown) > KEEP_THROWN:
+            del thrown[next(iter(thrown))]  # the oldest (dicts keep insertion order)
+
+    def _failed_at(self, error: BaseException) -> int | None:
+        """The earliest position whose thrown failure is error, or is in its chain of
+        causes and contexts (raise ... from it, or raised while handling it)."""
+        found: int | None = None
+        seen: set[int] = set()
+        todo: list[BaseException] = [error]
+        while todo:
+            exc = todo.pop()
+            if id(exc) in seen:
+                continue
+            seen.add(id(exc))
+            kept = self._thrown.get(id(exc))
+            if kept is not None and kept[0] is exc and (found is None or kept[1] < found):
+                found = kept[1]
+            todo.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+        return found
 
     def _gather(self, pos: int, request: GatherRequest) -> Pending | Outcome:  # also races
         """Check a gather (its own entry, then its members) against the log; replay it if

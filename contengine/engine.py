@@ -29,21 +29,21 @@ from .errors import (
     RunNotFound,
     SerializationError,
     Timeout,
+    WorkflowNotFound,
 )
 from .leases import Leaseholder
 from .live import MAX_BYTES, MAX_RUNS
 from .log import Entry
+from .retrying import plan_retry
 from .runner import NotDue, Runner
 from .serde import Serde, short
 from .store.base import (
     COMPLETED,
     E_COMPLETED,
-    FAILED,
     FINISHED,
     PENDING,
     RUN_STATUSES,
     Claim,
-    EntryRow,
     QueueConfig,
     RunRow,
     Store,
@@ -57,7 +57,6 @@ from .transfer import (
     _check_movable,
     _decode_export,
     _encode_fields,
-    _retry_position,
     checked_id,
     checked_ref,
 )
@@ -108,7 +107,8 @@ class Run(Generic[R]):
         return self._engine._row(self.id).note
 
     def result(self, timeout: float | None = None) -> R:
-        """The run's return value, or its exception re-raised; drives the run if need be."""
+        """The run's return value, or its exception re-raised; drives the run (and its
+        child runs) in this thread when no worker does (see Engine._result)."""
         return self._engine._result(self.id, timeout)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -247,7 +247,7 @@ class Engine:
     def run(
         self, workflow: Workflow[P, R] | str, /, *args: Any, id: str | None = None, **kwargs: Any
     ) -> R:
-        """Start a run (or find it by id) and drive it to its end in this thread."""
+        """Start a run (or find it by id) and wait for its end: run.result()."""
         return self.start(workflow, *args, id=id, **kwargs).result()
 
     # -- talking to runs ------------------------------------------------------
@@ -317,6 +317,9 @@ class Engine:
             getattr(self.clock, "jump_to", None) if getattr(self.clock, "virtual", False) else None
         )
         pool = self._driver_pool(threads) if threads > 1 else None
+        # A workflow missing here is noted on its run only if no worker loop elsewhere
+        # may have it (its note would be wrong until that worker drives the run).
+        note_missing = not self._holder.loops_elsewhere()
         passed: set[str] = set()  # stuck this time: not driven again in this call
         inflight: dict[concurrent.futures.Future[bool], str] = {}
         failure: BaseException | None = None
@@ -330,7 +333,7 @@ class Engine:
                 skip = passed | set(inflight.values())
                 for claim in self._holder.claim(self.clock.now(), free, skip=skip):
                     report.driven += 1
-                    inflight[self._submit(pool, claim)] = claim.run.id
+                    inflight[self._submit(pool, claim, note_missing)] = claim.run.id
             if not inflight:
                 if failure is not None:
                     raise failure
@@ -360,16 +363,20 @@ class Engine:
         report.next_due = self.store.next_due()
         return report
 
-    def _submit(self, pool: DrivePool | None, claim: Claim) -> concurrent.futures.Future[bool]:
+    def _submit(
+        self, pool: DrivePool | None, claim: Claim, note_missing: bool
+    ) -> concurrent.futures.Future[bool]:
         """Drive the claimed run in the pool, or at once in this thread without one."""
         if pool is not None:
             return pool.submit(
-                lambda: self._drive_claim(claim, park=True),
-                lambda then: self._drive_claim(claim, park=True, then=then),
+                lambda: self._drive_claim(claim, park=True, note_missing=note_missing),
+                lambda then: self._drive_claim(
+                    claim, park=True, then=then, note_missing=note_missing
+                ),
             )
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         try:
-            done.set_result(self._drive_claim(claim))
+            done.set_result(self._drive_claim(claim, note_missing=note_missing))
         except BaseException as exc:  # noqa: BLE001 - handed over with the result
             done.set_exception(exc)
         return done
@@ -385,7 +392,7 @@ class Engine:
                 self._drivers_size = threads
             return self._drivers
 
-    def _drive(self, run_id: str) -> bool | None:
+    def _drive(self, run_id: str, *, note_missing: bool = True) -> bool | None:
         """Drive one run as far as it goes now, in this thread; True if it is finished,
         False if it waits, None if another engine (or thread of this one) drives it."""
         with self._lock:
@@ -398,7 +405,7 @@ class Engine:
         if not claims:
             # None: leased to another engine, or driven by another thread of this one.
             return True if self._row(run_id).status in FINISHED else None
-        return self._drive_claim(claims[0])
+        return self._drive_claim(claims[0], note_missing=note_missing)
 
     def _drive_claim(
         self,
@@ -407,11 +414,14 @@ class Engine:
         *,
         park: bool = False,
         then: Callable[[], None] | None = None,
+        note_missing: bool = True,
     ) -> bool:
         """Drive a run leased to this engine; True if it finished (else due[0] is when it
         is due again). The lease is let go when the drive ends (a finished run's was let
         go by its last write). With park (in a DrivePool) the drive may raise Parked;
-        then() is where a parked drive goes on, inside this same handling."""
+        then() is where a parked drive goes on, inside this same handling. Without
+        note_missing, a workflow this process cannot find is raised but not noted on the
+        run (nor remembered as stuck): another process may well have it."""
         row = claim.run
         me = threading.get_ident()
         # Only this thread writes this run's entry (a run has one driver); a dict's
@@ -438,7 +448,8 @@ class Engine:
         except DatabaseError:
             raise  # not the run's fault: leave it unmarked
         except ContengineError as exc:
-            self._mark_stuck(row, exc)
+            if note_missing or not isinstance(exc, WorkflowNotFound):
+                self._mark_stuck(row, exc)
             raise
         except Exception as exc:
             # Not the workflow's own exception (the driver makes those the run's end) nor
@@ -475,6 +486,11 @@ class Engine:
             self.store.set_note(row.id, first)
 
     def _result(self, run_id: str, timeout: float | None) -> Any:
+        """Wait for the run's end. Who drives it: this engine's worker if it has one;
+        else a worker loop of another engine on the file, if one is live (unless the
+        run carries a note: the workers could not drive it); else this thread, which
+        drives the run and its child runs, never other runs, and writes no "cannot be
+        found" note (it may only lack the code that a worker started later has)."""
         clock = self.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
         while True:
@@ -493,31 +509,23 @@ class Engine:
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
-            if self._worker is not None:
-                # A worker of this engine drives the runs: wait for it to end this one
-                # (it wakes us when a drive ends) rather than drive it here.
-                wait = (
-                    self.poll_interval if remaining is None else min(remaining, self.poll_interval)
-                )
-                with self._wakeup:
-                    self._wakeup.wait(wait)
+            if self._worker is not None or (row.note is None and self._holder.loops_elsewhere()):
+                # A worker drives the runs: wait for it to end this one (this engine's
+                # wakes us when a drive ends; another's is looked for every poll).
+                self._pause(remaining)
                 continue
-            finished = self._drive(run_id)
+            finished = self._drive(run_id, note_missing=False)
             if finished:
                 continue
             if finished is None:
                 # Another engine (or another thread of this one) drives it: wait a
                 # poll interval, or until this process wakes us, and ask again.
-                wait = (
-                    self.poll_interval if remaining is None else min(remaining, self.poll_interval)
-                )
-                with self._wakeup:
-                    self._wakeup.wait(wait)
+                self._pause(remaining)
                 continue
-            # The run waits. Its child runs (and anything else due) are driven here
-            # too, since no one else may be; then wait without holding the engine
-            # and drive again (a replay, which costs little next to the wait).
-            if self._drive_others(run_id):
+            # The run waits. Its child runs are driven here too, since no one else may
+            # be; then wait without holding the engine and drive again (a replay,
+            # which costs little next to the wait).
+            if self._drive_tree(run_id):
                 continue
             self._wait_until_due(run_id, deadline, timeout)
 
@@ -527,34 +535,57 @@ class Engine:
         with self._wakeup:
             self._wakeup.wait(max(wait, 0.0))
 
-    def _drive_others(self, waiting: str) -> bool:
-        """Drive every other run due now (and free to claim), once; True if any moved."""
+    def _drive_tree(self, waiting: str) -> bool:
+        """Drive the due child runs (and theirs) of the run result() waits for, once;
+        True if any moved. One that cannot be rebuilt here is raised: the run cannot
+        end without it."""
         moved = False
-        skip = {waiting, *self._stuck, *self._active}
-        for claim in self._holder.claim(self.clock.now(), 64, skip=skip):
-            with contextlib.suppress(ContengineError):  # reported when driven on its own
-                self._drive_claim(claim)
-            moved = True
+        loops = None
+        now = self.clock.now()
+        for row in self.store.unfinished_descendants(waiting):
+            if row.id in self._active or (row.due_at is not None and row.due_at > now):
+                continue
+            if row.note is None:
+                loops = self._holder.loops_elsewhere() if loops is None else loops
+                if loops:
+                    continue  # a worker loop came up meanwhile: it drives the child
+            if self._drive(row.id, note_missing=False) is not None:
+                moved = True
         return moved
 
     def _wait_until_due(self, run_id: str, deadline: float | None, timeout: float | None) -> None:
         """Block until the run is due (its time came, or a signal/cancel woke it), or until
-        another run is due (a child it waits for may be one: the caller drives them)."""
+        one of its child runs is due (the caller drives them)."""
         clock = self.clock
         # Only the real clock passes on its own; any other (a test's fake, a virtual
         # clock) moves when it is slept, so the wait is handed to it.
         virtual = not isinstance(clock, SystemClock)
+        since = clock.now()
+        # Children due already that the caller could not drive (another engine or
+        # thread drives them): looked at again a poll interval later, not at once.
+        stale: set[str] | None = None
         while True:
             row = self._row(run_id)
             now = clock.now()
             due_at = row.due_at if row.due_at is not None else now
-            if row.status in FINISHED or due_at <= now or self._others_due(run_id):
+            if row.status in FINISHED or due_at <= now:
+                return
+            children = [
+                (d.id, d.due_at if d.due_at is not None else now)
+                for d in self.store.unfinished_descendants(run_id)
+                if d.id not in self._active
+            ]
+            due_now = {child for child, at in children if at <= now}
+            if stale is None:
+                stale = due_now
+            elif due_now - stale or (stale and now >= since + self.poll_interval):
                 return
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"run {run_id!r} did not finish within {timeout:g} s")
-            others = self.store.next_due(after=now)
-            target = min(due_at, others if others is not None else math.inf)
+            target = min([due_at] + [at for _, at in children if at > now])
+            if stale:
+                target = min(target, since + self.poll_interval)
             if virtual:
                 if target == math.inf:
                     raise ContengineError(
@@ -572,13 +603,6 @@ class Engine:
                 wait = min(wait, remaining)
             with self._wakeup:
                 self._wakeup.wait(max(wait, 0.0))
-
-    def _others_due(self, run_id: str) -> bool:
-        """Whether a run other than run_id (not stuck, and leased to no one) is due now."""
-        for other in self.store.due_unowned(self.clock.now(), limit=8):
-            if other != run_id and other not in self._active and other not in self._stuck:
-                return True
-        return False
 
     # -- workers -------------------------------------------------------------
 
@@ -727,43 +751,23 @@ class Engine:
 
     # -- repairing and moving runs ------------------------------------------------
 
-    def retry(self, run_id: str) -> Run[Any]:
-        """Resume a failed run from the entry whose failure ended it, keeping the log before it.
+    def retry(self, run_id: str, at: int | None = None) -> Run[Any]:
+        """Resume a failed run at the failed request whose exception ended it, discarding
+        the log from there on (a saga's compensations too); with `at`, from that position.
 
-        The failed entry (a whole gather or race, if the failure was one of its members)
-        is deleted and the run made pending again in one transaction; the next drive
-        replays the log and runs that request afresh. A run that failed in its own code
-        after its last entry resumes after that entry. Refused unless the run failed.
+        A failed child run behind that request is retried with it (and its own failed
+        child, and so on), all in one transaction. A run that failed in its own code
+        resumes after its log. Refused, with nothing changed, unless the run failed, or
+        where the re-run could not be the same run (a discarded wait's signal would be
+        lost, a discarded child run would be taken over, a cancelled or deleted child).
         """
-        row = self._row(run_id)
-        if row.status != FAILED:
-            raise ContengineError(
-                f"run {run_id!r} is {row.status}, not failed; only a failed run can be retried"
-            )
-        entries = self.store.load_log(run_id)
-        position = _retry_position(entries)
-        if position < len(entries):
-            self._check_child_retried(row, entries[position])
+        plan = plan_retry(self.store, run_id, at)
         with self._lock:
-            self.store.rewind(run_id, position, self.clock.now())
-            self._stuck.pop(run_id, None)
-        return Run(self, run_id, row.workflow)
-
-    def _check_child_retried(self, row: RunRow, entry: EntryRow) -> None:
-        """Refuse to retry a parent whose failed child would only fail it again."""
-        if entry.kind == "join":
-            child_id = entry.name
-        elif entry.kind == "child":
-            gen = f"g{row.generation}/" if row.generation else ""
-            child_id = f"{row.id}/{gen}{entry.position}"
-        else:
-            return
-        child = self.store.get_run(child_id)
-        if child is not None and child.status == FAILED:
-            raise ContengineError(
-                f"run {row.id!r} failed because its child run {child_id!r} failed; retry "
-                f"the child first (contengine retry {child_id}), then this run"
-            )
+            self.store.rewind([(r.run_id, r.position) for r in plan], self.clock.now())
+            for r in plan:
+                self._stuck.pop(r.run_id, None)
+        self._poke()
+        return Run(self, run_id, self._row(run_id).workflow)
 
     def fork(self, run_id: str, at: int, new_id: str | None = None) -> Run[Any]:
         """A new run of the same workflow and arguments whose log is a copy of the first

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 
 from .errors import ContengineError, LeaseLost
 from .store.base import Claim, Store, WorkerRow
-from .store.sqlite_claims import HOST, process_start
+from .store.sqlite_claims import HOST, alive, process_start
 
 log = logging.getLogger("contengine")
 
@@ -49,11 +49,36 @@ class Leaseholder:
         # Set when this engine let go of its runs (a stop, a retire): no step starts
         # until it claims again.
         self.letting_go = False
+        # Whether this engine runs a worker loop (said in its workers row).
+        self.worker_loop = False
 
     def row(self) -> WorkerRow:
         """This holder as a workers row, alive for one more lease period."""
         return WorkerRow(
-            self.id, HOST, os.getpid(), self._pid_start, self._started, self.wall() + self.lease
+            self.id, HOST, os.getpid(), self._pid_start, self._started,
+            self.wall() + self.lease, self.worker_loop,
+        )  # fmt: skip
+
+    def set_worker_loop(self, on: bool) -> None:
+        """Say (in this engine's workers row, at once if it is on record) whether a
+        worker loop runs here; otherwise the next claim or heartbeat says it."""
+        self.worker_loop = on
+        if not self.valid_until:
+            return
+        row = self.row()
+        try:
+            alive = self.store.heartbeat(row)
+        except ContengineError:  # a locked file: the next heartbeat writes it
+            return
+        self._renewed(row, alive)
+
+    def loops_elsewhere(self) -> bool:
+        """Whether a live engine other than this one runs a worker loop on the file."""
+        if not self.store.supports_leases:
+            return False
+        wall = self.wall()
+        return any(
+            w.worker_loop and w.id != self.id and alive(w, wall) for w in self.store.workers()
         )
 
     def claim(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .cli import CommandError
 from .errors import ContengineError
+from .retrying import plan_retry
 from .transfer import check_export, checked_id, checked_ref
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ def add_parsers(sub: Any) -> None:
     backup.add_argument("dest", help="the new file (never overwritten)")
     retry = sub.add_parser("retry", help="resume a failed run from the step that failed")
     retry.add_argument("run_id")
+    retry.add_argument(
+        "--at", type=int, metavar="N", help="resume at position N instead (entries kept: N)"
+    )
     fork = sub.add_parser("fork", help="a new run from a copy of the first N log entries")
     fork.add_argument("run_id")
     fork.add_argument("--at", type=int, required=True, metavar="N", help="entries to keep")
@@ -148,9 +152,14 @@ def _backup(engine: Engine, db: str, dest: str, progress: Progress) -> None:
 def _move(engine: Engine, args: argparse.Namespace, data: Any) -> None:
     """retry, fork, export or import; prints what was done (export: the JSON)."""
     if args.command == "retry":
-        engine.retry(args.run_id)
-        at = len(engine.history(args.run_id))
-        print(f"run {args.run_id!r} is pending again; it resumes at position {at} when driven")
+        # The plan is read first only to say what was done; retry() plans again inside.
+        plan = plan_retry(engine.store, args.run_id, args.at)
+        engine.retry(args.run_id, args.at)
+        for n, step in enumerate(plan):
+            what = (
+                f"run {step.run_id!r}" if n == 0 else f"  and its failed child run {step.run_id!r}"
+            )
+            print(f"{what} is pending again; it resumes at position {step.position} when driven")
     elif args.command == "fork":
         run = engine.fork(args.run_id, args.at, args.new_id)
         print(f"forked run {args.run_id!r} at {args.at} as {run.id!r} (pending)")

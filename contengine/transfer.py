@@ -1,4 +1,4 @@
-"""Moving runs: what retry, fork and export/import check and how a run is written as JSON."""
+"""Moving runs: what fork and export/import check and how a run is written as JSON."""
 
 from __future__ import annotations
 
@@ -56,34 +56,12 @@ def checked_id(run_id: Any) -> str:
     return run_id  # type: ignore[no-any-return]
 
 
-def _group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
-    """(first, last) positions of the gather or race whose span holds position, if any."""
-    for e in entries[: position + 1]:
-        if e.kind in ("gather", "race"):
-            last = e.position + _members(e)
-            if e.position <= position <= last:
-                return e.position, last
-    return None
-
-
 def _members(entry: EntryRow) -> int:
     # A gather's or race's own entry has its member count as key; its members follow it.
     try:
         return int(entry.key or 0)
     except ValueError:
         return 0
-
-
-def _retry_position(entries: list[EntryRow]) -> int:
-    """Where a failed run resumes: its failed last entry, the gather or race holding a
-    failure at the end of the log, or after the log (the workflow's own code raised)."""
-    if not entries:
-        return 0
-    last = entries[-1]
-    group = _group_of(entries, last.position)
-    if group is not None and any(e.status == E_FAILED for e in entries[group[0] :]):
-        return group[0]
-    return last.position if last.status == E_FAILED else len(entries)
 
 
 def _check_fork(run_id: str, entries: list[EntryRow], at: Any) -> None:

@@ -67,6 +67,7 @@ class Worker:
                 "one worker lets go of all the engine's leases)"
             )
         self.engine._worker = self
+        self.engine._holder.set_worker_loop(True)  # clients leave due runs to it
         self._loop = threading.Thread(target=self._run, name="contengine-worker", daemon=True)
         self._loop.start()
         return self
@@ -77,6 +78,7 @@ class Worker:
         grace = self.grace if grace is None else grace
         self._stop.set()
         engine = self.engine
+        engine._holder.set_worker_loop(False)  # claims nothing more: clients drive again
         engine._runner.stopping.set()  # drives set their runs aside before the next step
         self._wake.set()
         if self._loop is not None:

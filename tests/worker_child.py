@@ -87,6 +87,13 @@ def expected(n: int) -> str:
     return f"{n}:{(n + 1) * 3}"
 
 
+@ce.workflow(name="wp.nested")
+def nested(ledger: str, n: int) -> Generator[Any, Any, str]:
+    """triple(ledger, n) as a child run: returns f"[{expected(n)}]"."""
+    shown = yield triple(ledger, n)
+    return f"[{shown}]"
+
+
 # -- a step that blocks on its first attempt (lease loss test) ----------------------
 
 

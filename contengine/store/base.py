@@ -185,6 +185,9 @@ class WorkerRow:
     pid_start: str | None
     started_at: float
     expires_at: float
+    # Runs a worker loop (engine.work / engine.worker), which claims any due run: a
+    # client's run.result() leaves runs to such engines rather than drive them itself.
+    worker_loop: bool = False
 
 
 @dataclass(slots=True)
@@ -337,9 +340,25 @@ class Store(ABC):
         """The largest serialized value (in bytes) the store can keep; None: no limit."""
         return None
 
-    def rewind(self, run_id: str, position: int, now: float) -> None:
-        """Delete the failed run's log from position on and make it pending again, with its
-        error cleared, in one transaction; ContengineError (nothing written) unless it failed."""
+    def unfinished_descendants(self, run_id: str) -> list[RunRow]:
+        """The unfinished runs below run_id in its tree of child runs (theirs too)."""
+        children: dict[str, list[RunRow]] = {}
+        for row in self.list_runs():
+            if row.parent_id is not None:
+                children.setdefault(row.parent_id, []).append(row)
+        out: list[RunRow] = []
+        todo = [run_id]
+        while todo:
+            for row in children.get(todo.pop(), []):
+                todo.append(row.id)
+                if row.status not in FINISHED:
+                    out.append(row)
+        return out
+
+    def rewind(self, runs: Sequence[tuple[str, int]], now: float) -> None:
+        """For each (run, position), delete the failed run's log from position on and make
+        it pending again, with its error cleared, all in one transaction; ContengineError
+        (nothing written) unless every run failed."""
         raise ContengineError(f"{type(self).__name__} cannot rewind runs")
 
     def insert_run(

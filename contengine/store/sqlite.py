@@ -53,7 +53,7 @@ from .sqlite_sql import (
 
 # "Cont" in the file header marks a contengine database among SQLite files.
 APPLICATION_ID = 0x436F6E74
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 

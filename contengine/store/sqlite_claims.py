@@ -66,15 +66,18 @@ def alive(w: WorkerRow, wall: float) -> bool:
 def ensure_worker(conn: sqlite3.Connection, w: WorkerRow) -> None:
     """Put the worker on record if it is not (a write, and so a disk sync, only then)."""
     conn.execute(
-        "INSERT OR IGNORE INTO workers (id, host, pid, pid_start, started_at, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (w.id, w.host, w.pid, w.pid_start, w.started_at, w.expires_at),
+        "INSERT OR IGNORE INTO workers (id, host, pid, pid_start, started_at, expires_at, "
+        "worker_loop) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (w.id, w.host, w.pid, w.pid_start, w.started_at, w.expires_at, int(w.worker_loop)),
     )
 
 
 def record_worker(conn: sqlite3.Connection, w: WorkerRow) -> bool:
     """Insert or renew the worker's row; False if the row had gone (judged dead)."""
-    cur = conn.execute("UPDATE workers SET expires_at = ? WHERE id = ?", (w.expires_at, w.id))
+    cur = conn.execute(
+        "UPDATE workers SET expires_at = ?, worker_loop = ? WHERE id = ?",
+        (w.expires_at, int(w.worker_loop), w.id),
+    )
     if cur.rowcount == 1:
         return True
     ensure_worker(conn, w)
@@ -83,7 +86,7 @@ def record_worker(conn: sqlite3.Connection, w: WorkerRow) -> bool:
 
 def live_workers(conn: sqlite3.Connection, me: str, wall: float) -> list[str]:
     """Ids of live workers (me included); dead ones' rows are deleted on the way."""
-    rows = [WorkerRow(*r) for r in conn.execute(f"SELECT {_WORKER_COLS} FROM workers")]
+    rows = read_workers(conn)
     live = [w.id for w in rows if w.id == me or alive(w, wall)]
     dead = [(w.id,) for w in rows if w.id not in live]
     if dead:
@@ -91,12 +94,15 @@ def live_workers(conn: sqlite3.Connection, me: str, wall: float) -> list[str]:
     return live
 
 
-_WORKER_COLS = "id, host, pid, pid_start, started_at, expires_at"
+_WORKER_COLS = "id, host, pid, pid_start, started_at, expires_at, worker_loop"
 
 
 def read_workers(conn: sqlite3.Connection) -> list[WorkerRow]:
     """Every worker row."""
-    return [WorkerRow(*r) for r in conn.execute(f"SELECT {_WORKER_COLS} FROM workers")]
+    return [
+        WorkerRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+        for r in conn.execute(f"SELECT {_WORKER_COLS} FROM workers")
+    ]
 
 
 def queue_configs(conn: sqlite3.Connection) -> dict[str, QueueConfig]:

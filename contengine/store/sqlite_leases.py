@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from . import sqlite_claims
-from .base import Claim, QueueConfig, WorkerRow
+from .base import Claim, QueueConfig, RunRow, WorkerRow
 from .sqlite_sql import _RUN_COLS, SQLiteParts, _run_row
 
 
@@ -38,6 +38,16 @@ class LeaseMethods(SQLiteParts):
             runs[num] = _run_row(tuple(rest))
             self._remember_num(runs[num].id, num)
         return [Claim(runs[num], lease) for num, lease in picked]
+
+    def unfinished_descendants(self, run_id: str) -> list[RunRow]:
+        rows = self._read(
+            "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL "
+            "SELECT runs.id FROM runs JOIN tree ON runs.parent_id = tree.id) "
+            f"SELECT {_RUN_COLS} FROM runs WHERE id IN (SELECT id FROM tree) AND id != ? "
+            "AND status NOT IN ('completed', 'failed', 'cancelled')",
+            (run_id, run_id),
+        )
+        return [_run_row(r) for r in rows]
 
     def hold(self, run_id: str, lease: int, worker: WorkerRow) -> None:
         with self._tx() as conn:

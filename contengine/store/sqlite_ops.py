@@ -52,28 +52,32 @@ class OperatorMethods(SQLiteParts):
         for _, run_id in runs:
             self._nums.pop(run_id, None)
 
-    def rewind(self, run_id: str, position: int, now: float) -> None:
+    def rewind(self, runs: Sequence[tuple[str, int]], now: float) -> None:
         with self._tx() as conn:
-            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
-            if row[0] != FAILED:
-                raise ContengineError(
-                    f"run {run_id!r} is {row[0]}, not failed; only a failed run can be "
-                    f"retried, so nothing was changed"
-                )
-            base = self._key(conn, run_id, 0)
-            conn.execute(
-                "DELETE FROM log WHERE id BETWEEN ? AND ?",
-                (base + _checked_position(position), base | POSITION_MASK),
+            for run_id, position in runs:  # any refusal rolls back the runs before it
+                self._rewind_one(conn, run_id, position, now)
+
+    def _rewind_one(self, conn: sqlite3.Connection, run_id: str, position: int, now: float) -> None:
+        row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
+        if row[0] != FAILED:
+            raise ContengineError(
+                f"run {run_id!r} is {row[0]}, not failed; only a failed run can be "
+                f"retried, so nothing was changed"
             )
-            conn.execute(
-                "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
-                "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
-                "note = NULL, cancel_requested = 0, owner = NULL, lease = lease + 1 "
-                "WHERE id = ?",
-                (now, run_id),
-            )
+        base = self._key(conn, run_id, 0)
+        conn.execute(
+            "DELETE FROM log WHERE id BETWEEN ? AND ?",
+            (base + _checked_position(position), base | POSITION_MASK),
+        )
+        conn.execute(
+            "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
+            "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
+            "note = NULL, cancel_requested = 0, owner = NULL, lease = lease + 1 "
+            "WHERE id = ?",
+            (now, run_id),
+        )
 
     def insert_run(
         self,

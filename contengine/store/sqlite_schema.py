@@ -107,6 +107,12 @@ CREATE INDEX step_slots_by_queue ON step_slots (queue, released, acquired_at)
 """
 
 
+# Version 5: which engines on record run a worker loop (and so claim any due run).
+_SCHEMA_V5 = """
+ALTER TABLE workers ADD COLUMN worker_loop INTEGER NOT NULL DEFAULT 0
+"""
+
+
 # MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
 # A new schema version appends a function here; files are migrated on open.
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -121,4 +127,5 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: lambda conn: _run_script(conn, _SCHEMA_V2),
     2: lambda conn: _run_script(conn, _SCHEMA_V3),
     3: lambda conn: _run_script(conn, _SCHEMA_V4),
+    4: lambda conn: _run_script(conn, _SCHEMA_V5),
 }
