@@ -424,7 +424,8 @@ def test_a_member_waiting_for_its_retry_lets_the_run_wait_and_finished_members_s
         assert report.finished == ["b"]
         assert run.result() == ["F", "W"]
         assert clock.now() == START + 30
-    assert ledger == [("f", 1), ("w", 1), ("f", 2)]
+    # The two members' first attempts run side by side, in either order.
+    assert sorted(ledger[:2]) == [("f", 1), ("w", 1)] and ledger[2:] == [("f", 2)]
 
 
 # -- timers and signals ----------------------------------------------------------------
