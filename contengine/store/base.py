@@ -98,6 +98,14 @@ class RunUpdate:
     error: bytes | None = None
     error_text: str | None = None
     clear_cancel: bool = False  # the cancellation was delivered with this progress
+    # A run's end written only if its row asks for no cancel (one sent during the last
+    # step, not delivered): else commit() writes nothing and raises CancelArrived.
+    unless_cancelled: bool = False
+
+
+class CancelArrived(ContengineError):
+    """A run's end (RunUpdate.unless_cancelled) met a cancel request in the run's row:
+    nothing of that progress was written."""
 
 
 @dataclass(slots=True)
@@ -251,7 +259,9 @@ class Store(ABC):
         """Write progress atomically and durably (per the store's durability setting).
         True if the run's row asks for a cancel not delivered by this progress (read
         with the write, so a cancel from another process is seen at once); a store
-        that does not read it returns False or None. A store with leases must read it
+        that does not read it returns False or None. A run update with
+        unless_cancelled meeting such a request raises CancelArrived instead, having
+        written nothing of the progress. A store with leases must read it
         with every write fenced by a lease: a drive then looks for a cancel only
         after requests that write nothing."""
 

@@ -1,0 +1,251 @@
+"""A cancel is delivered once, a cancel during the last step is not lost, and a running
+step sees its run cancelled: from this engine, another engine, or another process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import engine_on
+
+import contengine as ce
+from contengine.testing import VirtualClock
+
+START = 1_700_000_000.0
+RUN = "r"
+EXECUTED: list[str] = []
+# Who sends the cancel while the long step runs, and the engines the test uses.
+SENDER: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    EXECUTED.clear()
+    SENDER.clear()
+    yield
+    EXECUTED.clear()
+    SENDER.clear()
+
+
+def cancel_from(sender: str) -> None:
+    """Cancel RUN as `sender` does: the driving engine, another engine on the same file,
+    or `contengine cancel` in a child process (waited for: no timing involved)."""
+    if sender == "child-process":
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        done = subprocess.run(
+            [sys.executable, "-m", "contengine", "cancel", RUN, "--db", str(SENDER["db"])],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    else:
+        assert SENDER[sender].cancel(RUN) is True
+
+
+@ce.step(name="cd.long")
+def long_step(sender: str) -> str:
+    """A step longer than the engine's periodic look for a cancel, cancelled meanwhile."""
+    EXECUTED.append("long")
+    cancel_from(sender)
+    SENDER["clock"].advance(1.0)  # a long step, on the engine's clock
+    return "long done"
+
+
+@ce.step(name="cd.note")
+def note(label: str) -> str:
+    """Record an execution."""
+    EXECUTED.append(label)
+    return label
+
+
+@ce.workflow(name="cd.cleans_up")
+def cleans_up(sender: str) -> Generator[Any, Any, str]:
+    """A long step, cancelled while it runs; a finally block yields two cleanup steps."""
+    try:
+        yield long_step(sender)
+        yield note("after")
+        return "finished"
+    finally:
+        yield note("cleanup 1")
+        yield note("cleanup 2")
+
+
+@ce.workflow(name="cd.last_step")
+def last_step(sender: str) -> Generator[Any, Any, str]:
+    """The run is cancelled during its last step."""
+    try:
+        value = yield long_step(sender)
+    finally:
+        EXECUTED.append("finally")
+    return f"returned {value}"
+
+
+@ce.workflow(name="cd.last_step_raises")
+def last_step_raises(sender: str) -> Generator[Any, Any, str]:
+    """The run is cancelled during its last step, and then fails on its own."""
+    yield long_step(sender)
+    raise ValueError("failed after the step")
+
+
+SENDERS = ["driver", "other-engine", "child-process"]
+
+
+def _engines(tmp_path: Path) -> tuple[ce.Engine, ce.Engine, VirtualClock]:
+    clock = VirtualClock(START)
+    db = tmp_path / "c.db"
+    driver, other = engine_on(db, clock), engine_on(db, clock)
+    SENDER.update(driver=driver, clock=clock, db=db)
+    SENDER["other-engine"] = other
+    return driver, other, clock
+
+
+def outcomes(engine: ce.Engine) -> list[tuple[str, str, Any]]:
+    """(name, status, value or exception type name) of every log entry."""
+    return [
+        (e.name, e.status, type(e.error).__name__ if e.status == "failed" else e.value)
+        for e in engine.history(RUN)
+    ]
+
+
+def cancel_flag(engine: ce.Engine) -> bool:
+    """Whether the run's row still asks for a cancel."""
+    row = engine.store.get_run(RUN)
+    assert row is not None
+    return row.cancel_requested
+
+
+# -- delivered once --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_a_cancel_during_a_long_step_is_delivered_once_and_the_cleanup_runs(
+    tmp_path: Path, sender: str
+) -> None:
+    driver, other, _ = _engines(tmp_path)
+    run = driver.start(cleans_up, sender, id=RUN)
+
+    driver.run_until_idle()
+
+    assert run.status == "cancelled"
+    assert outcomes(driver) == [
+        ("cd.long", "completed", "long done"),
+        ("cd.note", "failed", "Cancelled"),  # "after" never ran: the cancel was raised there
+        ("cd.note", "completed", "cleanup 1"),
+        ("cd.note", "completed", "cleanup 2"),
+    ]
+    assert EXECUTED == ["long", "cleanup 1", "cleanup 2"]
+    assert not cancel_flag(driver)
+    other.close()
+    driver.close()
+
+
+def test_a_cancel_delivered_by_one_engine_is_not_delivered_again_by_another(
+    tmp_path: Path,
+) -> None:
+    """The driver's cancel is delivered; another engine takes the run over in its cleanup
+    (the first one stopped) and runs the cleanup without a second ce.Cancelled."""
+    driver, other, clock = _engines(tmp_path)
+
+    @ce.workflow(name="cd.naps_in_cleanup")
+    def naps() -> Generator[Any, Any, str]:
+        try:
+            yield long_step("driver")
+            yield note("after")
+            return "finished"
+        finally:
+            yield ce.sleep(60)  # set aside here: the next drive is another engine's
+            yield note("cleanup")
+
+    run = driver.start(naps, id=RUN)
+    driver.run_until_idle(until=START + 1)
+    assert run.status == "sleeping", outcomes(driver)
+    driver.close()
+    clock.advance(120)
+    other.run_until_idle()
+
+    assert other.get_run(RUN).status == "cancelled"
+    assert [o[1] for o in outcomes(other)] == ["completed", "failed", "completed", "completed"]
+    assert EXECUTED == ["long", "cleanup"]
+    other.close()
+
+
+def test_a_second_cancel_after_the_first_was_delivered_is_delivered_again(
+    tmp_path: Path,
+) -> None:
+    """Each request made once the previous one is delivered is raised once more."""
+    driver, other, _ = _engines(tmp_path)
+
+    @ce.step(name="cd.cancels_again")
+    def cancels_again() -> str:
+        assert other.cancel(RUN) is True
+        return "asked again"
+
+    @ce.workflow(name="cd.catches_two")
+    def catches_two() -> Generator[Any, Any, list[str]]:
+        caught = []
+        for _ in range(2):
+            try:
+                yield long_step("driver")
+                yield note("not reached")
+            except ce.Cancelled:
+                caught.append("cancelled")
+                yield cancels_again()  # the second request, sent after the first's delivery
+                try:
+                    yield note("interrupted")
+                except ce.Cancelled:
+                    caught.append("cancelled again")
+                    break
+        return caught
+
+    run = driver.start(catches_two, id=RUN)
+    driver.run_until_idle()
+    assert run.result() == ["cancelled", "cancelled again"]
+    assert EXECUTED == ["long"]
+    other.close()
+    driver.close()
+
+
+# -- a cancel during the last step -----------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 4])  # 4: drives park for their commits
+@pytest.mark.parametrize("sender", SENDERS)
+def test_a_cancel_during_the_last_step_ends_the_run_cancelled(
+    tmp_path: Path, sender: str, threads: int
+) -> None:
+    driver, other, _ = _engines(tmp_path)
+    run = driver.start(last_step, sender, id=RUN)
+
+    driver.run_until_idle(threads=threads)
+
+    assert run.status == "cancelled"
+    with pytest.raises(ce.Cancelled, match="run 'r' was cancelled"):
+        run.result()  # the return value is dropped
+    assert EXECUTED == ["long", "finally"]
+    assert outcomes(driver) == [("cd.long", "completed", "long done")]
+    assert not cancel_flag(driver)
+    assert driver.cancel(RUN) is False
+    other.close()
+    driver.close()
+
+
+@pytest.mark.parametrize("sender", ["driver", "other-engine"])
+def test_a_run_that_fails_after_an_undelivered_cancel_stays_failed(
+    tmp_path: Path, sender: str
+) -> None:
+    driver, other, _ = _engines(tmp_path)
+    run = driver.start(last_step_raises, sender, id=RUN)
+    driver.run_until_idle()
+    assert run.status == "failed"
+    with pytest.raises(ValueError, match="failed after the step"):
+        run.result()
+    assert not cancel_flag(driver)
+    other.close()
+    driver.close()
