@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import engine_on
+from helpers import engine_on, wait_until
 
 import contengine as ce
 from contengine.testing import VirtualClock
@@ -32,13 +33,13 @@ def _fresh() -> Iterator[None]:
     SENDER.clear()
 
 
-def cancel_from(sender: str) -> None:
-    """Cancel RUN as `sender` does: the driving engine, another engine on the same file,
-    or `contengine cancel` in a child process (waited for: no timing involved)."""
+def cancel_from(sender: str, run_id: str = RUN) -> None:
+    """Cancel the run as `sender` does: the driving engine, another engine on the same
+    file, or `contengine cancel` in a child process (waited for: no timing involved)."""
     if sender == "child-process":
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         done = subprocess.run(
-            [sys.executable, "-m", "contengine", "cancel", RUN, "--db", str(SENDER["db"])],
+            [sys.executable, "-m", "contengine", "cancel", run_id, "--db", str(SENDER["db"])],
             capture_output=True,
             text=True,
             env=env,
@@ -46,7 +47,7 @@ def cancel_from(sender: str) -> None:
         )
         assert done.returncode == 0, done.stderr
     else:
-        assert SENDER[sender].cancel(RUN) is True
+        assert SENDER[sender].cancel(run_id) is True
 
 
 @ce.step(name="cd.long")
@@ -249,3 +250,69 @@ def test_a_run_that_fails_after_an_undelivered_cancel_stays_failed(
     assert not cancel_flag(driver)
     other.close()
     driver.close()
+
+
+# -- a cancelled run frees its queue's slot ---------------------------------------------
+
+IN_STEP = threading.Event()
+RELEASE = threading.Event()
+
+
+@ce.step(name="cd.held")
+def held() -> str:
+    """Runs until the test lets it go."""
+    IN_STEP.set()
+    assert RELEASE.wait(60)
+    return "held"
+
+
+@ce.workflow(name="cd.queued_held")
+def queued_held() -> Generator[Any, Any, str]:
+    """Holds its queue's one slot in a step; cleans up when cancelled."""
+    try:
+        yield held()
+        yield note("after held")
+        return "finished"
+    finally:
+        yield note("cleanup held")
+
+
+@ce.workflow(name="cd.queued_quick")
+def queued_quick() -> Generator[Any, Any, str]:
+    """The queue's next run."""
+    return (yield note("quick"))
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_a_cancelled_run_frees_its_queue_slot_at_once(tmp_path: Path, sender: str) -> None:
+    IN_STEP.clear()
+    RELEASE.clear()
+    db = tmp_path / "q.db"
+    engine, other = ce.Engine(db), ce.Engine(db)
+    SENDER.update(driver=engine, db=db)
+    SENDER["other-engine"] = other
+    engine.set_queue("solo", concurrency=1)
+    first = engine.start(queued_held, id="first", queue="solo")
+    try:
+        with engine.worker(threads=2):
+            assert IN_STEP.wait(30)
+            second = engine.start(queued_quick, id="second", queue="solo")
+            assert second.status == "pending"  # the queue's one slot is taken
+
+            cancel_from(sender, "first")
+
+            # The next run starts and ends while the cancelled run's step still runs.
+            assert wait_until(lambda: second.status == "completed", timeout=30)
+            assert not RELEASE.is_set() and first.status == "running"
+            RELEASE.set()
+            with pytest.raises(ce.Cancelled):
+                first.result(timeout=30)
+    finally:
+        RELEASE.set()
+    assert [e.value for e in engine.history("first") if e.status == "completed"] == [
+        "held",
+        "cleanup held",
+    ]
+    assert EXECUTED == ["quick", "cleanup held"]
+    other.close()
+    engine.close()

@@ -45,6 +45,7 @@ from .sqlite_sql import (
     _UNFINISHED_SQL,
     _UPDATE_ENTRY,
     _UPDATE_RUN,
+    CANCEL_PENDING,
     POSITION_BITS,
     POSITION_MASK,
     _checked_position,
@@ -528,13 +529,13 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                     p.run_id, p.lease, None if held is None else (held[0], held[1])
                 )
             flag = held[2]
-            cancel = bool(flag) and not (p.run is not None and p.run.clear_cancel)
+            cancel = flag == CANCEL_PENDING and not (p.run is not None and p.run.clear_cancel)
         if p.run is not None and p.run.unless_cancelled:
             # Checked before anything is written: the run ends cancelled instead.
             if flag is None:
                 row = conn.execute("SELECT cancel_requested FROM runs WHERE num = ?", (num,))
                 flag = (row.fetchone() or (0,))[0]
-            if flag == 1:
+            if flag == CANCEL_PENDING:
                 raise CancelArrived(f"run {p.run_id!r} was cancelled during its last step")
         if p.expect_generation is not None:
             current = conn.execute(
