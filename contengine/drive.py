@@ -524,11 +524,18 @@ class _Drive:
     ) -> tuple[bool, Any, str]:
         """Run one attempt of the step (holding slot of its queue, let go after)."""
         run = self.run
+        watch = self.r.watch
         token = _current.set(
-            (run.id, self.wf.name, request.name, entry.position, entry.attempts, run.generation)
-        )
+            (
+                run.id, self.wf.name, request.name, entry.position, entry.attempts,
+                run.generation, watch,
+            )
+        )  # fmt: skip
         in_step = (run.id, entry.position)
         self.r.in_steps.add(in_step)
+        # The step is told of a cancel (ce.current_step().cancelled), not interrupted:
+        # a step that can be (an async one) would register watch.on_cancel here.
+        watch.step_started()
         began = self.r.clock.monotonic()
         try:
             timeout = request.options.timeout
@@ -812,6 +819,7 @@ class _Drive:
             self.clear_cancel = False
             with self.r.cancel_lock:
                 self.r.cancelled.discard(self.run.id)
+            self.r.watch.delivered(self.run.id)
         if p.recorded:
             self.recorded.clear()
         if p.run is not None:

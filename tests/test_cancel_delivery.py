@@ -316,3 +316,110 @@ def test_a_cancelled_run_frees_its_queue_slot_at_once(tmp_path: Path, sender: st
     assert EXECUTED == ["quick", "cleanup held"]
     other.close()
     engine.close()
+
+
+# -- a running step is told --------------------------------------------------------------
+
+TOLD: list[bool] = []
+
+
+@ce.step(name="cd.watches")
+def watches() -> str:
+    """Works in small pieces until its run is cancelled, then returns early."""
+    IN_STEP.set()
+    pause = threading.Event()
+    for _ in range(6000):  # a minute at most
+        if ce.current_step().cancelled:
+            return "stopped early"
+        pause.wait(0.01)  # one piece of work
+    return "ran to the end"
+
+
+@ce.step(name="cd.tidies")
+def tidies() -> str:
+    """A cleanup step after the cancel was delivered: not told of that cancel."""
+    TOLD.append(ce.current_step().cancelled)
+    return "tidied"
+
+
+@ce.workflow(name="cd.stops_early")
+def stops_early() -> Generator[Any, Any, str]:
+    """A long step that looks at .cancelled; a cleanup step in finally."""
+    try:
+        yield watches()
+        yield note("after watching")
+        return "finished"
+    finally:
+        yield tidies()
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_a_running_step_sees_its_run_cancelled_and_returns_early(
+    tmp_path: Path, sender: str
+) -> None:
+    IN_STEP.clear()
+    TOLD.clear()
+    db = tmp_path / "w.db"
+    engine, other = ce.Engine(db), ce.Engine(db)
+    SENDER.update(driver=engine, db=db)
+    SENDER["other-engine"] = other
+    run = engine.start(stops_early, id=RUN)
+    with engine.worker(threads=1):
+        assert IN_STEP.wait(30)
+        cancel_from(sender)
+        with pytest.raises(ce.Cancelled):
+            run.result(timeout=60)
+    assert outcomes(engine) == [
+        ("cd.watches", "completed", "stopped early"),
+        ("cd.note", "failed", "Cancelled"),
+        ("cd.tidies", "completed", "tidied"),
+    ]
+    assert TOLD == [False]  # the cleanup is not told of the cancel it cleans up after
+    other.close()
+    engine.close()
+
+
+def test_a_step_of_a_run_not_cancelled_is_not_told(tmp_path: Path) -> None:
+    TOLD.clear()
+
+    @ce.workflow(name="cd.just_tidies")
+    def just_tidies() -> Generator[Any, Any, str]:
+        return (yield tidies())
+
+    with ce.Engine(tmp_path / "n.db") as engine:
+        run = engine.start(just_tidies)
+        engine.run_until_idle()
+        assert run.result() == "tidied"
+    assert TOLD == [False]
+
+
+def test_a_cancel_callback_runs_once_when_the_running_step_is_told(tmp_path: Path) -> None:
+    """The hook a step that can be interrupted would use (an async step's task)."""
+    IN_STEP.clear()
+    RELEASE.clear()
+    calls: list[str] = []
+
+    @ce.step(name="cd.registers")
+    def registers() -> str:
+        watch = ce.current_step()._watch
+        assert watch is not None
+        watch.on_cancel(RUN, lambda: calls.append("interrupted"))
+        IN_STEP.set()
+        assert RELEASE.wait(60)
+        return "done"
+
+    @ce.workflow(name="cd.registering")
+    def registering() -> Generator[Any, Any, str]:
+        return (yield registers())
+
+    db = tmp_path / "h.db"
+    with ce.Engine(db) as engine, ce.Engine(db) as other:
+        run = engine.start(registering, id=RUN)
+        with engine.worker(threads=1):
+            assert IN_STEP.wait(30)
+            other.cancel(RUN)  # another engine's: the watch reads it from the file
+            assert wait_until(lambda: calls == ["interrupted"], timeout=30)
+            RELEASE.set()
+            with pytest.raises(ce.Cancelled):
+                run.result(timeout=30)
+    assert calls == ["interrupted"]

@@ -314,6 +314,14 @@ class Store(ABC):
         """Mark the run (and its unfinished child runs) to be cancelled at their current
         yield and wake them; False if the run had finished."""
 
+    def pending_cancels(self, run_ids: Collection[str]) -> set[str]:
+        """Which of the runs have a cancel request not yet delivered (read now)."""
+        return {
+            run_id
+            for run_id in run_ids
+            if (row := self.get_run(run_id)) is not None and row.cancel_requested
+        }
+
     @abstractmethod
     def published(self, run_id: str) -> dict[str, bytes]:
         """The latest value published under each key by the run (serialized)."""
