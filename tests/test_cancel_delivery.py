@@ -280,7 +280,8 @@ def queued_held() -> Generator[Any, Any, str]:
 @ce.workflow(name="cd.queued_quick")
 def queued_quick() -> Generator[Any, Any, str]:
     """The queue's next run."""
-    return (yield note("quick"))
+    value: str = yield note("quick")
+    return value
 
 
 @pytest.mark.parametrize("sender", SENDERS)
@@ -384,7 +385,8 @@ def test_a_step_of_a_run_not_cancelled_is_not_told(tmp_path: Path) -> None:
 
     @ce.workflow(name="cd.just_tidies")
     def just_tidies() -> Generator[Any, Any, str]:
-        return (yield tidies())
+        value: str = yield tidies()
+    return value
 
     with ce.Engine(tmp_path / "n.db") as engine:
         run = engine.start(just_tidies)
@@ -410,7 +412,8 @@ def test_a_cancel_callback_runs_once_when_the_running_step_is_told(tmp_path: Pat
 
     @ce.workflow(name="cd.registering")
     def registering() -> Generator[Any, Any, str]:
-        return (yield registers())
+        value: str = yield registers()
+    return value
 
     db = tmp_path / "h.db"
     with ce.Engine(db) as engine, ce.Engine(db) as other:
