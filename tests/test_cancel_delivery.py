@@ -386,7 +386,7 @@ def test_a_step_of_a_run_not_cancelled_is_not_told(tmp_path: Path) -> None:
     @ce.workflow(name="cd.just_tidies")
     def just_tidies() -> Generator[Any, Any, str]:
         value: str = yield tidies()
-    return value
+        return value
 
     with ce.Engine(tmp_path / "n.db") as engine:
         run = engine.start(just_tidies)
@@ -413,7 +413,7 @@ def test_a_cancel_callback_runs_once_when_the_running_step_is_told(tmp_path: Pat
     @ce.workflow(name="cd.registering")
     def registering() -> Generator[Any, Any, str]:
         value: str = yield registers()
-    return value
+        return value
 
     db = tmp_path / "h.db"
     with ce.Engine(db) as engine, ce.Engine(db) as other:
