@@ -214,7 +214,9 @@ class _Drive:
         now = self.r.clock.now()
         status = CANCELLED if isinstance(error, Cancelled) else FAILED
         # A cancel not delivered is void once the run failed (as an asyncio task that
-        # raised: it ends with its exception).
+        # raised: it ends with its exception); the row's flag says so with this write.
+        with self.r.cancel_lock:
+            self.r.cancelled.discard(self.run.id)
         self._commit_last(
             RunUpdate(status, now, finished_at=now, error=data, error_text=text, clear_cancel=True)
         )
