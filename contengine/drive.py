@@ -61,6 +61,7 @@ from .store.base import (
     RUNNING,
     SLEEPING,
     WAITING,
+    CancelArrived,
     EntryRow,
     Progress,
     RunRow,
@@ -162,6 +163,9 @@ class _Drive:
         if isinstance(value, ContinueAsNew):
             self._continue_as_new(value)
             return
+        if self.cancel_pending or self.run.id in self.r.cancelled:
+            self._end_cancelled()  # a cancel sent during the last step, not delivered
+            return
         try:
             data = self.r.serde.dumps_checked(
                 value, f"the result of workflow {self.wf.name!r} (run {self.run.id!r})"
@@ -170,10 +174,25 @@ class _Drive:
             self._finish_raised(exc)
             return
         now = self.r.clock.now()
-        # A cancel that came too late to be delivered is void once the run has ended.
-        self._commit_last(
-            RunUpdate(COMPLETED, now, finished_at=now, result=data, clear_cancel=True)
+        # Unless a delivered cancel is still to be written (the row's flag is that one),
+        # the end's write reads the flag: another process's cancel sent during the last
+        # step ends the run cancelled (_end_cancelled) instead of being lost.
+        end = RunUpdate(
+            COMPLETED, now, finished_at=now, result=data, clear_cancel=True,
+            unless_cancelled=not self.clear_cancel,
+        )  # fmt: skip
+        self._commit_last(end, self._end_cancelled)
+
+    def _end_cancelled(self) -> None:
+        """The workflow returned with a cancel not delivered (sent during its last step):
+        as an asyncio task whose cancel was requested before it finished, the run ends
+        cancelled and its return value is dropped (its finally blocks have run)."""
+        error = Cancelled(f"run {self.run.id!r} was cancelled")
+        error.add_note(
+            "contengine: the cancel came during the run's last step; the workflow "
+            "returned before a yield could raise it, so its return value was dropped"
         )
+        self._finish_raised(error)
 
     def _continue_as_new(self, again: ContinueAsNew) -> None:
         """Start this run again with new arguments; its log so far is dropped."""
@@ -197,17 +216,27 @@ class _Drive:
         status = CANCELLED if isinstance(error, Cancelled) else FAILED
         if status == FAILED:
             text = failure_line(failed_at) + text  # where retry resumes (see retrying.py)
+        # A cancel not delivered is void once the run failed (as an asyncio task that
+        # raised: it ends with its exception); the row's flag says so with this write.
+        with self.r.cancel_lock:
+            self.r.cancelled.discard(self.run.id)
         self._commit_last(
             RunUpdate(status, now, finished_at=now, error=data, error_text=text, clear_cancel=True)
         )
 
-    def _commit_last(self, run: RunUpdate) -> None:
+    def _commit_last(self, run: RunUpdate, cancelled: Callable[[], None] | None = None) -> None:
         """The run's end: nothing is left to do after it, so in a pool the drive parks
         and ends once it is durable, and the end joins the batch of the runs still
-        advancing (instead of being a disk sync of its own)."""
+        advancing (instead of being a disk sync of its own). cancelled: what to do
+        instead when the write met a cancel request (CancelArrived: nothing written)."""
         if self.park:
-            self._commit_then(_nothing, run=run)
-        self._commit(run=run)
+            self._commit_then(_nothing, run=run, cancelled=cancelled)
+        try:
+            self._commit(run=run)
+        except CancelArrived:
+            if cancelled is None:
+                raise
+            cancelled()
 
     # -- one request ------------------------------------------------------------
 
@@ -222,13 +251,17 @@ class _Drive:
             self._commit(run=RunUpdate(self.status, now, due_at=now))
             raise NotDue(now)
         self.requests_since_look += 1
-        if self.requests_since_look >= LOOK_EVERY or self.stepped >= LOOK_AFTER:
+        if not self.clear_cancel and (
+            self.requests_since_look >= LOOK_EVERY or self.stepped >= LOOK_AFTER
+        ):
             # Another process may have cancelled the run: every write reads that with
             # its lease check (_committed), but requests that write nothing do not, so
             # look in the store now and then too (every so many requests, or after
             # long steps). Time in steps, not wall time: a busy worker's runs wait for
             # the disk and the CPU between steps, and looking after each of those would
-            # cost a read per step.
+            # cost a read per step. Not while a delivered cancel is still to be written:
+            # the row's flag is that same cancel, and raising it again at the cleanup
+            # its finally block yields would skip the cleanup.
             self.requests_since_look = 0
             self.stepped = 0.0
             row = self.r.store.get_run(self.run.id)
@@ -496,11 +529,18 @@ class _Drive:
     ) -> tuple[bool, Any, str]:
         """Run one attempt of the step (holding slot of its queue, let go after)."""
         run = self.run
+        watch = self.r.watch
         token = _current.set(
-            (run.id, self.wf.name, request.name, entry.position, entry.attempts, run.generation)
-        )
+            (
+                run.id, self.wf.name, request.name, entry.position, entry.attempts,
+                run.generation, watch,
+            )
+        )  # fmt: skip
         in_step = (run.id, entry.position)
         self.r.in_steps.add(in_step)
+        # The step is told of a cancel (ce.current_step().cancelled), not interrupted:
+        # a step that can be (an async one) would register watch.on_cancel here.
+        watch.step_started()
         began = self.r.clock.monotonic()
         try:
             timeout = request.options.timeout
@@ -714,15 +754,20 @@ class _Drive:
         update: EntryRow | None = None,
         insert: EntryRow | None = None,
         run: RunUpdate | None = None,
+        cancelled: Callable[[], None] | None = None,
     ) -> NoReturn:
         """Start the commit and park: then() runs once it is durable, in whichever
         thread of the pool takes the drive up again (the commit's error is raised
-        there instead, as _commit would raise it)."""
+        there instead, as _commit would raise it; cancelled() runs instead of raising
+        CancelArrived, if given)."""
         progress = self._progress(update, insert, run)
         ticket = self.r.store.commit_later(progress)
 
         def go_on() -> None:
             if ticket.error is not None:
+                if cancelled is not None and isinstance(ticket.error, CancelArrived):
+                    cancelled()
+                    return
                 raise ticket.error
             self._committed(progress, ticket.cancel)
             then()
@@ -772,7 +817,14 @@ class _Drive:
             self.stored[e.position] = e.attempts
         self.carry = None
         self.consume = None
-        self.clear_cancel = False
+        if self.clear_cancel:
+            # The delivery is on record: cancel() calls of this process made before it
+            # were one request with the one delivered (as another process's are: the
+            # write cleared the row's flag), not a second one.
+            self.clear_cancel = False
+            with self.r.cancel_lock:
+                self.r.cancelled.discard(self.run.id)
+            self.r.watch.delivered(self.run.id)
         if p.recorded:
             self.recorded.clear()
         if p.run is not None:

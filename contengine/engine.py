@@ -154,7 +154,9 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self.serde = Serde(secret, self.store.max_payload)
         self._workflows: dict[str, Workflow[Any, Any]] = {wf.name: wf for wf in workflows}
-        self._runner = Runner(self.store, self.serde, self.clock, self._find_workflow)
+        self._runner = Runner(
+            self.store, self.serde, self.clock, self._find_workflow, float(poll_interval)
+        )
         self._runner.live.max_runs, self._runner.live.max_bytes = cache_runs, cache_bytes
         self._runner.take_slot = self._take_slot  # type: ignore[method-assign]
         self._runner.give_slot = self.store.give_slot  # type: ignore[method-assign]
@@ -273,6 +275,8 @@ class Engine:
             requested = self.store.request_cancel(run_id, self.clock.now())
             if requested:
                 runner.cancelled.add(run_id)
+        if requested:
+            runner.watch.note(run_id)  # its step running here is told at once
         self._poke()
         return requested
 

@@ -88,8 +88,11 @@ def main(args: argparse.Namespace) -> int:
                     # Another process's engine delivers it when it next drives or waits.
                     print(f"cancelled run {args.run_id!r} (delivered when it is next driven)")
                 else:
+                    # Nothing was cancelled: a failure, so a script sees it (exit 1).
                     status = engine.get_run(args.run_id).status
-                    print(f"run {args.run_id!r} had already finished ({status}); nothing changed")
+                    raise CommandError(
+                        f"run {args.run_id!r} had already finished ({status}); nothing changed"
+                    )
             elif args.command in ("retry", "fork", "export", "import"):
                 _move(engine, args, data)
             elif args.command == "gc":

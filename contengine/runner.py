@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .cancel_watch import CancelWatch
 from .clock import Clock
 from .drive import _Drive
 from .drive_pool import Parked
@@ -39,6 +40,7 @@ class Runner:
         serde: Serde,
         clock: Clock,
         find_workflow: Callable[[RunRow], Workflow[Any, Any]],
+        poll_interval: float = 0.1,
     ) -> None:
         self.store = store
         self.serde = serde
@@ -63,6 +65,8 @@ class Runner:
         # (run id, position) of every step attempt running now (a stopping worker waits
         # for the drives that are not in one: they are only setting their runs aside).
         self.in_steps: set[tuple[str, int]] = set()
+        # Tells running steps that their run was cancelled (ce.current_step().cancelled).
+        self.watch = CancelWatch(store, self.in_steps, poll_interval)
         # Generators of runs set aside at a sleep, wait or retry, kept alive so that
         # the next drive goes on without replaying the log (bounded; evicted ones replay).
         self.live = LiveCache(close=_set_aside)
@@ -100,6 +104,7 @@ class Runner:
     def close(self) -> None:
         """Let the step threads go (steps still running finish first); drop kept generators."""
         self.live.clear()
+        self.watch.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

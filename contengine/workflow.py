@@ -8,11 +8,14 @@ import inspect
 import threading
 import types
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .errors import ContengineError, WorkflowDefinitionError, WorkflowNotFound
 from .requests import Backoff, ChildRequest, StepCall, StepOptions, normalize_options
+
+if TYPE_CHECKING:
+    from .cancel_watch import CancelWatch
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -213,11 +216,18 @@ class StepContext:
     position: int
     attempt: int
     idempotency_key: str
+    _watch: CancelWatch | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the step's run is cancelled (at once from this process, within a
+        poll interval from another): a long step may check it and return early."""
+        return self._watch is not None and self._watch.cancelled(self.run_id)
 
 
-# Holds (run_id, workflow, step, position, attempt, generation) while a step runs: a
-# plain tuple, because it is set on every step and read rarely.
-_current: contextvars.ContextVar[tuple[str, str, str, int, int, int] | None] = (
+# Holds (run_id, workflow, step, position, attempt, generation, cancel watch) while a
+# step runs: a plain tuple, because it is set on every step and read rarely.
+_current: contextvars.ContextVar[tuple[str, str, str, int, int, int, CancelWatch] | None] = (
     contextvars.ContextVar("contengine_step", default=None)
 )
 
@@ -227,9 +237,9 @@ def current_step() -> StepContext:
     ctx = _current.get()
     if ctx is None:
         raise ContengineError("ce.current_step() is only available while a step is running")
-    run_id, wf, name, position, attempt, generation = ctx
+    run_id, wf, name, position, attempt, generation, watch = ctx
     return StepContext(
-        run_id, wf, name, position, attempt, idempotency_key(run_id, generation, position)
+        run_id, wf, name, position, attempt, idempotency_key(run_id, generation, position), watch
     )
 
 

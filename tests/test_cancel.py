@@ -188,13 +188,13 @@ def run_row(path: Path, run_id: str = RUN) -> tuple[Any, ...]:
 
 
 def cancel_requested(path: Path, run_id: str = RUN) -> int:
-    """The run's stored cancellation flag."""
+    """The run's stored cancellation flag: 1 while a cancel waits to be delivered."""
     with sqlite3.connect(path) as conn:
         (flag,) = conn.execute(
             "SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
     conn.close()
-    return int(flag)
+    return int(flag == 1)  # 2: delivered (the run stays out of its queue's count)
 
 
 def snapshot(engine: ce.Engine, run_id: str = RUN) -> list[tuple[Any, ...]]:

@@ -183,15 +183,16 @@ def test_cancel_cancels_a_waiting_run_and_says_so(
         with pytest.raises(ce.Cancelled):
             engine.get_run("w").result()
     code, out, err = run_cli(capsys, "cancel", "w", "--db", db)
-    assert code == 0 and err == ""
-    assert "already finished" in out and "cancelled" in out
+    assert code == 1 and out == ""
+    assert "already finished (cancelled)" in one_line_error(err)
 
 
 def test_cancel_of_a_finished_run_changes_nothing_and_of_an_unknown_one_fails(
     db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run_cli(capsys, "cancel", "done", "--db", db)
-    assert code == 0 and "already finished (completed)" in out
+    code, out, err = run_cli(capsys, "cancel", "done", "--db", db)
+    assert code == 1 and out == ""
+    assert "already finished (completed); nothing changed" in one_line_error(err)
     with ce.Engine(db) as engine:
         assert engine.get_run("done").result() == 1
     code, out, err = run_cli(capsys, "cancel", "nope", "--db", db)

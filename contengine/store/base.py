@@ -98,6 +98,14 @@ class RunUpdate:
     error: bytes | None = None
     error_text: str | None = None
     clear_cancel: bool = False  # the cancellation was delivered with this progress
+    # A run's end written only if its row asks for no cancel (one sent during the last
+    # step, not delivered): else commit() writes nothing and raises CancelArrived.
+    unless_cancelled: bool = False
+
+
+class CancelArrived(ContengineError):
+    """A run's end (RunUpdate.unless_cancelled) met a cancel request in the run's row:
+    nothing of that progress was written."""
 
 
 @dataclass(slots=True)
@@ -254,7 +262,9 @@ class Store(ABC):
         """Write progress atomically and durably (per the store's durability setting).
         True if the run's row asks for a cancel not delivered by this progress (read
         with the write, so a cancel from another process is seen at once); a store
-        that does not read it returns False or None. A store with leases must read it
+        that does not read it returns False or None. A run update with
+        unless_cancelled meeting such a request raises CancelArrived instead, having
+        written nothing of the progress. A store with leases must read it
         with every write fenced by a lease: a drive then looks for a cancel only
         after requests that write nothing."""
 
@@ -306,6 +316,14 @@ class Store(ABC):
     def request_cancel(self, run_id: str, now: float) -> bool:
         """Mark the run (and its unfinished child runs) to be cancelled at their current
         yield and wake them; False if the run had finished."""
+
+    def pending_cancels(self, run_ids: Collection[str]) -> set[str]:
+        """Which of the runs have a cancel request not yet delivered (read now)."""
+        return {
+            run_id
+            for run_id in run_ids
+            if (row := self.get_run(run_id)) is not None and row.cancel_requested
+        }
 
     @abstractmethod
     def published(self, run_id: str) -> dict[str, bytes]:

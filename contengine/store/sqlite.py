@@ -22,6 +22,7 @@ from .base import (
     E_COMPLETED,
     E_RUNNING,
     FINISHED,
+    CancelArrived,
     EntryRow,
     Progress,
     ReplayRow,
@@ -44,6 +45,7 @@ from .sqlite_sql import (
     _UNFINISHED_SQL,
     _UPDATE_ENTRY,
     _UPDATE_RUN,
+    CANCEL_PENDING,
     POSITION_BITS,
     POSITION_MASK,
     _checked_position,
@@ -525,6 +527,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
             num = self._num(conn, p.run_id)
         base = num << POSITION_BITS
         cancel = False
+        flag = None
         if p.lease is not None:
             held = conn.execute(
                 "SELECT owner, lease, cancel_requested FROM runs WHERE num = ?", (num,)
@@ -533,7 +536,15 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 raise sqlite_bulk.lease_lost(
                     p.run_id, p.lease, None if held is None else (held[0], held[1])
                 )
-            cancel = bool(held[2]) and not (p.run is not None and p.run.clear_cancel)
+            flag = held[2]
+            cancel = flag == CANCEL_PENDING and not (p.run is not None and p.run.clear_cancel)
+        if p.run is not None and p.run.unless_cancelled:
+            # Checked before anything is written: the run ends cancelled instead.
+            if flag is None:
+                row = conn.execute("SELECT cancel_requested FROM runs WHERE num = ?", (num,))
+                flag = (row.fetchone() or (0,))[0]
+            if flag == CANCEL_PENDING:
+                raise CancelArrived(f"run {p.run_id!r} was cancelled during its last step")
         if p.expect_generation is not None:
             current = conn.execute(
                 "SELECT generation FROM runs WHERE id = ?", (p.run_id,)

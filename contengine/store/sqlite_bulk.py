@@ -26,6 +26,7 @@ from .sqlite_sql import (
     _COMPLETE_ENTRY,
     _INSERT_NEW_ENTRY,
     _UPDATE_RUN,
+    CANCEL_PENDING,
     POSITION_BITS,
     _checked_position,
 )
@@ -87,7 +88,7 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
             f"SELECT num, owner, lease, cancel_requested FROM runs WHERE num IN ({marks})", part
         ):
             held[num] = (owner, lease)
-            if cancel:
+            if cancel == CANCEL_PENDING:
                 cancels.add(num)
     completes: list[tuple[object, ...]] = []
     inserts: list[tuple[object, ...]] = []

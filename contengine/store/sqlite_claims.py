@@ -131,7 +131,10 @@ def queue_room(
     mine: dict[str, int] = {}
     for queue, owner, count in conn.execute(
         f"SELECT queue, owner, count(*) FROM runs WHERE owner IN ({_marks(len(live))}) "
-        f"AND queue IS NOT NULL AND status IN ({_UNFINISHED}) GROUP BY queue, owner",
+        # A cancelled run no longer counts: the queue's next run starts at once, not
+        # once the cancelled run's step ends (and its cleanup is not held back).
+        f"AND queue IS NOT NULL AND status IN ({_UNFINISHED}) AND cancel_requested = 0 "
+        "GROUP BY queue, owner",
         live,
     ):
         held[queue] = held.get(queue, 0) + count

@@ -6,13 +6,28 @@ from collections.abc import Collection, Sequence
 
 from . import sqlite_claims
 from .base import Claim, QueueConfig, RunRow, WorkerRow
-from .sqlite_sql import _RUN_COLS, SQLiteParts, _run_row
+from .sqlite_sql import _RUN_COLS, CANCEL_PENDING, SQLiteParts, _run_row
 
 
 class LeaseMethods(SQLiteParts):
-    """Part of SQLiteStore: claiming runs, workers on record, queues."""
+    """Part of SQLiteStore: claiming runs, workers on record, queues, and the cancel
+    flags a worker reads for the runs whose steps it runs."""
 
     supports_leases = True
+
+    def pending_cancels(self, run_ids: Collection[str]) -> set[str]:
+        # One read for every run with a step running in an engine, each poll interval.
+        ids = list(run_ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            rows = self._read(
+                f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(part))}) "
+                "AND cancel_requested = ?",
+                [*part, CANCEL_PENDING],
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
 
     def claim(
         self,

@@ -48,12 +48,16 @@ _UPDATE_ENTRY = (
     "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
 )
 # A finished run lets go of its lease in the same statement: no one drives it again.
+# cancel_requested: 0 never cancelled, 1 a cancel waits to be delivered, 2 delivered (the
+# run still counts as cancelled for its queue's limits: CANCEL_DELIVERED).
 _UPDATE_RUN = (
     "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
-    "error = ?, error_text = ?, cancel_requested = cancel_requested AND NOT ?, "
+    "error = ?, error_text = ?, "
+    "cancel_requested = CASE WHEN ? AND cancel_requested = 1 THEN 2 ELSE cancel_requested END, "
     "owner = CASE WHEN ?1 IN ('completed', 'failed', 'cancelled') THEN NULL ELSE owner END "
     "WHERE id = ?"
 )
+CANCEL_PENDING, CANCEL_DELIVERED = 1, 2
 _NUM_CACHE = 10_000
 # Listed positively so that SQLite can use the (status, due_at) index.
 _UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
@@ -93,6 +97,7 @@ def _run_row(row: tuple[Any, ...]) -> RunRow:
     """A runs row as read; tags come back from their ",a,b," form."""
     *fields, tags, queue, priority = row
     run = RunRow(*fields)
+    run.cancel_requested = run.cancel_requested == CANCEL_PENDING  # not one delivered
     run.tags = tuple(t for t in (tags or "").split(",") if t)
     run.queue, run.priority = queue, priority
     return run
