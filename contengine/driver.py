@@ -224,7 +224,12 @@ class Driver:
             if rec.key is None or key is None or rec.key == key:
                 return
             what = "it yielded the same request with different arguments"
-        self._diverged(what, describe_recorded(rec), req.describe())
+        recorded, replayed = describe_recorded(rec), req.describe()
+        if recorded == replayed:
+            # Readable texts may round (a log written before durations were shown
+            # exactly says `2h` for 7200.4 s); the keys are what differed, so show them.
+            recorded, replayed = f"{recorded} [key {rec.key}]", f"{replayed} [key {req.key}]"
+        self._diverged(what, recorded, replayed)
 
     def _check_log_ends(self, ended: str) -> None:
         # A deterministic workflow reaches every logged position again; ending

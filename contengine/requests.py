@@ -17,17 +17,33 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
-@dataclass(frozen=True, slots=True)
+DEFAULT_CAP = 300.0
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Backoff:
     """Exponential delay between attempts: initial, initial*factor, ... never above cap."""
 
-    initial: float = 1.0
-    factor: float = 2.0
-    cap: float = 300.0
+    initial: float
+    factor: float
+    cap: float
 
-    def __post_init__(self) -> None:
-        if self.initial < 0 or self.factor < 1 or self.cap < 0:
+    def __init__(self, initial: float = 1.0, factor: float = 2.0, cap: float | None = None) -> None:
+        """cap defaults to 300 s, or to initial when that is longer (never below the first delay)."""
+        if cap is None:
+            cap = max(DEFAULT_CAP, initial) if isinstance(initial, int | float) else DEFAULT_CAP
+        if initial < 0 or factor < 1 or cap < 0:
             raise ValueError("Backoff needs initial >= 0, factor >= 1 and cap >= 0")
+        if initial > cap:
+            # Every delay is cut to the cap, so retries would silently wait less than asked.
+            raise ValueError(
+                f"Backoff(initial={initial!r}, cap={cap!r}): the first delay is above the cap, "
+                f"so every delay would be cut to {cap!r} s; pass cap >= {initial!r} (or leave "
+                f"cap out: it is then at least initial), or a smaller initial"
+            )
+        object.__setattr__(self, "initial", initial)
+        object.__setattr__(self, "factor", factor)
+        object.__setattr__(self, "cap", cap)
 
     def delay(self, failed_attempts: int) -> float:
         """Seconds to wait after the given number of failed attempts (1, 2, ...)."""
@@ -282,8 +298,10 @@ class SleepRequest(Request):
     def text(self) -> str:
         if self.until is not None:
             stamp = datetime.datetime.fromtimestamp(self.until, datetime.UTC)
+            if stamp.timestamp() != self.until:  # finer than a microsecond: say so
+                return f"until {stamp.isoformat()} ({self.until!r})"
             return f"until {stamp.isoformat()}"
-        return _duration(self.seconds or 0.0)
+        return exact_duration(self.seconds or 0.0)
 
     def wake_time(self, now: float) -> float:
         """The absolute time to wake at, for a sleep that starts now."""
@@ -306,6 +324,16 @@ def _duration(seconds: float) -> str:
             parts.append(f"{rest // size}{unit}")
             rest %= size
     return "".join(parts)
+
+
+def exact_duration(seconds: float) -> str:
+    """Readable seconds that still tell two durations apart: 2h, but 2h (7200.4s)."""
+    text = _duration(seconds)
+    if seconds != seconds or abs(seconds) == float("inf"):
+        return text
+    if seconds < 60:
+        return text if float(f"{seconds:g}") == seconds else f"{seconds!r}s"
+    return text if seconds == int(seconds) else f"{text} ({seconds!r}s)"
 
 
 def now() -> NowRequest:
@@ -378,7 +406,7 @@ class WaitRequest(Request):
 
     @property
     def text(self) -> str:
-        return "" if self.timeout is None else f"timeout={_duration(self.timeout)}"
+        return "" if self.timeout is None else f"timeout={exact_duration(self.timeout)}"
 
     def __iter__(self) -> Generator[WaitRequest, Any, Any]:
         """`payload = yield from ce.wait(name)`."""
@@ -413,8 +441,8 @@ class GatherRequest(Request):
             if not isinstance(m, StepCall | SleepRequest | WaitRequest | Immediate) or isinstance(
                 m, PatchedRequest
             ):
-                raise TypeError(
-                    f"ce.gather() takes step calls, sleeps, waits, now/random/uuid and "
+                raise TypeError(  # self.kind: a race is refused under its own name
+                    f"ce.{self.kind}() takes step calls, sleeps, waits, now/random/uuid and "
                     f"publish requests, not {m!r}"
                 )
         self.members = members
