@@ -98,7 +98,8 @@ class Driver:
     """Feeds one workflow generator its logged outcomes, then runs it live."""
 
     __slots__ = (
-        "_gen", "_history", "_logged", "_label", "_decode", "_width", "position", "replayed",
+        "_gen", "_history", "_logged", "_label", "_decode", "_width", "_unpatched",
+        "position", "replayed",
     )  # fmt: skip
 
     def __init__(
@@ -117,6 +118,9 @@ class Driver:
         self.position = 0
         self.replayed = 0  # outcomes fed from the log, for reporting
         self._width = 1  # log positions the pending request takes (a gather takes several)
+        # Changes this run was told False about: it was logged before them, and keeps
+        # their old path at every later ce.patched() too, live or replayed.
+        self._unpatched: set[str] = set()
 
     def start(self) -> Next:
         """Run the workflow up to its first request without an outcome (or its end)."""
@@ -157,10 +161,18 @@ class Driver:
                 while j < logged and history[j].kind == PATCHED and history[j].name != marker:
                     j += 1
                 found = j < logged and history[j].kind == PATCHED
-                if marker is not None and not found and pos < logged:
+                if marker is not None and not found:
+                    self._unpatched.add(marker)
                     outcome = Outcome(True, False)
                     continue
                 pos = self.position = j
+            elif yielded.kind == PATCHED and yielded.name in self._unpatched:
+                # Past the log, a change the run was told False about earlier stays
+                # False (logging nothing): half of each path is neither version's code.
+                # A replay answers the same, since the first False came from the log,
+                # which only grows.
+                outcome = Outcome(True, False)
+                continue
             if isinstance(yielded, GatherRequest):
                 gathered = self._gather(pos, yielded)
                 if isinstance(gathered, Pending):

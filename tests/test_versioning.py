@@ -188,3 +188,134 @@ def test_a_backoff_without_a_cap_never_waits_less_than_its_first_delay() -> None
     step = ce.step(retries=2, backoff=900.0)(noop.fn)
     assert step.options_.backoff.delay(1) == 900.0
     assert step.options_.backoff.delay(2) == 900.0
+
+
+# -- ce.patched: one answer per change for the whole run ---------------------------------
+
+
+class Logged:
+    """A log entry as the driver sees it, with a fixed outcome (None: in flight)."""
+
+    def __init__(self, position: int, request: ce.Request, outcome: Outcome | None) -> None:
+        self.position = position
+        self.kind, self.name = request.kind, request.name
+        self.key, self.text = request.key, request.text
+        self._outcome = outcome
+
+    def outcome(self) -> Outcome | None:
+        """The recorded outcome."""
+        return self._outcome
+
+
+def twice_patched() -> Generator[Any, Any, Any]:
+    """Asks about one change before and after a step, and takes a path by each answer."""
+    first = yield ce.patched("p")
+    yield work("one")
+    second = yield ce.patched("p")
+    yield work("two-new" if second else "two-old")
+    return first, second
+
+
+def test_a_change_told_false_stays_false_at_later_live_calls() -> None:
+    # The run logged `one` before the change: the first call is False, and so is the
+    # second, which comes after the end of the log (live).
+    log = [Logged(0, work("one"), Outcome(True, "ONE"))]
+    nxt = Driver(twice_patched(), log).start()
+    assert isinstance(nxt, Pending)
+    assert (nxt.position, nxt.request.describe()) == (1, "step versioning.work('two-old')")
+
+
+def test_a_change_told_false_replays_false_once_its_old_path_is_logged() -> None:
+    log = [
+        Logged(0, work("one"), Outcome(True, "ONE")),
+        Logged(1, work("two-old"), Outcome(True, "TWO-OLD")),
+    ]
+    nxt = Driver(twice_patched(), log).start()
+    assert isinstance(nxt, Returned) and nxt.value == (False, False)
+
+
+def test_a_new_run_is_told_true_at_every_call() -> None:
+    driver = Driver(twice_patched(), [])
+    nxt = driver.start()
+    assert isinstance(nxt, Pending) and nxt.request.kind == "patched"
+    nxt = driver.send(Outcome(True, True))
+    nxt = driver.send(Outcome(True, "ONE"))
+    assert isinstance(nxt, Pending) and nxt.request.kind == "patched"  # asked again, logged
+    nxt = driver.send(Outcome(True, True))
+    assert isinstance(nxt, Pending) and nxt.request.describe() == "step versioning.work('two-new')"
+
+
+def test_a_marker_logged_after_a_false_answer_is_replayed_as_logged() -> None:
+    # A log written by a version that told an old run False, then True at a later call:
+    # the log is what the run did, so it keeps replaying.
+    log = [
+        Logged(0, work("one"), Outcome(True, "ONE")),
+        Logged(1, ce.patched("p"), Outcome(True, True)),
+        Logged(2, work("two-new"), Outcome(True, "TWO-NEW")),
+    ]
+    nxt = Driver(twice_patched(), log).start()
+    assert isinstance(nxt, Returned) and nxt.value == (False, True)
+
+
+def v1_two_steps() -> Generator[Any, Any, Any]:
+    """The code before the change."""
+    yield work("one")
+    yield work("two-old")
+    return None
+
+
+def test_an_old_run_takes_the_old_path_at_every_patch_live_and_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    name = "versioning.patched-twice"
+    path = tmp_path / "p.db"
+    ARMED.add("one")  # v1 dies in its first step: only `one` is logged, in flight
+    engine = engine_on(path, define(name, v1_two_steps))
+    with pytest.raises(Crash):
+        engine.run(engine_wf(name), id="old")
+    engine.close()
+
+    ARMED.add("two-old")  # v2 replays `one`, goes live, and dies in `two-old`
+    engine = engine_on(path, define(name, twice_patched))
+    with pytest.raises(Crash):
+        engine.run(engine_wf(name), id="old")
+    assert [(e.kind, e.name) for e in engine.history("old")] == [
+        ("step", "versioning.work"),
+        ("step", "versioning.work"),
+    ]
+    engine.close()
+
+    engine = engine_on(path, define(name, twice_patched))  # rebuilt from the file
+    assert engine.run(engine_wf(name), id="old") == (False, False)
+    assert EXECUTED == ["one", "two-old"]
+    assert [e.kind for e in engine.history("old")] == ["step", "step"]
+
+
+def continuing(n: int) -> Generator[Any, Any, Any]:
+    """Asks about the change, then continues as new once."""
+    told = yield ce.patched("p")
+    yield work(f"gen{n}-{'new' if told else 'old'}")
+    if n == 0:
+        return ce.continue_as_new(1)
+    return told
+
+
+def v1_continuing(n: int) -> Generator[Any, Any, Any]:
+    """The code before the change."""
+    yield work(f"gen{n}-old")
+    if n == 0:
+        return ce.continue_as_new(1)
+    return None
+
+
+def test_a_new_generation_after_continue_as_new_takes_the_new_path(tmp_path: Path) -> None:
+    name = "versioning.patched-generations"
+    path = tmp_path / "g.db"
+    ARMED.add("gen0-old")
+    engine = engine_on(path, define(name, v1_continuing))
+    with pytest.raises(Crash):
+        engine.run(engine_wf(name), 0, id="old")
+    engine.close()
+    engine = engine_on(path, define(name, continuing))
+    assert engine.run(engine_wf(name), 0, id="old") is True
+    assert EXECUTED == ["gen0-old", "gen1-new"]
