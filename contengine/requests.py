@@ -29,7 +29,7 @@ class Backoff:
     cap: float
 
     def __init__(self, initial: float = 1.0, factor: float = 2.0, cap: float | None = None) -> None:
-        """cap defaults to 300 s, or to initial when that is longer (never below the first delay)."""
+        """cap defaults to 300 s, or to initial when that is longer (never below it)."""
         if cap is None:
             cap = max(DEFAULT_CAP, initial) if isinstance(initial, int | float) else DEFAULT_CAP
         if initial < 0 or factor < 1 or cap < 0:
@@ -125,6 +125,10 @@ class Request:
         """Readable, bounded text of the arguments."""
         return ""
 
+    def accepts(self, logged_key: str) -> bool:
+        """Whether a logged key that differs from this request's key still means it."""
+        return False
+
     def describe(self) -> str:
         """One line such as `step charge('o-1', 500)` for logs and diffs."""
         return f"{self.kind} {self.name}({self.text})"
@@ -133,7 +137,7 @@ class Request:
 class StepCall(Request, Generic[R]):
     """A request to run a step once with these arguments; made by calling a @step."""
 
-    __slots__ = ("step", "args", "kwargs", "options", "_canon")
+    __slots__ = ("step", "args", "kwargs", "options", "_canon", "_bound")
     kind: ClassVar[str] = "step"
 
     def __init__(
@@ -148,6 +152,7 @@ class StepCall(Request, Generic[R]):
         self.kwargs = kwargs
         self.options = options
         self._canon: str | None | bool = False  # False: not computed yet
+        self._bound: str | None | bool = False  # the key of a call with keywords, once made
 
     def __iter__(self) -> Generator[StepCall[R], Any, R]:
         """Lets `x = yield from charge(...)` carry the step's return type to type checkers."""
@@ -166,7 +171,21 @@ class StepCall(Request, Generic[R]):
 
     @property
     def key(self) -> str | None:
-        return key_of(self._canonical())
+        if not self.kwargs:
+            return key_of(self._canonical())  # bound by position already: nothing to move
+        bound = self._bound
+        if bound is False:
+            args, kwargs = self.step.binder().bind(self.args, self.kwargs)
+            bound = self._bound = key_of(canonical_call(args, kwargs))
+        return bound  # type: ignore[return-value]
+
+    def accepts(self, logged_key: str) -> bool:
+        """Whether a logged key is this call written another way (a log written before
+        arguments were bound to the signature keyed them as written)."""
+        for args, kwargs in self.step.binder().spellings(self.args, self.kwargs):
+            if key_of(canonical_call(args, kwargs)) == logged_key:
+                return True
+        return False
 
     @property
     def text(self) -> str:

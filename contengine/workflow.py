@@ -11,6 +11,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from .binding import Binder, signature_of
 from .errors import ContengineError, WorkflowDefinitionError, WorkflowNotFound
 from .requests import Backoff, ChildRequest, StepCall, StepOptions, normalize_options
 
@@ -21,7 +22,7 @@ R = TypeVar("R")
 class Step(Generic[P, R]):
     """A function whose calls inside a workflow become logged, retried requests."""
 
-    __slots__ = ("fn", "name", "options_", "__wrapped__", "__dict__")
+    __slots__ = ("fn", "name", "options_", "__wrapped__", "__dict__", "_binder", "_method_binder")
 
     def __init__(self, fn: Callable[P, R], name: str, options: StepOptions) -> None:
         self.fn = fn
@@ -29,6 +30,16 @@ class Step(Generic[P, R]):
         self.options_ = options
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
+        # Made on first use and kept: a call's key binds its arguments to the signature.
+        self._binder: Binder | None = None
+        self._method_binder: Binder | None = None
+
+    def binder(self) -> Binder:
+        """Binds calls to the step's signature (read once)."""
+        binder = self._binder
+        if binder is None:
+            binder = self._binder = Binder(signature_of(self.fn))
+        return binder
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         """Make a request to run this step; nothing runs until a workflow yields it."""
@@ -38,7 +49,13 @@ class Step(Generic[P, R]):
         """A step defined in a class: bound to the instance, under the same name."""
         if obj is None:
             return self
-        return Step(types.MethodType(self.fn, obj), self.name, self.options_)
+        bound = Step(types.MethodType(self.fn, obj), self.name, self.options_)
+        if self._method_binder is None:  # the function's signature without self, read once
+            sig = self.binder().sig
+            params = list(sig.parameters.values())[1:] if sig is not None else None
+            self._method_binder = Binder(None if sig is None else sig.replace(parameters=params))
+        bound._binder = self._method_binder
+        return bound
 
     def options(
         self,
@@ -58,7 +75,9 @@ class Step(Generic[P, R]):
         }
         if timeout is not None:
             changes["timeout"] = timeout
-        return Step(self.fn, self.name, self.options_.merged(**changes))
+        changed = Step(self.fn, self.name, self.options_.merged(**changes))
+        changed._binder = self._binder
+        return changed
 
     def __repr__(self) -> str:
         return f"<step {self.name}>"

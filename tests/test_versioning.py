@@ -319,3 +319,128 @@ def test_a_new_generation_after_continue_as_new_takes_the_new_path(tmp_path: Pat
     engine = engine_on(path, define(name, continuing))
     assert engine.run(engine_wf(name), 0, id="old") is True
     assert EXECUTED == ["gen0-old", "gen1-new"]
+
+
+# -- a call by position and by keyword is one request ------------------------------------
+
+
+@ce.step(name="versioning.charge")
+def charge(order_id: str, cents: Any, currency: str = "EUR") -> str:
+    """Pretend to charge."""
+    EXECUTED.append(f"charge {order_id}")
+    return f"r-{order_id}"
+
+
+@ce.step(name="versioning.only")
+def only(order_id: str, /, cents: int, *, note: str = "") -> str:
+    """A positional-only and a keyword-only parameter."""
+    return order_id
+
+
+def replays(logged: ce.Request, replayed: ce.Request) -> bool:
+    """Whether a replay yielding `replayed` accepts a log that recorded `logged`."""
+
+    def wf() -> Generator[Any, Any, Any]:
+        return (yield replayed)
+
+    entry = Logged(0, logged, Outcome(True, "r"))
+    try:
+        return isinstance(Driver(wf(), [entry]).start(), Returned)
+    except ce.NonDeterminismError:
+        return False
+
+
+def old_key(logged: ce.StepCall[Any]) -> Logged:
+    """A log entry keyed the way logs were before arguments were bound: as written."""
+    from contengine.canonical import canonical_call, key_of
+
+    entry = Logged(0, logged, Outcome(True, "r"))
+    entry.key = key_of(canonical_call(logged.args, logged.kwargs))
+    return entry
+
+
+def test_a_call_by_position_and_by_keyword_has_one_key() -> None:
+    key = charge("o-1", 500).key
+    assert key == "'o-1', 500"
+    assert charge("o-1", cents=500).key == key
+    assert charge(cents=500, order_id="o-1").key == key
+    assert charge("o-1", 500, currency="USD").key == charge("o-1", 500, "USD").key
+    # What the workflow passed is compared, not what the step receives: a default is
+    # the step's code, so passing it or leaving it out are two requests.
+    assert charge("o-1", 500, "EUR").key != key
+    assert only("o-1", cents=5).key == only("o-1", 5).key
+    assert only("o-1", 5, note="x").key == "'o-1', 5, note='x'"
+    # Text shows the call as written.
+    assert charge("o-1", cents=500).text == "'o-1', cents=500"
+
+
+def test_replay_accepts_a_call_moved_between_position_and_keyword() -> None:
+    assert replays(charge("o-1", 500), charge("o-1", cents=500))
+    assert replays(charge("o-1", cents=500), charge("o-1", 500))
+    assert replays(charge(order_id="o-1", cents=500), charge("o-1", 500))
+
+
+def test_replay_still_flags_real_changes_of_arguments() -> None:
+    assert not replays(charge("o-1", 500), charge("o-1", cents=600))
+    assert not replays(charge("o-1", cents=500), charge("o-2", 500))
+    assert not replays(charge("o-1", 500), charge("o-1", 500, currency="USD"))
+    assert not replays(charge("o-1", 500, currency="USD"), charge("o-1", 500))
+    assert not replays(charge("o-1", 500), charge("o-1", 500, "EUR"))  # see the key test
+    assert not replays(only("o-1", 5), only("o-1", 5, note="x"))
+
+
+def wrote(entry: Logged, replayed: ce.StepCall[Any]) -> bool:
+    """Whether a replay yielding `replayed` accepts this (old) log entry."""
+
+    def wf() -> Generator[Any, Any, Any]:
+        return (yield replayed)
+
+    try:
+        return isinstance(Driver(wf(), [entry]).start(), Returned)
+    except ce.NonDeterminismError:
+        return False
+
+
+def test_logs_keyed_as_written_keep_replaying_either_way() -> None:
+    long_list = list(range(100))  # a key this long is stored as a hash
+    for logged in (
+        charge("o-1", cents=500),
+        charge(order_id="o-1", cents=500),
+        charge("o-1", cents=long_list),
+        charge(cents=long_list, order_id="o-1"),
+        charge("o-1", 500, currency="USD"),
+    ):
+        entry = old_key(logged)
+        args, kwargs = (logged.kwargs.get("order_id", "o-1"),), dict(logged.kwargs)
+        kwargs.pop("order_id", None)
+        cents = kwargs.pop("cents", None)
+        positional = charge(*args, *(logged.args[1:] or [cents]), **kwargs)
+        assert wrote(entry, positional), (logged.text, positional.text)
+        assert wrote(entry, logged)  # the same call as written, as before
+        assert not wrote(entry, charge("o-2", cents=500))
+    assert not wrote(old_key(charge("o-1", cents=long_list)), charge("o-1", long_list[:-1]))
+
+
+@ce.workflow(name="versioning.keyword-log")
+def keyword_log() -> Generator[Any, Any, Any]:
+    """The code of tests/data/keyword_calls.db, every call now written by position."""
+    a = yield charge("o-1", 500)
+    b = yield charge("o-2", list(range(100)))
+    c = yield charge("o-3", cents=700, currency="USD")
+    go = yield ce.wait("go")
+    return a, b, c, go
+
+
+def test_a_log_written_before_binding_replays_with_calls_written_otherwise(
+    tmp_path: Path,
+) -> None:
+    # keyword_calls.db was written by the code before arguments were bound (commit
+    # 9d86cb6) from `charge("o-1", cents=500)`, `charge(order_id="o-2",
+    # cents=list(range(100)))` (a key stored as a hash) and `charge("o-3", 700,
+    # currency="USD")`; the run waits for the signal `go`.
+    path = tmp_path / "keyword_calls.db"
+    path.write_bytes((Path(__file__).parent / "data" / "keyword_calls.db").read_bytes())
+    engine = ce.Engine(str(path), workflows=[keyword_log])
+    engine.signal("old", "go", True)
+    assert engine.run(keyword_log, id="old") == ("r-o-1", "r-o-2", "r-o-3", True)
+    assert EXECUTED == []  # all three were replayed from the log, none ran again
