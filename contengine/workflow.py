@@ -217,9 +217,38 @@ def step(fn: Any = None, /, *, name: str | None = None, **options: Any) -> Any:
                 f"{label} is an async function; steps are plain functions (wrap it with "
                 f"asyncio.run inside a plain function to use it as a step)"
             )
-        return Step(f, name or label, opts)
+        made: Step[P, R] = Step(f, name or label, opts)
+        register_step(made)
+        return made
 
     return decorate(fn) if fn is not None else decorate
+
+
+# Step name -> (module:qualname, (source file, qualname)) of the function that has it.
+_step_names: dict[str, tuple[str, tuple[str, str] | None]] = {}
+
+
+def register_step(made: Step[Any, Any]) -> None:
+    """Reserve a step's name for its function: the log, replay's check and check(steps=...)
+    know a step by its name alone, so two functions may not share one."""
+    fn = made.fn
+    qualname = getattr(fn, "__qualname__", repr(fn))
+    ref = f"{getattr(fn, '__module__', None)}:{qualname}"
+    code = getattr(fn, "__code__", None)
+    # The same function may be defined again: a module reloaded, a file imported under
+    # two names (a script run as __main__ and imported by its workers), a step made in
+    # a loop. Its file and qualname say it is the same one.
+    where = (code.co_filename, qualname) if code is not None else None
+    with _registry_lock:
+        existing = _step_names.get(made.name)
+        if existing is not None and existing[0] != ref and (where is None or existing[1] != where):
+            raise WorkflowDefinitionError(
+                f"step name {made.name!r} is already used by {existing[0]}; give {ref} a "
+                f"name of its own with @ce.step(name=...) (the log, replay and "
+                f"ce.testing.check(steps=...) know a step by its name alone, so two "
+                f"functions may not share one)"
+            )
+        _step_names[made.name] = (ref, where)
 
 
 @dataclass(frozen=True, slots=True)

@@ -444,3 +444,83 @@ def test_a_log_written_before_binding_replays_with_calls_written_otherwise(
     engine.signal("old", "go", True)
     assert engine.run(keyword_log, id="old") == ("r-o-1", "r-o-2", "r-o-3", True)
     assert EXECUTED == []  # all three were replayed from the log, none ran again
+
+
+# -- step names are unique in a process ---------------------------------------------------
+
+STEP_SOURCE = """
+import contengine as ce
+
+@ce.step{options}
+def {fn}(order_id: str) -> str:
+    return "{module}:" + order_id
+"""
+
+
+def load(tmp_path: Path, module: str, fn: str = "charge", options: str = "") -> Any:
+    """Import a module named `module` that defines one step, from a file of that name."""
+    import importlib.util
+    import sys
+
+    path = tmp_path / f"{module}.py"
+    path.write_text(STEP_SOURCE.format(module=module, fn=fn, options=options))
+    spec = importlib.util.spec_from_file_location(module, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[module]
+        raise
+    return mod
+
+
+def test_two_steps_of_one_name_from_different_functions_are_refused(tmp_path: Path) -> None:
+    first = load(tmp_path, "versioning_billing")
+    with pytest.raises(ce.WorkflowDefinitionError) as info:
+        load(tmp_path, "versioning_shop")
+    message = str(info.value)
+    assert "'charge'" in message
+    assert "versioning_billing:charge" in message and "versioning_shop:charge" in message
+    assert "@ce.step(name=...)" in message
+    assert first.charge.name == "charge"  # the first keeps its name and works
+    # Named apart, both are fine.
+    other = load(tmp_path, "versioning_shop2", options='(name="shop.charge")')
+    assert other.charge.name == "shop.charge"
+
+
+def test_the_same_step_registered_again_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import shutil
+
+    monkeypatch.syspath_prepend(str(tmp_path))  # so that reload() finds the module
+    mod = load(tmp_path, "versioning_reloaded", fn="reloaded_charge")
+    assert importlib.reload(mod).reloaded_charge.name == "reloaded_charge"  # a module reload
+    # The same file imported under another module name (a script run as __main__ and
+    # imported by its workers, a test module imported twice): the same function.
+    load(tmp_path, "versioning_reloaded", fn="reloaded_charge")
+    spec_path = tmp_path / "versioning_reloaded.py"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("versioning_alias", spec_path)
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    # A copy of the file elsewhere is another function.
+    shutil.copy(spec_path, tmp_path / "versioning_copy.py")
+    with pytest.raises(ce.WorkflowDefinitionError):
+        load(tmp_path, "versioning_copy", fn="reloaded_charge")
+
+
+def test_a_step_defined_again_in_a_loop_is_no_error() -> None:
+    made = []
+    for i in range(3):
+
+        @ce.step(name="versioning.made-in-a-loop")
+        def made_step(x: int) -> int:
+            return x + i
+
+        made.append(made_step)
+    assert {m.name for m in made} == {"versioning.made-in-a-loop"}
