@@ -519,7 +519,7 @@ def test_a_step_defined_again_in_a_loop_is_no_error() -> None:
     for i in range(3):
 
         @ce.step(name="versioning.made-in-a-loop")
-        def made_step(x: int) -> int:
+        def made_step(x: int, i: int = i) -> int:
             return x + i
 
         made.append(made_step)
