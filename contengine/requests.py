@@ -371,7 +371,8 @@ def uuid4() -> UuidRequest:
 
 
 def patched(change_id: str) -> PatchedRequest:
-    """True for runs that reach this point with new code; False for runs logged before it."""
+    """True for runs that reach this point with new code; False, for the rest of the run, for
+    runs logged before it."""
     return PatchedRequest(change_id)
 
 
