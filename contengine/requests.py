@@ -371,8 +371,7 @@ def uuid4() -> UuidRequest:
 
 
 def patched(change_id: str) -> PatchedRequest:
-    """True for runs that reach this point with new code; False, for the rest of the run, for
-    runs logged before it."""
+    """True for runs that reach it with new code; False, for the whole run, if logged before it."""
     return PatchedRequest(change_id)
 
 
