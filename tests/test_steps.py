@@ -102,7 +102,7 @@ def one_step(s: ce.Step[[], Any]) -> ce.Workflow[[], Any]:
 def test_retries_until_the_step_succeeds(engine: ce.Engine) -> None:
     calls: list[int] = []
     flaky = failing(2, ConnectionError("flaky"), calls)
-    wf = one_step(ce.step(name="flaky", retries=3, backoff=0)(flaky.fn))
+    wf = one_step(ce.step(name="steps.flaky", retries=3, backoff=0)(flaky.fn))
 
     assert engine.run(wf, id="retry") == "ok"
     assert calls == [1, 2, 3]
@@ -480,7 +480,7 @@ def test_run_until_idle_leaves_a_backing_off_run_for_later(
 ) -> None:
     calls: list[int] = []
     flaky = failing(1, ConnectionError("later"), calls)
-    wf = one_step(ce.step(name="flaky", retries=1, backoff=30)(flaky.fn))
+    wf = one_step(ce.step(name="steps.flaky", retries=1, backoff=30)(flaky.fn))
     run = engine.start(wf, id="backoff")
 
     report = engine.run_until_idle()

@@ -457,7 +457,7 @@ def {fn}(order_id: str) -> str:
 """
 
 
-def load(tmp_path: Path, module: str, fn: str = "charge", options: str = "") -> Any:
+def load(tmp_path: Path, module: str, fn: str = "versioning_charge", options: str = "") -> Any:
     """Import a module named `module` that defines one step, from a file of that name."""
     import importlib.util
     import sys
@@ -481,13 +481,14 @@ def test_two_steps_of_one_name_from_different_functions_are_refused(tmp_path: Pa
     with pytest.raises(ce.WorkflowDefinitionError) as info:
         load(tmp_path, "versioning_shop")
     message = str(info.value)
-    assert "'charge'" in message
-    assert "versioning_billing:charge" in message and "versioning_shop:charge" in message
+    assert "'versioning_charge'" in message
+    assert "versioning_billing:versioning_charge" in message
+    assert "versioning_shop:versioning_charge" in message
     assert "@ce.step(name=...)" in message
-    assert first.charge.name == "charge"  # the first keeps its name and works
+    assert first.versioning_charge.name == "versioning_charge"  # the first keeps its name
     # Named apart, both are fine.
     other = load(tmp_path, "versioning_shop2", options='(name="shop.charge")')
-    assert other.charge.name == "shop.charge"
+    assert other.versioning_charge.name == "shop.charge"
 
 
 def test_the_same_step_registered_again_is_no_error(
