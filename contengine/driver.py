@@ -104,7 +104,7 @@ class Driver:
     """Feeds one workflow generator its logged outcomes, then runs it live."""
 
     __slots__ = (
-        "_gen", "_history", "_logged", "_label", "_decode", "_width", "_thrown",
+        "_gen", "_history", "_logged", "_label", "_decode", "_width", "_thrown", "_unpatched",
         "position", "replayed",
     )  # fmt: skip
 
@@ -126,6 +126,9 @@ class Driver:
         self._width = 1  # log positions the pending request takes (a gather takes several)
         # Exceptions thrown in at the yields of failed requests, by id, with the position.
         self._thrown: dict[int, tuple[BaseException, int]] = {}
+        # Changes this run was told False about: it was logged before them, and keeps
+        # their old path at every later ce.patched() too, live or replayed.
+        self._unpatched: set[str] = set()
 
     def start(self) -> Next:
         """Run the workflow up to its first request without an outcome (or its end)."""
@@ -169,10 +172,18 @@ class Driver:
                 while j < logged and history[j].kind == PATCHED and history[j].name != marker:
                     j += 1
                 found = j < logged and history[j].kind == PATCHED
-                if marker is not None and not found and pos < logged:
+                if marker is not None and not found:
+                    self._unpatched.add(marker)
                     outcome, at = Outcome(True, False), pos
                     continue
                 pos = self.position = j
+            elif yielded.kind == PATCHED and yielded.name in self._unpatched:
+                # Past the log, a change the run was told False about earlier stays
+                # False (logging nothing): half of each path is neither version's code.
+                # A replay answers the same, since the first False came from the log,
+                # which only grows.
+                outcome, at = Outcome(True, False), pos
+                continue
             if isinstance(yielded, GatherRequest):
                 gathered = self._gather(pos, yielded)
                 if isinstance(gathered, Pending):
@@ -256,10 +267,15 @@ class Driver:
             what = "it yielded a different request"
         else:
             key = req.key
-            if rec.key is None or key is None or rec.key == key:
+            if rec.key is None or key is None or rec.key == key or req.accepts(rec.key):
                 return
             what = "it yielded the same request with different arguments"
-        self._diverged(what, describe_recorded(rec), req.describe())
+        recorded, replayed = describe_recorded(rec), req.describe()
+        if recorded == replayed:
+            # Readable texts may round (a log written before durations were shown
+            # exactly says `2h` for 7200.4 s); the keys are what differed, so show them.
+            recorded, replayed = f"{recorded} [key {rec.key}]", f"{replayed} [key {req.key}]"
+        self._diverged(what, recorded, replayed)
 
     def _check_log_ends(self, ended: str) -> None:
         # A deterministic workflow reaches every logged position again; ending

@@ -17,17 +17,33 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
-@dataclass(frozen=True, slots=True)
+DEFAULT_CAP = 300.0
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Backoff:
     """Exponential delay between attempts: initial, initial*factor, ... never above cap."""
 
-    initial: float = 1.0
-    factor: float = 2.0
-    cap: float = 300.0
+    initial: float
+    factor: float
+    cap: float
 
-    def __post_init__(self) -> None:
-        if self.initial < 0 or self.factor < 1 or self.cap < 0:
+    def __init__(self, initial: float = 1.0, factor: float = 2.0, cap: float | None = None) -> None:
+        """cap defaults to 300 s, or to initial when that is longer (never below it)."""
+        if cap is None:
+            cap = max(DEFAULT_CAP, initial) if isinstance(initial, int | float) else DEFAULT_CAP
+        if initial < 0 or factor < 1 or cap < 0:
             raise ValueError("Backoff needs initial >= 0, factor >= 1 and cap >= 0")
+        if initial > cap:
+            # Every delay is cut to the cap, so retries would silently wait less than asked.
+            raise ValueError(
+                f"Backoff(initial={initial!r}, cap={cap!r}): the first delay is above the cap, "
+                f"so every delay would be cut to {cap!r} s; pass cap >= {initial!r} (or leave "
+                f"cap out: it is then at least initial), or a smaller initial"
+            )
+        object.__setattr__(self, "initial", initial)
+        object.__setattr__(self, "factor", factor)
+        object.__setattr__(self, "cap", cap)
 
     def delay(self, failed_attempts: int) -> float:
         """Seconds to wait after the given number of failed attempts (1, 2, ...)."""
@@ -109,6 +125,10 @@ class Request:
         """Readable, bounded text of the arguments."""
         return ""
 
+    def accepts(self, logged_key: str) -> bool:
+        """Whether a logged key that differs from this request's key still means it."""
+        return False
+
     def describe(self) -> str:
         """One line such as `step charge('o-1', 500)` for logs and diffs."""
         return f"{self.kind} {self.name}({self.text})"
@@ -117,7 +137,7 @@ class Request:
 class StepCall(Request, Generic[R]):
     """A request to run a step once with these arguments; made by calling a @step."""
 
-    __slots__ = ("step", "args", "kwargs", "options", "_canon")
+    __slots__ = ("step", "args", "kwargs", "options", "_canon", "_bound")
     kind: ClassVar[str] = "step"
 
     def __init__(
@@ -132,6 +152,7 @@ class StepCall(Request, Generic[R]):
         self.kwargs = kwargs
         self.options = options
         self._canon: str | None | bool = False  # False: not computed yet
+        self._bound: str | None | bool = False  # the key of a call with keywords, once made
 
     def __iter__(self) -> Generator[StepCall[R], Any, R]:
         """Lets `x = yield from charge(...)` carry the step's return type to type checkers."""
@@ -150,7 +171,21 @@ class StepCall(Request, Generic[R]):
 
     @property
     def key(self) -> str | None:
-        return key_of(self._canonical())
+        if not self.kwargs:
+            return key_of(self._canonical())  # bound by position already: nothing to move
+        bound = self._bound
+        if bound is False:
+            args, kwargs = self.step.binder().bind(self.args, self.kwargs)
+            bound = self._bound = key_of(canonical_call(args, kwargs))
+        return bound  # type: ignore[return-value]
+
+    def accepts(self, logged_key: str) -> bool:
+        """Whether a logged key is this call written another way (a log written before
+        arguments were bound to the signature keyed them as written)."""
+        for args, kwargs in self.step.binder().spellings(self.args, self.kwargs):
+            if key_of(canonical_call(args, kwargs)) == logged_key:
+                return True
+        return False
 
     @property
     def text(self) -> str:
@@ -282,8 +317,10 @@ class SleepRequest(Request):
     def text(self) -> str:
         if self.until is not None:
             stamp = datetime.datetime.fromtimestamp(self.until, datetime.UTC)
+            if stamp.timestamp() != self.until:  # finer than a microsecond: say so
+                return f"until {stamp.isoformat()} ({self.until!r})"
             return f"until {stamp.isoformat()}"
-        return _duration(self.seconds or 0.0)
+        return exact_duration(self.seconds or 0.0)
 
     def wake_time(self, now: float) -> float:
         """The absolute time to wake at, for a sleep that starts now."""
@@ -308,6 +345,16 @@ def _duration(seconds: float) -> str:
     return "".join(parts)
 
 
+def exact_duration(seconds: float) -> str:
+    """Readable seconds that still tell two durations apart: 2h, but 2h (7200.4s)."""
+    text = _duration(seconds)
+    if seconds != seconds or abs(seconds) == float("inf"):
+        return text
+    if seconds < 60:
+        return text if float(f"{seconds:g}") == seconds else f"{seconds!r}s"
+    return text if seconds == int(seconds) else f"{text} ({seconds!r}s)"
+
+
 def now() -> NowRequest:
     """Request the current time (an aware UTC datetime), logged once and replayed."""
     return NowRequest()
@@ -324,7 +371,7 @@ def uuid4() -> UuidRequest:
 
 
 def patched(change_id: str) -> PatchedRequest:
-    """True for runs that reach this point with new code; False for runs logged before it."""
+    """True for runs that reach it with new code; False, for the whole run, if logged before it."""
     return PatchedRequest(change_id)
 
 
@@ -378,7 +425,7 @@ class WaitRequest(Request):
 
     @property
     def text(self) -> str:
-        return "" if self.timeout is None else f"timeout={_duration(self.timeout)}"
+        return "" if self.timeout is None else f"timeout={exact_duration(self.timeout)}"
 
     def __iter__(self) -> Generator[WaitRequest, Any, Any]:
         """`payload = yield from ce.wait(name)`."""
@@ -413,8 +460,8 @@ class GatherRequest(Request):
             if not isinstance(m, StepCall | SleepRequest | WaitRequest | Immediate) or isinstance(
                 m, PatchedRequest
             ):
-                raise TypeError(
-                    f"ce.gather() takes step calls, sleeps, waits, now/random/uuid and "
+                raise TypeError(  # self.kind: a race is refused under its own name
+                    f"ce.{self.kind}() takes step calls, sleeps, waits, now/random/uuid and "
                     f"publish requests, not {m!r}"
                 )
         self.members = members

@@ -11,6 +11,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from .binding import Binder, signature_of
 from .errors import ContengineError, WorkflowDefinitionError, WorkflowNotFound
 from .requests import Backoff, ChildRequest, StepCall, StepOptions, normalize_options
 
@@ -24,7 +25,7 @@ R = TypeVar("R")
 class Step(Generic[P, R]):
     """A function whose calls inside a workflow become logged, retried requests."""
 
-    __slots__ = ("fn", "name", "options_", "__wrapped__", "__dict__")
+    __slots__ = ("fn", "name", "options_", "__wrapped__", "__dict__", "_binder", "_method_binder")
 
     def __init__(self, fn: Callable[P, R], name: str, options: StepOptions) -> None:
         self.fn = fn
@@ -32,6 +33,16 @@ class Step(Generic[P, R]):
         self.options_ = options
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
+        # Made on first use and kept: a call's key binds its arguments to the signature.
+        self._binder: Binder | None = None
+        self._method_binder: Binder | None = None
+
+    def binder(self) -> Binder:
+        """Binds calls to the step's signature (read once)."""
+        binder = self._binder
+        if binder is None:
+            binder = self._binder = Binder(signature_of(self.fn))
+        return binder
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         """Make a request to run this step; nothing runs until a workflow yields it."""
@@ -41,7 +52,13 @@ class Step(Generic[P, R]):
         """A step defined in a class: bound to the instance, under the same name."""
         if obj is None:
             return self
-        return Step(types.MethodType(self.fn, obj), self.name, self.options_)
+        bound = Step(types.MethodType(self.fn, obj), self.name, self.options_)
+        if self._method_binder is None:  # the function's signature without self, read once
+            sig = self.binder().sig
+            params = list(sig.parameters.values())[1:] if sig is not None else None
+            self._method_binder = Binder(None if sig is None else sig.replace(parameters=params))
+        bound._binder = self._method_binder
+        return bound
 
     def options(
         self,
@@ -61,7 +78,9 @@ class Step(Generic[P, R]):
         }
         if timeout is not None:
             changes["timeout"] = timeout
-        return Step(self.fn, self.name, self.options_.merged(**changes))
+        changed = Step(self.fn, self.name, self.options_.merged(**changes))
+        changed._binder = self._binder
+        return changed
 
     def __repr__(self) -> str:
         return f"<step {self.name}>"
@@ -201,9 +220,38 @@ def step(fn: Any = None, /, *, name: str | None = None, **options: Any) -> Any:
                 f"{label} is an async function; steps are plain functions (wrap it with "
                 f"asyncio.run inside a plain function to use it as a step)"
             )
-        return Step(f, name or label, opts)
+        made: Step[P, R] = Step(f, name or label, opts)
+        register_step(made)
+        return made
 
     return decorate(fn) if fn is not None else decorate
+
+
+# Step name -> (module:qualname, (source file, qualname)) of the function that has it.
+_step_names: dict[str, tuple[str, tuple[str, str] | None]] = {}
+
+
+def register_step(made: Step[Any, Any]) -> None:
+    """Reserve a step's name for its function: the log, replay's check and check(steps=...)
+    know a step by its name alone, so two functions may not share one."""
+    fn = made.fn
+    qualname = getattr(fn, "__qualname__", repr(fn))
+    ref = f"{getattr(fn, '__module__', None)}:{qualname}"
+    code = getattr(fn, "__code__", None)
+    # The same function may be defined again: a module reloaded, a file imported under
+    # two names (a script run as __main__ and imported by its workers), a step made in
+    # a loop. Its file and qualname say it is the same one.
+    where = (code.co_filename, qualname) if code is not None else None
+    with _registry_lock:
+        existing = _step_names.get(made.name)
+        if existing is not None and existing[0] != ref and (where is None or existing[1] != where):
+            raise WorkflowDefinitionError(
+                f"step name {made.name!r} is already used by {existing[0]}; give {ref} a "
+                f"name of its own with @ce.step(name=...) (the log, replay and "
+                f"ce.testing.check(steps=...) know a step by its name alone, so two "
+                f"functions may not share one)"
+            )
+        _step_names[made.name] = (ref, where)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ def price(item: str) -> int:
 
 
 @ce.step
-def charge(order_id: str, cents: int) -> str:
+def take_payment(order_id: str, cents: int) -> str:
     """Charge the customer's card."""
     EXECUTED.append("charge")
     say(f"charging {cents / 100:.2f}")
@@ -120,7 +120,7 @@ def checkout(order_id: str, items: list[str], address: str) -> Generator[Any, An
         total = yield price_all(items)
     except UnknownItem as exc:  # the child's own exception type
         return f"rejected: {exc} is not for sale"
-    receipt = yield charge(order_id, total)
+    receipt = yield take_payment(order_id, total)
     shipping = yield ce.start_child(ship, order_id, address)
     yield send_email(order_id, f"paid {total / 100:.2f}, shipping under way")
     parcel = yield shipping

@@ -20,7 +20,7 @@ Run it::
 What to watch for in the output
 -------------------------------
 * order-1 (to Lisbon) ships; its log has three completed steps and no compensation.
-* order-2 (to Atlantis) cannot ship: ``ship`` fails after 3 attempts, the workflow
+* order-2 (to Atlantis) cannot ship: ``ship_parcel`` fails after 3 attempts, the workflow
   catches ``ShippingUnavailable`` and runs ``refund`` then ``release_stock``.
 * At the end, the stock and the customer's balance are back where they started for
   order-2: nothing is left half done.
@@ -66,7 +66,7 @@ def release_stock(hold_id: str) -> None:
 
 
 @ce.step
-def charge(customer: str, cents: int) -> str:
+def charge_customer(customer: str, cents: int) -> str:
     """Take the money; returns a payment id."""
     balances[customer] -= cents
     payment_id = f"pay-{len(payments) + 1}"
@@ -76,13 +76,13 @@ def charge(customer: str, cents: int) -> str:
 
 @ce.step
 def refund(payment_id: str) -> None:
-    """Compensation for charge: give the money back."""
+    """Compensation for charge_customer: give the money back."""
     customer, cents = payments.pop(payment_id)
     balances[customer] += cents
 
 
 @ce.step(retries=2, backoff=0.01)
-def ship(item: str, city: str) -> str:
+def ship_parcel(item: str, city: str) -> str:
     """Book a carrier; some cities cannot be reached, however often we ask."""
     if city == "Atlantis":
         raise ShippingUnavailable(f"no carrier delivers to {city}")
@@ -96,11 +96,11 @@ def place_order(customer: str, item: str, cents: int, city: str) -> Generator[An
     try:
         hold_id = yield reserve_stock(item, 1)
         undo.append(release_stock(hold_id))  # a request, not run yet
-        payment_id = yield charge(customer, cents)
+        payment_id = yield charge_customer(customer, cents)
         undo.append(refund(payment_id))
-        parcel = yield ship(item, city)
+        parcel = yield ship_parcel(item, city)
     except ShippingUnavailable as exc:
-        # ship's retries ran out: its own exception arrives here, type and all.
+        # ship_parcel's retries ran out: its own exception arrives here, type and all.
         # A loop, not `yield from`: each yield gets the step's result sent back,
         # and a list iterator cannot take it.
         for compensation in reversed(undo):  # noqa: UP028

@@ -57,7 +57,7 @@ def fetch_order(order_id: str) -> dict[str, Any]:
 
 
 @ce.step
-def charge(order: dict[str, Any]) -> str:
+def charge_order(order: dict[str, Any]) -> str:
     """Step 2: charge the customer (in the doomed process, it dies here)."""
     record("step 2 charge")
     return f"charge-{order['id']}"
@@ -75,7 +75,7 @@ def checkout(order_id: str) -> Generator[Any, Any, str]:
     """Three chained steps; each result is logged before the next step starts."""
     # On resume, this yield returns the logged order: fetch_order does not run again.
     order = yield fetch_order(order_id)
-    charge_id = yield charge(order)
+    charge_id = yield charge_order(order)
     return (yield send_receipt(order, charge_id))
 
 

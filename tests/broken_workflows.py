@@ -41,7 +41,7 @@ def record(label: str) -> str:
     return label
 
 
-@ce.step
+@ce.step(name="broken.charge")
 def charge(order_id: str, cents: int) -> str:
     """Pretend to charge a card."""
     return f"receipt-{order_id}-{cents}"
@@ -53,7 +53,7 @@ def reserve(order_id: str) -> str:
     return f"hold-{order_id}"
 
 
-@ce.step
+@ce.step(name="broken.fraud_check")
 def fraud_check(order_id: str) -> bool:
     """Pretend to ask a fraud service."""
     return True

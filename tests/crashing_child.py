@@ -49,7 +49,7 @@ def _execute(ledger: str, label: str, acc: str) -> str:
     return f"{acc}>{label}"
 
 
-@ce.step
+@ce.step(name="crashing_child.work")
 def work(ledger: str, label: str, acc: str) -> str:
     """Record the execution, hang if told to, and extend the accumulated path."""
     return _execute(ledger, label, acc)

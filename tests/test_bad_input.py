@@ -38,7 +38,7 @@ def add_one(n: int) -> int:
     return n + 1
 
 
-@ce.step
+@ce.step(name="bad_input.halt")
 def halt(n: int) -> int:
     """Crashes the 'process' while armed."""
     executed.append("halt")

@@ -64,7 +64,7 @@ def note(label: str) -> str:
     return label
 
 
-@ce.step(retries=3, backoff=600.0)
+@ce.step(name="cancel.flaky", retries=3, backoff=600.0)
 def flaky() -> None:
     """Fails; retried after ten minutes."""
     enter("flaky")
@@ -229,7 +229,7 @@ STOPS = {
     # where: (status before the cancel, the entry the Cancelled is logged at)
     "sleep": ("sleeping", ("sleep", "", "failed", "Cancelled")),
     "wait": ("waiting", ("wait", "approve", "failed", "Cancelled")),
-    "backoff": ("running", ("step", "flaky", "failed", "Cancelled")),
+    "backoff": ("running", ("step", "cancel.flaky", "failed", "Cancelled")),
     "pending": ("pending", ("step", "note", "failed", "Cancelled")),
 }
 

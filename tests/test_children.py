@@ -55,7 +55,7 @@ def enter(label: str) -> None:
     ledger.append(label)
 
 
-@ce.step
+@ce.step(name="children.price")
 def price(item: str) -> int:
     """The price of one item; UnknownItem for an item without one."""
     enter(f"price {item}")
@@ -64,7 +64,7 @@ def price(item: str) -> int:
     return PRICES[item]
 
 
-@ce.step
+@ce.step(name="children.work")
 def work(label: str) -> str:
     """Record the execution and return the label in capitals."""
     enter(label)
@@ -134,12 +134,12 @@ def test_a_child_run_is_created_with_the_parents_entry_and_its_result_comes_back
         assert engine.store.get_run("o/0").parent_id == "o"  # type: ignore[union-attr]
         assert log_of(engine, "o") == [
             ("child", "children.price_all", "completed", 5),
-            ("step", "work", "completed", "CHARGE 5"),
+            ("step", "children.work", "completed", "CHARGE 5"),
         ]
         # The child has a log of its own.
         assert log_of(engine, "o/0") == [
-            ("step", "price", "completed", 2),
-            ("step", "price", "completed", 3),
+            ("step", "children.price", "completed", 2),
+            ("step", "children.price", "completed", 3),
         ]
     # One commit writes the parent's waiting entry and creates the child.
     assert ("o", ["o/0"], "child") in writes
@@ -248,7 +248,7 @@ def test_start_child_returns_a_handle_at_once_and_yielding_it_waits_for_the_resu
         assert log_of(engine, "s") == [
             ("child", "children.price_all", "completed", 5),
             ("start_child", "children.ship", "completed", ce.ChildHandle("s/1")),
-            ("step", "work", "completed", "EMAIL"),
+            ("step", "children.work", "completed", "EMAIL"),
             ("join", "s/1", "completed", "parcel o-1"),
         ]
         assert run_ids(engine) == [("s", "completed"), ("s/0", "completed"), ("s/1", "completed")]
@@ -364,11 +364,11 @@ def test_cancelling_a_parent_cancels_its_children_recursively_and_each_cleans_up
         assert log_of(engine, "t") == [
             ("start_child", "children.middle", "completed", ce.ChildHandle("t/0")),
             ("child", "children.leaf", "failed", "Cancelled"),
-            ("step", "work", "completed", "CLEANUP TOP"),
+            ("step", "children.work", "completed", "CLEANUP TOP"),
         ]
         assert log_of(engine, "t/0/0") == [
             ("wait", "never", "failed", "Cancelled"),
-            ("step", "work", "completed", "CLEANUP GRANDCHILD"),
+            ("step", "children.work", "completed", "CLEANUP GRANDCHILD"),
         ]
     assert sorted(ledger) == [
         "cleanup child",
@@ -392,7 +392,7 @@ def test_a_child_cancelled_on_its_own_fails_its_parent_with_child_cancelled(db: 
             engine.get_run("t").result()
         assert log_of(engine, "t")[1:] == [
             ("child", "children.leaf", "failed", "ChildCancelled"),
-            ("step", "work", "completed", "CLEANUP TOP"),
+            ("step", "children.work", "completed", "CLEANUP TOP"),
         ]
     assert sorted(ledger) == ["cleanup child", "cleanup top"]
 

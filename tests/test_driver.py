@@ -14,13 +14,13 @@ from contengine.driver import Driver, Outcome, Pending, Raised, Returned
 Gen = Generator[Any, Any, Any]
 
 
-@ce.step
+@ce.step(name="driver.charge")
 def charge(order: str, cents: int) -> str:
     """Pretend to charge a card."""
     return f"receipt-{order}-{cents}"
 
 
-@ce.step
+@ce.step(name="driver.refund")
 def refund(order: str) -> str:
     """Pretend to refund an order."""
     return f"refund-{order}"
@@ -124,7 +124,7 @@ def test_start_runs_the_workflow_to_its_first_request() -> None:
     assert isinstance(nxt.request, ce.StepCall)
     assert nxt.request.step is charge
     assert nxt.request.args == ("o-1", 500)
-    assert nxt.request.describe() == "step charge('o-1', 500)"
+    assert nxt.request.describe() == "step driver.charge('o-1', 500)"
     assert driver.replayed == 0
 
 
@@ -132,9 +132,9 @@ def test_send_feeds_live_outcomes_and_advances_the_position() -> None:
     seen: list[Any] = []
     driver = Driver(checkout("o-1", seen), [])
     first = driver.start()
-    assert describe(first) == ("pending", 0, "step charge('o-1', 500)")
+    assert describe(first) == ("pending", 0, "step driver.charge('o-1', 500)")
     second = driver.send(Outcome.returned("r-1"))
-    assert describe(second) == ("pending", 1, "step refund('r-1')")
+    assert describe(second) == ("pending", 1, "step driver.refund('r-1')")
     assert driver.position == 1
     end = driver.send(Outcome.returned("f-1"))
     assert isinstance(end, Returned)
@@ -165,7 +165,7 @@ def test_replay_feeds_recorded_values_and_stops_past_the_log() -> None:
     assert isinstance(nxt, Pending)
     assert nxt.position == 1
     assert nxt.recorded is None
-    assert nxt.request.describe() == "step refund('r-logged')"
+    assert nxt.request.describe() == "step driver.refund('r-logged')"
     assert driver.replayed == 1
 
 
@@ -177,7 +177,7 @@ def test_recorded_exception_is_raised_at_the_yield_and_caught_by_the_workflow() 
     assert seen == [error]
     assert seen[0] is error
     assert isinstance(nxt, Pending)
-    assert (nxt.position, nxt.request.describe()) == (1, "step refund('card declined')")
+    assert (nxt.position, nxt.request.describe()) == (1, "step driver.refund('card declined')")
     assert nxt.recorded is None
 
 
@@ -199,7 +199,7 @@ def test_replay_stops_at_an_in_flight_entry_and_hands_it_back() -> None:
     assert isinstance(nxt, Pending)
     assert nxt.position == 1
     assert nxt.recorded is in_flight
-    assert nxt.request.describe() == "step refund('r-0')"
+    assert nxt.request.describe() == "step driver.refund('r-0')"
     assert seen == ["r-0"]
     assert driver.replayed == 1
     # The caller carries the request out and the run goes on live.
@@ -278,12 +278,12 @@ def test_a_different_step_name_is_a_divergence() -> None:
     history = [done(0, charge("o-1", 500), "r-0"), done(1, charge("r-0", 1), "x")]
     err = diverge(checkout("o-1", seen), history)
     assert err.position == 1
-    assert err.recorded == "step charge('r-0', 1)"
-    assert err.replayed == "step refund('r-0')"
+    assert err.recorded == "step driver.charge('r-0', 1)"
+    assert err.replayed == "step driver.refund('r-0')"
     assert "workflow 'shop' diverged from its log at position 1" in str(err)
     assert "a different request" in str(err)
-    assert "-step charge('r-0', 1)" in err.diff
-    assert "+step refund('r-0')" in err.diff
+    assert "-step driver.charge('r-0', 1)" in err.diff
+    assert "+step driver.refund('r-0')" in err.diff
     assert seen == ["r-0"]  # the outcome at the diverging position was not fed
 
 
@@ -294,10 +294,10 @@ def test_a_different_kind_is_a_divergence() -> None:
     err = diverge(checkout("o-1", []), [wait_entry])
     assert err.position == 0
     assert err.recorded == "wait charge('o-1', 500)"
-    assert err.replayed == "step charge('o-1', 500)"
+    assert err.replayed == "step driver.charge('o-1', 500)"
     assert "a different request" in str(err)
     assert "-wait charge('o-1', 500)" in err.diff
-    assert "+step charge('o-1', 500)" in err.diff
+    assert "+step driver.charge('o-1', 500)" in err.diff
 
 
 def test_different_arguments_are_a_divergence_and_the_value_is_not_fed() -> None:
@@ -305,15 +305,15 @@ def test_different_arguments_are_a_divergence_and_the_value_is_not_fed() -> None
     history = [done(0, charge("o-2", 500), "r-2")]
     err = diverge(checkout("o-1", seen), history)
     assert err.position == 0
-    assert err.recorded == "step charge('o-2', 500)"
-    assert err.replayed == "step charge('o-1', 500)"
+    assert err.recorded == "step driver.charge('o-2', 500)"
+    assert err.replayed == "step driver.charge('o-1', 500)"
     assert "the same request with different arguments" in str(err)
     assert err.diff.splitlines() == [
         "--- recorded",
         "+++ replayed",
         "@@ -1 +1 @@",
-        "-step charge('o-2', 500)",
-        "+step charge('o-1', 500)",
+        "-step driver.charge('o-2', 500)",
+        "+step driver.charge('o-1', 500)",
     ]
     assert seen == []
 
@@ -326,10 +326,10 @@ def test_returning_while_the_log_has_more_is_a_divergence() -> None:
     history = [done(0, charge("o-1", 500), "r-0"), done(1, refund("r-0"), "f-0")]
     err = diverge(short("o-1"), history)
     assert err.position == 1
-    assert err.recorded == "step refund('r-0')"
+    assert err.recorded == "step driver.refund('r-0')"
     assert err.replayed is None
     assert "the workflow returned before reaching it" in str(err)
-    assert "-step refund('r-0')" in err.diff
+    assert "-step driver.refund('r-0')" in err.diff
     assert "+(nothing: the workflow returned)" in err.diff
 
 
@@ -341,7 +341,7 @@ def test_raising_while_the_log_has_more_is_a_divergence() -> None:
     history = [done(0, charge("o-1", 500), "r-0"), rec(1, refund("r-0"), None)]
     err = diverge(brittle("o-1"), history)
     assert err.position == 1
-    assert err.recorded == "step refund('r-0')"
+    assert err.recorded == "step driver.refund('r-0')"
     assert err.replayed is None
     assert "the workflow raised ValueError" in str(err)
 
@@ -402,7 +402,7 @@ def undecorated(order: str) -> Gen:
     [
         (lambda: 42, "42 (int)", "not decorated with @ce.step"),
         (lambda: undecorated("o-1"), "(generator)", "use `yield from`"),
-        (lambda: charge, "<step charge> (Step)", "call the step"),
+        (lambda: charge, "<step driver.charge> (Step)", "call the step"),
     ],
     ids=["int", "undecorated-generator", "step-object"],
 )

@@ -348,12 +348,12 @@ def test_runs_filters_by_status_and_workflow() -> None:
 def test_history_entries_carry_position_kind_name_attempts_status_and_outcome() -> None:
     clock = FakeClock()
 
-    @ce.step(name="reserve")
+    @ce.step(name="engine.reserve")
     def reserve(order: str, cents: int) -> dict[str, Any]:
         clock.sleep(2.0)
         return {"order": order, "held": cents}
 
-    @ce.step(name="charge", retries=1, backoff=0)
+    @ce.step(name="engine.charge", retries=1, backoff=0)
     def charge(order: str) -> str:
         clock.sleep(0.5)
         raise OrderDeclined(f"declined {order}")
@@ -378,7 +378,7 @@ def test_history_entries_carry_position_kind_name_attempts_status_and_outcome() 
     assert all(isinstance(e, ce.Entry) for e in entries)
     assert [e.position for e in entries] == [0, 1, 2]
     assert [e.kind for e in entries] == ["step", "step", "step"]
-    assert [e.name for e in entries] == ["reserve", "charge", "release"]
+    assert [e.name for e in entries] == ["engine.reserve", "engine.charge", "release"]
     assert [e.status for e in entries] == ["completed", "failed", "completed"]
     assert [e.attempts for e in entries] == [1, 2, 1]
 
@@ -504,7 +504,7 @@ def test_current_step_is_stable_across_retries_and_crashes(db: str) -> None:
     def first() -> str:
         return "first"
 
-    @ce.step(name="flaky", retries=2, backoff=0)
+    @ce.step(name="engine.flaky", retries=2, backoff=0)
     def flaky() -> str:
         seen.append(ce.current_step())
         if len(seen) == 1:
@@ -527,7 +527,7 @@ def test_current_step_is_stable_across_retries_and_crashes(db: str) -> None:
     assert [c.attempt for c in seen] == [1, 2, 3]
     assert {c.run_id for c in seen} == {"keyed-1"}
     assert {c.position for c in seen} == {1}
-    assert {c.step for c in seen} == {"flaky"}
+    assert {c.step for c in seen} == {"engine.flaky"}
     assert {c.workflow for c in seen} == {keyed.name}
     keys = {c.idempotency_key for c in seen}
     assert len(keys) == 1

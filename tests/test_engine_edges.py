@@ -146,7 +146,7 @@ def test_a_driver_whose_lease_was_taken_cannot_commit(tmp_path: Path) -> None:
     path = tmp_path / "e.db"
     calls: list[str] = []
 
-    @ce.step(name="edges.slow")
+    @ce.step(name="edges.slow_leased")
     def slow() -> str:
         who = "inner" if calls else "outer"
         calls.append(who)

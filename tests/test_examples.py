@@ -60,8 +60,8 @@ def test_compensation_undoes_the_order_that_cannot_ship() -> None:
     steps = re.findall(r"^\s+\d\s+(\w+)\(.*\[(\w+), attempts=(\d)\]$", cancelled, re.M)
     assert steps == [
         ("reserve_stock", "completed", "1"),
-        ("charge", "completed", "1"),
-        ("ship", "failed", "3"),
+        ("charge_customer", "completed", "1"),
+        ("ship_parcel", "failed", "3"),
         ("refund", "completed", "1"),
         ("release_stock", "completed", "1"),
     ]
@@ -296,7 +296,7 @@ def test_crash_and_resume_reruns_only_the_step_in_flight() -> None:
     log = re.findall(r"^\s+(\d)  (\w+) \[(\w+), crashes=(\d)\]$", resumed, re.M)
     assert log == [
         ("0", "fetch_order", "completed", "0"),
-        ("1", "charge", "completed", "1"),
+        ("1", "charge_order", "completed", "1"),
         ("2", "send_receipt", "completed", "0"),
     ]
     executions = re.findall(r"^  (child|parent)\s+step (\d)", ledger, re.M)

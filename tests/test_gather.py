@@ -97,7 +97,7 @@ def _maybe_crash(label: str) -> None:
     raise Crash(label)
 
 
-@ce.step
+@ce.step(name="gather.work")
 def work(label: str, after: str | None = None) -> str:
     """Record the execution; finish only after the step labelled `after` has finished."""
     began = time.monotonic()
@@ -120,7 +120,7 @@ def fail(label: str, after: str | None = None) -> str:
     raise Oops(label)
 
 
-@ce.step(retries=2, backoff=0)
+@ce.step(name="gather.flaky", retries=2, backoff=0)
 def flaky(label: str, failures: int) -> str:
     """Fail the first `failures` attempts, then succeed."""
     attempt = ce.current_step().attempt
@@ -290,7 +290,7 @@ def test_a_member_that_keeps_crashing_is_given_up_with_crash_loop(db: str) -> No
     with ce.Engine(db) as engine:
         message = engine.run(crash_loop, id="loop")
         log = engine.history("loop")
-    assert "step 'work' at position 2" in message and "max_crashes=0" in message
+    assert "step 'gather.work' at position 2" in message and "max_crashes=0" in message
     assert [(e.status, e.attempts, e.crashes) for e in log[1:]] == [
         ("completed", 1, 0),
         ("failed", 1, 1),
@@ -398,10 +398,10 @@ def test_members_retry_on_their_own(engine: ce.Engine) -> None:
     assert engine.run(retries, id="r") == (["F", "W"], "g attempt 3")
     log = [e for e in engine.history("r") if e.kind == "step"]
     assert [(e.name, e.status, e.attempts) for e in log] == [
-        ("flaky", "completed", 3),
-        ("work", "completed", 1),
-        ("work", "completed", 1),
-        ("flaky", "failed", 3),
+        ("gather.flaky", "completed", 3),
+        ("gather.work", "completed", 1),
+        ("gather.work", "completed", 1),
+        ("gather.flaky", "failed", 3),
     ]
     assert ran("f", "w", "v", "g") == {"f": 3, "w": 1, "v": 1, "g": 3}
     assert log[3].error_text is not None and "g attempt 3" in log[3].error_text
@@ -540,8 +540,8 @@ def v2_fewer_then_more() -> Flow:
 @pytest.mark.parametrize(
     ("body", "position", "recorded"),
     [
-        (v2_reordered, 3, "step work('b')"),
-        (v2_swapped, 2, "step work('a')"),
+        (v2_reordered, 3, "step gather.work('b')"),
+        (v2_swapped, 2, "step gather.work('a')"),
         (v2_fewer, 1, "gather (3 members)"),
         (v2_fewer_then_more, 1, "gather (3 members)"),
     ],

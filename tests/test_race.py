@@ -57,7 +57,7 @@ def gate(label: str) -> threading.Event:
     return GATES.setdefault(label, threading.Event())
 
 
-@ce.step
+@ce.step(name="race.work")
 def work(label: str) -> str:
     """Record the execution and return the label in capitals."""
     ledger.append(label)
@@ -73,7 +73,7 @@ def gated(label: str) -> str:
     return label
 
 
-@ce.step
+@ce.step(name="race.fail")
 def fail(label: str) -> str:
     """Record the execution and raise Oops(label)."""
     ledger.append(label)

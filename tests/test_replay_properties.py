@@ -123,13 +123,13 @@ def doom_message(tag: int, acc: int) -> str:
     return f"doomed {tag} at {acc}"
 
 
-@ce.step
+@ce.step(name="props.work")
 def work(tag: int, acc: int) -> int:
     """A step that always succeeds."""
     return execute(lambda _prior: work_value(tag, acc))  # type: ignore[no-any-return]
 
 
-@ce.step
+@ce.step(name="props.flaky")
 def flaky(tag: int, acc: int, fails: int) -> int:
     """A step whose first `fails` executions (that did their work) raise Boom."""
 
@@ -141,7 +141,7 @@ def flaky(tag: int, acc: int, fails: int) -> int:
     return execute(value_of)  # type: ignore[no-any-return]
 
 
-@ce.step
+@ce.step(name="props.doomed")
 def doomed(tag: int, acc: int) -> int:
     """A step that always raises Boom."""
 

@@ -63,14 +63,14 @@ def enter(label: str) -> None:
     EXECUTED.append(label)
 
 
-@ce.step
+@ce.step(name="signals.note")
 def note(label: str, value: Any = None) -> Any:
     """Record an execution under label; returns value."""
     enter(label)
     return value
 
 
-@ce.step
+@ce.step(name="signals.escalate")
 def escalate(level: int) -> str:
     """What a workflow does when nobody answered in time."""
     enter(f"escalate:{level}")
@@ -273,7 +273,7 @@ def test_one_signal_is_taken_by_one_wait_and_the_next_wait_waits_on(
     assert run.status == "waiting"
     assert outcomes(engine) == [
         ("wait", "go", "completed", "only"),
-        ("step", "note", "completed", "only"),
+        ("step", "signals.note", "completed", "only"),
         ("wait", "go", "running", None),
     ]
     assert mailbox(db) == []
@@ -338,9 +338,9 @@ def test_a_timeout_is_raised_at_the_yield_and_the_escalation_runs(
     assert run.result() == ["escalated-1", "boss said yes", "done"]
     assert outcomes(engine) == [
         ("wait", "approve", "failed", "Timeout"),
-        ("step", "escalate", "completed", "escalated-1"),
+        ("step", "signals.escalate", "completed", "escalated-1"),
         ("wait", "approve", "completed", "boss said yes"),
-        ("step", "note", "completed", "done"),
+        ("step", "signals.note", "completed", "done"),
     ]
     assert mailbox(db) == []
 
@@ -385,7 +385,7 @@ def test_a_late_signal_does_not_change_the_replay(
     log = outcomes(engine)
     assert log[:2] == [
         ("wait", "approve", "failed", "Timeout"),
-        ("step", "escalate", "completed", "escalated-1"),
+        ("step", "signals.escalate", "completed", "escalated-1"),
     ]
     assert [(e.attempts, e.crashes) for e in engine.history(RUN)][1] == (2, 1)
     if later_wait:
@@ -654,7 +654,7 @@ def test_a_crash_before_the_wait_is_logged_leaves_the_signal_in_the_mailbox(
         crashing.run_until_idle()
     crashing.close()
 
-    assert outcomes(engine) == [("step", "note", "running", None)]
+    assert outcomes(engine) == [("step", "signals.note", "running", None)]
     assert letters(engine, db) == [("go", "kept")]
 
     fresh = engine_on(db, clock)
@@ -705,9 +705,9 @@ def test_a_crash_after_the_signal_is_taken_does_not_deliver_it_again(
     fresh = engine_on(db, clock)
     # Taken and logged together: the log has it, the mailbox does not.
     assert outcomes(fresh) == [
-        ("step", "note", "completed", "a"),
+        ("step", "signals.note", "completed", "a"),
         ("wait", "go", "completed", "once"),
-        ("step", "note", "running", None),
+        ("step", "signals.note", "running", None),
     ]
     assert letters(fresh, db) == [("go", "spare")]
     fresh.run_until_idle()

@@ -102,7 +102,7 @@ def one_step(s: ce.Step[[], Any]) -> ce.Workflow[[], Any]:
 def test_retries_until_the_step_succeeds(engine: ce.Engine) -> None:
     calls: list[int] = []
     flaky = failing(2, ConnectionError("flaky"), calls)
-    wf = one_step(ce.step(name="flaky", retries=3, backoff=0)(flaky.fn))
+    wf = one_step(ce.step(name="steps.flaky", retries=3, backoff=0)(flaky.fn))
 
     assert engine.run(wf, id="retry") == "ok"
     assert calls == [1, 2, 3]
@@ -316,12 +316,12 @@ def test_options_can_change_retry_on_per_call(engine: ce.Engine) -> None:
 def _compensating(calls: dict[str, int], seen: list[BaseException]) -> ce.Workflow[..., Any]:
     """charge always fails; the workflow catches its own exception type and refunds."""
 
-    @ce.step(name="charge", retries=2, backoff=0)
+    @ce.step(name="steps.charge", retries=2, backoff=0)
     def charge(order: str) -> str:
         calls["charge"] += 1
         raise PaymentDeclined(f"card declined for {order}")
 
-    @ce.step(name="refund")
+    @ce.step(name="steps.refund")
     def refund(order: str) -> str:
         calls["refund"] += 1
         if calls["refund"] == 1 and calls.get("crash_refund"):
@@ -348,7 +348,7 @@ def test_exhausted_retries_raise_the_step_exception_and_replay_it(db: str) -> No
     with ce.Engine(db) as engine:
         assert engine.run(checkout, "o-1", id="comp") == "refunded o-1"
         log = [(e.name, e.status, e.attempts) for e in engine.history("comp")]
-    assert log == [("charge", "failed", 3), ("refund", "completed", 1)]
+    assert log == [("steps.charge", "failed", 3), ("steps.refund", "completed", 1)]
     assert calls == {"charge": 3, "refund": 1}
     assert [type(e) for e in seen] == [PaymentDeclined]
     assert str(seen[0]) == "card declined for o-1"
@@ -480,7 +480,7 @@ def test_run_until_idle_leaves_a_backing_off_run_for_later(
 ) -> None:
     calls: list[int] = []
     flaky = failing(1, ConnectionError("later"), calls)
-    wf = one_step(ce.step(name="flaky", retries=1, backoff=30)(flaky.fn))
+    wf = one_step(ce.step(name="steps.flaky", retries=1, backoff=30)(flaky.fn))
     run = engine.start(wf, id="backoff")
 
     report = engine.run_until_idle()

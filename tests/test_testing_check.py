@@ -59,7 +59,7 @@ def flaky(x: int) -> int:
     return x * 10
 
 
-@ce.step
+@ce.step(name="check.charge")
 def charge(order: str, cents: int) -> str:
     """A payment: in tests it is always replaced by a stand-in."""
     CALLS.append(f"charge({order!r}, {cents})")
@@ -72,7 +72,7 @@ def decline(order: str) -> str:
     raise Declined(f"card of {order} declined")
 
 
-@ce.step
+@ce.step(name="check.fetch")
 def fetch(url: str) -> str:
     """A page's text."""
     return f"<{url}>"
@@ -174,7 +174,7 @@ def test_gather_and_race_pass_with_crashes_between_their_members() -> None:
     assert (pages, drew) == (["<a>", "<b>", "<c>"], True)
     assert (index, value) in ((0, "<mirror-1>"), (1, "<mirror-2>"))
     assert report.kinds["inside a gather or race"] >= 4  # each member's end, at least
-    assert "step 'fetch' at position 2 (member 2 of the gather at position 0)" in report.rerun
+    assert "step 'check.fetch' at position 2 (member 2 of the gather at position 0)" in report.rerun
     assert report.missed == 0
 
 
@@ -249,7 +249,7 @@ def test_steps_are_replaced_by_name_or_by_step_and_the_real_ones_never_run() -> 
     def fake_charge(order: str, cents: int) -> str:
         return f"receipt-{order}-{cents}"
 
-    by_name = check(checkout, "o-3", 500, steps={"charge": fake_charge})
+    by_name = check(checkout, "o-3", 500, steps={"check.charge": fake_charge})
     by_step = check(checkout, "o-3", 500, steps={charge: fake_charge})
 
     assert by_name.result == by_step.result == ("receipt-o-3-500", "card of o-3 declined")
@@ -258,9 +258,9 @@ def test_steps_are_replaced_by_name_or_by_step_and_the_real_ones_never_run() -> 
 
 # One dict of stand-ins shared by every test, each path calling some of them.
 SHARED_STEPS: dict[str | ce.Step[..., Any], Callable[..., Any]] = {
-    "charge": lambda o, c: f"r-{o}",
+    "check.charge": lambda o, c: f"r-{o}",
     "add": lambda a, b: a + b,
-    "fetch": str,
+    "check.fetch": str,
 }
 
 
@@ -268,15 +268,20 @@ def test_stand_ins_for_steps_this_path_never_yields_are_accepted_and_named() -> 
     report = check(checkout, "o-4", 1, steps=SHARED_STEPS)
 
     assert report.result == ("r-o-4", "card of o-4 declined")
-    assert report.unused_fakes == ("add", "fetch")
-    assert "stand-ins in steps= for steps this path never yielded: 'add', 'fetch'" in str(report)
-    assert check(gives_up, "o-4", steps=SHARED_STEPS).unused_fakes == ("charge", "fetch")
+    assert report.unused_fakes == ("add", "check.fetch")
+    assert "stand-ins in steps= for steps this path never yielded: 'add', 'check.fetch'" in str(
+        report
+    )
+    assert check(gives_up, "o-4", steps=SHARED_STEPS).unused_fakes == (
+        "check.charge",
+        "check.fetch",
+    )
 
 
 def test_a_misspelt_stand_in_is_named_in_the_report() -> None:
     steps: dict[str | ce.Step[..., Any], Callable[..., Any]] = {
         "chrage": lambda o, c: "x",
-        "charge": lambda o, c: "r",
+        "check.charge": lambda o, c: "r",
     }
     assert check(checkout, "o-4", 1, steps=steps).unused_fakes == ("chrage",)
 
@@ -479,7 +484,7 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="after_seconds must be >= 0"):
         check(approval, "x", signals=[(-1, "decision", 1)])
     with pytest.raises(TypeError, match="must be callable"):
-        check(checkout, "x", 1, steps={"charge": "receipt"})  # type: ignore[dict-item]
+        check(checkout, "x", 1, steps={"check.charge": "receipt"})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="workflow 'test_testing_check.approval' cannot take"):
         check(approval)
 

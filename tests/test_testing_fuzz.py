@@ -34,13 +34,13 @@ from contengine.testing.fuzz import (
 Flow = Generator[Any, Any, Any]
 
 
-@ce.step
+@ce.step(name="fuzz.note")
 def note(label: str) -> str:
     """Return the label: a step that only shows up in the log."""
     return label
 
 
-@ce.step
+@ce.step(name="fuzz.charge")
 def charge(cents: int) -> str:
     """A step that cannot run in a test: it is replaced by a stand-in."""
     raise RuntimeError("no payment service in tests")
@@ -67,8 +67,8 @@ def test_branch_on_time_time_is_blamed_on_the_wall_clock() -> None:
     assert only_cause(report) == CAUSE_CLOCK
     finding = report.findings[0]
     assert finding.perturbation.startswith("wall clock shifted by +3 d")
-    assert "-step note('remind')" in finding.diff
-    assert "+step note('escalate')" in finding.diff
+    assert "-step fuzz.note('remind')" in finding.diff
+    assert "+step fuzz.note('escalate')" in finding.diff
     assert "ce.now()" in finding.hint
 
 
@@ -174,7 +174,7 @@ def test_workflow_that_fails_without_a_variable_is_flagged(monkeypatch: pytest.M
 
     report = fuzz(regional)
     assert only_cause(report) == f"{CAUSE_ENV} (CE_FUZZ_REGION)"
-    assert "-step note('eu-west')" in report.findings[0].diff
+    assert "-step fuzz.note('eu-west')" in report.findings[0].diff
     assert "+(nothing: the workflow raised KeyError: 'CE_FUZZ_REGION')" in report.findings[0].diff
 
 
@@ -220,7 +220,7 @@ def test_global_counter_is_caught_by_the_engines_own_replay_after_a_sleep() -> N
     report = fuzz(counted)
     assert only_cause(report) == CAUSE_REPLAY
     assert "engine's own replay" in report.findings[0].perturbation
-    assert "-step note('call 1')" in report.findings[0].diff
+    assert "-step fuzz.note('call 1')" in report.findings[0].diff
 
 
 # -- replay-safe workflows pass -------------------------------------------------------------
@@ -349,7 +349,7 @@ def test_stand_in_steps_run_in_place_of_the_real_ones() -> None:
         rest = yield ce.gather(charge(1), charge(2))
         return [first, *rest]
 
-    assert fuzz(pay, 500, steps={"charge": fake_charge}).ok
+    assert fuzz(pay, 500, steps={"fuzz.charge": fake_charge}).ok
     assert fuzz(pay, 7, steps={charge: fake_charge}).ok
     assert charged == [500, 1, 2, 7, 1, 2]
 

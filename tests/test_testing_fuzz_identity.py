@@ -30,7 +30,7 @@ LOCAL = threading.local()
 USER: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
 
 
-@ce.step
+@ce.step(name="fuzz_identity.note")
 def note(label: str) -> str:
     """Return the label: a step that only shows up in the log."""
     return label
@@ -134,7 +134,7 @@ def test_branch_on_the_thread_is_blamed_on_the_thread() -> None:
     report = fuzz(by_thread)
     assert only_cause(report) == CAUSE_THREAD
     assert report.findings[0].perturbation == "a replay in another thread"
-    assert "-step note('main')" in report.findings[0].diff
+    assert "-step fuzz_identity.note('main')" in report.findings[0].diff
 
 
 def test_thread_id_in_a_request_is_blamed_on_the_thread_first() -> None:

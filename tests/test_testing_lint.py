@@ -50,7 +50,7 @@ STATE: dict[str, int] = {}
 LOG: list[str] = []
 
 
-@ce.step
+@ce.step(name="lint.note")
 def note(label: Any) -> Any:
     """Return the label."""
     return label

@@ -38,7 +38,7 @@ class Shown:
     n: int
 
 
-@ce.step
+@ce.step(name="lint_identity.note")
 def note(label: Any) -> Any:
     """Return the label."""
     return label

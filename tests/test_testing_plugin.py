@@ -19,7 +19,7 @@ FIXTURES = """
 import pytest
 import contengine as ce
 
-@ce.step
+@ce.step(name="fixtures.greet")
 def greet(name):
     return f"hello {name}"
 
@@ -79,7 +79,7 @@ CHECKED = """
 import pytest
 import contengine as ce
 
-@ce.step
+@ce.step(name="plugin_tests.greet")
 def greet(name):
     return f"hello {name}"
 
@@ -93,7 +93,7 @@ def broken():
 
 BODIES = []
 
-@pytest.mark.ce_check(hello, "ann", steps={"greet": str.upper})
+@pytest.mark.ce_check(hello, "ann", steps={"plugin_tests.greet": str.upper})
 def test_marked():
     BODIES.append("marked")
 
@@ -146,7 +146,7 @@ def test_ce_check_marker_and_helper_call_check(
         ]
     )
     assert fake.calls == [
-        ("plugin_tests.hello", ("ann",), {"steps": {"greet": str.upper}}),
+        ("plugin_tests.hello", ("ann",), {"steps": {"plugin_tests.greet": str.upper}}),
         ("plugin_tests.broken", (), {}),
         ("plugin_tests.hello", ("bob",), {}),
     ]
@@ -161,7 +161,7 @@ REAL_CHECK = """
 import pytest
 import contengine as ce
 
-@ce.step
+@ce.step(name="real_check.greet")
 def greet(name):
     return f"hello {name}"
 

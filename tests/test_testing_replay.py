@@ -35,25 +35,25 @@ from contengine.testing.replay import (
 V1 = """
 import contengine as ce
 
-@ce.step
+@ce.step(name="flows.reserve")
 def reserve(order):
     return f"r-{order}"
 
-@ce.step
+@ce.step(name="flows.charge")
 def charge(order, cents):
     if cents < 0:
         raise ValueError("negative amount")
     return f"c-{order}-{cents}"
 
-@ce.step
+@ce.step(name="flows.charge_card")
 def charge_card(order, cents):
     return f"cc-{order}-{cents}"
 
-@ce.step
+@ce.step(name="flows.ship")
 def ship(order):
     return f"s-{order}"
 
-@ce.step
+@ce.step(name="flows.notify")
 def notify(order):
     return None
 
@@ -118,9 +118,9 @@ def write_module(directory: Path, module: str, source: str) -> Path:
     return path
 
 
-def record(tmp: Path, module: str) -> Path:
+def record(tmp: Path, module: str, source: str = V1) -> Path:
     """Record o-1 (completed), o-2 (waiting) and o-3 (failed) with V1, in another process."""
-    write_module(tmp / "v1", module, V1)
+    write_module(tmp / "v1", module, source)
     db = tmp / "app.db"
     subprocess.run(
         [sys.executable, "-c", RECORD.format(module=module), str(db)],
@@ -186,10 +186,10 @@ def test_unchanged_code_replays_every_run(deploy: Callable[..., ModuleType], db:
 @pytest.mark.parametrize(
     ("change", "position", "removed", "added"),
     [
-        ("reorder", 0, "step reserve('{o}')", "step charge('{o}', {c})"),
-        ("rename", 1, "step charge('{o}', {c})", "step charge_card('{o}', {c})"),
-        ("args", 1, "step charge('{o}', {c})", "step charge('{o}', {c}00)"),
-        ("raises", 1, "step charge('{o}', {c})", "(nothing: the workflow ended here)"),
+        ("reorder", 0, "step flows.reserve('{o}')", "step flows.charge('{o}', {c})"),
+        ("rename", 1, "step flows.charge('{o}', {c})", "step flows.charge_card('{o}', {c})"),
+        ("args", 1, "step flows.charge('{o}', {c})", "step flows.charge('{o}', {c}00)"),
+        ("raises", 1, "step flows.charge('{o}', {c})", "(nothing: the workflow ended here)"),
     ],
 )
 def test_changed_code_is_reported_with_a_diff(
@@ -228,7 +228,7 @@ def test_a_step_added_where_runs_wait_breaks_only_runs_past_it(
     # o-1 went on past the wait (ship at 3); o-2 waits there and would take the new step
     # live; o-3 failed before reaching it.
     assert outcomes(report) == {"o-1": DIVERGED, "o-2": OK, "o-3": OK}
-    assert "+ 3  step notify('o-1')" in report.broken[0].diff
+    assert "+ 3  step flows.notify('o-1')" in report.broken[0].diff
     assert ce.testing.replay(db, status="unfinished").ok
     assert outcomes(ce.testing.replay(db, status=["waiting", "failed"])) == {"o-2": OK, "o-3": OK}
 
@@ -250,7 +250,8 @@ def test_run_filter_and_workflows_given_win(
     with pytest.raises(ValueError, match="status must be one of"):
         ce.testing.replay(db, status="asleep")
     # A workflow given to replay() is used in place of the registered one of that name.
-    namespace: dict[str, Any] = {"__name__": f"{recorded[0]}_given"}
+    # Under the module's own name: its steps are the deployed module's, in another version.
+    namespace: dict[str, Any] = {"__name__": recorded[0]}
     exec(compile(V1, "v1", "exec"), namespace)
     fixed = ce.Workflow(namespace["checkout"].fn, f"{recorded[0]}.checkout")
     assert outcomes(ce.testing.replay(db, workflows=[fixed])) == {"o-1": OK, "o-2": OK, "o-3": OK}
@@ -303,7 +304,8 @@ def test_a_missing_workflow_is_reported_and_found_by_import(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = f"replay_gone_{uuid.uuid4().hex[:8]}"
-    db = record(tmp_path, module)
+    # Step names of its own: this process may have imported the flows module already.
+    db = record(tmp_path, module, V1.replace('name="flows.', 'name="gone.'))
     report = ce.testing.replay(db)
     assert outcomes(report) == {"o-1": MISSING, "o-2": MISSING, "o-3": MISSING}
     assert f"{module}:checkout" in report.broken[0].message
@@ -362,7 +364,7 @@ def test_cli_exit_codes_and_output(
             assert "3 ok" in out and "broken" not in out
         else:
             assert "3 broken" in out
-            assert "run 'o-2'" in out and "+ 1  step charge_card('o-2', 700)" in out
+            assert "run 'o-2'" in out and "+ 1  step flows.charge_card('o-2', 700)" in out
     assert cli(str(db), "--import", module, "--status", "failed", "--run", "o-3") == 1
     assert "replayed 1 run " in capsys.readouterr().out
 

@@ -94,7 +94,7 @@ def test_crashes_anywhere_change_nothing_but_reruns(
     assert sum(crashed.executions.values()) == len(LEDGER)
 
 
-@ce.step
+@ce.step(name="strategies.member")
 def member(index: int) -> int:
     """A gather member that finishes in its turn."""
     LEDGER.append(("ran", index))
@@ -131,7 +131,7 @@ def test_gathers_finish_in_any_order_and_survive_crashes(
     event(f"crashes: {len(run.crashes)}")
     assert run.result() == ("ready", [i * i for i in range(n)])  # argument order, always
     # The gather's entries are in argument order, whatever order they finished in.
-    assert [e.name for e in run.history] == ["prepare", "", *["member"] * n]
+    assert [e.name for e in run.history] == ["prepare", "", *["strategies.member"] * n]
     if not run.crashes:
         assert [x[1] for x in LEDGER if x[0] == "done"] == list(order)
     assert LEDGER.count("prepare") <= 1 + len(run.crashes)

@@ -79,7 +79,7 @@ def after(n: int) -> int:
     return n * 10
 
 
-@ce.step
+@ce.step(name="time.note")
 def note(text: str) -> str:
     """A step that records its argument."""
     enter(f"note:{text}")
@@ -670,7 +670,7 @@ def test_patched_keeps_old_runs_on_the_old_path_and_new_runs_on_the_new(
     engine = engine_on(path, clock, v2)
     assert engine.run(v2, 1, id="old-run") == (2, "OLD", 20)
     assert kinds(engine, "old-run") == ["step", "step", "step"]
-    assert [e.name for e in engine.history("old-run")] == ["before", "note", "after"]
+    assert [e.name for e in engine.history("old-run")] == ["before", "time.note", "after"]
     ARMED.add("after")
     with pytest.raises(Crash):
         engine.run(v2, 5, id="new-run")
@@ -678,7 +678,7 @@ def test_patched_keeps_old_runs_on_the_old_path_and_new_runs_on_the_new(
     assert [(e.kind, e.name) for e in log] == [
         ("step", "before"),
         ("patched", "new-note"),
-        ("step", "note"),
+        ("step", "time.note"),
         ("step", "after"),
     ]
     assert (log[1].status, log[1].value) == ("completed", True)
