@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,15 @@ from .base import (
     Ticket,
 )
 from .group_commit import Slot
+from .sqlite_guard import (
+    STALL,
+    FileGuard,
+    LockStalls,
+    connect_readonly,
+    identity,
+    unwritable,
+    unwritable_message,
+)
 from .sqlite_leases import LeaseMethods
 from .sqlite_ops import OperatorMethods
 from .sqlite_schema import MIGRATIONS
@@ -62,27 +72,50 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
     """A Store on one SQLite file (or ":memory:")."""
 
     def __init__(
-        self, path: str | os.PathLike[str], durability: str = "full", busy_timeout: float = 5.0
+        self,
+        path: str | os.PathLike[str],
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        readonly: bool = False,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
         self.path = os.fspath(path)
         self.durability = durability
         self.busy_timeout = busy_timeout
+        # Read-only: opened with mode=ro, for commands that only look (runs, show,
+        # export); it works on a read-only file or filesystem, and writes nothing.
+        self.readonly = readonly
+        self._stalls = LockStalls()
+        self._guard = FileGuard(self.path, None)
         self._lock = threading.RLock()
         self._queue: list[Slot] = []  # progress waiting for the next group commit
         self._queue_lock = threading.Lock()
         self._writing = False  # a thread is writing a batch (or is about to)
         self._nums: dict[str, int] = {}
         self._refuse_foreign_file()
+        before = None
+        if self.path != ":memory:" and not readonly:
+            why = unwritable(self.path)
+            if why is not None:
+                raise DatabaseError(unwritable_message(self.path, why))
+            before = identity(self.path)
         try:
-            self._conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-            )
+            self._conn = self._connect()
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open database {self.path!r}: {exc}") from exc
         try:
             self._prepare()
+            if self.path != ":memory:" and not readonly:
+                # The file SQLite opened: the one at the path now, unless it changed
+                # between the stat above and here (then refuse rather than guess).
+                opened = identity(self.path)
+                if opened is None or (before is not None and opened != before):
+                    raise DatabaseError(
+                        f"the database file {self.path!r} was deleted or replaced while "
+                        f"it was being opened; nothing was written. Open it again."
+                    )
+                self._guard = FileGuard(self.path, opened)
         except BaseException:
             self._conn.close()
             raise
@@ -93,9 +126,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         self._rlock: Any = self._lock
         if self.path != ":memory:":
             try:
-                self._reader = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-                )
+                self._reader = self._connect()
                 self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             except sqlite3.Error as exc:
                 self._conn.close()
@@ -103,6 +134,13 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
             self._rlock = threading.Lock()
 
     # -- opening ----------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            return connect_readonly(self.path, self.busy_timeout)
+        return sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
 
     def _refuse_foreign_file(self) -> None:
         # Checked before SQLite sees the file: opening a non-database in WAL mode
@@ -133,6 +171,9 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 )
             ]
         except sqlite3.DatabaseError as exc:
+            why = None if self.readonly or self.path == ":memory:" else unwritable(self.path)
+            if why is not None:  # it went read-only since the check in __init__
+                raise DatabaseError(unwritable_message(self.path, why)) from exc
             raise DatabaseError(
                 f"{self.path!r} cannot be read as an SQLite database ({exc}); contengine "
                 f"left it untouched"
@@ -150,6 +191,15 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 f"upgrade contengine to open it."
             )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if self.readonly:
+            if version < SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"{self.path!r} has schema version {version}, older than this "
+                    f"contengine's {SCHEMA_VERSION}, and a read-only command does not "
+                    f"upgrade it: open it once with ce.Engine (which upgrades it in place), "
+                    f"or read it with the contengine that wrote it."
+                )
+            return
         if self.path != ":memory:":
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -180,13 +230,10 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
+            got = self._begin(conn)
             try:
                 yield conn
-                conn.execute("COMMIT")
+                self._commit(conn, got)
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -194,9 +241,42 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                     raise self._translate(exc) from exc
                 raise
 
+    def _begin(self, conn: sqlite3.Connection) -> float:
+        """BEGIN IMMEDIATE (the write lock); when it was taken (monotonic). A long wait
+        for it is noted (LockStalls): leases ran out meanwhile for nothing."""
+        began = time.monotonic()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = self._translate(exc)
+            if isinstance(error, DatabaseLocked):
+                self._stalls.timed_out(began)
+            raise error from exc
+        got = time.monotonic()
+        if got - began >= STALL or self._stalls.failed_since is not None:
+            try:
+                self._stalls.waited(conn, began, got)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return got
+
+    def _commit(self, conn: sqlite3.Connection, got: float) -> None:
+        """COMMIT the transaction that took the write lock at `got`, unless the file is
+        no longer the one at the path (DatabaseGone: the caller rolls back)."""
+        if time.monotonic() - got >= STALL:
+            self._stalls.held(conn, got)
+        self._guard.check()
+        conn.execute("COMMIT")
+
     def _translate(self, exc: sqlite3.Error) -> DatabaseError:
         if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
             return DatabaseError(f"the engine on {self.path!r} is closed; open a new one")
+        if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+            if self.readonly:
+                return DatabaseError(f"{self.path!r} was opened read-only; nothing was written")
+            why = unwritable(self.path) or "could not be written (SQLite: readonly database)"
+            return DatabaseError(unwritable_message(self.path, why))
         if isinstance(exc, sqlite3.OperationalError) and (
             "locked" in str(exc) or "busy" in str(exc)
         ):
@@ -460,9 +540,9 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         no slot told) if the bulk write gave up."""
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            error = self._translate(exc)
+            got = self._begin(conn)
+        except Exception as exc:
+            error = exc if isinstance(exc, DatabaseError) else DatabaseError(str(exc))
             for slot in batch:
                 slot.fail(error)
             return True
@@ -487,7 +567,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                     slot.fail(self._translate(exc) if isinstance(exc, sqlite3.Error) else exc)
                 if not alone:
                     conn.execute("RELEASE progress")
-            conn.execute("COMMIT")
+            self._commit(conn, got)
         except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):  # every slot is failed below anyway
@@ -723,8 +803,11 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
             conn.execute("UPDATE runs SET note = ? WHERE id = ?", (note, run_id))
 
     def close(self) -> None:
+        with contextlib.suppress(DatabaseError):
+            self._guard.check(always=True)  # a last look: the file may have gone since
         with self._lock:
             self._conn.close()
         if self._reader is not self._conn:
             with self._rlock:
                 self._reader.close()
+        self._guard.set_aside_wal()

@@ -25,7 +25,9 @@ class LeaseMethods(SQLiteParts):
         skip: Collection[str] = (),
     ) -> list[Claim]:
         with self._tx() as conn:
-            picked = sqlite_claims.claim(conn, worker, now, wall, limit, run_id, release, skip)
+            picked = sqlite_claims.claim(
+                conn, worker, now, wall, limit, run_id, release, skip, self._stalls.expiry
+            )
             if not picked:
                 return []
             leases = dict(picked)
@@ -97,7 +99,9 @@ class LeaseMethods(SQLiteParts):
         lease: tuple[str, str, int] | None = None,
     ) -> int | None:
         with self._tx() as conn:
-            return sqlite_claims.take_slot(conn, queue, worker, now, wall, lease)
+            return sqlite_claims.take_slot(
+                conn, queue, worker, now, wall, lease, self._stalls.expiry
+            )
 
     def give_slot(self, slot: int) -> None:
         if slot:
