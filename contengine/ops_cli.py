@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     payload = _json(args.payload) if args.command == "signal" else None
     age = parse_duration(args.older_than) if args.command == "gc" else 0.0
     data = _read_export(args.file) if args.command == "import" else None
-    with open_engine(args.db) as engine:
+    with open_engine(args.db, readonly=args.command == "export") as engine:
         try:
             if args.command == "signal":
                 engine.signal(args.run_id, args.name, payload)

@@ -139,7 +139,12 @@ def connect_readonly(path: str, timeout: float) -> sqlite3.Connection:
         return conn
     except sqlite3.OperationalError as exc:
         conn.close()
-        if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
+        # CANTOPEN (a read-only filesystem), READONLY_DIRECTORY (a directory without
+        # write permission): no -shm could be made.
+        if getattr(exc, "sqlite_errorname", "") not in (
+            "SQLITE_CANTOPEN",
+            "SQLITE_READONLY_DIRECTORY",
+        ):
             raise
     # A WAL database needs its -shm index, which cannot be created in a read-only
     # directory or filesystem. With no -wal either, no engine is writing it (one would
