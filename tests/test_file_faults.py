@@ -29,7 +29,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def busy_worker(tmp_path: Path, workers: Workers) -> tuple[Path, Path, object]:
+def busy_worker(tmp_path: Path, workers: Workers) -> tuple[Path, Path, subprocess.Popen[bytes]]:
     """A database with RUNS runs of three short steps and a worker in the middle of them."""
     db, ledger = tmp_path / "app.db", tmp_path / "ledger"
     with ce.Engine(db) as engine:
@@ -40,10 +40,10 @@ def busy_worker(tmp_path: Path, workers: Workers) -> tuple[Path, Path, object]:
     return db, ledger, proc
 
 
-def stopped(workers: Workers, proc: object) -> str:
+def stopped(workers: Workers, proc: subprocess.Popen[bytes]) -> str:
     """Wait for the worker to exit on its own; its stderr."""
-    wait_for(lambda: proc.poll() is not None, "the worker to stop on its own", workers)  # type: ignore[attr-defined]
-    return workers.output(proc)  # type: ignore[arg-type]
+    wait_for(lambda: proc.poll() is not None, "the worker to stop on its own", workers)
+    return workers.output(proc)
 
 
 def test_a_worker_whose_file_is_deleted_stops_with_an_error_and_writes_nothing(
@@ -54,7 +54,7 @@ def test_a_worker_whose_file_is_deleted_stops_with_an_error_and_writes_nothing(
     db, ledger, proc = busy_worker(tmp_path, workers)
     os.unlink(db)
     err = stopped(workers, proc)
-    assert proc.returncode != 0, workers.report()  # type: ignore[attr-defined]
+    assert proc.returncode != 0, workers.report()
     assert f"the database file {str(db)!r} was deleted while this engine had it open" in err, err
     assert "DatabaseGone" in err, err
     assert not db.exists()
@@ -80,7 +80,7 @@ def test_a_worker_whose_file_is_replaced_stops_with_an_error_and_leaves_the_new_
     shutil.copyfile(backup, kept)
     os.replace(backup, db)
     err = stopped(workers, proc)
-    assert proc.returncode != 0, workers.report()  # type: ignore[attr-defined]
+    assert proc.returncode != 0, workers.report()
     assert f"the database file {str(db)!r} was replaced by another file" in err, err
     # Nothing the old worker did reached the new file, or a -wal beside it.
     assert sha(db) == sha(kept)
