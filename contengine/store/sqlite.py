@@ -261,9 +261,10 @@ class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
     def _commit(self, conn: sqlite3.Connection, got: float) -> None:
         """COMMIT the transaction that took the write lock at `got`, unless the file is
         no longer the one at the path (DatabaseGone: the caller rolls back)."""
-        if time.monotonic() - got >= STALL:
+        now = time.monotonic()
+        if now - got >= STALL:
             self._stalls.held(conn, got)
-        self._guard.check()
+        self._guard.check(now)
         conn.execute("COMMIT")
 
     def _translate(self, exc: sqlite3.Error) -> DatabaseError:
@@ -721,7 +722,7 @@ class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
 
     def close(self) -> None:
         with contextlib.suppress(DatabaseError):
-            self._guard.check(always=True)  # a last look: the file may have gone since
+            self._guard.check()  # a last look: the file may have gone since
         with self._lock:
             self._conn.close()
         if self._reader is not self._conn:

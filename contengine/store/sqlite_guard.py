@@ -48,15 +48,17 @@ class FileGuard:
         self.gone: str | None = None  # what happened, once found
         self._next = 0.0
 
-    def check(self, always: bool = False) -> None:
-        """DatabaseGone if the file was found changed, now or before (it stays so)."""
+    def check(self, now: float | None = None) -> None:
+        """DatabaseGone if the file was found changed, now or before (it stays so).
+        now: the monotonic time, if the caller has it; None looks whatever the time."""
         if self.gone is not None:
             raise DatabaseGone(self.gone)  # a new one each time: tracebacks do not pile up
         if self.opened is None:
             return
-        now = time.monotonic()
-        if now < self._next and not always:
+        if now is not None and now < self._next:
             return
+        if now is None:
+            now = time.monotonic()
         self._next = now + CHECK_EVERY
         found = identity(self.path)
         if found == self.opened:
