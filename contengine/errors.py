@@ -37,6 +37,10 @@ class DatabaseLocked(DatabaseError):
     """Another connection held the write lock for longer than the busy timeout."""
 
 
+class DatabaseGone(DatabaseError):
+    """The database file was deleted or replaced while an engine had it open."""
+
+
 class LeaseLost(ContengineError):
     """A driver's lease on a run was taken over by another worker; it wrote nothing."""
 

@@ -16,6 +16,7 @@ from .engine import Engine
 from .errors import ContengineError, StepFailed
 from .log import Entry
 from .store.base import COMPLETED, E_COMPLETED, E_FAILED, E_RETRYING, FAILED, RUN_STATUSES, RunRow
+from .store.sqlite import SQLiteStore
 
 MAX_CHILD_DEPTH = 3  # child runs shown inside their parent's log, this deep
 ARGS_WIDTH = 40
@@ -37,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `runs` or `show` against args.db; returns the exit code."""
     window = _age_window(args)  # checked before the database is opened
     tag = getattr(args, "tag", None)
-    with open_engine(args.db) as engine:
+    with open_engine(args.db, readonly=True) as engine:
         if window != (None, None) or tag is not None:
             engine = _aged(engine, window, tag)
         if getattr(args, "html", None):
@@ -122,9 +123,11 @@ def _write_html(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def open_engine(db: str | None, create: bool = False) -> Engine:
+def open_engine(db: str | None, create: bool = False, readonly: bool = False) -> Engine:
     """An engine on the existing database file db (or a new one there, with create);
-    CommandError if there is none."""
+    CommandError if there is none. readonly: for commands that only look (runs, show,
+    export): it opens a read-only file, or one on a read-only filesystem, and can write
+    nothing."""
     if not db:
         raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
     if not create and not os.path.isfile(db):
@@ -132,7 +135,8 @@ def open_engine(db: str | None, create: bool = False) -> Engine:
         raise CommandError(f"no database at {db!r}")
     # Signed databases: the secret comes from the environment, never the command line.
     secret = os.environ.get("CONTENGINE_SECRET")
-    return Engine(db, secret=secret.encode() if secret else None)
+    store = SQLiteStore(db, readonly=True) if readonly else None
+    return Engine(db, secret=secret.encode() if secret else None, store=store)
 
 
 def _runs(engine: Engine, status: str | None, workflow: str | None, as_json: bool) -> int:

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 
-from .errors import ContengineError, LeaseLost
+from .errors import ContengineError, DatabaseGone, DatabaseLocked, LeaseLost
 from .store.base import Claim, Store, WorkerRow
 from .store.sqlite_claims import HOST, alive, process_start
 
@@ -51,6 +51,9 @@ class Leaseholder:
         self.letting_go = False
         # Whether this engine runs a worker loop (said in its workers row).
         self.worker_loop = False
+        # Set when the heartbeat found the database file deleted or replaced: the
+        # engine's worker stops with it.
+        self.fatal: DatabaseGone | None = None
 
     def row(self) -> WorkerRow:
         """This holder as a workers row, alive for one more lease period."""
@@ -184,21 +187,34 @@ class Leaseholder:
         # Renewed four times per lease: a late beat or two (a busy disk) loses nothing.
         stop = self._stop
         while not stop.wait(self.lease / 4):
-            row = self.row()
-            try:
-                alive = self.store.heartbeat(row)
-            except ContengineError as exc:  # a locked or closed database: try again
-                log.debug("heartbeat of %s failed: %s", self.id, exc)
-                continue
-            self._renewed(row, alive)
-            if not alive:
-                log.warning(
-                    "engine %s was judged dead by another worker (it missed its lease); "
-                    "runs it was driving may have been taken over, and its writes to "
-                    "them are refused",
-                    self.id,
-                )
-            self.renewals += 1
+            while not stop.is_set():
+                row = self.row()
+                try:
+                    alive = self.store.heartbeat(row)
+                except DatabaseGone as exc:
+                    self.fatal = exc
+                    log.error("%s", exc)
+                    return
+                except DatabaseLocked as exc:
+                    # Another process held the write lock for the whole busy timeout.
+                    # Ask again at once, not a quarter lease later: waiting for the lock
+                    # keeps this engine in line for it when it comes free (others judge
+                    # its lease with the stall counted: sqlite_guard.LockStalls).
+                    log.warning("heartbeat of %s waits for the write lock: %s", self.id, exc)
+                    continue
+                except ContengineError as exc:  # a closed database: try again later
+                    log.debug("heartbeat of %s failed: %s", self.id, exc)
+                    break
+                self._renewed(row, alive)
+                if not alive:
+                    log.warning(
+                        "engine %s was judged dead by another worker (it missed its lease); "
+                        "runs it was driving may have been taken over, and its writes to "
+                        "them are refused",
+                        self.id,
+                    )
+                self.renewals += 1
+                break
 
     def retire(self) -> None:
         """Stop the heartbeat and let go of every run this engine holds (a later claim

@@ -76,7 +76,9 @@ def main(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     created = args.command == "import" and bool(args.db) and not os.path.exists(args.db)
     # An import may be the first thing in a new database (moving a run to a new file).
-    with open_engine(args.db, create=args.command == "import") as engine:
+    with open_engine(
+        args.db, create=args.command == "import", readonly=args.command == "export"
+    ) as engine:
         if created:
             print(f"created a new database at {args.db!r}")
         try:

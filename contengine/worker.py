@@ -23,7 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .drive_pool import Parked
-from .errors import ContengineError, DatabaseError
+from .errors import ContengineError, DatabaseError, DatabaseGone
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -149,6 +149,15 @@ class Worker:
             time.sleep(0.05)
         holder.retire_if_idle(claims)
 
+    def _fail(self, exc: BaseException) -> None:
+        """Stop claiming for good: work() raises exc (the file this engine writes is
+        gone; every write from now on is refused anyway)."""
+        if self.error is None:
+            self.error = exc
+            log.error("worker stops: %s", exc)
+        self._stop.set()
+        self._wake.set()
+
     def poke(self) -> None:
         """Something may be due now: look at once."""
         self._wake.set()
@@ -160,6 +169,9 @@ class Worker:
         pool = engine._driver_pool(self.threads)
         while not self._stop.is_set():
             self._wake.clear()
+            if engine._holder.fatal is not None:  # the heartbeat found the file gone
+                self._fail(engine._holder.fatal)
+                break
             free = self.threads - len(self._inflight)
             claims = []
             # Claims are writes (a disk sync each): in batches of an eighth of the
@@ -169,6 +181,9 @@ class Worker:
                     with engine._lock:
                         stuck = set(engine._stuck)
                     claims = engine._holder.claim(engine.clock.now(), free, skip=stuck)
+                except DatabaseGone as exc:
+                    self._fail(exc)
+                    break
                 except DatabaseError as exc:  # a locked file: try again at the next poll
                     log.warning("worker could not claim runs: %s", exc)
                 except BaseException as exc:  # noqa: BLE001 - kept for the caller of work()
@@ -213,6 +228,9 @@ class Worker:
         except Parked:
             parked = True
             raise
+        except DatabaseGone as exc:
+            self._fail(exc)
+            return False
         except ContengineError:
             return False  # stuck: reported by the engine, skipped from now on
         finally:

@@ -6,16 +6,15 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ..errors import (
-    ContengineError,
     DatabaseError,
     DatabaseLocked,
     IdConflict,
-    RunNotFound,
 )
 from . import sqlite_bulk
 from .base import (
@@ -27,13 +26,22 @@ from .base import (
     Progress,
     ReplayRow,
     RunRow,
-    Signal,
     Store,
     Ticket,
 )
 from .group_commit import Slot
+from .sqlite_guard import (
+    STALL,
+    FileGuard,
+    LockStalls,
+    connect_readonly,
+    identity,
+    unwritable,
+    unwritable_message,
+)
 from .sqlite_leases import LeaseMethods
 from .sqlite_ops import OperatorMethods
+from .sqlite_runs import RunMethods
 from .sqlite_schema import MIGRATIONS
 from .sqlite_sql import (
     _COMPLETE_ENTRY,
@@ -42,7 +50,6 @@ from .sqlite_sql import (
     _NUM_CACHE,
     _RUN_COLS,
     _RUN_MARKS,
-    _UNFINISHED_SQL,
     _UPDATE_ENTRY,
     _UPDATE_RUN,
     CANCEL_PENDING,
@@ -60,31 +67,54 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 
-class SQLiteStore(OperatorMethods, LeaseMethods, Store):
+class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
     """A Store on one SQLite file (or ":memory:")."""
 
     def __init__(
-        self, path: str | os.PathLike[str], durability: str = "full", busy_timeout: float = 5.0
+        self,
+        path: str | os.PathLike[str],
+        durability: str = "full",
+        busy_timeout: float = 5.0,
+        readonly: bool = False,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
         self.path = os.fspath(path)
         self.durability = durability
         self.busy_timeout = busy_timeout
+        # Read-only: opened with mode=ro, for commands that only look (runs, show,
+        # export); it works on a read-only file or filesystem, and writes nothing.
+        self.readonly = readonly
+        self._stalls = LockStalls()
+        self._guard = FileGuard(self.path, None)
         self._lock = threading.RLock()
         self._queue: list[Slot] = []  # progress waiting for the next group commit
         self._queue_lock = threading.Lock()
         self._writing = False  # a thread is writing a batch (or is about to)
         self._nums: dict[str, int] = {}
         self._refuse_foreign_file()
+        before = None
+        if self.path != ":memory:" and not readonly:
+            why = unwritable(self.path)
+            if why is not None:
+                raise DatabaseError(unwritable_message(self.path, why))
+            before = identity(self.path)
         try:
-            self._conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-            )
+            self._conn = self._connect()
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open database {self.path!r}: {exc}") from exc
         try:
             self._prepare()
+            if self.path != ":memory:" and not readonly:
+                # The file SQLite opened: the one at the path now, unless it changed
+                # between the stat above and here (then refuse rather than guess).
+                opened = identity(self.path)
+                if opened is None or (before is not None and opened != before):
+                    raise DatabaseError(
+                        f"the database file {self.path!r} was deleted or replaced while "
+                        f"it was being opened; nothing was written. Open it again."
+                    )
+                self._guard = FileGuard(self.path, opened)
         except BaseException:
             self._conn.close()
             raise
@@ -95,9 +125,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         self._rlock: Any = self._lock
         if self.path != ":memory:":
             try:
-                self._reader = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-                )
+                self._reader = self._connect()
                 self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             except sqlite3.Error as exc:
                 self._conn.close()
@@ -105,6 +133,13 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
             self._rlock = threading.Lock()
 
     # -- opening ----------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            return connect_readonly(self.path, self.busy_timeout)
+        return sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
 
     def _refuse_foreign_file(self) -> None:
         # Checked before SQLite sees the file: opening a non-database in WAL mode
@@ -135,6 +170,9 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 )
             ]
         except sqlite3.DatabaseError as exc:
+            why = None if self.readonly or self.path == ":memory:" else unwritable(self.path)
+            if why is not None:  # it went read-only since the check in __init__
+                raise DatabaseError(unwritable_message(self.path, why)) from exc
             raise DatabaseError(
                 f"{self.path!r} cannot be read as an SQLite database ({exc}); contengine "
                 f"left it untouched"
@@ -152,6 +190,15 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 f"upgrade contengine to open it."
             )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if self.readonly:
+            if version < SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"{self.path!r} has schema version {version}, older than this "
+                    f"contengine's {SCHEMA_VERSION}, and a read-only command does not "
+                    f"upgrade it: open it once with ce.Engine (which upgrades it in place), "
+                    f"or read it with the contengine that wrote it."
+                )
+            return
         if self.path != ":memory:":
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -182,13 +229,10 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
+            got = self._begin(conn)
             try:
                 yield conn
-                conn.execute("COMMIT")
+                self._commit(conn, got)
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -196,9 +240,43 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                     raise self._translate(exc) from exc
                 raise
 
+    def _begin(self, conn: sqlite3.Connection) -> float:
+        """BEGIN IMMEDIATE (the write lock); when it was taken (monotonic). A long wait
+        for it is noted (LockStalls): leases ran out meanwhile for nothing."""
+        began = time.monotonic()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = self._translate(exc)
+            if isinstance(error, DatabaseLocked):
+                self._stalls.timed_out(began)
+            raise error from exc
+        got = time.monotonic()
+        if got - began >= STALL or self._stalls.failed_since is not None:
+            try:
+                self._stalls.waited(conn, began, got)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return got
+
+    def _commit(self, conn: sqlite3.Connection, got: float) -> None:
+        """COMMIT the transaction that took the write lock at `got`, unless the file is
+        no longer the one at the path (DatabaseGone: the caller rolls back)."""
+        now = time.monotonic()
+        if now - got >= STALL:
+            self._stalls.held(conn, got)
+        self._guard.check(now)
+        conn.execute("COMMIT")
+
     def _translate(self, exc: sqlite3.Error) -> DatabaseError:
         if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
             return DatabaseError(f"the engine on {self.path!r} is closed; open a new one")
+        if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+            if self.readonly:
+                return DatabaseError(f"{self.path!r} was opened read-only; nothing was written")
+            why = unwritable(self.path) or "could not be written (SQLite: readonly database)"
+            return DatabaseError(unwritable_message(self.path, why))
         if isinstance(exc, sqlite3.OperationalError) and (
             "locked" in str(exc) or "busy" in str(exc)
         ):
@@ -470,9 +548,9 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         no slot told) if the bulk write gave up."""
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            error = self._translate(exc)
+            got = self._begin(conn)
+        except Exception as exc:
+            error = exc if isinstance(exc, DatabaseError) else DatabaseError(str(exc))
             for slot in batch:
                 slot.fail(error)
             return True
@@ -497,7 +575,7 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                     slot.fail(self._translate(exc) if isinstance(exc, sqlite3.Error) else exc)
                 if not alone:
                     conn.execute("RELEASE progress")
-            conn.execute("COMMIT")
+            self._commit(conn, got)
         except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):  # every slot is failed below anyway
@@ -661,82 +739,6 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
                 )
         return cancel
 
-    def runnable(self, now: float, limit: int | None = None) -> list[str]:
-        sql = (
-            f"SELECT id FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
-            f"AND (due_at IS NULL OR due_at <= ?) ORDER BY num"
-        )
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [str(r[0]) for r in self._read(sql, (now,))]
-
-    def due_unowned(self, now: float, limit: int | None = None) -> list[str]:
-        sql = (
-            f"SELECT id FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
-            f"AND (due_at IS NULL OR due_at <= ?) AND owner IS NULL ORDER BY num"
-        )
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [str(r[0]) for r in self._read(sql, (now,))]
-
-    def next_due(self, after: float | None = None) -> float | None:
-        rows = self._read(
-            f"SELECT min(due_at) FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
-            f"AND due_at IS NOT NULL AND due_at > ?",
-            (float("-inf") if after is None else after,),
-        )
-        value = rows[0][0]
-        # A wait without a timeout is due "never" (infinity): no time will wake it.
-        return float(value) if value is not None and value != float("inf") else None
-
-    def send_signal(self, run_id: str, name: str, payload: bytes, now: float) -> None:
-        with self._tx() as conn:
-            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFound(f"no run with id {run_id!r}: the signal {name!r} was not sent")
-            if row[0] in FINISHED:
-                raise ContengineError(
-                    f"run {run_id!r} is {row[0]}: it will never wait again, so the signal "
-                    f"{name!r} was not sent"
-                )
-            conn.execute(
-                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (?, ?, ?, ?)",
-                (run_id, name, payload, now),
-            )
-            # Wake a waiting run now; it finds out for itself whether this is its signal.
-            conn.execute(
-                "UPDATE runs SET due_at = ? WHERE id = ? AND status = 'waiting'", (now, run_id)
-            )
-
-    def peek_signal(self, run_id: str, name: str) -> Signal | None:
-        rows = self._read(
-            "SELECT seq, run_id, name, payload, sent_at FROM mailbox "
-            "WHERE run_id = ? AND name = ? ORDER BY seq LIMIT 1",
-            (run_id, name),
-        )
-        return Signal(*rows[0]) if rows else None
-
-    def request_cancel(self, run_id: str, now: float) -> bool:
-        with self._tx() as conn:
-            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFound(f"no run with id {run_id!r} to cancel")
-            if row[0] in FINISHED:
-                return False
-            # The run and, recursively, its unfinished children.
-            conn.execute(
-                "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL "
-                "SELECT runs.id FROM runs JOIN tree ON runs.parent_id = tree.id) "
-                "UPDATE runs SET cancel_requested = 1, due_at = ? "
-                f"WHERE id IN (SELECT id FROM tree) AND status IN ({_UNFINISHED_SQL})",
-                (run_id, now),
-            )
-            return True
-
-    def published(self, run_id: str) -> dict[str, bytes]:
-        rows = self._read("SELECT key, value FROM published WHERE run_id = ?", (run_id,))
-        return {str(k): bytes(v) for k, v in rows}
-
     def max_payload(self) -> int:
         # SQLite refuses a row longer than its length limit (1,000,000,000 bytes unless
         # the connection lowered it). A row holds up to two values (a run's arguments
@@ -747,13 +749,12 @@ class SQLiteStore(OperatorMethods, LeaseMethods, Store):
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 
-    def set_note(self, run_id: str, note: str | None) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE runs SET note = ? WHERE id = ?", (note, run_id))
-
     def close(self) -> None:
+        with contextlib.suppress(DatabaseError):
+            self._guard.check()  # a last look: the file may have gone since
         with self._lock:
             self._conn.close()
         if self._reader is not self._conn:
             with self._rlock:
                 self._reader.close()
+        self._guard.set_aside_wal()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from .base import QueueConfig, WorkerRow
 from .sqlite_bulk import lease_lost
@@ -56,9 +56,14 @@ def process_gone(pid: int, start: str | None) -> bool:
     return start is not None and len(stat) > 19 and stat[19] != start
 
 
-def alive(w: WorkerRow, wall: float) -> bool:
+# When a worker's lease runs out: its row's expiry, or later after a stall of the write
+# lock (sqlite_guard.LockStalls.expiry).
+Expiry = Callable[[WorkerRow], float]
+
+
+def alive(w: WorkerRow, wall: float, expiry: Expiry | None = None) -> bool:
     """Whether the worker may still hold leases at wall-clock time `wall`."""
-    if w.expires_at <= wall:
+    if (w.expires_at if expiry is None else expiry(w)) <= wall:
         return False
     return not (w.host == HOST and process_gone(w.pid, w.pid_start))
 
@@ -84,10 +89,12 @@ def record_worker(conn: sqlite3.Connection, w: WorkerRow) -> bool:
     return False
 
 
-def live_workers(conn: sqlite3.Connection, me: str, wall: float) -> list[str]:
+def live_workers(
+    conn: sqlite3.Connection, me: str, wall: float, expiry: Expiry | None = None
+) -> list[str]:
     """Ids of live workers (me included); dead ones' rows are deleted on the way."""
     rows = read_workers(conn)
-    live = [w.id for w in rows if w.id == me or alive(w, wall)]
+    live = [w.id for w in rows if w.id == me or alive(w, wall, expiry)]
     dead = [(w.id,) for w in rows if w.id not in live]
     if dead:
         conn.executemany("DELETE FROM workers WHERE id = ?", dead)
@@ -166,6 +173,7 @@ def claim(
     run_id: str | None,
     release: Sequence[tuple[str, int]],
     skip: Collection[str] = (),
+    expiry: Expiry | None = None,
 ) -> list[tuple[int, int]]:
     """Lease runs to worker inside the caller's write transaction; (num, lease) pairs."""
     me = worker.id
@@ -180,7 +188,7 @@ def claim(
     ensure_worker(conn, worker)
     if limit <= 0:
         return []
-    live = live_workers(conn, me, wall)
+    live = live_workers(conn, me, wall, expiry)
     room, starts = queue_room(conn, live, me, now)
     where = [f"status IN ({_UNFINISHED})", f"(owner IS NULL OR owner NOT IN ({_marks(len(live))}))"]
     params: list[object] = list(live)
@@ -249,6 +257,7 @@ def take_slot(
     now: float,
     wall: float,
     lease: tuple[str, str, int] | None = None,
+    expiry: Expiry | None = None,
 ) -> int | None:
     """A slot of the queue for one step execution: its id (0 for a queue without
     limits), or None if the queue is full now. With lease (run id, owner, lease
@@ -262,7 +271,7 @@ def take_slot(
         check_lease(conn, *lease)
     me = worker.id
     ensure_worker(conn, worker)
-    live = live_workers(conn, me, wall)
+    live = live_workers(conn, me, wall, expiry)
     held = mine = 0
     for holder, count in conn.execute(
         f"SELECT holder, count(*) FROM step_slots WHERE queue = ? AND released = 0 "

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Collection, Sequence
 
 from . import sqlite_claims
 from .base import Claim, QueueConfig, RunRow, WorkerRow
 from .sqlite_sql import _RUN_COLS, CANCEL_PENDING, SQLiteParts, _run_row
+
+
+def as_written(worker: WorkerRow, asked: float) -> WorkerRow:
+    """The row with its expiry moved on by the time its write waited for the write lock
+    (since `asked`, monotonic): a renewal that waited out a stall must not write a lease
+    that ran out meanwhile. Its holder still counts from when it asked (valid_until), so
+    it gives up no later than the others think it will."""
+    waited = time.monotonic() - asked
+    return dataclasses.replace(worker, expires_at=worker.expires_at + waited)
 
 
 class LeaseMethods(SQLiteParts):
@@ -39,8 +50,19 @@ class LeaseMethods(SQLiteParts):
         release: Sequence[tuple[str, int]] = (),
         skip: Collection[str] = (),
     ) -> list[Claim]:
+        asked = time.monotonic()
         with self._tx() as conn:
-            picked = sqlite_claims.claim(conn, worker, now, wall, limit, run_id, release, skip)
+            picked = sqlite_claims.claim(
+                conn,
+                as_written(worker, asked),
+                now,
+                wall,
+                limit,
+                run_id,
+                release,
+                skip,
+                self._stalls.expiry,
+            )
             if not picked:
                 return []
             leases = dict(picked)
@@ -65,9 +87,10 @@ class LeaseMethods(SQLiteParts):
         return [_run_row(r) for r in rows]
 
     def hold(self, run_id: str, lease: int, worker: WorkerRow) -> None:
+        asked = time.monotonic()
         with self._tx() as conn:
             sqlite_claims.check_lease(conn, run_id, worker.id, lease)
-            sqlite_claims.record_worker(conn, worker)
+            sqlite_claims.record_worker(conn, as_written(worker, asked))
 
     def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
         if not leases:
@@ -79,8 +102,9 @@ class LeaseMethods(SQLiteParts):
             )
 
     def heartbeat(self, worker: WorkerRow) -> bool:
+        asked = time.monotonic()
         with self._tx() as conn:
-            return sqlite_claims.record_worker(conn, worker)
+            return sqlite_claims.record_worker(conn, as_written(worker, asked))
 
     def release_all(self, owner: str) -> None:
         with self._tx() as conn:
@@ -121,8 +145,11 @@ class LeaseMethods(SQLiteParts):
         wall: float,
         lease: tuple[str, str, int] | None = None,
     ) -> int | None:
+        asked = time.monotonic()
         with self._tx() as conn:
-            return sqlite_claims.take_slot(conn, queue, worker, now, wall, lease)
+            return sqlite_claims.take_slot(
+                conn, queue, as_written(worker, asked), now, wall, lease, self._stalls.expiry
+            )
 
     def give_slot(self, slot: int) -> None:
         if slot:

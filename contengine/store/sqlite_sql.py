@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DatabaseError
 from .base import FINISHED, RUN_STATUSES, RunRow
 
+if TYPE_CHECKING:
+    from .sqlite_guard import LockStalls
+
 # A log entry's key packs its run's number and its position into one integer,
 # so the log is a plain rowid table: the cheapest insert and lookup SQLite has
 # (this keeps the per-step write close to the raw commit floor).
@@ -112,6 +115,7 @@ class SQLiteParts:
         _lock: threading.RLock
         _conn: sqlite3.Connection
         _nums: dict[str, int]
+        _stalls: LockStalls
 
         def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
         def _key(self, conn: sqlite3.Connection, run_id: str, position: int) -> int: ...
