@@ -8,14 +8,23 @@ from typing import Any, overload
 from .driver import Outcome
 from .errors import CorruptPayload
 from .serde import Serde, short
-from .store.base import E_COMPLETED, E_FAILED, EntryRow, ReplayRow, Store
+from .store.base import E_COMPLETED, E_FAILED, E_RETRYING, E_RUNNING, EntryRow, ReplayRow, Store
 
 
 def decode_outcome(serde: Serde, e: EntryRow | ReplayRow | Entry) -> Outcome | None:
     """A log entry's outcome read from its stored bytes; None while it is in flight."""
     status = e.status
     if status != E_COMPLETED and status != E_FAILED:
-        return None
+        if status in (E_RUNNING, E_RETRYING):
+            return None
+        # Taken for one in flight, its resumption's write would be refused as another
+        # engine's doing (a DatabaseError, no note) and a worker would claim the run
+        # again and again.
+        raise CorruptPayload(
+            f"{e.kind} {e.name!r} at position {e.position} of run {e.run_id!r} has an "
+            f"unknown status {status!r}; the database was changed outside contengine. The "
+            f"log is left as it is."
+        )
     data = e._data if isinstance(e, Entry) else e.outcome
     try:
         value = serde.loads(data or b"", _GENERIC)

@@ -170,3 +170,35 @@ def test_a_worker_sets_a_run_it_cannot_rebuild_aside_and_goes_on(tmp_path: Path)
     note = engine.get_run("bad").note
     assert note is not None and "recorded arguments decode to int 5" in note
     assert engine.get_run("bad").status == "pending"
+
+
+@pytest.mark.parametrize("status", ["weird", "", "COMPLETED"])
+def test_an_entry_of_an_unknown_status_leaves_the_run_stuck_and_a_worker_goes_on(
+    tmp_path: Path, status: str
+) -> None:
+    """An entry whose status is none of contengine's was taken for one in flight: its
+    resumption's write was refused as a conflict (a DatabaseError, no note) and a worker
+    claimed the run again and again, hundreds of times a second."""
+    path = tmp_path / "e.db"
+    engine = ce.Engine(path, poll_interval=0.01)
+    engine.start(adds, 1, id="bad")
+    engine.run_until_idle()
+    edit(
+        path,
+        "UPDATE log SET status = ? WHERE id = (SELECT num FROM runs WHERE id = 'bad') << 32",
+        status,
+    )
+    edit(path, "UPDATE runs SET status = 'pending', result = NULL WHERE id = 'bad'")
+    engine = ce.Engine(path, poll_interval=0.01)
+    report = engine.run_until_idle()
+    assert list(report.stuck) == ["bad"]
+    assert isinstance(report.stuck["bad"], ce.CorruptPayload)
+    lease = lease_of(path, "bad")
+    with engine.worker(threads=2):
+        for i in range(3):  # each needs a claim by the worker after the run was set aside
+            later = engine.start(adds, i, id=f"later-{i}")
+            assert wait_until(functools.partial(finished, later), timeout=60)
+    assert lease_of(path, "bad") <= lease + 1  # claimed once at most: it stays set aside
+    bad = engine.get_run("bad")
+    assert bad.status == "pending"
+    assert bad.note is not None and f"unknown status {status!r}" in bad.note
