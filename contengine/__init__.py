@@ -2,7 +2,28 @@
 
 from . import testing
 from .clock import Clock, SystemClock
-from .engine import Engine, IdleReport, Run
+from .core.requests import (
+    Backoff,
+    ChildHandle,
+    Request,
+    StepCall,
+    StepOptions,
+    continue_as_new,
+    gather,
+    now,
+    patched,
+    publish,
+    race,
+    random,
+    sleep,
+    sleep_until,
+    start_child,
+    wait,
+)
+from .core.requests import uuid4 as uuid
+from .core.workflow import Step, StepContext, Workflow, current_step, step, workflow
+from .drive.log import Entry
+from .engine.engine import Engine, IdleReport, Run
 from .errors import (
     Cancelled,
     ChildCancelled,
@@ -24,27 +45,6 @@ from .errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from .log import Entry
-from .requests import (
-    Backoff,
-    ChildHandle,
-    Request,
-    StepCall,
-    StepOptions,
-    continue_as_new,
-    gather,
-    now,
-    patched,
-    publish,
-    race,
-    random,
-    sleep,
-    sleep_until,
-    start_child,
-    wait,
-)
-from .requests import uuid4 as uuid
-from .workflow import Step, StepContext, Workflow, current_step, step, workflow
 
 __version__ = "0.1.0"
 

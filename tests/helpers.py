@@ -11,7 +11,7 @@ from typing import Any
 
 import contengine as ce
 from contengine.store.base import Progress
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
 

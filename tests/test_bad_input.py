@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.store import sqlite as sqlite_store
+from contengine.store.sqlite import store as sqlite_store
 
 executed: list[str] = []
 ARMED = {"halt": True}

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from contengine.bench import Metric
-from contengine.bench_workers import percentile
-from contengine.cli import main
+from contengine.cli.main import main
+from contengine.tools.bench import Metric
+from contengine.tools.bench_workers import percentile
 
 TINY = ["--steps", "50", "--rounds", "1", "--replay-steps", "200"]
 TINY_WORKERS = [
@@ -209,7 +209,7 @@ def test_a_burst_is_worked_through_and_its_memory_reported(
 def test_python_speed_is_a_rate_that_falls_with_the_work_per_loop() -> None:
     """The calibration is iterations per second: a loop half the length takes about half
     the time, so the rate stays of the same order (and is never zero)."""
-    from contengine.bench import python_speed
+    from contengine.tools.bench import python_speed
 
     short, long = python_speed(20_000, 3), python_speed(200_000, 3)
     assert short > 0 and long > 0
@@ -221,7 +221,7 @@ def test_runs_asleep_are_measured_again_with_more_time_when_the_machine_is_slow(
 ) -> None:
     """A due time that comes before every run is asleep is refused by the child (the
     measure would be spoiled); the parent tries again with a wider margin."""
-    from contengine import bench_workers
+    from contengine.tools import bench_workers
 
     # The first margin puts the due time in the past: every run wakes at once.
     monkeypatch.setattr(bench_workers, "_ASLEEP_MARGINS", (-1e6, 5))
@@ -235,7 +235,7 @@ def test_runs_asleep_are_measured_again_with_more_time_when_the_machine_is_slow(
 def test_a_slow_machine_on_every_margin_is_an_error_that_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from contengine import bench_workers
+    from contengine.tools import bench_workers
 
     monkeypatch.setattr(bench_workers, "_ASLEEP_MARGINS", (-1e6,))
     with pytest.raises(RuntimeError, match="slower than the due time allowed for"):

@@ -23,7 +23,7 @@ import pytest
 from helpers import Crash, crash_at, engine_on
 
 import contengine as ce
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC

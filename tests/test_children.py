@@ -23,7 +23,7 @@ from helpers import Crash, CrashingStore, at_commit
 
 import contengine as ce
 from contengine.store.base import Progress
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
 Flow = Generator[Any, Any, Any]

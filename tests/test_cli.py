@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.cli import main
+from contengine.cli.main import main
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
 REPO = Path(__file__).resolve().parent.parent
@@ -386,10 +386,10 @@ def test_gc_progress_shows_the_runs_deleted_after_each_batch(
 ) -> None:
     import io
 
-    import contengine.engine
-    from contengine.ops_cli import Progress, _gc
+    import contengine.engine.engine
+    from contengine.cli.ops import Progress, _gc
 
-    monkeypatch.setattr(contengine.engine, "GC_BATCH", 2)
+    monkeypatch.setattr(contengine.engine.engine, "GC_BATCH", 2)
     clock = ce.testing.VirtualClock()
     with ce.Engine(str(tmp_path / "gc.db"), clock=clock) as engine:
         for i in range(5):
@@ -410,7 +410,7 @@ def test_backup_progress_shows_a_start_and_a_done_line_and_nothing_unless_forced
 ) -> None:
     import io
 
-    from contengine.ops_cli import Progress, _backup
+    from contengine.cli.ops import Progress, _backup
 
     shown, hidden = io.StringIO(), io.StringIO()
     with ce.Engine(db) as engine:

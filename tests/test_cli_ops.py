@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.cli import CommandError, main
-from contengine.ops_cli import parse_duration
+from contengine.cli.main import CommandError, main
+from contengine.cli.ops import parse_duration
 from contengine.testing import VirtualClock
 
 DAY = 86400.0
@@ -276,14 +276,14 @@ def test_gc_with_a_bad_age_is_a_usage_error_and_deletes_nothing(
 def test_engine_gc_counts_across_batches_and_refuses_a_negative_age(tmp_path: Path) -> None:
     clock = VirtualClock()
     with ce.Engine(tmp_path / "many.db", durability="normal", clock=clock) as engine:
-        for i in range(ce.engine.GC_BATCH + 3):
+        for i in range(ce.engine.engine.GC_BATCH + 3):
             engine.start(wf_done, i, id=f"r{i}")
         engine.run_until_idle()
         clock.advance(10)
         engine.start(wf_approve, "o", id="young")
         with pytest.raises(ValueError, match="older_than_seconds"):
             engine.gc(-1)
-        assert engine.gc(5) == ce.engine.GC_BATCH + 3
+        assert engine.gc(5) == ce.engine.engine.GC_BATCH + 3
         assert [r.id for r in engine.runs()] == ["young"]
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.cli import main
-from contengine.engine import EXPORT_VERSION
+from contengine.cli.main import main
+from contengine.core.workflow import Workflow
+from contengine.engine.engine import EXPORT_VERSION
 from contengine.testing import VirtualClock
-from contengine.workflow import Workflow
 
 LEDGER: list[str] = []  # every step execution, in order, across engines
 FIXED = {"b": False, "tail": False}  # flags the tests flip to "fix the bug"

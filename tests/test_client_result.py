@@ -17,8 +17,8 @@ import worker_child as wc
 from test_workers_processes import WAIT, Workers, ledger_rows, query, wait_for, workers
 
 import contengine as ce
+from contengine.core.workflow import WorkflowNotFound
 from contengine.store.base import PENDING, RunRow
-from contengine.workflow import WorkflowNotFound
 
 __all__ = ["workers"]  # the fixture, imported for the tests below
 

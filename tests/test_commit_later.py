@@ -21,7 +21,6 @@ from hypothesis import given
 
 from contengine import LeaseLost
 from contengine.errors import DatabaseError
-from contengine.store import sqlite_bulk
 from contengine.store.base import (
     COMPLETED,
     E_COMPLETED,
@@ -32,7 +31,8 @@ from contengine.store.base import (
     RunRow,
     RunUpdate,
 )
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite import bulk as sqlite_bulk
+from contengine.store.sqlite.store import SQLiteStore
 
 OWNER = "w"
 BULK_WRITES = [0]  # batches the bulk path wrote (it may give way to one by one)

@@ -21,7 +21,7 @@ from helpers import Crash, at_commit, engine_on
 
 import contengine as ce
 from contengine.store.base import Progress
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
 Flow = Generator[Any, Any, Any]

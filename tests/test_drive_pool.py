@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from contengine.drive_pool import DrivePool, Parked
+from contengine.drive.pool import DrivePool, Parked
 from contengine.store.base import Ticket
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.driver import Driver, Outcome, Pending, Raised, Returned
+from contengine.core.driver import Driver, Outcome, Pending, Raised, Returned
 
 Gen = Generator[Any, Any, Any]
 

@@ -75,7 +75,7 @@ def test_an_engine_error_after_a_step_keeps_the_steps_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The outcome of a step that ran is committed even if the engine fails on the next one."""
-    import contengine.requests as requests
+    import contengine.core.requests as requests
 
     ran: list[str] = []
 
@@ -361,7 +361,7 @@ def test_a_stuck_note_is_cleared_once_the_run_moves_again(tmp_path: Path) -> Non
 
 def test_a_long_log_is_replayed_in_chunks_and_the_body_starts_first(tmp_path: Path) -> None:
     """Replay reads the log as it goes: the workflow runs before most of the log is read."""
-    from contengine.log import StreamedLog
+    from contengine.drive.log import StreamedLog
 
     path = tmp_path / "e.db"
     steps = StreamedLog.FIRST_CHUNK + StreamedLog.CHUNK + 10  # crosses two chunk edges

@@ -10,7 +10,7 @@ import pytest
 
 import contengine as ce
 from contengine.store.base import Progress
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 
 Flow = Generator[Any, Any, Any]
 

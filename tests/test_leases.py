@@ -16,8 +16,8 @@ from helpers import wait_until
 
 import contengine as ce
 from contengine.store.base import Progress, WorkerRow
-from contengine.store.sqlite import SQLiteStore
-from contengine.store.sqlite_claims import HOST, alive
+from contengine.store.sqlite.claims import HOST, alive
+from contengine.store.sqlite.store import SQLiteStore
 
 GATE = threading.Event()
 STARTED = threading.Event()

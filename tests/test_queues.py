@@ -14,9 +14,9 @@ import pytest
 from helpers import stop_in_background, wait_until
 
 import contengine as ce
-from contengine.cli import main
+from contengine.cli.main import main
 from contengine.store.base import Progress
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
 START = 1_700_000_000.0

@@ -26,9 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import contengine as ce
-from contengine.driver import Driver, Returned
+from contengine.core.driver import Driver, Returned
 from contengine.store.base import Progress
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
 Flow = Generator[Any, Any, Any]

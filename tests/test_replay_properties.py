@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import contengine as ce
-from contengine.driver import Driver, Raised, Returned
+from contengine.core.driver import Driver, Raised, Returned
 from contengine.store.base import (
     E_COMPLETED,
     E_FAILED,
@@ -32,7 +32,7 @@ from contengine.store.base import (
     Signal,
     Store,
 )
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 
 RUN_ID = "prop-run"
 MOD = 1009

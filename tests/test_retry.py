@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.cli import main
+from contengine.cli.main import main
+from contengine.core.workflow import Workflow
 from contengine.testing import VirtualClock
-from contengine.workflow import Workflow
 
 LEDGER: list[str] = []  # every step execution, in order
 FIXED = {"ship": False, "deep": False, "tail": False}  # flags the tests flip to "fix the bug"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.cli import main
+from contengine.cli.main import main
 
 priced: list[str] = []
 

@@ -32,7 +32,7 @@ from contengine.store.base import (
     Store,
     WorkerRow,
 )
-from contengine.store.sqlite import SQLiteStore
+from contengine.store.sqlite.store import SQLiteStore
 
 StoreFactory = Callable[[Path], Store]
 

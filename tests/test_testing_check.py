@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import contengine as ce
-import contengine.runner
-import contengine.store.sqlite as sqlite_store
-from contengine.log import decode_outcome
+import contengine.drive.runner
+import contengine.store.sqlite.store as sqlite_store
+from contengine.drive.log import decode_outcome
 from contengine.testing.check import CheckFailed, CheckReport, check
 
 Flow = Generator[Any, Any, Any]
@@ -460,7 +460,7 @@ def test_a_core_bug_that_runs_a_committed_step_again_is_caught(
     def forgetful(serde: Any, row: Any) -> Any:
         return None if row.kind == "step" else decode_outcome(serde, row)
 
-    monkeypatch.setattr(contengine.runner, "decode_outcome", forgetful)
+    monkeypatch.setattr(contengine.drive.runner, "decode_outcome", forgetful)
     fence = "AND status IN ('running', 'retrying') "
     for sql in ("_COMPLETE_ENTRY", "_UPDATE_ENTRY"):
         monkeypatch.setattr(sqlite_store, sql, getattr(sqlite_store, sql).replace(fence, ""))

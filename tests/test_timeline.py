@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.cli import main
+from contengine.cli.main import main
+from contengine.cli.timeline import render_run
 from contengine.testing import VirtualClock
-from contengine.timeline import render_run
 
 SVG_NS = "http://www.w3.org/2000/svg"
 _tl_calls: dict[str, int] = {}

@@ -146,7 +146,7 @@ def test_step_with_options_keeps_its_types(mypy_report: dict[str, str]) -> None:
     assert revealed(mypy_report, "reveal-options") == "int"
     assert revealed(mypy_report, "reveal-per-call") == "str"
     step_type = revealed(mypy_report, "reveal-step-options")
-    assert step_type == "contengine.workflow.Step[[receipt: str], int]"
+    assert step_type == "contengine.core.workflow.Step[[receipt: str], int]"
 
 
 def test_wrong_argument_to_a_step_is_flagged(mypy_report: dict[str, str]) -> None:
@@ -162,7 +162,7 @@ def test_wrong_argument_to_a_step_is_flagged(mypy_report: dict[str, str]) -> Non
 def test_workflow_and_engine_run_carry_types(mypy_report: dict[str, str]) -> None:
     """A workflow's parameters and result reach engine.run()'s return type."""
     workflow_type = revealed(mypy_report, "reveal-workflow")
-    assert workflow_type == "contengine.workflow.Workflow[[order_id: str], str]"
+    assert workflow_type == "contengine.core.workflow.Workflow[[order_id: str], str]"
     assert revealed(mypy_report, "reveal-run") == "str"
 
 

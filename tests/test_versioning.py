@@ -16,7 +16,7 @@ import pytest
 from helpers import Crash
 
 import contengine as ce
-from contengine.driver import Driver, Outcome, Pending, Returned
+from contengine.core.driver import Driver, Outcome, Pending, Returned
 from contengine.testing import VirtualClock
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
@@ -96,7 +96,7 @@ def test_a_changed_sleep_shows_both_durations_exactly_in_the_replay_diff(tmp_pat
 
 def engine_wf(name: str) -> ce.Workflow[..., Any]:
     """The workflow registered under name now."""
-    from contengine.workflow import lookup
+    from contengine.core.workflow import lookup
 
     return lookup(name, None, {})
 
@@ -352,7 +352,7 @@ def replays(logged: ce.Request, replayed: ce.Request) -> bool:
 
 def old_key(logged: ce.StepCall[Any]) -> Logged:
     """A log entry keyed the way logs were before arguments were bound: as written."""
-    from contengine.canonical import canonical_call, key_of
+    from contengine.core.canonical import canonical_call, key_of
 
     entry = Logged(0, logged, Outcome(True, "r"))
     entry.key = key_of(canonical_call(logged.args, logged.kwargs))

@@ -1,6 +1,6 @@
 """Stores: where runs and their logs live."""
 
 from .base import Store
-from .sqlite import SQLiteStore
+from .sqlite.store import SQLiteStore
 
 __all__ = ["SQLiteStore", "Store"]

@@ -47,12 +47,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..canonical import canonical_call
 from ..clock import Clock
+from ..core.canonical import canonical_call
+from ..core.serde import Serde
+from ..core.workflow import Step, Workflow
 from ..errors import ContengineError, NonDeterminismError
-from ..serde import Serde
 from ..store.base import E_COMPLETED, E_FAILED, E_RETRYING, FINISHED, EntryRow, Progress
-from ..workflow import Step, Workflow
 from .check_events import (
     AFTER,
     BEFORE,

@@ -31,11 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..canonical import canonical_call, key_of
 from ..clock import Clock
-from ..engine import Engine
-from ..errors import Cancelled, ContengineError
-from ..requests import (
+from ..core.canonical import canonical_call, key_of
+from ..core.requests import (
     ChildRequest,
     GatherRequest,
     RaceRequest,
@@ -44,10 +42,12 @@ from ..requests import (
     StepCall,
     UuidRequest,
 )
-from ..serde import Serde
+from ..core.serde import Serde
+from ..core.workflow import Step, Workflow, current_step
+from ..engine.engine import Engine
+from ..errors import Cancelled, ContengineError
 from ..store.base import FINISHED, Progress, Store
-from ..store.sqlite import SQLiteStore
-from ..workflow import Step, Workflow, current_step
+from ..store.sqlite.store import SQLiteStore
 from .check_events import (
     AFTER,
     BEFORE,

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import Clock
-from ..engine import Engine
+from ..core.requests import GatherRequest, RaceRequest, Request, StepCall
+from ..core.workflow import Step, Workflow, current_step
+from ..drive.log import Entry
+from ..engine.engine import Engine
 from ..errors import Cancelled, ContengineError
-from ..log import Entry
-from ..requests import GatherRequest, RaceRequest, Request, StepCall
 from ..store.base import E_COMPLETED, E_FAILED, FINISHED, Progress
-from ..store.sqlite import SQLiteStore
-from ..workflow import Step, Workflow, current_step
+from ..store.sqlite.store import SQLiteStore
 from .clock import VirtualClock
 
 __all__ = [

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..clock import Clock
-from ..engine import Engine
+from ..core.requests import GatherRequest, RaceRequest, StepCall
+from ..core.workflow import Step, Workflow
+from ..engine.engine import Engine
 from ..errors import ContengineError, NonDeterminismError
-from ..requests import GatherRequest, RaceRequest, StepCall
-from ..workflow import Step, Workflow
 from .clock import VirtualClock
 from .fuzz_process import collect_children, start_children
 from .fuzz_replay import (

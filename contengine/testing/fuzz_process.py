@@ -23,9 +23,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import Engine
+from ..core.workflow import Workflow, lookup
+from ..engine.engine import Engine
 from ..errors import WorkflowNotFound
-from ..workflow import Workflow, lookup
 from .fuzz_replay import (
     CAUSE_HASH,
     CAUSE_PROCESS,

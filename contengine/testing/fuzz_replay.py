@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..canonical import canonical_call
-from ..driver import Driver, Next, Pending, Raised, Returned
+from ..core.canonical import canonical_call
+from ..core.driver import Driver, Next, Pending, Raised, Returned
+from ..core.serde import Serde
+from ..core.workflow import Workflow
+from ..drive.log import Entry
 from ..errors import ContengineError, NonDeterminismError, WorkflowFailed
-from ..log import Entry
-from ..serde import Serde
-from ..workflow import Workflow
 from .world import World, pinned
 
 RUN_ID = "fuzz"

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.workflow import Workflow
 from ..errors import ContengineError
-from ..workflow import Workflow
 from .lint_scope import Scope, expr_kind, module_imports
 
 __all__ = ["Finding", "lint"]
@@ -216,7 +216,7 @@ _COMPREHENSIONS = (ast.ListComp, ast.GeneratorExp, ast.DictComp)
 _PER_THREAD = (threading.local, contextvars.ContextVar)
 # Calls that turn their argument into text (an object's default repr shows its address).
 _TO_TEXT = {"builtins.repr", "builtins.str", "builtins.ascii", "builtins.format"}
-_STEP_DECORATORS = {"contengine.step", "contengine.workflow.step"}
+_STEP_DECORATORS = {"contengine.step", "contengine.core.workflow.step"}
 _IGNORE = re.compile(r"#\s*contengine:\s*ignore(?:\[([\w\s,-]+)\])?")
 
 

@@ -12,8 +12,8 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
+from ..core.workflow import Workflow
 from ..errors import ContengineError
-from ..workflow import Workflow
 from .lint import Finding, lint
 
 __all__ = ["add_lint_command", "lint_main"]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ..engine import Engine
+    from ..engine.engine import Engine
     from .clock import VirtualClock
 
 MARKER = "ce_check"
@@ -62,7 +62,7 @@ def ce_db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def ce_engine(ce_db_path: Path, ce_clock: VirtualClock) -> Iterator[Engine]:
     """A fresh engine on a temporary file with the virtual clock; closed after the test."""
-    from ..engine import Engine
+    from ..engine.engine import Engine
 
     engine = Engine(ce_db_path, clock=ce_clock)
     try:

@@ -24,7 +24,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..driver import Driver, describe_recorded
+from ..core.driver import Driver, describe_recorded
+from ..core.serde import Serde
+from ..core.workflow import Workflow, lookup
+from ..drive.log import decode_outcome
 from ..errors import (
     ContengineError,
     DatabaseError,
@@ -32,11 +35,8 @@ from ..errors import (
     RunNotFound,
     WorkflowNotFound,
 )
-from ..log import decode_outcome
-from ..serde import Serde
 from ..store.base import FINISHED, RUN_STATUSES, EntryRow, RunRow
-from ..store.sqlite import SQLiteStore
-from ..workflow import Workflow, lookup
+from ..store.sqlite.store import SQLiteStore
 
 __all__ = [
     "DIVERGED",

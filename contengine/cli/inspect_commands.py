@@ -1,0 +1,312 @@
+"""The `runs` and `show` commands: print a database's runs and their logs; no run is changed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import reprlib
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from ..drive.log import Entry
+from ..engine.engine import Engine
+from ..errors import ContengineError, StepFailed
+from ..store.base import COMPLETED, E_COMPLETED, E_FAILED, E_RETRYING, FAILED, RUN_STATUSES, RunRow
+from ..store.sqlite.store import SQLiteStore
+from .main import CommandError
+
+MAX_CHILD_DEPTH = 3  # child runs shown inside their parent's log, this deep
+ARGS_WIDTH = 40
+OUTCOME_WIDTH = 80
+NOTE_WIDTH = 100
+# What `runs --json` gives of each run (times in seconds since the epoch).
+JSON_FIELDS = ("id", "workflow", "status", "created_at", "finished_at", "parent_id", "note", "tags")
+
+Formatter = Callable[[Any], str]
+# (least, most) age in seconds a listed run may have; None: no bound.
+AgeWindow = tuple[float | None, float | None]
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = OUTCOME_WIDTH
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `runs` or `show` against args.db; returns the exit code."""
+    window = _age_window(args)  # checked before the database is opened
+    tag = getattr(args, "tag", None)
+    with open_engine(args.db, readonly=True) as engine:
+        if window != (None, None) or tag is not None:
+            engine = _aged(engine, window, tag)
+        if getattr(args, "html", None):
+            return _write_html(engine, args)
+        if args.command == "runs":
+            return _runs(engine, args.status, args.workflow, args.json)
+        return _show(engine, args.run_id)
+
+
+def _age_window(args: argparse.Namespace) -> AgeWindow:
+    """The --older-than and --newer-than ages of `runs`, in seconds (None if not given)."""
+    from .ops import parse_duration
+
+    older, newer = getattr(args, "older_than", None), getattr(args, "newer_than", None)
+    return (
+        None if older is None else parse_duration(older, "--older-than"),
+        None if newer is None else parse_duration(newer, "--newer-than"),
+    )
+
+
+def created_within(row: RunRow, window: AgeWindow, now: float) -> bool:
+    """True if the run was created at least window[0] and at most window[1] seconds ago."""
+    age = now - row.created_at
+    least, most = window
+    return (least is None or age >= least) and (most is None or age <= most)
+
+
+class _AgedStore:
+    """A store whose list_runs keeps only the runs created within an age window (and
+    carrying a tag, if one is asked for)."""
+
+    def __init__(self, engine: Engine, window: AgeWindow, tag: str | None) -> None:
+        self._store, self._window, self._tag = engine.store, window, tag
+        self._now = engine.clock.now()  # one instant for the whole listing
+
+    def list_runs(
+        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> list[RunRow]:
+        """The store's runs (oldest first) that were created within the window."""
+        rows = self._store.list_runs(status, workflow, tag=self._tag)
+        rows = [r for r in rows if created_within(r, self._window, self._now)]
+        return rows if limit is None else rows[:limit]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class _AgedEngine:
+    """An engine seen through _AgedStore: every listing of runs (table, JSON, HTML) agrees."""
+
+    def __init__(self, engine: Engine, window: AgeWindow, tag: str | None) -> None:
+        self._engine, self.store = engine, _AgedStore(engine, window, tag)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def _aged(engine: Engine, window: AgeWindow, tag: str | None) -> Engine:
+    return cast(Engine, _AgedEngine(engine, window, tag))
+
+
+def _write_html(engine: Engine, args: argparse.Namespace) -> int:
+    """Render `runs` or `show` as an HTML page, write it to args.html and print its path."""
+    from .timeline import render_run, render_runs  # it imports this module
+
+    if args.command == "runs":
+        if args.status is not None and args.status not in RUN_STATUSES:
+            _error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {args.status!r}")
+            return 2
+        page = render_runs(engine, status=args.status, workflow=args.workflow)
+    elif engine.store.get_run(args.run_id) is None:
+        _error(f"no run with id {args.run_id!r} in this database")
+        return 1
+    else:
+        page = render_run(engine, args.run_id)
+    try:
+        with open(args.html, "w", encoding="utf-8") as out:
+            out.write(page)
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.html!r}: {exc.strerror or exc}") from exc
+    print(os.path.abspath(args.html))
+    return 0
+
+
+def open_engine(db: str | None, create: bool = False, readonly: bool = False) -> Engine:
+    """An engine on the existing database file db (or a new one there, with create);
+    CommandError if there is none. readonly: for commands that only look (runs, show,
+    export): it opens a read-only file, or one on a read-only filesystem, and can write
+    nothing."""
+    if not db:
+        raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
+    if not create and not os.path.isfile(db):
+        # Opening a missing path would create an empty database; a typo should not.
+        raise CommandError(f"no database at {db!r}")
+    # Signed databases: the secret comes from the environment, never the command line.
+    secret = os.environ.get("CONTENGINE_SECRET")
+    store = SQLiteStore(db, readonly=True) if readonly else None
+    return Engine(db, secret=secret.encode() if secret else None, store=store)
+
+
+def _runs(engine: Engine, status: str | None, workflow: str | None, as_json: bool) -> int:
+    if status is not None and status not in RUN_STATUSES:
+        _error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        return 2
+    rows = engine.store.list_runs(status, workflow)
+    if as_json:
+        print(json.dumps([{field: getattr(r, field) for field in JSON_FIELDS} for r in rows]))
+        return 0
+    if not rows:
+        print("no runs")
+        return 0
+    table = [
+        [r.id, r.workflow, r.status, _iso(r.created_at), _clip(r.note or "", NOTE_WIDTH)]
+        for r in rows
+    ]
+    _print_table(["id", "workflow", "status", "created", "note"], table)
+    return 0
+
+
+def _show(engine: Engine, run_id: str) -> int:
+    row = engine.store.get_run(run_id)
+    if row is None:
+        _error(f"no run with id {run_id!r} in this database")
+        return 1
+    print(f"run       {row.id}")
+    print(f"workflow  {row.workflow}")
+    print(f"status    {row.status}")
+    print(f"created   {_iso(row.created_at)}")
+    if row.finished_at is not None:
+        took = (row.finished_at - row.created_at) * 1000
+        print(f"finished  {_iso(row.finished_at)} ({took:.1f} ms after it was created)")
+    if row.status == COMPLETED:
+        print(f"result    {_load(engine, row.result, run_id, 'result', _short)}")
+    elif row.status == FAILED:
+        print(f"error     {_load(engine, row.error, run_id, 'exception', _exc_text)}")
+    if row.note:
+        print(f"note      {row.note}")
+    entries = engine.history(run_id)
+    print()
+    if not entries:
+        print("(the log is empty: the run has not started)")
+        return 0
+    _print_table(
+        ["pos", "kind", "request", "status", "attempts", "crashes", "ms", "outcome"],
+        _timeline_rows(engine, row.id, row.generation, entries, 0),
+        right={"attempts", "crashes", "ms"},
+    )
+    return 0
+
+
+def _timeline_rows(
+    engine: Engine, run_id: str, generation: int, entries: list[Entry], depth: int
+) -> list[list[str]]:
+    """Rows of a run's log: gather/race members and child runs' logs indented under them."""
+    rows: list[list[str]] = []
+    members_left = 0
+    for e in entries:
+        indent = depth + (1 if members_left else 0)
+        members_left = max(members_left - 1, 0)
+        rows.append(_timeline_row(e, indent))
+        if e.kind in ("gather", "race") and e.key and e.key.isdigit():
+            members_left = int(e.key)
+        if e.kind in ("child", "start_child") and depth < MAX_CHILD_DEPTH:
+            child_id = (
+                f"{run_id}/{e.position}"
+                if not generation
+                else f"{run_id}/g{generation}/{e.position}"
+            )
+            child = engine.store.get_run(child_id)
+            if child is not None:
+                child_entries = engine.history(child_id)
+                rows.append(_child_header(child_id, child.status, indent + 1))
+                rows.extend(
+                    _timeline_rows(engine, child_id, child.generation, child_entries, indent + 1)
+                )
+    return rows
+
+
+def _child_header(child_id: str, status: str, depth: int) -> list[str]:
+    return ["  " * depth + "-", "run", child_id, status, "", "", "", ""]
+
+
+def _timeline_row(e: Entry, depth: int = 0) -> list[str]:
+    request = f"{e.name}({_clip(e.text, ARGS_WIDTH)})"
+    ms = "-" if e.duration is None else f"{e.duration * 1000:.1f}"
+    pad = "  " * depth
+    return [
+        f"{pad}{e.position}",
+        e.kind,
+        request,
+        e.status,
+        str(e.attempts),
+        str(e.crashes),
+        ms,
+        _outcome(e),
+    ]
+
+
+def _outcome(e: Entry) -> str:
+    """The outcome in short: a value's repr, an exception's type and message, or what is due."""
+    try:
+        if e.status == E_COMPLETED:
+            return _short(e.value)
+        if e.status == E_FAILED:
+            return _exc_text(e.error)
+    except ContengineError as exc:  # signed, or its classes are not importable here
+        last = _last_line(e.error_text) if e.status == E_FAILED else ""
+        return _clip(last or _unreadable(exc, e.run_id), OUTCOME_WIDTH)
+    if e.status == E_RETRYING:
+        due = "" if e.due_at is None else f" {_iso(e.due_at)}"
+        why = _last_line(e.error_text)  # none: an attempt given back at a worker's stop
+        return _clip(f"retry due{due}" + (f" after {why}" if why else ""), OUTCOME_WIDTH)
+    return "in flight"
+
+
+def _load(engine: Engine, data: bytes | None, run_id: str, what: str, fmt: Formatter) -> str:
+    try:
+        return fmt(engine.serde.loads(data or b"", f"the {what} of run {run_id!r}"))
+    except ContengineError as exc:
+        return _unreadable(exc, run_id)
+
+
+def _unreadable(exc: ContengineError, run_id: str) -> str:
+    # Serde messages start by naming the payload ("the result of run 'r' ..."); the
+    # row already says which one it is, so keep only the reason.
+    reason = _first_line(str(exc)).split(f" of run {run_id!r}", 1)[-1].strip()
+    return _clip(f"(unreadable here: it {reason})", OUTCOME_WIDTH)
+
+
+def _short(value: Any) -> str:
+    return _clip(_repr.repr(value), OUTCOME_WIDTH)
+
+
+def _exc_text(exc: BaseException | None) -> str:
+    # A StepFailed stand-in already reads "OriginalType: message".
+    text = str(exc) if isinstance(exc, StepFailed) else f"{type(exc).__name__}: {exc}"
+    return _clip(_first_line(text), OUTCOME_WIDTH)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())  # one line, whatever the value held
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _print_table(
+    headers: list[str], rows: Sequence[list[str]], right: frozenset[str] | set[str] = frozenset()
+) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for cells in [headers, *rows]:
+        parts = [
+            c.rjust(w) if h in right else c.ljust(w)
+            for c, w, h in zip(cells, widths, headers, strict=True)
+        ]
+        print("  ".join(parts).rstrip())
+
+
+def _error(message: str) -> None:
+    print(f"contengine: {message}", file=sys.stderr)

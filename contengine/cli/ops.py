@@ -1,0 +1,205 @@
+"""Operator commands (signal, cancel, retry, fork, export, import, gc, backup) on a database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..engine.retrying import plan_retry
+from ..engine.transfer import check_export, checked_id, checked_ref
+from ..errors import ContengineError
+from .main import CommandError
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the operator commands to the `contengine` subcommand parsers."""
+    db_help = "database file (default: $CONTENGINE_DB)"
+    signal = sub.add_parser("signal", help="send a signal (a JSON payload) to a run")
+    signal.add_argument("run_id")
+    signal.add_argument("name", help="the signal's name, as the run's ce.wait(name) has it")
+    signal.add_argument("payload", help="the payload as JSON, e.g. '{\"ok\": true}'")
+    cancel = sub.add_parser("cancel", help="cancel a run (and its unfinished children)")
+    cancel.add_argument("run_id")
+    gc = sub.add_parser("gc", help="delete runs that finished long ago, with their logs")
+    gc.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 45s")
+    backup = sub.add_parser("backup", help="copy the database to a new file, while it is in use")
+    backup.add_argument("dest", help="the new file (never overwritten)")
+    retry = sub.add_parser("retry", help="resume a failed run from the step that failed")
+    retry.add_argument("run_id")
+    retry.add_argument(
+        "--at", type=int, metavar="N", help="resume at position N instead (entries kept: N)"
+    )
+    fork = sub.add_parser("fork", help="a new run from a copy of the first N log entries")
+    fork.add_argument("run_id")
+    fork.add_argument("--at", type=int, required=True, metavar="N", help="entries to keep")
+    fork.add_argument("--id", dest="new_id", help="the new run's id (default: a fresh one)")
+    export = sub.add_parser("export", help="print a run (log, pending signals) as JSON")
+    export.add_argument("run_id")
+    imp = sub.add_parser("import", help="recreate an exported run in this database")
+    imp.add_argument("file", help="a file written by `contengine export` ('-': stdin)")
+    imp.add_argument("--id", dest="new_id", help="import under this id instead")
+    for p in (signal, cancel, gc, backup, retry, fork, export, imp):
+        p.add_argument("--db", default=os.environ.get("CONTENGINE_DB"), help=db_help)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run one operator command against args.db; returns the exit code."""
+    from .inspect_commands import open_engine  # the engine loads only for a command that uses it
+
+    # Arguments are checked before the database is opened.
+    if args.command == "signal" and not args.name:
+        raise CommandError("a signal name must be a non-empty string", 2)
+    payload = _json(args.payload) if args.command == "signal" else None
+    age = parse_duration(args.older_than) if args.command == "gc" else 0.0
+    data = _read_export(args.file) if args.command == "import" else None
+    try:
+        if getattr(args, "run_id", None) is not None:
+            checked_ref(args.run_id)
+        if getattr(args, "new_id", None) is not None:
+            checked_id(args.new_id)
+        if args.command == "import":
+            check_export(data, args.new_id)
+    except ValueError as exc:
+        raise CommandError(str(exc), 2) from None
+    except ContengineError as exc:
+        raise CommandError(str(exc)) from None
+    created = args.command == "import" and bool(args.db) and not os.path.exists(args.db)
+    # An import may be the first thing in a new database (moving a run to a new file).
+    with open_engine(
+        args.db, create=args.command == "import", readonly=args.command == "export"
+    ) as engine:
+        if created:
+            print(f"created a new database at {args.db!r}")
+        try:
+            if args.command == "signal":
+                engine.signal(args.run_id, args.name, payload)
+                print(f"sent signal {args.name!r} to run {args.run_id!r}")
+            elif args.command == "cancel":
+                if engine.cancel(args.run_id):
+                    # Another process's engine delivers it when it next drives or waits.
+                    print(f"cancelled run {args.run_id!r} (delivered when it is next driven)")
+                else:
+                    # Nothing was cancelled: a failure, so a script sees it (exit 1).
+                    status = engine.get_run(args.run_id).status
+                    raise CommandError(
+                        f"run {args.run_id!r} had already finished ({status}); nothing changed"
+                    )
+            elif args.command in ("retry", "fork", "export", "import"):
+                _move(engine, args, data)
+            elif args.command == "gc":
+                deleted = _gc(engine, age, Progress())
+                print(f"deleted {deleted} finished run{'' if deleted == 1 else 's'}")
+            else:
+                _backup(engine, args.db, args.dest, Progress())
+                print(f"backed up {args.db} to {args.dest}")
+        except ContengineError as exc:
+            # The engine's message names the run and what was (not) done.
+            raise CommandError(str(exc)) from exc
+    return 0
+
+
+class Progress:
+    """A progress line, rewritten in place on a terminal; silent when the stream is not one."""
+
+    def __init__(self, stream: TextIO | None = None, is_tty: bool | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.on = self.stream.isatty() if is_tty is None else is_tty
+        self._shown = False
+
+    def update(self, text: str) -> None:
+        """Show text as the current progress line (erasing the previous one)."""
+        if self.on:
+            self.stream.write(f"\r{text}\x1b[K")
+            self.stream.flush()
+            self._shown = True
+
+    def finish(self) -> None:
+        """End the progress line, so that what is printed next starts on its own line."""
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._shown = False
+
+
+def _gc(engine: Engine, age: float, progress: Progress) -> int:
+    """engine.gc(age), showing the runs deleted so far after each batch; returns the count."""
+    if math.isinf(age):
+        raise CommandError("--older-than is too large", 2)
+    try:
+        return engine.gc(
+            age, on_batch=lambda total: progress.update(f"gc: deleted {total} finished runs so far")
+        )
+    finally:
+        progress.finish()
+
+
+def _backup(engine: Engine, db: str, dest: str, progress: Progress) -> None:
+    """engine.backup(dest), with a line while it copies (the store reports no page counts)."""
+    progress.update(f"backup: copying {db} to {dest} ...")
+    try:
+        engine.backup(dest)
+        progress.update(f"backup: copied {db} to {dest}")
+    finally:
+        progress.finish()
+
+
+def _move(engine: Engine, args: argparse.Namespace, data: Any) -> None:
+    """retry, fork, export or import; prints what was done (export: the JSON)."""
+    if args.command == "retry":
+        # The plan is read first only to say what was done; retry() plans again inside.
+        plan = plan_retry(engine.store, args.run_id, args.at)
+        engine.retry(args.run_id, args.at)
+        for n, step in enumerate(plan):
+            what = (
+                f"run {step.run_id!r}" if n == 0 else f"  and its failed child run {step.run_id!r}"
+            )
+            print(f"{what} is pending again; it resumes at position {step.position} when driven")
+    elif args.command == "fork":
+        run = engine.fork(args.run_id, args.at, args.new_id)
+        print(f"forked run {args.run_id!r} at {args.at} as {run.id!r} (pending)")
+    elif args.command == "export":
+        print(json.dumps(engine.export_run(args.run_id), indent=1))
+    else:
+        run = engine.import_run(data, args.new_id)
+        print(f"imported run {run.id!r} ({run.status})")
+
+
+def _read_export(path: str) -> Any:
+    try:
+        if path == "-":
+            return json.load(sys.stdin)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise CommandError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path!r} is not JSON written by `contengine export`: {exc}") from None
+
+
+def parse_duration(text: str, option: str = "--older-than") -> float:
+    """Seconds in an age such as 30d, 12h, 90m, 45s or 10 (seconds); CommandError if not one."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise CommandError(
+            f"{option} needs a number with a unit s, m, h or d (e.g. 30d), not {text!r}", 2
+        )
+    return float(match.group(1)) * UNITS[match.group(2) or "s"]
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise CommandError(f"the payload {shown!r} is not valid JSON: {exc}", 2) from None

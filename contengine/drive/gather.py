@@ -1,0 +1,379 @@
+"""ce.gather inside a drive: members in argument order, steps in a pool, outcomes as they come."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from concurrent.futures import FIRST_COMPLETED
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ..core.driver import Outcome, Pending
+from ..core.idle import NEVER, duration_text
+from ..core.requests import (
+    GatherRequest,
+    Immediate,
+    Request,
+    SleepRequest,
+    StepCall,
+    WaitRequest,
+)
+from ..errors import Cancelled, StepFailed, Timeout
+from ..store.base import (
+    E_COMPLETED,
+    E_FAILED,
+    E_RETRYING,
+    E_RUNNING,
+    RUNNING,
+    SLEEPING,
+    WAITING,
+    EntryRow,
+    Progress,
+)
+from .log import decode_outcome
+
+if TYPE_CHECKING:
+    from .loop import _Drive
+
+
+def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
+    """Carry out a gather's members concurrently, committing each outcome as it comes.
+
+    Every member has its own log entry, at the position its argument order gives
+    it, written when the gather is first reached. Steps run in the runner's
+    thread pool; commits are made here, in the driving thread, as they finish.
+    """
+    now = d.r.clock.now()
+    members = request.members
+    entries, outcomes, steps = _prepare(d, pending, request, now)
+    run_steps(d, members, entries, outcomes, steps)
+    if all(o is not None for o in outcomes):
+        return request.combine(outcomes)  # type: ignore[no-any-return]
+    _go_idle_for_members(d, members, entries, outcomes)
+
+
+def _prepare(
+    d: _Drive, pending: Pending, request: GatherRequest, now: float, first_only: bool = False
+) -> tuple[list[EntryRow], list[Outcome | None], dict[int, tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """Log a gather's (or race's) entries if new; settle what needs no code; list the steps
+    to run now, with their arguments. With first_only (a race), stop at the first member
+    with an outcome: later members must not take signals or finish timers they lost."""
+    members = request.members
+    recorded = pending.members or [None] * len(members)
+    entries: list[EntryRow] = []
+    fresh: list[EntryRow] = []
+    if pending.recorded is None:
+        fresh.append(gather_entry(d, pending.position, request, now))
+    for i, member in enumerate(members):
+        position = pending.position + 1 + i
+        if recorded[i] is not None:
+            entry = d.r.store.load_log(d.run.id, position, 1)[0]
+            d.stored[position] = entry.attempts
+        else:
+            entry = member_entry(d, position, member, now)
+            fresh.append(entry)
+        entries.append(entry)
+    if fresh:
+        d.recorded.extend(fresh)
+        d._commit(run=d._run_update(RUNNING, None, now))
+    outcomes: list[Outcome | None] = [decode_outcome(d.r.serde, e) for e in entries]
+    steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    for i, (member, entry) in enumerate(zip(members, entries, strict=True)):
+        if first_only and any(o is not None for o in outcomes[: i + 1]):
+            break
+        if outcomes[i] is not None:
+            continue
+        if isinstance(member, StepCall):
+            if recorded[i] is not None and entry.status == E_RUNNING:
+                resume_member(d, entry, member, now)  # its process died during it
+                if entry.status == E_FAILED:
+                    d._commit(update=entry)
+                    outcomes[i] = d._finished_outcome(entry)
+                    continue
+            if entry.status == E_RETRYING and (entry.due_at or now) <= now:
+                entry.status, entry.due_at = E_RUNNING, None
+                entry.attempts += 1
+                d._commit(update=entry)
+            if entry.status == E_RUNNING:
+                steps[i] = d._step_arguments(member)
+        else:
+            outcomes[i] = settle_member(d, entry, member, now)
+    return entries, outcomes, steps
+
+
+def _go_idle_for_members(
+    d: _Drive,
+    members: tuple[Request, ...],
+    entries: list[EntryRow],
+    outcomes: list[Outcome | None],
+) -> NoReturn:
+    """Some members wait (a timer, a signal, a retry): the run waits for the earliest."""
+    waiting = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
+    due = min(e.due_at if e.due_at is not None else NEVER for e in waiting)
+    kinds = {e.kind for e in waiting}
+    status = SLEEPING if kinds == {"sleep"} else WAITING if "wait" in kinds else RUNNING
+    update = d._run_update(status, due, d.r.clock.now())
+    if update is not None or d.carry is not None or d.recorded:
+        d._commit(run=update)
+    names = [
+        m.signal
+        for m, o in zip(members, outcomes, strict=True)
+        if o is None and isinstance(m, WaitRequest)
+    ]
+    d._go_idle(names, due)
+
+
+def gather_entry(d: _Drive, position: int, request: GatherRequest, now: float) -> EntryRow:
+    """The gather's own entry: it records how many members follow. A gather's is complete
+    at once; a race's stays in flight until it records the winner."""
+    if request.kind == "race":
+        return EntryRow(
+            d.run.id, position, request.kind, request.name, request.key, request.text,
+            E_RUNNING, 1, 0, now,
+        )  # fmt: skip
+    return EntryRow(
+        d.run.id, position, request.kind, request.name, request.key, request.text,
+        E_COMPLETED, 1, 0, now, now, None, d.r.serde.dumps(None, "nothing"),
+    )  # fmt: skip
+
+
+def member_entry(d: _Drive, position: int, member: Request, now: float) -> EntryRow:
+    """The first log entry of a gather member, written when the gather is reached."""
+    if isinstance(member, Immediate):
+        d._immediate(position, member)
+        return d.recorded.pop()  # inserted with the other members, complete
+    due: float | None = None
+    if isinstance(member, SleepRequest):
+        due = member.wake_time(now)
+    elif isinstance(member, WaitRequest):
+        due = NEVER if member.timeout is None else now + member.timeout
+    return EntryRow(
+        d.run.id, position, member.kind, member.name, member.key, member.text,
+        E_RUNNING, 1, 0, now, None, due,
+    )  # fmt: skip
+
+
+def resume_member(d: _Drive, entry: EntryRow, member: StepCall[Any], now: float) -> None:
+    """A member step found running after a restart: count the crash, try again or give up."""
+    if d._count_crash(entry, member, now):
+        return
+    entry.attempts += 1
+    d._commit(update=entry)
+
+
+def settle_member(d: _Drive, entry: EntryRow, member: Request, now: float) -> Outcome | None:
+    """A member that runs no code: a due timer completes, a wait takes its signal."""
+    if isinstance(member, SleepRequest):
+        if entry.due_at is not None and entry.due_at > now:
+            return None
+        entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+        entry.outcome = d.r.serde.dumps(None, "nothing")
+        d._commit(update=entry)
+        return Outcome(True, None)
+    assert isinstance(member, WaitRequest)
+    signal = d.r.store.peek_signal(d.run.id, member.signal)
+    if signal is not None:
+        value = d.r.serde.loads(signal.payload, f"signal {member.signal!r}")
+        entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
+        entry.outcome = signal.payload
+        d.consume = signal.seq
+        d._commit(update=entry)
+        return Outcome(True, value)
+    if entry.due_at is not None and entry.due_at <= now:
+        error = Timeout(
+            f"no signal {member.signal!r} arrived within {duration_text(member.timeout)}"
+        )
+        d._fail_entry(entry, error, f"Timeout: {error}", now)
+        d._commit(update=entry)
+        return d._finished_outcome(entry)
+    return None
+
+
+def run_steps(
+    d: _Drive,
+    members: tuple[Request, ...],
+    entries: list[EntryRow],
+    outcomes: list[Outcome | None],
+    steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]],
+    first_only: bool = False,
+) -> dict[concurrent.futures.Future[tuple[bool, Any, str]], int]:
+    """Run member steps in the pool; settle (and commit) each attempt as it ends.
+
+    With first_only, stop at the first member with an outcome and return the
+    attempts still running (a race's losers).
+    """
+    running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
+    if not steps:
+        return running
+    pool = d.r.pool()
+
+    def submit(i: int) -> None:
+        args, kwargs = steps[i]
+        step = members[i]
+        assert isinstance(step, StepCall)
+        running[pool.submit(d._execute_member, entries[i], step, args, kwargs)] = i
+
+    if d.lease is not None:
+        # As before a step of the drive's own (_attempts), once, before any member is
+        # running (a member's retry follows a fenced write of its last attempt).
+        d.lapses = d.r.may_start(d.run.id, d.lease[1], d.lapses)
+
+    for i in steps:
+        submit(i)
+    others = [
+        i
+        for i, m in enumerate(members)
+        if first_only and outcomes[i] is None and not isinstance(m, StepCall)
+    ]
+    while running:
+        done, _ = concurrent.futures.wait(
+            running, timeout=_next_look(d, entries, others), return_when=FIRST_COMPLETED
+        )
+        if not done:
+            # A race's timer came due, or a signal may have come, while steps run.
+            for i in others:
+                if outcomes[i] is None:
+                    outcomes[i] = settle_member(d, entries[i], members[i], d.r.clock.now())
+                if outcomes[i] is not None:
+                    return running
+            continue
+        for future in done:
+            i = running.pop(future)
+            step = members[i]
+            assert isinstance(step, StepCall)
+            ok, value, tb = future.result()
+            args, kwargs = steps[i]
+            settled = d._settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+            if isinstance(settled, Outcome):
+                d._commit(update=entries[i])
+                outcomes[i] = settled
+            elif settled is None:
+                submit(i)  # the next attempt, now
+        if first_only and any(o is not None for o in outcomes):
+            break
+    return running
+
+
+def _next_look(d: _Drive, entries: list[EntryRow], others: list[int]) -> float | None:
+    """How long to wait for a step before looking at a race's timers and waits again."""
+    if not others:
+        return None
+    now = d.r.clock.now()
+    due = min((entries[i].due_at or NEVER) for i in others)
+    waits = any(entries[i].kind == "wait" for i in others)
+    # Signals come from outside: look for them every 0.1 s while waiting.
+    wait = min(due - now, 0.1) if waits else due - now
+    return max(wait, 0.0) if wait != NEVER else None
+
+
+def race(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
+    """The first member to finish wins; its index and value (or its exception) are logged
+    in the race's own entry, and the rest are cancelled or left to finish unused."""
+    now = d.r.clock.now()
+    members = request.members
+    entries, outcomes, steps = _prepare(d, pending, request, now, first_only=True)
+    running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
+    if all(o is None for o in outcomes):
+        running = run_steps(d, members, entries, outcomes, steps, first_only=True)
+    # Several may be done already (after a restart, say): the first in argument order wins.
+    winner = next((i for i, o in enumerate(outcomes) if o is not None), None)
+    if winner is None:
+        _go_idle_for_members(d, members, entries, outcomes)
+    result = outcomes[winner]
+    assert result is not None
+    # The decision is committed first: after a crash the winner stands, whatever state
+    # the losers' entries were left in.
+    header = d.r.store.load_log(d.run.id, pending.position, 1)[0]
+    d.stored[header.position] = header.attempts
+    header.finished_at = d.r.clock.now()
+    if result.ok:
+        header.status = E_COMPLETED
+        header.outcome = d.r.serde.dumps((winner, result.value), "a race's winner")
+    else:
+        d._fail_entry(header, result.value, f"member {winner} won with an exception", now)
+    d._commit(update=header)
+    _drop_losers(d, members, entries, outcomes, running, now)
+    return d._finished_outcome(header)
+
+
+def _drop_losers(
+    d: _Drive,
+    members: tuple[Request, ...],
+    entries: list[EntryRow],
+    outcomes: list[Outcome | None],
+    running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int],
+    now: float,
+) -> None:
+    """Cancel what can be cancelled; a step already running finishes and is logged unused."""
+    still_running = set(running.values())
+    error = Cancelled("lost the race")
+    for i, entry in enumerate(entries):
+        if outcomes[i] is not None or i in still_running:
+            continue
+        d._fail_entry(entry, error, "Cancelled: lost the race", now)
+        d._commit(update=entry)
+    store, serde, run_id, generation = d.r.store, d.r.serde, d.run.id, d.run.generation
+    for future, i in running.items():
+        entry, expect = entries[i], entries[i].attempts
+
+        def log_unused(done: Any, entry: EntryRow = entry, expect: int = expect) -> None:
+            # Runs in the step's thread, after the drive has moved on: write the
+            # outcome straight to the store (fenced like any update); if the engine is
+            # gone by then, the entry simply stays in flight, which nothing reads.
+            with contextlib.suppress(Exception):
+                ok, value, _ = done.result()
+                entry.finished_at = d.r.clock.now()
+                if ok:
+                    entry.status = E_COMPLETED
+                    entry.outcome = serde.dumps(value, "a losing member's result")
+                else:
+                    entry.status = E_FAILED
+                    entry.outcome = serde.dumps_error(value, "a losing member's error", StepFailed)
+                store.commit(
+                    Progress(
+                        run_id, update=entry, expect_attempts=expect, expect_generation=generation
+                    )
+                )
+
+        future.add_done_callback(log_unused)
+
+
+def cancel_gather(
+    d: _Drive, pending: Pending, request: GatherRequest, error: Cancelled, now: float
+) -> Outcome:
+    """Cancel a gather: every member without an outcome gets ce.Cancelled."""
+    members = pending.members or [None] * len(request.members)
+    if pending.recorded is None:
+        header = gather_entry(d, pending.position, request, now)
+        if request.kind == "race":  # decided: by the cancellation
+            d._fail_entry(header, error, "Cancelled: the run was cancelled", now)
+        d.recorded.append(header)
+    elif request.kind == "race":
+        header = d.r.store.load_log(d.run.id, pending.position, 1)[0]
+        d.stored[header.position] = header.attempts
+        if header.status not in (E_COMPLETED, E_FAILED):
+            d._fail_entry(header, error, "Cancelled: the run was cancelled", now)
+            d._commit(update=header)
+    for i, member in enumerate(request.members):
+        position = pending.position + 1 + i
+        if members[i] is not None:
+            entry = d.r.store.load_log(d.run.id, position, 1)[0]
+            d.stored[position] = entry.attempts
+            if entry.status in (E_COMPLETED, E_FAILED):
+                continue
+            d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+            d._commit(update=entry)
+        else:
+            # Not carried out at all (not even now/uuid): every member is cancelled, so a
+            # replay combines the members into the same Cancelled.
+            entry = EntryRow(
+                d.run.id, position, member.kind, member.name, member.key, member.text,
+                E_RUNNING, 1, 0, now,
+            )  # fmt: skip
+            d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+            d.recorded.append(entry)
+    return Outcome(
+        False,
+        d.r.serde.loads(
+            d.r.serde.dumps_error(error, "a cancellation", StepFailed), "a cancellation"
+        ),
+    )

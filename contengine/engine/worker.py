@@ -1,0 +1,268 @@
+"""A worker: claims due runs for an engine and drives them in a pool of threads.
+
+The loop claims no more runs than it has free threads (backpressure: a burst of
+started runs waits in the database, not in memory), drives each in a thread of
+its own, and sleeps until something may be due: a drive ended (a child's end may
+have woken its parent), this process started, signalled or cancelled a run, a
+timer of a run it drove comes due, or the poll interval passed (for what other
+processes did). A sleeping or waiting run holds no thread: its drive ends, its
+lease is let go, and it is claimed again when due.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import heapq
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from ..drive.pool import Parked
+from ..errors import ContengineError, DatabaseError, DatabaseGone
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("contengine")
+
+# Seconds a stopping worker waits, past its grace period, for drives that are only
+# setting their runs aside (not inside a step) to write that.
+SETTLE = 1.0
+
+
+class Worker:
+    """Drives an engine's due runs in the background until stopped."""
+
+    def __init__(self, engine: Engine, threads: int, grace: float) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads!r}")
+        if not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        self.engine = engine
+        self.threads = threads
+        self.grace = grace
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        # Drives under way, and the run of each.
+        self._inflight: dict[concurrent.futures.Future[bool], str] = {}
+        self._inflight_lock = threading.Lock()
+        self._timers: list[float] = []  # due times of runs this worker set aside
+        self._loop: threading.Thread | None = None
+        self.driven = 0
+        self.finished = 0
+        self.error: BaseException | None = None
+
+    # -- life -----------------------------------------------------------------
+
+    def start(self) -> Worker:
+        """Start the claiming loop in a thread of its own."""
+        if self.engine._worker is not None:
+            raise ContengineError(
+                "this engine already runs a worker; give it more threads instead (stopping "
+                "one worker lets go of all the engine's leases)"
+            )
+        self.engine._worker = self
+        self.engine._holder.set_worker_loop(True)  # clients leave due runs to it
+        self._loop = threading.Thread(target=self._run, name="contengine-worker", daemon=True)
+        self._loop.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running steps finish (up to grace seconds), then let go of
+        every lease, so other workers take over at once what is left."""
+        grace = self.grace if grace is None else grace
+        self._stop.set()
+        engine = self.engine
+        engine._holder.set_worker_loop(False)  # claims nothing more: clients drive again
+        engine._runner.stopping.set()  # drives set their runs aside before the next step
+        self._wake.set()
+        if self._loop is not None:
+            self._loop.join()
+        with self._inflight_lock:
+            pending = dict(self._inflight)
+        _, late = concurrent.futures.wait(set(pending), timeout=grace)
+        holder = engine._holder
+        if late:
+            # Past the grace period no step starts (not even a gather's member that was
+            # waiting for a slot), while drives that are only setting their runs aside
+            # still write that under their leases.
+            holder.stop_steps()
+            late = self._settle(pending, late)
+        running = engine._runner.in_steps
+        if late or running:
+            if late:
+                log.warning(
+                    "%d run(s) still in a step after the %g s grace period; their leases "
+                    "are let go and their steps, when they end, are not recorded",
+                    len(late),
+                    grace,
+                )
+            # Let the runs go now, but stay on record until every step still running
+            # here ends (a late one, a race's loser, one left by an earlier stop): their
+            # step-queue slots must go on counting (Python cannot stop a thread).
+            if holder.let_go_of_runs():
+                threading.Thread(
+                    target=self._retire_after,
+                    args=(late, holder.claims),
+                    name="contengine-retire",
+                    daemon=True,
+                ).start()
+            else:  # the store refused (a locked file): go off record, leases expire
+                holder.retire()
+        else:
+            holder.retire()
+        engine._runner.stopping.clear()
+        if engine._worker is self:
+            engine._worker = None
+
+    def _settle(
+        self,
+        pending: dict[concurrent.futures.Future[bool], str],
+        late: set[concurrent.futures.Future[bool]],
+    ) -> set[concurrent.futures.Future[bool]]:
+        """Wait (up to SETTLE seconds) for the late drives that are not inside a step:
+        they are only setting their runs aside (a give-back, a last commit), which must
+        be written under their lease, or the next driver counts a crash for an attempt
+        that never began. Returns the drives still under way."""
+        deadline = time.monotonic() + SETTLE
+        in_steps = self.engine._runner.in_steps
+        while late and time.monotonic() < deadline:
+            busy = {run_id for run_id, _ in list(in_steps)}
+            if all(pending[f] in busy for f in late):
+                break
+            _, late = concurrent.futures.wait(late, timeout=0.01)
+        return late
+
+    def _retire_after(self, late: set[concurrent.futures.Future[bool]], claims: int) -> None:
+        """Once the late drives and every step still running here have ended, go off
+        record, unless this engine claimed runs again meanwhile (its next stop or close
+        does it then)."""
+        concurrent.futures.wait(late)
+        holder = self.engine._holder
+        in_steps = self.engine._runner.in_steps
+        while in_steps and holder.claims == claims:
+            time.sleep(0.05)
+        holder.retire_if_idle(claims)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Stop claiming for good: work() raises exc (the file this engine writes is
+        gone; every write from now on is refused anyway)."""
+        if self.error is None:
+            self.error = exc
+            log.error("worker stops: %s", exc)
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Something may be due now: look at once."""
+        self._wake.set()
+
+    # -- the loop -------------------------------------------------------------
+
+    def _run(self) -> None:
+        engine = self.engine
+        pool = engine._driver_pool(self.threads)
+        while not self._stop.is_set():
+            self._wake.clear()
+            if engine._holder.fatal is not None:  # the heartbeat found the file gone
+                self._fail(engine._holder.fatal)
+                break
+            free = self.threads - len(self._inflight)
+            claims = []
+            # Claims are writes (a disk sync each): in batches of an eighth of the
+            # threads, or whatever is free when nothing runs.
+            if free >= max(1, self.threads // 8) or (free > 0 and not self._inflight):
+                try:
+                    with engine._lock:
+                        stuck = set(engine._stuck)
+                    claims = engine._holder.claim(engine.clock.now(), free, skip=stuck)
+                except DatabaseGone as exc:
+                    self._fail(exc)
+                    break
+                except DatabaseError as exc:  # a locked file: try again at the next poll
+                    log.warning("worker could not claim runs: %s", exc)
+                except BaseException as exc:  # noqa: BLE001 - kept for the caller of work()
+                    self.error = exc
+                    self._stop.set()
+                    break
+            for claim in claims:
+                self.driven += 1
+                try:
+                    due = [float("inf")]
+                    future = pool.submit(
+                        functools.partial(self._drive, claim, due),
+                        functools.partial(self._drive, claim, due),
+                    )
+                except RuntimeError:  # the pool is gone (the engine closes): let it go
+                    engine._holder.release(claim.run.id, claim.lease)
+                    continue
+                with self._inflight_lock:
+                    self._inflight[future] = claim.run.id
+                future.add_done_callback(self._done)
+            if claims and len(claims) == free:
+                continue  # there may be more: claim again once a thread is free
+            self._wake.wait(self._sleep_time())
+
+    def _sleep_time(self) -> float:
+        """Until the next local timer, at most one poll interval."""
+        engine = self.engine
+        wait = engine.poll_interval
+        with self._inflight_lock:
+            now = engine.clock.now()
+            while self._timers and self._timers[0] <= now:
+                heapq.heappop(self._timers)
+            if self._timers:
+                wait = min(wait, self._timers[0] - now)
+        return max(wait, 0.0)
+
+    def _drive(self, claim: Any, due: list[float], then: Callable[[], Any] | None = None) -> bool:
+        """Drive a claimed run (or go on with a parked drive of it: then)."""
+        parked = False
+        try:
+            return self.engine._drive_claim(claim, due, park=True, then=then)
+        except Parked:
+            parked = True
+            raise
+        except DatabaseGone as exc:
+            self._fail(exc)
+            return False
+        except ContengineError:
+            return False  # stuck: reported by the engine, skipped from now on
+        finally:
+            if not parked and due[0] != float("inf"):
+                with self._inflight_lock:
+                    heapq.heappush(self._timers, due[0])
+
+    def _done(self, future: concurrent.futures.Future[bool]) -> None:
+        with self._inflight_lock:
+            self._inflight.pop(future, None)
+        if not future.cancelled() and future.exception() is None and future.result():
+            self.finished += 1
+        self._wake.set()  # a thread is free, and a finished child may have woken its parent
+        with self.engine._wakeup:  # and a result() may be waiting for this run
+            self.engine._wakeup.notify_all()
+
+
+def install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
+    """Make SIGTERM and SIGINT set stop (main thread only); returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+    return old
+
+
+def restore_handlers(old: dict[int, Any]) -> None:
+    """Put back the handlers install_stop_handlers replaced."""
+    for sig, handler in old.items():
+        signal.signal(sig, handler)

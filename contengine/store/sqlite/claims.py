@@ -1,0 +1,312 @@
+"""Leases for the SQLite store: which workers are alive, and claiming due runs.
+
+A run is leased to one worker (owner) with a lease number that grows by one at
+every claim; each write of the run's progress names the pair, so a driver whose
+lease was taken over finds the number changed and writes nothing. A worker is
+alive while its row is unexpired (renewed by its heartbeat); on the same host a
+worker whose process is gone (or a zombie) is dead at once, so a crashed process's
+runs are taken over without waiting for the lease to run out.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+
+from ..base import QueueConfig, WorkerRow
+from .bulk import lease_lost
+
+HOST = socket.gethostname()
+_UNFINISHED = "'pending', 'running', 'sleeping', 'waiting'"
+
+
+def process_start(pid: int) -> str | None:
+    """When the process started (ticks since boot, from /proc), to tell a reused pid apart."""
+    stat = _stat(pid)
+    return stat[19] if stat is not None and len(stat) > 19 else None
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    return text[text.rfind(")") + 2 :].split()
+
+
+def process_gone(pid: int, start: str | None) -> bool:
+    """Whether the process of this host with this pid (and start time) no longer runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # someone else's process: it exists
+    except OSError:
+        return False
+    stat = _stat(pid)
+    if stat is None:
+        return False  # no /proc: trust the lease's expiry
+    if stat[0] in ("Z", "X"):
+        return True  # killed, not yet reaped by its parent
+    return start is not None and len(stat) > 19 and stat[19] != start
+
+
+# When a worker's lease runs out: its row's expiry, or later after a stall of the write
+# lock (store/sqlite/guard.py LockStalls.expiry).
+Expiry = Callable[[WorkerRow], float]
+
+
+def alive(w: WorkerRow, wall: float, expiry: Expiry | None = None) -> bool:
+    """Whether the worker may still hold leases at wall-clock time `wall`."""
+    if (w.expires_at if expiry is None else expiry(w)) <= wall:
+        return False
+    return not (w.host == HOST and process_gone(w.pid, w.pid_start))
+
+
+def ensure_worker(conn: sqlite3.Connection, w: WorkerRow) -> None:
+    """Put the worker on record if it is not (a write, and so a disk sync, only then)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO workers (id, host, pid, pid_start, started_at, expires_at, "
+        "worker_loop) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (w.id, w.host, w.pid, w.pid_start, w.started_at, w.expires_at, int(w.worker_loop)),
+    )
+
+
+def record_worker(conn: sqlite3.Connection, w: WorkerRow) -> bool:
+    """Insert or renew the worker's row; False if the row had gone (judged dead)."""
+    cur = conn.execute(
+        "UPDATE workers SET expires_at = ?, worker_loop = ? WHERE id = ?",
+        (w.expires_at, int(w.worker_loop), w.id),
+    )
+    if cur.rowcount == 1:
+        return True
+    ensure_worker(conn, w)
+    return False
+
+
+def live_workers(
+    conn: sqlite3.Connection, me: str, wall: float, expiry: Expiry | None = None
+) -> list[str]:
+    """Ids of live workers (me included); dead ones' rows are deleted on the way."""
+    rows = read_workers(conn)
+    live = [w.id for w in rows if w.id == me or alive(w, wall, expiry)]
+    dead = [(w.id,) for w in rows if w.id not in live]
+    if dead:
+        conn.executemany("DELETE FROM workers WHERE id = ?", dead)
+    return live
+
+
+_WORKER_COLS = "id, host, pid, pid_start, started_at, expires_at, worker_loop"
+
+
+def read_workers(conn: sqlite3.Connection) -> list[WorkerRow]:
+    """Every worker row."""
+    return [
+        WorkerRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+        for r in conn.execute(f"SELECT {_WORKER_COLS} FROM workers")
+    ]
+
+
+def queue_configs(conn: sqlite3.Connection) -> dict[str, QueueConfig]:
+    """Every queue's limits, by name."""
+    return {
+        r[0]: QueueConfig(*r)
+        for r in conn.execute(
+            "SELECT name, concurrency, worker_concurrency, rate_limit, rate_period FROM queues"
+        )
+    }
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def queue_room(
+    conn: sqlite3.Connection, live: list[str], me: str, now: float
+) -> tuple[dict[str, int], dict[str, int]]:
+    """How many more runs each limited queue may have claimed now, and how many of
+    them may be first starts (the rate limit counts starts, not resumptions)."""
+    configs = queue_configs(conn)
+    if not configs:
+        return {}, {}
+    held: dict[str, int] = {}
+    mine: dict[str, int] = {}
+    for queue, owner, count in conn.execute(
+        f"SELECT queue, owner, count(*) FROM runs WHERE owner IN ({_marks(len(live))}) "
+        # A cancelled run no longer counts: the queue's next run starts at once, not
+        # once the cancelled run's step ends (and its cleanup is not held back).
+        f"AND queue IS NOT NULL AND status IN ({_UNFINISHED}) AND cancel_requested = 0 "
+        "GROUP BY queue, owner",
+        live,
+    ):
+        held[queue] = held.get(queue, 0) + count
+        if owner == me:
+            mine[queue] = count
+    room: dict[str, int] = {}
+    starts: dict[str, int] = {}
+    for name, q in configs.items():
+        if q.concurrency is not None:
+            room[name] = q.concurrency - held.get(name, 0)
+        if q.worker_concurrency is not None:
+            left = q.worker_concurrency - mine.get(name, 0)
+            room[name] = min(room.get(name, left), left)
+        if q.rate_limit is not None and q.rate_period is not None:
+            (started,) = conn.execute(
+                "SELECT count(*) FROM runs WHERE queue = ? AND claimed_at > ?",
+                (name, now - q.rate_period),
+            ).fetchone()
+            starts[name] = q.rate_limit - started
+    return room, starts
+
+
+def claim(
+    conn: sqlite3.Connection,
+    worker: WorkerRow,
+    now: float,
+    wall: float,
+    limit: int,
+    run_id: str | None,
+    release: Sequence[tuple[str, int]],
+    skip: Collection[str] = (),
+    expiry: Expiry | None = None,
+) -> list[tuple[int, int]]:
+    """Lease runs to worker inside the caller's write transaction; (num, lease) pairs."""
+    me = worker.id
+    if release:
+        conn.executemany(
+            "UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND lease = ?",
+            [(r, me, n) for r, n in release],
+        )
+    # On record (a write, and so a disk sync, only then: a claim that finds nothing to
+    # take writes nothing); the heartbeat renews it every lease / 4, and so does a
+    # step's lease check when the heartbeat was late (Leaseholder.may_start).
+    ensure_worker(conn, worker)
+    if limit <= 0:
+        return []
+    live = live_workers(conn, me, wall, expiry)
+    room, starts = queue_room(conn, live, me, now)
+    where = [f"status IN ({_UNFINISHED})", f"(owner IS NULL OR owner NOT IN ({_marks(len(live))}))"]
+    params: list[object] = list(live)
+    if run_id is not None:
+        where.append("id = ?")
+        params.append(run_id)
+    else:
+        where.append("(due_at IS NULL OR due_at <= ?)")
+        params.append(now)
+    if skip:
+        where.append(f"id NOT IN ({_marks(len(skip))})")
+        params.extend(skip)
+    full = [q for q, n in room.items() if n <= 0]
+    if full:
+        where.append(f"(queue IS NULL OR queue NOT IN ({_marks(len(full))}))")
+        params.extend(full)
+    # A queue whose starts are used up may still resume its runs, but its unstarted
+    # runs are left out here: otherwise they could fill the window and starve the rest.
+    spent = [q for q, n in starts.items() if n <= 0]
+    if spent:
+        where.append(
+            f"(queue IS NULL OR claimed_at IS NOT NULL OR queue NOT IN ({_marks(len(spent))}))"
+        )
+        params.extend(spent)
+    # A few more than asked for: some may be skipped for their queue's limits.
+    params.append(limit * 2 + 8)
+    rows = conn.execute(
+        f"SELECT num, queue, lease, claimed_at FROM runs WHERE {' AND '.join(where)} "
+        f"ORDER BY priority DESC, num LIMIT ?",
+        params,
+    ).fetchall()
+    picked: list[tuple[int, int]] = []
+    for num, queue, lease, claimed_at in rows:
+        if queue is not None:
+            if room.get(queue, 1) <= 0:
+                continue
+            first = claimed_at is None
+            if first and starts.get(queue, 1) <= 0:
+                continue
+            if queue in room:
+                room[queue] -= 1
+            if first and queue in starts:
+                starts[queue] -= 1
+        picked.append((int(num), int(lease) + 1))
+        if len(picked) >= limit:
+            break
+    conn.executemany(
+        "UPDATE runs SET owner = ?, lease = ?, claimed_at = coalesce(claimed_at, ?) WHERE num = ?",
+        [(me, lease, now, num) for num, lease in picked],
+    )
+    return picked
+
+
+def check_lease(conn: sqlite3.Connection, run_id: str, owner: str, number: int) -> None:
+    """LeaseLost unless the run is leased to owner with this lease number (a claim
+    changes one or the other, so a match means no one took the run since)."""
+    held = conn.execute("SELECT owner, lease FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if held is None or (held[0], held[1]) != (owner, number):
+        raise lease_lost(run_id, (owner, number), None if held is None else (held[0], held[1]))
+
+
+def take_slot(
+    conn: sqlite3.Connection,
+    queue: str,
+    worker: WorkerRow,
+    now: float,
+    wall: float,
+    lease: tuple[str, str, int] | None = None,
+    expiry: Expiry | None = None,
+) -> int | None:
+    """A slot of the queue for one step execution: its id (0 for a queue without
+    limits), or None if the queue is full now. With lease (run id, owner, lease
+    number), LeaseLost if the run is no longer leased so: a driver that waited for
+    the slot past its lease (its worker stopped, or it was frozen) must not start
+    the step while another one drives the run."""
+    config = queue_configs(conn).get(queue)
+    if config is None:
+        return 0
+    if lease is not None:
+        check_lease(conn, *lease)
+    me = worker.id
+    ensure_worker(conn, worker)
+    live = live_workers(conn, me, wall, expiry)
+    held = mine = 0
+    for holder, count in conn.execute(
+        f"SELECT holder, count(*) FROM step_slots WHERE queue = ? AND released = 0 "
+        f"AND holder IN ({_marks(len(live))}) GROUP BY holder",
+        [queue, *live],
+    ):
+        held += count
+        if holder == me:
+            mine = count
+    if config.concurrency is not None and held >= config.concurrency:
+        return None
+    if config.worker_concurrency is not None and mine >= config.worker_concurrency:
+        return None
+    if config.rate_limit is not None and config.rate_period is not None:
+        since = now - config.rate_period
+        conn.execute(
+            "DELETE FROM step_slots WHERE queue = ? AND released = 1 AND acquired_at <= ?",
+            (queue, since),
+        )
+        (started,) = conn.execute(
+            "SELECT count(*) FROM step_slots WHERE queue = ? AND acquired_at > ?", (queue, since)
+        ).fetchone()
+        if started >= config.rate_limit:
+            return None
+    cur = conn.execute(
+        "INSERT INTO step_slots (queue, holder, acquired_at) VALUES (?, ?, ?)", (queue, me, now)
+    )
+    return int(cur.lastrowid or 0)
+
+
+def give_slot(conn: sqlite3.Connection, slot: int) -> None:
+    """Let a slot go: kept (released) while a rate limit may still count it."""
+    conn.execute(
+        "UPDATE step_slots SET released = 1 WHERE id = ? AND queue IN "
+        "(SELECT name FROM queues WHERE rate_limit IS NOT NULL)",
+        (slot,),
+    )
+    conn.execute("DELETE FROM step_slots WHERE id = ? AND released = 0", (slot,))

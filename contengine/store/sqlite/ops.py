@@ -1,0 +1,168 @@
+"""The SQLite store's operator methods: gc, retry's rewind, import, mailbox, backup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Sequence
+
+from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
+from ..base import FAILED, EntryRow, RunRow, Signal
+from .sql import (
+    _DELETABLE,
+    _INSERT_ENTRY,
+    _RUN_COLS,
+    _RUN_MARKS,
+    POSITION_BITS,
+    POSITION_MASK,
+    SQLiteParts,
+    _checked_position,
+    _run_params,
+)
+
+
+class OperatorMethods(SQLiteParts):
+    """Part of SQLiteStore: what the operator commands need of the file."""
+
+    def delete_finished(self, before: float, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+        deleted = 0
+        with self._tx() as conn:
+            # Children go before their parents, so a tree of old runs is deleted leaves
+            # first: look again after each round until the batch is full or none is left.
+            while deleted < limit:
+                rows = conn.execute(_DELETABLE, (before, limit - deleted)).fetchall()
+                if not rows:
+                    break
+                self._delete_runs(conn, [(int(num), str(run_id)) for num, run_id in rows])
+                deleted += len(rows)
+        return deleted
+
+    def _delete_runs(self, conn: sqlite3.Connection, runs: list[tuple[int, str]]) -> None:
+        conn.executemany(
+            "DELETE FROM log WHERE id BETWEEN ? AND ?",
+            [(num << POSITION_BITS, (num << POSITION_BITS) | POSITION_MASK) for num, _ in runs],
+        )
+        ids = [(run_id,) for _, run_id in runs]
+        conn.executemany("DELETE FROM mailbox WHERE run_id = ?", ids)
+        conn.executemany("DELETE FROM published WHERE run_id = ?", ids)
+        conn.executemany("DELETE FROM runs WHERE id = ?", ids)
+        for _, run_id in runs:
+            self._nums.pop(run_id, None)
+
+    def rewind(self, runs: Sequence[tuple[str, int]], now: float) -> None:
+        with self._tx() as conn:
+            for run_id, position in runs:  # any refusal rolls back the runs before it
+                self._rewind_one(conn, run_id, position, now)
+
+    def _rewind_one(self, conn: sqlite3.Connection, run_id: str, position: int, now: float) -> None:
+        row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
+        if row[0] != FAILED:
+            raise ContengineError(
+                f"run {run_id!r} is {row[0]}, not failed; only a failed run can be "
+                f"retried, so nothing was changed"
+            )
+        base = self._key(conn, run_id, 0)
+        conn.execute(
+            "DELETE FROM log WHERE id BETWEEN ? AND ?",
+            (base + _checked_position(position), base | POSITION_MASK),
+        )
+        conn.execute(
+            "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
+            "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
+            "note = NULL, cancel_requested = 0, owner = NULL, lease = lease + 1 "
+            "WHERE id = ?",
+            (now, run_id),
+        )
+
+    def insert_run(
+        self,
+        run: RunRow,
+        entries: Sequence[EntryRow] = (),
+        mailbox: Sequence[Signal] = (),
+        published: dict[str, bytes] | None = None,
+    ) -> None:
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
+                _run_params(run),
+            )
+            if cur.rowcount != 1:
+                raise IdConflict(f"a run with id {run.id!r} already exists; nothing was written")
+            base = int(cur.lastrowid or 0) << POSITION_BITS
+            conn.executemany(
+                _INSERT_ENTRY,
+                [
+                    (
+                        base | _checked_position(e.position), e.kind, e.name, e.key,
+                        None if e.text == e.key else e.text, e.status, e.attempts, e.crashes,
+                        e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
+                    )
+                    for e in entries
+                ],
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (?, ?, ?, ?)",
+                [(run.id, m.name, m.payload, m.sent_at) for m in mailbox],
+            )
+            conn.executemany(
+                "INSERT INTO published (run_id, key, value) VALUES (?, ?, ?)",
+                [(run.id, k, v) for k, v in (published or {}).items()],
+            )
+            num = cur.lastrowid
+        self._remember_num(run.id, num)
+
+    def mailbox(self, run_id: str) -> list[Signal]:
+        rows = self._read(
+            "SELECT seq, run_id, name, payload, sent_at FROM mailbox WHERE run_id = ? ORDER BY seq",
+            (run_id,),
+        )
+        return [Signal(int(q), str(r), str(n), bytes(p), float(t)) for q, r, n, p, t in rows]
+
+    def backup(self, dest_path: str | os.PathLike[str]) -> None:
+        dest = os.fspath(dest_path)
+        # A leftover -wal or -journal next to the new file would be read as part of it.
+        for path in (dest, f"{dest}-wal", f"{dest}-journal"):
+            if os.path.lexists(path):
+                raise ContengineError(
+                    f"{path!r} already exists; a backup never overwrites a file, so nothing "
+                    f"was written. Choose a new path."
+                )
+        try:
+            # O_EXCL claims the name: a file that appeared since the check is not overwritten.
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            raise ContengineError(f"{dest!r} already exists; nothing was written") from None
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the backup file {dest!r}: {exc}") from exc
+        try:
+            self._copy_to(dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(dest)
+            raise
+
+    def _copy_to(self, dest: str) -> None:
+        try:
+            target = sqlite3.connect(dest, isolation_level=None)
+            try:
+                if self.path == ":memory:":
+                    with self._lock:
+                        self._conn.backup(target)
+                    return
+                # A connection of its own, so the engine's writes go on meanwhile (WAL:
+                # a reader does not block writers). pages=-1 copies in one step, inside
+                # one read transaction: the copy is one snapshot of the file.
+                source = sqlite3.connect(self.path, timeout=self.busy_timeout)
+                try:
+                    source.backup(target, pages=-1)
+                finally:
+                    source.close()
+            finally:
+                target.close()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"backup of {self.path!r} to {dest!r} failed: {exc}") from exc

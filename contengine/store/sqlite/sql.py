@@ -1,0 +1,123 @@
+"""The SQLite store's statements and row conversions, shared by its modules."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from ...errors import DatabaseError
+from ..base import FINISHED, RUN_STATUSES, RunRow
+
+if TYPE_CHECKING:
+    from .guard import LockStalls
+
+# A log entry's key packs its run's number and its position into one integer,
+# so the log is a plain rowid table: the cheapest insert and lookup SQLite has
+# (this keeps the per-step write close to the raw commit floor).
+POSITION_BITS = 32
+POSITION_MASK = (1 << POSITION_BITS) - 1
+
+
+_RUN_COLS = (
+    "id, workflow, ref, status, args, args_key, created_at, updated_at, "
+    "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
+    "generation, tags, queue, priority"
+)
+_RUN_MARKS = ", ".join("?" * 20)
+_LOG_COLS = (
+    "id, kind, name, key, text, status, attempts, crashes, "
+    "started_at, finished_at, due_at, outcome, error_text"
+)
+_INSERT_ENTRY = f"INSERT INTO log ({_LOG_COLS}) VALUES ({', '.join('?' * 13)})"
+# The two writes every step makes get statements of their own with the constant
+# parts spelled out: binding fewer parameters is measurably cheaper per step.
+_INSERT_NEW_ENTRY = (
+    "INSERT INTO log (id, kind, name, key, text, status, attempts, crashes, started_at) "
+    "VALUES (?, ?, ?, ?, ?, 'running', 1, 0, ?)"
+)
+_COMPLETE_ENTRY = (
+    "UPDATE log SET status = 'completed', attempts = ?, crashes = ?, finished_at = ?, "
+    "due_at = NULL, outcome = ?, error_text = ? WHERE id = ? "
+    "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
+)
+# Only an entry still in flight may change: a finished outcome is final, and a
+# write that finds none was raced by another writer of the same run.
+_UPDATE_ENTRY = (
+    "UPDATE log SET status = ?, attempts = ?, crashes = ?, finished_at = ?, due_at = ?, "
+    "outcome = ?, error_text = ? WHERE id = ? "
+    "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
+)
+# A finished run lets go of its lease in the same statement: no one drives it again.
+# cancel_requested: 0 never cancelled, 1 a cancel waits to be delivered, 2 delivered (the
+# run still counts as cancelled for its queue's limits: CANCEL_DELIVERED).
+_UPDATE_RUN = (
+    "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
+    "error = ?, error_text = ?, "
+    "cancel_requested = CASE WHEN ? AND cancel_requested = 1 THEN 2 ELSE cancel_requested END, "
+    "owner = CASE WHEN ?1 IN ('completed', 'failed', 'cancelled') THEN NULL ELSE owner END "
+    "WHERE id = ?"
+)
+CANCEL_PENDING, CANCEL_DELIVERED = 1, 2
+_NUM_CACHE = 10_000
+# Listed positively so that SQLite can use the (status, due_at) index.
+_UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
+# Finished runs that finished before ?, oldest first, at most ? of them: not one whose
+# parent is unfinished (its replay reads the child's row), nor one with children left.
+_DELETABLE = (
+    "SELECT num, id FROM runs AS r WHERE status IN ("
+    + ", ".join(f"'{s}'" for s in RUN_STATUSES if s in FINISHED)
+    + ") AND finished_at < ? "
+    "AND NOT EXISTS (SELECT 1 FROM runs AS p WHERE p.id = r.parent_id "
+    f"AND p.status IN ({_UNFINISHED_SQL})) "
+    "AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_id = r.id) "
+    "ORDER BY num LIMIT ?"
+)
+
+
+def _checked_position(position: int) -> int:
+    if not 0 <= position <= POSITION_MASK:
+        raise DatabaseError(f"log position {position} is out of range")
+    return position
+
+
+def _run_params(run: RunRow) -> tuple[object, ...]:
+    return (
+        run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
+        run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
+        run.note, int(run.cancel_requested), run.parent_id, run.generation,
+        _tags_text(run.tags), run.queue, run.priority,
+    )  # fmt: skip
+
+
+def _tags_text(tags: tuple[str, ...]) -> str | None:
+    return "," + ",".join(tags) + "," if tags else None
+
+
+def _run_row(row: tuple[Any, ...]) -> RunRow:
+    """A runs row as read; tags come back from their ",a,b," form."""
+    *fields, tags, queue, priority = row
+    run = RunRow(*fields)
+    run.cancel_requested = run.cancel_requested == CANCEL_PENDING  # not one delivered
+    run.tags = tuple(t for t in (tags or "").split(",") if t)
+    run.queue, run.priority = queue, priority
+    return run
+
+
+class SQLiteParts:
+    """What the store's method modules use of SQLiteStore (declared for the type checker only)."""
+
+    if TYPE_CHECKING:
+        path: str
+        busy_timeout: float
+        _lock: threading.RLock
+        _conn: sqlite3.Connection
+        _nums: dict[str, int]
+        _stalls: LockStalls
+
+        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _key(self, conn: sqlite3.Connection, run_id: str, position: int) -> int: ...
+        def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+        def _remember_num(self, run_id: str, num: int | None) -> None: ...

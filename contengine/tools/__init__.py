@@ -1,0 +1,1 @@
+"""Programs built on the engine: the demo and the benchmarks (`contengine demo`, `bench`)."""

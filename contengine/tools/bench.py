@@ -1,0 +1,465 @@
+"""`contengine bench`: steps/s against the raw SQLite commit floor, replay speed, resume time.
+
+Every step costs one commit, so the honest yardstick for the engine is the
+fastest a Python program can commit small rows to the same kind of SQLite file
+(WAL, same `synchronous` setting, same directory). Floor and engine rounds
+alternate so that a slow patch of the disk or a busy neighbour hits both alike.
+The workers part (many runs at once, runs asleep, wake-up latency) is in
+bench_workers.py; `--no-workers` leaves it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.workflow import step, workflow
+from ..engine.engine import Engine
+from ..store.sqlite.store import DURABILITY
+
+# Engine steps/s over floor commits/s, per durability.
+TARGET_RATIO = {"full": 0.8, "normal": 0.6}
+TARGET_REPLAY = 200_000.0  # replayed steps/s
+TARGET_RESUME_MS = 20.0  # from Engine() to the workflow body running again
+_PAYLOAD = b"x" * 100  # the floor's row: about the size of a step's log entry
+_RUN_ID = "bench-crashed"
+# The workers measurements' sizes, as `contengine bench` options (bench_workers.Sizes).
+WORKER_SIZES = ("runs", "concurrent_steps", "asleep", "signals", "remote_signals")
+
+
+class _Crash(BaseException):
+    """Raised inside a step to leave its entry in flight, as a killed process would."""
+
+
+class _State:
+    """What the benchmark workflows share with the code that times them."""
+
+    crash = False
+    body_started: float | None = None
+
+
+@step(name="contengine.bench.bump")
+def bump(x: int) -> int:
+    """The trivial step: its argument plus one."""
+    return x + 1
+
+
+@step(name="contengine.bench.last")
+def last(x: int) -> int:
+    """The step a crashed run stops at; it "crashes" while _State.crash is set."""
+    if _State.crash:
+        raise _Crash
+    return x
+
+
+@workflow(name="contengine.bench.loop")
+def loop(n: int) -> Generator[Any, Any, int]:
+    """n trivial steps in a row."""
+    x = 0
+    for _ in range(n):
+        x = yield bump(x)
+    return x
+
+
+@workflow(name="contengine.bench.crashing")
+def crashing(n: int) -> Generator[Any, Any, int]:
+    """n trivial steps, then one that crashes the process the first time."""
+    _State.body_started = time.perf_counter()
+    x = 0
+    for _ in range(n):
+        x = yield bump(x)
+    result: int = yield last(x)
+    return result
+
+
+# -- what is measured -------------------------------------------------------------
+
+
+def floor_round(path: str, durability: str, n: int) -> float:
+    """Commits/s of n single-row INSERT transactions on a fresh WAL file."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+        start = time.perf_counter()
+        for _ in range(n):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (payload) VALUES (?)", (_PAYLOAD,))
+            conn.execute("COMMIT")
+        return n / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
+def engine_round(path: str, durability: str, n: int) -> float:
+    """Steps/s of one run of n trivial steps on a fresh engine file (opening excluded)."""
+    with Engine(path, durability=durability, workflows=[loop]) as engine:
+        start = time.perf_counter()
+        result = engine.run(loop, n)
+        elapsed = time.perf_counter() - start
+    if result != n:
+        raise RuntimeError(f"the benchmark run returned {result!r}, not {n}")
+    return n / elapsed
+
+
+def build_crashed(path: str, n: int) -> None:
+    """Write a run of n completed steps whose last request is left in flight."""
+    _State.crash = True
+    try:
+        with Engine(path, durability="normal", workflows=[crashing]) as engine:
+            try:
+                engine.run(crashing, n, id=_RUN_ID)
+            except _Crash:
+                pass
+            else:
+                raise RuntimeError("the run to be replayed finished instead of crashing")
+    finally:
+        _State.crash = False
+
+
+def resume_round(base: str, path: str, n: int) -> tuple[float, float]:
+    """Replayed steps/s and ms to the body running, for a new engine on a copy of base."""
+    _copy_db(base, path)
+    _State.body_started = None
+    start = time.perf_counter()
+    engine = Engine(path, durability="normal", workflows=[crashing])
+    try:
+        report = engine.run_until_idle()
+        elapsed = time.perf_counter() - start
+        result = engine.get_run(_RUN_ID).result()
+    finally:
+        engine.close()
+    body = _State.body_started
+    if report.finished != [_RUN_ID] or body is None or result != n:
+        raise RuntimeError(f"the crashed run did not resume as expected: {report}")
+    return n / elapsed, (body - start) * 1000
+
+
+# -- results ------------------------------------------------------------------------
+
+
+@dataclass
+class Metric:
+    """One measured quantity: its samples, its floor (if any) and its target (if any)."""
+
+    name: str
+    label: str
+    unit: str
+    target: float | None  # None: reported for context, judged by nothing
+    samples: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)  # raw SQLite commits/s, same rounds
+    lower_is_better: bool = False
+    floor_cost: float = 1.0  # commits one unit costs on the floor (a run of 10 steps: 11)
+    target_on_median: bool = False  # the floor is context; the target is on the median
+    details: dict[str, Any] = field(default_factory=dict)  # sizes and raw figures, for --json
+
+    @property
+    def median(self) -> float:
+        """Median of the samples."""
+        return statistics.median(self.samples)
+
+    @property
+    def floor_median(self) -> float | None:
+        """Median of the floor samples, for metrics compared with the floor."""
+        return statistics.median(self.floor) if self.floor else None
+
+    @property
+    def cap(self) -> float | None:
+        """What the floor's commits/s would give in this metric's unit, one commit at a time."""
+        floor = self.floor_median
+        return floor / self.floor_cost if floor else None
+
+    @property
+    def ratio(self) -> float | None:
+        """Median over the floor's cap: the share of raw commit speed the engine keeps."""
+        cap = self.cap
+        return self.median / cap if cap else None
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the samples: a rough noise figure."""
+        return (max(self.samples) - min(self.samples)) / self.median
+
+    @property
+    def passed(self) -> bool | None:
+        """Whether the target is met (by the ratio when there is a floor); None without one."""
+        if self.target is None:
+            return None
+        value = self.ratio if self.floor and not self.target_on_median else self.median
+        assert value is not None
+        return value < self.target if self.lower_is_better else value >= self.target
+
+    def target_text(self) -> str:
+        """The target as a reader would write it ("" without one)."""
+        if self.target is None:
+            return ""
+        if self.floor and not self.target_on_median:
+            return f"ratio >= {self.target:g}"
+        sign = "<" if self.lower_is_better else ">="
+        return f"{sign} {_num(self.target)} {self.unit}"
+
+    def floor_text(self) -> str:
+        """The floor column: commits/s, and what they cap this metric at when a unit costs more."""
+        floor, cap = self.floor_median, self.cap
+        if floor is None or cap is None:
+            return ""
+        if self.floor_cost == 1:
+            return f"{_num(floor)} commits/s"
+        return f"{_num(floor)} commits/s / {self.floor_cost:g} = {_num(cap)} {self.unit}"
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain data for --json."""
+        doc = {
+            "label": self.label,
+            "unit": self.unit,
+            "median": self.median,
+            "floor": self.floor_median,
+            "ratio": self.ratio,
+            "target": self.target_text(),
+            "pass": self.passed,
+            "spread": self.spread,
+            "samples": self.samples,
+            "floor_samples": self.floor,
+        }
+        if self.floor_cost != 1:
+            doc["floor_cost"] = self.floor_cost
+            doc["cap"] = self.cap
+        if self.details:
+            doc["details"] = self.details
+        return doc
+
+
+def measure(
+    tmp: str, steps: int, rounds: int, replay_steps: int, say: Callable[[str], None]
+) -> list[Metric]:
+    """Run every measurement in directory tmp; slow to fast order does not matter."""
+    metrics = []
+    for durability in ("full", "normal"):
+        m = Metric(
+            f"steps_{durability}",
+            f"steps/s, durability {durability}",
+            "steps/s",
+            TARGET_RATIO[durability],
+        )
+        _warm_up(tmp, durability, min(steps, 100))
+        for i in range(rounds):
+            say(f"{durability}: round {i + 1}/{rounds}, raw SQLite")
+            m.floor.append(_fresh(tmp, f"floor-{durability}", floor_round, durability, steps))
+            say(f"{durability}: round {i + 1}/{rounds}, engine")
+            m.samples.append(_fresh(tmp, f"engine-{durability}", engine_round, durability, steps))
+        metrics.append(m)
+    replay = Metric("replay", "replayed steps/s, normal", "steps/s", TARGET_REPLAY)
+    resume = Metric("resume", "time to resume", "ms", TARGET_RESUME_MS, lower_is_better=True)
+    say(f"replay: writing a run of {replay_steps:,} steps")
+    base = os.path.join(tmp, "crashed.db")
+    build_crashed(base, replay_steps)
+    for i in range(rounds):
+        say(f"replay: round {i + 1}/{rounds}")
+        path = os.path.join(tmp, "resume.db")
+        rate, ms = resume_round(base, path, replay_steps)
+        _remove_db(path)
+        replay.samples.append(rate)
+        resume.samples.append(ms)
+    return [*metrics, replay, resume]
+
+
+def _warm_up(tmp: str, durability: str, n: int) -> None:
+    # The first pass through the code and a new file pays one-off costs
+    # (imports, caches, file system metadata) that no round should carry.
+    _fresh(tmp, "warm-floor", floor_round, durability, n)
+    _fresh(tmp, "warm-engine", engine_round, durability, n)
+
+
+def _fresh(tmp: str, name: str, fn: Callable[[str, str, int], float], dur: str, n: int) -> float:
+    path = os.path.join(tmp, f"{name}.db")
+    try:
+        return fn(path, dur, n)
+    finally:
+        _remove_db(path)
+
+
+def _copy_db(src: str, dst: str) -> None:
+    for suffix in ("", "-wal"):
+        if os.path.exists(src + suffix):
+            shutil.copyfile(src + suffix, dst + suffix)
+
+
+def _remove_db(path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+
+
+# -- reporting ----------------------------------------------------------------------
+
+
+def machine(directory: str) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(terse=True),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python_speed": python_speed(),
+        "directory": directory,
+        "filesystem": _filesystem(directory),
+    }
+
+
+def python_speed(loops: int = 300_000, rounds: int = 5) -> float:
+    """How fast this interpreter runs here: millions of iterations of a plain loop per
+    second (median of a few rounds). The floor is the disk's speed, but the engine's
+    cost per step is interpreter time: a ratio bound by the CPU (replay, many runs at
+    once) moves with this figure from machine to machine, the disk's ratio does not."""
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        total = 0
+        for i in range(loops):
+            total += i
+        rates.append(loops / (time.perf_counter() - start) / 1e6)
+    return round(statistics.median(rates), 1)
+
+
+def _cpu_model() -> str | None:
+    # Linux only, best effort.
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _filesystem(directory: str) -> str | None:
+    # Linux only, best effort: the mount with the longest prefix of the directory.
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1:3] for line in f]
+    except OSError:
+        return None
+    real = os.path.realpath(directory)
+    best: tuple[int, str | None] = (-1, None)
+    for point, fstype in mounts:
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best[0]:
+            best = (len(point), fstype)
+    return best[1]
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -> str:
+    """The human-readable report."""
+    head = (
+        f"contengine bench: {params['steps']:,} steps x {params['rounds']} rounds, "
+        f"replay of {params['replay_steps']:,} steps; Python {info['python']}, "
+        f"SQLite {info['sqlite']}, {info['cpus']} CPUs ({info['cpu_model'] or '?'}; Python "
+        f"runs {info['python_speed']} M loop iterations/s), {info['filesystem'] or '?'} "
+        f"at {info['directory']}"
+    )
+    if "runs" in params:
+        head += (
+            f"\nworkers (durability full): {params['runs']:,} runs, "
+            f"{params['concurrent_steps']:,} steps at each concurrency, {params['asleep']:,} "
+            f"runs asleep, {params['signals']} + {params['remote_signals']} signals"
+        )
+    rows = [("metric", "median", "raw SQLite floor", "ratio", "target", "", "spread")]
+    for m in metrics:
+        verdict = {None: "", True: "pass", False: "FAIL"}[m.passed]
+        rows.append(
+            (
+                m.label,
+                f"{_num(m.median)} {m.unit}",
+                m.floor_text(),
+                "" if m.ratio is None else f"{m.ratio:.3f}",
+                m.target_text(),
+                verdict,
+                "" if len(m.samples) < 2 else f"{m.spread:.0%}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head, ""]
+    for r in rows:
+        cells = [c.rjust(w) for c, w in zip(r, widths, strict=True)]
+        cells[0] = r[0].ljust(widths[0])
+        lines.append("  ".join(cells).rstrip())
+    lines += [
+        "",
+        "median over rounds; floor and engine rounds alternate; spread = (max - min) / median",
+        "(no spread: measured once; a target left blank: for context)",
+    ]
+    return "\n".join(lines)
+
+
+def _progress() -> Callable[[str], None]:
+    if not sys.stderr.isatty():
+        return lambda text: None
+
+    def say(text: str) -> None:
+        sys.stderr.write(f"\r\033[Kbench: {text}")
+        sys.stderr.flush()
+
+    return say
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark and print a table (or JSON); 0 whether or not targets are met."""
+    params = {"steps": args.steps, "rounds": args.rounds, "replay_steps": args.replay_steps}
+    sizes = {name: getattr(args, name) for name in WORKER_SIZES} if args.workers else {}
+    params.update(sizes)
+    for name, value in params.items():
+        if value < 1:
+            print(f"contengine bench: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    if args.burst < 0:
+        print("contengine bench: --burst must be >= 0", file=sys.stderr)
+        return 2
+    if args.burst:
+        params["burst"] = args.burst
+    if args.dir is not None and not os.path.isdir(args.dir):
+        print(f"contengine bench: {args.dir!r} is not a directory", file=sys.stderr)
+        return 2
+    say = _progress()
+    info = machine(args.dir or tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix="contengine-bench-", dir=args.dir) as tmp:
+        try:
+            metrics = measure(tmp, args.steps, args.rounds, args.replay_steps, say)
+            if sizes:
+                from .bench_workers import Sizes, measure_workers
+
+                metrics += measure_workers(tmp, Sizes(**sizes), args.steps, args.rounds, say)
+            if args.burst:
+                from .bench_workers import measure_burst
+
+                metrics += measure_burst(tmp, args.burst, say)
+        finally:
+            if sys.stderr.isatty():
+                sys.stderr.write("\r\033[K")
+    if args.json:
+        doc = {
+            "machine": info,
+            "params": {**params, "workers": bool(sizes)},
+            "metrics": {m.name: m.as_json() for m in metrics},
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(table(metrics, info, params))
+    return 0
