@@ -98,13 +98,18 @@ def _maybe_crash(label: str) -> None:
 
 
 @ce.step(name="gather.work")
-def work(label: str, after: str | None = None) -> str:
-    """Record the execution; finish only after the step labelled `after` has finished."""
+def work(label: str, after: str | None = None, *, once_begun: tuple[str, ...] = ()) -> str:
+    """Record the execution; finish only after the step labelled `after` has finished
+    and the steps labelled in `once_begun` have begun."""
     began = time.monotonic()
     ledger.append((label, ce.current_step().attempt))
+    done(f"{label} begun").set()
     _maybe_crash(label)
     if after is not None and not done(after).wait(5.0):
         raise AssertionError(f"{label} waited for {after}, which never finished: not concurrent")
+    for other in once_begun:
+        if not done(f"{other} begun").wait(5.0):
+            raise AssertionError(f"{label} waited for {other} to begin: not concurrent")
     windows[label] = (began, time.monotonic())
     done(label).set()
     return label.upper()
@@ -160,8 +165,13 @@ def define(name: str, body: Callable[[], Flow]) -> ce.Workflow[[], Any]:
 
 @ce.workflow(name="gather.reverse")
 def reverse() -> Flow:
-    """Three members, each of which can only finish after the one to its right."""
-    return (yield ce.gather(work("a", after="b"), work("b", after="c"), work("c")))
+    """Three members, each of which can only finish after the one to its right (and the
+    last only once the other two have begun: all three run at once)."""
+    return (
+        yield ce.gather(
+            work("a", after="b"), work("b", after="c"), work("c", once_begun=("a", "b"))
+        )
+    )
 
 
 def test_results_come_back_in_argument_order_when_members_finish_in_reverse(db: str) -> None:
@@ -180,7 +190,7 @@ def test_results_come_back_in_argument_order_when_members_finish_in_reverse(db: 
     assert [e.key for e in log[1:]] == [
         work("a", after="b").key,
         work("b", after="c").key,
-        work("c").key,
+        work("c", once_begun=("a", "b")).key,
     ]
     assert [e.value for e in log[1:]] == ["A", "B", "C"]
     assert [(e.status, e.attempts) for e in log] == [("completed", 1)] * 4
