@@ -6,12 +6,13 @@ never runs user code. Every store passes tests/test_store_contract.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import NamedTuple
 
 from ..errors import ContengineError
@@ -71,6 +72,28 @@ class EntryRow:
     due_at: float | None = None
     outcome: bytes | None = None  # pickled value (completed) or exception (failed)
     error_text: str | None = None
+
+
+def run_digest(row: RunRow, entries: Sequence[EntryRow]) -> str:
+    """A digest of a run's row and log as read: equal digests, the same run."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(astuple(row)).encode())
+    for e in entries:
+        h.update(repr(astuple(e)).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """One run to make pending again, its log kept up to (not including) position.
+
+    seen is run_digest() of the run as the plan read it: the rewind is refused if the
+    run is no longer so (a plan made from another state could discard the wrong steps).
+    """
+
+    run_id: str
+    position: int
+    seen: str
 
 
 class ReplayRow(NamedTuple):
@@ -373,10 +396,10 @@ class Store(ABC):
                     out.append(row)
         return out
 
-    def rewind(self, runs: Sequence[tuple[str, int]], now: float) -> None:
-        """For each (run, position), delete the failed run's log from position on and make
-        it pending again, with its error cleared, all in one transaction; ContengineError
-        (nothing written) unless every run failed."""
+    def rewind(self, runs: Sequence[Rewind], now: float) -> None:
+        """For each run, delete the failed run's log from its position on and make it
+        pending again, with its error cleared, all in one transaction; ContengineError
+        (nothing written) unless every run failed and is still as planned (its seen)."""
         raise ContengineError(f"{type(self).__name__} cannot rewind runs")
 
     def insert_run(
