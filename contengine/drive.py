@@ -400,7 +400,12 @@ class _Drive:
             if self.cancel_pending or (cancelled and self.run.id in cancelled):
                 # Cancelled while it ran: raised at this step's yield, no retry starts.
                 return drive_cancel.at_step(self, entry, ok, value, tb)
-            settled = self._settle(entry, request, ok, value, tb, args, kwargs)
+            attempts = entry.attempts
+            try:
+                settled = self._settle(entry, request, ok, value, tb, args, kwargs)
+            except CancelArrived:  # read by the write that would set up a retry
+                entry.attempts = attempts  # no other attempt began
+                return drive_cancel.at_step(self, entry, ok, value, tb)
             if isinstance(settled, Outcome):
                 self.carry = entry  # written with the next request, in one commit
                 self.fresh = True
@@ -423,8 +428,9 @@ class _Drive:
 
         Returns the step's final Outcome (the entry is filled in, not yet written),
         None when the next attempt starts now, or the time the next attempt is due
-        (both of those are committed here). A gather's member leaves the run's due
-        time to the gather.
+        (both of those are committed here, unless the run's row asks for a cancel:
+        CancelArrived, nothing written). A gather's member leaves the run's due time
+        to the gather.
         """
         opts = request.options
         now = self.r.clock.now()
@@ -459,11 +465,12 @@ class _Drive:
             if delay > 0:
                 entry.status, entry.due_at = E_RETRYING, now + delay
                 run = None if member else self._run_update(RUNNING, entry.due_at, now)
-                self._commit(update=entry, run=run)
+                self._commit(update=entry, run=run, unless_cancelled=True)
                 return entry.due_at
             entry.status, entry.due_at = E_RUNNING, None
             entry.attempts += 1
-            self._commit(update=entry, run=None if member else self._run_update(RUNNING, None, now))
+            run = None if member else self._run_update(RUNNING, None, now)
+            self._commit(update=entry, run=run, unless_cancelled=True)
             return None
         value.add_note(
             f"contengine: step {request.name!r} failed at position {entry.position} of run "

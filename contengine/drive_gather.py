@@ -253,7 +253,14 @@ def run_steps(
                 outcomes[i] = drive_cancel.member_ended(d, entries[i], ok, value, tb)
                 continue
             args, kwargs = steps[i]
-            settled = d._settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+            attempts = entries[i].attempts
+            try:
+                settled = d._settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+            except CancelArrived:  # read by the write that would set up a retry
+                entries[i].attempts = attempts
+                d.cancel_pending = True
+                outcomes[i] = drive_cancel.member_ended(d, entries[i], ok, value, tb)
+                continue
             if isinstance(settled, Outcome):
                 try:
                     # The write reads the cancel flag first: another process's cancel
