@@ -109,7 +109,7 @@ class _Drive:
         self.new_runs: list[RunRow] = []  # child runs started, created with the next commit
         self.publish: list[tuple[str, bytes]] = []  # ce.publish values, with the next commit
         self.restart: bytes | None = None  # continue_as_new: new arguments
-        self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
+        self.cancel_pending = bool(run.cancel_requested)  # to be raised at the current yield
         self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
         # carry is the outcome of a step this drive ran, sent in but not written yet: a
         # cancel found before it is written is raised at that step's yield instead
@@ -170,7 +170,7 @@ class _Drive:
             self._continue_as_new(value)
             return
         if self.cancel_pending or self.run.id in self.r.cancelled:
-            self._end_cancelled()  # a cancel sent during the last step, not delivered
+            self._end_cancelled()  # a cancel not delivered (sent during the last step?)
             return
         try:
             data = self.r.serde.dumps_checked(
@@ -845,7 +845,7 @@ class _Drive:
 
     def _committed(self, p: Progress, cancel: bool = False) -> None:
         """Bring the drive's state up to a durable commit of p; cancel: the run's row asks
-        for a cancel (another process's), delivered at the next yield."""
+        for a cancel (another process's), delivered at the current yield."""
         if cancel:
             self.cancel_pending = True
         if p.lease is not None:
