@@ -248,9 +248,7 @@ def test_a_cancel_from_another_engine_stops_a_pooled_run_before_its_next_step(
         engine.run_until_idle(threads=4)
         assert ran == ["cancels"]
         assert engine.get_run("r").status == "cancelled"
-        assert [(e.name, e.status) for e in engine.history("r")] == [
-            ("parked.cancels", "failed")
-        ]
+        assert [(e.name, e.status) for e in engine.history("r")] == [("parked.cancels", "failed")]
 
 
 @pytest.mark.parametrize("threads", [1, 4])
