@@ -127,8 +127,9 @@ class RunUpdate:
 
 
 class CancelArrived(ContengineError):
-    """A run's end (RunUpdate.unless_cancelled) met a cancel request in the run's row:
-    nothing of that progress was written."""
+    """A progress written unless cancelled (Progress.unless_cancelled, or a run's end with
+    RunUpdate.unless_cancelled) met a cancel request in the run's row: nothing of that
+    progress was written."""
 
 
 @dataclass(slots=True)
@@ -204,6 +205,11 @@ class Progress:
     # When set, nothing is written unless the run is still leased to this (owner,
     # lease number): a driver whose lease was taken over is fenced out (LeaseLost).
     lease: tuple[str, int] | None = None
+    # When set, nothing is written if the run's row asks for a cancel not delivered:
+    # commit() raises CancelArrived instead (a step's outcome whose cancel is raised at
+    # its yield instead, see contengine/drive_cancel.py; a run's end, as
+    # RunUpdate.unless_cancelled).
+    unless_cancelled: bool = False
 
 
 @dataclass(slots=True)
@@ -285,9 +291,9 @@ class Store(ABC):
         """Write progress atomically and durably (per the store's durability setting).
         True if the run's row asks for a cancel not delivered by this progress (read
         with the write, so a cancel from another process is seen at once); a store
-        that does not read it returns False or None. A run update with
-        unless_cancelled meeting such a request raises CancelArrived instead, having
-        written nothing of the progress. A store with leases must read it
+        that does not read it returns False or None. A progress (or its run update)
+        with unless_cancelled meeting such a request raises CancelArrived instead,
+        having written nothing of the progress. A store with leases must read it
         with every write fenced by a lease: a drive then looks for a cancel only
         after requests that write nothing."""
 
