@@ -157,9 +157,9 @@ def _backup(engine: Engine, db: str, dest: str, progress: Progress) -> None:
 def _move(engine: Engine, args: argparse.Namespace, data: Any) -> None:
     """retry, fork, export or import; prints what was done (export: the JSON)."""
     if args.command == "retry":
-        # The plan is read first only to say what was done; retry() plans again inside.
+        # Planned here to say what was done; rewind() refuses it if the run changed since.
         plan = plan_retry(engine.store, args.run_id, args.at)
-        engine.retry(args.run_id, args.at)
+        engine.rewind(plan)
         for n, step in enumerate(plan):
             what = (
                 f"run {step.run_id!r}" if n == 0 else f"  and its failed child run {step.run_id!r}"

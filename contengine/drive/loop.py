@@ -64,6 +64,7 @@ from ..store.base import (
     RunRow,
     RunUpdate,
 )
+from . import cancel as drive_cancel
 from . import children as drive_children
 from . import gather as drive_gather
 from .attempts import bad_call, call_with_timeout
@@ -110,8 +111,12 @@ class _Drive:
         self.new_runs: list[RunRow] = []  # child runs started, created with the next commit
         self.publish: list[tuple[str, bytes]] = []  # ce.publish values, with the next commit
         self.restart: bytes | None = None  # continue_as_new: new arguments
-        self.cancel_pending = bool(run.cancel_requested)  # to be raised at the next yield
+        self.cancel_pending = bool(run.cancel_requested)  # to be raised at the current yield
         self.clear_cancel = False  # a cancellation was delivered; say so with the next commit
+        # carry is the outcome of a step this drive ran, sent in but not written yet: a
+        # cancel found before it is written is raised at that step's yield instead
+        # (drive_cancel.rewind), so the writes that carry it read the cancel flag first.
+        self.fresh = False
         self.requests_since_look = 0  # requests since the store was last asked about a cancel
         self.stepped = 0.0  # seconds spent inside steps since the store was last asked
         # The attempts count of each entry in flight as last committed, by position:
@@ -146,6 +151,8 @@ class _Drive:
         while type(nxt) is Pending:
             try:
                 outcome = self._carry_out(nxt)
+            except drive_cancel.Rewound:
+                raise  # the generator went past a cancelled step: replayed, not kept
             except NotDue:
                 # Where the run went idle: a sleep, a wait or a retry's backoff can
                 # be resumed from here without a replay, if the generator is kept.
@@ -165,7 +172,7 @@ class _Drive:
             self._continue_as_new(value)
             return
         if self.cancel_pending or self.run.id in self.r.cancelled:
-            self._end_cancelled()  # a cancel sent during the last step, not delivered
+            self._end_cancelled()  # a cancel not delivered (sent during the last step?)
             return
         try:
             data = self.r.serde.dumps_checked(
@@ -185,12 +192,15 @@ class _Drive:
         self._commit_last(end, self._end_cancelled)
 
     def _end_cancelled(self) -> None:
-        """The workflow returned with a cancel not delivered (sent during its last step):
-        as an asyncio task whose cancel was requested before it finished, the run ends
-        cancelled and its return value is dropped (its finally blocks have run)."""
+        """The workflow returned with a cancel not delivered: raised at the yield of its
+        last step if that step's outcome is not written yet (rewind); else (the cancel
+        came after it) as an asyncio task whose cancel was requested before it finished,
+        the run ends cancelled and its return value is dropped."""
+        if self.fresh:
+            drive_cancel.rewind(self)
         error = Cancelled(f"run {self.run.id!r} was cancelled")
         error.add_note(
-            "contengine: the cancel came during the run's last step; the workflow "
+            "contengine: the cancel came after the run's last request; the workflow "
             "returned before a yield could raise it, so its return value was dropped"
         )
         self._finish_raised(error)
@@ -210,6 +220,8 @@ class _Drive:
         raise NotDue(self.r.clock.now())  # due at once: the next drive starts it afresh
 
     def _finish_raised(self, error: BaseException, failed_at: int | None = None) -> None:
+        if self.fresh and drive_cancel.noted(self):
+            drive_cancel.rewind(self)  # the cancel came during the last step: raised there
         what = f"the exception of workflow {self.wf.name!r} (run {self.run.id!r})"
         data = self.r.serde.dumps_error(error, what, WorkflowFailed)
         text = self.r.serde.clip("".join(traceback.format_exception(error)))
@@ -322,6 +334,8 @@ class _Drive:
         (what _loop would have done after _carry_out returned)."""
         try:
             outcome = self._attempts(pending, entry, request)
+        except drive_cancel.Rewound:
+            raise
         except NotDue:
             self.idle_at = pending  # a retry's backoff: resumable from here
             raise
@@ -385,9 +399,18 @@ class _Drive:
                 if slot is None:
                     self._give_back(entry)
             ok, value, tb = self._execute(entry, request, args, kwargs, slot)
-            settled = self._settle(entry, request, ok, value, tb, args, kwargs)
+            if self.cancel_pending or (cancelled and self.run.id in cancelled):
+                # Cancelled while it ran: raised at this step's yield, no retry starts.
+                return drive_cancel.at_step(self, entry, ok, value, tb)
+            attempts = entry.attempts
+            try:
+                settled = self._settle(entry, request, ok, value, tb, args, kwargs)
+            except CancelArrived:  # read by the write that would set up a retry
+                entry.attempts = attempts  # no other attempt began
+                return drive_cancel.at_step(self, entry, ok, value, tb)
             if isinstance(settled, Outcome):
                 self.carry = entry  # written with the next request, in one commit
+                self.fresh = True
                 return settled
             if settled is not None:
                 self._go_idle([], settled)
@@ -407,8 +430,9 @@ class _Drive:
 
         Returns the step's final Outcome (the entry is filled in, not yet written),
         None when the next attempt starts now, or the time the next attempt is due
-        (both of those are committed here). A gather's member leaves the run's due
-        time to the gather.
+        (both of those are committed here, unless the run's row asks for a cancel:
+        CancelArrived, nothing written). A gather's member leaves the run's due time
+        to the gather.
         """
         opts = request.options
         now = self.r.clock.now()
@@ -443,11 +467,12 @@ class _Drive:
             if delay > 0:
                 entry.status, entry.due_at = E_RETRYING, now + delay
                 run = None if member else self._run_update(RUNNING, entry.due_at, now)
-                self._commit(update=entry, run=run)
+                self._commit(update=entry, run=run, unless_cancelled=True)
                 return entry.due_at
             entry.status, entry.due_at = E_RUNNING, None
             entry.attempts += 1
-            self._commit(update=entry, run=None if member else self._run_update(RUNNING, None, now))
+            run = None if member else self._run_update(RUNNING, None, now)
+            self._commit(update=entry, run=run, unless_cancelled=True)
             return None
         value.add_note(
             f"contengine: step {request.name!r} failed at position {entry.position} of run "
@@ -706,11 +731,12 @@ class _Drive:
 
     def _deliver_cancel(self, pending: Pending, logged: bool | None = None) -> Outcome:
         """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too
-        (logged: the request's entry is in the log, whatever pending says)."""
-        self.cancel_pending = False
-        with self.r.cancel_lock:  # a cancel() still between its write and its entry
-            self.r.cancelled.discard(self.run.id)
-        self.clear_cancel = True
+        (logged: the request's entry is in the log, whatever pending says). If the
+        previous step's outcome is not written yet, the cancel came before the step's
+        end was logged: it is raised at that step's yield instead (rewind)."""
+        if self.fresh:
+            drive_cancel.rewind(self)
+        drive_cancel.deliver(self)
         now = self.r.clock.now()
         request = pending.request
         if logged is None:
@@ -743,9 +769,18 @@ class _Drive:
         update: EntryRow | None = None,
         insert: EntryRow | None = None,
         run: RunUpdate | None = None,
+        unless_cancelled: bool = False,
     ) -> None:
-        progress = self._progress(update, insert, run)
-        cancel = self.r.store.commit(progress)
+        """Write progress (unless_cancelled: CancelArrived, nothing written, if the run's
+        row asks for a cancel; so too whenever a fresh step's outcome is carried, which
+        is rewound to be cancelled instead)."""
+        progress = self._progress(update, insert, run, unless_cancelled)
+        try:
+            cancel = self.r.store.commit(progress)
+        except CancelArrived:
+            if self.fresh:
+                drive_cancel.rewind(self)
+            raise
         self._committed(progress, bool(cancel))
 
     def _commit_then(
@@ -766,6 +801,8 @@ class _Drive:
 
         def go_on() -> None:
             if ticket.error is not None:
+                if isinstance(ticket.error, CancelArrived) and self.fresh:
+                    drive_cancel.rewind(self)  # the carried step is cancelled instead
                 if cancelled is not None and isinstance(ticket.error, CancelArrived):
                     cancelled()
                     return
@@ -778,7 +815,11 @@ class _Drive:
         raise Parked(ticket, functools.partial(outer, functools.partial(self._guarded, go_on)))
 
     def _progress(
-        self, update: EntryRow | None, insert: EntryRow | None, run: RunUpdate | None
+        self,
+        update: EntryRow | None,
+        insert: EntryRow | None,
+        run: RunUpdate | None,
+        unless_cancelled: bool = False,
     ) -> Progress:
         # A carried outcome is always flushed by the next commit, and the only
         # writes that update an entry happen when nothing is carried.
@@ -792,14 +833,21 @@ class _Drive:
             run.clear_cancel = True
         new_runs = tuple(self.new_runs) if self.new_runs else ()
         publish = tuple(self.publish) if self.publish else ()
+        # The write of a fresh step's outcome reads the cancel flag first (as a leased
+        # write reads it anyway: no statement more), so that a cancel that came before
+        # it is raised at that step's yield. Not while a delivered cancel is still to be
+        # written: the row's flag is that one.
+        unless = (
+            (unless_cancelled or self.fresh) and self.lease is not None and not self.clear_cancel
+        )
         return Progress(
             self.run.id, entry, insert, run, expect, recorded, self.consume, new_runs,
-            publish, self.restart, lease=self.lease,
+            publish, self.restart, lease=self.lease, unless_cancelled=unless,
         )  # fmt: skip
 
     def _committed(self, p: Progress, cancel: bool = False) -> None:
         """Bring the drive's state up to a durable commit of p; cancel: the run's row asks
-        for a cancel (another process's), delivered at the next yield."""
+        for a cancel (another process's), delivered at the current yield."""
         if cancel:
             self.cancel_pending = True
         if p.lease is not None:
@@ -817,6 +865,7 @@ class _Drive:
         for e in p.recorded:
             self.stored[e.position] = e.attempts
         self.carry = None
+        self.fresh = False
         self.consume = None
         if self.clear_cancel:
             # The delivery is on record: cancel() calls of this process made before it
