@@ -1,6 +1,7 @@
 """contengine: durable execution for Python with generator workflows and an SQLite log."""
 
-from . import testing
+from typing import TYPE_CHECKING, Any
+
 from .clock import Clock, SystemClock
 from .core.requests import (
     Backoff,
@@ -45,6 +46,9 @@ from .errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
+
+if TYPE_CHECKING:
+    from . import testing
 
 __version__ = "0.1.0"
 
@@ -99,3 +103,13 @@ __all__ = [
     "wait",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """ce.testing, imported on first use: an application that only runs workflows never
+    loads the testing kit (nor what it imports)."""
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
