@@ -19,16 +19,7 @@ from ..store.base import (
     RUN_STATUSES,
     RunRow,
 )
-from .inspect_commands import (
-    ARGS_WIDTH,
-    NOTE_WIDTH,
-    _clip,
-    _exc_text,
-    _iso,
-    _load,
-    _outcome,
-    _short,
-)
+from .render import ARGS_WIDTH, NOTE_WIDTH, clip, exc_text, iso, load, outcome, short, span_text
 
 # Layout of the timeline, in SVG user units (pixels at 100% zoom).
 LABEL_W = 300
@@ -164,7 +155,7 @@ def render_runs(
     )
     body = [
         "<h1>Runs</h1>",
-        f'<div class="card"><p>{len(runs)} most recent runs, as of {escape(_iso(now))}.</p>'
+        f'<div class="card"><p>{len(runs)} most recent runs, as of {escape(iso(now))}.</p>'
         f'<div class="counts">{counts or "no runs"}</div></div>',
     ]
     for s in present:
@@ -190,20 +181,20 @@ def _run_header(engine: Engine, row: RunRow, now: float) -> str:
     items = [
         ("workflow", f"<code>{escape(row.workflow)}</code>"),
         ("status", f'<span class="badge {escape(row.status)}">{escape(row.status)}</span>'),
-        ("created", escape(_iso(row.created_at))),
+        ("created", escape(iso(row.created_at))),
     ]
     if row.finished_at is not None:
-        took = _span_text(row.finished_at - row.created_at)
-        items.append(("finished", f"{escape(_iso(row.finished_at))} (after {took})"))
+        took = span_text(row.finished_at - row.created_at)
+        items.append(("finished", f"{escape(iso(row.finished_at))} (after {took})"))
     else:
-        items.append(("age", escape(_span_text(max(0.0, now - row.created_at)))))
+        items.append(("age", escape(span_text(max(0.0, now - row.created_at)))))
     if row.parent_id:
         items.append(("parent", f"<code>{escape(row.parent_id)}</code>"))
     if row.status == COMPLETED:
-        result = _load(engine, row.result, row.id, "result", _short)
+        result = load(engine, row.result, row.id, "result", short)
         items.append(("result", f"<code>{escape(result)}</code>"))
     elif row.status == FAILED:
-        error = _load(engine, row.error, row.id, "exception", _exc_text)
+        error = load(engine, row.error, row.id, "exception", exc_text)
         items.append(("error", f'<span class="error">{escape(error)}</span>'))
     if row.note:
         items.append(("note", escape(row.note)))
@@ -251,7 +242,7 @@ def _svg(run: RunRow, rows: Sequence[_Row], now: float) -> str:
     if run.status not in FINISHED and start < now <= end:
         parts.append(
             f'<line class="now" x1="{x(now):.1f}" y1="{AXIS_H - 6}" x2="{x(now):.1f}" '
-            f'y2="{height - PAD}"><title>now {escape(_iso(now))}</title></line>'
+            f'y2="{height - PAD}"><title>now {escape(iso(now))}</title></line>'
         )
     parts.append("</svg>")
     return "\n".join(parts)
@@ -299,7 +290,7 @@ def _axis(start: float, end: float, x: Scale, height: int) -> str:
     step = _tick_step(end - start)
     parts = ['<g class="axis">']
     parts.append(
-        f'<text x="{PAD}" y="{AXIS_H - 14}">from {escape(_iso(start))}</text>'
+        f'<text x="{PAD}" y="{AXIS_H - 14}">from {escape(iso(start))}</text>'
         f'<text x="{PAD}" y="{AXIS_H - 2}" class="sub">request</text>'
     )
     k = 0
@@ -310,7 +301,7 @@ def _axis(start: float, end: float, x: Scale, height: int) -> str:
         parts.append(
             f'<line class="grid" x1="{tx:.1f}" y1="{AXIS_H - 6}" x2="{tx:.1f}" '
             f'y2="{height - PAD}"/><text x="{tx:.1f}" y="{AXIS_H - 12}" '
-            f'text-anchor="{anchor}"><title>{escape(_iso(start + k * step))}</title>'
+            f'text-anchor="{anchor}"><title>{escape(iso(start + k * step))}</title>'
             f"{escape(label)}</text>"
         )
         k += 1
@@ -348,13 +339,13 @@ def _entry_svg(r: _Row, y: int, x: Scale, now: float) -> str:
         classes.append("inflight")
     x0, x1 = x(e.started_at), x(end)
     w = max(x1 - x0, 3.0)
-    label = _clip(f"{e.position} {e.kind} {e.name}({e.text})", 46 - r.depth * 2)
+    label = clip(f"{e.position} {e.kind} {e.name}({e.text})", 46 - r.depth * 2)
     tip = [
         f"{'child run ' + r.child_of + ': ' if r.child_of else ''}{e.describe()}",
         f"status {e.status}, attempts {e.attempts}, crashes {e.crashes}",
-        f"started {_iso(e.started_at)}",
-        f"{'due' if open_end else 'finished'} {_iso(end)}" if e.finished_at or open_end else "",
-        _outcome(e),
+        f"started {iso(e.started_at)}",
+        f"{'due' if open_end else 'finished'} {iso(end)}" if e.finished_at or open_end else "",
+        outcome(e),
     ]
     parts = [
         f'<g class="{escape(" ".join(classes))}" data-position="{e.position}">',
@@ -366,7 +357,7 @@ def _entry_svg(r: _Row, y: int, x: Scale, now: float) -> str:
     ]
     note = ""
     if e.status == E_FAILED:
-        note = _outcome(e)
+        note = outcome(e)
     elif e.status == E_RETRYING:
         note = f"retrying (attempt {e.attempts + 1} due)"
     elif inflight:
@@ -400,11 +391,11 @@ def _side_text(text: str, cls: str, after: float, y: int) -> str:
     if room < 60:  # no room after the bar: put it inside the chart, right-aligned
         return (
             f'<text class="{cls}" x="{LABEL_W + CHART_W:.1f}" y="{y + 16}" '
-            f'text-anchor="end">{escape(_clip(text, 40))}</text>'
+            f'text-anchor="end">{escape(clip(text, 40))}</text>'
         )
     return (
         f'<text class="{cls}" x="{after + 6:.1f}" y="{y + 16}">'
-        f"{escape(_clip(text, max(8, int(room / 6.5))))}</text>"
+        f"{escape(clip(text, max(8, int(room / 6.5))))}</text>"
     )
 
 
@@ -445,15 +436,15 @@ def _log_table(entries: Sequence[Entry]) -> str:
     )
     body = []
     for e in entries:
-        took = "–" if e.duration is None else _span_text(e.duration)
-        request = f"{e.name}({_clip(e.text, ARGS_WIDTH)})"
+        took = "–" if e.duration is None else span_text(e.duration)
+        request = f"{e.name}({clip(e.text, ARGS_WIDTH)})"
         body.append(
             f'<tr class="entry-row {escape(e.status)}"><td class="num">{e.position}</td>'
             f'<td>{escape(e.kind)}</td><td class="mono">{escape(request)}</td>'
             f'<td><span class="badge {escape(e.status)}">{escape(e.status)}</span></td>'
             f'<td class="num">{e.attempts}</td><td class="num">{e.crashes}</td>'
             f'<td class="num">{escape(took)}</td>'
-            f'<td class="outcome mono">{escape(_outcome(e))}</td></tr>'
+            f'<td class="outcome mono">{escape(outcome(e))}</td></tr>'
         )
     return (
         f'<div class="scroll"><table id="log"><thead><tr>{head}</tr></thead>'
@@ -468,9 +459,9 @@ def _runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) 
     body = []
     for r in runs:
         if r.finished_at is not None:
-            took = _span_text(r.finished_at - r.created_at)
+            took = span_text(r.finished_at - r.created_at)
         else:
-            took = f"{_span_text(max(0.0, now - r.created_at))} so far"
+            took = f"{span_text(max(0.0, now - r.created_at))} so far"
         status = (
             f'<td><span class="badge {escape(r.status)}">{escape(r.status)}</span></td>'
             if child_column
@@ -479,24 +470,10 @@ def _runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) 
         body.append(
             f'<tr class="run-row {escape(r.status)}"><td class="mono">{escape(r.id)}</td>'
             f'<td class="mono">{escape(r.workflow)}</td>{status}'
-            f'<td>{escape(_iso(r.created_at))}</td><td class="num">{escape(took)}</td>'
-            f"<td>{escape(_clip(r.note or '', NOTE_WIDTH))}</td></tr>"
+            f'<td>{escape(iso(r.created_at))}</td><td class="num">{escape(took)}</td>'
+            f"<td>{escape(clip(r.note or '', NOTE_WIDTH))}</td></tr>"
         )
     return (
         f'<div class="scroll"><table class="runs"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
-
-
-def _span_text(seconds: float) -> str:
-    """A duration for people: 12.3 ms, 4.56 s, 3m 05s, 2h 10m, 3d 4h."""
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    total = round(seconds)
-    if total < 3600:
-        return f"{total // 60}m {total % 60:02d}s"
-    if total < 86400:
-        return f"{total // 3600}h {total % 3600 // 60:02d}m"
-    return f"{total // 86400}d {total % 86400 // 3600}h"
