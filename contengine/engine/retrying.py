@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..core import ids
 from ..errors import ContengineError, RunNotFound
 from ..store.base import CANCELLED, E_COMPLETED, E_FAILED, FAILED, EntryRow, RunRow, Store
 
@@ -129,8 +130,7 @@ def _child_chain(store: Store, row: RunRow, entry: EntryRow) -> list[Rewind]:
     if entry.kind == "join":
         child_id = entry.name
     elif entry.kind == "child":
-        gen = f"g{row.generation}/" if row.generation else ""
-        child_id = f"{row.id}/{gen}{entry.position}"
+        child_id = ids.child_id(row.id, row.generation, entry.position)
     else:
         return []
     child = store.get_run(child_id)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.requests import sleep_until, wait
+from ..core.timers import sleep_until, wait
 from ..core.workflow import current_step, step, workflow
 from ..engine.engine import Engine, Run
 from .bench import Metric, _fresh, _remove_db, floor_round, loop
