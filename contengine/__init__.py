@@ -3,25 +3,12 @@
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, SystemClock
-from .core.requests import (
-    Backoff,
-    ChildHandle,
-    Request,
-    StepCall,
-    StepOptions,
-    continue_as_new,
-    gather,
-    now,
-    patched,
-    publish,
-    race,
-    random,
-    sleep,
-    sleep_until,
-    start_child,
-    wait,
-)
+from .core.children import ChildHandle, continue_as_new, start_child
+from .core.gather import gather, race
+from .core.options import Backoff, StepOptions
+from .core.requests import Request, StepCall, now, patched, publish, random
 from .core.requests import uuid4 as uuid
+from .core.timers import sleep, sleep_until, wait
 from .core.workflow import Step, StepContext, Workflow, current_step, step, workflow
 from .drive.log import Entry
 from .engine.engine import Engine, IdleReport, Run

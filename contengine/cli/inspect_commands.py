@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, cast
 
+from ..core import ids
 from ..drive.log import Entry
 from ..engine.engine import Engine
 from ..store.base import COMPLETED, FAILED, RUN_STATUSES, RunRow
@@ -171,11 +172,7 @@ def _timeline_rows(
         if e.kind in ("gather", "race") and e.key and e.key.isdigit():
             members_left = int(e.key)
         if e.kind in ("child", "start_child") and depth < MAX_CHILD_DEPTH:
-            child_id = (
-                f"{run_id}/{e.position}"
-                if not generation
-                else f"{run_id}/g{generation}/{e.position}"
-            )
+            child_id = ids.child_id(run_id, generation, e.position)
             child = engine.store.get_run(child_id)
             if child is not None:
                 child_entries = engine.history(child_id)

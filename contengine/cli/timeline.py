@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from ..core import ids
 from ..drive.log import Entry
 from ..engine.engine import Engine
 from ..store.base import (
@@ -122,7 +123,7 @@ def render_run(engine: Engine, run_id: str, now: float | None = None) -> str:
     now = engine.clock.now() if now is None else now
     entries = engine.history(run_id)
     children = [r for r in engine.store.list_runs() if r.parent_id == run_id]
-    rows = _rows(engine, run_id, entries, {c.id: c for c in children}, 0)
+    rows = _rows(engine, row, entries, {c.id: c for c in children}, 0)
     body = [
         f"<h1>Run <code>{escape(row.id)}</code></h1>",
         _run_header(engine, row, now),
@@ -203,9 +204,10 @@ def _run_header(engine: Engine, row: RunRow, now: float) -> str:
 
 
 def _rows(
-    engine: Engine, run_id: str, entries: Sequence[Entry], children: dict[str, RunRow], depth: int
+    engine: Engine, run: RunRow, entries: Sequence[Entry], children: dict[str, RunRow], depth: int
 ) -> list[_Row]:
     """The timeline's rows: each entry, members of a gather or race indented, children nested."""
+    run_id = run.id
     rows: list[_Row] = []
     group_end = -1
     for e in entries:
@@ -213,10 +215,12 @@ def _rows(
         rows.append(_Row(e, depth + in_group, run_id if depth else None))
         if e.kind in GROUP_KINDS and e.key and e.key.isdigit():
             group_end = e.position + int(e.key)
-        child = children.get(f"{run_id}/{e.position}") if e.kind in CHILD_KINDS else None
+        # The child of this generation: an earlier one's has the same position.
+        kid = ids.child_id(run_id, run.generation, e.position)
+        child = children.get(kid) if e.kind in CHILD_KINDS else None
         if child is not None and depth < MAX_CHILD_DEPTH:
             grandchildren = {c.id: c for c in engine.store.list_runs() if c.parent_id == child.id}
-            nested = _rows(engine, child.id, engine.history(child.id), grandchildren, depth + 1)
+            nested = _rows(engine, child, engine.history(child.id), grandchildren, depth + 1)
             rows.extend(_Row(r.entry, r.depth + in_group, r.child_of or child.id) for r in nested)
     return rows
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..core.driver import Outcome, Pending
+from ..core.driver import Pending
+from ..core.gather import GatherRequest
 from ..core.idle import NotDue
-from ..core.requests import GatherRequest
+from ..core.outcome import Outcome
 from ..core.serde import short
 from ..errors import Cancelled, StepFailed
 from ..store.base import E_COMPLETED, E_FAILED, EntryRow, RunUpdate

@@ -7,16 +7,12 @@ import contextlib
 from concurrent.futures import FIRST_COMPLETED
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..core.driver import Outcome, Pending
+from ..core.driver import Pending
+from ..core.gather import GatherRequest
 from ..core.idle import NEVER, duration_text
-from ..core.requests import (
-    GatherRequest,
-    Immediate,
-    Request,
-    SleepRequest,
-    StepCall,
-    WaitRequest,
-)
+from ..core.outcome import Outcome
+from ..core.requests import Immediate, Request, StepCall
+from ..core.timers import SleepRequest, WaitRequest
 from ..errors import Cancelled, StepFailed, Timeout
 from ..store.base import (
     E_COMPLETED,

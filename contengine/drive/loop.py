@@ -18,23 +18,21 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..core.driver import Driver, Outcome, Pending, Raised, Returned
+from ..core.children import ChildHandle, ChildRequest, ContinueAsNew
+from ..core.driver import Driver, Pending, Raised, Returned
+from ..core.gather import GatherRequest
 from ..core.idle import NEVER, NotDue, duration_text
+from ..core.outcome import Outcome
 from ..core.requests import (
-    ChildHandle,
-    ChildRequest,
-    ContinueAsNew,
-    GatherRequest,
     Immediate,
     NowRequest,
     PublishRequest,
     RandomRequest,
-    SleepRequest,
     StepCall,
     UuidRequest,
-    WaitRequest,
 )
-from ..core.workflow import Workflow, _current
+from ..core.timers import SleepRequest, WaitRequest
+from ..core.workflow import RUNNING_STEP, Workflow
 from ..engine.retrying import failure_line
 from ..errors import (
     Cancelled,
@@ -556,7 +554,7 @@ class _Drive:
         """Run one attempt of the step (holding slot of its queue, let go after)."""
         run = self.run
         watch = self.r.watch
-        token = _current.set(
+        token = RUNNING_STEP.set(
             (
                 run.id, self.wf.name, request.name, entry.position, entry.attempts,
                 run.generation, watch,
@@ -578,7 +576,7 @@ class _Drive:
         finally:
             self.r.in_steps.discard(in_step)
             self.stepped += self.r.clock.monotonic() - began
-            _current.reset(token)
+            RUNNING_STEP.reset(token)
             if slot is not None:
                 self._give_slot(slot)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from ..core import ids
 from ..errors import ContengineError, RunNotFound
 from ..store.base import (
     CANCELLED,
@@ -135,8 +136,7 @@ def _child_chain(store: Store, row: RunRow, entry: EntryRow) -> list[Rewind]:
     if entry.kind == "join":
         child_id = entry.name
     elif entry.kind == "child":
-        gen = f"g{row.generation}/" if row.generation else ""
-        child_id = f"{row.id}/{gen}{entry.position}"
+        child_id = ids.child_id(row.id, row.generation, entry.position)
     else:
         return []
     child = store.get_run(child_id)

@@ -15,15 +15,9 @@ from typing import Any
 
 from ..clock import Clock
 from ..core.canonical import canonical_call, key_of
-from ..core.requests import (
-    ChildRequest,
-    GatherRequest,
-    RaceRequest,
-    RandomRequest,
-    Request,
-    StepCall,
-    UuidRequest,
-)
+from ..core.children import ChildRequest
+from ..core.gather import GatherRequest, RaceRequest
+from ..core.requests import RandomRequest, Request, StepCall, UuidRequest
 from ..core.serde import Serde
 from ..core.workflow import Step, Workflow, current_step
 from ..engine.engine import Engine

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from ..core.requests import wait
+from ..core.timers import wait
 from ..core.workflow import current_step, step, workflow
 from ..engine.engine import Engine, Run
 from .bench_common import WAIT, Metric, Say, child_env, remove_db

@@ -20,7 +20,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.requests import sleep_until
+from ..core.timers import sleep_until
 from ..core.workflow import step, workflow
 from ..engine.engine import Engine
 from .bench_common import WAIT, Metric, Say, child_env, floor_round, fresh, loop, remove_db
