@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
 from ..base import FAILED, EntryRow, RunRow, Signal
 from .sql import (
-    _DELETABLE,
-    _INSERT_ENTRY,
-    _RUN_COLS,
-    _RUN_MARKS,
+    DELETABLE,
+    INSERT_ENTRY,
     POSITION_BITS,
     POSITION_MASK,
+    RUN_COLS,
+    RUN_MARKS,
     SQLiteParts,
-    _checked_position,
-    _run_params,
+    checked_position,
+    run_params,
 )
 
 
@@ -33,7 +33,7 @@ class OperatorMethods(SQLiteParts):
             # Children go before their parents, so a tree of old runs is deleted leaves
             # first: look again after each round until the batch is full or none is left.
             while deleted < limit:
-                rows = conn.execute(_DELETABLE, (before, limit - deleted)).fetchall()
+                rows = conn.execute(DELETABLE, (before, limit - deleted)).fetchall()
                 if not rows:
                     break
                 self._delete_runs(conn, [(int(num), str(run_id)) for num, run_id in rows])
@@ -69,7 +69,7 @@ class OperatorMethods(SQLiteParts):
         base = self._key(conn, run_id, 0)
         conn.execute(
             "DELETE FROM log WHERE id BETWEEN ? AND ?",
-            (base + _checked_position(position), base | POSITION_MASK),
+            (base + checked_position(position), base | POSITION_MASK),
         )
         conn.execute(
             "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
@@ -88,17 +88,17 @@ class OperatorMethods(SQLiteParts):
     ) -> None:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
-                _run_params(run),
+                f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
+                run_params(run),
             )
             if cur.rowcount != 1:
                 raise IdConflict(f"a run with id {run.id!r} already exists; nothing was written")
             base = int(cur.lastrowid or 0) << POSITION_BITS
             conn.executemany(
-                _INSERT_ENTRY,
+                INSERT_ENTRY,
                 [
                     (
-                        base | _checked_position(e.position), e.kind, e.name, e.key,
+                        base | checked_position(e.position), e.kind, e.name, e.key,
                         None if e.text == e.key else e.text, e.status, e.attempts, e.crashes,
                         e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
                     )
