@@ -27,9 +27,9 @@ from contengine.store.base import (
     E_COMPLETED,
     E_FAILED,
     EntryRow,
+    OneEngineStore,
     Progress,
     RunRow,
-    OneEngineStore,
     Signal,
     Store,
 )

@@ -24,8 +24,6 @@ class LeaseMethods(SQLiteParts):
     """Part of SQLiteStore: claiming runs, workers on record, queues, and the cancel
     flags a worker reads for the runs whose steps it runs."""
 
-    supports_leases = True
-
     def pending_cancels(self, run_ids: Collection[str]) -> set[str]:
         # One read for every run with a step running in an engine, each poll interval.
         ids = list(run_ids)

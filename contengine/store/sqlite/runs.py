@@ -19,15 +19,6 @@ class RunMethods(SQLiteParts):
             sql += f" LIMIT {int(limit)}"
         return [str(r[0]) for r in self._read(sql, (now,))]
 
-    def due_unowned(self, now: float, limit: int | None = None) -> list[str]:
-        sql = (
-            f"SELECT id FROM runs WHERE status IN ({UNFINISHED_SQL}) "
-            f"AND (due_at IS NULL OR due_at <= ?) AND owner IS NULL ORDER BY num"
-        )
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [str(r[0]) for r in self._read(sql, (now,))]
-
     def next_due(self, after: float | None = None) -> float | None:
         rows = self._read(
             f"SELECT min(due_at) FROM runs WHERE status IN ({UNFINISHED_SQL}) "
