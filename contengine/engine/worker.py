@@ -20,13 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..drive.pool import Parked
 from ..errors import ContengineError, DatabaseError, DatabaseGone
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from ..store.base import Claim
+from .dispatch import Dispatcher, claim_size
 
 log = logging.getLogger("contengine")
 
@@ -38,12 +37,12 @@ SETTLE = 1.0
 class Worker:
     """Drives an engine's due runs in the background until stopped."""
 
-    def __init__(self, engine: Engine, threads: int, grace: float) -> None:
+    def __init__(self, dispatch: Dispatcher, threads: int, grace: float) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads!r}")
         if not grace >= 0:
             raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
-        self.engine = engine
+        self.dispatch = dispatch
         self.threads = threads
         self.grace = grace
         self._wake = threading.Event()
@@ -61,13 +60,7 @@ class Worker:
 
     def start(self) -> Worker:
         """Start the claiming loop in a thread of its own."""
-        if self.engine._worker is not None:
-            raise ContengineError(
-                "this engine already runs a worker; give it more threads instead (stopping "
-                "one worker lets go of all the engine's leases)"
-            )
-        self.engine._worker = self
-        self.engine._holder.set_worker_loop(True)  # clients leave due runs to it
+        self.dispatch.attach(self)  # clients leave due runs to it
         self._loop = threading.Thread(target=self._run, name="contengine-worker", daemon=True)
         self._loop.start()
         return self
@@ -77,23 +70,23 @@ class Worker:
         every lease, so other workers take over at once what is left."""
         grace = self.grace if grace is None else grace
         self._stop.set()
-        engine = self.engine
-        engine._holder.set_worker_loop(False)  # claims nothing more: clients drive again
-        engine._runner.stopping.set()  # drives set their runs aside before the next step
+        dispatch = self.dispatch
+        runner, holder = dispatch.runner, dispatch.holder
+        holder.set_worker_loop(False)  # claims nothing more: clients drive again
+        runner.stopping.set()  # drives set their runs aside before the next step
         self._wake.set()
         if self._loop is not None:
             self._loop.join()
         with self._inflight_lock:
             pending = dict(self._inflight)
         _, late = concurrent.futures.wait(set(pending), timeout=grace)
-        holder = engine._holder
         if late:
             # Past the grace period no step starts (not even a gather's member that was
             # waiting for a slot), while drives that are only setting their runs aside
             # still write that under their leases.
             holder.stop_steps()
             late = self._settle(pending, late)
-        running = engine._runner.in_steps
+        running = runner.in_steps
         if late or running:
             if late:
                 log.warning(
@@ -116,9 +109,8 @@ class Worker:
                 holder.retire()
         else:
             holder.retire()
-        engine._runner.stopping.clear()
-        if engine._worker is self:
-            engine._worker = None
+        runner.stopping.clear()
+        dispatch.detach(self)
 
     def _settle(
         self,
@@ -130,7 +122,7 @@ class Worker:
         be written under their lease, or the next driver counts a crash for an attempt
         that never began. Returns the drives still under way."""
         deadline = time.monotonic() + SETTLE
-        in_steps = self.engine._runner.in_steps
+        in_steps = self.dispatch.runner.in_steps
         while late and time.monotonic() < deadline:
             busy = {run_id for run_id, _ in list(in_steps)}
             if all(pending[f] in busy for f in late):
@@ -143,8 +135,8 @@ class Worker:
         record, unless this engine claimed runs again meanwhile (its next stop or close
         does it then)."""
         concurrent.futures.wait(late)
-        holder = self.engine._holder
-        in_steps = self.engine._runner.in_steps
+        holder = self.dispatch.holder
+        in_steps = self.dispatch.runner.in_steps
         while in_steps and holder.claims == claims:
             time.sleep(0.05)
         holder.retire_if_idle(claims)
@@ -165,22 +157,19 @@ class Worker:
     # -- the loop -------------------------------------------------------------
 
     def _run(self) -> None:
-        engine = self.engine
-        pool = engine._driver_pool(self.threads)
+        dispatch = self.dispatch
+        holder = dispatch.holder
+        pool = dispatch.pool(self.threads)
         while not self._stop.is_set():
             self._wake.clear()
-            if engine._holder.fatal is not None:  # the heartbeat found the file gone
-                self._fail(engine._holder.fatal)
+            if holder.fatal is not None:  # the heartbeat found the file gone
+                self._fail(holder.fatal)
                 break
-            free = self.threads - len(self._inflight)
-            claims = []
-            # Claims are writes (a disk sync each): in batches of an eighth of the
-            # threads, or whatever is free when nothing runs.
-            if free >= max(1, self.threads // 8) or (free > 0 and not self._inflight):
+            free = claim_size(self.threads, len(self._inflight))
+            claims: list[Claim] = []
+            if free:
                 try:
-                    with engine._lock:
-                        stuck = set(engine._stuck)
-                    claims = engine._holder.claim(engine.clock.now(), free, skip=stuck)
+                    claims = dispatch.claim(free)
                 except DatabaseGone as exc:
                     self._fail(exc)
                     break
@@ -199,7 +188,7 @@ class Worker:
                         functools.partial(self._drive, claim, due),
                     )
                 except RuntimeError:  # the pool is gone (the engine closes): let it go
-                    engine._holder.release(claim.run.id, claim.lease)
+                    holder.release(claim.run.id, claim.lease)
                     continue
                 with self._inflight_lock:
                     self._inflight[future] = claim.run.id
@@ -210,21 +199,21 @@ class Worker:
 
     def _sleep_time(self) -> float:
         """Until the next local timer, at most one poll interval."""
-        engine = self.engine
-        wait = engine.poll_interval
+        dispatch = self.dispatch
+        wait = dispatch.poll_interval
         with self._inflight_lock:
-            now = engine.clock.now()
+            now = dispatch.clock.now()
             while self._timers and self._timers[0] <= now:
                 heapq.heappop(self._timers)
             if self._timers:
                 wait = min(wait, self._timers[0] - now)
         return max(wait, 0.0)
 
-    def _drive(self, claim: Any, due: list[float], then: Callable[[], Any] | None = None) -> bool:
+    def _drive(self, claim: Claim, due: list[float], then: Callable[[], Any] | None = None) -> bool:
         """Drive a claimed run (or go on with a parked drive of it: then)."""
         parked = False
         try:
-            return self.engine._drive_claim(claim, due, park=True, then=then)
+            return self.dispatch.drive_claim(claim, due, park=True, then=then)
         except Parked:
             parked = True
             raise
@@ -244,8 +233,7 @@ class Worker:
         if not future.cancelled() and future.exception() is None and future.result():
             self.finished += 1
         self._wake.set()  # a thread is free, and a finished child may have woken its parent
-        with self.engine._wakeup:  # and a result() may be waiting for this run
-            self.engine._wakeup.notify_all()
+        self.dispatch.wake_waiters()  # and a result() may be waiting for this run
 
 
 def install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
