@@ -69,7 +69,8 @@ def queued() -> str:
 
 @ce.workflow(name="hooks.one_step")
 def one_step() -> Generator[Any, Any, str]:
-    return (yield queued())
+    result: str = yield queued()
+    return result
 
 
 def test_a_runner_asks_its_drive_context_for_step_queue_slots() -> None:
