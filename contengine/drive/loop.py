@@ -35,7 +35,6 @@ from ..core.requests import (
     WaitRequest,
 )
 from ..core.workflow import Workflow, _current
-from ..engine.retrying import failure_line
 from ..errors import (
     Cancelled,
     ContengineError,
@@ -67,6 +66,7 @@ from ..store.base import (
 from . import children as drive_children
 from . import gather as drive_gather
 from .attempts import bad_call, call_with_timeout
+from .failure import failure_line
 from .log import decode_outcome
 from .pool import Parked
 

@@ -12,16 +12,12 @@ retries the failed child (and its failed child, and so on) in the same transacti
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from ..drive.failure import AT_FAILURE_RE, OWN_CODE
 from ..errors import ContengineError, RunNotFound
 from ..store.base import CANCELLED, E_COMPLETED, E_FAILED, FAILED, EntryRow, RunRow, Store
 
-# The first line of a failed run's error text (drive.py writes it, resume_position reads it).
-_AT = "contengine: the run failed with the failure at position {}; retry resumes there\n"
-_OWN = "contengine: the run's own code raised this after its last entry; retry resumes after it\n"
-_AT_RE = re.compile(r"contengine: the run failed with the failure at position (\d+);")
 # Entries that start child runs: discarding one would let the re-run adopt that run.
 _STARTS_CHILD = frozenset({"child", "start_child"})
 
@@ -32,11 +28,6 @@ class Rewind:
 
     run_id: str
     position: int
-
-
-def failure_line(failed_at: int | None) -> str:
-    """The first line of a failed run's error text: where retry resumes."""
-    return _OWN if failed_at is None else _AT.format(failed_at)
 
 
 def group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
@@ -55,9 +46,9 @@ def group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
 def resume_position(row: RunRow, entries: list[EntryRow]) -> int:
     """Where the failed run resumes by default (see the module's docstring)."""
     first = (row.error_text or "").split("\n", 1)[0] + "\n"
-    if first == _OWN:
+    if first == OWN_CODE:
         return len(entries)
-    match = _AT_RE.match(first)
+    match = AT_FAILURE_RE.match(first)
     if match is not None and int(match.group(1)) < len(entries):
         at = int(match.group(1))
         group = group_of(entries, at)
