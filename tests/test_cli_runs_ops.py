@@ -12,7 +12,7 @@ import pytest
 import contengine as ce
 from contengine.cli.main import main
 from contengine.core.workflow import Workflow
-from contengine.engine.engine import EXPORT_VERSION
+from contengine.engine.transfer import EXPORT_VERSION
 from contengine.testing import VirtualClock
 
 LEDGER: list[str] = []  # every step execution, in order, across engines

@@ -33,7 +33,6 @@ from ..core.requests import (
 )
 from ..core.timers import SleepRequest, WaitRequest
 from ..core.workflow import RUNNING_STEP, Workflow
-from ..engine.retrying import failure_line
 from ..errors import (
     Cancelled,
     ContengineError,
@@ -66,6 +65,7 @@ from . import cancel as drive_cancel
 from . import children as drive_children
 from . import gather as drive_gather
 from .attempts import bad_call, call_with_timeout
+from .failure import failure_line
 from .log import decode_outcome
 from .pool import Parked
 

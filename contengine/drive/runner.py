@@ -1,7 +1,9 @@
 """Carries runs forward: rebuild each from its log with a driver, then drive it live.
 
 The Runner holds what every drive shares (store, serde, clock, the step thread
-pool); each drive of a run is a _Drive (contengine/drive.py) of its own.
+pool); each drive of a run is a _Drive (contengine/drive/loop.py) of its own. What
+the owner of a Runner decides for every drive (step-queue slots, the lease check
+before a step, the random source) it passes in as a DriveContext.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import functools
 import random as random_module
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..clock import Clock
 from ..core.driver import Driver
@@ -23,12 +26,61 @@ from ..core.workflow import Workflow
 from ..errors import ContengineError, CorruptPayload, NonDeterminismError
 from ..store.base import FINISHED, RunRow, Store
 from .cancel_watch import CancelWatch
-from .live import Kept, LiveCache
+from .live import MAX_BYTES, MAX_RUNS, Kept, LiveCache
 from .log import StreamedLog, decode_outcome
 from .loop import _Drive
 from .pool import Parked
 
-__all__ = ["NotDue", "Runner"]
+__all__ = ["DriveContext", "NotDue", "Runner"]
+
+
+class TakeSlot(Protocol):
+    """Wait for a slot of a step queue for one step execution (DriveContext.take_slot)."""
+
+    def __call__(
+        self,
+        queue: str,
+        give_up: threading.Event | None = None,
+        lease: tuple[str, str, int] | None = None,
+    ) -> int | None: ...
+
+
+def unlimited(
+    queue: str,
+    give_up: threading.Event | None = None,
+    lease: tuple[str, str, int] | None = None,
+) -> int | None:
+    """Every step queue has room: without an engine's leases, queues limit nothing."""
+    return 0
+
+
+def no_slot(slot: int) -> None:
+    """Nothing to let go: unlimited() hands out no real slots."""
+    return None
+
+
+def unleased(run_id: str, lease: int, lapses: int) -> int:
+    """A step may always start: a store without leases serves one engine."""
+    return lapses
+
+
+@dataclass(frozen=True)
+class DriveContext:
+    """What the owner of a Runner decides for every drive, passed in once at its making.
+
+    take_slot waits for a slot of a step queue (None if give_up is set while it
+    waits, ce.LeaseLost once the run's lease (run id, owner, number) is gone: either
+    way the step does not start); give_slot lets the slot go; may_start, before a
+    step starts, raises ce.LeaseLost unless the run is still leased to the engine
+    since its claim, and returns the lapse count to check next (Leaseholder.may_start);
+    random answers ce.random() and ce.uuid() (never replayed: a replay reads the
+    logged values). The defaults: no queue limits, no leases, seeded from the OS.
+    """
+
+    take_slot: TakeSlot = unlimited
+    give_slot: Callable[[int], None] = no_slot
+    may_start: Callable[[str, int, int], int] = unleased
+    random: random_module.Random = field(default_factory=random_module.Random)
 
 
 class Runner:
@@ -41,14 +93,22 @@ class Runner:
         clock: Clock,
         find_workflow: Callable[[RunRow], Workflow[Any, Any]],
         poll_interval: float = 0.1,
+        *,
+        context: DriveContext | None = None,
+        cache_runs: int = MAX_RUNS,
+        cache_bytes: int = MAX_BYTES,
     ) -> None:
         self.store = store
         self.serde = serde
         self.clock = clock
         self.find_workflow = find_workflow
-        # Source of ce.random() and ce.uuid(): seeded from the OS, never replayed
-        # (a replay reads the logged values instead).
-        self.random = random_module.Random()
+        context = context or DriveContext()
+        # The context's callables, held as they are: a drive calls them directly,
+        # with no lookup through the context on a step's path.
+        self.take_slot: TakeSlot = context.take_slot
+        self.give_slot: Callable[[int], None] = context.give_slot
+        self.may_start: Callable[[str, int, int], int] = context.may_start
+        self.random = context.random
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         # Runs cancelled by this process: checked at every request and when a step's
         # attempt ends, so a cancel sent while a step runs reaches that step's yield
@@ -70,29 +130,7 @@ class Runner:
         self.watch = CancelWatch(store, self.in_steps, poll_interval)
         # Generators of runs set aside at a sleep, wait or retry, kept alive so that
         # the next drive goes on without replaying the log (bounded; evicted ones replay).
-        self.live = LiveCache(close=_set_aside)
-
-    # Set by the engine: a slot of a step queue (waiting while the queue is full), and
-    # letting it go. Without an engine's leases, queues of steps do not limit anything.
-    def take_slot(
-        self,
-        queue: str,
-        give_up: threading.Event | None = None,
-        lease: tuple[str, str, int] | None = None,
-    ) -> int | None:
-        """Wait for a slot of the queue for one step execution; None if give_up is set
-        while it waits, ce.LeaseLost once the run's lease (run id, owner, number) is
-        gone (either way the step does not start)."""
-        return 0
-
-    def give_slot(self, slot: int) -> None:
-        """Let a step queue's slot go."""
-        return None
-
-    def may_start(self, run_id: str, lease: int, lapses: int) -> int:
-        """Before a step starts: ce.LeaseLost unless the run is still leased to this
-        engine since its claim (Leaseholder.may_start); the lapse count to check next."""
-        return lapses
+        self.live = LiveCache(cache_runs, cache_bytes, close=_set_aside)
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for the steps of a gather (made on first use)."""

@@ -1,5 +1,6 @@
 """The engine: a facade over the store and the drives (start, signal, cancel, inspect,
-operate on runs), leases and their heartbeat, the worker's claim loop, moving runs.
+operate on runs); the Dispatcher that claims and drives runs for run_until_idle() and
+the worker; leases and their heartbeat, step-queue slots, waiting for results, moving runs.
 
 Imports `contengine.drive`, `contengine.store`, `contengine.core` and the leaves.
 """

@@ -17,9 +17,8 @@ meanwhile, and the old plan would discard steps completed since.
 
 from __future__ import annotations
 
-import re
-
 from ..core import ids
+from ..drive.failure import AT_FAILURE_RE, OWN_CODE
 from ..errors import ContengineError, RunNotFound
 from ..store.base import (
     CANCELLED,
@@ -33,17 +32,8 @@ from ..store.base import (
     run_digest,
 )
 
-# The first line of a failed run's error text (drive.py writes it, resume_position reads it).
-_AT = "contengine: the run failed with the failure at position {}; retry resumes there\n"
-_OWN = "contengine: the run's own code raised this after its last entry; retry resumes after it\n"
-_AT_RE = re.compile(r"contengine: the run failed with the failure at position (\d+);")
 # Entries that start child runs: discarding one would let the re-run adopt that run.
 _STARTS_CHILD = frozenset({"child", "start_child"})
-
-
-def failure_line(failed_at: int | None) -> str:
-    """The first line of a failed run's error text: where retry resumes."""
-    return _OWN if failed_at is None else _AT.format(failed_at)
 
 
 def group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
@@ -62,9 +52,9 @@ def group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
 def resume_position(row: RunRow, entries: list[EntryRow]) -> int:
     """Where the failed run resumes by default (see the module's docstring)."""
     first = (row.error_text or "").split("\n", 1)[0] + "\n"
-    if first == _OWN:
+    if first == OWN_CODE:
         return len(entries)
-    match = _AT_RE.match(first)
+    match = AT_FAILURE_RE.match(first)
     if match is not None and int(match.group(1)) < len(entries):
         at = int(match.group(1))
         group = group_of(entries, at)

@@ -1,4 +1,4 @@
-"""Moving runs: what fork and export/import check and how a run is written as JSON."""
+"""Moving runs (fork, export, import) and checking what callers name runs and tag them with."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import base64
 import dataclasses
 import math
 import re
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from ..core.ids import is_child_id
@@ -17,10 +19,13 @@ from ..store.base import (
     E_FAILED,
     E_RETRYING,
     E_RUNNING,
+    FINISHED,
+    PENDING,
     RUN_STATUSES,
     EntryRow,
     RunRow,
     Signal,
+    Store,
 )
 
 EXPORT_FORMAT = "contengine-run"
@@ -230,3 +235,58 @@ def check_export(data: Any, new_id: str | None = None) -> None:
     """ContengineError unless import_run(data, new_id) could read the data (it may still
     find the id taken)."""
     _decode_export(data, new_id)
+
+
+def fork_run(store: Store, row: RunRow, at: Any, new_id: str | None, now: float) -> str:
+    """Write a new run (new_id, or a fresh id; returned) of row's workflow and arguments,
+    with a copy of the first `at` entries of its log and the values they published."""
+    entries = store.load_log(row.id)
+    _check_fork(row.id, entries, at)
+    new_id = checked_id(new_id if new_id is not None else uuid.uuid4().hex)
+    copy = RunRow(new_id, row.workflow, row.ref, PENDING, row.args, row.args_key, now, now)
+    kept = [dataclasses.replace(e, run_id=new_id) for e in entries[:at]]
+    published = {
+        e.name: e.outcome
+        for e in kept
+        if e.kind == "publish" and e.status == E_COMPLETED and e.outcome is not None
+    }
+    store.insert_run(copy, kept, (), published)
+    return new_id
+
+
+def export_run(store: Store, row: RunRow) -> dict[str, Any]:
+    """The run as JSON-ready data (Engine.export_run)."""
+    entries = store.load_log(row.id)
+    if row.status not in FINISHED:
+        _check_movable(row, entries)
+    return {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "run": _encode_fields(row),
+        "log": [_encode_fields(e, skip=("run_id",)) for e in entries],
+        "mailbox": [
+            {"name": m.name, "payload": _b64(m.payload), "sent_at": m.sent_at}
+            for m in store.mailbox(row.id)
+        ],
+        "published": {k: _b64(v) for k, v in store.published(row.id).items()},
+    }
+
+
+def import_run(store: Store, data: Any, new_id: str | None) -> RunRow:
+    """Write the run in export_run() data, under its own id or new_id; its row."""
+    row, entries, mailbox, published = _decode_export(data, new_id)
+    store.insert_run(row, entries, mailbox, published)
+    return row
+
+
+def checked_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """Tags as stored: non-empty strings without commas, each once, in the order given."""
+    if isinstance(tags, str):
+        raise TypeError(f"tags must be a list of strings, not the string {tags!r}")
+    out: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag or "," in tag:
+            raise ValueError(f"a tag must be a non-empty string without commas, not {tag!r}")
+        if tag not in out:
+            out.append(tag)
+    return tuple(out)

@@ -20,14 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..drive.pool import Parked
 from ..errors import ContengineError, DatabaseError, DatabaseGone, DatabaseLocked
-
-if TYPE_CHECKING:
-    from ..store.base import RunRow
-    from .engine import Engine
+from ..store.base import Claim, RunRow
+from .dispatch import Dispatcher, claim_size
 
 log = logging.getLogger("contengine")
 
@@ -45,12 +43,12 @@ DB_ERRORS_TO_SET_ASIDE = 5
 class Worker:
     """Drives an engine's due runs in the background until stopped."""
 
-    def __init__(self, engine: Engine, threads: int, grace: float) -> None:
+    def __init__(self, dispatch: Dispatcher, threads: int, grace: float) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads!r}")
         if not grace >= 0:
             raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
-        self.engine = engine
+        self.dispatch = dispatch
         self.threads = threads
         self.grace = grace
         self._wake = threading.Event()
@@ -71,13 +69,7 @@ class Worker:
 
     def start(self) -> Worker:
         """Start the claiming loop in a thread of its own."""
-        if self.engine._worker is not None:
-            raise ContengineError(
-                "this engine already runs a worker; give it more threads instead (stopping "
-                "one worker lets go of all the engine's leases)"
-            )
-        self.engine._worker = self
-        self.engine._holder.set_worker_loop(True)  # clients leave due runs to it
+        self.dispatch.attach(self)  # clients leave due runs to it
         self._loop = threading.Thread(target=self._run, name="contengine-worker", daemon=True)
         self._loop.start()
         return self
@@ -87,23 +79,23 @@ class Worker:
         every lease, so other workers take over at once what is left."""
         grace = self.grace if grace is None else grace
         self._stop.set()
-        engine = self.engine
-        engine._holder.set_worker_loop(False)  # claims nothing more: clients drive again
-        engine._runner.stopping.set()  # drives set their runs aside before the next step
+        dispatch = self.dispatch
+        runner, holder = dispatch.runner, dispatch.holder
+        holder.set_worker_loop(False)  # claims nothing more: clients drive again
+        runner.stopping.set()  # drives set their runs aside before the next step
         self._wake.set()
         if self._loop is not None:
             self._loop.join()
         with self._inflight_lock:
             pending = dict(self._inflight)
         _, late = concurrent.futures.wait(set(pending), timeout=grace)
-        holder = engine._holder
         if late:
             # Past the grace period no step starts (not even a gather's member that was
             # waiting for a slot), while drives that are only setting their runs aside
             # still write that under their leases.
             holder.stop_steps()
             late = self._settle(pending, late)
-        running = engine._runner.in_steps
+        running = runner.in_steps
         if late or running:
             if late:
                 log.warning(
@@ -126,9 +118,8 @@ class Worker:
                 holder.retire()
         else:
             holder.retire()
-        engine._runner.stopping.clear()
-        if engine._worker is self:
-            engine._worker = None
+        runner.stopping.clear()
+        dispatch.detach(self)
 
     def _settle(
         self,
@@ -140,7 +131,7 @@ class Worker:
         be written under their lease, or the next driver counts a crash for an attempt
         that never began. Returns the drives still under way."""
         deadline = time.monotonic() + SETTLE
-        in_steps = self.engine._runner.in_steps
+        in_steps = self.dispatch.runner.in_steps
         while late and time.monotonic() < deadline:
             busy = {run_id for run_id, _ in list(in_steps)}
             if all(pending[f] in busy for f in late):
@@ -153,8 +144,8 @@ class Worker:
         record, unless this engine claimed runs again meanwhile (its next stop or close
         does it then)."""
         concurrent.futures.wait(late)
-        holder = self.engine._holder
-        in_steps = self.engine._runner.in_steps
+        holder = self.dispatch.holder
+        in_steps = self.dispatch.runner.in_steps
         while in_steps and holder.claims == claims:
             time.sleep(0.05)
         holder.retire_if_idle(claims)
@@ -175,25 +166,22 @@ class Worker:
     # -- the loop -------------------------------------------------------------
 
     def _run(self) -> None:
-        engine = self.engine
-        pool = engine._driver_pool(self.threads)
+        dispatch = self.dispatch
+        holder = dispatch.holder
+        pool = dispatch.pool(self.threads)
         while not self._stop.is_set():
             self._wake.clear()
-            if engine._holder.fatal is not None:  # the heartbeat found the file gone
-                self._fail(engine._holder.fatal)
+            if holder.fatal is not None:  # the heartbeat found the file gone
+                self._fail(holder.fatal)
                 break
-            free = self.threads - len(self._inflight)
-            claims = []
-            # Claims are writes (a disk sync each): in batches of an eighth of the
-            # threads, or whatever is free when nothing runs.
-            if free >= max(1, self.threads // 8) or (free > 0 and not self._inflight):
+            free = claim_size(self.threads, len(self._inflight))
+            claims: list[Claim] = []
+            if free:
                 try:
-                    with engine._lock:
-                        stuck = set(engine._stuck)
-                    now = engine.clock.now()
+                    now = dispatch.clock.now()
                     with self._inflight_lock:
-                        stuck.update(r for r, (_, until) in self._held.items() if until > now)
-                    claims = engine._holder.claim(now, free, skip=stuck)
+                        held = {r for r, (_, until) in self._held.items() if until > now}
+                    claims = dispatch.claim(free, also_skip=held)
                 except DatabaseGone as exc:
                     self._fail(exc)
                     break
@@ -212,7 +200,7 @@ class Worker:
                         functools.partial(self._drive, claim, due),
                     )
                 except RuntimeError:  # the pool is gone (the engine closes): let it go
-                    engine._holder.release(claim.run.id, claim.lease)
+                    holder.release(claim.run.id, claim.lease)
                     continue
                 with self._inflight_lock:
                     self._inflight[future] = claim.run.id
@@ -223,21 +211,21 @@ class Worker:
 
     def _sleep_time(self) -> float:
         """Until the next local timer, at most one poll interval."""
-        engine = self.engine
-        wait = engine.poll_interval
+        dispatch = self.dispatch
+        wait = dispatch.poll_interval
         with self._inflight_lock:
-            now = engine.clock.now()
+            now = dispatch.clock.now()
             while self._timers and self._timers[0] <= now:
                 heapq.heappop(self._timers)
             if self._timers:
                 wait = min(wait, self._timers[0] - now)
         return max(wait, 0.0)
 
-    def _drive(self, claim: Any, due: list[float], then: Callable[[], Any] | None = None) -> bool:
+    def _drive(self, claim: Claim, due: list[float], then: Callable[[], Any] | None = None) -> bool:
         """Drive a claimed run (or go on with a parked drive of it: then)."""
         parked = refused = False
         try:
-            return self.engine._drive_claim(claim, due, park=True, then=then)
+            return self.dispatch.drive_claim(claim, due, park=True, then=then)
         except Parked:
             parked = True
             raise
@@ -262,11 +250,11 @@ class Worker:
         """After a drive of row's run ended in a DatabaseError: claim it again only after
         a pause, and set it aside after DB_ERRORS_TO_SET_ASIDE such drives in a row
         (unless the file was locked: that is another writer's doing, never the run's)."""
-        engine = self.engine
+        dispatch = self.dispatch
         with self._inflight_lock:
             count = self._held.get(row.id, (0, 0.0))[0] + 1
-            pause = min(engine.poll_interval * 2 ** (count - 1), HOLD_CAP)
-            until = engine.clock.now() + pause
+            pause = min(dispatch.poll_interval * 2 ** (count - 1), HOLD_CAP)
+            until = dispatch.clock.now() + pause
             self._held[row.id] = (count, until)
             heapq.heappush(self._timers, until)  # look again once the pause is over
         if count < DB_ERRORS_TO_SET_ASIDE or isinstance(exc, DatabaseLocked):
@@ -285,7 +273,7 @@ class Worker:
         with self._inflight_lock:
             self._held.pop(row.id, None)
         try:
-            engine._mark_stuck(row, stuck)
+            dispatch.mark_stuck(row, stuck)
         except DatabaseError as note_exc:  # kept aside in memory all the same
             log.warning("run %r: could not write its note: %s", row.id, note_exc)
 
@@ -295,8 +283,7 @@ class Worker:
         if not future.cancelled() and future.exception() is None and future.result():
             self.finished += 1
         self._wake.set()  # a thread is free, and a finished child may have woken its parent
-        with self.engine._wakeup:  # and a result() may be waiting for this run
-            self.engine._wakeup.notify_all()
+        self.dispatch.wake_waiters()  # and a result() may be waiting for this run
 
 
 def install_stop_handlers(stop: threading.Event) -> dict[int, Any]:

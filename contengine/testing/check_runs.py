@@ -220,13 +220,15 @@ class Harness:
     def _open(self, path: Path, clock: Clock, session: Session) -> Engine:
         store = _CrashingStore(path, self, session)
         session.store = store
+        # The random source answers ce.random()/ce.uuid() as in the reference; child
+        # workflows met while the run goes on are registered in their wrapped form.
         engine = Engine(
-            store=store, clock=clock, workflows=list(self.wrapped.values()), cache_runs=0
+            store=store,
+            clock=clock,
+            workflows=list(self.wrapped.values()),
+            cache_runs=0,
+            random=self.random,
         )
-        # Seams of the engine the harness plugs into (it is part of the package):
-        # the random source answers ce.random()/ce.uuid() as in the reference, and
-        # child workflows met while the run goes on are found in their wrapped form.
-        engine._runner.random = self.random
         self._engine = engine
         self.engines += 1
         return engine
@@ -369,7 +371,7 @@ class Harness:
             if self._engine is not None:
                 # The child run is created with the parent's next commit and looked
                 # up by name when driven: it must find the wrapped form.
-                self._engine._workflows[child.name] = child
+                self._engine.register(child)
             out = ChildRequest(child, yielded.args, yielded.kwargs, yielded.detached)
         elif isinstance(yielded, RandomRequest | UuidRequest):
             keys.append((*label, draws))
