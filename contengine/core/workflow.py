@@ -275,14 +275,14 @@ class StepContext:
 
 # Holds (run_id, workflow, step, position, attempt, generation, cancel watch) while a
 # step runs: a plain tuple, because it is set on every step and read rarely.
-_current: contextvars.ContextVar[tuple[str, str, str, int, int, int, CancelWatch] | None] = (
-    contextvars.ContextVar("contengine_step", default=None)
-)
+current_step_var: contextvars.ContextVar[
+    tuple[str, str, str, int, int, int, CancelWatch] | None
+] = contextvars.ContextVar("contengine_step", default=None)
 
 
 def current_step() -> StepContext:
     """The run id, position, attempt and idempotency key of the step now running."""
-    ctx = _current.get()
+    ctx = current_step_var.get()
     if ctx is None:
         raise ContengineError("ce.current_step() is only available while a step is running")
     run_id, wf, name, position, attempt, generation, watch = ctx

@@ -12,16 +12,16 @@ retries the failed child (and its failed child, and so on) in the same transacti
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from ..drive.ending import FAILED_AT_RE, FAILED_IN_OWN_CODE
 from ..errors import ContengineError, RunNotFound
 from ..store.base import CANCELLED, E_COMPLETED, E_FAILED, FAILED, EntryRow, RunRow, Store
 
-# The first line of a failed run's error text (drive.py writes it, resume_position reads it).
-_AT = "contengine: the run failed with the failure at position {}; retry resumes there\n"
-_OWN = "contengine: the run's own code raised this after its last entry; retry resumes after it\n"
-_AT_RE = re.compile(r"contengine: the run failed with the failure at position (\d+);")
+# The first line of a failed run's error text (drive/ending.py writes it,
+# resume_position reads it).
+_OWN = FAILED_IN_OWN_CODE
+_AT_RE = FAILED_AT_RE
 # Entries that start child runs: discarding one would let the re-run adopt that run.
 _STARTS_CHILD = frozenset({"child", "start_child"})
 
@@ -32,11 +32,6 @@ class Rewind:
 
     run_id: str
     position: int
-
-
-def failure_line(failed_at: int | None) -> str:
-    """The first line of a failed run's error text: where retry resumes."""
-    return _OWN if failed_at is None else _AT.format(failed_at)
 
 
 def group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
