@@ -1,26 +1,14 @@
 """contengine: durable execution for Python with generator workflows and an SQLite log."""
 
-from . import testing
+from typing import TYPE_CHECKING, Any
+
 from .clock import Clock, SystemClock
-from .core.requests import (
-    Backoff,
-    ChildHandle,
-    Request,
-    StepCall,
-    StepOptions,
-    continue_as_new,
-    gather,
-    now,
-    patched,
-    publish,
-    race,
-    random,
-    sleep,
-    sleep_until,
-    start_child,
-    wait,
-)
+from .core.children import ChildHandle, continue_as_new, start_child
+from .core.gather import gather, race
+from .core.options import Backoff, StepOptions
+from .core.requests import Request, StepCall, now, patched, publish, random
 from .core.requests import uuid4 as uuid
+from .core.timers import sleep, sleep_until, wait
 from .core.workflow import Step, StepContext, Workflow, current_step, step, workflow
 from .drive.log import Entry
 from .engine.engine import Engine, IdleReport, Run
@@ -45,6 +33,9 @@ from .errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
+
+if TYPE_CHECKING:
+    from . import testing
 
 __version__ = "0.1.0"
 
@@ -99,3 +90,13 @@ __all__ = [
     "wait",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """ce.testing, imported on first use: an application that only runs workflows never
+    loads the testing kit (nor what it imports)."""
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,8 @@ LAYERS: dict[str, set[str]] = {
     "drive": {"store", "core", "errors", "clock"},
     "engine": {"drive", "store", "core", "errors", "clock"},
     "testing": {"engine", "drive", "store", "core", "errors", "clock"},
-    "tools": {"engine", "drive", "store", "core", "errors", "clock"},
+    # The demo is written as a user would write it: against `import contengine as ce`.
+    "tools": {"__init__", "engine", "drive", "store", "core", "errors", "clock"},
     "cli": {"testing", "tools", "engine", "drive", "store", "core", "errors", "clock"},
     # The top: the public names (__init__) and `python -m contengine`.
     "__init__": {"cli", "testing", "engine", "drive", "store", "core", "errors", "clock"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from contengine.cli.main import main
 from contengine.tools.bench import Metric
-from contengine.tools.bench_workers import percentile
+from contengine.tools.bench_wakes import percentile
 
 TINY = ["--steps", "50", "--rounds", "1", "--replay-steps", "200"]
 TINY_WORKERS = [
@@ -240,3 +241,10 @@ def test_a_slow_machine_on_every_margin_is_an_error_that_says_so(
     monkeypatch.setattr(bench_workers, "_ASLEEP_MARGINS", (-1e6,))
     with pytest.raises(RuntimeError, match="slower than the due time allowed for"):
         bench_workers.measure_asleep(str(tmp_path), 30, lambda text: None)
+
+
+def test_child_processes_import_this_copy_of_contengine() -> None:
+    from contengine.tools.bench_common import child_env
+
+    root = Path(child_env()["PYTHONPATH"].split(os.pathsep)[0])
+    assert (root / "contengine" / "__init__.py").is_file()

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import contengine as ce
+from contengine.cli.common import parse_duration
 from contengine.cli.main import CommandError, main
-from contengine.cli.ops import parse_duration
 from contengine.testing import VirtualClock
 
 DAY = 86400.0

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.core.driver import Driver, Outcome, Pending, Raised, Returned
+from contengine.core.driver import Driver, Pending, Raised, Returned
+from contengine.core.outcome import Outcome
 
 Gen = Generator[Any, Any, Any]
 

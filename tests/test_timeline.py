@@ -229,3 +229,27 @@ def _cells(text: str, status: str) -> list[str]:
     """The id column of a status section's table."""
     section = text.split(f'id="status-{status}"', 1)[1].split("</section>", 1)[0]
     return re.findall(r'<tr class="run-row [a-z]+"><td class="mono">([^<]*)</td>', section)
+
+
+@ce.workflow(name="tl.again")
+def tl_again(round_: int) -> Generator[Any, Any, int]:
+    """Starts a child in each of two generations (continue_as_new between them)."""
+    total: int = yield tl_kid(round_)
+    if round_ == 0:
+        return ce.continue_as_new(1)
+    return total
+
+
+def test_show_html_nests_the_child_of_a_continued_run(tmp_path: Path) -> None:
+    """A run past continue_as_new started its child as run/g1/0: the timeline finds it."""
+    path = tmp_path / "again.db"
+    with ce.Engine(path, workflows=[tl_again, tl_kid]) as engine:
+        assert engine.run(tl_again, 0, id="again") == 2
+        assert engine.get_run("again/g1/0").status == "completed"
+        page = Page(render_run(engine, "again"))
+    child_rows = page.find("g", "child-entry", inside="svg")
+    assert len(child_rows) == 1 and "kind-step" in child_rows[0]["class"]
+    words = " ".join(page.text)
+    # This generation's child, not the one the first generation started at the same position.
+    assert "child run again/g1/0: step tl_add(1, 1)" in words
+    assert "child run again/0:" not in words

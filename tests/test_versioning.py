@@ -16,7 +16,8 @@ import pytest
 from helpers import Crash
 
 import contengine as ce
-from contengine.core.driver import Driver, Outcome, Pending, Returned
+from contengine.core.driver import Driver, Pending, Returned
+from contengine.core.outcome import Outcome
 from contengine.testing import VirtualClock
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC

@@ -5,33 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import reprlib
-import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, cast
 
+from ..core import ids
 from ..drive.log import Entry
 from ..engine.engine import Engine
-from ..errors import ContengineError, StepFailed
-from ..store.base import COMPLETED, E_COMPLETED, E_FAILED, E_RETRYING, FAILED, RUN_STATUSES, RunRow
-from ..store.sqlite.store import SQLiteStore
-from .main import CommandError
+from ..store.base import COMPLETED, FAILED, RUN_STATUSES, RunRow
+from .common import CommandError, error, open_engine, parse_duration
+from .render import ARGS_WIDTH, NOTE_WIDTH, clip, exc_text, iso, load, outcome, short
 
 MAX_CHILD_DEPTH = 3  # child runs shown inside their parent's log, this deep
-ARGS_WIDTH = 40
-OUTCOME_WIDTH = 80
-NOTE_WIDTH = 100
 # What `runs --json` gives of each run (times in seconds since the epoch).
 JSON_FIELDS = ("id", "workflow", "status", "created_at", "finished_at", "parent_id", "note", "tags")
-
-Formatter = Callable[[Any], str]
 # (least, most) age in seconds a listed run may have; None: no bound.
 AgeWindow = tuple[float | None, float | None]
-
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = OUTCOME_WIDTH
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
 
 
 def main(args: argparse.Namespace) -> int:
@@ -50,8 +38,6 @@ def main(args: argparse.Namespace) -> int:
 
 def _age_window(args: argparse.Namespace) -> AgeWindow:
     """The --older-than and --newer-than ages of `runs`, in seconds (None if not given)."""
-    from .ops import parse_duration
-
     older, newer = getattr(args, "older_than", None), getattr(args, "newer_than", None)
     return (
         None if older is None else parse_duration(older, "--older-than"),
@@ -102,15 +88,15 @@ def _aged(engine: Engine, window: AgeWindow, tag: str | None) -> Engine:
 
 def _write_html(engine: Engine, args: argparse.Namespace) -> int:
     """Render `runs` or `show` as an HTML page, write it to args.html and print its path."""
-    from .timeline import render_run, render_runs  # it imports this module
+    from .timeline import render_run, render_runs  # the HTML pages load only for --html
 
     if args.command == "runs":
         if args.status is not None and args.status not in RUN_STATUSES:
-            _error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {args.status!r}")
+            error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {args.status!r}")
             return 2
         page = render_runs(engine, status=args.status, workflow=args.workflow)
     elif engine.store.get_run(args.run_id) is None:
-        _error(f"no run with id {args.run_id!r} in this database")
+        error(f"no run with id {args.run_id!r} in this database")
         return 1
     else:
         page = render_run(engine, args.run_id)
@@ -123,25 +109,9 @@ def _write_html(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def open_engine(db: str | None, create: bool = False, readonly: bool = False) -> Engine:
-    """An engine on the existing database file db (or a new one there, with create);
-    CommandError if there is none. readonly: for commands that only look (runs, show,
-    export): it opens a read-only file, or one on a read-only filesystem, and can write
-    nothing."""
-    if not db:
-        raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
-    if not create and not os.path.isfile(db):
-        # Opening a missing path would create an empty database; a typo should not.
-        raise CommandError(f"no database at {db!r}")
-    # Signed databases: the secret comes from the environment, never the command line.
-    secret = os.environ.get("CONTENGINE_SECRET")
-    store = SQLiteStore(db, readonly=True) if readonly else None
-    return Engine(db, secret=secret.encode() if secret else None, store=store)
-
-
 def _runs(engine: Engine, status: str | None, workflow: str | None, as_json: bool) -> int:
     if status is not None and status not in RUN_STATUSES:
-        _error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        error(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
         return 2
     rows = engine.store.list_runs(status, workflow)
     if as_json:
@@ -151,7 +121,7 @@ def _runs(engine: Engine, status: str | None, workflow: str | None, as_json: boo
         print("no runs")
         return 0
     table = [
-        [r.id, r.workflow, r.status, _iso(r.created_at), _clip(r.note or "", NOTE_WIDTH)]
+        [r.id, r.workflow, r.status, iso(r.created_at), clip(r.note or "", NOTE_WIDTH)]
         for r in rows
     ]
     _print_table(["id", "workflow", "status", "created", "note"], table)
@@ -161,19 +131,19 @@ def _runs(engine: Engine, status: str | None, workflow: str | None, as_json: boo
 def _show(engine: Engine, run_id: str) -> int:
     row = engine.store.get_run(run_id)
     if row is None:
-        _error(f"no run with id {run_id!r} in this database")
+        error(f"no run with id {run_id!r} in this database")
         return 1
     print(f"run       {row.id}")
     print(f"workflow  {row.workflow}")
     print(f"status    {row.status}")
-    print(f"created   {_iso(row.created_at)}")
+    print(f"created   {iso(row.created_at)}")
     if row.finished_at is not None:
         took = (row.finished_at - row.created_at) * 1000
-        print(f"finished  {_iso(row.finished_at)} ({took:.1f} ms after it was created)")
+        print(f"finished  {iso(row.finished_at)} ({took:.1f} ms after it was created)")
     if row.status == COMPLETED:
-        print(f"result    {_load(engine, row.result, run_id, 'result', _short)}")
+        print(f"result    {load(engine, row.result, run_id, 'result', short)}")
     elif row.status == FAILED:
-        print(f"error     {_load(engine, row.error, run_id, 'exception', _exc_text)}")
+        print(f"error     {load(engine, row.error, run_id, 'exception', exc_text)}")
     if row.note:
         print(f"note      {row.note}")
     entries = engine.history(run_id)
@@ -202,11 +172,7 @@ def _timeline_rows(
         if e.kind in ("gather", "race") and e.key and e.key.isdigit():
             members_left = int(e.key)
         if e.kind in ("child", "start_child") and depth < MAX_CHILD_DEPTH:
-            child_id = (
-                f"{run_id}/{e.position}"
-                if not generation
-                else f"{run_id}/g{generation}/{e.position}"
-            )
+            child_id = ids.child_id(run_id, generation, e.position)
             child = engine.store.get_run(child_id)
             if child is not None:
                 child_entries = engine.history(child_id)
@@ -222,7 +188,7 @@ def _child_header(child_id: str, status: str, depth: int) -> list[str]:
 
 
 def _timeline_row(e: Entry, depth: int = 0) -> list[str]:
-    request = f"{e.name}({_clip(e.text, ARGS_WIDTH)})"
+    request = f"{e.name}({clip(e.text, ARGS_WIDTH)})"
     ms = "-" if e.duration is None else f"{e.duration * 1000:.1f}"
     pad = "  " * depth
     return [
@@ -233,67 +199,8 @@ def _timeline_row(e: Entry, depth: int = 0) -> list[str]:
         str(e.attempts),
         str(e.crashes),
         ms,
-        _outcome(e),
+        outcome(e),
     ]
-
-
-def _outcome(e: Entry) -> str:
-    """The outcome in short: a value's repr, an exception's type and message, or what is due."""
-    try:
-        if e.status == E_COMPLETED:
-            return _short(e.value)
-        if e.status == E_FAILED:
-            return _exc_text(e.error)
-    except ContengineError as exc:  # signed, or its classes are not importable here
-        last = _last_line(e.error_text) if e.status == E_FAILED else ""
-        return _clip(last or _unreadable(exc, e.run_id), OUTCOME_WIDTH)
-    if e.status == E_RETRYING:
-        due = "" if e.due_at is None else f" {_iso(e.due_at)}"
-        why = _last_line(e.error_text)  # none: an attempt given back at a worker's stop
-        return _clip(f"retry due{due}" + (f" after {why}" if why else ""), OUTCOME_WIDTH)
-    return "in flight"
-
-
-def _load(engine: Engine, data: bytes | None, run_id: str, what: str, fmt: Formatter) -> str:
-    try:
-        return fmt(engine.serde.loads(data or b"", f"the {what} of run {run_id!r}"))
-    except ContengineError as exc:
-        return _unreadable(exc, run_id)
-
-
-def _unreadable(exc: ContengineError, run_id: str) -> str:
-    # Serde messages start by naming the payload ("the result of run 'r' ..."); the
-    # row already says which one it is, so keep only the reason.
-    reason = _first_line(str(exc)).split(f" of run {run_id!r}", 1)[-1].strip()
-    return _clip(f"(unreadable here: it {reason})", OUTCOME_WIDTH)
-
-
-def _short(value: Any) -> str:
-    return _clip(_repr.repr(value), OUTCOME_WIDTH)
-
-
-def _exc_text(exc: BaseException | None) -> str:
-    # A StepFailed stand-in already reads "OriginalType: message".
-    text = str(exc) if isinstance(exc, StepFailed) else f"{type(exc).__name__}: {exc}"
-    return _clip(_first_line(text), OUTCOME_WIDTH)
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
-
-
-def _last_line(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[-1].strip() if lines else ""
-
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())  # one line, whatever the value held
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
 def _print_table(
@@ -306,7 +213,3 @@ def _print_table(
             for c, w, h in zip(cells, widths, headers, strict=True)
         ]
         print("  ".join(parts).rstrip())
-
-
-def _error(message: str) -> None:
-    print(f"contengine: {message}", file=sys.stderr)

@@ -4,34 +4,48 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
+from . import ops
+from .common import CommandError, run_command, shared_options
 
-class CommandError(Exception):
-    """A command's expected failure: one line for stderr, and the exit code (2: usage)."""
+__all__ = ["CommandError", "main"]
 
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__((message.strip().splitlines() or [""])[0])
-        self.code = code
+# The commands that read a database (--db, or $CONTENGINE_DB). `demo` takes one too, but
+# makes a temporary one when none is given; `replay` also takes it as its first argument.
+ENV_DB_COMMANDS = frozenset(("runs", "show", *ops.COMMANDS))
+# The commands with a JSON form (--json).
+JSON_COMMANDS = ("runs", "bench")
+# Why a command takes no --db, to say so when one is given.
+NO_DB = {
+    "bench": "it measures on files of its own (see --dir)",
+    "lint": "it reads the workflows' source, not a database",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="contengine", description="Durable execution for Python generator workflows."
+        prog="contengine",
+        description="Durable execution for Python generator workflows.",
+        parents=[shared_options(top=True)],
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # The shared options again on each command, so they may follow its name too.
+    parents = [shared_options(top=False)]
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="kill a workflow mid-step with SIGKILL and resume it")
-    demo.add_argument("--db", help="database file (default: a temporary one)")
+    sub.add_parser(
+        "demo",
+        parents=[shared_options(top=False, db_help="database file (default: a temporary one)")],
+        help="kill a workflow mid-step with SIGKILL and resume it",
+    )
 
-    bench = sub.add_parser("bench", help="measure steps/s against the raw SQLite commit floor")
+    bench = sub.add_parser(
+        "bench", parents=parents, help="measure steps/s against the raw SQLite commit floor"
+    )
     bench.add_argument("--dir", help="directory for the benchmark files (default: temp)")
     bench.add_argument("--steps", type=int, default=2000, help="steps per round")
     bench.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
     bench.add_argument("--replay-steps", type=int, default=10_000)
-    bench.add_argument("--json", action="store_true", help="print results as JSON")
     bench.add_argument(
         "--workers",
         action=argparse.BooleanOptionalAction,
@@ -54,8 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     for name, text in (("runs", "list runs"), ("show", "print a run's log")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--db", default=os.environ.get("CONTENGINE_DB"), help="database file")
+        p = sub.add_parser(name, parents=parents, help=text)
         p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page to PATH")
         if name == "show":
             p.add_argument("run_id")
@@ -63,53 +76,56 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--status")
             p.add_argument("--workflow")
             p.add_argument("--tag", help="only runs started with this tag")
-            p.add_argument("--json", action="store_true", help="print a JSON list, for scripts")
             p.add_argument("--older-than", metavar="AGE", help="created at least AGE ago (30d)")
             p.add_argument("--newer-than", metavar="AGE", help="created at most AGE ago (12h)")
     from ..testing.lint_cli import add_lint_command
     from ..testing.replay import add_replay_command
-    from .ops import add_parsers
 
-    add_parsers(sub)
-    add_lint_command(sub)
-    add_replay_command(sub)
+    ops.add_parsers(sub, parents)
+    add_lint_command(sub, parents)
+    add_replay_command(sub, parents)
     return parser
+
+
+def _check_shared(args: argparse.Namespace) -> None:
+    """Refuse a shared option the command has no use for; fill in --db from the environment."""
+    if args.json and args.command not in JSON_COMMANDS:
+        raise CommandError(
+            f"`{args.command}` has no JSON output; --json works with: {', '.join(JSON_COMMANDS)}",
+            2,
+        )
+    if args.db is not None and args.command in NO_DB:
+        raise CommandError(f"`{args.command}` takes no --db: {NO_DB[args.command]}", 2)
+    if args.db is None and args.command in ENV_DB_COMMANDS:
+        args.db = os.environ.get("CONTENGINE_DB")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    _check_shared(args)
+    if args.command == "demo":
+        from ..tools.demo import main as demo_main
+
+        return demo_main(args.db)
+    if args.command == "bench":
+        from ..tools.bench import main as bench_main
+
+        return bench_main(args)
+    if args.command in ("runs", "show"):
+        from .inspect_commands import main as inspect_main
+
+        return inspect_main(args)
+    if args.command == "lint":
+        from ..testing.lint_cli import lint_main
+
+        return lint_main(args)
+    if args.command == "replay":
+        from ..testing.replay import replay_main
+
+        return replay_main(args)
+    return ops.main(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "demo":
-            from ..tools.demo import main as demo_main
-
-            return demo_main(args.db)
-        if args.command == "bench":
-            from ..tools.bench import main as bench_main
-
-            return bench_main(args)
-        if args.command in ("runs", "show"):
-            from .inspect_commands import main as inspect_main
-
-            return inspect_main(args)
-        if args.command == "lint":
-            from ..testing.lint_cli import lint_main
-
-            return lint_main(args)
-        if args.command == "replay":
-            from ..testing.replay import replay_main
-
-            return replay_main(args)
-        from .ops import main as ops_main
-
-        return ops_main(args)
-    except KeyboardInterrupt:
-        return 130
-    except CommandError as exc:
-        print(f"contengine: {exc}", file=sys.stderr)
-        return exc.code
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"contengine: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    return run_command(args, lambda: _dispatch(args))

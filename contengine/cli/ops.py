@@ -6,57 +6,57 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..engine.retrying import plan_retry
 from ..engine.transfer import check_export, checked_id, checked_ref
 from ..errors import ContengineError
-from .main import CommandError
+from .common import CommandError, open_engine, parse_duration
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+# The operator commands; each takes a database (--db).
+COMMANDS = ("signal", "cancel", "gc", "backup", "retry", "fork", "export", "import")
 
 
-def add_parsers(sub: Any) -> None:
-    """Add the operator commands to the `contengine` subcommand parsers."""
-    db_help = "database file (default: $CONTENGINE_DB)"
-    signal = sub.add_parser("signal", help="send a signal (a JSON payload) to a run")
+def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the operator commands to the `contengine` subcommand parsers, each with parents
+    (the options every command shares)."""
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, parents=parents, help=text)
+        return parser
+
+    signal = command("signal", "send a signal (a JSON payload) to a run")
     signal.add_argument("run_id")
     signal.add_argument("name", help="the signal's name, as the run's ce.wait(name) has it")
     signal.add_argument("payload", help="the payload as JSON, e.g. '{\"ok\": true}'")
-    cancel = sub.add_parser("cancel", help="cancel a run (and its unfinished children)")
+    cancel = command("cancel", "cancel a run (and its unfinished children)")
     cancel.add_argument("run_id")
-    gc = sub.add_parser("gc", help="delete runs that finished long ago, with their logs")
+    gc = command("gc", "delete runs that finished long ago, with their logs")
     gc.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 45s")
-    backup = sub.add_parser("backup", help="copy the database to a new file, while it is in use")
+    backup = command("backup", "copy the database to a new file, while it is in use")
     backup.add_argument("dest", help="the new file (never overwritten)")
-    retry = sub.add_parser("retry", help="resume a failed run from the step that failed")
+    retry = command("retry", "resume a failed run from the step that failed")
     retry.add_argument("run_id")
     retry.add_argument(
         "--at", type=int, metavar="N", help="resume at position N instead (entries kept: N)"
     )
-    fork = sub.add_parser("fork", help="a new run from a copy of the first N log entries")
+    fork = command("fork", "a new run from a copy of the first N log entries")
     fork.add_argument("run_id")
     fork.add_argument("--at", type=int, required=True, metavar="N", help="entries to keep")
     fork.add_argument("--id", dest="new_id", help="the new run's id (default: a fresh one)")
-    export = sub.add_parser("export", help="print a run (log, pending signals) as JSON")
+    export = command("export", "print a run (log, pending signals) as JSON")
     export.add_argument("run_id")
-    imp = sub.add_parser("import", help="recreate an exported run in this database")
+    imp = command("import", "recreate an exported run in this database")
     imp.add_argument("file", help="a file written by `contengine export` ('-': stdin)")
     imp.add_argument("--id", dest="new_id", help="import under this id instead")
-    for p in (signal, cancel, gc, backup, retry, fork, export, imp):
-        p.add_argument("--db", default=os.environ.get("CONTENGINE_DB"), help=db_help)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run one operator command against args.db; returns the exit code."""
-    from .inspect_commands import open_engine  # the engine loads only for a command that uses it
-
     # Arguments are checked before the database is opened.
     if args.command == "signal" and not args.name:
         raise CommandError("a signal name must be a non-empty string", 2)
@@ -157,9 +157,9 @@ def _backup(engine: Engine, db: str, dest: str, progress: Progress) -> None:
 def _move(engine: Engine, args: argparse.Namespace, data: Any) -> None:
     """retry, fork, export or import; prints what was done (export: the JSON)."""
     if args.command == "retry":
-        # The plan is read first only to say what was done; retry() plans again inside.
+        # Planned here to say what was done; rewind() refuses it if the run changed since.
         plan = plan_retry(engine.store, args.run_id, args.at)
-        engine.retry(args.run_id, args.at)
+        engine.rewind(plan)
         for n, step in enumerate(plan):
             what = (
                 f"run {step.run_id!r}" if n == 0 else f"  and its failed child run {step.run_id!r}"
@@ -185,16 +185,6 @@ def _read_export(path: str) -> Any:
         raise CommandError(f"cannot read {path!r}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CommandError(f"{path!r} is not JSON written by `contengine export`: {exc}") from None
-
-
-def parse_duration(text: str, option: str = "--older-than") -> float:
-    """Seconds in an age such as 30d, 12h, 90m, 45s or 10 (seconds); CommandError if not one."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise CommandError(
-            f"{option} needs a number with a unit s, m, h or d (e.g. 30d), not {text!r}", 2
-        )
-    return float(match.group(1)) * UNITS[match.group(2) or "s"]
 
 
 def _json(text: str) -> Any:

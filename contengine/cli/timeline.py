@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from ..core import ids
 from ..drive.log import Entry
 from ..engine.engine import Engine
 from ..store.base import (
@@ -19,16 +20,7 @@ from ..store.base import (
     RUN_STATUSES,
     RunRow,
 )
-from .inspect_commands import (
-    ARGS_WIDTH,
-    NOTE_WIDTH,
-    _clip,
-    _exc_text,
-    _iso,
-    _load,
-    _outcome,
-    _short,
-)
+from .render import ARGS_WIDTH, NOTE_WIDTH, clip, exc_text, iso, load, outcome, short, span_text
 
 # Layout of the timeline, in SVG user units (pixels at 100% zoom).
 LABEL_W = 300
@@ -131,7 +123,7 @@ def render_run(engine: Engine, run_id: str, now: float | None = None) -> str:
     now = engine.clock.now() if now is None else now
     entries = engine.history(run_id)
     children = [r for r in engine.store.list_runs() if r.parent_id == run_id]
-    rows = _rows(engine, run_id, entries, {c.id: c for c in children}, 0)
+    rows = _rows(engine, row, entries, {c.id: c for c in children}, 0)
     body = [
         f"<h1>Run <code>{escape(row.id)}</code></h1>",
         _run_header(engine, row, now),
@@ -164,7 +156,7 @@ def render_runs(
     )
     body = [
         "<h1>Runs</h1>",
-        f'<div class="card"><p>{len(runs)} most recent runs, as of {escape(_iso(now))}.</p>'
+        f'<div class="card"><p>{len(runs)} most recent runs, as of {escape(iso(now))}.</p>'
         f'<div class="counts">{counts or "no runs"}</div></div>',
     ]
     for s in present:
@@ -190,20 +182,20 @@ def _run_header(engine: Engine, row: RunRow, now: float) -> str:
     items = [
         ("workflow", f"<code>{escape(row.workflow)}</code>"),
         ("status", f'<span class="badge {escape(row.status)}">{escape(row.status)}</span>'),
-        ("created", escape(_iso(row.created_at))),
+        ("created", escape(iso(row.created_at))),
     ]
     if row.finished_at is not None:
-        took = _span_text(row.finished_at - row.created_at)
-        items.append(("finished", f"{escape(_iso(row.finished_at))} (after {took})"))
+        took = span_text(row.finished_at - row.created_at)
+        items.append(("finished", f"{escape(iso(row.finished_at))} (after {took})"))
     else:
-        items.append(("age", escape(_span_text(max(0.0, now - row.created_at)))))
+        items.append(("age", escape(span_text(max(0.0, now - row.created_at)))))
     if row.parent_id:
         items.append(("parent", f"<code>{escape(row.parent_id)}</code>"))
     if row.status == COMPLETED:
-        result = _load(engine, row.result, row.id, "result", _short)
+        result = load(engine, row.result, row.id, "result", short)
         items.append(("result", f"<code>{escape(result)}</code>"))
     elif row.status == FAILED:
-        error = _load(engine, row.error, row.id, "exception", _exc_text)
+        error = load(engine, row.error, row.id, "exception", exc_text)
         items.append(("error", f'<span class="error">{escape(error)}</span>'))
     if row.note:
         items.append(("note", escape(row.note)))
@@ -212,9 +204,10 @@ def _run_header(engine: Engine, row: RunRow, now: float) -> str:
 
 
 def _rows(
-    engine: Engine, run_id: str, entries: Sequence[Entry], children: dict[str, RunRow], depth: int
+    engine: Engine, run: RunRow, entries: Sequence[Entry], children: dict[str, RunRow], depth: int
 ) -> list[_Row]:
     """The timeline's rows: each entry, members of a gather or race indented, children nested."""
+    run_id = run.id
     rows: list[_Row] = []
     group_end = -1
     for e in entries:
@@ -222,10 +215,12 @@ def _rows(
         rows.append(_Row(e, depth + in_group, run_id if depth else None))
         if e.kind in GROUP_KINDS and e.key and e.key.isdigit():
             group_end = e.position + int(e.key)
-        child = children.get(f"{run_id}/{e.position}") if e.kind in CHILD_KINDS else None
+        # The child of this generation: an earlier one's has the same position.
+        kid = ids.child_id(run_id, run.generation, e.position)
+        child = children.get(kid) if e.kind in CHILD_KINDS else None
         if child is not None and depth < MAX_CHILD_DEPTH:
             grandchildren = {c.id: c for c in engine.store.list_runs() if c.parent_id == child.id}
-            nested = _rows(engine, child.id, engine.history(child.id), grandchildren, depth + 1)
+            nested = _rows(engine, child, engine.history(child.id), grandchildren, depth + 1)
             rows.extend(_Row(r.entry, r.depth + in_group, r.child_of or child.id) for r in nested)
     return rows
 
@@ -251,7 +246,7 @@ def _svg(run: RunRow, rows: Sequence[_Row], now: float) -> str:
     if run.status not in FINISHED and start < now <= end:
         parts.append(
             f'<line class="now" x1="{x(now):.1f}" y1="{AXIS_H - 6}" x2="{x(now):.1f}" '
-            f'y2="{height - PAD}"><title>now {escape(_iso(now))}</title></line>'
+            f'y2="{height - PAD}"><title>now {escape(iso(now))}</title></line>'
         )
     parts.append("</svg>")
     return "\n".join(parts)
@@ -299,7 +294,7 @@ def _axis(start: float, end: float, x: Scale, height: int) -> str:
     step = _tick_step(end - start)
     parts = ['<g class="axis">']
     parts.append(
-        f'<text x="{PAD}" y="{AXIS_H - 14}">from {escape(_iso(start))}</text>'
+        f'<text x="{PAD}" y="{AXIS_H - 14}">from {escape(iso(start))}</text>'
         f'<text x="{PAD}" y="{AXIS_H - 2}" class="sub">request</text>'
     )
     k = 0
@@ -310,7 +305,7 @@ def _axis(start: float, end: float, x: Scale, height: int) -> str:
         parts.append(
             f'<line class="grid" x1="{tx:.1f}" y1="{AXIS_H - 6}" x2="{tx:.1f}" '
             f'y2="{height - PAD}"/><text x="{tx:.1f}" y="{AXIS_H - 12}" '
-            f'text-anchor="{anchor}"><title>{escape(_iso(start + k * step))}</title>'
+            f'text-anchor="{anchor}"><title>{escape(iso(start + k * step))}</title>'
             f"{escape(label)}</text>"
         )
         k += 1
@@ -348,13 +343,13 @@ def _entry_svg(r: _Row, y: int, x: Scale, now: float) -> str:
         classes.append("inflight")
     x0, x1 = x(e.started_at), x(end)
     w = max(x1 - x0, 3.0)
-    label = _clip(f"{e.position} {e.kind} {e.name}({e.text})", 46 - r.depth * 2)
+    label = clip(f"{e.position} {e.kind} {e.name}({e.text})", 46 - r.depth * 2)
     tip = [
         f"{'child run ' + r.child_of + ': ' if r.child_of else ''}{e.describe()}",
         f"status {e.status}, attempts {e.attempts}, crashes {e.crashes}",
-        f"started {_iso(e.started_at)}",
-        f"{'due' if open_end else 'finished'} {_iso(end)}" if e.finished_at or open_end else "",
-        _outcome(e),
+        f"started {iso(e.started_at)}",
+        f"{'due' if open_end else 'finished'} {iso(end)}" if e.finished_at or open_end else "",
+        outcome(e),
     ]
     parts = [
         f'<g class="{escape(" ".join(classes))}" data-position="{e.position}">',
@@ -366,7 +361,7 @@ def _entry_svg(r: _Row, y: int, x: Scale, now: float) -> str:
     ]
     note = ""
     if e.status == E_FAILED:
-        note = _outcome(e)
+        note = outcome(e)
     elif e.status == E_RETRYING:
         note = f"retrying (attempt {e.attempts + 1} due)"
     elif inflight:
@@ -400,11 +395,11 @@ def _side_text(text: str, cls: str, after: float, y: int) -> str:
     if room < 60:  # no room after the bar: put it inside the chart, right-aligned
         return (
             f'<text class="{cls}" x="{LABEL_W + CHART_W:.1f}" y="{y + 16}" '
-            f'text-anchor="end">{escape(_clip(text, 40))}</text>'
+            f'text-anchor="end">{escape(clip(text, 40))}</text>'
         )
     return (
         f'<text class="{cls}" x="{after + 6:.1f}" y="{y + 16}">'
-        f"{escape(_clip(text, max(8, int(room / 6.5))))}</text>"
+        f"{escape(clip(text, max(8, int(room / 6.5))))}</text>"
     )
 
 
@@ -445,15 +440,15 @@ def _log_table(entries: Sequence[Entry]) -> str:
     )
     body = []
     for e in entries:
-        took = "–" if e.duration is None else _span_text(e.duration)
-        request = f"{e.name}({_clip(e.text, ARGS_WIDTH)})"
+        took = "–" if e.duration is None else span_text(e.duration)
+        request = f"{e.name}({clip(e.text, ARGS_WIDTH)})"
         body.append(
             f'<tr class="entry-row {escape(e.status)}"><td class="num">{e.position}</td>'
             f'<td>{escape(e.kind)}</td><td class="mono">{escape(request)}</td>'
             f'<td><span class="badge {escape(e.status)}">{escape(e.status)}</span></td>'
             f'<td class="num">{e.attempts}</td><td class="num">{e.crashes}</td>'
             f'<td class="num">{escape(took)}</td>'
-            f'<td class="outcome mono">{escape(_outcome(e))}</td></tr>'
+            f'<td class="outcome mono">{escape(outcome(e))}</td></tr>'
         )
     return (
         f'<div class="scroll"><table id="log"><thead><tr>{head}</tr></thead>'
@@ -468,9 +463,9 @@ def _runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) 
     body = []
     for r in runs:
         if r.finished_at is not None:
-            took = _span_text(r.finished_at - r.created_at)
+            took = span_text(r.finished_at - r.created_at)
         else:
-            took = f"{_span_text(max(0.0, now - r.created_at))} so far"
+            took = f"{span_text(max(0.0, now - r.created_at))} so far"
         status = (
             f'<td><span class="badge {escape(r.status)}">{escape(r.status)}</span></td>'
             if child_column
@@ -479,24 +474,10 @@ def _runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) 
         body.append(
             f'<tr class="run-row {escape(r.status)}"><td class="mono">{escape(r.id)}</td>'
             f'<td class="mono">{escape(r.workflow)}</td>{status}'
-            f'<td>{escape(_iso(r.created_at))}</td><td class="num">{escape(took)}</td>'
-            f"<td>{escape(_clip(r.note or '', NOTE_WIDTH))}</td></tr>"
+            f'<td>{escape(iso(r.created_at))}</td><td class="num">{escape(took)}</td>'
+            f"<td>{escape(clip(r.note or '', NOTE_WIDTH))}</td></tr>"
         )
     return (
         f'<div class="scroll"><table class="runs"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
-
-
-def _span_text(seconds: float) -> str:
-    """A duration for people: 12.3 ms, 4.56 s, 3m 05s, 2h 10m, 3d 4h."""
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    total = round(seconds)
-    if total < 3600:
-        return f"{total // 60}m {total % 60:02d}s"
-    if total < 86400:
-        return f"{total // 3600}h {total % 3600 // 60:02d}m"
-    return f"{total // 86400}d {total % 86400 // 3600}h"

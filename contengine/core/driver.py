@@ -15,25 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import Cancelled, InvalidYield, NonDeterminismError
-from .requests import GatherRequest, Request
-
-
-@dataclass(slots=True)  # not frozen: frozen instances cost several times more to make
-class Outcome:
-    """What a request ended with: a value, or an exception to raise at the yield."""
-
-    ok: bool
-    value: Any
-
-    @staticmethod
-    def returned(value: Any) -> Outcome:
-        """The request produced value."""
-        return Outcome(True, value)
-
-    @staticmethod
-    def raised(error: BaseException) -> Outcome:
-        """The request failed with error."""
-        return Outcome(False, error)
+from .gather import GatherRequest
+from .outcome import Outcome
+from .requests import Request
 
 
 class Recorded(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .requests import _duration
+from .timers import short_duration
 
 NEVER = float("inf")  # the due time of a wait without a timeout (no time wakes it)
 
@@ -17,4 +17,4 @@ class NotDue(Exception):
 
 def duration_text(seconds: float | None) -> str:
     """Readable seconds, or "forever" for None."""
-    return "forever" if seconds is None else _duration(seconds)
+    return "forever" if seconds is None else short_duration(seconds)

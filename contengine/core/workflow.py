@@ -5,18 +5,17 @@ from __future__ import annotations
 import contextvars
 import importlib
 import inspect
-import threading
 import types
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from ..errors import ContengineError, WorkflowDefinitionError, WorkflowNotFound
 from .binding import Binder, signature_of
-from .requests import Backoff, ChildRequest, StepCall, StepOptions, normalize_options
-
-if TYPE_CHECKING:
-    from ..drive.cancel_watch import CancelWatch
+from .children import ChildRequest
+from .ids import idempotency_key
+from .options import Backoff, StepOptions, normalize_options
+from .requests import StepCall
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -109,21 +108,24 @@ class Workflow(Generic[P, R]):
 
 
 _registry: dict[str, Workflow[Any, Any]] = {}
-_registry_lock = threading.Lock()
 
 
 def register(wf: Workflow[Any, Any]) -> None:
     """Make a workflow findable by name; a name may not be taken by another function."""
-    with _registry_lock:
-        existing = _registry.get(wf.name)
-        # The same module:qualname registering again is a re-import or a test
-        # redefining a local function: the newest definition wins.
-        if existing is not None and existing.ref != wf.ref:
-            raise WorkflowDefinitionError(
-                f"workflow name {wf.name!r} is already used by {existing.ref}; "
-                f"give {wf.ref} another name with @ce.workflow(name=...)"
-            )
-        _registry[wf.name] = wf
+    # No lock (the core holds none): setdefault is one atomic dict operation, so of two
+    # functions registered under one name at once, one is stored and the other finds it.
+    # A name once taken only ever holds definitions of the same module:qualname.
+    existing = _registry.setdefault(wf.name, wf)
+    if existing is wf:
+        return
+    # The same module:qualname registering again is a re-import or a test
+    # redefining a local function: the newest definition wins.
+    if existing.ref != wf.ref:
+        raise WorkflowDefinitionError(
+            f"workflow name {wf.name!r} is already used by {existing.ref}; "
+            f"give {wf.ref} another name with @ce.workflow(name=...)"
+        )
+    _registry[wf.name] = wf
 
 
 def lookup(name: str, ref: str | None, extra: dict[str, Workflow[Any, Any]]) -> Workflow[Any, Any]:
@@ -242,16 +244,29 @@ def register_step(made: Step[Any, Any]) -> None:
     # two names (a script run as __main__ and imported by its workers), a step made in
     # a loop. Its file and qualname say it is the same one.
     where = (code.co_filename, qualname) if code is not None else None
-    with _registry_lock:
-        existing = _step_names.get(made.name)
-        if existing is not None and existing[0] != ref and (where is None or existing[1] != where):
-            raise WorkflowDefinitionError(
-                f"step name {made.name!r} is already used by {existing[0]}; give {ref} a "
-                f"name of its own with @ce.step(name=...) (the log, replay and "
-                f"ce.testing.check(steps=...) know a step by its name alone, so two "
-                f"functions may not share one)"
-            )
-        _step_names[made.name] = (ref, where)
+    mine = (ref, where)
+    # setdefault, one atomic dict operation, stands in for a lock (the core holds none):
+    # of two functions decorated under one new name at once, one is stored first and
+    # the other is checked against it.
+    existing = _step_names.setdefault(made.name, mine)
+    if existing is mine:
+        return
+    if existing[0] != ref and (where is None or existing[1] != where):
+        raise WorkflowDefinitionError(
+            f"step name {made.name!r} is already used by {existing[0]}; give {ref} a "
+            f"name of its own with @ce.step(name=...) (the log, replay and "
+            f"ce.testing.check(steps=...) know a step by its name alone, so two "
+            f"functions may not share one)"
+        )
+    _step_names[made.name] = mine
+
+
+class CancelCheck(Protocol):
+    """What a step's context asks of the drive's cancel watch: is this run cancelled?"""
+
+    def cancelled(self, run_id: str) -> bool:
+        """True once run_id is known to be cancelled."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +279,7 @@ class StepContext:
     position: int
     attempt: int
     idempotency_key: str
-    _watch: CancelWatch | None = field(default=None, repr=False, compare=False)
+    _watch: CancelCheck | None = field(default=None, repr=False, compare=False)
 
     @property
     def cancelled(self) -> bool:
@@ -273,26 +288,21 @@ class StepContext:
         return self._watch is not None and self._watch.cancelled(self.run_id)
 
 
-# Holds (run_id, workflow, step, position, attempt, generation, cancel watch) while a
-# step runs: a plain tuple, because it is set on every step and read rarely.
-current_step_var: contextvars.ContextVar[
-    tuple[str, str, str, int, int, int, CancelWatch] | None
-] = contextvars.ContextVar("contengine_step", default=None)
+# A plain tuple, because it is set on every step and read rarely. A context variable, not
+# a thread-local: a timeout's helper thread runs the step in a copy of the context.
+RUNNING_STEP: contextvars.ContextVar[tuple[str, str, str, int, int, int, CancelCheck] | None] = (
+    contextvars.ContextVar("contengine_step", default=None)
+)
+"""(run_id, workflow, step, position, attempt, generation, cancel watch) of the step this
+thread runs, read by current_step(); the drive sets it around each attempt and resets it."""
 
 
 def current_step() -> StepContext:
     """The run id, position, attempt and idempotency key of the step now running."""
-    ctx = current_step_var.get()
+    ctx = RUNNING_STEP.get()
     if ctx is None:
         raise ContengineError("ce.current_step() is only available while a step is running")
     run_id, wf, name, position, attempt, generation, watch = ctx
     return StepContext(
         run_id, wf, name, position, attempt, idempotency_key(run_id, generation, position), watch
     )
-
-
-def idempotency_key(run_id: str, generation: int, position: int) -> str:
-    """The key of the step at position: "run:position", and "run/gN:position" once the
-    run has continued as new N times (positions start again at 0 in each generation,
-    so without N two different steps would share a key)."""
-    return f"{run_id}:{position}" if not generation else f"{run_id}/g{generation}:{position}"

@@ -7,18 +7,18 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..core.driver import Outcome, Pending
+from ..core.driver import Pending
 from ..core.idle import NEVER, duration_text
+from ..core.outcome import Outcome
 from ..core.requests import (
     Immediate,
     NowRequest,
     PatchedRequest,
     PublishRequest,
     RandomRequest,
-    SleepRequest,
     UuidRequest,
-    WaitRequest,
 )
+from ..core.timers import SleepRequest, WaitRequest
 from ..errors import SerializationError, StepFailed, Timeout
 from ..store.base import E_COMPLETED, E_FAILED, E_RUNNING, SLEEPING, WAITING, EntryRow, RunUpdate
 from .state import DriveState

@@ -5,13 +5,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ..core import ids
 from ..core.canonical import canonical_call, key_of
-from ..core.driver import Outcome, Pending
+from ..core.children import ChildHandle, ChildRequest
+from ..core.driver import Pending
 from ..core.idle import NEVER, NotDue
-from ..core.requests import (
-    ChildHandle,
-    ChildRequest,
-)
+from ..core.outcome import Outcome
 from ..errors import ChildCancelled, ContengineError, SerializationError
 from ..store.base import (
     CANCELLED,
@@ -38,8 +37,7 @@ def child(d: DriveState, pending: Pending, request: ChildRequest[Any]) -> Outcom
     position = pending.position
     # Derived from the parent, its generation (continue_as_new) and the position, so
     # a replay finds the same child and a new generation never finds an old one.
-    gen = d.run.generation
-    child_id = f"{d.run.id}/{position}" if not gen else f"{d.run.id}/g{gen}/{position}"
+    child_id = ids.child_id(d.run.id, d.run.generation, position)
     now = d.r.clock.now()
     if pending.recorded is not None:
         return join_child(d, position, child_id, logged=True)

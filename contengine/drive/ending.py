@@ -8,8 +8,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ..core.children import ContinueAsNew
 from ..core.idle import NotDue
-from ..core.requests import ContinueAsNew
 from ..errors import Cancelled, SerializationError, WorkflowFailed
 from ..store.base import (
     CANCELLED,
@@ -19,6 +19,7 @@ from ..store.base import (
     CancelArrived,
     RunUpdate,
 )
+from . import cancel
 from .state import DriveState
 
 # The first line of a failed run's error text: written here, read by a retry
@@ -41,7 +42,7 @@ def returned(d: DriveState, value: Any) -> None:
         continue_as_new(d, value)
         return
     if d.cancel_pending or d.run.id in d.r.cancelled:
-        end_cancelled(d)  # a cancel sent during the last step, not delivered
+        end_cancelled(d)  # a cancel not delivered (sent during the last step?)
         return
     try:
         data = d.r.serde.dumps_checked(
@@ -62,12 +63,15 @@ def returned(d: DriveState, value: Any) -> None:
 
 
 def end_cancelled(d: DriveState) -> None:
-    """The workflow returned with a cancel not delivered (sent during its last step):
-    as an asyncio task whose cancel was requested before it finished, the run ends
-    cancelled and its return value is dropped (its finally blocks have run)."""
+    """The workflow returned with a cancel not delivered: raised at the yield of its
+    last step if that step's outcome is not written yet (cancel_carried); else (the
+    cancel came after it) as an asyncio task whose cancel was requested before it
+    finished, the run ends cancelled and its return value is dropped."""
+    if d.out.fresh:
+        d.cancel_carried()
     error = Cancelled(f"run {d.run.id!r} was cancelled")
     error.add_note(
-        "contengine: the cancel came during the run's last step; the workflow "
+        "contengine: the cancel came after the run's last request; the workflow "
         "returned before a yield could raise it, so its return value was dropped"
     )
     raised(d, error)
@@ -90,6 +94,8 @@ def continue_as_new(d: DriveState, again: ContinueAsNew) -> None:
 
 def raised(d: DriveState, error: BaseException, failed_at: int | None = None) -> None:
     """The workflow raised error: the run fails (or ends cancelled, for ce.Cancelled)."""
+    if d.out.fresh and cancel.noted(d):
+        d.cancel_carried()  # the cancel came during the last step: raised there
     what = f"the exception of workflow {d.wf.name!r} (run {d.run.id!r})"
     serde = d.r.serde
     data = serde.dumps_error(error, what, WorkflowFailed)

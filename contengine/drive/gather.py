@@ -7,16 +7,12 @@ import contextlib
 from concurrent.futures import FIRST_COMPLETED
 from typing import Any, NoReturn
 
-from ..core.driver import Outcome, Pending
+from ..core.driver import Pending
+from ..core.gather import GatherRequest
 from ..core.idle import NEVER, duration_text
-from ..core.requests import (
-    GatherRequest,
-    Immediate,
-    Request,
-    SleepRequest,
-    StepCall,
-    WaitRequest,
-)
+from ..core.outcome import Outcome
+from ..core.requests import Immediate, Request, StepCall
+from ..core.timers import SleepRequest, WaitRequest
 from ..errors import Cancelled, StepFailed, Timeout
 from ..store.base import (
     E_COMPLETED,
@@ -26,9 +22,11 @@ from ..store.base import (
     RUNNING,
     SLEEPING,
     WAITING,
+    CancelArrived,
     EntryRow,
     Progress,
 )
+from . import cancel
 from .answers import answer
 from .log import decode_outcome
 from .steps import StepDrive
@@ -51,7 +49,11 @@ def gather(d: StepDrive, pending: Pending, request: GatherRequest) -> Outcome:
     now = d.r.clock.now()
     members = request.members
     entries, outcomes, steps = _prepare(d, pending, request, now)
-    run_steps(d, members, entries, outcomes, steps)
+    if not cancel.noted(d):  # (read by the write that logged the members)
+        run_steps(d, members, entries, outcomes, steps)
+    cancelled = cancel.settle_gather(d, pending, request, entries, outcomes)
+    if cancelled is not None:
+        return cancelled
     if all(o is not None for o in outcomes):
         return request.combine(outcomes)  # type: ignore[no-any-return]
     _go_idle_for_members(d, members, entries, outcomes)
@@ -246,12 +248,31 @@ def run_steps(
             step = members[i]
             assert isinstance(step, StepCall)
             ok, value, tb = future.result()
+            if cancel.noted(d):
+                # Cancelled while it ran: logged so, and no retry starts; the gather's
+                # yield gets ce.Cancelled once its running members end.
+                outcomes[i] = cancel.member_ended(d, entries[i], ok, value, tb)
+                continue
             args, kwargs = steps[i]
-            settled = d.settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+            attempts = entries[i].attempts
+            try:
+                settled = d.settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+            except CancelArrived:  # read by the write that would set up a retry
+                entries[i].attempts = attempts
+                d.cancel_pending = True
+                outcomes[i] = cancel.member_ended(d, entries[i], ok, value, tb)
+                continue
             if isinstance(settled, Outcome):
-                d.commit(update=entries[i])
+                try:
+                    # The write reads the cancel flag first: another process's cancel
+                    # that came while the member ran cancels it too.
+                    d.commit(update=entries[i], unless_cancelled=True)
+                except CancelArrived:
+                    d.cancel_pending = True
+                    outcomes[i] = cancel.member_ended(d, entries[i], ok, value, tb)
+                    continue
                 outcomes[i] = settled
-            elif settled is None:
+            elif settled is None and not cancel.noted(d):
                 submit(i)  # the next attempt, now
         if first_only and any(o is not None for o in outcomes):
             break
@@ -277,8 +298,11 @@ def race(d: StepDrive, pending: Pending, request: GatherRequest) -> Outcome:
     members = request.members
     entries, outcomes, steps = _prepare(d, pending, request, now, first_only=True)
     running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
-    if all(o is None for o in outcomes):
+    if all(o is None for o in outcomes) and not cancel.noted(d):
         running = run_steps(d, members, entries, outcomes, steps, first_only=True)
+    cancelled = cancel.settle_gather(d, pending, request, entries, outcomes)
+    if cancelled is not None:
+        return cancelled
     # Several may be done already (after a restart, say): the first in argument order wins.
     winner = next((i for i, o in enumerate(outcomes) if o is not None), None)
     if winner is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, overload
 
-from ..core.driver import Outcome
+from ..core.outcome import Outcome
 from ..core.serde import Serde, short
 from ..errors import CorruptPayload
 from ..store.base import E_COMPLETED, E_FAILED, E_RETRYING, E_RUNNING, EntryRow, ReplayRow, Store

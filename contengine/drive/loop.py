@@ -12,25 +12,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..core.driver import Outcome, Pending, Raised, Returned
+from ..core.children import ChildHandle, ChildRequest
+from ..core.driver import Pending, Raised, Returned
+from ..core.gather import GatherRequest, RaceRequest
 from ..core.idle import NotDue
+from ..core.outcome import Outcome
 from ..core.requests import (
-    ChildHandle,
-    ChildRequest,
-    GatherRequest,
     NowRequest,
     PatchedRequest,
     PublishRequest,
-    RaceRequest,
     RandomRequest,
-    SleepRequest,
     StepCall,
     UuidRequest,
-    WaitRequest,
 )
+from ..core.timers import SleepRequest, WaitRequest
 from ..errors import InvalidYield
 from ..store.base import E_RUNNING, RUNNING, EntryRow, RunUpdate
 from . import answers, children, ending, gather
+from .state import Rewound
 from .steps import StepDrive
 
 # A cancel from another process is looked for every LOOK_EVERY requests, or when
@@ -65,6 +64,8 @@ class Drive(StepDrive):
         while type(nxt) is Pending:
             try:
                 outcome = self._carry_out(nxt)
+            except Rewound:
+                raise  # the generator went past a cancelled step: replayed, not kept
             except NotDue:
                 # Where the run went idle: a sleep, a wait or a retry's backoff can
                 # be resumed from here without a replay, if the generator is kept.
@@ -148,13 +149,19 @@ class Drive(StepDrive):
         (what _loop would have done after _carry_out returned)."""
         try:
             outcome = self.attempts(pending, entry, request)
+        except Rewound:
+            raise
         except NotDue:
             self.idle_at = pending  # a retry's backoff: resumable from here
             raise
         self._loop(self.driver.send(outcome))
 
     def deliver_cancel(self, pending: Pending) -> Outcome:
-        """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too."""
+        """Raise ce.Cancelled at this yield, and log it here, so replay raises it here too.
+        If the previous step's outcome is not written yet, the cancel came before the
+        step's end was logged: it is raised at that step's yield instead (Rewound)."""
+        if self.out.fresh:
+            self.cancel_carried()
         error = self.take_cancel()
         request = pending.request
         if isinstance(request, GatherRequest):

@@ -22,11 +22,18 @@ class Outbox:
     everything stays here for the next one.
     """
 
-    __slots__ = ("carry", "complete", "consume", "new_runs", "published", "restart", "delivered")
+    __slots__ = (
+        "carry", "fresh", "complete", "consume", "new_runs", "published", "restart", "delivered"
+    )  # fmt: skip
 
     def __init__(self) -> None:
         # The outcome of a logged entry (the previous request): an update of its row.
         self.carry: EntryRow | None = None
+        # The carry is the outcome of a step this drive ran (not a crash loop, a timer, a
+        # signal): a cancel found before it is written is raised at that step's yield
+        # instead (DriveState.cancel_carried), so the write that carries it reads the
+        # run's cancel flag first.
+        self.fresh = False
         # Entries complete when first written (now/random/..., a timer already due, a
         # gather's members): inserted, in position order.
         self.complete: list[EntryRow] = []
@@ -77,9 +84,11 @@ class Outbox:
         run: RunUpdate | None,
         stored: dict[int, int],
         lease: tuple[str, int] | None,
+        unless_cancelled: bool = False,
     ) -> Progress:
         """The commit of everything here, with update/insert/run (stored: the attempts of
-        each entry in flight as last committed, which the update must still find)."""
+        each entry in flight as last committed, which the update must still find;
+        unless_cancelled: nothing is written if the run's row asks for a cancel)."""
         # A carried outcome is always flushed by the next commit, and the only
         # writes that update an entry happen when nothing is carried.
         assert self.carry is None or update is None
@@ -87,16 +96,34 @@ class Outbox:
         expect = stored.get(entry.position) if entry is not None else None
         if self.delivered and run is not None:
             run.clear_cancel = True
+        # The write of a fresh step's outcome reads the cancel flag first (as a leased
+        # write reads it anyway: no statement more), so that a cancel that came before
+        # it is raised at that step's yield. Not while a delivered cancel is still to be
+        # written: the row's flag is that one.
+        unless = (unless_cancelled or self.fresh) and lease is not None and not self.delivered
         return Progress(
             run_id, entry, insert, run, expect,
             tuple(self.complete) if self.complete else (), self.consume,
             tuple(self.new_runs) if self.new_runs else (),
             tuple(self.published) if self.published else (), self.restart, lease=lease,
+            unless_cancelled=unless,
         )  # fmt: skip
+
+    def drop_after_carry(self) -> None:
+        """The workflow went past the carried step, whose cancel is raised at its yield
+        instead: what it did after that step is dropped (none of it is written yet), the
+        carry stays, to be written cancelled."""
+        self.fresh = False
+        self.complete.clear()
+        self.consume = None
+        self.new_runs.clear()
+        self.published.clear()
+        self.restart = None
 
     def sent(self, p: Progress) -> None:
         """p is durable: what it wrote is no longer to be written."""
         self.carry = None
+        self.fresh = False
         self.consume = None
         self.restart = None
         self.delivered = False

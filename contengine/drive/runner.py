@@ -50,9 +50,10 @@ class Runner:
         # (a replay reads the logged values instead).
         self.random = random_module.Random()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # Runs cancelled by this process: checked at every request, so a cancel sent
-        # while a run executes steps reaches its next yield (other processes' cancels
-        # are read with the run's next write, or looked for between writes).
+        # Runs cancelled by this process: checked at every request and when a step's
+        # attempt ends, so a cancel sent while a step runs reaches that step's yield
+        # (other processes' cancels are read with the run's next write, or looked for
+        # between writes).
         self.cancelled: set[str] = set()
         # Held across a cancel's write and its entry in `cancelled`, and by a drive
         # delivering a cancel: a drive that reads the row's flag before the entry is

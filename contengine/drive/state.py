@@ -13,12 +13,14 @@ from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 from ..clock import Clock
-from ..core.driver import Driver, Outcome, Pending
+from ..core.driver import Driver, Pending
 from ..core.idle import NotDue
-from ..core.serde import Serde
+from ..core.outcome import Outcome
+from ..core.serde import Serde, short
 from ..core.workflow import Workflow
 from ..errors import Cancelled, StepFailed
 from ..store.base import (
+    E_COMPLETED,
     E_FAILED,
     E_RUNNING,
     CancelArrived,
@@ -34,6 +36,11 @@ from .outbox import Outbox
 from .pool import Parked
 
 
+class Rewound(NotDue):
+    """The run is due now and must be replayed from its log (its generator is not kept):
+    a cancel is raised at the yield of a step the workflow already went past."""
+
+
 class Shared(Protocol):
     """What every drive of one engine shares (the Runner provides it)."""
 
@@ -41,7 +48,7 @@ class Shared(Protocol):
     serde: Serde
     clock: Clock
     random: Any  # random.Random: the source of ce.random() and ce.uuid()
-    cancelled: set[str]  # runs cancelled by this process, delivered at their next yield
+    cancelled: set[str]  # runs cancelled by this process, delivered at their current yield
     cancel_lock: threading.Lock
     stopping: threading.Event
     in_steps: set[tuple[str, int]]
@@ -146,6 +153,45 @@ class DriveState:
         self.out.delivered = True
         return Cancelled(f"run {self.run.id!r} was cancelled")
 
+    def fail_cancelled(self, entry: EntryRow, ok: bool, value: Any, tb: str, now: float) -> None:
+        """Fill in entry, a step that was running when the run was cancelled, as failed with
+        ce.Cancelled (raised at its yield; drive/cancel.py): what the step gave (ok, value,
+        tb) is dropped, and kept in the entry's error_text for operators."""
+        error = Cancelled(f"run {self.run.id!r} was cancelled")
+        error.add_note(
+            f"contengine: the cancel came while step {entry.name!r} (position "
+            f"{entry.position}) ran; it is raised at that step's yield and the step's "
+            f"result was dropped"
+        )
+        head = "Cancelled: the run was cancelled while this step ran; "
+        if ok:
+            text = head + f"its result was dropped: {short(value)}"
+        else:
+            text = head + "its failure was dropped:\n" + tb
+        self.fail_entry(entry, error, text, now)
+
+    def cancel_carried(self) -> NoReturn:
+        """A cancel found after the workflow went past a step whose outcome is not written
+        yet (the outbox's fresh carry): the step is written cancelled instead, what the
+        workflow did after it is dropped (none of it is written), and the run is driven
+        again from its log, whose replay raises ce.Cancelled at that step's yield
+        (Rewound: due now)."""
+        out = self.out
+        entry = out.carry
+        assert entry is not None and out.fresh, "only a step's unwritten outcome is rewound"
+        out.drop_after_carry()
+        self.idle_at = None  # the generator went past the step: it must not be kept
+        if entry.status == E_COMPLETED and entry.outcome is not None:
+            value = self.r.serde.loads(entry.outcome, f"the result of step {entry.name!r}")
+            ok, tb = True, ""
+        else:
+            ok, value, tb = False, None, entry.error_text or ""
+        self.take_cancel()
+        now = self.r.clock.now()
+        self.fail_cancelled(entry, ok, value, tb, now)
+        self.commit(run=RunUpdate(self.status, now, due_at=now))
+        raise Rewound(now)
+
     def cancel_entry(self, pending: Pending, logged: bool, error: Cancelled) -> Outcome:
         """Log ce.Cancelled as the outcome of the request at pending (not a gather), so a
         replay raises it there too."""
@@ -205,14 +251,26 @@ class DriveState:
         update: EntryRow | None = None,
         insert: EntryRow | None = None,
         run: RunUpdate | None = None,
+        unless_cancelled: bool = False,
     ) -> None:
         """Write update, insert and run with everything in the outbox, durably (fenced by
-        the lease and the entry's attempts); a cancel the write read is delivered next."""
+        the lease and the entry's attempts); a cancel the write read is delivered next.
+
+        unless_cancelled: nothing is written if the run's row asks for a cancel
+        (CancelArrived). So too whenever the outbox carries a fresh step's outcome,
+        which is then written cancelled instead (cancel_carried: Rewound)."""
         out = self.out
         if out.delivered and run is None:
             run = RunUpdate(self.status, self.r.clock.now(), due_at=self.due_at)
-        progress = out.progress(self.run.id, update, insert, run, self.stored, self.lease)
-        cancel = self.r.store.commit(progress)
+        progress = out.progress(
+            self.run.id, update, insert, run, self.stored, self.lease, unless_cancelled
+        )
+        try:
+            cancel = self.r.store.commit(progress)
+        except CancelArrived:
+            if out.fresh:
+                self.cancel_carried()
+            raise
         self.committed(progress, bool(cancel))
 
     def commit_then(
@@ -236,6 +294,8 @@ class DriveState:
 
         def go_on() -> None:
             if ticket.error is not None:
+                if isinstance(ticket.error, CancelArrived) and self.out.fresh:
+                    self.cancel_carried()  # the carried step is cancelled instead
                 if cancelled is not None and isinstance(ticket.error, CancelArrived):
                     cancelled()
                     return
@@ -260,7 +320,7 @@ class DriveState:
 
     def committed(self, p: Progress, cancel: bool = False) -> None:
         """Bring the drive's state up to a durable commit of p; cancel: the run's row asks
-        for a cancel (another process's), delivered at the next yield."""
+        for a cancel (another process's), delivered at the current yield."""
         if cancel:
             self.cancel_pending = True
         if p.lease is not None:

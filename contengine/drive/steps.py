@@ -6,12 +6,14 @@ import logging
 import traceback
 from typing import Any, NoReturn
 
-from ..core.driver import Outcome, Pending
+from ..core.driver import Pending
 from ..core.idle import NotDue
+from ..core.outcome import Outcome
 from ..core.requests import StepCall
-from ..core.workflow import current_step_var
+from ..core.workflow import RUNNING_STEP
 from ..errors import ContengineError, CrashLoop, SerializationError
-from ..store.base import E_COMPLETED, E_RETRYING, E_RUNNING, RUNNING, EntryRow
+from ..store.base import E_COMPLETED, E_RETRYING, E_RUNNING, RUNNING, CancelArrived, EntryRow
+from . import cancel
 from .attempts import bad_call, call_with_timeout
 from .state import DriveState
 
@@ -81,9 +83,19 @@ class StepDrive(DriveState):
                 if slot is None:
                     self._give_back(entry)
             ok, value, tb = self._execute(entry, request, args, kwargs, slot)
-            settled = self.settle(entry, request, ok, value, tb, args, kwargs)
+            if self.cancel_pending or (cancelled and self.run.id in cancelled):
+                # Cancelled while it ran: raised at this step's yield, no retry starts.
+                return cancel.at_step(self, entry, ok, value, tb)
+            attempts = entry.attempts
+            try:
+                settled = self.settle(entry, request, ok, value, tb, args, kwargs)
+            except CancelArrived:  # read by the write that would set up a retry
+                entry.attempts = attempts  # no other attempt began
+                return cancel.at_step(self, entry, ok, value, tb)
             if isinstance(settled, Outcome):
-                self.out.carry = entry  # written with the next request, in one commit
+                out = self.out
+                out.carry = entry  # written with the next request, in one commit
+                out.fresh = True
                 return settled
             if settled is not None:
                 self.go_idle([], settled)
@@ -103,8 +115,9 @@ class StepDrive(DriveState):
 
         Returns the step's final Outcome (the entry is filled in, not yet written),
         None when the next attempt starts now, or the time the next attempt is due
-        (both of those are committed here). A gather's member leaves the run's due
-        time to the gather.
+        (both of those are committed here, unless the run's row asks for a cancel:
+        CancelArrived, nothing written). A gather's member leaves the run's due time
+        to the gather.
         """
         opts = request.options
         now = self.r.clock.now()
@@ -139,11 +152,12 @@ class StepDrive(DriveState):
             if delay > 0:
                 entry.status, entry.due_at = E_RETRYING, now + delay
                 run = None if member else self.run_update(RUNNING, entry.due_at, now)
-                self.commit(update=entry, run=run)
+                self.commit(update=entry, run=run, unless_cancelled=True)
                 return entry.due_at
             entry.status, entry.due_at = E_RUNNING, None
             entry.attempts += 1
-            self.commit(update=entry, run=None if member else self.run_update(RUNNING, None, now))
+            run = None if member else self.run_update(RUNNING, None, now)
+            self.commit(update=entry, run=run, unless_cancelled=True)
             return None
         value.add_note(
             f"contengine: step {request.name!r} failed at position {entry.position} of run "
@@ -214,7 +228,7 @@ class StepDrive(DriveState):
         """Run one attempt of the step (holding slot of its queue, let go after)."""
         run = self.run
         watch = self.r.watch
-        token = current_step_var.set(
+        token = RUNNING_STEP.set(
             (
                 run.id, self.wf.name, request.name, entry.position, entry.attempts,
                 run.generation, watch,
@@ -236,7 +250,7 @@ class StepDrive(DriveState):
         finally:
             self.r.in_steps.discard(in_step)
             self.stepped += self.r.clock.monotonic() - began
-            current_step_var.reset(token)
+            RUNNING_STEP.reset(token)
             if slot is not None:
                 self._give_slot(slot)
 

@@ -12,7 +12,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -44,6 +44,7 @@ from ..store.base import (
     RUN_STATUSES,
     Claim,
     QueueConfig,
+    Rewind,
     RunRow,
     Store,
 )
@@ -765,13 +766,17 @@ class Engine:
         where the re-run could not be the same run (a discarded wait's signal would be
         lost, a discarded child run would be taken over, a cancelled or deleted child).
         """
-        plan = plan_retry(self.store, run_id, at)
+        return self.rewind(plan_retry(self.store, run_id, at))
+
+    def rewind(self, plan: Sequence[Rewind]) -> Run[Any]:
+        """Carry out a retry's plan (retrying.plan_retry's) in one transaction; refused,
+        with nothing changed, if any of its runs changed since it was planned."""
         with self._lock:
-            self.store.rewind([(r.run_id, r.position) for r in plan], self.clock.now())
+            self.store.rewind(plan, self.clock.now())
             for r in plan:
                 self._stuck.pop(r.run_id, None)
         self._poke()
-        return Run(self, run_id, self._row(run_id).workflow)
+        return Run(self, plan[0].run_id, self._row(plan[0].run_id).workflow)
 
     def fork(self, run_id: str, at: int, new_id: str | None = None) -> Run[Any]:
         """A new run of the same workflow and arguments whose log is a copy of the first

@@ -8,15 +8,29 @@ first line of the run's error text keeps it. The log from there on is discarded
 (a saga's compensating entries, say) and replay up to it is unchanged. A run that
 failed in its own code resumes after its log. A parent that failed at a child run
 retries the failed child (and its failed child, and so on) in the same transaction.
+
+A plan is made from reads outside that transaction, so each of its runs carries a
+digest of what was read (Rewind.seen), and the rewind refuses, changing nothing, if
+any run is no longer so: another retry and its re-run may have failed it elsewhere
+meanwhile, and the old plan would discard steps completed since.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..core import ids
 from ..drive.ending import FAILED_AT_RE, FAILED_IN_OWN_CODE
 from ..errors import ContengineError, RunNotFound
-from ..store.base import CANCELLED, E_COMPLETED, E_FAILED, FAILED, EntryRow, RunRow, Store
+from ..store.base import (
+    CANCELLED,
+    E_COMPLETED,
+    E_FAILED,
+    FAILED,
+    EntryRow,
+    Rewind,
+    RunRow,
+    Store,
+    run_digest,
+)
 
 # The first line of a failed run's error text (drive/ending.py writes it,
 # resume_position reads it).
@@ -24,14 +38,6 @@ _OWN = FAILED_IN_OWN_CODE
 _AT_RE = FAILED_AT_RE
 # Entries that start child runs: discarding one would let the re-run adopt that run.
 _STARTS_CHILD = frozenset({"child", "start_child"})
-
-
-@dataclass(frozen=True)
-class Rewind:
-    """One run to make pending again, its log kept up to (not including) position."""
-
-    run_id: str
-    position: int
 
 
 def group_of(entries: list[EntryRow], position: int) -> tuple[int, int] | None:
@@ -82,7 +88,7 @@ def plan_retry(store: Store, run_id: str, at: int | None = None) -> list[Rewind]
     position = resume_position(row, entries) if at is None else _checked_at(run_id, entries, at)
     for e in entries[position:]:
         _check_discard(run_id, e, position)
-    plan = [Rewind(run_id, position)]
+    plan = [Rewind(run_id, position, run_digest(row, entries))]
     if position < len(entries):
         plan += _child_chain(store, row, entries[position])
     return plan
@@ -124,8 +130,7 @@ def _child_chain(store: Store, row: RunRow, entry: EntryRow) -> list[Rewind]:
     if entry.kind == "join":
         child_id = entry.name
     elif entry.kind == "child":
-        gen = f"g{row.generation}/" if row.generation else ""
-        child_id = f"{row.id}/{gen}{entry.position}"
+        child_id = ids.child_id(row.id, row.generation, entry.position)
     else:
         return []
     child = store.get_run(child_id)

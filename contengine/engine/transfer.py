@@ -8,6 +8,7 @@ import math
 import re
 from typing import Any
 
+from ..core.ids import is_child_id
 from ..errors import (
     ContengineError,
 )
@@ -48,7 +49,7 @@ def checked_id(run_id: Any) -> str:
     not. Every id that does not come from the engine itself passes here: start(), fork(),
     import_run() and the command line."""
     checked_ref(run_id)
-    if "/" in run_id:
+    if is_child_id(run_id):
         raise ValueError(
             f"run id {run_id!r} contains '/', which is kept for child runs "
             f"(parent/position); choose another id"

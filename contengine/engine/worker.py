@@ -23,9 +23,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..drive.pool import Parked
-from ..errors import ContengineError, DatabaseError, DatabaseGone
+from ..errors import ContengineError, DatabaseError, DatabaseGone, DatabaseLocked
 
 if TYPE_CHECKING:
+    from ..store.base import RunRow
     from .engine import Engine
 
 log = logging.getLogger("contengine")
@@ -33,6 +34,12 @@ log = logging.getLogger("contengine")
 # Seconds a stopping worker waits, past its grace period, for drives that are only
 # setting their runs aside (not inside a step) to write that.
 SETTLE = 1.0
+# A drive that ended in a DatabaseError: the run is not claimed again by this worker for
+# a pause that doubles with each such drive in a row (from the poll interval, at most
+# HOLD_CAP seconds); after DB_ERRORS_TO_SET_ASIDE of them it is set aside as stuck (see
+# notes/decisions.md, "A run whose writes the database refuses").
+HOLD_CAP = 30.0
+DB_ERRORS_TO_SET_ASIDE = 5
 
 
 class Worker:
@@ -52,6 +59,9 @@ class Worker:
         self._inflight: dict[concurrent.futures.Future[bool], str] = {}
         self._inflight_lock = threading.Lock()
         self._timers: list[float] = []  # due times of runs this worker set aside
+        # Runs whose last drives ended in a DatabaseError: (how many in a row, not to be
+        # claimed before). In memory: another worker or process tries them on its own.
+        self._held: dict[str, tuple[int, float]] = {}
         self._loop: threading.Thread | None = None
         self.driven = 0
         self.finished = 0
@@ -180,7 +190,10 @@ class Worker:
                 try:
                     with engine._lock:
                         stuck = set(engine._stuck)
-                    claims = engine._holder.claim(engine.clock.now(), free, skip=stuck)
+                    now = engine.clock.now()
+                    with self._inflight_lock:
+                        stuck.update(r for r, (_, until) in self._held.items() if until > now)
+                    claims = engine._holder.claim(now, free, skip=stuck)
                 except DatabaseGone as exc:
                     self._fail(exc)
                     break
@@ -222,7 +235,7 @@ class Worker:
 
     def _drive(self, claim: Any, due: list[float], then: Callable[[], Any] | None = None) -> bool:
         """Drive a claimed run (or go on with a parked drive of it: then)."""
-        parked = False
+        parked = refused = False
         try:
             return self.engine._drive_claim(claim, due, park=True, then=then)
         except Parked:
@@ -231,12 +244,50 @@ class Worker:
         except DatabaseGone as exc:
             self._fail(exc)
             return False
+        except DatabaseError as exc:
+            refused = True
+            self._hold_back(claim.run, exc)
+            return False
         except ContengineError:
             return False  # stuck: reported by the engine, skipped from now on
         finally:
+            if not parked and not refused and claim.run.id in self._held:
+                with self._inflight_lock:
+                    self._held.pop(claim.run.id, None)
             if not parked and due[0] != float("inf"):
                 with self._inflight_lock:
                     heapq.heappush(self._timers, due[0])
+
+    def _hold_back(self, row: RunRow, exc: DatabaseError) -> None:
+        """After a drive of row's run ended in a DatabaseError: claim it again only after
+        a pause, and set it aside after DB_ERRORS_TO_SET_ASIDE such drives in a row
+        (unless the file was locked: that is another writer's doing, never the run's)."""
+        engine = self.engine
+        with self._inflight_lock:
+            count = self._held.get(row.id, (0, 0.0))[0] + 1
+            pause = min(engine.poll_interval * 2 ** (count - 1), HOLD_CAP)
+            until = engine.clock.now() + pause
+            self._held[row.id] = (count, until)
+            heapq.heappush(self._timers, until)  # look again once the pause is over
+        if count < DB_ERRORS_TO_SET_ASIDE or isinstance(exc, DatabaseLocked):
+            log.warning(
+                "run %r: its drive's write was refused (%s); not claimed again for %g s",
+                row.id, exc, pause,
+            )  # fmt: skip
+            return
+        # Each of these drives began with a claim, a write of the run's row that the
+        # database took: the file is usable, and what it refuses is this run's write.
+        stuck = ContengineError(
+            f"run {row.id!r} cannot be driven on: the database refused its write in "
+            f"{count} drives in a row ({exc}); the run is kept as it is. Another process "
+            f"(or this one restarted) tries it again"
+        )
+        with self._inflight_lock:
+            self._held.pop(row.id, None)
+        try:
+            engine._mark_stuck(row, stuck)
+        except DatabaseError as note_exc:  # kept aside in memory all the same
+            log.warning("run %r: could not write its note: %s", row.id, note_exc)
 
     def _done(self, future: concurrent.futures.Future[bool]) -> None:
         with self._inflight_lock:

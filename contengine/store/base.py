@@ -6,12 +6,13 @@ never runs user code. Every store passes tests/test_store_contract.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import NamedTuple
 
 from ..errors import ContengineError
@@ -73,6 +74,28 @@ class EntryRow:
     error_text: str | None = None
 
 
+def run_digest(row: RunRow, entries: Sequence[EntryRow]) -> str:
+    """A digest of a run's row and log as read: equal digests, the same run."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(astuple(row)).encode())
+    for e in entries:
+        h.update(repr(astuple(e)).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """One run to make pending again, its log kept up to (not including) position.
+
+    seen is run_digest() of the run as the plan read it: the rewind is refused if the
+    run is no longer so (a plan made from another state could discard the wrong steps).
+    """
+
+    run_id: str
+    position: int
+    seen: str
+
+
 class ReplayRow(NamedTuple):
     """The part of a log entry that replay reads (a light tuple: replay reads many)."""
 
@@ -104,8 +127,9 @@ class RunUpdate:
 
 
 class CancelArrived(ContengineError):
-    """A run's end (RunUpdate.unless_cancelled) met a cancel request in the run's row:
-    nothing of that progress was written."""
+    """A progress written unless cancelled (Progress.unless_cancelled, or a run's end with
+    RunUpdate.unless_cancelled) met a cancel request in the run's row: nothing of that
+    progress was written."""
 
 
 @dataclass(slots=True)
@@ -181,6 +205,11 @@ class Progress:
     # When set, nothing is written unless the run is still leased to this (owner,
     # lease number): a driver whose lease was taken over is fenced out (LeaseLost).
     lease: tuple[str, int] | None = None
+    # When set, nothing is written if the run's row asks for a cancel not delivered:
+    # commit() raises CancelArrived instead (a step's outcome whose cancel is raised at
+    # its yield instead, see contengine/drive/cancel.py; a run's end, as
+    # RunUpdate.unless_cancelled).
+    unless_cancelled: bool = False
 
 
 @dataclass(slots=True)
@@ -262,9 +291,9 @@ class Store(ABC):
         """Write progress atomically and durably (per the store's durability setting).
         True if the run's row asks for a cancel not delivered by this progress (read
         with the write, so a cancel from another process is seen at once); a store
-        that does not read it returns False or None. A run update with
-        unless_cancelled meeting such a request raises CancelArrived instead, having
-        written nothing of the progress. A store with leases must read it
+        that does not read it returns False or None. A progress (or its run update)
+        with unless_cancelled meeting such a request raises CancelArrived instead,
+        having written nothing of the progress. A store with leases must read it
         with every write fenced by a lease: a drive then looks for a cancel only
         after requests that write nothing."""
 
@@ -373,10 +402,10 @@ class Store(ABC):
                     out.append(row)
         return out
 
-    def rewind(self, runs: Sequence[tuple[str, int]], now: float) -> None:
-        """For each (run, position), delete the failed run's log from position on and make
-        it pending again, with its error cleared, all in one transaction; ContengineError
-        (nothing written) unless every run failed."""
+    def rewind(self, runs: Sequence[Rewind], now: float) -> None:
+        """For each run, delete the failed run's log from its position on and make it
+        pending again, with its error cleared, all in one transaction; ContengineError
+        (nothing written) unless every run failed and is still as planned (its seen)."""
         raise ContengineError(f"{type(self).__name__} cannot rewind runs")
 
     def insert_run(

@@ -1,20 +1,4 @@
-"""The runs behind ce.testing.check: a workflow in fresh engines that crash on cue.
-
-A Harness plays the workflow from its start to its end, in a fresh engine on a fresh
-file, as often as it is asked to. Each play may carry one planned crash: a
-BaseException raised at a chosen event (a commit, before or after it reaches the
-file, or a step function's return), after which the engine is dead (it commits
-nothing more) and a brand-new engine on the same file finishes the run.
-
-What makes plays comparable with each other: the workflow and its child workflows
-are wrapped so that every step they yield runs through the harness, which keeps a
-ledger of executions and, after the first play (the reference), ends each step
-attempt as it ended there (the step's function still runs, for its side effects
-and its time). ce.random() and ce.uuid() draw the reference's values, a step that
-lost a race in the reference waits for the race to be decided (so the same member
-wins), and every play starts its own virtual clock at the same time. So a play can
-only differ from the reference through the workflow's own code, or through the crash.
-"""
+"""The runs behind ce.testing.check: a workflow in fresh engines that crash on cue."""
 
 from __future__ import annotations
 
@@ -22,31 +6,23 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import random as random_module
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..clock import Clock
 from ..core.canonical import canonical_call, key_of
-from ..core.requests import (
-    ChildRequest,
-    GatherRequest,
-    RaceRequest,
-    RandomRequest,
-    Request,
-    StepCall,
-    UuidRequest,
-)
+from ..core.children import ChildRequest
+from ..core.gather import GatherRequest, RaceRequest
+from ..core.requests import RandomRequest, Request, StepCall, UuidRequest
 from ..core.serde import Serde
 from ..core.workflow import Step, Workflow, current_step
 from ..engine.engine import Engine
 from ..errors import Cancelled, ContengineError
-from ..store.base import FINISHED, Progress, Store
+from ..store.base import FINISHED, Progress
 from ..store.sqlite.store import SQLiteStore
 from .check_events import (
     AFTER,
@@ -67,83 +43,18 @@ from .check_events import (
     commit_key,
     race_losers,
 )
+from .check_session import (
+    Crash,
+    Left,
+    PinnedRandom,
+    Play,
+    Session,
+    committed_steps,
+    top_status,
+    waiting_for,
+)
 
 HOLD_LIMIT = 10.0  # seconds a race's losing step waits for the race to be decided
-
-
-class Crash(BaseException):
-    """The process dies here: a BaseException, so nothing in the engine catches it."""
-
-
-class _Dead(Exception):
-    """What a dead engine's other threads get: an error they are built to swallow."""
-
-
-@dataclass
-class _Left:
-    """What an engine that lived to the end of its life left behind."""
-
-    ending: Ending | None
-    status: str
-    stuck: Stuck | None
-    log: list[Line]
-    committed: set[Where]  # the steps whose outcome was on the file when it took over
-    error: Exception | None = None  # what the engine raised while driving, if it did
-
-
-class Session:
-    """One engine's life within a play: the crash planned for it, and whether it died."""
-
-    def __init__(self, index: int, plan: Point | None, driver: int) -> None:
-        self.index = index
-        self.plan = plan
-        self.driver = driver  # the thread that drives runs; only its commits are crash points
-        self.store: SQLiteStore | None = None
-        self.dead = False
-        self.over = False  # the engine is closing: nothing will decide a race any more
-        self._seen: Counter[Key] = Counter()
-        self._lock = threading.Lock()
-
-    def occurrence(self, key: Key) -> int:
-        """Count an event with this key; how many there have been, this one included."""
-        with self._lock:
-            self._seen[key] += 1
-            return self._seen[key]
-
-    def due(self, when: str, key: Key, occurrence: int) -> bool:
-        """Whether this is the planned crash."""
-        return self.plan == Point(when, key, occurrence)
-
-    def in_driver(self) -> bool:
-        """Whether the current thread is the one that drives runs."""
-        return threading.get_ident() == self.driver
-
-    def die(self) -> None:
-        """The process is dead from here on: raise in the driving thread; other threads
-        go on, but nothing they do reaches the file."""
-        self.dead = True
-        if self.in_driver():
-            raise Crash
-        raise _Dead("the engine crashed")
-
-
-class _Play:
-    """The state of one play, across the engines that carry it."""
-
-    def __init__(self, plan: Point | None, record: bool, start: float) -> None:
-        self.plan = plan
-        self.record = record  # the reference: record events, and pin outcomes
-        self.start = start
-        self.sessions: list[Session] = []
-        self.ledger: list[Execution] = []
-        self.events: list[Event] = []
-        self.sent: set[int] = set()  # timed signals already sent
-        self.lock = threading.Lock()
-
-    @property
-    def session(self) -> Session:
-        """The engine now carrying the play."""
-        return self.sessions[-1]
 
 
 class _CrashingStore(SQLiteStore):
@@ -180,25 +91,18 @@ class _CrashingStore(SQLiteStore):
             self.commit(progress)
 
 
-class _PinnedRandom(random_module.Random):
-    """The engine's source of ce.random() and ce.uuid(): each draw as in the reference."""
-
-    def __init__(self, harness: Harness) -> None:
-        self._harness = harness
-        super().__init__()
-
-    def random(self) -> float:
-        """A float in [0, 1): the reference's for this draw."""
-        return float(self._harness.draw(super().random))
-
-    def getrandbits(self, k: int, /) -> int:
-        """k random bits: the reference's for this draw."""
-        fresh = super().getrandbits
-        return int(self._harness.draw(lambda: fresh(k)))
-
-
 class Harness:
-    """Plays one workflow with its arguments, step stand-ins, signals and clock."""
+    """Plays one workflow with its arguments, step stand-ins, signals and clock.
+
+    Each play runs the workflow from its start to its end in a fresh engine on a fresh
+    file, with at most one planned crash (at a commit, before or after it reaches the
+    file, or at a step function's return), after which a brand-new engine on the same
+    file finishes the run. The workflow and its child workflows are wrapped so that every
+    step they yield runs through the harness, which keeps a ledger of executions and,
+    after the reference play, ends each attempt as it ended there; ce.random() and
+    ce.uuid() draw the reference's values. So a play can only differ from the reference
+    through the workflow's own code, or through the crash.
+    """
 
     def __init__(
         self,
@@ -230,11 +134,11 @@ class Harness:
         self.losers: dict[Where, int] = {}
         self.drawn: dict[Key, Any] = {}  # ce.random()/ce.uuid() values, by draw
         self._draws: deque[Key] = deque()  # the draws the engine is about to make
-        self.random = _PinnedRandom(self)
+        self.random = PinnedRandom(self.draw)
         self.plays = 0
         self.engines = 0
         self.workflow = self._wrap(workflow)
-        self._play: _Play | None = None
+        self._play: Play | None = None
         self._engine: Engine | None = None
         self._thread = threading.get_ident()
 
@@ -245,7 +149,7 @@ class Harness:
         self.plays += 1
         path = self.directory / f"play-{self.plays}.db"
         clock = self.clock()
-        play = self._play = _Play(plan, record, clock.now())
+        play = self._play = Play(plan, record, clock.now())
         try:
             left = self._session(play, path, clock)
             if left is None:
@@ -279,14 +183,14 @@ class Harness:
             error=left.error,
         )
 
-    def _session(self, play: _Play, path: Path, clock: Clock) -> _Left | None:
+    def _session(self, play: Play, path: Path, clock: Clock) -> Left | None:
         """One engine's life; what it left if it lived to the end, None if it died. The
         first engine starts the run (and may crash as planned), a later one resumes it."""
         first = not play.sessions
         session = Session(len(play.sessions), play.plan if first else None, self._thread)
         play.sessions.append(session)
         engine = self._open(path, clock, session)
-        left: _Left | None = None
+        left: Left | None = None
         try:
             committed: set[Where] = set()
             if first:
@@ -300,9 +204,9 @@ class Harness:
             except Exception as exc:
                 if play.record:
                     raise  # the reference run: the engine's own error, as it is
-                left = _Left(*self._collect(engine, None), committed, error=exc)
+                left = Left(*self._collect(engine, None), committed, error=exc)
             else:
-                left = _Left(*self._collect(engine, stuck), committed)
+                left = Left(*self._collect(engine, stuck), committed)
         except Crash:
             if not session.dead:
                 raise  # pragma: no cover - only a dying session raises it
@@ -327,7 +231,7 @@ class Harness:
         self.engines += 1
         return engine
 
-    def _drive(self, engine: Engine, clock: Clock, play: _Play) -> Stuck | None:
+    def _drive(self, engine: Engine, clock: Clock, play: Play) -> Stuck | None:
         """Drive every run until the top run ends or nothing more can happen; sends the
         timed signals as the clock passes them. Returns a stuck run and its error."""
         virtual = bool(getattr(clock, "virtual", False))
@@ -338,7 +242,7 @@ class Harness:
             if report.stuck:
                 run_id = RUN_ID if RUN_ID in report.stuck else next(iter(report.stuck))
                 return run_id, report.stuck[run_id]
-            if _status(engine) in FINISHED:
+            if top_status(engine) in FINISHED:
                 return None
             if virtual:
                 if at is None:
@@ -355,12 +259,12 @@ class Harness:
                     continue
             index, signal = upcoming[0]
             play.sent.add(index)
-            engine.signal(_waiting_for(engine.store, signal.name), signal.name, signal.payload)
+            engine.signal(waiting_for(engine.store, signal.name), signal.name, signal.payload)
 
     def _collect(
         self, engine: Engine, stuck: Stuck | None
     ) -> tuple[Ending | None, str, Stuck | None, list[Line]]:
-        status = _status(engine)
+        status = top_status(engine)
         ending = None
         if status in FINISHED:
             try:
@@ -541,7 +445,7 @@ class Harness:
         return ctx.run_id, generation, ctx.position, ctx.attempt - crashes
 
     def _ran(
-        self, play: _Play, session: Session, where: tuple[str, int, int, int], name: str
+        self, play: Play, session: Session, where: tuple[str, int, int, int], name: str
     ) -> None:
         """Note a step function's return; crash here if this is the planned point."""
         execution = Execution(session.index, *where, name)
@@ -558,7 +462,7 @@ class Harness:
             if session.in_driver():
                 raise Crash
 
-    def _pinned(self, play: _Play, key: Key, ok: bool, value: Any) -> Any:
+    def _pinned(self, play: Play, key: Key, ok: bool, value: Any) -> Any:
         """The attempt's outcome: recorded in the reference, the reference's afterwards."""
         if play.record:
             # What cannot be serialized and read back as itself is not pinned (the
@@ -574,33 +478,6 @@ class Harness:
         if ok:
             return value
         raise value
-
-
-def _status(engine: Engine) -> str:
-    row = engine.store.get_run(RUN_ID)
-    return row.status if row is not None else "missing"
-
-
-def _waiting_for(store: Store, name: str) -> str:
-    """The run a timed signal goes to: the first (the top run, then child runs by id)
-    that waits for it now, else the top run, whose mailbox keeps it."""
-    for run in sorted(store.list_runs(), key=lambda r: r.id):
-        if run.status in FINISHED:
-            continue
-        for e in store.load_log(run.id):
-            if e.kind == "wait" and e.name == name and e.status not in DONE:
-                return run.id
-    return RUN_ID
-
-
-def committed_steps(store: Store) -> set[Where]:
-    """The steps whose outcome a store holds (run, generation, position)."""
-    return {
-        (run.id, run.generation, e.position)
-        for run in store.list_runs()
-        for e in store.load_log(run.id)
-        if e.kind == "step" and e.status in DONE
-    }
 
 
 __all__ = ["Crash", "Harness", "committed_steps"]

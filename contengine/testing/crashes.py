@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import Clock
-from ..core.requests import GatherRequest, RaceRequest, Request, StepCall
+from ..core.gather import GatherRequest, RaceRequest
+from ..core.requests import Request, StepCall, StepLike
 from ..core.workflow import Step, Workflow, current_step
 from ..drive.log import Entry
 from ..engine.engine import Engine
@@ -412,7 +413,7 @@ def _rewrite(request: Any, life: _Life) -> Any:
     return request
 
 
-def _watched_step(step: Step[Any, Any], life: _Life) -> Step[Any, Any]:
+def _watched_step(step: StepLike[Any], life: _Life) -> Step[Any, Any]:
     fn = step.fn
 
     @functools.wraps(fn)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..clock import Clock
-from ..core.requests import GatherRequest, RaceRequest, StepCall
+from ..core.gather import GatherRequest, RaceRequest
+from ..core.requests import StepCall
 from ..core.workflow import Step, Workflow
 from ..engine.engine import Engine
 from ..errors import ContengineError, NonDeterminismError

@@ -9,7 +9,7 @@ import importlib.util
 import os
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..core.workflow import Workflow
@@ -19,10 +19,12 @@ from .lint import Finding, lint
 __all__ = ["add_lint_command", "lint_main"]
 
 
-def add_lint_command(sub: Any) -> None:
-    """Add `contengine lint TARGET...` to the command's subparsers."""
+def add_lint_command(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Add `contengine lint TARGET...` to the command's subparsers (with parents: the
+    options every command shares)."""
     p = sub.add_parser(
         "lint",
+        parents=list(parents),
         help="look for code in workflows that breaks replay (time, random, I/O, sets...)",
         description="Check workflows' source for code that gives other values on replay. "
         "Exit 0: nothing found; 1: findings (one per line); 2: a target cannot be used.",

@@ -330,10 +330,14 @@ def _select(
 # -- the command line ------------------------------------------------------------
 
 
-def add_replay_command(sub: Any) -> argparse.ArgumentParser:
-    """Add `contengine replay DB --import MODULE ...` to the subcommand parsers."""
+def add_replay_command(
+    sub: Any, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
+    """Add `contengine replay DB --import MODULE ...` to the subcommand parsers (with
+    parents: the options every command shares, --db among them)."""
     p: argparse.ArgumentParser = sub.add_parser(
         "replay",
+        parents=list(parents),
         help="replay recorded runs against the current code (runs nothing, writes nothing)",
         description=(
             "Rebuild every recorded run (or those selected) from its log against the "
@@ -343,11 +347,13 @@ def add_replay_command(sub: Any) -> argparse.ArgumentParser:
             "broken; 2: bad input."
         ),
     )
+    # Not dest "db": an absent positional would write its default over a --db given
+    # before the command's name.
     p.add_argument(
-        "db",
+        "database",
         nargs="?",
-        default=os.environ.get("CONTENGINE_DB"),
-        help="database file (default: $CONTENGINE_DB)",
+        metavar="db",
+        help="database file (or --db FILE; default: $CONTENGINE_DB)",
     )
     p.add_argument(
         "--import",
@@ -371,9 +377,14 @@ def add_replay_command(sub: Any) -> argparse.ArgumentParser:
 
 def replay_main(args: argparse.Namespace) -> int:
     """Run `contengine replay`: 0 if every run replays, 1 if some are broken, 2 on bad input."""
-    db = getattr(args, "db", None)
+    db, option = getattr(args, "database", None), getattr(args, "db", None)
+    if db is not None and option is not None and db != option:
+        return _bad(f"two databases given, {db!r} and --db {option!r}: pass one")
+    db = db if db is not None else option if option is not None else os.environ.get("CONTENGINE_DB")
     if not db:
-        return _bad("no database given: pass the file (replay app.db) or set CONTENGINE_DB")
+        return _bad(
+            "no database given: pass the file (replay app.db, or --db) or set CONTENGINE_DB"
+        )
     if not os.path.isfile(db):
         return _bad(f"no database at {db!r}")
     secret = os.environ.get("CONTENGINE_SECRET")

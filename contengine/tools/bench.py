@@ -4,8 +4,9 @@ Every step costs one commit, so the honest yardstick for the engine is the
 fastest a Python program can commit small rows to the same kind of SQLite file
 (WAL, same `synchronous` setting, same directory). Floor and engine rounds
 alternate so that a slow patch of the disk or a busy neighbour hits both alike.
-The workers part (many runs at once, runs asleep, wake-up latency) is in
-bench_workers.py; `--no-workers` leaves it out.
+The workers part (many runs at once, runs asleep) is in bench_workers.py, the
+wake-up latency in bench_wakes.py; `--no-workers` leaves both out. What they share
+(the result type, the floor, the files) is in bench_common.py.
 """
 
 from __future__ import annotations
@@ -14,25 +15,22 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.workflow import step, workflow
 from ..engine.engine import Engine
-from ..store.sqlite.store import DURABILITY
+from .bench_common import Metric, bump, copy_db, floor_round, fresh, loop, num, remove_db
 
 # Engine steps/s over floor commits/s, per durability.
 TARGET_RATIO = {"full": 0.8, "normal": 0.6}
 TARGET_REPLAY = 200_000.0  # replayed steps/s
 TARGET_RESUME_MS = 20.0  # from Engine() to the workflow body running again
-_PAYLOAD = b"x" * 100  # the floor's row: about the size of a step's log entry
 _RUN_ID = "bench-crashed"
 # The workers measurements' sizes, as `contengine bench` options (bench_workers.Sizes).
 WORKER_SIZES = ("runs", "concurrent_steps", "asleep", "signals", "remote_signals")
@@ -49,26 +47,11 @@ class _State:
     body_started: float | None = None
 
 
-@step(name="contengine.bench.bump")
-def bump(x: int) -> int:
-    """The trivial step: its argument plus one."""
-    return x + 1
-
-
 @step(name="contengine.bench.last")
 def last(x: int) -> int:
     """The step a crashed run stops at; it "crashes" while _State.crash is set."""
     if _State.crash:
         raise _Crash
-    return x
-
-
-@workflow(name="contengine.bench.loop")
-def loop(n: int) -> Generator[Any, Any, int]:
-    """n trivial steps in a row."""
-    x = 0
-    for _ in range(n):
-        x = yield bump(x)
     return x
 
 
@@ -84,23 +67,6 @@ def crashing(n: int) -> Generator[Any, Any, int]:
 
 
 # -- what is measured -------------------------------------------------------------
-
-
-def floor_round(path: str, durability: str, n: int) -> float:
-    """Commits/s of n single-row INSERT transactions on a fresh WAL file."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
-        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
-        start = time.perf_counter()
-        for _ in range(n):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO t (payload) VALUES (?)", (_PAYLOAD,))
-            conn.execute("COMMIT")
-        return n / (time.perf_counter() - start)
-    finally:
-        conn.close()
 
 
 def engine_round(path: str, durability: str, n: int) -> float:
@@ -131,7 +97,7 @@ def build_crashed(path: str, n: int) -> None:
 
 def resume_round(base: str, path: str, n: int) -> tuple[float, float]:
     """Replayed steps/s and ms to the body running, for a new engine on a copy of base."""
-    _copy_db(base, path)
+    copy_db(base, path)
     _State.body_started = None
     start = time.perf_counter()
     engine = Engine(path, durability="normal", workflows=[crashing])
@@ -150,97 +116,6 @@ def resume_round(base: str, path: str, n: int) -> tuple[float, float]:
 # -- results ------------------------------------------------------------------------
 
 
-@dataclass
-class Metric:
-    """One measured quantity: its samples, its floor (if any) and its target (if any)."""
-
-    name: str
-    label: str
-    unit: str
-    target: float | None  # None: reported for context, judged by nothing
-    samples: list[float] = field(default_factory=list)
-    floor: list[float] = field(default_factory=list)  # raw SQLite commits/s, same rounds
-    lower_is_better: bool = False
-    floor_cost: float = 1.0  # commits one unit costs on the floor (a run of 10 steps: 11)
-    target_on_median: bool = False  # the floor is context; the target is on the median
-    details: dict[str, Any] = field(default_factory=dict)  # sizes and raw figures, for --json
-
-    @property
-    def median(self) -> float:
-        """Median of the samples."""
-        return statistics.median(self.samples)
-
-    @property
-    def floor_median(self) -> float | None:
-        """Median of the floor samples, for metrics compared with the floor."""
-        return statistics.median(self.floor) if self.floor else None
-
-    @property
-    def cap(self) -> float | None:
-        """What the floor's commits/s would give in this metric's unit, one commit at a time."""
-        floor = self.floor_median
-        return floor / self.floor_cost if floor else None
-
-    @property
-    def ratio(self) -> float | None:
-        """Median over the floor's cap: the share of raw commit speed the engine keeps."""
-        cap = self.cap
-        return self.median / cap if cap else None
-
-    @property
-    def spread(self) -> float:
-        """(max - min) / median of the samples: a rough noise figure."""
-        return (max(self.samples) - min(self.samples)) / self.median
-
-    @property
-    def passed(self) -> bool | None:
-        """Whether the target is met (by the ratio when there is a floor); None without one."""
-        if self.target is None:
-            return None
-        value = self.ratio if self.floor and not self.target_on_median else self.median
-        assert value is not None
-        return value < self.target if self.lower_is_better else value >= self.target
-
-    def target_text(self) -> str:
-        """The target as a reader would write it ("" without one)."""
-        if self.target is None:
-            return ""
-        if self.floor and not self.target_on_median:
-            return f"ratio >= {self.target:g}"
-        sign = "<" if self.lower_is_better else ">="
-        return f"{sign} {_num(self.target)} {self.unit}"
-
-    def floor_text(self) -> str:
-        """The floor column: commits/s, and what they cap this metric at when a unit costs more."""
-        floor, cap = self.floor_median, self.cap
-        if floor is None or cap is None:
-            return ""
-        if self.floor_cost == 1:
-            return f"{_num(floor)} commits/s"
-        return f"{_num(floor)} commits/s / {self.floor_cost:g} = {_num(cap)} {self.unit}"
-
-    def as_json(self) -> dict[str, Any]:
-        """Plain data for --json."""
-        doc = {
-            "label": self.label,
-            "unit": self.unit,
-            "median": self.median,
-            "floor": self.floor_median,
-            "ratio": self.ratio,
-            "target": self.target_text(),
-            "pass": self.passed,
-            "spread": self.spread,
-            "samples": self.samples,
-            "floor_samples": self.floor,
-        }
-        if self.floor_cost != 1:
-            doc["floor_cost"] = self.floor_cost
-            doc["cap"] = self.cap
-        if self.details:
-            doc["details"] = self.details
-        return doc
-
-
 def measure(
     tmp: str, steps: int, rounds: int, replay_steps: int, say: Callable[[str], None]
 ) -> list[Metric]:
@@ -256,9 +131,9 @@ def measure(
         _warm_up(tmp, durability, min(steps, 100))
         for i in range(rounds):
             say(f"{durability}: round {i + 1}/{rounds}, raw SQLite")
-            m.floor.append(_fresh(tmp, f"floor-{durability}", floor_round, durability, steps))
+            m.floor.append(fresh(tmp, f"floor-{durability}", floor_round, durability, steps))
             say(f"{durability}: round {i + 1}/{rounds}, engine")
-            m.samples.append(_fresh(tmp, f"engine-{durability}", engine_round, durability, steps))
+            m.samples.append(fresh(tmp, f"engine-{durability}", engine_round, durability, steps))
         metrics.append(m)
     replay = Metric("replay", "replayed steps/s, normal", "steps/s", TARGET_REPLAY)
     resume = Metric("resume", "time to resume", "ms", TARGET_RESUME_MS, lower_is_better=True)
@@ -269,7 +144,7 @@ def measure(
         say(f"replay: round {i + 1}/{rounds}")
         path = os.path.join(tmp, "resume.db")
         rate, ms = resume_round(base, path, replay_steps)
-        _remove_db(path)
+        remove_db(path)
         replay.samples.append(rate)
         resume.samples.append(ms)
     return [*metrics, replay, resume]
@@ -278,28 +153,8 @@ def measure(
 def _warm_up(tmp: str, durability: str, n: int) -> None:
     # The first pass through the code and a new file pays one-off costs
     # (imports, caches, file system metadata) that no round should carry.
-    _fresh(tmp, "warm-floor", floor_round, durability, n)
-    _fresh(tmp, "warm-engine", engine_round, durability, n)
-
-
-def _fresh(tmp: str, name: str, fn: Callable[[str, str, int], float], dur: str, n: int) -> float:
-    path = os.path.join(tmp, f"{name}.db")
-    try:
-        return fn(path, dur, n)
-    finally:
-        _remove_db(path)
-
-
-def _copy_db(src: str, dst: str) -> None:
-    for suffix in ("", "-wal"):
-        if os.path.exists(src + suffix):
-            shutil.copyfile(src + suffix, dst + suffix)
-
-
-def _remove_db(path: str) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
+    fresh(tmp, "warm-floor", floor_round, durability, n)
+    fresh(tmp, "warm-engine", engine_round, durability, n)
 
 
 # -- reporting ----------------------------------------------------------------------
@@ -362,10 +217,6 @@ def _filesystem(directory: str) -> str | None:
     return best[1]
 
 
-def _num(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
 def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -> str:
     """The human-readable report."""
     head = (
@@ -387,7 +238,7 @@ def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -
         rows.append(
             (
                 m.label,
-                f"{_num(m.median)} {m.unit}",
+                f"{num(m.median)} {m.unit}",
                 m.floor_text(),
                 "" if m.ratio is None else f"{m.ratio:.3f}",
                 m.target_text(),

@@ -1,34 +1,30 @@
 """`contengine bench`, workers part: many runs at once, runs asleep, wake-up latency.
 
 All with durability "full". Throughput is set against the same raw SQLite commit
-floor as the single-run figures (bench.floor_round, a round of floor before each
+floor as the single-run figures (bench_common.floor_round, a round of floor before each
 round of engine): many runs advancing at once share their commits (group commit),
 so they can beat one commit per step. Memory is measured in a child process of
-its own, so that what this process did before does not count; the wake-up latency
-across processes uses a child running engine.work().
+its own, so that what this process did before does not count. The wake-up latency
+is in bench_wakes.py.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
-import queue
-import random
-import signal
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.requests import sleep_until, wait
-from ..core.workflow import current_step, step, workflow
-from ..engine.engine import Engine, Run
-from .bench import Metric, _fresh, _remove_db, floor_round, loop
+from ..core.timers import sleep_until
+from ..core.workflow import step, workflow
+from ..engine.engine import Engine
+from .bench_common import WAIT, Metric, Say, child_env, floor_round, fresh, loop, remove_db
+from .bench_wakes import measure_wakes
 
 TARGET_RUNS = 1_000.0  # runs of RUN_STEPS steps finished per second
 RUN_STEPS = 10
@@ -36,11 +32,7 @@ RUN_COMMITS = RUN_STEPS + 1  # what one run costs one commit at a time: the floo
 CONCURRENCY = (1, 10, 100)
 TARGET_CONCURRENT_RATIO = 4.0  # the largest concurrency: steps/s over floor commits/s
 TARGET_ASLEEP_MB = 300.0  # resident memory with every run asleep
-TARGET_WAKE_MS = 5.0  # same process: median from signal() to the next step starting
-REMOTE_SLACK_MS = 50.0  # across processes: p99 within the poll interval plus this
-WAIT = 120.0  # seconds any one phase may take before the benchmark gives up
 _CHILD_MEASURE = "from contengine.tools.bench_workers import measure_child; measure_child()"
-_CHILD_WORK = "from contengine.tools.bench_workers import work_child; work_child()"
 
 
 @dataclass
@@ -54,24 +46,12 @@ class Sizes:
     remote_signals: int = 40  # wake-ups timed across processes
 
 
-_Say = Callable[[str], None]
-
-
 # -- workflows ---------------------------------------------------------------------
-
-# Where the step after a wait says when it started: (run id, time.perf_counter()).
-_woken: queue.Queue[tuple[str, float]] = queue.Queue()
 
 
 @step(name="contengine.bench.noop")
 def noop() -> None:
     """A step that does nothing."""
-
-
-@step(name="contengine.bench.woke")
-def woke() -> None:
-    """Record when the step after the wait started, for the latency measured in this process."""
-    _woken.put((current_step().run_id, time.perf_counter()))
 
 
 class _Nap:
@@ -95,14 +75,6 @@ def nap() -> Generator[Any, Any, int]:
     return 1
 
 
-@workflow(name="contengine.bench.woken")
-def woken() -> Generator[Any, Any, int]:
-    """Wait for the signal "go", then one step."""
-    yield wait("go")
-    yield woke()
-    return 1
-
-
 # -- throughput ----------------------------------------------------------------------
 
 
@@ -120,7 +92,7 @@ def many_runs_round(path: str, runs: int, steps: int, threads: int | None) -> fl
     return runs * steps / elapsed
 
 
-def throughput(tmp: str, sizes: Sizes, steps: int, rounds: int, say: _Say) -> list[Metric]:
+def throughput(tmp: str, sizes: Sizes, steps: int, rounds: int, say: Say) -> list[Metric]:
     """Runs/s of many short runs, and steps/s of 1, 10 and 100 runs at once, with floors."""
     runs = Metric(
         "many_runs",
@@ -144,21 +116,21 @@ def throughput(tmp: str, sizes: Sizes, steps: int, rounds: int, say: _Say) -> li
             )
         )
     # Untimed: the first engine and the first file pay one-off costs.
-    _fresh(tmp, "warm-floor", floor_round, "full", min(steps, 100))
+    fresh(tmp, "warm-floor", floor_round, "full", min(steps, 100))
     many_runs_round(os.path.join(tmp, "warm.db"), 10, 2, None)
-    _remove_db(os.path.join(tmp, "warm.db"))
+    remove_db(os.path.join(tmp, "warm.db"))
     for i in range(rounds):
         say(f"workers: round {i + 1}/{rounds}, {sizes.runs} runs")
-        runs.floor.append(_fresh(tmp, "floor-runs", floor_round, "full", steps))
+        runs.floor.append(fresh(tmp, "floor-runs", floor_round, "full", steps))
         path = os.path.join(tmp, "runs.db")
         runs.samples.append(many_runs_round(path, sizes.runs, RUN_STEPS, None) / RUN_STEPS)
-        _remove_db(path)
+        remove_db(path)
         for n, m in zip(CONCURRENCY, concurrent, strict=True):
             say(f"workers: round {i + 1}/{rounds}, {n} runs at once")
-            m.floor.append(_fresh(tmp, f"floor-{n}", floor_round, "full", steps))
+            m.floor.append(fresh(tmp, f"floor-{n}", floor_round, "full", steps))
             path = os.path.join(tmp, f"concurrent-{n}.db")
             m.samples.append(many_runs_round(path, n, m.details["steps_per_run"], n))
-            _remove_db(path)
+            remove_db(path)
     return [runs, *concurrent]
 
 
@@ -265,10 +237,10 @@ def _in_child(what: str, tmp: str, count: int, timeout: float, *more: str) -> di
         [sys.executable, "-c", _CHILD_MEASURE, what, path, str(count), *more],
         capture_output=True,
         text=True,
-        env=_child_env(),
+        env=child_env(),
         timeout=timeout,
     )
-    _remove_db(path)
+    remove_db(path)
     if proc.returncode == _TOO_SLOW:
         raise _TooSlow(proc.stderr.strip()[-2000:])
     if proc.returncode != 0:
@@ -277,7 +249,7 @@ def _in_child(what: str, tmp: str, count: int, timeout: float, *more: str) -> di
     return figures
 
 
-def measure_asleep(tmp: str, count: int, say: _Say) -> list[Metric]:
+def measure_asleep(tmp: str, count: int, say: Say) -> list[Metric]:
     """Memory with `count` runs asleep, and the time to wake them all, from a child process."""
     say(f"workers: {count:,} runs asleep, in a child process")
     for n, margin in enumerate(_ASLEEP_MARGINS, 1):
@@ -355,7 +327,7 @@ def burst(path: str, count: int) -> dict[str, Any]:
     }
 
 
-def measure_burst(tmp: str, count: int, say: _Say) -> list[Metric]:
+def measure_burst(tmp: str, count: int, say: Say) -> list[Metric]:
     """Peak memory while a child process works through `count` runs started at once."""
     say(f"workers: a burst of {count:,} started runs, in a child process")
     figures = _in_child("burst", tmp, count, max(3 * WAIT, count / 50))
@@ -376,175 +348,13 @@ def measure_burst(tmp: str, count: int, say: _Say) -> list[Metric]:
     ]
 
 
-# -- wake-up latency ---------------------------------------------------------------------
-
-
-def _until(test: Callable[[], bool], what: str, pause: float = 0.01) -> None:
-    """Poll test() until true; RuntimeError after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while not test():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gave up waiting for {what}")
-        time.sleep(pause)
-
-
-def _all_waiting(engine: Engine, n: int) -> Callable[[], bool]:
-    return lambda: len(engine.runs(status="waiting", workflow=woken)) == n
-
-
-def local_wakes(path: str, n: int) -> tuple[list[float], list[float]]:
-    """Ms from signal() to the step after the wait starting, and to the run completed, with a
-    worker of 4 threads in this process; n runs, signalled one at a time."""
-    to_step, to_done = [], []
-    with Engine(path, durability="full", workflows=[woken]) as engine, engine.worker(threads=4):
-        runs = [engine.start(woken) for _ in range(n)]
-        _until(_all_waiting(engine, n), f"{n} runs to wait for their signal")
-        while not _woken.empty():  # left by an earlier call
-            _woken.get_nowait()
-        for run in runs:
-            start = time.perf_counter()
-            engine.signal(run.id, "go")
-            run_id, at = _woken.get(timeout=WAIT)
-            if run_id != run.id:
-                raise RuntimeError(f"signalled run {run.id!r} but run {run_id!r} woke")
-            run.result(timeout=WAIT)
-            to_done.append((time.perf_counter() - start) * 1000)
-            to_step.append((at - start) * 1000)
-    return to_step, to_done
-
-
-def remote_wakes(path: str, n: int) -> tuple[list[float], float]:
-    """Ms from signal() here to the run seen completed (polled every 1 ms), with engine.work()
-    in a child process; n runs, signalled one at a time; also the child's poll interval."""
-    latencies = []
-    with Engine(path, durability="full", workflows=[woken]) as engine:
-        poll = engine.poll_interval  # the child's too: both use the default
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_WORK, path],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=_child_env(),
-        )
-        try:
-            runs = [engine.start(woken) for _ in range(n)]
-            _until(_all_waiting(engine, n), f"the worker process to drive {n} runs to their wait")
-            rng = random.Random(0)
-            for run in runs:
-                # A signal lands anywhere in the worker's poll interval, as it would in use;
-                # sent right after the last run finished, it would land at its start.
-                time.sleep(rng.uniform(0, poll))
-                start = time.perf_counter()
-                engine.signal(run.id, "go")
-                _until(_completed(run), "a woken run", 0.001)
-                latencies.append((time.perf_counter() - start) * 1000)
-        finally:
-            _stop(child)
-    return latencies, poll
-
-
-def _completed(run: Run[Any]) -> Callable[[], bool]:
-    return lambda: run.status == "completed"
-
-
-def work_child(argv: list[str] | None = None) -> None:
-    """Child process entry: `DB`; engine.work() with the defaults until SIGTERM."""
-    (db,) = argv if argv is not None else sys.argv[1:]
-    with Engine(db, durability="full", workflows=[woken]) as engine:
-        engine.work()
-
-
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the worker process (it stops cleanly), SIGKILL it if it lingers."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-    try:
-        _, err = child.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        _, err = child.communicate()
-    if child.returncode not in (0, -signal.SIGTERM):
-        raise RuntimeError(f"the worker process failed: {err.decode(errors='replace')[-2000:]}")
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """The nearest-rank percentile: the smallest value with pct % of the values at or below it."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def measure_wakes(tmp: str, sizes: Sizes, say: _Say) -> list[Metric]:
-    """Wake-up latency after a signal, in this process and across processes."""
-    say(f"workers: {sizes.signals} wake-ups in this process")
-    path = os.path.join(tmp, "wake-local.db")
-    to_step, to_done = local_wakes(path, sizes.signals)
-    _remove_db(path)
-    say(f"workers: {sizes.remote_signals} wake-ups across processes")
-    path = os.path.join(tmp, "wake-remote.db")
-    remote, poll = remote_wakes(path, sizes.remote_signals)
-    _remove_db(path)
-    local_details = {"signals": sizes.signals, "to_step_ms": to_step, "to_completed_ms": to_done}
-    remote_details = {"signals": sizes.remote_signals, "poll_s": poll, "to_completed_ms": remote}
-    return [
-        Metric(
-            "wake_local",
-            "wake-up, same process: signal to next step (median)",
-            "ms",
-            TARGET_WAKE_MS,
-            [statistics.median(to_step)],
-            lower_is_better=True,
-            details=local_details,
-        ),
-        Metric(
-            "wake_local_p99",
-            "wake-up, same process: signal to next step (p99)",
-            "ms",
-            None,
-            [percentile(to_step, 99)],
-            lower_is_better=True,
-        ),
-        Metric(
-            "wake_local_done",
-            "wake-up, same process: signal to completed (median)",
-            "ms",
-            None,
-            [statistics.median(to_done)],
-            lower_is_better=True,
-        ),
-        Metric(
-            "wake_remote",
-            "wake-up, across processes: signal to completed (median)",
-            "ms",
-            None,
-            [statistics.median(remote)],
-            lower_is_better=True,
-            details=remote_details,
-        ),
-        Metric(
-            "wake_remote_p99",
-            "wake-up, across processes: signal to completed (p99)",
-            "ms",
-            poll * 1000 + REMOTE_SLACK_MS,
-            [percentile(remote, 99)],
-            lower_is_better=True,
-        ),
-    ]
-
-
 # -- all of it ---------------------------------------------------------------------------
 
 
-def measure_workers(tmp: str, sizes: Sizes, steps: int, rounds: int, say: _Say) -> list[Metric]:
+def measure_workers(tmp: str, sizes: Sizes, steps: int, rounds: int, say: Say) -> list[Metric]:
     """Every workers measurement, in directory tmp."""
     return [
         *throughput(tmp, sizes, steps, rounds, say),
         *measure_asleep(tmp, sizes.asleep, say),
-        *measure_wakes(tmp, sizes, say),
+        *measure_wakes(tmp, sizes.signals, sizes.remote_signals, say),
     ]
-
-
-def _child_env() -> dict[str, str]:
-    """The environment for a child process, importing this very copy of contengine."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env

@@ -23,7 +23,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import contengine as ce
+from ..core.workflow import current_step, step, workflow
+from ..engine.engine import Engine
 
 STEPS = ("reserve_stock", "charge_card", "ship_order", "send_receipt")
 KILL_IN = "charge_card"
@@ -50,16 +51,16 @@ _settings = _Settings()
 # -- the workflow -------------------------------------------------------------
 
 
-def _work(step: str) -> str:
+def _work(name: str) -> str:
     """Record this execution in the ledger, then do the step's (pretend) work."""
-    ctx = ce.current_step()
-    line = f"{step}\t{ctx.attempt}\t{_settings.who}\t{os.getpid()}\t{ctx.idempotency_key}\n"
+    ctx = current_step()
+    line = f"{name}\t{ctx.attempt}\t{_settings.who}\t{os.getpid()}\t{ctx.idempotency_key}\n"
     with open(_settings.ledger, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
-    print(f"      {_settings.who}: {step} runs (attempt {ctx.attempt})", flush=True)
-    if step == _settings.pause_in:
+    print(f"      {_settings.who}: {name} runs (attempt {ctx.attempt})", flush=True)
+    if name == _settings.pause_in:
         # Hold still inside the step, as a slow payment call would, so the parent
         # can kill the process exactly here rather than racing a short sleep.
         print(PAUSED, flush=True)
@@ -68,35 +69,35 @@ def _work(step: str) -> str:
     return ctx.idempotency_key
 
 
-@ce.step
+@step
 def reserve_stock(order_id: str, sku: str, qty: int) -> str:
     """Hold the items in the warehouse; returns a reservation id."""
     _work("reserve_stock")
     return f"rsv-{order_id}-{sku}x{qty}"
 
 
-@ce.step
+@step
 def charge_card(order_id: str, cents: int) -> str:
     """Charge the customer; a real payment API would get the idempotency key."""
     key = _work("charge_card")
     return f"ch-{key}-{cents}"
 
 
-@ce.step
+@step
 def ship_order(order_id: str, reservation: str) -> str:
     """Hand the reserved items to the carrier; returns a tracking number."""
     _work("ship_order")
     return f"trk-{reservation.removeprefix('rsv-')}"
 
 
-@ce.step
+@step
 def send_receipt(order_id: str, charge: str, tracking: str) -> str:
     """Mail the receipt."""
     _work("send_receipt")
     return f"receipt for {order_id}: {charge}, {tracking}"
 
 
-@ce.workflow(name="demo.order")
+@workflow(name="demo.order")
 def order(order_id: str, sku: str, qty: int, cents: int) -> Generator[Any, Any, dict[str, str]]:
     """Reserve stock, charge the card, ship the order, send a receipt."""
     reservation = yield from reserve_stock(order_id, sku, qty)
@@ -124,7 +125,7 @@ def child_main(argv: list[str]) -> int:
     """In the child: start the run and drive it until it is killed inside KILL_IN."""
     db, ledger, run_id, order_id = argv
     _configure(_Settings(ledger, "child", KILL_IN))
-    engine = ce.Engine(db)
+    engine = Engine(db)
     engine.start(order, order_id, "sku-42", 2, 4999, id=run_id).result()
     return 0  # reached only if the parent never killed us
 
@@ -172,7 +173,7 @@ def _configure(settings: _Settings) -> None:
 
 
 def _demo(db: str, *, keep: bool) -> int:
-    with ce.Engine(db) as engine:
+    with Engine(db) as engine:
         number = 1001 + len(engine.runs())  # a reused --db gets a new order
         order_id, run_id = f"A{number}", f"order-{number}"
         print("contengine demo: durable execution survives a SIGKILL in the middle of a step.")
@@ -244,13 +245,13 @@ def _run_child_and_kill(db: str, run_id: str, order_id: str) -> int | None:
     return proc.pid
 
 
-def _show_log_after_kill(engine: ce.Engine, run_id: str) -> None:
+def _show_log_after_kill(engine: Engine, run_id: str) -> None:
     for e in engine.history(run_id):
         why = "(its result is stored)" if e.done else "(but no process is running it)"
         print(f"      {e.position} {e.name:<14} {e.status:<10} {why}")
 
 
-def _print_history(engine: ce.Engine, run_id: str) -> None:
+def _print_history(engine: Engine, run_id: str) -> None:
     print(f'Run log (engine.history("{run_id}")):')
     print(f"  {'pos':<4} {'step':<14} {'status':<10} {'attempts':>8} {'crashes':>8}")
     for e in engine.history(run_id):
@@ -268,7 +269,7 @@ def _print_ledger(ledger: list[LedgerLine], killed_pid: int) -> None:
 
 
 def _check(
-    engine: ce.Engine,
+    engine: Engine,
     run_id: str,
     ledger: list[LedgerLine],
     killed_pid: int,
@@ -277,16 +278,16 @@ def _check(
 ) -> bool:
     """Print each guarantee with ok/FAIL; True if all held."""
     checks: list[tuple[bool, str]] = []
-    for step in STEPS:
-        runs = [r for r in ledger if r.step == step]
-        if step == KILL_IN:
+    for name in STEPS:
+        runs = [r for r in ledger if r.step == name]
+        if name == KILL_IN:
             where = [(r.who, r.pid) for r in runs]
             twice = where == [("child", killed_pid), ("parent", os.getpid())]
-            checks.append((twice, f"{step} ran twice: killed in the child, run again here"))
+            checks.append((twice, f"{name} ran twice: killed in the child, run again here"))
             same_key = len({r.key for r in runs}) == 1
-            checks.append((same_key, f"both {step} executions had one idempotency key"))
+            checks.append((same_key, f"both {name} executions had one idempotency key"))
         else:
-            checks.append((len(runs) == 1, f"{step} ran exactly once"))
+            checks.append((len(runs) == 1, f"{name} ran exactly once"))
     counts = [(e.name, e.status, e.attempts, e.crashes) for e in engine.history(run_id)]
     want = [(s, "completed", 2 if s == KILL_IN else 1, int(s == KILL_IN)) for s in STEPS]
     checks.append((counts == want, f"the log shows {KILL_IN} with attempts=2, crashes=1"))

@@ -98,6 +98,9 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
         if held.get(num) != p.lease:
             raise Redo(f"the lease of run {p.run_id!r} was taken")
         slot.cancel = num in cancels  # (plain progress delivers no cancel)
+        if slot.cancel and p.unless_cancelled:
+            # Not written (CancelArrived): the one-by-one write tells that progress so.
+            raise Redo(f"run {p.run_id!r} asks for a cancel its progress must not pass")
         base = num << POSITION_BITS
         u = p.update
         # fmt: off

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
-from ..base import FAILED, EntryRow, RunRow, Signal
+from ..base import FAILED, EntryRow, Rewind, RunRow, Signal, run_digest
 from .sql import (
     _DELETABLE,
     _INSERT_ENTRY,
@@ -19,6 +19,8 @@ from .sql import (
     SQLiteParts,
     _checked_position,
     _run_params,
+    log_in,
+    run_in,
 )
 
 
@@ -52,24 +54,33 @@ class OperatorMethods(SQLiteParts):
         for _, run_id in runs:
             self._nums.pop(run_id, None)
 
-    def rewind(self, runs: Sequence[tuple[str, int]], now: float) -> None:
+    def rewind(self, runs: Sequence[Rewind], now: float) -> None:
         with self._tx() as conn:
-            for run_id, position in runs:  # any refusal rolls back the runs before it
-                self._rewind_one(conn, run_id, position, now)
+            for r in runs:  # any refusal rolls back the runs before it
+                self._rewind_one(conn, r, now)
 
-    def _rewind_one(self, conn: sqlite3.Connection, run_id: str, position: int, now: float) -> None:
-        row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
+    def _rewind_one(self, conn: sqlite3.Connection, r: Rewind, now: float) -> None:
+        run_id = r.run_id
+        run = run_in(conn, run_id)
+        if run is None:
             raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
-        if row[0] != FAILED:
+        if run.status != FAILED:
             raise ContengineError(
-                f"run {run_id!r} is {row[0]}, not failed; only a failed run can be "
+                f"run {run_id!r} is {run.status}, not failed; only a failed run can be "
                 f"retried, so nothing was changed"
             )
         base = self._key(conn, run_id, 0)
+        # What the plan was made from, read again inside this transaction: a plan of
+        # another state (another retry re-ran the run and it failed elsewhere) could
+        # discard steps that completed since.
+        if run_digest(run, log_in(conn, run_id, base)) != r.seen:
+            raise ContengineError(
+                f"run {run_id!r} changed since the retry was planned; nothing was changed, "
+                f"retry again"
+            )
         conn.execute(
             "DELETE FROM log WHERE id BETWEEN ? AND ?",
-            (base + _checked_position(position), base | POSITION_MASK),
+            (base + _checked_position(r.position), base | POSITION_MASK),
         )
         conn.execute(
             "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "

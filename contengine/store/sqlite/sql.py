@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ...errors import DatabaseError
-from ..base import FINISHED, RUN_STATUSES, RunRow
+from ..base import FINISHED, RUN_STATUSES, EntryRow, RunRow
 
 if TYPE_CHECKING:
     from .guard import LockStalls
@@ -104,6 +104,23 @@ def _run_row(row: tuple[Any, ...]) -> RunRow:
     run.tags = tuple(t for t in (tags or "").split(",") if t)
     run.queue, run.priority = queue, priority
     return run
+
+
+def run_in(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
+    """The run's row as this connection sees it (inside its transaction)."""
+    row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return None if row is None else _run_row(row)
+
+
+def log_in(conn: sqlite3.Connection, run_id: str, base: int) -> list[EntryRow]:
+    """The run's whole log (its first key is base) as this connection sees it."""
+    rows = conn.execute(
+        "SELECT id & ?, kind, name, key, coalesce(text, key), status, attempts, crashes, "
+        "started_at, finished_at, due_at, outcome, error_text FROM log "
+        "WHERE id BETWEEN ? AND ? ORDER BY id",
+        (POSITION_MASK, base, base | POSITION_MASK),
+    )
+    return [EntryRow(run_id, *r) for r in rows]
 
 
 class SQLiteParts:

@@ -616,13 +616,14 @@ class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
                 )
             flag = held[2]
             cancel = flag == CANCEL_PENDING and not (p.run is not None and p.run.clear_cancel)
-        if p.run is not None and p.run.unless_cancelled:
-            # Checked before anything is written: the run ends cancelled instead.
+        if p.unless_cancelled or (p.run is not None and p.run.unless_cancelled):
+            # Checked before anything is written: the step (or the run's end) is
+            # cancelled instead.
             if flag is None:
                 row = conn.execute("SELECT cancel_requested FROM runs WHERE num = ?", (num,))
                 flag = (row.fetchone() or (0,))[0]
             if flag == CANCEL_PENDING:
-                raise CancelArrived(f"run {p.run_id!r} was cancelled during its last step")
+                raise CancelArrived(f"run {p.run_id!r} was cancelled; nothing was written")
         if p.expect_generation is not None:
             current = conn.execute(
                 "SELECT generation FROM runs WHERE id = ?", (p.run_id,)

@@ -1,0 +1,102 @@
+"""What every `contengine` command shares: its options, its errors and exit codes, its engine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+DB_HELP = "database file (default: $CONTENGINE_DB)"
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+
+
+class CommandError(Exception):
+    """A command's expected failure: one line for stderr, and the exit code (2: usage)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__((message.strip().splitlines() or [""])[0])
+        self.code = code
+
+
+def shared_options(top: bool, db_help: str = DB_HELP) -> argparse.ArgumentParser:
+    """The parent parser of the options every command takes before or after its name.
+
+    top: the copy for the main parser, which holds the defaults. The subcommands' copy
+    has none (argparse.SUPPRESS): a subparser writes every default it has over what the
+    main parser read, so a default there would undo `contengine --db app.db runs`.
+    db_help: what --db means for the command (the default database differs).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--db", metavar="FILE", default=default(None), help=db_help)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print JSON, for scripts (runs, bench)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
+    )
+    return parser
+
+
+def run_command(args: argparse.Namespace, command: Callable[[], int]) -> int:
+    """Run command(); an expected failure prints one line on stderr and gives its exit code."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        return 130
+    except CommandError as exc:
+        print(f"contengine: {exc}", file=sys.stderr)
+        return exc.code
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"contengine: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def open_engine(db: str | None, create: bool = False, readonly: bool = False) -> Engine:
+    """An engine on the existing database file db (or a new one there, with create);
+    CommandError if there is none. readonly: for commands that only look (runs, show,
+    export): it opens a read-only file, or one on a read-only filesystem, and can write
+    nothing."""
+    # Imported here: `contengine --help` and a usage error need no engine.
+    from ..engine.engine import Engine
+    from ..store.sqlite.store import SQLiteStore
+
+    if not db:
+        raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
+    if not create and not os.path.isfile(db):
+        # Opening a missing path would create an empty database; a typo should not.
+        raise CommandError(f"no database at {db!r}")
+    # Signed databases: the secret comes from the environment, never the command line.
+    secret = os.environ.get("CONTENGINE_SECRET")
+    store = SQLiteStore(db, readonly=True) if readonly else None
+    return Engine(db, secret=secret.encode() if secret else None, store=store)
+
+
+def parse_duration(text: str, option: str = "--older-than") -> float:
+    """Seconds in an age such as 30d, 12h, 90m, 45s or 10 (seconds); CommandError if not one."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise CommandError(
+            f"{option} needs a number with a unit s, m, h or d (e.g. 30d), not {text!r}", 2
+        )
+    return float(match.group(1)) * UNITS[match.group(2) or "s"]
+
+
+def error(message: str) -> None:
+    """Print one line on stderr, as every command's errors are."""
+    print(f"contengine: {message}", file=sys.stderr)

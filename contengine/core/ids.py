@@ -1,0 +1,35 @@
+"""How runs and steps are named: a generation's id, a child run's id, a step's idempotency key.
+
+One rule, used by the drive that starts a child, by retry and inspection that find it
+again, and by the step context: a run's generation is "run" (the first) or "run/gG"
+(after G continue_as_new), a child run is "<generation>/<position>" and a step's key is
+"<generation>:<position>". So a replay finds the same child and a new generation never
+finds an old one's. '/' is kept for these ids: a run started from outside may not use it.
+"""
+
+from __future__ import annotations
+
+CHILD_SEPARATOR = "/"  # between a parent's id (and generation) and a child's position
+
+
+def generation_id(run_id: str, generation: int) -> str:
+    """The name of one generation of a run: "run", then "run/gG" after G continue_as_new."""
+    return f"{run_id}/g{generation}" if generation else run_id
+
+
+def child_id(parent: str, generation: int, position: int) -> str:
+    """The id of the child run started at position in the parent's generation:
+    "parent/N", or "parent/gG/N" once the parent has continued as new G times."""
+    return f"{generation_id(parent, generation)}/{position}"
+
+
+def idempotency_key(run_id: str, generation: int, position: int) -> str:
+    """The key of the step at position: "run:position", and "run/gN:position" once the
+    run has continued as new N times (positions start again at 0 in each generation,
+    so without N two different steps would share a key)."""
+    return f"{generation_id(run_id, generation)}:{position}"
+
+
+def is_child_id(run_id: str) -> bool:
+    """Whether run_id has the shape of a child run's id (it holds the separator)."""
+    return CHILD_SEPARATOR in run_id
