@@ -16,7 +16,7 @@ from helpers import wait_until
 
 import contengine as ce
 from contengine.store.base import Progress, WorkerRow
-from contengine.store.sqlite.claims import HOST, alive
+from contengine.store.liveness import HOST, alive
 from contengine.store.sqlite.store import SQLiteStore
 
 GATE = threading.Event()

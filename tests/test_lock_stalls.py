@@ -33,7 +33,7 @@ from test_workers_processes import (
 
 import contengine as ce
 from contengine.store.base import WorkerRow
-from contengine.store.sqlite.claims import HOST, process_start
+from contengine.store.liveness import HOST, process_start
 from contengine.store.sqlite.store import SQLiteStore
 
 __all__ = ["workers"]  # the fixture, imported for the test below

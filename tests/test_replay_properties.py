@@ -27,7 +27,9 @@ from contengine.store.base import (
     E_COMPLETED,
     E_FAILED,
     EntryRow,
+    OneEngineStore,
     Progress,
+    Rewind,
     RunRow,
     Signal,
     Store,
@@ -257,8 +259,9 @@ def programs(draw: st.DrawFn, max_ops: int = MAX_OPS) -> Program:
 # -- engines that crash where they are told ------------------------------------------
 
 
-class CrashingStore(Store):
-    """An SQLite store whose k-th commit crashes before or after it is written."""
+class CrashingStore(OneEngineStore):
+    """An SQLite store whose k-th commit crashes before or after it is written (it serves
+    one engine at a time: an engine of a new session takes over at once)."""
 
     def __init__(self, inner: Store, session: Session) -> None:
         self.inner = inner
@@ -340,6 +343,32 @@ class CrashingStore(Store):
     def backup(self, dest_path: str | os.PathLike[str]) -> None:
         """Delegated."""
         self.inner.backup(dest_path)
+
+    def max_payload(self) -> int | None:
+        """Delegated."""
+        return self.inner.max_payload()
+
+    def rewind(self, runs: Sequence[Rewind], now: float) -> None:
+        """Delegated."""
+        self.inner.rewind(runs, now)
+
+    def insert_run(
+        self,
+        run: RunRow,
+        entries: Sequence[EntryRow] = (),
+        mailbox: Sequence[Signal] = (),
+        published: dict[str, bytes] | None = None,
+    ) -> None:
+        """Delegated."""
+        self.inner.insert_run(run, entries, mailbox, published)
+
+    def mailbox(self, run_id: str) -> list[Signal]:
+        """Delegated."""
+        return self.inner.mailbox(run_id)
+
+    def unfinished_descendants(self, run_id: str) -> list[RunRow]:
+        """Delegated."""
+        return self.inner.unfinished_descendants(run_id)
 
     def close(self) -> None:
         """Delegated."""

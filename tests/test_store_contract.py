@@ -1,7 +1,9 @@
 """The Store contract: every store implementation must pass this suite unchanged.
 
-Written against contengine.store.base only (Store, RunRow, EntryRow, Progress,
-RunUpdate), so a new store joins by adding one parameter to the `store` fixture.
+Written against contengine.store.base only (Store and its rows): the tests ask for a
+`store` (or `store_factory`, for more than one) and know nothing of how it keeps its
+data. A new store joins by adding one fixture that makes its stores and naming it in
+STORE_KINDS; tests about one store's own machinery are marked as such below.
 """
 
 from __future__ import annotations
@@ -27,27 +29,62 @@ from contengine.store.base import (
     WAITING,
     EntryRow,
     Progress,
+    QueueConfig,
+    Rewind,
     RunRow,
     RunUpdate,
+    Signal,
     Store,
     WorkerRow,
+    run_digest,
 )
 from contengine.store.sqlite.store import SQLiteStore
 
-StoreFactory = Callable[[Path], Store]
-
-STORES: dict[str, StoreFactory] = {
-    "sqlite_file": lambda tmp: SQLiteStore(tmp / "contract.db"),
-    "sqlite_memory": lambda tmp: SQLiteStore(":memory:"),
-}
+# Makes a fresh, empty store in the directory given (one of its own per call).
+StoreMaker = Callable[[Path], Store]
+# Makes a fresh, empty store of the kind under test; each is closed after the test.
+StoreFactory = Callable[[], Store]
 
 
-@pytest.fixture(params=list(STORES.values()), ids=list(STORES.keys()))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A fresh, empty store of each kind."""
-    s = request.param(tmp_path)
-    yield s
-    s.close()
+# -- the stores under contract: one fixture per kind -------------------------------------
+
+
+@pytest.fixture
+def sqlite_file_stores() -> StoreMaker:
+    """SQLite stores on a file."""
+    return lambda directory: SQLiteStore(directory / "contract.db")
+
+
+@pytest.fixture
+def sqlite_memory_stores() -> StoreMaker:
+    """SQLite stores in memory (":memory:")."""
+    return lambda directory: SQLiteStore(":memory:")
+
+
+STORE_KINDS = ["sqlite_file_stores", "sqlite_memory_stores"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Fresh, empty stores of one kind (each test runs once per kind)."""
+    maker: StoreMaker = request.getfixturevalue(request.param)
+    made: list[Store] = []
+
+    def make() -> Store:
+        directory = tmp_path / f"store{len(made)}"
+        directory.mkdir()
+        made.append(maker(directory))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Store:
+    """A fresh, empty store of the kind under test."""
+    return store_factory()
 
 
 def run_row(run_id: str, created: float = 100.0, **fields: Any) -> RunRow:
@@ -199,8 +236,6 @@ def test_commit_writes_update_insert_and_run_together(store: Store) -> None:
 def test_a_write_fenced_by_a_lease_reads_the_cancel_flag(store: Store) -> None:
     """A store with leases says, with every fenced write, whether the run asks for a
     cancel (drives look for a cancel on their own only between writes)."""
-    if not store.supports_leases:
-        pytest.skip("a store without leases serves one engine and reads no flag")
     started(store, "r1")
     worker = WorkerRow("w1", "host", 1, None, 100.0, 10_000.0)
     (claim,) = store.claim(worker, 150.0, 150.0, 1)
@@ -575,3 +610,151 @@ def test_tags_round_trip_and_filter(store: Store) -> None:
     assert [r.id for r in store.list_runs(tag="b")] == ["r1", "r2"]
     assert [r.id for r in store.list_runs(tag="a")] == ["r1"]
     assert store.list_runs(tag="%") == []
+
+
+# -- leases, claims and queues (LeaseStore) --------------------------------------------
+
+
+def worker_row(worker_id: str, expires_at: float = 10_000.0) -> WorkerRow:
+    """A worker on another host (so only its expiry tells whether it is alive)."""
+    return WorkerRow(worker_id, "elsewhere", 1, None, 100.0, expires_at)
+
+
+def test_a_claim_leases_due_runs_by_priority_and_skips_runs_held_by_the_living(
+    store: Store,
+) -> None:
+    """Due runs go highest priority first; a run leased to a live worker is not claimed
+    again, and a release or the holder's expiry lets another worker claim it."""
+    started(store, "low", 1.0)
+    started(store, "high", 2.0, priority=5)
+    started(store, "later", 3.0, due_at=500.0)
+    a, b = worker_row("a", expires_at=300.0), worker_row("b")
+
+    claims = store.claim(a, 150.0, 150.0, 10)
+    assert [(c.run.id, c.run.priority) for c in claims] == [("high", 5), ("low", 0)]
+    assert store.claim(b, 150.0, 150.0, 10) == []
+    assert store.claim(b, 150.0, 150.0, 10, run_id="low") == []
+
+    store.release("a", [("low", claims[1].lease)])
+    (low,) = store.claim(b, 150.0, 150.0, 10)
+    assert low.run.id == "low" and low.lease > claims[1].lease
+    # a's lease ran out at 300: b takes its run over, with a new lease number.
+    (high,) = store.claim(b, 160.0, 400.0, 10)
+    assert high.run.id == "high" and high.lease != claims[0].lease
+    assert {w.id for w in store.workers()} == {"b"}  # a was found dead on the way
+
+
+def test_a_write_under_a_lease_taken_over_writes_nothing(store: Store) -> None:
+    """Progress fenced by a lease no longer held raises LeaseLost, and so does hold()."""
+    started(store, "r1")
+    a, b = worker_row("a", expires_at=300.0), worker_row("b")
+    (old,) = store.claim(a, 150.0, 150.0, 1)
+    store.hold("r1", old.lease, a)
+    (new,) = store.claim(b, 150.0, 400.0, 1)
+
+    with pytest.raises(ce.LeaseLost):
+        store.commit(Progress("r1", insert=entry("r1", 0), lease=("a", old.lease)))
+    ticket = store.commit_later(Progress("r1", insert=entry("r1", 0), lease=("a", old.lease)))
+    store.flush()
+    assert ticket.done and isinstance(ticket.error, ce.LeaseLost)
+    with pytest.raises(ce.LeaseLost):
+        store.hold("r1", old.lease, a)
+    assert store.load_log("r1") == []
+    store.commit(Progress("r1", insert=entry("r1", 0), lease=("b", new.lease)))
+    assert [e.position for e in store.load_log("r1")] == [0]
+
+
+def test_heartbeats_workers_and_retiring(store: Store) -> None:
+    """A heartbeat keeps a worker on record; one judged dead finds its row gone; a
+    retired worker's runs, and the runs let go of, may be claimed at once."""
+    started(store, "r1")
+    started(store, "r2")
+    a, b = worker_row("a", expires_at=300.0), worker_row("b")
+    assert store.heartbeat(b) is False  # not on record before
+    assert store.heartbeat(b) is True
+    (first,) = store.claim(a, 150.0, 150.0, 1)
+    (taken,) = store.claim(b, 150.0, 400.0, 1, run_id=first.run.id)  # a is dead at 400
+    assert taken.run.id == first.run.id
+    assert store.heartbeat(a) is False  # its row had gone: a was judged dead
+    assert {w.id for w in store.workers()} == {"a", "b"}
+
+    store.retire_worker("b")
+    assert {w.id for w in store.workers()} == {"a"}
+    assert [c.run.id for c in store.claim(a, 150.0, 150.0, 2)] == ["r1", "r2"]
+    assert store.claim(worker_row("c"), 150.0, 150.0, 2) == []
+    store.release_all("a")
+    assert len(store.claim(worker_row("c"), 150.0, 150.0, 2)) == 2
+
+
+def test_queues_limit_claims_and_step_slots(store: Store) -> None:
+    """A queue's limits are shared; it lets that many runs be claimed and that many
+    step slots be taken at once, and a slot given back makes room."""
+    config = QueueConfig("mail", concurrency=1)
+    store.set_queue(config)
+    assert store.queues() == [config]
+    started(store, "m1", 1.0, queue="mail")
+    started(store, "m2", 2.0, queue="mail")
+    started(store, "free", 3.0)
+    a = worker_row("a")
+    assert [c.run.id for c in store.claim(a, 150.0, 150.0, 10)] == ["m1", "free"]
+
+    assert store.take_slot("unlimited", a, 150.0, 150.0) == 0
+    slot = store.take_slot("mail", a, 150.0, 150.0)
+    assert slot is not None
+    assert store.take_slot("mail", worker_row("b"), 150.0, 150.0) is None
+    store.give_slot(slot)
+    assert store.take_slot("mail", worker_row("b"), 150.0, 150.0) is not None
+
+
+# -- operator tools (AdminStore) ---------------------------------------------------------
+
+
+def test_insert_run_writes_a_whole_run_or_nothing(store: Store) -> None:
+    """A run with its log, mailbox and published values in one write; a taken id
+    raises IdConflict and writes nothing."""
+    row = run_row("copy", status=WAITING)
+    entries = [entry("copy", 0, status=E_COMPLETED, finished_at=201.0, outcome=b"o")]
+    mail = [Signal(0, "copy", "approved", b"yes", 150.0)]
+    store.insert_run(row, entries, mail, {"stage": b"one"})
+    assert store.get_run("copy") == row
+    assert store.load_log("copy") == entries
+    assert [(m.name, m.payload, m.sent_at) for m in store.mailbox("copy")] == [
+        ("approved", b"yes", 150.0)
+    ]
+    assert store.published("copy") == {"stage": b"one"}
+    with pytest.raises(ce.IdConflict):
+        store.insert_run(run_row("copy", workflow="other"), [entry("copy", 5)])
+    assert store.get_run("copy") == row and store.load_log("copy") == entries
+
+
+def planned(store: Store, run_id: str, position: int) -> Rewind:
+    """A rewind of run_id to position, planned from the run as stored now."""
+    row = store.get_run(run_id)
+    assert row is not None
+    return Rewind(run_id, position, run_digest(row, store.load_log(run_id)))
+
+
+def test_rewind_makes_failed_runs_pending_from_a_position(store: Store) -> None:
+    """rewind cuts the log at the position and clears the error; any run that has not
+    failed refuses the whole rewind."""
+    started(store, "bad", status=FAILED, error=b"e", error_text="boom", finished_at=150.0)
+    started(store, "ok", status=RUNNING)
+    for position in range(3):
+        store.commit(Progress("bad", insert=entry("bad", position, status=E_COMPLETED)))
+    bad, ok = planned(store, "bad", 1), planned(store, "ok", 0)
+    with pytest.raises(ce.ContengineError):
+        store.rewind([bad, ok], 300.0)
+    assert len(store.load_log("bad")) == 3
+    store.rewind([bad], 300.0)
+    row = store.get_run("bad")
+    assert row is not None and (row.status, row.error, row.error_text) == (PENDING, None, None)
+    assert [e.position for e in store.load_log("bad")] == [0]
+
+
+def test_unfinished_descendants_walk_the_tree_of_children(store: Store) -> None:
+    started(store, "root")
+    started(store, "child", 2.0, parent_id="root")
+    started(store, "done", 3.0, parent_id="root", status=COMPLETED)
+    started(store, "grandchild", 4.0, parent_id="child", status=WAITING)
+    assert {r.id for r in store.unfinished_descendants("root")} == {"child", "grandchild"}
+    assert store.unfinished_descendants("grandchild") == []

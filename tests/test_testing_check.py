@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import contengine as ce
 import contengine.drive.runner
-import contengine.store.sqlite.store as sqlite_store
+import contengine.store.sqlite.writes as sqlite_writes
 from contengine.drive.log import decode_outcome
 from contengine.testing.check import CheckFailed, CheckReport, check
 
@@ -462,8 +462,8 @@ def test_a_core_bug_that_runs_a_committed_step_again_is_caught(
 
     monkeypatch.setattr(contengine.drive.runner, "decode_outcome", forgetful)
     fence = "AND status IN ('running', 'retrying') "
-    for sql in ("_COMPLETE_ENTRY", "_UPDATE_ENTRY"):
-        monkeypatch.setattr(sqlite_store, sql, getattr(sqlite_store, sql).replace(fence, ""))
+    for sql in ("COMPLETE_ENTRY", "UPDATE_ENTRY"):
+        monkeypatch.setattr(sqlite_writes, sql, getattr(sqlite_writes, sql).replace(fence, ""))
     with pytest.raises(CheckFailed) as caught:
         check(two_steps, 3)
 

@@ -26,7 +26,7 @@ import pytest
 import worker_child as wc
 
 import contengine as ce
-from contengine.store.sqlite.claims import HOST
+from contengine.store.liveness import HOST
 
 pytestmark = pytest.mark.skipif(
     not (hasattr(signal, "SIGKILL") and hasattr(signal, "SIGSTOP")), reason="needs POSIX signals"

@@ -43,6 +43,7 @@ from ..store.base import (
     PENDING,
     RUN_STATUSES,
     Claim,
+    OneEngineStore,
     QueueConfig,
     Rewind,
     RunRow,
@@ -170,7 +171,9 @@ class Engine:
         # How this engine leases runs, so that several engines (in this process or
         # others) may share the file and never drive one run at once.
         self._holder = Leaseholder(self.store, lease)
-        if self.store.supports_leases:
+        # A store that serves one engine (a test's wrapper) keeps no leases: no fence.
+        self._leased = not isinstance(self.store, OneEngineStore)
+        if self._leased:
             self._runner.may_start = self._holder.may_start  # type: ignore[method-assign]
         self.poll_interval = float(poll_interval)
         self._drivers: DrivePool | None = None
@@ -437,9 +440,7 @@ class Engine:
             if then is not None:
                 then()
             else:
-                # A store without leases (a test's wrapper) serves one engine: no fence.
-                leased = self.store.supports_leases
-                lease = (self._holder.id, claim.lease) if leased else None
+                lease = (self._holder.id, claim.lease) if self._leased else None
                 self._runner.drive(row, lease, park=park, lapses=claim.lapses)
             finished = True
         except Parked:
@@ -473,7 +474,7 @@ class Engine:
             # this one up again says so.
             if self._active.get(row.id) == me:
                 del self._active[row.id]
-            if not finished and not parked and self.store.supports_leases:
+            if not finished and not parked and self._leased:
                 self._holder.release(row.id, claim.lease)
         if row.id in self._stuck or row.note is not None:
             with self._lock:

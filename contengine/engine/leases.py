@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Callable, Collection
 
 from ..errors import ContengineError, DatabaseGone, DatabaseLocked, LeaseLost
-from ..store.base import Claim, Store, WorkerRow
-from ..store.sqlite.claims import HOST, alive, process_start
+from ..store.base import Claim, OneEngineStore, Store, WorkerRow
+from ..store.liveness import HOST, alive, process_start
 
 log = logging.getLogger("contengine")
 
@@ -77,7 +77,7 @@ class Leaseholder:
 
     def loops_elsewhere(self) -> bool:
         """Whether a live engine other than this one runs a worker loop on the file."""
-        if not self.store.supports_leases:
+        if isinstance(self.store, OneEngineStore):
             return False
         wall = self.wall()
         return any(
@@ -98,7 +98,7 @@ class Leaseholder:
             with self._lock:
                 self._unreleased.extend(release)  # not let go yet: try again next time
             raise
-        if not self.store.supports_leases:
+        if isinstance(self.store, OneEngineStore):
             return claims
         with self._lock:
             if not self.valid_until:  # off record before: the claim put the row there

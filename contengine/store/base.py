@@ -1,257 +1,95 @@
-"""The storage interface: runs, their logs, and the one-transaction progress write.
+"""The storage interfaces: runs and their log, leases and claims, operator tools.
 
-A store keeps bytes and plain fields; it never unpickles, never reads a clock and
-never runs user code. Every store passes tests/test_store_contract.py.
+A store keeps bytes and plain fields (contengine.store.rows); it never unpickles, never
+reads a clock and never runs user code. It offers three interfaces:
+
+* RunStore: runs and their log -- create and read runs, read a log, commit progress in
+  one transaction (at once, or queued and written in a batch), mailboxes, cancel
+  requests, published values, due runs.
+* LeaseStore: workers, claims and leases, queues and their step slots.
+* AdminStore: operator tools -- notes, garbage collection, backup, rewind, whole-run
+  writes for fork and import.
+
+`Store` is all three: what the engine runs on. Every store passes
+tests/test_store_contract.py. A store that serves one engine at a time and keeps no
+leases (a test's wrapper around another store) is a `OneEngineStore`: its lease
+methods grant every claim, and the engine, seeing its type, fences no write.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import astuple, dataclass
-from typing import NamedTuple
+from collections.abc import Collection, Sequence
 
 from ..errors import ContengineError
+from .rows import (
+    CANCELLED,
+    COMPLETED,
+    E_COMPLETED,
+    E_FAILED,
+    E_RETRYING,
+    E_RUNNING,
+    FAILED,
+    FINISHED,
+    PENDING,
+    RUN_STATUSES,
+    RUNNING,
+    SLEEPING,
+    WAITING,
+    CancelArrived,
+    Claim,
+    EntryRow,
+    Progress,
+    QueueConfig,
+    ReplayRow,
+    Rewind,
+    RunRow,
+    RunUpdate,
+    Signal,
+    Ticket,
+    WorkerRow,
+    run_digest,
+)
 
-# Run statuses, as the public API names them.
-PENDING, RUNNING, SLEEPING, WAITING = "pending", "running", "sleeping", "waiting"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-RUN_STATUSES = (PENDING, RUNNING, SLEEPING, WAITING, COMPLETED, FAILED, CANCELLED)
-FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
-
-# Log entry statuses. An entry is written "running" in the same transaction that
-# commits the outcome before it, so the log always shows what is in flight.
-E_RUNNING, E_RETRYING, E_COMPLETED, E_FAILED = "running", "retrying", "completed", "failed"
-
-
-@dataclass(slots=True)
-class RunRow:
-    """A run as stored."""
-
-    id: str
-    workflow: str
-    ref: str | None
-    status: str
-    args: bytes
-    args_key: str | None
-    created_at: float
-    updated_at: float
-    finished_at: float | None = None
-    due_at: float | None = None
-    result: bytes | None = None
-    error: bytes | None = None
-    error_text: str | None = None
-    note: str | None = None
-    cancel_requested: bool = False
-    parent_id: str | None = None  # the run that started this one as a child
-    generation: int = 0  # how many times the run continued as new
-    tags: tuple[str, ...] = ()  # labels to find runs by (engine.runs(tag=...))
-    queue: str | None = None  # the queue whose limits the run is claimed under
-    priority: int = 0  # higher is claimed first
-
-
-@dataclass(slots=True)
-class EntryRow:
-    """One log entry as stored: a request at a position and, once known, its outcome."""
-
-    run_id: str
-    position: int
-    kind: str
-    name: str
-    key: str | None
-    text: str
-    status: str
-    attempts: int
-    crashes: int
-    started_at: float
-    finished_at: float | None = None
-    due_at: float | None = None
-    outcome: bytes | None = None  # pickled value (completed) or exception (failed)
-    error_text: str | None = None
-
-
-def run_digest(row: RunRow, entries: Sequence[EntryRow]) -> str:
-    """A digest of a run's row and log as read: equal digests, the same run."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr(astuple(row)).encode())
-    for e in entries:
-        h.update(repr(astuple(e)).encode())
-    return h.hexdigest()
+# The rows are re-exported: the engine and the tests know them as store.base's.
+__all__ = [
+    "CANCELLED",
+    "COMPLETED",
+    "E_COMPLETED",
+    "E_FAILED",
+    "E_RETRYING",
+    "E_RUNNING",
+    "FAILED",
+    "FINISHED",
+    "PENDING",
+    "RUNNING",
+    "RUN_STATUSES",
+    "SLEEPING",
+    "WAITING",
+    "AdminStore",
+    "CancelArrived",
+    "Claim",
+    "EntryRow",
+    "LeaseStore",
+    "OneEngineStore",
+    "Progress",
+    "QueueConfig",
+    "ReplayRow",
+    "Rewind",
+    "RunRow",
+    "RunStore",
+    "RunUpdate",
+    "Signal",
+    "Store",
+    "Ticket",
+    "WorkerRow",
+    "run_digest",
+]
 
 
-@dataclass(frozen=True)
-class Rewind:
-    """One run to make pending again, its log kept up to (not including) position.
-
-    seen is run_digest() of the run as the plan read it: the rewind is refused if the
-    run is no longer so (a plan made from another state could discard the wrong steps).
-    """
-
-    run_id: str
-    position: int
-    seen: str
-
-
-class ReplayRow(NamedTuple):
-    """The part of a log entry that replay reads (a light tuple: replay reads many)."""
-
-    run_id: str
-    position: int
-    kind: str
-    name: str
-    key: str | None
-    text: str
-    status: str
-    outcome: bytes | None
-
-
-@dataclass(slots=True)
-class RunUpdate:
-    """New state of a run, written with the progress that caused it."""
-
-    status: str
-    updated_at: float
-    due_at: float | None = None
-    finished_at: float | None = None
-    result: bytes | None = None
-    error: bytes | None = None
-    error_text: str | None = None
-    clear_cancel: bool = False  # the cancellation was delivered with this progress
-    # A run's end written only if its row asks for no cancel (one sent during the last
-    # step, not delivered): else commit() writes nothing and raises CancelArrived.
-    unless_cancelled: bool = False
-
-
-class CancelArrived(ContengineError):
-    """A progress written unless cancelled (Progress.unless_cancelled, or a run's end with
-    RunUpdate.unless_cancelled) met a cancel request in the run's row: nothing of that
-    progress was written."""
-
-
-@dataclass(slots=True)
-class Signal:
-    """A message in a run's mailbox, oldest first per name."""
-
-    seq: int
-    run_id: str
-    name: str
-    payload: bytes
-    sent_at: float
-
-
-class Ticket:
-    """A progress write under way (Store.commit_later): done once durable or failed."""
-
-    __slots__ = ("error", "done", "cancel", "_lock", "_then")
-
-    def __init__(self) -> None:
-        self.error: Exception | None = None  # why nothing was written, once done
-        self.done = False
-        self.cancel = False  # the run's row asked for a cancel (as commit() returns)
-        self._lock = threading.Lock()
-        self._then: Callable[[], None] | None = None
-
-    def finish(self, error: Exception | None = None, cancel: bool = False) -> None:
-        """Mark the write done (durable, or failed with error) and call the waiting callback."""
-        with self._lock:
-            self.error, self.done, self.cancel = error, True, cancel
-            then, self._then = self._then, None
-        if then is not None:
-            try:
-                then()
-            except Exception:  # the writer's thread must go on writing for everyone else
-                logging.getLogger("contengine").exception("a commit's callback failed")
-
-    def when_done(self, then: Callable[[], None]) -> None:
-        """Call then() once the write is done: at once (in this thread) if it already is,
-        else in the thread that finishes it."""
-        with self._lock:
-            if not self.done:
-                self._then = then
-                return
-        then()
-
-
-@dataclass(slots=True)
-class Progress:
-    """Everything one advance of a run writes, committed in one transaction."""
-
-    run_id: str
-    update: EntryRow | None = None  # an existing entry's new state
-    insert: EntryRow | None = None  # the next request, now in flight
-    run: RunUpdate | None = None
-    # When set, the update applies only if the stored entry still has this many
-    # attempts (and is in flight); otherwise the whole commit fails. This fences
-    # out a second writer of the same run.
-    expect_attempts: int | None = None
-    # Entries that are complete when first written (answers to now/random/...),
-    # inserted before `insert`, in position order.
-    recorded: tuple[EntryRow, ...] = ()
-    # A mailbox message consumed by this progress (its seq); it is deleted in the
-    # same transaction that logs it, and the commit fails if it is already gone.
-    consume: int | None = None
-    # Child runs started by this progress, created in the same transaction.
-    new_runs: tuple[RunRow, ...] = ()
-    # Values published (ce.publish) with this progress: (key, serialized value).
-    publish: tuple[tuple[str, bytes], ...] = ()
-    # continue_as_new: the new arguments; the run's log is cleared and it starts again.
-    restart: bytes | None = None
-    # When set, nothing is written unless the run is still in this generation.
-    expect_generation: int | None = None
-    # When set, nothing is written unless the run is still leased to this (owner,
-    # lease number): a driver whose lease was taken over is fenced out (LeaseLost).
-    lease: tuple[str, int] | None = None
-    # When set, nothing is written if the run's row asks for a cancel not delivered:
-    # commit() raises CancelArrived instead (a step's outcome whose cancel is raised at
-    # its yield instead, see contengine/drive/cancel.py; a run's end, as
-    # RunUpdate.unless_cancelled).
-    unless_cancelled: bool = False
-
-
-@dataclass(slots=True)
-class WorkerRow:
-    """A process (or engine) that holds leases on runs, alive until expires_at."""
-
-    id: str
-    host: str
-    pid: int
-    pid_start: str | None
-    started_at: float
-    expires_at: float
-    # Runs a worker loop (engine.work / engine.worker), which claims any due run: a
-    # client's run.result() leaves runs to such engines rather than drive them itself.
-    worker_loop: bool = False
-
-
-@dataclass(slots=True)
-class QueueConfig:
-    """Limits on a queue's runs: at once across all workers, at once per worker, and
-    how many may start per period of seconds. None means no limit."""
-
-    name: str
-    concurrency: int | None = None
-    worker_concurrency: int | None = None
-    rate_limit: int | None = None
-    rate_period: float | None = None
-
-
-@dataclass(slots=True)
-class Claim:
-    """A run leased to a driver: its row and the lease number that fences its writes."""
-
-    run: RunRow
-    lease: int
-    # The claimer's count of lapses of its liveness when it claimed (see
-    # Leaseholder.lapses): a later lapse means the lease may have been taken since.
-    lapses: int = 0
-
-
-class Store(ABC):
-    """Persistence of runs and logs; implementations keep SQL dialects to themselves."""
+class RunStore(ABC):
+    """Runs and their log: the part of a store every drive of a run uses."""
 
     @abstractmethod
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
@@ -300,7 +138,8 @@ class Store(ABC):
     def commit_later(self, progress: Progress) -> Ticket:
         """Start writing progress as commit() does, without waiting for it: the ticket is
         done once it is durable, or failed with the error commit() would have raised.
-        Stores that batch such writes override this (and flush()); here it is commit()."""
+        Stores that batch such writes (store/group_commit.py) override this and flush();
+        here it is commit()."""
         ticket = Ticket()
         try:
             cancel = self.commit(progress)
@@ -317,13 +156,14 @@ class Store(ABC):
         the store does not write queued progress on its own."""
         return None  # commit_later() here writes at once: nothing is ever queued
 
+    def commit_many(self, batch: Sequence[Progress]) -> None:
+        """Write several runs' progress; stores may do it in one transaction."""
+        for p in batch:
+            self.commit(p)
+
     @abstractmethod
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         """Ids of unfinished runs with nothing to wait for at time now, oldest first."""
-
-    def due_unowned(self, now: float, limit: int | None = None) -> list[str]:
-        """Like runnable(), but only runs that no engine holds a lease on."""
-        return self.runnable(now, limit)
 
     @abstractmethod
     def next_due(self, after: float | None = None) -> float | None:
@@ -359,6 +199,92 @@ class Store(ABC):
         """The latest value published under each key by the run (serialized)."""
 
     @abstractmethod
+    def max_payload(self) -> int | None:
+        """The largest serialized value (in bytes) the store can keep; None: no limit."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class LeaseStore(ABC):
+    """Workers, their leases on runs, queues and their step slots: what lets several
+    engines (in one process or many) share a store and never drive one run at once."""
+
+    @abstractmethod
+    def claim(
+        self,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        limit: int,
+        run_id: str | None = None,
+        release: Sequence[tuple[str, int]] = (),
+        skip: Collection[str] = (),
+    ) -> list[Claim]:
+        """Lease up to limit due runs to worker (or just run_id, if due or not), highest
+        priority first, within the queues' limits; runs held by another live worker are
+        skipped, and so are the ids in skip. `release` lists (run, lease) pairs to let go
+        in the same transaction."""
+
+    @abstractmethod
+    def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        """Let go of these (run, lease) pairs, if still held, so any worker may claim them."""
+
+    @abstractmethod
+    def hold(self, run_id: str, lease: int, worker: WorkerRow) -> None:
+        """In one transaction: if the run is still leased to worker with this lease
+        number, renew the worker's row (alive until worker.expires_at); else
+        ce.LeaseLost."""
+
+    @abstractmethod
+    def heartbeat(self, worker: WorkerRow) -> bool:
+        """Record worker (alive until its expires_at); False if its row had gone, which
+        means another worker judged it dead (its leases may have been taken)."""
+
+    @abstractmethod
+    def release_all(self, owner: str) -> None:
+        """Let go of every run `owner` holds; the worker stays on record."""
+
+    @abstractmethod
+    def retire_worker(self, worker_id: str) -> None:
+        """Remove the worker and release every run it holds (a clean stop)."""
+
+    @abstractmethod
+    def workers(self) -> list[WorkerRow]:
+        """Workers on record (alive or not yet found dead)."""
+
+    @abstractmethod
+    def set_queue(self, config: QueueConfig) -> None:
+        """Create or replace a queue's limits (shared by every process on the store)."""
+
+    @abstractmethod
+    def queues(self) -> list[QueueConfig]:
+        """Every queue's limits."""
+
+    @abstractmethod
+    def take_slot(
+        self,
+        queue: str,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        lease: tuple[str, str, int] | None = None,
+    ) -> int | None:
+        """A slot of the queue for one step execution (its id), or None while it is full;
+        with lease (run id, owner, lease number), ce.LeaseLost if the run is no longer
+        leased so, instead of a slot (a step must not start for a run taken over)."""
+
+    @abstractmethod
+    def give_slot(self, slot: int) -> None:
+        """Let a slot taken with take_slot go."""
+
+
+class AdminStore(ABC):
+    """Operator tools: notes on runs, garbage collection, backup, rewind, and the
+    whole-run reads and writes of fork, export and import."""
+
+    @abstractmethod
     def set_note(self, run_id: str, note: str | None) -> None:
         """Attach a human-readable note (why a run is stuck) without touching its log."""
 
@@ -380,34 +306,12 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def close(self) -> None:
-        """Release the connection."""
-
-    def max_payload(self) -> int | None:
-        """The largest serialized value (in bytes) the store can keep; None: no limit."""
-        return None
-
-    def unfinished_descendants(self, run_id: str) -> list[RunRow]:
-        """The unfinished runs below run_id in its tree of child runs (theirs too)."""
-        children: dict[str, list[RunRow]] = {}
-        for row in self.list_runs():
-            if row.parent_id is not None:
-                children.setdefault(row.parent_id, []).append(row)
-        out: list[RunRow] = []
-        todo = [run_id]
-        while todo:
-            for row in children.get(todo.pop(), []):
-                todo.append(row.id)
-                if row.status not in FINISHED:
-                    out.append(row)
-        return out
-
     def rewind(self, runs: Sequence[Rewind], now: float) -> None:
         """For each run, delete the failed run's log from its position on and make it
         pending again, with its error cleared, all in one transaction; ContengineError
         (nothing written) unless every run failed and is still as planned (its seen)."""
-        raise ContengineError(f"{type(self).__name__} cannot rewind runs")
 
+    @abstractmethod
     def insert_run(
         self,
         run: RunRow,
@@ -417,20 +321,26 @@ class Store(ABC):
     ) -> None:
         """Create a run with its log, mailbox messages (oldest first) and published values
         in one transaction; IdConflict, writing nothing, if the id is taken."""
-        raise ContengineError(f"{type(self).__name__} cannot insert whole runs")
 
+    @abstractmethod
     def mailbox(self, run_id: str) -> list[Signal]:
         """The run's pending mailbox messages, oldest first."""
-        raise ContengineError(f"{type(self).__name__} cannot list mailboxes")
 
-    def commit_many(self, batch: Sequence[Progress]) -> None:
-        """Write several runs' progress; stores may do it in one transaction."""
-        for p in batch:
-            self.commit(p)
+    @abstractmethod
+    def unfinished_descendants(self, run_id: str) -> list[RunRow]:
+        """The unfinished runs below run_id in its tree of child runs (theirs too)."""
 
-    # -- leases (stores without them serve one engine at a time) -------------------
 
-    supports_leases = False
+class Store(RunStore, LeaseStore, AdminStore):
+    """A whole store: runs and their log, leases and claims, operator tools."""
+
+
+class OneEngineStore(Store):
+    """A store that serves one engine at a time and keeps no leases (a test's wrapper
+    around another store): every claim is granted, and the engine fences no write.
+
+    Its subclass implements RunStore and AdminStore; the lease methods here are what
+    leases amount to with one engine (queues: no limits, and none can be set)."""
 
     def claim(
         self,
@@ -442,47 +352,41 @@ class Store(ABC):
         release: Sequence[tuple[str, int]] = (),
         skip: Collection[str] = (),
     ) -> list[Claim]:
-        """Lease up to limit due runs to worker (or just run_id, if due or not), highest
-        priority first, within the queues' limits; runs held by another live worker are
-        skipped, and so are the ids in skip. `release` lists (run, lease) pairs to let go
-        in the same transaction."""
+        """The due runs (or run_id), lease 0: no one else drives them."""
         ids = [run_id] if run_id is not None else self.runnable(now, limit + len(skip))
         rows = [self.get_run(i) for i in ids if i not in skip][:limit]
         return [Claim(r, 0) for r in rows if r is not None and r.status not in FINISHED]
 
     def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
-        """Let go of these (run, lease) pairs, if still held, so any worker may claim them."""
+        """Nothing is held."""
         return None
 
     def hold(self, run_id: str, lease: int, worker: WorkerRow) -> None:
-        """In one transaction: if the run is still leased to worker with this lease
-        number, renew the worker's row (alive until worker.expires_at); else
-        ce.LeaseLost. Stores with leases must implement it."""
-        raise NotImplementedError(f"{type(self).__name__} supports leases but not hold()")
+        """Every lease holds."""
+        return None
 
     def heartbeat(self, worker: WorkerRow) -> bool:
-        """Record worker (alive until its expires_at); False if its row had gone, which
-        means another worker judged it dead (its leases may have been taken)."""
+        """Always alive."""
         return True
 
     def release_all(self, owner: str) -> None:
-        """Let go of every run `owner` holds; the worker stays on record."""
+        """Nothing is held."""
         return None
 
     def retire_worker(self, worker_id: str) -> None:
-        """Remove the worker and release every run it holds (a clean stop)."""
+        """No worker is on record."""
         return None
 
     def workers(self) -> list[WorkerRow]:
-        """Workers on record (alive or not yet found dead)."""
+        """No worker is on record."""
         return []
 
     def set_queue(self, config: QueueConfig) -> None:
-        """Create or replace a queue's limits (shared by every process on the store)."""
+        """Refused: queues' limits are shared between engines, and there is one."""
         raise ContengineError(f"{type(self).__name__} has no queues")
 
     def queues(self) -> list[QueueConfig]:
-        """Every queue's limits."""
+        """None."""
         return []
 
     def take_slot(
@@ -493,11 +397,9 @@ class Store(ABC):
         wall: float,
         lease: tuple[str, str, int] | None = None,
     ) -> int | None:
-        """A slot of the queue for one step execution (its id), or None while it is full;
-        with lease (run id, owner, lease number), ce.LeaseLost if the run is no longer
-        leased so, instead of a slot (a step must not start for a run taken over)."""
+        """Always a slot (queues have no limits here)."""
         return 0
 
     def give_slot(self, slot: int) -> None:
-        """Let a slot taken with take_slot go."""
+        """Nothing to give back."""
         return None

@@ -1,14 +1,19 @@
-"""What the SQLite store's group commit queues: one progress write and its waiting thread.
+"""Group commit: many runs' progress written in one transaction, for any store.
 
-How the queue is written is in SQLiteStore.commit(); notes/design.md, "Group commit".
+A store that batches progress writes inherits `GroupCommit` and implements one
+primitive, `write_batch` (write these slots' progress in one transaction); commit(),
+commit_later() and flush() are here. notes/design.md, "Group commit".
 """
 
 from __future__ import annotations
 
 import threading
+from abc import abstractmethod
 from typing import Any
 
-from .base import Progress, Ticket
+from ..errors import DatabaseError
+from .base import RunStore
+from .rows import Progress, Ticket
 
 
 class _NoWait:
@@ -59,5 +64,106 @@ class Slot:
         self.wake.release()
 
     def fail(self, error: Exception) -> None:
+        """Mark the slot done with error: nothing of its progress was written."""
         self.done = True
         self.error = error
+
+
+class GroupCommit(RunStore):
+    """commit(), commit_later() and flush() over a store's write_batch(): one
+    transaction (one disk sync) for everything queued, with no committer thread.
+
+    Every thread queues its progress. In commit(), if no write is under way, the
+    thread becomes the writer of everything queued; otherwise it sleeps until the
+    writer of its batch wakes it (done), or hands it the queue that built up meanwhile
+    (write it). Only the threads concerned are woken. With one thread this is one
+    transaction per commit. commit_later() only queues; flush() writes the queue."""
+
+    def __init__(self) -> None:
+        self._queue: list[Slot] = []  # progress waiting for the next group commit
+        self._queue_lock = threading.Lock()
+        self._writing = False  # a thread is writing a batch (or is about to)
+
+    @abstractmethod
+    def write_batch(self, batch: list[Slot]) -> None:
+        """Write every slot's progress in one transaction, holding the store's write
+        lock. Set each slot's `cancel` as commit() would return it, then mark every slot
+        done (`slot.done = True`) or failed (`slot.fail(error)`: that progress wrote
+        nothing). One failing progress must not fail the others; the store rolls it back
+        alone. Raising fails every slot not yet marked."""
+
+    def commit(self, progress: Progress) -> bool:
+        """Write progress in the next batch and wait until it is durable (see RunStore)."""
+        slot = Slot(progress)
+        with self._queue_lock:
+            lead = not self._writing
+            if not lead:
+                slot.wait_here()
+            self._queue.append(slot)
+            self._writing = True
+        interrupted: BaseException | None = None
+        if not lead:
+            # Released when done, or when this thread is to write. An exception here
+            # (KeyboardInterrupt) must wait: the slot may be handed the queue, and
+            # leaving would leave everyone after it waiting for a writer.
+            while True:
+                try:
+                    slot.wake.acquire()
+                    break
+                except BaseException as exc:  # noqa: BLE001 - raised below
+                    interrupted = interrupted or exc
+        while not slot.done:
+            self._write_round(slot)
+            if not slot.done:  # cannot happen: a writer's batch holds its own slot
+                raise DatabaseError("group commit lost a progress write")
+        if interrupted is not None:
+            raise interrupted
+        if slot.error is not None:
+            raise slot.error
+        return slot.cancel
+
+    def commit_later(self, progress: Progress) -> Ticket:
+        """Queue progress for the next batch; the ticket says when it is durable."""
+        if type(self).commit is not GroupCommit.commit:
+            # A subclass that intercepts commit() (a test's crash injection) sees
+            # every write go through it.
+            return super().commit_later(progress)
+        # Queued for the next batch, which the caller writes with flush() once it has
+        # nothing else to do (or a commit() caller writes, whichever comes first):
+        # meanwhile the caller drives other runs, whose progress joins the batch.
+        ticket = Ticket()
+        with self._queue_lock:
+            self._queue.append(Slot(progress, ticket))
+        return ticket
+
+    def flush(self) -> None:
+        """Write what commit_later() queued, unless a writer is at work (see RunStore)."""
+        # If a write is under way, its writer hands what it did not take to a thread
+        # waiting in commit(), if any; else the next flush() writes it.
+        with self._queue_lock:
+            if self._writing or not self._queue:
+                return  # nothing queued, or its writer is at work
+            self._writing = True
+        self._write_round(None)
+
+    def _write_round(self, own: Slot | None) -> None:
+        """Write everything queued in one transaction, say so to each slot (own's
+        thread, the writer, needs no waking), and hand what was queued meanwhile to
+        the oldest thread waiting in commit(); with none, the next flush() writes it."""
+        batch: list[Slot] = []
+        try:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            self.write_batch(batch)
+        finally:
+            for other in batch:
+                if not other.done:  # the writer was interrupted before telling it
+                    other.fail(DatabaseError("the batch holding this progress was not written"))
+                if other is not own or other.ticket is not None:
+                    other.release()
+            with self._queue_lock:
+                waiting = next((slot for slot in self._queue if slot.ticket is None), None)
+                if waiting is not None:
+                    waiting.lead()
+                else:
+                    self._writing = False

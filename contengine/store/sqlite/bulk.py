@@ -23,12 +23,12 @@ from ...errors import LeaseLost
 from ..base import E_COMPLETED, E_RUNNING, RUNNING, Progress
 from ..group_commit import Slot
 from .sql import (
-    _COMPLETE_ENTRY,
-    _INSERT_NEW_ENTRY,
-    _UPDATE_RUN,
     CANCEL_PENDING,
+    COMPLETE_ENTRY,
+    INSERT_NEW_ENTRY,
     POSITION_BITS,
-    _checked_position,
+    UPDATE_RUN,
+    checked_position,
 )
 
 # Runs per lease query: under the 999 host parameters of SQLite builds older than 3.32.
@@ -112,7 +112,7 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
         e = p.insert
         if e is not None:
             inserts.append((
-                base | _checked_position(e.position), e.kind, e.name, e.key,
+                base | checked_position(e.position), e.kind, e.name, e.key,
                 None if e.text == e.key else e.text, e.started_at,
             ))
         r = p.run
@@ -122,9 +122,9 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
                 r.error_text, r.clear_cancel, p.run_id,
             ))
         # fmt: on
-    if completes and conn.executemany(_COMPLETE_ENTRY, completes).rowcount != len(completes):
+    if completes and conn.executemany(COMPLETE_ENTRY, completes).rowcount != len(completes):
         raise Redo("an entry is no longer in flight with the attempts its driver wrote")
     if inserts:
-        conn.executemany(_INSERT_NEW_ENTRY, inserts)
-    if runs and conn.executemany(_UPDATE_RUN, runs).rowcount != len(runs):
+        conn.executemany(INSERT_NEW_ENTRY, inserts)
+    if runs and conn.executemany(UPDATE_RUN, runs).rowcount != len(runs):
         raise Redo("a run row is missing")

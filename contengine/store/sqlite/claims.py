@@ -1,4 +1,4 @@
-"""Leases for the SQLite store: which workers are alive, and claiming due runs.
+"""Leases for the SQLite store: worker rows, and claiming due runs.
 
 A run is leased to one worker (owner) with a lease number that grows by one at
 every claim; each write of the run's progress names the pair, so a driver whose
@@ -10,62 +10,14 @@ runs are taken over without waiting for the lease to run out.
 
 from __future__ import annotations
 
-import os
-import socket
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 
-from ..base import QueueConfig, WorkerRow
+from ..liveness import Expiry, alive
+from ..rows import QueueConfig, WorkerRow
 from .bulk import lease_lost
 
-HOST = socket.gethostname()
 _UNFINISHED = "'pending', 'running', 'sleeping', 'waiting'"
-
-
-def process_start(pid: int) -> str | None:
-    """When the process started (ticks since boot, from /proc), to tell a reused pid apart."""
-    stat = _stat(pid)
-    return stat[19] if stat is not None and len(stat) > 19 else None
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    return text[text.rfind(")") + 2 :].split()
-
-
-def process_gone(pid: int, start: str | None) -> bool:
-    """Whether the process of this host with this pid (and start time) no longer runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # someone else's process: it exists
-    except OSError:
-        return False
-    stat = _stat(pid)
-    if stat is None:
-        return False  # no /proc: trust the lease's expiry
-    if stat[0] in ("Z", "X"):
-        return True  # killed, not yet reaped by its parent
-    return start is not None and len(stat) > 19 and stat[19] != start
-
-
-# When a worker's lease runs out: its row's expiry, or later after a stall of the write
-# lock (store/sqlite/guard.py LockStalls.expiry).
-Expiry = Callable[[WorkerRow], float]
-
-
-def alive(w: WorkerRow, wall: float, expiry: Expiry | None = None) -> bool:
-    """Whether the worker may still hold leases at wall-clock time `wall`."""
-    if (w.expires_at if expiry is None else expiry(w)) <= wall:
-        return False
-    return not (w.host == HOST and process_gone(w.pid, w.pid_start))
 
 
 def ensure_worker(conn: sqlite3.Connection, w: WorkerRow) -> None:

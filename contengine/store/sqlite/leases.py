@@ -8,7 +8,7 @@ from collections.abc import Collection, Sequence
 
 from ..base import Claim, QueueConfig, RunRow, WorkerRow
 from . import claims as sqlite_claims
-from .sql import _RUN_COLS, CANCEL_PENDING, SQLiteParts, _run_row
+from .sql import CANCEL_PENDING, RUN_COLS, SQLiteParts, run_row
 
 
 def as_written(worker: WorkerRow, asked: float) -> WorkerRow:
@@ -23,8 +23,6 @@ def as_written(worker: WorkerRow, asked: float) -> WorkerRow:
 class LeaseMethods(SQLiteParts):
     """Part of SQLiteStore: claiming runs, workers on record, queues, and the cancel
     flags a worker reads for the runs whose steps it runs."""
-
-    supports_leases = True
 
     def pending_cancels(self, run_ids: Collection[str]) -> set[str]:
         # One read for every run with a step running in an engine, each poll interval.
@@ -67,12 +65,12 @@ class LeaseMethods(SQLiteParts):
                 return []
             leases = dict(picked)
             rows = conn.execute(
-                f"SELECT num, {_RUN_COLS} FROM runs WHERE num IN ({', '.join('?' * len(picked))})",
+                f"SELECT num, {RUN_COLS} FROM runs WHERE num IN ({', '.join('?' * len(picked))})",
                 list(leases),
             ).fetchall()
         runs = {}
         for num, *rest in rows:
-            runs[num] = _run_row(tuple(rest))
+            runs[num] = run_row(tuple(rest))
             self._remember_num(runs[num].id, num)
         return [Claim(runs[num], lease) for num, lease in picked]
 
@@ -80,11 +78,11 @@ class LeaseMethods(SQLiteParts):
         rows = self._read(
             "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL "
             "SELECT runs.id FROM runs JOIN tree ON runs.parent_id = tree.id) "
-            f"SELECT {_RUN_COLS} FROM runs WHERE id IN (SELECT id FROM tree) AND id != ? "
+            f"SELECT {RUN_COLS} FROM runs WHERE id IN (SELECT id FROM tree) AND id != ? "
             "AND status NOT IN ('completed', 'failed', 'cancelled')",
             (run_id, run_id),
         )
-        return [_run_row(r) for r in rows]
+        return [run_row(r) for r in rows]
 
     def hold(self, run_id: str, lease: int, worker: WorkerRow) -> None:
         asked = time.monotonic()

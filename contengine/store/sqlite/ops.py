@@ -10,17 +10,17 @@ from collections.abc import Sequence
 from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
 from ..base import FAILED, EntryRow, Rewind, RunRow, Signal, run_digest
 from .sql import (
-    _DELETABLE,
-    _INSERT_ENTRY,
-    _RUN_COLS,
-    _RUN_MARKS,
+    DELETABLE,
+    INSERT_ENTRY,
     POSITION_BITS,
     POSITION_MASK,
+    RUN_COLS,
+    RUN_MARKS,
     SQLiteParts,
-    _checked_position,
-    _run_params,
+    checked_position,
     log_in,
     run_in,
+    run_params,
 )
 
 
@@ -35,7 +35,7 @@ class OperatorMethods(SQLiteParts):
             # Children go before their parents, so a tree of old runs is deleted leaves
             # first: look again after each round until the batch is full or none is left.
             while deleted < limit:
-                rows = conn.execute(_DELETABLE, (before, limit - deleted)).fetchall()
+                rows = conn.execute(DELETABLE, (before, limit - deleted)).fetchall()
                 if not rows:
                     break
                 self._delete_runs(conn, [(int(num), str(run_id)) for num, run_id in rows])
@@ -80,7 +80,7 @@ class OperatorMethods(SQLiteParts):
             )
         conn.execute(
             "DELETE FROM log WHERE id BETWEEN ? AND ?",
-            (base + _checked_position(r.position), base | POSITION_MASK),
+            (base + checked_position(r.position), base | POSITION_MASK),
         )
         conn.execute(
             "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
@@ -99,17 +99,17 @@ class OperatorMethods(SQLiteParts):
     ) -> None:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
-                _run_params(run),
+                f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
+                run_params(run),
             )
             if cur.rowcount != 1:
                 raise IdConflict(f"a run with id {run.id!r} already exists; nothing was written")
             base = int(cur.lastrowid or 0) << POSITION_BITS
             conn.executemany(
-                _INSERT_ENTRY,
+                INSERT_ENTRY,
                 [
                     (
-                        base | _checked_position(e.position), e.kind, e.name, e.key,
+                        base | checked_position(e.position), e.kind, e.name, e.key,
                         None if e.text == e.key else e.text, e.status, e.attempts, e.crashes,
                         e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
                     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...errors import ContengineError, RunNotFound
 from ..base import FINISHED, Signal
-from .sql import _UNFINISHED_SQL, SQLiteParts
+from .sql import UNFINISHED_SQL, SQLiteParts
 
 
 class RunMethods(SQLiteParts):
@@ -12,17 +12,8 @@ class RunMethods(SQLiteParts):
 
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         sql = (
-            f"SELECT id FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
+            f"SELECT id FROM runs WHERE status IN ({UNFINISHED_SQL}) "
             f"AND (due_at IS NULL OR due_at <= ?) ORDER BY num"
-        )
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [str(r[0]) for r in self._read(sql, (now,))]
-
-    def due_unowned(self, now: float, limit: int | None = None) -> list[str]:
-        sql = (
-            f"SELECT id FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
-            f"AND (due_at IS NULL OR due_at <= ?) AND owner IS NULL ORDER BY num"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -30,7 +21,7 @@ class RunMethods(SQLiteParts):
 
     def next_due(self, after: float | None = None) -> float | None:
         rows = self._read(
-            f"SELECT min(due_at) FROM runs WHERE status IN ({_UNFINISHED_SQL}) "
+            f"SELECT min(due_at) FROM runs WHERE status IN ({UNFINISHED_SQL}) "
             f"AND due_at IS NOT NULL AND due_at > ?",
             (float("-inf") if after is None else after,),
         )
@@ -77,7 +68,7 @@ class RunMethods(SQLiteParts):
                 "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL "
                 "SELECT runs.id FROM runs JOIN tree ON runs.parent_id = tree.id) "
                 "UPDATE runs SET cancel_requested = 1, due_at = ? "
-                f"WHERE id IN (SELECT id FROM tree) AND status IN ({_UNFINISHED_SQL})",
+                f"WHERE id IN (SELECT id FROM tree) AND status IN ({UNFINISHED_SQL})",
                 (run_id, now),
             )
             return True

@@ -21,31 +21,31 @@ POSITION_BITS = 32
 POSITION_MASK = (1 << POSITION_BITS) - 1
 
 
-_RUN_COLS = (
+RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
     "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
     "generation, tags, queue, priority"
 )
-_RUN_MARKS = ", ".join("?" * 20)
-_LOG_COLS = (
+RUN_MARKS = ", ".join("?" * 20)
+LOG_COLS = (
     "id, kind, name, key, text, status, attempts, crashes, "
     "started_at, finished_at, due_at, outcome, error_text"
 )
-_INSERT_ENTRY = f"INSERT INTO log ({_LOG_COLS}) VALUES ({', '.join('?' * 13)})"
+INSERT_ENTRY = f"INSERT INTO log ({LOG_COLS}) VALUES ({', '.join('?' * 13)})"
 # The two writes every step makes get statements of their own with the constant
 # parts spelled out: binding fewer parameters is measurably cheaper per step.
-_INSERT_NEW_ENTRY = (
+INSERT_NEW_ENTRY = (
     "INSERT INTO log (id, kind, name, key, text, status, attempts, crashes, started_at) "
     "VALUES (?, ?, ?, ?, ?, 'running', 1, 0, ?)"
 )
-_COMPLETE_ENTRY = (
+COMPLETE_ENTRY = (
     "UPDATE log SET status = 'completed', attempts = ?, crashes = ?, finished_at = ?, "
     "due_at = NULL, outcome = ?, error_text = ? WHERE id = ? "
     "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
 )
 # Only an entry still in flight may change: a finished outcome is final, and a
 # write that finds none was raced by another writer of the same run.
-_UPDATE_ENTRY = (
+UPDATE_ENTRY = (
     "UPDATE log SET status = ?, attempts = ?, crashes = ?, finished_at = ?, due_at = ?, "
     "outcome = ?, error_text = ? WHERE id = ? "
     "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
@@ -53,7 +53,7 @@ _UPDATE_ENTRY = (
 # A finished run lets go of its lease in the same statement: no one drives it again.
 # cancel_requested: 0 never cancelled, 1 a cancel waits to be delivered, 2 delivered (the
 # run still counts as cancelled for its queue's limits: CANCEL_DELIVERED).
-_UPDATE_RUN = (
+UPDATE_RUN = (
     "UPDATE runs SET status = ?, updated_at = ?, due_at = ?, finished_at = ?, result = ?, "
     "error = ?, error_text = ?, "
     "cancel_requested = CASE WHEN ? AND cancel_requested = 1 THEN 2 ELSE cancel_requested END, "
@@ -61,29 +61,31 @@ _UPDATE_RUN = (
     "WHERE id = ?"
 )
 CANCEL_PENDING, CANCEL_DELIVERED = 1, 2
-_NUM_CACHE = 10_000
+NUM_CACHE = 10_000
 # Listed positively so that SQLite can use the (status, due_at) index.
-_UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
+UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
 # Finished runs that finished before ?, oldest first, at most ? of them: not one whose
 # parent is unfinished (its replay reads the child's row), nor one with children left.
-_DELETABLE = (
+DELETABLE = (
     "SELECT num, id FROM runs AS r WHERE status IN ("
     + ", ".join(f"'{s}'" for s in RUN_STATUSES if s in FINISHED)
     + ") AND finished_at < ? "
     "AND NOT EXISTS (SELECT 1 FROM runs AS p WHERE p.id = r.parent_id "
-    f"AND p.status IN ({_UNFINISHED_SQL})) "
+    f"AND p.status IN ({UNFINISHED_SQL})) "
     "AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_id = r.id) "
     "ORDER BY num LIMIT ?"
 )
 
 
-def _checked_position(position: int) -> int:
+def checked_position(position: int) -> int:
+    """position, if a log key can hold it; else DatabaseError."""
     if not 0 <= position <= POSITION_MASK:
         raise DatabaseError(f"log position {position} is out of range")
     return position
 
 
-def _run_params(run: RunRow) -> tuple[object, ...]:
+def run_params(run: RunRow) -> tuple[object, ...]:
+    """The run's values in RUN_COLS order, as written."""
     return (
         run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
         run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
@@ -96,7 +98,7 @@ def _tags_text(tags: tuple[str, ...]) -> str | None:
     return "," + ",".join(tags) + "," if tags else None
 
 
-def _run_row(row: tuple[Any, ...]) -> RunRow:
+def run_row(row: tuple[Any, ...]) -> RunRow:
     """A runs row as read; tags come back from their ",a,b," form."""
     *fields, tags, queue, priority = row
     run = RunRow(*fields)
@@ -108,8 +110,8 @@ def _run_row(row: tuple[Any, ...]) -> RunRow:
 
 def run_in(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
     """The run's row as this connection sees it (inside its transaction)."""
-    row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
-    return None if row is None else _run_row(row)
+    row = conn.execute(f"SELECT {RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return None if row is None else run_row(row)
 
 
 def log_in(conn: sqlite3.Connection, run_id: str, base: int) -> list[EntryRow]:
@@ -135,6 +137,10 @@ class SQLiteParts:
         _stalls: LockStalls
 
         def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _begin(self, conn: sqlite3.Connection) -> float: ...
+        def _commit(self, conn: sqlite3.Connection, got: float) -> None: ...
+        def _translate(self, exc: sqlite3.Error) -> DatabaseError: ...
+        def _num(self, conn: sqlite3.Connection, run_id: str) -> int: ...
         def _key(self, conn: sqlite3.Connection, run_id: str, position: int) -> int: ...
         def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
         def _remember_num(self, run_id: str, num: int | None) -> None: ...

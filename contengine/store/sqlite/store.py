@@ -11,25 +11,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ...errors import (
-    DatabaseError,
-    DatabaseLocked,
-    IdConflict,
-)
-from ..base import (
-    E_COMPLETED,
-    E_RUNNING,
-    FINISHED,
-    CancelArrived,
-    EntryRow,
-    Progress,
-    ReplayRow,
-    RunRow,
-    Store,
-    Ticket,
-)
-from ..group_commit import Slot
-from . import bulk as sqlite_bulk
+from ...errors import DatabaseError, DatabaseLocked
+from ..base import EntryRow, ReplayRow, RunRow, Store
+from ..group_commit import GroupCommit
 from .guard import (
     STALL,
     FileGuard,
@@ -44,21 +28,15 @@ from .ops import OperatorMethods
 from .runs import RunMethods
 from .schema import MIGRATIONS
 from .sql import (
-    _COMPLETE_ENTRY,
-    _INSERT_ENTRY,
-    _INSERT_NEW_ENTRY,
-    _NUM_CACHE,
-    _RUN_COLS,
-    _RUN_MARKS,
-    _UPDATE_ENTRY,
-    _UPDATE_RUN,
-    CANCEL_PENDING,
+    NUM_CACHE,
     POSITION_BITS,
     POSITION_MASK,
-    _checked_position,
-    _run_params,
-    _run_row,
+    RUN_COLS,
+    RUN_MARKS,
+    run_params,
+    run_row,
 )
+from .writes import WriteMethods
 
 # "Cont" in the file header marks a contengine database among SQLite files.
 APPLICATION_ID = 0x436F6E74
@@ -67,8 +45,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 
-class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
-    """A Store on one SQLite file (or ":memory:")."""
+class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseMethods, Store):
+    """A Store on one SQLite file (or ":memory:"); progress is written by group commit."""
 
     def __init__(
         self,
@@ -88,9 +66,7 @@ class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
         self._stalls = LockStalls()
         self._guard = FileGuard(self.path, None)
         self._lock = threading.RLock()
-        self._queue: list[Slot] = []  # progress waiting for the next group commit
-        self._queue_lock = threading.Lock()
-        self._writing = False  # a thread is writing a batch (or is about to)
+        super().__init__()  # the group commit's queue
         self._nums: dict[str, int] = {}
         self._refuse_foreign_file()
         before = None
@@ -320,17 +296,17 @@ class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
-                _run_params(run),
+                f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
+                run_params(run),
             )
             if cur.rowcount == 1:
                 self._remember_num(run.id, cur.lastrowid)
                 return run, True
-            row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run.id,)).fetchone()
-            return _run_row(row), False
+            row = conn.execute(f"SELECT {RUN_COLS} FROM runs WHERE id = ?", (run.id,)).fetchone()
+            return run_row(row), False
 
     def _remember_num(self, run_id: str, num: int | None) -> None:
-        if len(self._nums) >= _NUM_CACHE:
+        if len(self._nums) >= NUM_CACHE:
             self._nums.clear()  # a cheap bound; misses are one indexed lookup
         if num is not None:
             self._nums[run_id] = num
@@ -352,8 +328,8 @@ class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
         return (self._num(conn, run_id) << POSITION_BITS) | position
 
     def get_run(self, run_id: str) -> RunRow | None:
-        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,))
-        return _run_row(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE id = ?", (run_id,))
+        return run_row(rows[0]) if rows else None
 
     def list_runs(
         self,
@@ -374,13 +350,13 @@ class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
         if workflow is not None:
             where.append("workflow = ?")
             params.append(workflow)
-        sql = f"SELECT {_RUN_COLS} FROM runs"
+        sql = f"SELECT {RUN_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at, num"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [_run_row(r) for r in self._read(sql, params)]
+        return [run_row(r) for r in self._read(sql, params)]
 
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
         # text is stored as NULL when it equals key (the usual case), to keep rows small;
@@ -439,306 +415,6 @@ class SQLiteStore(RunMethods, OperatorMethods, LeaseMethods, Store):
             "SELECT max(id) FROM log WHERE id BETWEEN ? AND ?", (base, base | POSITION_MASK)
         )[0]
         return 0 if last is None else (last & POSITION_MASK) + 1
-
-    def commit(self, progress: Progress) -> bool:
-        # Group commit: every thread queues its progress. If no write is under way,
-        # it becomes the writer of everything queued, in one transaction (one disk
-        # sync); otherwise it sleeps until the writer of its batch wakes it (done),
-        # or hands it the queue that built up meanwhile (write it). Only the threads
-        # concerned are woken. With one thread this is one transaction per commit.
-        slot = Slot(progress)
-        with self._queue_lock:
-            lead = not self._writing
-            if not lead:
-                slot.wait_here()
-            self._queue.append(slot)
-            self._writing = True
-        interrupted: BaseException | None = None
-        if not lead:
-            # Released when done, or when this thread is to write. An exception here
-            # (KeyboardInterrupt) must wait: the slot may be handed the queue, and
-            # leaving would leave everyone after it waiting for a writer.
-            while True:
-                try:
-                    slot.wake.acquire()
-                    break
-                except BaseException as exc:  # noqa: BLE001 - raised below
-                    interrupted = interrupted or exc
-        while not slot.done:
-            self._write_round(slot)
-            if not slot.done:  # cannot happen: a writer's batch holds its own slot
-                raise DatabaseError("group commit lost a progress write")
-        if interrupted is not None:
-            raise interrupted
-        if slot.error is not None:
-            raise slot.error
-        return slot.cancel
-
-    def commit_later(self, progress: Progress) -> Ticket:
-        if type(self).commit is not SQLiteStore.commit:
-            # A subclass that intercepts commit() (a test's crash injection) sees
-            # every write go through it.
-            return super().commit_later(progress)
-        # Queued for the next batch, which the caller writes with flush() once it has
-        # nothing else to do (or a commit() caller writes, whichever comes first):
-        # meanwhile the caller drives other runs, whose progress joins the batch.
-        ticket = Ticket()
-        with self._queue_lock:
-            self._queue.append(Slot(progress, ticket))
-        return ticket
-
-    def flush(self) -> None:
-        # If a write is under way, its writer hands what it did not take to a thread
-        # waiting in commit(), if any; else the next flush() writes it.
-        with self._queue_lock:
-            if self._writing or not self._queue:
-                return  # nothing queued, or its writer is at work
-            self._writing = True
-        self._write_round(None)
-
-    def _write_round(self, own: Slot | None) -> None:
-        """Write everything queued in one transaction, say so to each slot (own's
-        thread, the writer, needs no waking), and hand what was queued meanwhile to
-        the oldest thread waiting in commit(); with none, the next flush() writes it."""
-        batch: list[Slot] = []
-        try:
-            with self._queue_lock:
-                batch, self._queue = self._queue, []
-            with self._lock:
-                self._write_batch(batch)
-        finally:
-            for other in batch:
-                if not other.done:  # the writer was interrupted before telling it
-                    other.fail(DatabaseError("the batch holding this progress was not written"))
-                if other is not own or other.ticket is not None:
-                    other.release()
-            with self._queue_lock:
-                waiting = next((slot for slot in self._queue if slot.ticket is None), None)
-                if waiting is not None:
-                    waiting.lead()
-                else:
-                    self._writing = False
-
-    def commit_many(self, batch: Sequence[Progress]) -> None:
-        with self._tx() as conn:
-            for progress in batch:
-                self._write(conn, progress)
-
-    def _write_batch(self, batch: list[Slot]) -> None:
-        """Write each slot's progress in one transaction; a progress that fails (fenced
-        out, raced) is rolled back alone, to its savepoint, and gets its own error.
-        Plain step progress goes first, in bulk (sqlite_bulk.py), when there is more
-        than one; if the bulk write gives up, the whole batch is written one by one."""
-        rest: list[Slot] | None = None
-        # A run has one progress in a batch (its driver waits for each write); the bulk
-        # path, which writes plain progress first, relies on it.
-        if len(batch) > 1 and len({slot.progress.run_id for slot in batch}) == len(batch):
-            plain: list[Slot] = []
-            rest = []
-            for slot in batch:
-                (plain if sqlite_bulk.plain(slot.progress) else rest).append(slot)
-            if len(plain) < 2:
-                rest = None
-        if rest is not None and self._write_slots(batch, plain, rest):
-            return
-        self._write_slots(batch, [], batch)
-
-    def _write_slots(self, batch: list[Slot], plain: list[Slot], rest: list[Slot]) -> bool:
-        """One transaction: plain in bulk, then rest one by one. False (nothing written,
-        no slot told) if the bulk write gave up."""
-        conn = self._conn
-        try:
-            got = self._begin(conn)
-        except Exception as exc:
-            error = exc if isinstance(exc, DatabaseError) else DatabaseError(str(exc))
-            for slot in batch:
-                slot.fail(error)
-            return True
-        alone = len(batch) == 1
-        try:
-            if plain:
-                try:
-                    sqlite_bulk.write_plain(conn, plain, lambda run_id: self._num(conn, run_id))
-                except (sqlite_bulk.Redo, sqlite3.Error, DatabaseError):
-                    conn.execute("ROLLBACK")
-                    return False
-            for slot in rest:
-                if not alone:
-                    conn.execute("SAVEPOINT progress")
-                try:
-                    slot.cancel = self._write(conn, slot.progress)
-                except Exception as exc:
-                    self._forget_children(slot.progress)
-                    if alone:
-                        raise
-                    conn.execute("ROLLBACK TO progress")
-                    slot.fail(self._translate(exc) if isinstance(exc, sqlite3.Error) else exc)
-                if not alone:
-                    conn.execute("RELEASE progress")
-            self._commit(conn, got)
-        except BaseException as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # every slot is failed below anyway
-                    conn.execute("ROLLBACK")
-            failure: BaseException = self._translate(exc) if isinstance(exc, sqlite3.Error) else exc
-            for slot in batch:
-                self._forget_children(slot.progress)
-                slot.fail(
-                    failure if isinstance(failure, Exception) else DatabaseError(str(failure))
-                )
-            if not isinstance(exc, Exception):
-                raise
-            return True
-        for slot in batch:
-            slot.done = True
-        return True
-
-    def _forget_children(self, p: Progress) -> None:
-        # Numbers remembered for child runs whose insert was rolled back are wrong.
-        for child in p.new_runs:
-            self._nums.pop(child.id, None)
-
-    def _write(self, conn: sqlite3.Connection, p: Progress) -> bool:
-        """Write one progress; True if the run's row asks for a cancel (see commit())."""
-        num = self._nums.get(p.run_id)
-        if num is None:
-            num = self._num(conn, p.run_id)
-        base = num << POSITION_BITS
-        cancel = False
-        flag = None
-        if p.lease is not None:
-            held = conn.execute(
-                "SELECT owner, lease, cancel_requested FROM runs WHERE num = ?", (num,)
-            ).fetchone()
-            if held is None or (held[0], held[1]) != p.lease:
-                raise sqlite_bulk.lease_lost(
-                    p.run_id, p.lease, None if held is None else (held[0], held[1])
-                )
-            flag = held[2]
-            cancel = flag == CANCEL_PENDING and not (p.run is not None and p.run.clear_cancel)
-        if p.unless_cancelled or (p.run is not None and p.run.unless_cancelled):
-            # Checked before anything is written: the step (or the run's end) is
-            # cancelled instead.
-            if flag is None:
-                row = conn.execute("SELECT cancel_requested FROM runs WHERE num = ?", (num,))
-                flag = (row.fetchone() or (0,))[0]
-            if flag == CANCEL_PENDING:
-                raise CancelArrived(f"run {p.run_id!r} was cancelled; nothing was written")
-        if p.expect_generation is not None:
-            current = conn.execute(
-                "SELECT generation FROM runs WHERE id = ?", (p.run_id,)
-            ).fetchone()
-            if current is None or current[0] != p.expect_generation:
-                raise DatabaseError(
-                    f"run {p.run_id!r} has moved to another generation; nothing was written"
-                )
-        if p.update is not None:
-            e = p.update
-            params: tuple[object, ...]
-            if e.status == E_COMPLETED and e.due_at is None:
-                sql, params = _COMPLETE_ENTRY, (
-                    e.attempts, e.crashes, e.finished_at, e.outcome, e.error_text,
-                    base | e.position, p.expect_attempts,
-                )  # fmt: skip
-            else:
-                sql, params = _UPDATE_ENTRY, (
-                    e.status, e.attempts, e.crashes, e.finished_at, e.due_at, e.outcome,
-                    e.error_text, base | e.position, p.expect_attempts,
-                )  # fmt: skip
-            if conn.execute(sql, params).rowcount != 1:
-                raise DatabaseError(
-                    f"entry {e.position} of run {e.run_id!r} changed underneath this writer "
-                    f"in {self.path!r}: it is no longer in flight with the attempts this "
-                    f"writer expected, so another engine is driving the same run. Nothing "
-                    f"was written; let one engine drive a file at a time."
-                )
-        for e in p.recorded:
-            conn.execute(
-                _INSERT_ENTRY,
-                (
-                    base | _checked_position(e.position), e.kind, e.name, e.key,
-                    None if e.text == e.key else e.text, e.status, e.attempts, e.crashes,
-                    e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
-                ),
-            )  # fmt: skip
-        if p.insert is not None:
-            e = p.insert
-            key = base | _checked_position(e.position)
-            text = None if e.text == e.key else e.text
-            if (
-                e.status == E_RUNNING and e.attempts == 1 and e.crashes == 0
-                and e.finished_at is None and e.due_at is None and e.outcome is None
-                and e.error_text is None
-            ):  # fmt: skip
-                conn.execute(_INSERT_NEW_ENTRY, (key, e.kind, e.name, e.key, text, e.started_at))
-            else:
-                conn.execute(
-                    _INSERT_ENTRY,
-                    (
-                        key, e.kind, e.name, e.key, text, e.status, e.attempts, e.crashes,
-                        e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
-                    ),
-                )  # fmt: skip
-        if p.run is not None:
-            r = p.run
-            conn.execute(
-                _UPDATE_RUN,
-                (
-                    r.status,
-                    r.updated_at,
-                    r.due_at,
-                    r.finished_at,
-                    r.result,
-                    r.error,
-                    r.error_text,
-                    r.clear_cancel,
-                    p.run_id,
-                ),
-            )
-        if p.run is not None and p.run.status in FINISHED:
-            # A child that ends wakes its parent, which waits for it.
-            conn.execute(
-                "UPDATE runs SET due_at = ? WHERE id = (SELECT parent_id FROM runs WHERE id = ?) "
-                "AND status = 'waiting'",
-                (p.run.updated_at, p.run_id),
-            )
-        for child in p.new_runs:
-            cur = conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES ({_RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
-                _run_params(child),
-            )
-            if cur.rowcount == 1:
-                self._remember_num(child.id, cur.lastrowid)
-                continue
-            owner = conn.execute("SELECT parent_id FROM runs WHERE id = ?", (child.id,)).fetchone()
-            if owner is None or owner[0] != p.run_id:
-                raise IdConflict(
-                    f"child run id {child.id!r} is taken by a run that is not a child of "
-                    f"{p.run_id!r}; nothing was written"
-                )
-        for published_key, value in p.publish:
-            conn.execute(
-                "INSERT INTO published (run_id, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-                (p.run_id, published_key, value),
-            )
-        if p.restart is not None:
-            # continue_as_new: this generation's log goes; the run starts afresh
-            # with new arguments under the same id (mailbox and published values stay).
-            conn.execute("DELETE FROM log WHERE id BETWEEN ? AND ?", (base, base | POSITION_MASK))
-            conn.execute(
-                "UPDATE runs SET args = ?, status = 'pending', due_at = NULL, "
-                "generation = generation + 1 WHERE id = ?",
-                (p.restart, p.run_id),
-            )
-        if p.consume is not None:
-            deleted = conn.execute("DELETE FROM mailbox WHERE seq = ?", (p.consume,)).rowcount
-            if deleted != 1:
-                raise DatabaseError(
-                    f"signal {p.consume} of run {p.run_id!r} was already taken (another engine "
-                    f"is driving the same run); nothing was written"
-                )
-        return cancel
 
     def max_payload(self) -> int:
         # SQLite refuses a row longer than its length limit (1,000,000,000 bytes unless

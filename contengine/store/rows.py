@@ -1,0 +1,248 @@
+"""The values a store keeps and returns: runs, log entries, progress, tickets, workers, claims.
+
+Plain fields only (str, int, float, bytes): every store reads and writes these, and
+none of them knows of SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, dataclass
+from typing import NamedTuple
+
+from ..errors import ContengineError
+
+# Run statuses, as the public API names them.
+PENDING, RUNNING, SLEEPING, WAITING = "pending", "running", "sleeping", "waiting"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+RUN_STATUSES = (PENDING, RUNNING, SLEEPING, WAITING, COMPLETED, FAILED, CANCELLED)
+FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+
+# Log entry statuses. An entry is written "running" in the same transaction that
+# commits the outcome before it, so the log always shows what is in flight.
+E_RUNNING, E_RETRYING, E_COMPLETED, E_FAILED = "running", "retrying", "completed", "failed"
+
+
+@dataclass(slots=True)
+class RunRow:
+    """A run as stored."""
+
+    id: str
+    workflow: str
+    ref: str | None
+    status: str
+    args: bytes
+    args_key: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    due_at: float | None = None
+    result: bytes | None = None
+    error: bytes | None = None
+    error_text: str | None = None
+    note: str | None = None
+    cancel_requested: bool = False
+    parent_id: str | None = None  # the run that started this one as a child
+    generation: int = 0  # how many times the run continued as new
+    tags: tuple[str, ...] = ()  # labels to find runs by (engine.runs(tag=...))
+    queue: str | None = None  # the queue whose limits the run is claimed under
+    priority: int = 0  # higher is claimed first
+
+
+@dataclass(slots=True)
+class EntryRow:
+    """One log entry as stored: a request at a position and, once known, its outcome."""
+
+    run_id: str
+    position: int
+    kind: str
+    name: str
+    key: str | None
+    text: str
+    status: str
+    attempts: int
+    crashes: int
+    started_at: float
+    finished_at: float | None = None
+    due_at: float | None = None
+    outcome: bytes | None = None  # pickled value (completed) or exception (failed)
+    error_text: str | None = None
+
+
+def run_digest(row: RunRow, entries: Sequence[EntryRow]) -> str:
+    """A digest of a run's row and log as read: equal digests, the same run."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(astuple(row)).encode())
+    for e in entries:
+        h.update(repr(astuple(e)).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """One run to make pending again, its log kept up to (not including) position.
+
+    seen is run_digest() of the run as the plan read it: the rewind is refused if the
+    run is no longer so (a plan made from another state could discard the wrong steps).
+    """
+
+    run_id: str
+    position: int
+    seen: str
+
+
+class ReplayRow(NamedTuple):
+    """The part of a log entry that replay reads (a light tuple: replay reads many)."""
+
+    run_id: str
+    position: int
+    kind: str
+    name: str
+    key: str | None
+    text: str
+    status: str
+    outcome: bytes | None
+
+
+@dataclass(slots=True)
+class RunUpdate:
+    """New state of a run, written with the progress that caused it."""
+
+    status: str
+    updated_at: float
+    due_at: float | None = None
+    finished_at: float | None = None
+    result: bytes | None = None
+    error: bytes | None = None
+    error_text: str | None = None
+    clear_cancel: bool = False  # the cancellation was delivered with this progress
+    # A run's end written only if its row asks for no cancel (one sent during the last
+    # step, not delivered): else commit() writes nothing and raises CancelArrived.
+    unless_cancelled: bool = False
+
+
+class CancelArrived(ContengineError):
+    """A progress written unless cancelled (Progress.unless_cancelled, or a run's end with
+    RunUpdate.unless_cancelled) met a cancel request in the run's row: nothing of that
+    progress was written."""
+
+
+@dataclass(slots=True)
+class Signal:
+    """A message in a run's mailbox, oldest first per name."""
+
+    seq: int
+    run_id: str
+    name: str
+    payload: bytes
+    sent_at: float
+
+
+class Ticket:
+    """A progress write under way (Store.commit_later): done once durable or failed."""
+
+    __slots__ = ("error", "done", "cancel", "_lock", "_then")
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None  # why nothing was written, once done
+        self.done = False
+        self.cancel = False  # the run's row asked for a cancel (as commit() returns)
+        self._lock = threading.Lock()
+        self._then: Callable[[], None] | None = None
+
+    def finish(self, error: Exception | None = None, cancel: bool = False) -> None:
+        """Mark the write done (durable, or failed with error) and call the waiting callback."""
+        with self._lock:
+            self.error, self.done, self.cancel = error, True, cancel
+            then, self._then = self._then, None
+        if then is not None:
+            try:
+                then()
+            except Exception:  # the writer's thread must go on writing for everyone else
+                logging.getLogger("contengine").exception("a commit's callback failed")
+
+    def when_done(self, then: Callable[[], None]) -> None:
+        """Call then() once the write is done: at once (in this thread) if it already is,
+        else in the thread that finishes it."""
+        with self._lock:
+            if not self.done:
+                self._then = then
+                return
+        then()
+
+
+@dataclass(slots=True)
+class Progress:
+    """Everything one advance of a run writes, committed in one transaction."""
+
+    run_id: str
+    update: EntryRow | None = None  # an existing entry's new state
+    insert: EntryRow | None = None  # the next request, now in flight
+    run: RunUpdate | None = None
+    # When set, the update applies only if the stored entry still has this many
+    # attempts (and is in flight); otherwise the whole commit fails. This fences
+    # out a second writer of the same run.
+    expect_attempts: int | None = None
+    # Entries that are complete when first written (answers to now/random/...),
+    # inserted before `insert`, in position order.
+    recorded: tuple[EntryRow, ...] = ()
+    # A mailbox message consumed by this progress (its seq); it is deleted in the
+    # same transaction that logs it, and the commit fails if it is already gone.
+    consume: int | None = None
+    # Child runs started by this progress, created in the same transaction.
+    new_runs: tuple[RunRow, ...] = ()
+    # Values published (ce.publish) with this progress: (key, serialized value).
+    publish: tuple[tuple[str, bytes], ...] = ()
+    # continue_as_new: the new arguments; the run's log is cleared and it starts again.
+    restart: bytes | None = None
+    # When set, nothing is written unless the run is still in this generation.
+    expect_generation: int | None = None
+    # When set, nothing is written unless the run is still leased to this (owner,
+    # lease number): a driver whose lease was taken over is fenced out (LeaseLost).
+    lease: tuple[str, int] | None = None
+    # When set, nothing is written if the run's row asks for a cancel not delivered:
+    # commit() raises CancelArrived instead (a step's outcome whose cancel is raised at
+    # its yield instead, see contengine/drive/cancel.py; a run's end, as
+    # RunUpdate.unless_cancelled).
+    unless_cancelled: bool = False
+
+
+@dataclass(slots=True)
+class WorkerRow:
+    """A process (or engine) that holds leases on runs, alive until expires_at."""
+
+    id: str
+    host: str
+    pid: int
+    pid_start: str | None
+    started_at: float
+    expires_at: float
+    # Runs a worker loop (engine.work / engine.worker), which claims any due run: a
+    # client's run.result() leaves runs to such engines rather than drive them itself.
+    worker_loop: bool = False
+
+
+@dataclass(slots=True)
+class QueueConfig:
+    """Limits on a queue's runs: at once across all workers, at once per worker, and
+    how many may start per period of seconds. None means no limit."""
+
+    name: str
+    concurrency: int | None = None
+    worker_concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+
+
+@dataclass(slots=True)
+class Claim:
+    """A run leased to a driver: its row and the lease number that fences its writes."""
+
+    run: RunRow
+    lease: int
+    # The claimer's count of lapses of its liveness when it claimed (see
+    # Leaseholder.lapses): a later lapse means the lease may have been taken since.
+    lapses: int = 0
