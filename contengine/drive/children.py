@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core import ids
 from ..core.canonical import canonical_call, key_of
@@ -25,12 +25,10 @@ from ..store.base import (
     RunRow,
     RunUpdate,
 )
-
-if TYPE_CHECKING:
-    from .loop import _Drive
+from .state import DriveState
 
 
-def child(d: _Drive, pending: Pending, request: ChildRequest[Any]) -> Outcome:
+def child(d: DriveState, pending: Pending, request: ChildRequest[Any]) -> Outcome:
     """Start a child run (created with this entry, in one commit), then wait for it.
 
     The child's id is derived from this run's id and the position, so a replay
@@ -54,11 +52,11 @@ def child(d: _Drive, pending: Pending, request: ChildRequest[Any]) -> Outcome:
             d.run.id, position, request.kind, request.name, request.key, request.text,
             E_RUNNING, 1, 0, now,
         )  # fmt: skip
-        d._fail_entry(entry, exc, f"{type(exc).__name__}: {exc}", now)
-        d.recorded.append(entry)
-        return d._finished_outcome(entry)
+        d.fail_entry(entry, exc, f"{type(exc).__name__}: {exc}", now)
+        d.out.add(entry)
+        return d.finished_outcome(entry)
     args_key = key_of(canonical_call(request.args, request.kwargs))
-    d.new_runs.append(
+    d.out.start_run(
         RunRow(
             child_id, wf.name, wf.ref, PENDING, data, args_key, now, now,
             parent_id=d.run.id,
@@ -70,18 +68,18 @@ def child(d: _Drive, pending: Pending, request: ChildRequest[Any]) -> Outcome:
             d.run.id, position, request.kind, request.name, request.key, request.text,
             E_COMPLETED, 1, 0, now, now, None, d.r.serde.dumps(handle, "a child handle"),
         )  # fmt: skip
-        d.recorded.append(entry)
-        d._commit()  # the child exists from here on: the handle may be yielded at once
+        d.out.add(entry)
+        d.commit()  # the child exists from here on: the handle may be yielded at once
         return Outcome(True, handle)
     entry = EntryRow(
         d.run.id, position, request.kind, request.name, request.key, request.text,
         E_RUNNING, 1, 0, now, None, NEVER,
     )  # fmt: skip
-    d._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
+    d.commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
     return join_child(d, position, child_id, logged=True)
 
 
-def join(d: _Drive, pending: Pending, handle: ChildHandle) -> Outcome:
+def join(d: DriveState, pending: Pending, handle: ChildHandle) -> Outcome:
     """Wait for a child started with ce.start_child (yielding its handle)."""
     position = pending.position
     if pending.recorded is None:
@@ -97,14 +95,14 @@ def join(d: _Drive, pending: Pending, handle: ChildHandle) -> Outcome:
                 f"which does not exist; the log is unchanged"
             )
         if child.status not in FINISHED:
-            d._commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
+            d.commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
         else:
-            d.recorded.append(entry)
+            d.out.add(entry)
             return child_outcome(d, entry, child, logged=False)
     return join_child(d, position, handle.run_id, logged=True)
 
 
-def join_child(d: _Drive, position: int, child_id: str, logged: bool) -> Outcome:
+def join_child(d: DriveState, position: int, child_id: str, logged: bool) -> Outcome:
     """The child's outcome if it finished (logged at this position), else wait for it."""
     child = d.r.store.get_run(child_id)
     if child is None:
@@ -112,20 +110,19 @@ def join_child(d: _Drive, position: int, child_id: str, logged: bool) -> Outcome
     if child.status not in FINISHED:
         now = d.r.clock.now()
         if d.status != WAITING or d.due_at != NEVER:
-            d._commit(run=RunUpdate(WAITING, now, due_at=NEVER))
+            d.commit(run=RunUpdate(WAITING, now, due_at=NEVER))
         # The child wakes this run when it ends; look once more in case it ended
         # between the look above and the commit.
         again = d.r.store.get_run(child_id)
         if again is not None and again.status in FINISHED:
-            d._commit(run=RunUpdate(WAITING, now, due_at=now))
+            d.commit(run=RunUpdate(WAITING, now, due_at=now))
             raise NotDue(now)
-        d._go_idle([], NEVER)
-    entry = d.r.store.load_log(d.run.id, position, 1)[0]
-    d.stored[position] = entry.attempts
+        d.go_idle([], NEVER)
+    entry = d.read_entry(position)
     return child_outcome(d, entry, child, logged=True)
 
 
-def child_outcome(d: _Drive, entry: EntryRow, child: RunRow, logged: bool) -> Outcome:
+def child_outcome(d: DriveState, entry: EntryRow, child: RunRow, logged: bool) -> Outcome:
     """Log the finished child's result (or exception) at the parent's entry."""
     now = d.r.clock.now()
     entry.finished_at, entry.due_at = now, None
@@ -135,11 +132,11 @@ def child_outcome(d: _Drive, entry: EntryRow, child: RunRow, logged: bool) -> Ou
         # Cancelled on its own: the parent gets an ordinary exception it may catch (a
         # parent cancelled itself gets ce.Cancelled at its own yield).
         error = ChildCancelled(f"child run {child.id!r} was cancelled")
-        d._fail_entry(entry, error, f"ChildCancelled: {error}", now)
+        d.fail_entry(entry, error, f"ChildCancelled: {error}", now)
     else:
         entry.status, entry.outcome = E_FAILED, child.error
         lines = (child.error_text or child.status).strip().splitlines()
         entry.error_text = f"child run {child.id!r} {child.status}: {lines[-1]}"
     if logged:
-        d.carry = entry  # (a new entry is already among d.recorded)
-    return d._finished_outcome(entry)
+        d.out.carry = entry  # (a new entry is already in the outbox)
+    return d.finished_outcome(entry)

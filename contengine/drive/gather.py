@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 from concurrent.futures import FIRST_COMPLETED
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from ..core.driver import Pending
 from ..core.gather import GatherRequest
@@ -26,14 +26,20 @@ from ..store.base import (
     EntryRow,
     Progress,
 )
-from . import cancel as drive_cancel
+from . import cancel
+from .answers import answer
 from .log import decode_outcome
-
-if TYPE_CHECKING:
-    from .loop import _Drive
+from .steps import StepDrive
 
 
-def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
+def gather_or_race(d: StepDrive, pending: Pending, request: GatherRequest) -> Outcome:
+    """Carry out a gather or a race."""
+    if request.kind == "race":
+        return race(d, pending, request)
+    return gather(d, pending, request)
+
+
+def gather(d: StepDrive, pending: Pending, request: GatherRequest) -> Outcome:
     """Carry out a gather's members concurrently, committing each outcome as it comes.
 
     Every member has its own log entry, at the position its argument order gives
@@ -43,9 +49,9 @@ def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
     now = d.r.clock.now()
     members = request.members
     entries, outcomes, steps = _prepare(d, pending, request, now)
-    if not drive_cancel.noted(d):  # (read by the write that logged the members)
+    if not cancel.noted(d):  # (read by the write that logged the members)
         run_steps(d, members, entries, outcomes, steps)
-    cancelled = drive_cancel.settle_gather(d, pending, request, entries, outcomes)
+    cancelled = cancel.settle_gather(d, pending, request, entries, outcomes)
     if cancelled is not None:
         return cancelled
     if all(o is not None for o in outcomes):
@@ -54,29 +60,29 @@ def gather(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
 
 
 def _prepare(
-    d: _Drive, pending: Pending, request: GatherRequest, now: float, first_only: bool = False
+    d: StepDrive, pending: Pending, request: GatherRequest, now: float, first_only: bool = False
 ) -> tuple[list[EntryRow], list[Outcome | None], dict[int, tuple[tuple[Any, ...], dict[str, Any]]]]:
     """Log a gather's (or race's) entries if new; settle what needs no code; list the steps
     to run now, with their arguments. With first_only (a race), stop at the first member
     with an outcome: later members must not take signals or finish timers they lost."""
     members = request.members
-    recorded = pending.members or [None] * len(members)
+    logged = pending.members or [None] * len(members)
     entries: list[EntryRow] = []
     fresh: list[EntryRow] = []
     if pending.recorded is None:
         fresh.append(gather_entry(d, pending.position, request, now))
     for i, member in enumerate(members):
         position = pending.position + 1 + i
-        if recorded[i] is not None:
-            entry = d.r.store.load_log(d.run.id, position, 1)[0]
-            d.stored[position] = entry.attempts
+        if logged[i] is not None:
+            entry = d.read_entry(position)
         else:
             entry = member_entry(d, position, member, now)
             fresh.append(entry)
         entries.append(entry)
     if fresh:
-        d.recorded.extend(fresh)
-        d._commit(run=d._run_update(RUNNING, None, now))
+        for entry in fresh:
+            d.out.add(entry)
+        d.commit(run=d.run_update(RUNNING, None, now))
     outcomes: list[Outcome | None] = [decode_outcome(d.r.serde, e) for e in entries]
     steps: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
     for i, (member, entry) in enumerate(zip(members, entries, strict=True)):
@@ -85,25 +91,25 @@ def _prepare(
         if outcomes[i] is not None:
             continue
         if isinstance(member, StepCall):
-            if recorded[i] is not None and entry.status == E_RUNNING:
+            if logged[i] is not None and entry.status == E_RUNNING:
                 resume_member(d, entry, member, now)  # its process died during it
                 if entry.status == E_FAILED:
-                    d._commit(update=entry)
-                    outcomes[i] = d._finished_outcome(entry)
+                    d.commit(update=entry)
+                    outcomes[i] = d.finished_outcome(entry)
                     continue
             if entry.status == E_RETRYING and (entry.due_at or now) <= now:
                 entry.status, entry.due_at = E_RUNNING, None
                 entry.attempts += 1
-                d._commit(update=entry)
+                d.commit(update=entry)
             if entry.status == E_RUNNING:
-                steps[i] = d._step_arguments(member)
+                steps[i] = d.step_arguments(member)
         else:
             outcomes[i] = settle_member(d, entry, member, now)
     return entries, outcomes, steps
 
 
 def _go_idle_for_members(
-    d: _Drive,
+    d: StepDrive,
     members: tuple[Request, ...],
     entries: list[EntryRow],
     outcomes: list[Outcome | None],
@@ -113,18 +119,18 @@ def _go_idle_for_members(
     due = min(e.due_at if e.due_at is not None else NEVER for e in waiting)
     kinds = {e.kind for e in waiting}
     status = SLEEPING if kinds == {"sleep"} else WAITING if "wait" in kinds else RUNNING
-    update = d._run_update(status, due, d.r.clock.now())
-    if update is not None or d.carry is not None or d.recorded:
-        d._commit(run=update)
+    update = d.run_update(status, due, d.r.clock.now())
+    if update is not None or d.out.has_unwritten():
+        d.commit(run=update)
     names = [
         m.signal
         for m, o in zip(members, outcomes, strict=True)
         if o is None and isinstance(m, WaitRequest)
     ]
-    d._go_idle(names, due)
+    d.go_idle(names, due)
 
 
-def gather_entry(d: _Drive, position: int, request: GatherRequest, now: float) -> EntryRow:
+def gather_entry(d: StepDrive, position: int, request: GatherRequest, now: float) -> EntryRow:
     """The gather's own entry: it records how many members follow. A gather's is complete
     at once; a race's stays in flight until it records the winner."""
     if request.kind == "race":
@@ -138,11 +144,10 @@ def gather_entry(d: _Drive, position: int, request: GatherRequest, now: float) -
     )  # fmt: skip
 
 
-def member_entry(d: _Drive, position: int, member: Request, now: float) -> EntryRow:
+def member_entry(d: StepDrive, position: int, member: Request, now: float) -> EntryRow:
     """The first log entry of a gather member, written when the gather is reached."""
     if isinstance(member, Immediate):
-        d._immediate(position, member)
-        return d.recorded.pop()  # inserted with the other members, complete
+        return answer(d, position, member)[0]  # inserted with the other members, complete
     due: float | None = None
     if isinstance(member, SleepRequest):
         due = member.wake_time(now)
@@ -154,22 +159,22 @@ def member_entry(d: _Drive, position: int, member: Request, now: float) -> Entry
     )  # fmt: skip
 
 
-def resume_member(d: _Drive, entry: EntryRow, member: StepCall[Any], now: float) -> None:
+def resume_member(d: StepDrive, entry: EntryRow, member: StepCall[Any], now: float) -> None:
     """A member step found running after a restart: count the crash, try again or give up."""
-    if d._count_crash(entry, member, now):
+    if d.count_crash(entry, member, now):
         return
     entry.attempts += 1
-    d._commit(update=entry)
+    d.commit(update=entry)
 
 
-def settle_member(d: _Drive, entry: EntryRow, member: Request, now: float) -> Outcome | None:
+def settle_member(d: StepDrive, entry: EntryRow, member: Request, now: float) -> Outcome | None:
     """A member that runs no code: a due timer completes, a wait takes its signal."""
     if isinstance(member, SleepRequest):
         if entry.due_at is not None and entry.due_at > now:
             return None
         entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
         entry.outcome = d.r.serde.dumps(None, "nothing")
-        d._commit(update=entry)
+        d.commit(update=entry)
         return Outcome(True, None)
     assert isinstance(member, WaitRequest)
     signal = d.r.store.peek_signal(d.run.id, member.signal)
@@ -177,21 +182,21 @@ def settle_member(d: _Drive, entry: EntryRow, member: Request, now: float) -> Ou
         value = d.r.serde.loads(signal.payload, f"signal {member.signal!r}")
         entry.status, entry.finished_at, entry.due_at = E_COMPLETED, now, None
         entry.outcome = signal.payload
-        d.consume = signal.seq
-        d._commit(update=entry)
+        d.out.take_signal(signal.seq)
+        d.commit(update=entry)
         return Outcome(True, value)
     if entry.due_at is not None and entry.due_at <= now:
         error = Timeout(
             f"no signal {member.signal!r} arrived within {duration_text(member.timeout)}"
         )
-        d._fail_entry(entry, error, f"Timeout: {error}", now)
-        d._commit(update=entry)
-        return d._finished_outcome(entry)
+        d.fail_entry(entry, error, f"Timeout: {error}", now)
+        d.commit(update=entry)
+        return d.finished_outcome(entry)
     return None
 
 
 def run_steps(
-    d: _Drive,
+    d: StepDrive,
     members: tuple[Request, ...],
     entries: list[EntryRow],
     outcomes: list[Outcome | None],
@@ -212,7 +217,7 @@ def run_steps(
         args, kwargs = steps[i]
         step = members[i]
         assert isinstance(step, StepCall)
-        running[pool.submit(d._execute_member, entries[i], step, args, kwargs)] = i
+        running[pool.submit(d.execute_member, entries[i], step, args, kwargs)] = i
 
     if d.lease is not None:
         # As before a step of the drive's own (_attempts), once, before any member is
@@ -243,38 +248,38 @@ def run_steps(
             step = members[i]
             assert isinstance(step, StepCall)
             ok, value, tb = future.result()
-            if drive_cancel.noted(d):
+            if cancel.noted(d):
                 # Cancelled while it ran: logged so, and no retry starts; the gather's
                 # yield gets ce.Cancelled once its running members end.
-                outcomes[i] = drive_cancel.member_ended(d, entries[i], ok, value, tb)
+                outcomes[i] = cancel.member_ended(d, entries[i], ok, value, tb)
                 continue
             args, kwargs = steps[i]
             attempts = entries[i].attempts
             try:
-                settled = d._settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
+                settled = d.settle(entries[i], step, ok, value, tb, args, kwargs, member=True)
             except CancelArrived:  # read by the write that would set up a retry
                 entries[i].attempts = attempts
                 d.cancel_pending = True
-                outcomes[i] = drive_cancel.member_ended(d, entries[i], ok, value, tb)
+                outcomes[i] = cancel.member_ended(d, entries[i], ok, value, tb)
                 continue
             if isinstance(settled, Outcome):
                 try:
                     # The write reads the cancel flag first: another process's cancel
                     # that came while the member ran cancels it too.
-                    d._commit(update=entries[i], unless_cancelled=True)
+                    d.commit(update=entries[i], unless_cancelled=True)
                 except CancelArrived:
                     d.cancel_pending = True
-                    outcomes[i] = drive_cancel.member_ended(d, entries[i], ok, value, tb)
+                    outcomes[i] = cancel.member_ended(d, entries[i], ok, value, tb)
                     continue
                 outcomes[i] = settled
-            elif settled is None and not drive_cancel.noted(d):
+            elif settled is None and not cancel.noted(d):
                 submit(i)  # the next attempt, now
         if first_only and any(o is not None for o in outcomes):
             break
     return running
 
 
-def _next_look(d: _Drive, entries: list[EntryRow], others: list[int]) -> float | None:
+def _next_look(d: StepDrive, entries: list[EntryRow], others: list[int]) -> float | None:
     """How long to wait for a step before looking at a race's timers and waits again."""
     if not others:
         return None
@@ -286,16 +291,16 @@ def _next_look(d: _Drive, entries: list[EntryRow], others: list[int]) -> float |
     return max(wait, 0.0) if wait != NEVER else None
 
 
-def race(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
+def race(d: StepDrive, pending: Pending, request: GatherRequest) -> Outcome:
     """The first member to finish wins; its index and value (or its exception) are logged
     in the race's own entry, and the rest are cancelled or left to finish unused."""
     now = d.r.clock.now()
     members = request.members
     entries, outcomes, steps = _prepare(d, pending, request, now, first_only=True)
     running: dict[concurrent.futures.Future[tuple[bool, Any, str]], int] = {}
-    if all(o is None for o in outcomes) and not drive_cancel.noted(d):
+    if all(o is None for o in outcomes) and not cancel.noted(d):
         running = run_steps(d, members, entries, outcomes, steps, first_only=True)
-    cancelled = drive_cancel.settle_gather(d, pending, request, entries, outcomes)
+    cancelled = cancel.settle_gather(d, pending, request, entries, outcomes)
     if cancelled is not None:
         return cancelled
     # Several may be done already (after a restart, say): the first in argument order wins.
@@ -306,21 +311,20 @@ def race(d: _Drive, pending: Pending, request: GatherRequest) -> Outcome:
     assert result is not None
     # The decision is committed first: after a crash the winner stands, whatever state
     # the losers' entries were left in.
-    header = d.r.store.load_log(d.run.id, pending.position, 1)[0]
-    d.stored[header.position] = header.attempts
+    header = d.read_entry(pending.position)
     header.finished_at = d.r.clock.now()
     if result.ok:
         header.status = E_COMPLETED
         header.outcome = d.r.serde.dumps((winner, result.value), "a race's winner")
     else:
-        d._fail_entry(header, result.value, f"member {winner} won with an exception", now)
-    d._commit(update=header)
+        d.fail_entry(header, result.value, f"member {winner} won with an exception", now)
+    d.commit(update=header)
     _drop_losers(d, members, entries, outcomes, running, now)
-    return d._finished_outcome(header)
+    return d.finished_outcome(header)
 
 
 def _drop_losers(
-    d: _Drive,
+    d: StepDrive,
     members: tuple[Request, ...],
     entries: list[EntryRow],
     outcomes: list[Outcome | None],
@@ -333,8 +337,8 @@ def _drop_losers(
     for i, entry in enumerate(entries):
         if outcomes[i] is not None or i in still_running:
             continue
-        d._fail_entry(entry, error, "Cancelled: lost the race", now)
-        d._commit(update=entry)
+        d.fail_entry(entry, error, "Cancelled: lost the race", now)
+        d.commit(update=entry)
     store, serde, run_id, generation = d.r.store, d.r.serde, d.run.id, d.run.generation
     for future, i in running.items():
         entry, expect = entries[i], entries[i].attempts
@@ -362,30 +366,28 @@ def _drop_losers(
 
 
 def cancel_gather(
-    d: _Drive, pending: Pending, request: GatherRequest, error: Cancelled, now: float
+    d: StepDrive, pending: Pending, request: GatherRequest, error: Cancelled, now: float
 ) -> Outcome:
     """Cancel a gather: every member without an outcome gets ce.Cancelled."""
     members = pending.members or [None] * len(request.members)
     if pending.recorded is None:
         header = gather_entry(d, pending.position, request, now)
         if request.kind == "race":  # decided: by the cancellation
-            d._fail_entry(header, error, "Cancelled: the run was cancelled", now)
-        d.recorded.append(header)
+            d.fail_entry(header, error, "Cancelled: the run was cancelled", now)
+        d.out.add(header)
     elif request.kind == "race":
-        header = d.r.store.load_log(d.run.id, pending.position, 1)[0]
-        d.stored[header.position] = header.attempts
+        header = d.read_entry(pending.position)
         if header.status not in (E_COMPLETED, E_FAILED):
-            d._fail_entry(header, error, "Cancelled: the run was cancelled", now)
-            d._commit(update=header)
+            d.fail_entry(header, error, "Cancelled: the run was cancelled", now)
+            d.commit(update=header)
     for i, member in enumerate(request.members):
         position = pending.position + 1 + i
         if members[i] is not None:
-            entry = d.r.store.load_log(d.run.id, position, 1)[0]
-            d.stored[position] = entry.attempts
+            entry = d.read_entry(position)
             if entry.status in (E_COMPLETED, E_FAILED):
                 continue
-            d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
-            d._commit(update=entry)
+            d.fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+            d.commit(update=entry)
         else:
             # Not carried out at all (not even now/uuid): every member is cancelled, so a
             # replay combines the members into the same Cancelled.
@@ -393,8 +395,8 @@ def cancel_gather(
                 d.run.id, position, member.kind, member.name, member.key, member.text,
                 E_RUNNING, 1, 0, now,
             )  # fmt: skip
-            d._fail_entry(entry, error, "Cancelled: the run was cancelled", now)
-            d.recorded.append(entry)
+            d.fail_entry(entry, error, "Cancelled: the run was cancelled", now)
+            d.out.add(entry)
     return Outcome(
         False,
         d.r.serde.loads(

@@ -22,7 +22,7 @@ from ..core.driver import Pending
 
 if TYPE_CHECKING:
     from ..store.base import RunRow
-    from .loop import _Drive
+    from .loop import Drive
 
 # Defaults: enough for the runs a worker keeps busy, small next to a process's memory.
 MAX_RUNS = 10_000
@@ -34,7 +34,7 @@ _BASE_BYTES = 3_000  # a generator, its frame, a driver and a drive: measured ro
 class Kept:
     """A run's suspended generator, the drive around it, and where it waits."""
 
-    drive: _Drive
+    drive: Drive
     pending: Pending
     gen: Any
     lease: int  # the lease number the run was let go at

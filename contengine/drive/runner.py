@@ -1,7 +1,7 @@
 """Carries runs forward: rebuild each from its log with a driver, then drive it live.
 
 The Runner holds what every drive shares (store, serde, clock, the step thread
-pool); each drive of a run is a _Drive (contengine/drive/loop.py) of its own. What
+pool); each drive of a run is a Drive (drive/loop.py) of its own. What
 the owner of a Runner decides for every drive (step-queue slots, the lease check
 before a step, the random source) it passes in as a DriveContext.
 """
@@ -28,7 +28,7 @@ from ..store.base import FINISHED, RunRow, Store
 from .cancel_watch import CancelWatch
 from .live import MAX_BYTES, MAX_RUNS, Kept, LiveCache
 from .log import StreamedLog, decode_outcome
-from .loop import _Drive
+from .loop import Drive
 from .pool import Parked
 
 __all__ = ["DriveContext", "NotDue", "Runner"]
@@ -193,8 +193,7 @@ class Runner:
             label=f"workflow {wf.name!r} (run {run.id!r})",
             decode=lambda row: decode_outcome(serde, row),
         )
-        drive = _Drive(self, run, wf, driver, lease, park)
-        drive.lapses = lapses
+        drive = Drive(self, run, wf, driver, lease, park, lapses)
         self._finish(drive, gen, drive.go)
 
     def _arguments(self, run: RunRow) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -221,18 +220,15 @@ class Runner:
     ) -> None:
         """Go on with a live generator kept from this run's last drive: no replay."""
         drive = kept.drive
-        # What others may have changed meanwhile: status and due time (a signal, a
-        # child's end), a cancel request; never the log (the lease shows no one
-        # else drove the run).
-        drive.run, drive.lease, drive.park, drive.lapses = run, lease, park, lapses
-        drive.status, drive.due_at = run.status, run.due_at
-        drive.cancel_pending = drive.cancel_pending or bool(run.cancel_requested)
+        # Others may have changed the run meanwhile, never its log (the lease shows
+        # no one else drove the run).
+        drive.reset(run, lease, park, lapses)
         position = kept.pending.position
         logged = self.store.replay_log(run.id, position, 1)
         pending = dataclasses.replace(kept.pending, recorded=logged[0] if logged else None)
         self._finish(drive, kept.gen, lambda: drive.resume(pending))
 
-    def _finish(self, drive: _Drive, gen: Any, go: Callable[[], None]) -> None:
+    def _finish(self, drive: Drive, gen: Any, go: Callable[[], None]) -> None:
         """Run a drive; keep its generator alive if it went idle where it can resume."""
         if drive.outer is None:
             drive.outer = functools.partial(self._finish, drive, gen)
