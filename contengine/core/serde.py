@@ -12,6 +12,7 @@ from typing import Any
 import dill
 
 from ..errors import CorruptPayload, SerializationError, StepFailed
+from .moved import read_moved
 
 # What a value is, for error messages: a string, or a function that makes one
 # (so the hot path never formats a message it will not need).
@@ -130,10 +131,15 @@ class Serde:
             )
         tag, body = data[:1], data[1:]
         try:
-            if tag == _PICKLE:
-                return pickle.loads(body)
-            if tag == _DILL:
-                return dill.loads(body)
+            try:
+                if tag == _PICKLE:
+                    return pickle.loads(body)
+                if tag == _DILL:
+                    return dill.loads(body)
+            except (ImportError, AttributeError):
+                # Written before a class it names moved to another module: read it
+                # again, finding each name where it lives now (core/moved.py).
+                return read_moved(body, with_dill=tag == _DILL)
         except Exception as exc:
             raise CorruptPayload(
                 f"{_say(what)} cannot be read back ({type(exc).__name__}: {exc}); the stored "
