@@ -38,7 +38,12 @@ from contengine.store.base import (
     WorkerRow,
     run_digest,
 )
+from contengine.store.postgres import PostgresStore
 from contengine.store.sqlite.store import SQLiteStore
+
+from postgres_server import fresh_schema, pg_schemas, server_url
+
+__all__ = ["pg_schemas"]  # a fixture, used by postgres_stores
 
 # Makes a fresh, empty store in the directory given (one of its own per call).
 StoreMaker = Callable[[Path], Store]
@@ -61,7 +66,14 @@ def sqlite_memory_stores() -> StoreMaker:
     return lambda directory: SQLiteStore(":memory:")
 
 
-STORE_KINDS = ["sqlite_file_stores", "sqlite_memory_stores"]
+@pytest.fixture
+def postgres_stores(pg_schemas: list[str]) -> StoreMaker:
+    """PostgreSQL stores, each in a fresh schema of the test server (dropped after)."""
+    url = server_url()
+    return lambda directory: PostgresStore(url, schema=fresh_schema(pg_schemas))
+
+
+STORE_KINDS = ["sqlite_file_stores", "sqlite_memory_stores", "postgres_stores"]
 
 
 @pytest.fixture(params=STORE_KINDS)
