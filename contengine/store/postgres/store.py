@@ -33,7 +33,7 @@ from ..rows import FINISHED
 from . import claims as pg_claims
 from . import ops as pg_ops
 from . import writes as pg_writes
-from .connection import DURABILITY, Link, is_postgres_url, redacted, split_url
+from .connection import DURABILITY, Link
 from .schema import prepare
 from .sql import (
     CANCEL_PENDING,
@@ -47,6 +47,7 @@ from .sql import (
     run_params,
     run_row,
 )
+from .url import is_postgres_url, redacted, split_url
 
 __all__ = ["PostgresStore", "is_postgres_url"]
 
