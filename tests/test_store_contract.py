@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import fresh_schema, pg_schemas, server_url
 
 import contengine as ce
 from contengine.store.base import (
@@ -40,8 +41,6 @@ from contengine.store.base import (
 )
 from contengine.store.postgres import PostgresStore
 from contengine.store.sqlite.store import SQLiteStore
-
-from postgres_server import fresh_schema, pg_schemas, server_url
 
 __all__ = ["pg_schemas"]  # a fixture, used by postgres_stores
 
