@@ -200,3 +200,27 @@ def test_importing_contengine_does_not_load_the_testing_kit() -> None:
     code = "import sys, contengine; print(sorted(m for m in sys.modules if 'testing' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_only_the_postgres_store_imports_psycopg() -> None:
+    """psycopg is an optional dependency: only store/postgres/ may load it."""
+    found = []
+    for m, path in MODULES.items():
+        if m.startswith("contengine.store.postgres"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            found += [m for n in names if n.split(".")[0] in ("psycopg", "psycopg_pool")]
+    assert found == []
+
+
+def test_importing_contengine_does_not_load_psycopg() -> None:
+    code = "import sys, contengine; print(sorted(m for m in sys.modules if 'psycopg' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import fresh_schema, pg_schemas, server_url
 
 import contengine as ce
 from contengine.store.base import (
@@ -38,7 +39,10 @@ from contengine.store.base import (
     WorkerRow,
     run_digest,
 )
+from contengine.store.postgres import PostgresStore
 from contengine.store.sqlite.store import SQLiteStore
+
+__all__ = ["pg_schemas"]  # a fixture, used by postgres_stores
 
 # Makes a fresh, empty store in the directory given (one of its own per call).
 StoreMaker = Callable[[Path], Store]
@@ -61,7 +65,14 @@ def sqlite_memory_stores() -> StoreMaker:
     return lambda directory: SQLiteStore(":memory:")
 
 
-STORE_KINDS = ["sqlite_file_stores", "sqlite_memory_stores"]
+@pytest.fixture
+def postgres_stores(pg_schemas: list[str]) -> StoreMaker:
+    """PostgreSQL stores, each in a fresh schema of the test server (dropped after)."""
+    url = server_url()
+    return lambda directory: PostgresStore(url, schema=fresh_schema(pg_schemas))
+
+
+STORE_KINDS = ["sqlite_file_stores", "sqlite_memory_stores", "postgres_stores"]
 
 
 @pytest.fixture(params=STORE_KINDS)

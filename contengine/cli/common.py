@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
-DB_HELP = "database file (default: $CONTENGINE_DB)"
+DB_HELP = "database file or postgresql:// URL (default: $CONTENGINE_DB)"
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
 
@@ -74,15 +74,20 @@ def open_engine(db: str | None, create: bool = False, readonly: bool = False) ->
     nothing."""
     # Imported here: `contengine --help` and a usage error need no engine.
     from ..engine.engine import Engine
+    from ..store.postgres.url import is_postgres_url
     from ..store.sqlite.store import SQLiteStore
 
     if not db:
         raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
+    secret = os.environ.get("CONTENGINE_SECRET")
+    if is_postgres_url(db):
+        # A server's database (and schema) is not a file to look for: the engine says
+        # clearly if it cannot connect.
+        return Engine(db, secret=secret.encode() if secret else None)
     if not create and not os.path.isfile(db):
         # Opening a missing path would create an empty database; a typo should not.
         raise CommandError(f"no database at {db!r}")
     # Signed databases: the secret comes from the environment, never the command line.
-    secret = os.environ.get("CONTENGINE_SECRET")
     store = SQLiteStore(db, readonly=True) if readonly else None
     return Engine(db, secret=secret.encode() if secret else None, store=store)
 

@@ -22,7 +22,7 @@ from ..drive.log import Entry
 from ..drive.runner import DriveContext, Runner, unleased
 from ..errors import ContengineError, IdConflict, SerializationError
 from ..store.base import PENDING, RUN_STATUSES, OneEngineStore, QueueConfig, Rewind, RunRow, Store
-from ..store.sqlite.store import SQLiteStore
+from ..store.opening import open_store
 from .dispatch import Dispatcher, IdleReport, row_of
 from .leases import Leaseholder
 from .retrying import plan_retry
@@ -80,6 +80,8 @@ class Run(Generic[R]):
 class Engine:
     """Starts workflows, drives them through their logs, and answers questions about runs.
 
+    path: an SQLite file (or ":memory:"), or a PostgreSQL URL (postgresql://user@host/db,
+    with schema= or ?schema=name choosing the PostgreSQL schema; default "contengine").
     lease: seconds a frozen engine's runs stay held before others take them over
     (an engine whose process died on this host is seen dead at once); poll_interval:
     how often an idle worker or a waiting result() looks for what other processes
@@ -95,6 +97,7 @@ class Engine:
         *,
         durability: str = "full",
         busy_timeout: float = 5.0,
+        schema: str | None = None,
         clock: Clock | None = None,
         secret: bytes | None = None,
         workflows: Iterable[Workflow[Any, Any]] = (),
@@ -109,7 +112,7 @@ class Engine:
             raise ValueError(
                 f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
             )
-        self.store: Store = store or SQLiteStore(path, durability, busy_timeout)
+        self.store: Store = store or open_store(path, durability, busy_timeout, schema)
         self.clock: Clock = clock or SystemClock()
         self.serde = Serde(secret, self.store.max_payload)
         self.poll_interval = float(poll_interval)

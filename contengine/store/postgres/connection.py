@@ -1,0 +1,108 @@
+"""Connections to the server: the URL and its schema, connecting, transactions, errors.
+
+The store keeps two connections, each behind a lock: one writes (every write is one
+explicit transaction on it) and one reads (autocommit: each read sees what was
+committed when it ran). A connection the server dropped is replaced on next use;
+the call that found it dropped raises DatabaseError (nothing of it was committed
+unless the server had acknowledged the COMMIT).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ...errors import DatabaseError
+
+# libpq's own default waits forever for a server that does not answer.
+CONNECT_TIMEOUT = 10
+DURABILITY = {"full": "on", "normal": "off"}
+
+
+def database_error(shown: str, exc: BaseException) -> DatabaseError:
+    """The DatabaseError for a psycopg error met on the server named shown."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseError(
+            f"PostgreSQL at {shown}: {detail}. The connection was lost or refused; "
+            f"whatever this call wrote was not committed. The next call reconnects."
+        )
+    return DatabaseError(f"PostgreSQL at {shown}: {detail}. Nothing was written.")
+
+
+class Link:
+    """One connection behind a lock, (re)made on demand, with the session settings."""
+
+    def __init__(self, url: str, shown: str, schema: str, synchronous_commit: str) -> None:
+        self.url, self.shown, self.schema = url, shown, schema
+        self.synchronous_commit = synchronous_commit
+        self.lock = threading.RLock()
+        self.conn: psycopg.Connection[Any] | None = None
+        self.closed = False
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """The connection, made now if there is none (or the last one broke)."""
+        if self.closed:
+            raise DatabaseError(f"the store on {self.shown} is closed; open a new engine")
+        conn = self.conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self.conn = None
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        except psycopg.Error as exc:
+            raise unreachable(self.shown, exc) from exc
+        try:
+            # The schema first on the path: every statement names bare tables.
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            conn.execute(
+                sql.SQL("SET synchronous_commit TO {}").format(sql.Literal(self.synchronous_commit))
+            )
+        except psycopg.Error as exc:
+            conn.close()
+            raise database_error(self.shown, exc) from exc
+        self.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction, committed at the end of the block (rolled back on error)."""
+        with self.lock:
+            conn = self.connect()
+            try:
+                with conn.transaction():
+                    yield conn
+            except psycopg.Error as exc:
+                raise database_error(self.shown, exc) from exc
+
+    def read(self, query: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one query, run on its own (autocommit)."""
+        with self.lock:
+            conn = self.connect()
+            try:
+                return conn.execute(query, params).fetchall()
+            except psycopg.Error as exc:
+                raise database_error(self.shown, exc) from exc
+
+    def close(self) -> None:
+        """Close the connection; later use raises DatabaseError."""
+        with self.lock:
+            self.closed = True
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+
+def unreachable(shown: str, exc: BaseException) -> DatabaseError:
+    """The error of a server that could not be reached or refused the login."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return DatabaseError(
+        f"cannot connect to PostgreSQL at {shown}: {detail}. Check that the server is "
+        f"running and accepts connections there, and that the user, password and "
+        f"database in the URL are right."
+    )

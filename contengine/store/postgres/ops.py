@@ -1,0 +1,145 @@
+"""The PostgreSQL store's operator writes: gc, retry's rewind, import, backup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
+from ..rows import FAILED, EntryRow, Rewind, RunRow, Signal, run_digest
+from .sql import (
+    DELETABLE,
+    ENTRY_COLS,
+    INSERT_ENTRY,
+    INSERT_RUN,
+    SELECT_RUN,
+    entry_params,
+    entry_row,
+    run_params,
+    run_row,
+)
+
+Conn = psycopg.Connection[Any]
+
+
+def delete_finished(conn: Conn, before: float, limit: int) -> int:
+    """AdminStore.delete_finished inside the caller's transaction."""
+    deleted = 0
+    # Children go before their parents, so a tree of old runs is deleted leaves first:
+    # look again after each round until the batch is full or none is left.
+    while deleted < limit:
+        ids = [str(r[0]) for r in conn.execute(DELETABLE, (before, limit - deleted))]
+        if not ids:
+            break
+        for table in ("log", "mailbox", "published"):
+            conn.execute(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (ids,))
+        conn.execute("DELETE FROM runs WHERE id = ANY(%s)", (ids,))
+        deleted += len(ids)
+    return deleted
+
+
+def rewind_one(conn: Conn, r: Rewind, now: float) -> None:
+    """Rewind one run inside the caller's transaction (see AdminStore.rewind)."""
+    run_id = r.run_id
+    row = conn.execute(SELECT_RUN + " FOR UPDATE", (run_id,)).fetchone()
+    if row is None:
+        raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
+    run = run_row(row)
+    if run.status != FAILED:
+        raise ContengineError(
+            f"run {run_id!r} is {run.status}, not failed; only a failed run can be "
+            f"retried, so nothing was changed"
+        )
+    log = [
+        entry_row(run_id, e)
+        for e in conn.execute(
+            f"SELECT {ENTRY_COLS} FROM log WHERE run_id = %s ORDER BY position", (run_id,)
+        )
+    ]
+    # What the plan was made from, read again with the row locked: a plan of another
+    # state could discard steps that completed since.
+    if run_digest(run, log) != r.seen:
+        raise ContengineError(
+            f"run {run_id!r} changed since the retry was planned; nothing was changed, retry again"
+        )
+    conn.execute("DELETE FROM log WHERE run_id = %s AND position >= %s", (run_id, r.position))
+    conn.execute(
+        "UPDATE runs SET status = 'pending', updated_at = %s, due_at = NULL, "
+        "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
+        "note = NULL, cancel_requested = 0, owner = NULL, lease = lease + 1 WHERE id = %s",
+        (now, run_id),
+    )
+
+
+def insert_run(
+    conn: Conn,
+    run: RunRow,
+    entries: Sequence[EntryRow],
+    mailbox: Sequence[Signal],
+    published: dict[str, bytes],
+) -> None:
+    """AdminStore.insert_run inside the caller's transaction."""
+    if conn.execute(INSERT_RUN, run_params(run)).rowcount != 1:
+        raise IdConflict(f"a run with id {run.id!r} already exists; nothing was written")
+    with conn.cursor() as cur:
+        if entries:
+            cur.executemany(INSERT_ENTRY, [entry_params(e) for e in entries])
+        if mailbox:
+            cur.executemany(
+                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (%s, %s, %s, %s)",
+                [(run.id, m.name, m.payload, m.sent_at) for m in mailbox],
+            )
+        if published:
+            cur.executemany(
+                "INSERT INTO published (run_id, key, value) VALUES (%s, %s, %s)",
+                [(run.id, k, v) for k, v in published.items()],
+            )
+
+
+def backup(url: str, schema: str, shown: str, dest: str) -> None:
+    """Dump the schema with pg_dump (custom format, one snapshot) to a new file dest."""
+    if os.path.lexists(dest):
+        raise ContengineError(
+            f"{dest!r} already exists; a backup never overwrites a file, so nothing was "
+            f"written. Choose a new path."
+        )
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        raise DatabaseError(
+            f"a backup of PostgreSQL at {shown} needs pg_dump, which is not on PATH; "
+            f"install the PostgreSQL client tools. Nothing was written."
+        )
+    try:
+        # O_EXCL claims the name: a file that appeared since the check is not overwritten.
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        raise ContengineError(f"{dest!r} already exists; nothing was written") from None
+    except OSError as exc:
+        raise DatabaseError(f"cannot create the backup file {dest!r}: {exc}") from exc
+    # The password goes by the environment, not the command line (others can read that).
+    parts = urlsplit(url)
+    env = dict(os.environ)
+    if parts.password is not None:
+        env["PGPASSWORD"] = parts.password
+        host = parts.netloc.rsplit("@", 1)[1]
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+    done = subprocess.run(
+        [pg_dump, f"--dbname={url}", f"--schema={schema}", "--format=custom", f"--file={dest}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        with contextlib.suppress(OSError):
+            os.remove(dest)
+        raise DatabaseError(
+            f"backup of PostgreSQL at {shown} to {dest!r} failed: {done.stderr.strip()}"
+        )

@@ -1,0 +1,172 @@
+"""The PostgreSQL store's schema, version by version, created and migrated on open.
+
+Everything lives in one PostgreSQL schema of its own (default "contengine"), with a
+`meta` table that records the version. Opening takes a transaction-level advisory
+lock on the schema's name, so that processes opening a new database at once create
+it once, and refuses a schema written by a newer contengine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ...errors import DatabaseError
+
+SCHEMA_VERSION = 1
+
+# Times are float8 seconds (as the engine's clock gives them; 'Infinity' is a wait
+# without a timeout); values are bytea, never read by the server.
+_SCHEMA_V1 = """
+CREATE TABLE meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE runs (
+    num bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- creation order
+    id text NOT NULL UNIQUE,
+    workflow text NOT NULL,
+    ref text,
+    status text NOT NULL,
+    args bytea NOT NULL,
+    args_key text,
+    created_at float8 NOT NULL,
+    updated_at float8 NOT NULL,
+    finished_at float8,
+    due_at float8,
+    result bytea,
+    error bytea,
+    error_text text,
+    note text,
+    -- 0 never cancelled, 1 a cancel waits to be delivered, 2 delivered
+    cancel_requested smallint NOT NULL DEFAULT 0,
+    parent_id text,
+    generation integer NOT NULL DEFAULT 0,
+    tags text[] NOT NULL DEFAULT '{}',
+    queue text,
+    priority integer NOT NULL DEFAULT 0,
+    owner text,
+    lease bigint NOT NULL DEFAULT 0,
+    claimed_at float8
+);
+CREATE INDEX runs_by_status ON runs (status, due_at);
+CREATE INDEX runs_by_workflow ON runs (workflow, status);
+CREATE INDEX runs_by_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX runs_to_claim ON runs (priority DESC, num)
+    WHERE status IN ('pending', 'running', 'sleeping', 'waiting');
+CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL;
+CREATE INDEX runs_by_queue ON runs (queue, claimed_at) WHERE queue IS NOT NULL;
+CREATE TABLE log (
+    run_id text NOT NULL,
+    position integer NOT NULL,
+    kind text NOT NULL,
+    name text NOT NULL,
+    key text,
+    text text NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL,
+    crashes integer NOT NULL,
+    started_at float8 NOT NULL,
+    finished_at float8,
+    due_at float8,
+    outcome bytea,
+    error_text text,
+    PRIMARY KEY (run_id, position)
+);
+CREATE TABLE mailbox (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id text NOT NULL,
+    name text NOT NULL,
+    payload bytea NOT NULL,
+    sent_at float8 NOT NULL
+);
+CREATE INDEX mailbox_by_run ON mailbox (run_id, name, seq);
+CREATE TABLE published (
+    run_id text NOT NULL,
+    key text NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE workers (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    pid_start text,
+    started_at float8 NOT NULL,
+    expires_at float8 NOT NULL,
+    worker_loop boolean NOT NULL DEFAULT false
+);
+CREATE TABLE queues (
+    name text PRIMARY KEY,
+    concurrency integer,
+    worker_concurrency integer,
+    rate_limit integer,
+    rate_period float8
+);
+CREATE TABLE step_slots (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue text NOT NULL,
+    holder text NOT NULL,
+    acquired_at float8 NOT NULL,
+    released boolean NOT NULL DEFAULT false
+);
+CREATE INDEX step_slots_by_queue ON step_slots (queue, released, acquired_at)
+"""
+
+# MIGRATIONS[v] takes the schema from version v to v + 1 (statements run in order, in
+# the opening transaction). A new version appends its script here.
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+
+
+def stored_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
+    """The version in the schema's meta table; 0 for no schema or an empty one, None
+    for a schema that holds tables but no contengine meta table (someone else's)."""
+    found = conn.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)
+    ).fetchone()
+    if found is None or found[0] == 0:
+        return 0
+    if conn.execute("SELECT to_regclass(%s)", (f'"{schema}".meta',)).fetchone() == (None,):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT value FROM {}.meta WHERE key = 'version'").format(sql.Identifier(schema))
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def prepare(conn: psycopg.Connection[Any], schema: str, shown: str) -> int:
+    """Create or migrate the schema in one transaction; its version. DatabaseError if it
+    belongs to a newer contengine or to another application (left untouched)."""
+    with conn.transaction():
+        # Held to the end of the transaction: one opener migrates, the others wait and
+        # then find the schema current.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"contengine:{schema}",))
+        version = stored_version(conn, schema)
+        if version is None:
+            raise DatabaseError(
+                f"the schema {schema!r} at {shown} holds tables of another application "
+                f"(it has no contengine meta table); contengine left it untouched. Give "
+                f"the engine a schema of its own: schema='...' or ?schema=... in the URL."
+            )
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"the schema {schema!r} at {shown} was written by a newer contengine "
+                f"(schema version {version}; this one knows up to {SCHEMA_VERSION}). It "
+                f"was left untouched: upgrade contengine to open it."
+            )
+        if version == SCHEMA_VERSION:
+            return version
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        while version < SCHEMA_VERSION:
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            version += 1
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('version', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(version),),
+        )
+        return version

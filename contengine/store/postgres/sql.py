@@ -1,0 +1,93 @@
+"""The PostgreSQL store's statements and row conversions, shared by its modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..rows import FINISHED, RUN_STATUSES, EntryRow, RunRow
+
+RUN_COLS = (
+    "id, workflow, ref, status, args, args_key, created_at, updated_at, "
+    "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
+    "generation, tags, queue, priority"
+)
+RUN_MARKS = ", ".join(["%s"] * 20)
+INSERT_RUN = f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING"
+SELECT_RUN = f"SELECT {RUN_COLS} FROM runs WHERE id = %s"
+ENTRY_COLS = (
+    "position, kind, name, key, text, status, attempts, crashes, "
+    "started_at, finished_at, due_at, outcome, error_text"
+)
+INSERT_ENTRY = f"INSERT INTO log (run_id, {ENTRY_COLS}) VALUES ({', '.join(['%s'] * 14)})"
+# Only an entry still in flight may change: a finished outcome is final, and a write
+# that finds none was raced by another writer of the same run.
+UPDATE_ENTRY = (
+    "UPDATE log SET status = %s, attempts = %s, crashes = %s, finished_at = %s, "
+    "due_at = %s, outcome = %s, error_text = %s WHERE run_id = %s AND position = %s "
+    "AND status IN ('running', 'retrying') AND attempts = coalesce(%s::integer, attempts)"
+)
+# A finished run lets go of its lease in the same statement: no one drives it again.
+UPDATE_RUN = (
+    "UPDATE runs SET status = %(status)s, updated_at = %(updated_at)s, due_at = %(due_at)s, "
+    "finished_at = %(finished_at)s, result = %(result)s, error = %(error)s, "
+    "error_text = %(error_text)s, cancel_requested = CASE WHEN %(clear)s::boolean "
+    "AND cancel_requested = 1 THEN 2 ELSE cancel_requested END, owner = CASE WHEN "
+    "%(status)s IN ('completed', 'failed', 'cancelled') THEN NULL ELSE owner END "
+    "WHERE id = %(id)s"
+)
+CANCEL_PENDING, CANCEL_DELIVERED = 1, 2
+UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
+FINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s in FINISHED)
+# Finished runs that finished before %s, oldest first, at most %s of them: not one whose
+# parent is unfinished (its replay reads the child's row), nor one with children left.
+DELETABLE = (
+    f"SELECT id FROM runs AS r WHERE status IN ({FINISHED_SQL}) AND finished_at < %s "
+    "AND NOT EXISTS (SELECT 1 FROM runs AS p WHERE p.id = r.parent_id "
+    f"AND p.status IN ({UNFINISHED_SQL})) "
+    "AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_id = r.id) "
+    "ORDER BY num LIMIT %s"
+)
+# The run and, recursively, its child runs.
+TREE = (
+    "WITH RECURSIVE tree(id) AS (SELECT %s::text UNION ALL "
+    "SELECT runs.id FROM runs JOIN tree ON runs.parent_id = tree.id) "
+)
+
+
+def run_params(run: RunRow) -> tuple[object, ...]:
+    """The run's values in RUN_COLS order, as written."""
+    return (
+        run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
+        run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
+        run.note, int(run.cancel_requested), run.parent_id, run.generation,
+        list(run.tags), run.queue, run.priority,
+    )  # fmt: skip
+
+
+def run_row(row: tuple[Any, ...]) -> RunRow:
+    """A runs row (RUN_COLS) as read."""
+    *fields, tags, queue, priority = row
+    run = RunRow(*fields)
+    run.args = bytes(run.args)
+    run.result = None if run.result is None else bytes(run.result)
+    run.error = None if run.error is None else bytes(run.error)
+    run.cancel_requested = run.cancel_requested == CANCEL_PENDING  # not one delivered
+    run.tags = tuple(tags or ())
+    run.queue, run.priority = queue, priority
+    return run
+
+
+def entry_params(e: EntryRow) -> tuple[object, ...]:
+    """The entry's values in INSERT_ENTRY order."""
+    return (
+        e.run_id, e.position, e.kind, e.name, e.key, e.text, e.status, e.attempts,
+        e.crashes, e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
+    )  # fmt: skip
+
+
+def entry_row(run_id: str, row: tuple[Any, ...]) -> EntryRow:
+    """A log row (ENTRY_COLS) as read."""
+    e = EntryRow(run_id, *row)
+    if e.outcome is not None:
+        e.outcome = bytes(e.outcome)
+    return e

@@ -1,0 +1,369 @@
+"""The PostgreSQL store: a Store on a schema of a PostgreSQL server.
+
+Its semantics are the SQLite store's (the same contract suite passes on both);
+what differs is how they are kept with many sessions writing at once: a progress
+write locks its run's row (writes.py), claims skip rows other sessions hold and
+serialize per limited queue (claims.py), and times are the callers' (as with
+SQLite: the store reads no clock).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import psycopg
+
+from ...errors import ContengineError, DatabaseError, RunNotFound
+from ..base import (
+    Claim,
+    EntryRow,
+    Progress,
+    QueueConfig,
+    ReplayRow,
+    Rewind,
+    RunRow,
+    Signal,
+    Store,
+    WorkerRow,
+)
+from ..group_commit import GroupCommit, Slot
+from ..rows import FINISHED
+from . import claims as pg_claims
+from . import ops as pg_ops
+from . import writes as pg_writes
+from .connection import DURABILITY, Link
+from .schema import prepare
+from .sql import (
+    CANCEL_PENDING,
+    ENTRY_COLS,
+    INSERT_RUN,
+    RUN_COLS,
+    SELECT_RUN,
+    TREE,
+    UNFINISHED_SQL,
+    entry_row,
+    run_params,
+    run_row,
+)
+from .url import is_postgres_url, redacted, split_url
+
+__all__ = ["PostgresStore", "is_postgres_url"]
+
+# PostgreSQL keeps a bytea of up to 1 GB, and a statement's parameters together must
+# stay under that too; a row holds up to two values and a text (as with SQLite).
+_MAX_FIELD = 1_000_000_000
+
+
+class PostgresStore(GroupCommit, Store):
+    """A Store in one schema of a PostgreSQL server; progress is written by group commit."""
+
+    def __init__(self, url: str, schema: str | None = None, durability: str = "full") -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        super().__init__()  # the group commit's queue
+        self.url, self.schema = split_url(url, schema)
+        self.durability = durability
+        self.shown = redacted(url)
+        sync = DURABILITY[durability]
+        self._writer = Link(self.url, self.shown, self.schema, sync)
+        self._reader = Link(self.url, self.shown, self.schema, sync)
+        try:
+            with self._writer.lock:
+                conn = self._writer.connect()
+                try:
+                    self.schema_version = prepare(conn, self.schema, self.shown)
+                except psycopg.Error as exc:
+                    raise DatabaseError(
+                        f"cannot prepare the schema {self.schema!r} at {self.shown}: {exc}"
+                    ) from exc
+        except BaseException:
+            self._writer.close()
+            raise
+
+    # -- runs and their log -------------------------------------------------
+
+    def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
+        with self._writer.transaction() as conn:
+            if conn.execute(INSERT_RUN, run_params(run)).rowcount == 1:
+                return run, True
+            row = conn.execute(SELECT_RUN, (run.id,)).fetchone()
+            if row is None:  # cannot happen: the conflict was on this id
+                raise DatabaseError(f"run {run.id!r} vanished while it was being created")
+            return run_row(row), False
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        rows = self._reader.read(SELECT_RUN, (run_id,))
+        return run_row(rows[0]) if rows else None
+
+    def list_runs(
+        self,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int | None = None,
+        tag: str | None = None,
+    ) -> list[RunRow]:
+        where: list[str] = []
+        params: list[object] = []
+        if tag is not None:
+            where.append("%s = ANY(tags)")
+            params.append(tag)
+        if status is not None:
+            where.append("status = %s")
+            params.append(status)
+        if workflow is not None:
+            where.append("workflow = %s")
+            params.append(workflow)
+        query = f"SELECT {RUN_COLS} FROM runs"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY created_at, num"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        return [run_row(r) for r in self._reader.read(query, params)]
+
+    def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
+        rows = self._reader.read(
+            f"SELECT {ENTRY_COLS} FROM log WHERE run_id = %s AND position >= %s "
+            "ORDER BY position LIMIT %s",
+            (run_id, max(start, 0), limit),
+        )
+        return [entry_row(run_id, r) for r in rows]
+
+    def replay_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[ReplayRow]:
+        rows = self._reader.read(
+            "SELECT run_id, position, kind, name, key, text, status, outcome FROM log "
+            "WHERE run_id = %s AND position >= %s ORDER BY position LIMIT %s",
+            (run_id, max(start, 0), limit),
+        )
+        return [ReplayRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def log_length(self, run_id: str) -> int:
+        # Positions are contiguous, so the last one tells the length (one index probe).
+        (last,) = self._reader.read("SELECT max(position) FROM log WHERE run_id = %s", (run_id,))[0]
+        return 0 if last is None else int(last) + 1
+
+    def write_batch(self, batch: list[Slot]) -> None:
+        pg_writes.write_slots(self._writer, batch)
+
+    def commit_many(self, batch: Sequence[Progress]) -> None:
+        """Write several runs' progress in one transaction (all or none)."""
+        pg_writes.write_all(self._writer, list(batch))
+
+    def runnable(self, now: float, limit: int | None = None) -> list[str]:
+        rows = self._reader.read(
+            f"SELECT id FROM runs WHERE status IN ({UNFINISHED_SQL}) "
+            "AND (due_at IS NULL OR due_at <= %s) ORDER BY num LIMIT %s",
+            (now, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    def next_due(self, after: float | None = None) -> float | None:
+        (value,) = self._reader.read(
+            f"SELECT min(due_at) FROM runs WHERE status IN ({UNFINISHED_SQL}) "
+            "AND due_at IS NOT NULL AND due_at > %s",
+            (float("-inf") if after is None else after,),
+        )[0]
+        # A wait without a timeout is due "never" (infinity): no time will wake it.
+        return float(value) if value is not None and value != float("inf") else None
+
+    def send_signal(self, run_id: str, name: str, payload: bytes, now: float) -> None:
+        with self._writer.transaction() as conn:
+            row = conn.execute(
+                "SELECT status FROM runs WHERE id = %s FOR UPDATE", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}: the signal {name!r} was not sent")
+            if row[0] in FINISHED:
+                raise ContengineError(
+                    f"run {run_id!r} is {row[0]}: it will never wait again, so the signal "
+                    f"{name!r} was not sent"
+                )
+            conn.execute(
+                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (%s, %s, %s, %s)",
+                (run_id, name, payload, now),
+            )
+            # Wake a waiting run now; it finds out for itself whether this is its signal.
+            conn.execute(
+                "UPDATE runs SET due_at = %s WHERE id = %s AND status = 'waiting'", (now, run_id)
+            )
+
+    def peek_signal(self, run_id: str, name: str) -> Signal | None:
+        rows = self._reader.read(
+            "SELECT seq, run_id, name, payload, sent_at FROM mailbox "
+            "WHERE run_id = %s AND name = %s ORDER BY seq LIMIT 1",
+            (run_id, name),
+        )
+        return self._signal(rows[0]) if rows else None
+
+    @staticmethod
+    def _signal(r: tuple[Any, ...]) -> Signal:
+        seq, run_id, name, payload, sent_at = r
+        return Signal(int(seq), str(run_id), str(name), bytes(payload), float(sent_at))
+
+    def request_cancel(self, run_id: str, now: float) -> bool:
+        with self._writer.transaction() as conn:
+            row = conn.execute(
+                "SELECT status FROM runs WHERE id = %s FOR UPDATE", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r} to cancel")
+            if row[0] in FINISHED:
+                return False
+            # The run and, recursively, its unfinished children.
+            conn.execute(
+                TREE + "UPDATE runs SET cancel_requested = 1, due_at = %s "
+                f"WHERE id IN (SELECT id FROM tree) AND status IN ({UNFINISHED_SQL})",
+                (run_id, now),
+            )
+            return True
+
+    def pending_cancels(self, run_ids: Collection[str]) -> set[str]:
+        rows = self._reader.read(
+            "SELECT id FROM runs WHERE id = ANY(%s) AND cancel_requested = %s",
+            (list(run_ids), CANCEL_PENDING),
+        )
+        return {str(r[0]) for r in rows}
+
+    def published(self, run_id: str) -> dict[str, bytes]:
+        rows = self._reader.read("SELECT key, value FROM published WHERE run_id = %s", (run_id,))
+        return {str(k): bytes(v) for k, v in rows}
+
+    def max_payload(self) -> int:
+        return _MAX_FIELD * 3 // 8
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+    # -- leases, claims, queues --------------------------------------------
+
+    def claim(
+        self,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        limit: int,
+        run_id: str | None = None,
+        release: Sequence[tuple[str, int]] = (),
+        skip: Collection[str] = (),
+    ) -> list[Claim]:
+        with self._writer.transaction() as conn:
+            picked = pg_claims.claim(conn, worker, now, wall, limit, run_id, release, skip)
+        return [Claim(run_row(row), lease) for lease, row in picked]
+
+    def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        if not leases:
+            return
+        with self._writer.transaction() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE runs SET owner = NULL WHERE id = %s AND owner = %s AND lease = %s",
+                [(r, owner, n) for r, n in leases],
+            )
+
+    def hold(self, run_id: str, lease: int, worker: WorkerRow) -> None:
+        with self._writer.transaction() as conn:
+            pg_claims.check_lease(conn, run_id, worker.id, lease)
+            pg_claims.record_worker(conn, worker)
+
+    def heartbeat(self, worker: WorkerRow) -> bool:
+        with self._writer.transaction() as conn:
+            return pg_claims.record_worker(conn, worker)
+
+    def release_all(self, owner: str) -> None:
+        with self._writer.transaction() as conn:
+            conn.execute("UPDATE runs SET owner = NULL WHERE owner = %s", (owner,))
+
+    def retire_worker(self, worker_id: str) -> None:
+        with self._writer.transaction() as conn:
+            conn.execute("UPDATE runs SET owner = NULL WHERE owner = %s", (worker_id,))
+            conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
+
+    def workers(self) -> list[WorkerRow]:
+        with self._writer.transaction() as conn:
+            return pg_claims.read_workers(conn)
+
+    def set_queue(self, config: QueueConfig) -> None:
+        with self._writer.transaction() as conn:
+            conn.execute(
+                "INSERT INTO queues (name, concurrency, worker_concurrency, rate_limit, "
+                "rate_period) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                "concurrency = excluded.concurrency, "
+                "worker_concurrency = excluded.worker_concurrency, "
+                "rate_limit = excluded.rate_limit, rate_period = excluded.rate_period",
+                (
+                    config.name,
+                    config.concurrency,
+                    config.worker_concurrency,
+                    config.rate_limit,
+                    config.rate_period,
+                ),
+            )
+
+    def queues(self) -> list[QueueConfig]:
+        with self._writer.transaction() as conn:
+            return list(pg_claims.queue_configs(conn).values())
+
+    def take_slot(
+        self,
+        queue: str,
+        worker: WorkerRow,
+        now: float,
+        wall: float,
+        lease: tuple[str, str, int] | None = None,
+    ) -> int | None:
+        with self._writer.transaction() as conn:
+            return pg_claims.take_slot(conn, queue, worker, now, wall, lease)
+
+    def give_slot(self, slot: int) -> None:
+        if slot:
+            with self._writer.transaction() as conn:
+                pg_claims.give_slot(conn, slot)
+
+    # -- operator tools -----------------------------------------------------
+
+    def set_note(self, run_id: str, note: str | None) -> None:
+        with self._writer.transaction() as conn:
+            conn.execute("UPDATE runs SET note = %s WHERE id = %s", (note, run_id))
+
+    def delete_finished(self, before: float, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+        with self._writer.transaction() as conn:
+            return pg_ops.delete_finished(conn, before, limit)
+
+    def backup(self, dest_path: str | os.PathLike[str]) -> None:
+        """Dump the store's schema with pg_dump (custom format) to a new file."""
+        pg_ops.backup(self.url, self.schema, self.shown, os.fspath(dest_path))
+
+    def rewind(self, runs: Sequence[Rewind], now: float) -> None:
+        with self._writer.transaction() as conn:
+            for r in runs:  # any refusal rolls back the runs before it
+                pg_ops.rewind_one(conn, r, now)
+
+    def insert_run(
+        self,
+        run: RunRow,
+        entries: Sequence[EntryRow] = (),
+        mailbox: Sequence[Signal] = (),
+        published: dict[str, bytes] | None = None,
+    ) -> None:
+        with self._writer.transaction() as conn:
+            pg_ops.insert_run(conn, run, entries, mailbox, published or {})
+
+    def mailbox(self, run_id: str) -> list[Signal]:
+        rows = self._reader.read(
+            "SELECT seq, run_id, name, payload, sent_at FROM mailbox WHERE run_id = %s "
+            "ORDER BY seq",
+            (run_id,),
+        )
+        return [self._signal(r) for r in rows]
+
+    def unfinished_descendants(self, run_id: str) -> list[RunRow]:
+        rows = self._reader.read(
+            TREE + f"SELECT {RUN_COLS} FROM runs WHERE id IN (SELECT id FROM tree) "
+            f"AND id <> %s AND status IN ({UNFINISHED_SQL}) ORDER BY num",
+            (run_id, run_id),
+        )
+        return [run_row(r) for r in rows]

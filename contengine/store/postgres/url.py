@@ -1,0 +1,49 @@
+"""PostgreSQL URLs: which targets are one, the schema in them, and how they are shown.
+
+No psycopg here: the engine asks whether a target is a URL before the driver loads.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+SCHEMES = ("postgresql://", "postgres://")
+DEFAULT_SCHEMA = "contengine"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+def is_postgres_url(target: object) -> bool:
+    """Whether target names a PostgreSQL server (postgresql:// or postgres://)."""
+    return isinstance(target, str) and target.startswith(SCHEMES)
+
+
+def split_url(url: str, schema: str | None) -> tuple[str, str]:
+    """The libpq URL (without contengine's ?schema=) and the schema to use.
+
+    schema= given both ways must agree; the name must be a plain identifier."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    in_url = [v for k, v in query if k == "schema"]
+    rest = [(k, v) for k, v in query if k != "schema"]
+    if in_url and schema is not None and in_url[-1] != schema:
+        raise ValueError(
+            f"the schema is given twice and differently: schema={schema!r} and "
+            f"?schema={in_url[-1]} in the URL; give it once"
+        )
+    chosen = schema if schema is not None else (in_url[-1] if in_url else DEFAULT_SCHEMA)
+    if not _NAME.fullmatch(chosen):
+        raise ValueError(
+            f"schema must be a plain PostgreSQL name (letters, digits, _ and $, not "
+            f"starting with a digit, at most 63 characters), not {chosen!r}"
+        )
+    return urlunsplit(parts._replace(query=urlencode(rest))), chosen
+
+
+def redacted(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
