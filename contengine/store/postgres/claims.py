@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from ..queues import room_left
 from ..rows import QueueConfig, WorkerRow
 from .sql import RUN_COLS, UNFINISHED_SQL
 from .writes import lease_lost
@@ -93,14 +94,9 @@ def queue_room(
         held[queue] = held.get(queue, 0) + count
         if owner == me:
             mine[queue] = count
-    room: dict[str, int] = {}
+    room = room_left(configs, held, mine)
     starts: dict[str, int] = {}
     for name, q in configs.items():
-        if q.concurrency is not None:
-            room[name] = q.concurrency - held.get(name, 0)
-        if q.worker_concurrency is not None:
-            left = q.worker_concurrency - mine.get(name, 0)
-            room[name] = min(room.get(name, left), left)
         if q.rate_limit is not None and q.rate_period is not None:
             row = conn.execute(
                 "SELECT count(*) FROM runs WHERE queue = %s AND claimed_at > %s",

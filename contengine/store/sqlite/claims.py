@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Collection, Sequence
 
 from ..liveness import Expiry, alive
+from ..queues import room_left
 from ..rows import QueueConfig, WorkerRow
 from .bulk import lease_lost
 
@@ -99,14 +100,9 @@ def queue_room(
         held[queue] = held.get(queue, 0) + count
         if owner == me:
             mine[queue] = count
-    room: dict[str, int] = {}
+    room = room_left(configs, held, mine)
     starts: dict[str, int] = {}
     for name, q in configs.items():
-        if q.concurrency is not None:
-            room[name] = q.concurrency - held.get(name, 0)
-        if q.worker_concurrency is not None:
-            left = q.worker_concurrency - mine.get(name, 0)
-            room[name] = min(room.get(name, left), left)
         if q.rate_limit is not None and q.rate_period is not None:
             (started,) = conn.execute(
                 "SELECT count(*) FROM runs WHERE queue = ? AND claimed_at > ?",
