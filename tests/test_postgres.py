@@ -1,7 +1,8 @@
 """The PostgreSQL store's own machinery: opening (URL, schema, versions, an absent
 server), fencing under a concurrent claim, a dropped connection, and an engine on it.
 
-The store's semantics are tested by tests/test_store_contract.py (its postgres kind).
+The store's semantics are tested by tests/test_store_contract.py (its postgres kind);
+its backup, and runs moved between it and SQLite, by tests/test_postgres_backup.py.
 """
 
 from __future__ import annotations
@@ -267,10 +268,3 @@ def test_an_engine_on_a_url_runs_a_workflow_and_a_second_engine_reads_it(
         (entry_0, entry_1) = again.history("d-1")
         assert (entry_0.status, entry_1.status) == (E_COMPLETED, E_COMPLETED)
         assert again.start(doubled_twice, 5, id="d-1").result() == 20
-
-
-def test_a_backup_is_a_pg_dump_archive_of_the_schema(store: PostgresStore, tmp_path: Any) -> None:
-    store.create_run(run("r1"))
-    dest = tmp_path / "copy.dump"
-    store.backup(dest)
-    assert dest.read_bytes().startswith(b"PGDMP")  # pg_dump's custom format

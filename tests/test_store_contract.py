@@ -40,6 +40,7 @@ from contengine.store.base import (
     run_digest,
 )
 from contengine.store.postgres import PostgresStore
+from contengine.store.sqlite.store import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from contengine.store.sqlite.store import SQLiteStore
 
 __all__ = ["pg_schemas"]  # a fixture, used by postgres_stores
@@ -525,6 +526,46 @@ def test_backup_never_overwrites_an_existing_file(store: Store, tmp_path: Path) 
     with pytest.raises(ce.ContengineError, match="already exists"):
         store.backup(dest)
     assert dest.read_bytes() == b"precious"
+
+
+def contents(store: Store) -> dict[str, Any]:
+    """Everything a store keeps of its runs and queues, as its interface reads it."""
+    runs = store.list_runs()
+    return {
+        "runs": runs,
+        "logs": {r.id: store.load_log(r.id) for r in runs},
+        "mailboxes": {r.id: store.mailbox(r.id) for r in runs},
+        "published": {r.id: store.published(r.id) for r in runs},
+        "queues": sorted(store.queues(), key=lambda q: q.name),
+    }
+
+
+def test_a_backup_is_an_sqlite_database_holding_the_same_runs(store: Store, tmp_path: Path) -> None:
+    """Whatever the store, its backup is a new SQLite contengine database with every run,
+    log entry, mailbox message, published value and queue as they were, and nothing
+    beside it (no temporary file left)."""
+    started(store, "r1", tags=("a", "b"), queue="q", priority=3, status=WAITING, due_at=1e300)
+    done = entry("r1", 0, E_COMPLETED, finished_at=201.5, outcome=b"\x00out")
+    store.commit(Progress("r1", insert=done, publish=(("stage", b"\x00one"),)))
+    store.commit(Progress("r1", insert=entry("r1", 1, key="k", text="a longer text")))
+    started(store, "r1/1", parent_id="r1", status=COMPLETED, result=b"r", finished_at=9.0)
+    started(store, "r2", 50.0, status=FAILED, error=b"e", error_text="ValueError: no")
+    started(store, "r3", 60.0, status=WAITING, due_at=float("inf"))
+    store.send_signal("r1", "go", b"first", 300.0)
+    store.send_signal("r3", "go", b"other", 301.0)
+    store.send_signal("r1", "go", b"second", 302.0)
+    store.request_cancel("r3", 303.0)
+    store.set_queue(QueueConfig("q", concurrency=2, rate_limit=5, rate_period=60.0))
+    dest = tmp_path / "copy.db"
+    store.backup(dest)
+    assert [p.name for p in tmp_path.iterdir() if not p.is_dir()] == ["copy.db"]
+    copy = SQLiteStore(dest)
+    try:
+        assert copy.schema_version == SQLITE_SCHEMA_VERSION
+        assert contents(copy) == contents(store)
+        assert copy.pending_cancels(["r1", "r3"]) == {"r3"}
+    finally:
+        copy.close()
 
 
 # -- signals, cancels, children, published values, restarts ----------------------------

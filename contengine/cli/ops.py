@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ..engine.retrying import plan_retry
 from ..engine.transfer import check_export, checked_id, checked_ref
 from ..errors import ContengineError
+from ..store.postgres.url import is_postgres_url, redacted
 from .common import CommandError, open_engine, parse_duration
 
 if TYPE_CHECKING:
@@ -37,8 +38,10 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     cancel.add_argument("run_id")
     gc = command("gc", "delete runs that finished long ago, with their logs")
     gc.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 45s")
-    backup = command("backup", "copy the database to a new file, while it is in use")
-    backup.add_argument("dest", help="the new file (never overwritten)")
+    backup = command(
+        "backup", "copy the database (or a PostgreSQL schema) to a new SQLite file, while in use"
+    )
+    backup.add_argument("dest", help="the new SQLite database file (never overwritten)")
     retry = command("retry", "resume a failed run from the step that failed")
     retry.add_argument("run_id")
     retry.add_argument(
@@ -74,7 +77,13 @@ def main(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), 2) from None
     except ContengineError as exc:
         raise CommandError(str(exc)) from None
-    created = args.command == "import" and bool(args.db) and not os.path.exists(args.db)
+    # A server's schema is created on first use too, but there is no file to announce.
+    created = (
+        args.command == "import"
+        and bool(args.db)
+        and not is_postgres_url(args.db)
+        and not os.path.exists(args.db)
+    )
     # An import may be the first thing in a new database (moving a run to a new file).
     with open_engine(
         args.db, create=args.command == "import", readonly=args.command == "export"
@@ -101,8 +110,9 @@ def main(args: argparse.Namespace) -> int:
                 deleted = _gc(engine, age, Progress())
                 print(f"deleted {deleted} finished run{'' if deleted == 1 else 's'}")
             else:
-                _backup(engine, args.db, args.dest, Progress())
-                print(f"backed up {args.db} to {args.dest}")
+                # A URL's password is never printed.
+                _backup(engine, redacted(args.db), args.dest, Progress())
+                print(f"backed up {redacted(args.db)} to {args.dest}")
         except ContengineError as exc:
             # The engine's message names the run and what was (not) done.
             raise CommandError(str(exc)) from exc

@@ -300,7 +300,9 @@ class AdminStore(ABC):
 
     @abstractmethod
     def backup(self, dest_path: str | os.PathLike[str]) -> None:
-        """Write a consistent copy of the whole store to a new file, while others write.
+        """Write a consistent copy of the whole store (one moment of it), while others
+        write, as a new SQLite contengine database at dest_path: whatever the store, the
+        copy opens with ce.Engine(dest_path), so runs can move from one store to another.
 
         Raises ContengineError, writing nothing, if dest_path already exists.
         """

@@ -53,6 +53,17 @@ class RunRow:
 
 
 @dataclass(slots=True)
+class CopiedRun:
+    """A run as a copy of a whole store takes it (a backup into another store): its row,
+    and what RunRow leaves out that the copy keeps."""
+
+    row: RunRow
+    cancel_state: int  # 0 never cancelled, 1 a cancel waits to be delivered, 2 delivered
+    lease: int  # the fencing counter: the copy's next claim goes on from it
+    claimed_at: float | None  # the first claim (a queue's rate limit counts starts)
+
+
+@dataclass(slots=True)
 class EntryRow:
     """One log entry as stored: a request at a position and, once known, its outcome."""
 

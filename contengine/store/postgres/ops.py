@@ -1,18 +1,13 @@
-"""The PostgreSQL store's operator writes: gc, retry's rewind, import, backup."""
+"""The PostgreSQL store's operator writes: gc, retry's rewind, import."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import subprocess
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
+from ...errors import ContengineError, IdConflict, RunNotFound
 from ..rows import FAILED, EntryRow, Rewind, RunRow, Signal, run_digest
 from .sql import (
     DELETABLE,
@@ -101,45 +96,3 @@ def insert_run(
                 "INSERT INTO published (run_id, key, value) VALUES (%s, %s, %s)",
                 [(run.id, k, v) for k, v in published.items()],
             )
-
-
-def backup(url: str, schema: str, shown: str, dest: str) -> None:
-    """Dump the schema with pg_dump (custom format, one snapshot) to a new file dest."""
-    if os.path.lexists(dest):
-        raise ContengineError(
-            f"{dest!r} already exists; a backup never overwrites a file, so nothing was "
-            f"written. Choose a new path."
-        )
-    pg_dump = shutil.which("pg_dump")
-    if pg_dump is None:
-        raise DatabaseError(
-            f"a backup of PostgreSQL at {shown} needs pg_dump, which is not on PATH; "
-            f"install the PostgreSQL client tools. Nothing was written."
-        )
-    try:
-        # O_EXCL claims the name: a file that appeared since the check is not overwritten.
-        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except FileExistsError:
-        raise ContengineError(f"{dest!r} already exists; nothing was written") from None
-    except OSError as exc:
-        raise DatabaseError(f"cannot create the backup file {dest!r}: {exc}") from exc
-    # The password goes by the environment, not the command line (others can read that).
-    parts = urlsplit(url)
-    env = dict(os.environ)
-    if parts.password is not None:
-        env["PGPASSWORD"] = parts.password
-        host = parts.netloc.rsplit("@", 1)[1]
-        url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
-    done = subprocess.run(
-        [pg_dump, f"--dbname={url}", f"--schema={schema}", "--format=custom", f"--file={dest}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        with contextlib.suppress(OSError):
-            os.remove(dest)
-        raise DatabaseError(
-            f"backup of PostgreSQL at {shown} to {dest!r} failed: {done.stderr.strip()}"
-        )

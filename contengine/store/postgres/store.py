@@ -30,6 +30,7 @@ from ..base import (
 )
 from ..group_commit import GroupCommit, Slot
 from ..rows import FINISHED
+from . import backup as pg_backup
 from . import claims as pg_claims
 from . import ops as pg_ops
 from . import writes as pg_writes
@@ -334,8 +335,8 @@ class PostgresStore(GroupCommit, Store):
             return pg_ops.delete_finished(conn, before, limit)
 
     def backup(self, dest_path: str | os.PathLike[str]) -> None:
-        """Dump the store's schema with pg_dump (custom format) to a new file."""
-        pg_ops.backup(self.url, self.schema, self.shown, os.fspath(dest_path))
+        """Write the schema's runs, as of one snapshot, to a new SQLite contengine database."""
+        pg_backup.backup(self.url, self.schema, self.shown, os.fspath(dest_path))
 
     def rewind(self, runs: Sequence[Rewind], now: float) -> None:
         with self._writer.transaction() as conn:

@@ -24,6 +24,17 @@ from .sql import (
 )
 
 
+def refuse_taken(dest: str) -> None:
+    """ContengineError if dest exists, or a -wal or -journal file beside it: a backup
+    never overwrites a file, and SQLite would read a leftover one as part of the new file."""
+    for path in (dest, f"{dest}-wal", f"{dest}-journal"):
+        if os.path.lexists(path):
+            raise ContengineError(
+                f"{path!r} already exists; a backup never overwrites a file, so nothing "
+                f"was written. Choose a new path."
+            )
+
+
 class OperatorMethods(SQLiteParts):
     """Part of SQLiteStore: what the operator commands need of the file."""
 
@@ -136,13 +147,7 @@ class OperatorMethods(SQLiteParts):
 
     def backup(self, dest_path: str | os.PathLike[str]) -> None:
         dest = os.fspath(dest_path)
-        # A leftover -wal or -journal next to the new file would be read as part of it.
-        for path in (dest, f"{dest}-wal", f"{dest}-journal"):
-            if os.path.lexists(path):
-                raise ContengineError(
-                    f"{path!r} already exists; a backup never overwrites a file, so nothing "
-                    f"was written. Choose a new path."
-                )
+        refuse_taken(dest)
         try:
             # O_EXCL claims the name: a file that appeared since the check is not overwritten.
             os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
