@@ -449,6 +449,10 @@ def test_the_cli_exports_from_a_file_imports_into_a_server_and_backs_it_up(
     assert code == 0 and err == "" and "hunter2" not in out and str(dest) in out
     code, out, err = run_cli(capsys, "backup", str(dest), "--db", server)
     assert code == 1 and "already exists" in err and "hunter2" not in err
+    code, out, err = run_cli(capsys, "replay", "--db", server)  # replay reads a file
+    assert code == 2 and "contengine backup" in err and "hunter2" not in err
+    code, out, err = run_cli(capsys, "replay", str(dest), "--import", __name__)
+    assert code == 0 and "1 ok" in out
     with ce.Engine(dest, workflows=FLOWS) as copy:
         copy.signal("w1", "go", 5)
         copy.run_until_idle()

@@ -36,6 +36,7 @@ from ..errors import (
     WorkflowNotFound,
 )
 from ..store.base import FINISHED, RUN_STATUSES, EntryRow, RunRow
+from ..store.postgres.url import is_postgres_url, redacted
 from ..store.sqlite.store import SQLiteStore
 
 __all__ = [
@@ -384,6 +385,11 @@ def replay_main(args: argparse.Namespace) -> int:
     if not db:
         return _bad(
             "no database given: pass the file (replay app.db, or --db) or set CONTENGINE_DB"
+        )
+    if is_postgres_url(db):
+        return _bad(
+            f"replay reads a database file, not a server ({redacted(db)}): take a copy "
+            f"with `contengine backup copy.db --db URL` and replay that"
         )
     if not os.path.isfile(db):
         return _bad(f"no database at {db!r}")
