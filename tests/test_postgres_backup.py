@@ -71,19 +71,19 @@ def store(url: str, schema: str) -> Iterator[PostgresStore]:
 
 
 @ce.step
-def add_one(x: int) -> int:
+def pgb_add_one(x: int) -> int:
     """A step."""
     return x + 1
 
 
 @ce.step
-def refuse(x: int) -> int:
+def pgb_refuse(x: int) -> int:
     """A step that fails."""
     raise ValueError(f"refused {x}")
 
 
 @ce.step
-def tick(i: int) -> bool:
+def pgb_tick(i: int) -> bool:
     """One step of pgb.ticks; True once the test says stop."""
     return STOP.is_set()
 
@@ -91,14 +91,14 @@ def tick(i: int) -> bool:
 @ce.workflow(name="pgb.done")
 def done(x: int) -> Flow:
     """Two steps."""
-    y = yield add_one(x)
-    return (yield add_one(y))
+    y = yield pgb_add_one(x)
+    return (yield pgb_add_one(y))
 
 
 @ce.workflow(name="pgb.waits")
 def waits(x: int) -> Flow:
     """A step, a published value, then a wait for the signal "go"."""
-    y = yield add_one(x)
+    y = yield pgb_add_one(x)
     yield ce.publish("stage", f"waiting at {y}")
     payload = yield ce.wait("go")
     return {"y": y, "payload": payload}
@@ -107,9 +107,9 @@ def waits(x: int) -> Flow:
 @ce.workflow(name="pgb.sleeps")
 def sleeps(x: int) -> Flow:
     """A step, an hour's sleep, a step."""
-    y = yield add_one(x)
+    y = yield pgb_add_one(x)
     yield ce.sleep(3600)
-    return (yield add_one(y))
+    return (yield pgb_add_one(y))
 
 
 @ce.workflow(name="pgb.child")
@@ -130,7 +130,7 @@ def parent(x: int) -> Flow:
 @ce.workflow(name="pgb.fails")
 def fails(x: int) -> Flow:
     """Fails with its step's exception."""
-    yield refuse(x)
+    yield pgb_refuse(x)
 
 
 @ce.workflow(name="pgb.ticks")
@@ -138,7 +138,7 @@ def ticks(n: int) -> Flow:
     """n steps, or fewer once the test says stop; returns how many it took."""
     i = 0
     while i < n:
-        stop = yield tick(i)
+        stop = yield pgb_tick(i)
         i += 1
         if stop:
             break
