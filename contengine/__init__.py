@@ -15,6 +15,7 @@ from .engine.engine import Engine, IdleReport, Run
 from .errors import (
     Cancelled,
     ChildCancelled,
+    ClockSkew,
     ContengineError,
     CorruptPayload,
     CrashLoop,
@@ -51,6 +52,7 @@ __all__ = [
     "DatabaseError",
     "DatabaseGone",
     "DatabaseLocked",
+    "ClockSkew",
     "LeaseLost",
     "Engine",
     "Entry",

@@ -41,6 +41,10 @@ class DatabaseGone(DatabaseError):
     """The database file was deleted or replaced while an engine had it open."""
 
 
+class ClockSkew(DatabaseError):
+    """This host's clock is too far off the database server's for leases to be safe."""
+
+
 class LeaseLost(ContengineError):
     """A driver's lease on a run was taken over by another worker; it wrote nothing."""
 

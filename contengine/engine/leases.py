@@ -10,9 +10,9 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 
-from ..errors import ContengineError, DatabaseGone, DatabaseLocked, LeaseLost
+from ..errors import ClockSkew, ContengineError, DatabaseGone, DatabaseLocked, LeaseLost
 from ..store.base import Claim, OneEngineStore, Store, WorkerRow
-from ..store.liveness import HOST, alive, process_start
+from ..store.liveness import HOST, MAX_CLOCK_SKEW, alive, process_start
 
 log = logging.getLogger("contengine")
 
@@ -54,6 +54,11 @@ class Leaseholder:
         # Set when the heartbeat found the database file deleted or replaced: the
         # engine's worker stops with it.
         self.fatal: DatabaseGone | None = None
+        # On a store shared by many hosts: set while this host's clock is too far off
+        # the server's (no claim, no step starts); checked at the first claim and at
+        # every heartbeat.
+        self.clock_error: ClockSkew | None = None
+        self._clock_checked = False
 
     def row(self) -> WorkerRow:
         """This holder as a workers row, alive for one more lease period."""
@@ -88,6 +93,10 @@ class Leaseholder:
         self, now: float, limit: int, run_id: str | None = None, skip: Collection[str] = ()
     ) -> list[Claim]:
         """Lease up to limit due runs (or run_id) to this engine."""
+        if not self._clock_checked or self.clock_error is not None:
+            self.check_clock()
+        if self.clock_error is not None:
+            raise self.clock_error
         with self._lock:
             release, self._unreleased = self._unreleased, []
             self.claims += 1
@@ -111,6 +120,42 @@ class Leaseholder:
             claim.lapses = lapses
         return claims
 
+    def check_clock(self) -> None:
+        """Compare this host's clock with the server's, on a store shared by many hosts.
+
+        Other hosts judge this engine's lease by its expiry as this clock wrote it, and
+        judge it with theirs, allowing MAX_CLOCK_SKEW between them. While this clock is
+        off the server's by more than half of that, this engine lets its runs go,
+        starts no step and claims nothing (ce.ClockSkew), so no lease is taken over
+        while its holder still thinks it valid."""
+        before = self.wall()
+        server = self.store.server_time()
+        after = self.wall()
+        self._clock_checked = True
+        if server is None:
+            return
+        skew = server - (before + after) / 2
+        # The reading is somewhere in the round trip: only what is certain counts.
+        certain = abs(skew) - (after - before) / 2
+        if certain <= MAX_CLOCK_SKEW / 2:
+            if self.clock_error is not None:
+                log.warning("this host's clock agrees with the server's again: %s claims", self.id)
+                self.clock_error = None
+            return
+        error = ClockSkew(
+            f"this host's clock is {abs(skew):.3f} s {'behind' if skew > 0 else 'ahead of'} "
+            f"the database server's; engines on a shared server need clocks within "
+            f"{MAX_CLOCK_SKEW / 2:g} s of the server's for their leases to be safe. "
+            f"Synchronise this host's clock (NTP, chrony); until then engine {self.id} "
+            f"claims no runs and starts no steps"
+        )
+        first = self.clock_error is None
+        self.clock_error = error
+        if first:
+            log.error("%s", error)
+            if self.valid_until:
+                self.let_go_of_runs()
+
     def _renewed(self, row: WorkerRow, alive: bool) -> None:
         """Note that row was written just now; a lapse if it had expired before (others
         may have taken runs meanwhile) or had gone (judged dead)."""
@@ -129,6 +174,8 @@ class Leaseholder:
         # renewal seen here comes with its lapse.
         if self.wall() < self.valid_until and lapses == self.lapses:
             return lapses
+        if self.clock_error is not None:
+            raise LeaseLost(f"{self.clock_error}: the step of run {run_id!r} does not start")
         if self.letting_go:
             raise LeaseLost(f"this engine let go of run {run_id!r}: the step does not start")
         # The store says: if the run still names this engine and lease, no one took it
@@ -206,6 +253,7 @@ class Leaseholder:
                     log.debug("heartbeat of %s failed: %s", self.id, exc)
                     break
                 self._renewed(row, alive)
+                self._check_clock_quietly()
                 if not alive:
                     log.warning(
                         "engine %s was judged dead by another worker (it missed its lease); "
@@ -215,6 +263,12 @@ class Leaseholder:
                     )
                 self.renewals += 1
                 break
+
+    def _check_clock_quietly(self) -> None:
+        try:
+            self.check_clock()
+        except ContengineError as exc:  # the server could not be asked: next beat
+            log.debug("clock check of %s failed: %s", self.id, exc)
 
     def retire(self) -> None:
         """Stop the heartbeat and let go of every run this engine holds (a later claim

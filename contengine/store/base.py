@@ -254,6 +254,12 @@ class LeaseStore(ABC):
     def workers(self) -> list[WorkerRow]:
         """Workers on record (alive or not yet found dead)."""
 
+    def server_time(self) -> float | None:
+        """The server's wall clock (seconds since the epoch) for a store whose workers
+        run on many hosts, so each can check its own clock against it; None where
+        every worker shares one host's clock."""
+        return None
+
     @abstractmethod
     def set_queue(self, config: QueueConfig) -> None:
         """Create or replace a queue's limits (shared by every process on the store)."""

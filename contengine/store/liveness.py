@@ -51,6 +51,13 @@ def process_gone(pid: int, start: str | None) -> bool:
     return start is not None and len(stat) > 19 and stat[19] != start
 
 
+# How far apart two hosts' clocks may be on a store shared by many hosts (PostgreSQL):
+# there a lease counts as run out only this long after its expiry, and an engine whose
+# clock is more than half of it off the server's neither claims nor runs steps
+# (engine/leases.py), so two engines never disagree by more on when a lease ends.
+MAX_CLOCK_SKEW = 1.0
+
+
 # When a worker's lease runs out: its row's expiry, or later after a stall of the write
 # lock (store/sqlite/guard.py LockStalls.expiry).
 Expiry = Callable[[WorkerRow], float]

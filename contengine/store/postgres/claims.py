@@ -3,11 +3,14 @@
 A run is leased to one worker (owner) with a lease number that grows by one at every
 claim; each progress write locks the run's row and checks the pair (writes.py).
 
-Liveness: a worker row is alive while its expiry (renewed by its heartbeat) is later
-than the `wall` time the caller passes in, from its own clock, as with SQLite. Unlike
+Liveness: a worker row is alive until MAX_CLOCK_SKEW after its expiry (renewed by its
+heartbeat), judged at the `wall` time the caller passes in, from its own clock. Unlike
 SQLite, no process id is looked at: the workers of a server are on many hosts, and a
 host name says nothing certain there, so a crashed worker's runs are taken over once
-its lease runs out.
+its lease runs out. The margin is what lets hosts' clocks differ: each engine checks
+its clock against the server's (PostgresStore.server_time) and stops claiming and
+running steps when it is off by more than half the margin (engine/leases.py), so a
+host whose clock runs ahead cannot take over a lease that is still being renewed.
 
 Claims lock the rows they take with FOR UPDATE SKIP LOCKED: concurrent claimers take
 different runs and never wait for each other's rows. Queue limits count the runs of
@@ -22,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from ..liveness import MAX_CLOCK_SKEW
 from ..queues import room_left
 from ..rows import QueueConfig, WorkerRow
 from .sql import RUN_COLS, UNFINISHED_SQL
@@ -60,8 +64,26 @@ def read_workers(conn: Conn) -> list[WorkerRow]:
 
 def live_workers(conn: Conn, me: str, wall: float) -> list[str]:
     """Ids of live workers (me included); dead ones' rows are deleted on the way."""
-    conn.execute("DELETE FROM workers WHERE id <> %s AND expires_at <= %s", (me, wall))
+    conn.execute(
+        "DELETE FROM workers WHERE id <> %s AND expires_at <= %s", (me, wall - MAX_CLOCK_SKEW)
+    )
     return [str(r[0]) for r in conn.execute("SELECT id FROM workers")]
+
+
+def owners_alive(conn: Conn, owners: set[str], wall: float) -> set[str]:
+    """Which of these owners of runs just locked are alive, read afresh.
+
+    The live list a claim read first may miss a worker whose first claim committed
+    since (its row and its runs appear together); a locked row shows its latest owner,
+    and this later statement sees every worker row committed before that owner's claim
+    was, so a run is never taken from a worker that holds it alive."""
+    if not owners:
+        return set()
+    rows = conn.execute(
+        "SELECT id FROM workers WHERE id = ANY(%s) AND expires_at > %s",
+        (sorted(owners), wall - MAX_CLOCK_SKEW),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
 
 
 def queue_configs(conn: Conn) -> dict[str, QueueConfig]:
@@ -156,12 +178,15 @@ def claim(
     # A few more than asked for: some may be skipped for their queue's limits. Rows
     # another session is writing or claiming are skipped, not waited for.
     rows = conn.execute(
-        f"SELECT num, queue, claimed_at FROM runs WHERE {' AND '.join(where)} "
+        f"SELECT num, queue, claimed_at, owner FROM runs WHERE {' AND '.join(where)} "
         "ORDER BY priority DESC, num LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
         params,
     ).fetchall()
+    alive_now = owners_alive(conn, {r[3] for r in rows if r[3] is not None}, wall)
     picked: list[int] = []
-    for num, queue, claimed_at in rows:
+    for num, queue, claimed_at, owner in rows:
+        if owner in alive_now:
+            continue
         if queue is not None:
             if room.get(queue, 1) <= 0:
                 continue

@@ -285,6 +285,10 @@ class PostgresStore(GroupCommit, Store):
         with self._writer.transaction() as conn:
             return pg_claims.read_workers(conn)
 
+    def server_time(self) -> float | None:
+        rows = self._reader.read("SELECT extract(epoch FROM clock_timestamp())::float8")
+        return float(rows[0][0])
+
     def set_queue(self, config: QueueConfig) -> None:
         with self._writer.transaction() as conn:
             conn.execute(
