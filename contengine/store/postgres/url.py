@@ -41,9 +41,17 @@ def split_url(url: str, schema: str | None) -> tuple[str, str]:
 
 
 def redacted(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for messages."""
+    """The URL with its password (if any) replaced by ***, for messages: the one after
+    the user name, and libpq's ?password= parameter."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    in_query = any(k == "password" for k, _ in query)
+    if parts.password is None and not in_query:
         return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if in_query:
+        hidden = [(k, "***" if k == "password" else v) for k, v in query]
+        parts = parts._replace(query=urlencode(hidden, safe="*/"))
+    return urlunsplit(parts)
