@@ -9,6 +9,7 @@ The tests that restart the server or make roles use a server of their own
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -169,6 +170,26 @@ def test_after_a_server_restart_the_next_calls_go_on_on_new_connections(
         run = engine.start(once, 2, id="after")
         assert engine.get_run("before").result() == 2
         assert engine.run(once, 2, id="after") == 3 and run.status == "completed"
+
+
+def test_a_worker_says_once_that_claims_fail_while_the_server_is_down_and_when_they_work(
+    private_postgres: PrivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a warning per poll while the server is away: one, and one when it is back."""
+    caplog.set_level(logging.DEBUG, logger="contengine")
+
+    def said(text: str, level: int) -> int:
+        return sum(text in r.getMessage() and r.levelno == level for r in caplog.records)
+
+    engine = ce.Engine(private_postgres.url(), poll_interval=0.02)
+    with engine, engine.worker(threads=2):
+        assert engine.start(once, 1, id="before").result(timeout=WAIT) == 2
+        private_postgres.stop()
+        assert wait_until(lambda: said("could not claim runs", logging.DEBUG) >= 3, WAIT)
+        private_postgres.start()
+        assert wait_until(lambda: said("claims runs again", logging.WARNING) == 1, WAIT)
+        assert engine.start(once, 2, id="after").result(timeout=WAIT) == 3
+    assert said("could not claim runs", logging.WARNING) == 1
 
 
 # -- a worker frozen inside a transaction ---------------------------------------------------
