@@ -110,6 +110,24 @@ def test_the_schema_comes_from_the_argument_or_the_url_and_must_be_a_plain_name(
         "postgresql://u@h/db?password=***&sslmode=require"
     )
     assert redacted("postgresql://u@h/db?sslmode=require") == "postgresql://u@h/db?sslmode=require"
+    # The other parameters go to libpq as written: it decodes %XX, not "+".
+    assert split_url("postgresql://u@h/db?options=-c%20a%3Db&password=x+y&schema=s", None) == (
+        "postgresql://u@h/db?options=-c%20a%3Db&password=x+y",
+        "s",
+    )
+
+
+def test_libpq_options_in_the_url_reach_the_server(url: str, schema: str) -> None:
+    """As notes/decisions.md suggests for sessions frozen inside a transaction."""
+    options = "options=-c%20idle_in_transaction_session_timeout%3D30s"
+    store = PostgresStore(f"{url}?{options}&schema={schema}")
+    try:
+        conn = store._writer.conn
+        assert conn is not None
+        setting = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        assert setting == ("30s",)
+    finally:
+        store.close()
 
 
 def test_a_schema_of_a_newer_contengine_is_refused_and_left_untouched(
