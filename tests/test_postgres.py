@@ -107,6 +107,28 @@ def test_the_schema_comes_from_the_argument_or_the_url_and_must_be_a_plain_name(
     with pytest.raises(ValueError, match="PostgreSQL URL"):
         ce.Engine(":memory:", schema="billing")
     assert redacted("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redacted("postgresql://u@h/db?password=secret&sslmode=require") == (
+        "postgresql://u@h/db?password=***&sslmode=require"
+    )
+    assert redacted("postgresql://u@h/db?sslmode=require") == "postgresql://u@h/db?sslmode=require"
+    # The other parameters go to libpq as written: it decodes %XX, not "+".
+    assert split_url("postgresql://u@h/db?options=-c%20a%3Db&password=x+y&schema=s", None) == (
+        "postgresql://u@h/db?options=-c%20a%3Db&password=x+y",
+        "s",
+    )
+
+
+def test_libpq_options_in_the_url_reach_the_server(url: str, schema: str) -> None:
+    """As notes/decisions.md suggests for sessions frozen inside a transaction."""
+    options = "options=-c%20idle_in_transaction_session_timeout%3D30s"
+    store = PostgresStore(f"{url}?{options}&schema={schema}")
+    try:
+        conn = store._writer.conn
+        assert conn is not None
+        setting = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        assert setting == ("30s",)
+    finally:
+        store.close()
 
 
 def test_a_schema_of_a_newer_contengine_is_refused_and_left_untouched(
@@ -156,10 +178,13 @@ def test_stores_opening_a_new_schema_at_once_create_it_once(url: str, schema: st
 # -- fencing -------------------------------------------------------------------------
 
 
-def waiting_on_a_lock(url: str) -> bool:
-    """Whether some session of the server waits for a row lock now."""
+def waiting_on_a_lock(url: str, pid: int | None = None) -> bool:
+    """Whether some session of the server (or the one of pid) waits for a lock now."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND (%s::int IS NULL OR pid = %s)",
+            (pid, pid),
+        ).fetchone()
         return row is not None and row[0] > 0
 
 
@@ -224,20 +249,60 @@ def test_a_claim_skips_a_run_whose_write_is_under_way(store: PostgresStore, url:
 # -- connections -----------------------------------------------------------------------
 
 
-def test_a_dropped_connection_raises_database_error_and_the_next_call_reconnects(
+def backends(store: PostgresStore) -> list[int]:
+    """The server sessions of the store's connections (writer, reader) now."""
+    return [link.conn.info.backend_pid for link in (store._writer, store._reader) if link.conn]
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_the_call(
     store: PostgresStore, url: str
 ) -> None:
+    """As after a restart of the server: the next call makes a new connection and goes
+    on, rather than fail on the old one."""
     store.create_run(run("r1"))
     assert store.get_run("r1") is not None
     # The store's own sessions only (the server may serve others).
-    pids = [link.conn.info.backend_pid for link in (store._writer, store._reader) if link.conn]
+    pids = backends(store)
     assert len(pids) == 2
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-    with pytest.raises(ce.DatabaseError, match="connection was lost"):
-        store.commit(Progress("r1", insert=step("r1", 0)))
-    with pytest.raises(ce.DatabaseError, match="connection was lost"):
-        store.get_run("r1")
+        # With a timeout, pg_terminate_backend waits for the sessions to be gone.
+        done = conn.execute(
+            "SELECT bool_and(pg_terminate_backend(pid, 30000)) FROM unnest(%s::int[]) AS pid",
+            (pids,),
+        ).fetchone()
+        assert done == (True,)
+    store.commit(Progress("r1", insert=step("r1", 0)))
+    assert [e.position for e in store.load_log("r1")] == [0]
+    assert set(backends(store)).isdisjoint(pids)
+
+
+def test_a_connection_lost_during_a_call_fails_that_call_and_the_next_one_reconnects(
+    store: PostgresStore, url: str, schema: str
+) -> None:
+    """A write waiting for a row lock when its session is ended: DatabaseError, nothing
+    written; the next write makes a new connection."""
+    store.create_run(run("r1"))
+    with psycopg.connect(url, autocommit=True) as killer, psycopg.connect(url) as other:
+        other.execute(f'SET search_path TO "{schema}"')
+        other.execute("SELECT 1 FROM runs WHERE id = 'r1' FOR UPDATE")
+        failure: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                store.commit(Progress("r1", insert=step("r1", 0)))
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                failure.append(exc)
+
+        (writer_pid,) = backends(store)  # only the writer has been used
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert wait_until(lambda: waiting_on_a_lock(url, writer_pid), timeout=30)
+        killer.execute("SELECT pg_terminate_backend(%s, 30000)", (writer_pid,))
+        writer.join(30)
+        other.rollback()
+    assert len(failure) == 1 and isinstance(failure[0], ce.DatabaseError), failure
+    assert "connection was lost" in str(failure[0])
+    assert store.load_log("r1") == []
     store.commit(Progress("r1", insert=step("r1", 0)))  # reconnected
     assert [e.position for e in store.load_log("r1")] == [0]
 

@@ -38,6 +38,9 @@ SETTLE = 1.0
 # notes/decisions.md, "A run whose writes the database refuses").
 HOLD_CAP = 30.0
 DB_ERRORS_TO_SET_ASIDE = 5
+# While claims keep failing (a server down, a locked file), the warning is repeated at
+# most this often (seconds), not at every poll.
+CLAIM_WARNING_EVERY = 60.0
 
 
 class Worker:
@@ -61,6 +64,8 @@ class Worker:
         # claimed before). In memory: another worker or process tries them on its own.
         self._held: dict[str, tuple[int, float]] = {}
         self._loop: threading.Thread | None = None
+        self._claims_failing: float | None = None  # since when (monotonic), if they do
+        self._claim_warned = 0.0  # when that was last said
         self.driven = 0
         self.finished = 0
         self.error: BaseException | None = None
@@ -182,11 +187,12 @@ class Worker:
                     with self._inflight_lock:
                         held = {r for r, (_, until) in self._held.items() if until > now}
                     claims = dispatch.claim(free, also_skip=held)
+                    self._claims_work()
                 except DatabaseGone as exc:
                     self._fail(exc)
                     break
                 except DatabaseError as exc:  # a locked file: try again at the next poll
-                    log.warning("worker could not claim runs: %s", exc)
+                    self._claim_failed(exc)
                 except BaseException as exc:  # noqa: BLE001 - kept for the caller of work()
                     self.error = exc
                     self._stop.set()
@@ -208,6 +214,27 @@ class Worker:
             if claims and len(claims) == free:
                 continue  # there may be more: claim again once a thread is free
             self._wake.wait(self._sleep_time())
+
+    def _claim_failed(self, exc: DatabaseError) -> None:
+        """Say that a claim failed: at once the first time, then once a while (a server
+        down for minutes would otherwise fill the log, one line per poll)."""
+        now = time.monotonic()
+        if self._claims_failing is None:
+            self._claims_failing = now
+        elif now - self._claim_warned < CLAIM_WARNING_EVERY:
+            log.debug("worker could not claim runs: %s", exc)
+            return
+        self._claim_warned = now
+        log.warning("worker could not claim runs: %s", exc)
+
+    def _claims_work(self) -> None:
+        """A claim went through: say so if they had been failing."""
+        if self._claims_failing is not None:
+            log.warning(
+                "worker claims runs again, after %.1f s of failed claims",
+                time.monotonic() - self._claims_failing,
+            )
+            self._claims_failing = None
 
     def _sleep_time(self) -> float:
         """Until the next local timer, at most one poll interval."""

@@ -63,11 +63,20 @@ def read_workers(conn: Conn) -> list[WorkerRow]:
 
 
 def live_workers(conn: Conn, me: str, wall: float) -> list[str]:
-    """Ids of live workers (me included); dead ones' rows are deleted on the way."""
+    """Ids of live workers (me included); dead ones' rows are deleted on the way.
+
+    A row another session holds locked is left for later (SKIP LOCKED), and judged by
+    its committed expiry: a worker frozen inside its heartbeat's (or a claim's)
+    transaction would otherwise stop every other worker's claims until it thaws."""
     conn.execute(
-        "DELETE FROM workers WHERE id <> %s AND expires_at <= %s", (me, wall - MAX_CLOCK_SKEW)
+        "DELETE FROM workers WHERE id IN (SELECT id FROM workers WHERE id <> %s "
+        "AND expires_at <= %s FOR UPDATE SKIP LOCKED)",
+        (me, wall - MAX_CLOCK_SKEW),
     )
-    return [str(r[0]) for r in conn.execute("SELECT id FROM workers")]
+    rows = conn.execute(
+        "SELECT id FROM workers WHERE id = %s OR expires_at > %s", (me, wall - MAX_CLOCK_SKEW)
+    )
+    return [str(r[0]) for r in rows]
 
 
 def owners_alive(conn: Conn, owners: set[str], wall: float) -> set[str]:

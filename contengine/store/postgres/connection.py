@@ -2,13 +2,16 @@
 
 The store keeps two connections, each behind a lock: one writes (every write is one
 explicit transaction on it) and one reads (autocommit: each read sees what was
-committed when it ran). A connection the server dropped is replaced on next use;
-the call that found it dropped raises DatabaseError (nothing of it was committed
-unless the server had acknowledged the COMMIT).
+committed when it ran). A connection the server closed while it was idle (a
+restart, a terminated session) is replaced before use, so the call goes on. One
+lost during a read is replaced and the read asked again, once; one lost during a
+write makes that call raise DatabaseError (and is replaced on next use): its writes
+were not committed, unless the connection was lost during the COMMIT itself.
 """
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,7 +33,8 @@ def database_error(shown: str, exc: BaseException) -> DatabaseError:
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseError(
             f"PostgreSQL at {shown}: {detail}. The connection was lost or refused; "
-            f"whatever this call wrote was not committed. The next call reconnects."
+            f"what this call wrote was not committed (unless it was lost during the "
+            f"COMMIT itself). The next call reconnects."
         )
     return DatabaseError(f"PostgreSQL at {shown}: {detail}. Nothing was written.")
 
@@ -51,7 +55,9 @@ class Link:
             raise DatabaseError(f"the store on {self.shown} is closed; open a new engine")
         conn = self.conn
         if conn is not None and not conn.closed and not conn.broken:
-            return conn
+            if not said_goodbye(conn):
+                return conn
+            conn.close()
         self.conn = None
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
@@ -87,6 +93,13 @@ class Link:
             try:
                 return conn.execute(query, params).fetchall()
             except psycopg.Error as exc:
+                if not conn.broken:
+                    raise database_error(self.shown, exc) from exc
+            # The connection was lost under the read (a session ended, a restart): a
+            # read changes nothing, so it is asked once more on a new connection.
+            try:
+                return self.connect().execute(query, params).fetchall()
+            except psycopg.Error as exc:
                 raise database_error(self.shown, exc) from exc
 
     def close(self) -> None:
@@ -96,6 +109,21 @@ class Link:
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None
+
+
+def said_goodbye(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has closed this idle connection: its socket has something to
+    read (the server's last message, or the end of the stream), where an idle session
+    gets nothing unasked (the store never LISTENs on it). One poll, no round trip:
+    after a server restart, the next call makes a new connection instead of failing."""
+    if not hasattr(select, "poll"):  # Windows: the call finds out for itself
+        return False
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 def unreachable(shown: str, exc: BaseException) -> DatabaseError:

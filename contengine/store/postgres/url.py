@@ -6,7 +6,7 @@ No psycopg here: the engine asks whether a target is a URL before the driver loa
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_SCHEMA = "contengine"
@@ -18,32 +18,55 @@ def is_postgres_url(target: object) -> bool:
     return isinstance(target, str) and target.startswith(SCHEMES)
 
 
+def _params(query: str) -> list[tuple[str, str]]:
+    """The query's parameters as written (name, raw value): libpq decodes %XX but
+    not "+", so values are passed on untouched rather than decoded and encoded again
+    (urlencode would turn the space of "options=-c%20x%3Dy" into a "+")."""
+    pairs = [part.partition("=") for part in query.split("&") if part]
+    return [(unquote(name), value) for name, _, value in pairs]
+
+
+def _joined(params: list[tuple[str, str]]) -> str:
+    return "&".join(f"{quote(name)}={value}" for name, value in params)
+
+
 def split_url(url: str, schema: str | None) -> tuple[str, str]:
     """The libpq URL (without contengine's ?schema=) and the schema to use.
 
     schema= given both ways must agree; the name must be a plain identifier."""
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    in_url = [v for k, v in query if k == "schema"]
+    query = _params(parts.query)
+    in_url = [unquote(v) for k, v in query if k == "schema"]
+    if not in_url and schema is None:
+        return url, DEFAULT_SCHEMA
     rest = [(k, v) for k, v in query if k != "schema"]
     if in_url and schema is not None and in_url[-1] != schema:
         raise ValueError(
             f"the schema is given twice and differently: schema={schema!r} and "
             f"?schema={in_url[-1]} in the URL; give it once"
         )
-    chosen = schema if schema is not None else (in_url[-1] if in_url else DEFAULT_SCHEMA)
+    chosen = schema if schema is not None else in_url[-1]
     if not _NAME.fullmatch(chosen):
         raise ValueError(
             f"schema must be a plain PostgreSQL name (letters, digits, _ and $, not "
             f"starting with a digit, at most 63 characters), not {chosen!r}"
         )
-    return urlunsplit(parts._replace(query=urlencode(rest))), chosen
+    return urlunsplit(parts._replace(query=_joined(rest))), chosen
 
 
 def redacted(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for messages."""
+    """The URL with its password (if any) replaced by ***, for messages: the one after
+    the user name, and libpq's ?password= parameter."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = _params(parts.query)
+    in_query = any(k == "password" for k, _ in query)
+    if parts.password is None and not in_query:
         return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if in_query:
+        parts = parts._replace(
+            query=_joined([(k, "***" if k == "password" else v) for k, v in query])
+        )
+    return urlunsplit(parts)
