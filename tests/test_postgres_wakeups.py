@@ -10,6 +10,7 @@ margin; the latency itself is measured by `contengine bench --db postgresql://..
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from helpers import wait_until
 from postgres_server import fresh_schema, pg_schemas, server_url
 
 import contengine as ce
+from contengine.cli.main import main
 from contengine.store.base import (
     COMPLETED,
     E_COMPLETED,
@@ -335,3 +337,31 @@ def test_sqlite_has_no_listener(tmp_path: Path) -> None:
         assert store.listen(lambda: None) is None
     finally:
         store.close()
+
+
+# -- the benchmark -----------------------------------------------------------------------
+
+
+def test_bench_on_a_url_measures_wake_ups_both_ways_and_drops_its_schema(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--db", url, "--remote-signals", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    metrics = doc["metrics"]
+    assert set(metrics) == {
+        "pg_wake_notify",
+        "pg_wake_notify_p99",
+        "pg_wake_poll",
+        "pg_wake_poll_p99",
+    }
+    for way in ("notify", "poll"):
+        details = metrics[f"pg_wake_{way}"]["details"]
+        assert details["signals"] == 3 and details["poll_s"] == 0.1
+        assert len(details["to_completed_ms"]) == 3 and min(details["to_completed_ms"]) > 0
+        assert metrics[f"pg_wake_{way}_p99"]["median"] == max(details["to_completed_ms"])
+    assert metrics["pg_wake_notify_p99"]["target"] == "< 20 ms"
+    with psycopg.connect(url, autocommit=True) as conn:
+        schema = metrics["pg_wake_notify"]["details"]["schema"]
+        assert conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)
+        ).fetchone() == (0,)
