@@ -15,6 +15,8 @@ RUN_COLS = (
 RUN_MARKS = ", ".join(["%s"] * 20)
 INSERT_RUN = f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING"
 SELECT_RUN = f"SELECT {RUN_COLS} FROM runs WHERE id = %s"
+# A new run, and its NOTIFY (listen.py) if it is new: one row back if it was inserted.
+START_RUN = f"WITH made AS ({INSERT_RUN} RETURNING 1) SELECT pg_notify(%s, 'start') FROM made"
 ENTRY_COLS = (
     "position, kind, name, key, text, status, attempts, crashes, "
     "started_at, finished_at, due_at, outcome, error_text"

@@ -40,10 +40,10 @@ from .schema import prepare
 from .sql import (
     CANCEL_PENDING,
     ENTRY_COLS,
-    INSERT_RUN,
     NOTIFY,
     RUN_COLS,
     SELECT_RUN,
+    START_RUN,
     TREE,
     UNFINISHED_SQL,
     channel_of,
@@ -91,8 +91,7 @@ class PostgresStore(GroupCommit, Store):
 
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._writer.transaction() as conn:
-            if conn.execute(INSERT_RUN, run_params(run)).rowcount == 1:
-                conn.execute(NOTIFY, (self.channel, "start"))
+            if conn.execute(START_RUN, (*run_params(run), self.channel)).rowcount == 1:
                 return run, True
             row = conn.execute(SELECT_RUN, (run.id,)).fetchone()
             if row is None:  # cannot happen: the conflict was on this id
@@ -186,17 +185,16 @@ class PostgresStore(GroupCommit, Store):
                     f"run {run_id!r} is {row[0]}: it will never wait again, so the signal "
                     f"{name!r} was not sent"
                 )
+            # One statement: the message, and a waiting run woken now (it finds out for
+            # itself whether this is its signal) with its NOTIFY. A run that does not
+            # wait looks at its mailbox before it waits: no wake-up.
             conn.execute(
-                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (%s, %s, %s, %s)",
-                (run_id, name, payload, now),
+                "WITH sent AS (INSERT INTO mailbox (run_id, name, payload, sent_at) "
+                "VALUES (%s, %s, %s, %s)), woken AS (UPDATE runs SET due_at = %s "
+                "WHERE id = %s AND status = 'waiting' RETURNING 1) "
+                "SELECT pg_notify(%s, 'signal') FROM woken",
+                (run_id, name, payload, now, now, run_id, self.channel),
             )
-            # Wake a waiting run now; it finds out for itself whether this is its signal.
-            # A run that does not wait looks at its mailbox before it waits: no wake-up.
-            woken = conn.execute(
-                "UPDATE runs SET due_at = %s WHERE id = %s AND status = 'waiting'", (now, run_id)
-            ).rowcount
-            if woken:
-                conn.execute(NOTIFY, (self.channel, "signal"))
 
     def peek_signal(self, run_id: str, name: str) -> Signal | None:
         rows = self._reader.read(
@@ -222,11 +220,11 @@ class PostgresStore(GroupCommit, Store):
                 return False
             # The run and, recursively, its unfinished children.
             conn.execute(
-                TREE + "UPDATE runs SET cancel_requested = 1, due_at = %s "
-                f"WHERE id IN (SELECT id FROM tree) AND status IN ({UNFINISHED_SQL})",
-                (run_id, now),
+                TREE + ", marked AS (UPDATE runs SET cancel_requested = 1, due_at = %s "
+                f"WHERE id IN (SELECT id FROM tree) AND status IN ({UNFINISHED_SQL})) "
+                "SELECT pg_notify(%s, 'cancel')",
+                (run_id, now, self.channel),
             )
-            conn.execute(NOTIFY, (self.channel, "cancel"))
             return True
 
     def pending_cancels(self, run_ids: Collection[str]) -> set[str]:
