@@ -28,6 +28,7 @@ from postgres_server import fresh_schema, pg_schemas, server_url
 
 import contengine as ce
 from contengine.cli.main import main
+from contengine.engine import engine as engine_module
 from contengine.store.base import (
     COMPLETED,
     E_COMPLETED,
@@ -37,6 +38,7 @@ from contengine.store.base import (
     RunRow,
     RunUpdate,
 )
+from contengine.store.opening import open_store
 from contengine.store.postgres import PostgresStore
 from contengine.store.postgres.listen import APPLICATION, Listener
 from contengine.store.postgres.sql import channel_of
@@ -67,8 +69,10 @@ def schema(pg_schemas: list[str]) -> str:
 
 @pytest.fixture
 def engine(url: str, schema: str) -> Iterator[ce.Engine]:
-    """This process's engine on the schema (no worker: the worker is another process)."""
-    with ce.Engine(url, schema=schema, lease=60.0, workflows=wake_child.WORKFLOWS) as e:
+    """This process's engine on the schema (no worker: the worker is another process).
+    Its store is made here, so that it is this schema whatever the tests' store is."""
+    store = PostgresStore(url, schema=schema)
+    with ce.Engine(store=store, lease=60.0, workflows=wake_child.WORKFLOWS) as e:
         yield e
 
 
@@ -326,7 +330,7 @@ def test_a_store_listener_hears_other_sessions_only_and_reconnects(url: str, sch
 
 
 def test_an_engine_closes_its_listener(url: str, schema: str) -> None:
-    with ce.Engine(url, schema=schema) as engine, engine.worker(threads=1):
+    with ce.Engine(store=PostgresStore(url, schema=schema)) as engine, engine.worker(threads=1):
         assert wait_until(lambda: listeners(url, schema), timeout=60)
     assert wait_until(lambda: listeners(url, schema) == [], timeout=60)
 
@@ -343,8 +347,11 @@ def test_sqlite_has_no_listener(tmp_path: Path) -> None:
 
 
 def test_bench_on_a_url_measures_wake_ups_both_ways_and_drops_its_schema(
-    url: str, capsys: pytest.CaptureFixture[str]
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The benchmark's engines open the schema it names, as its worker processes do, even
+    # where the tests' engines are sent to schemas of their own (CONTENGINE_TEST_STORE).
+    monkeypatch.setattr(engine_module, "open_store", open_store)
     assert main(["bench", "--db", url, "--remote-signals", "3", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     metrics = doc["metrics"]
