@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from ..store.postgres.url import is_postgres_url
 from . import ops
 from .common import CommandError, run_command, shared_options
 
@@ -18,7 +19,8 @@ ENV_DB_COMMANDS = frozenset(("runs", "show", *ops.COMMANDS))
 JSON_COMMANDS = ("runs", "bench")
 # Why a command takes no --db, to say so when one is given.
 NO_DB = {
-    "bench": "it measures on files of its own (see --dir)",
+    "bench": "it measures SQLite on files of its own (see --dir); a PostgreSQL URL "
+    "(postgresql://...) measures on that server",
     "lint": "it reads the workflows' source, not a database",
 }
 
@@ -40,7 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     bench = sub.add_parser(
-        "bench", parents=parents, help="measure steps/s against the raw SQLite commit floor"
+        "bench",
+        parents=parents,
+        help="measure steps/s against the raw SQLite commit floor (with --db "
+        "postgresql://...: wake-ups on that server)",
     )
     bench.add_argument("--dir", help="directory for the benchmark files (default: temp)")
     bench.add_argument("--steps", type=int, default=2000, help="steps per round")
@@ -94,7 +99,8 @@ def _check_shared(args: argparse.Namespace) -> None:
             f"`{args.command}` has no JSON output; --json works with: {', '.join(JSON_COMMANDS)}",
             2,
         )
-    if args.db is not None and args.command in NO_DB:
+    pg_bench = args.command == "bench" and is_postgres_url(args.db)
+    if args.db is not None and args.command in NO_DB and not pg_bench:
         raise CommandError(f"`{args.command}` takes no --db: {NO_DB[args.command]}", 2)
     if args.db is None and args.command in ENV_DB_COMMANDS:
         args.db = os.environ.get("CONTENGINE_DB")

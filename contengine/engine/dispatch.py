@@ -26,7 +26,7 @@ from ..errors import (
     RunNotFound,
     WorkflowNotFound,
 )
-from ..store.base import FINISHED, Claim, OneEngineStore, Rewind, RunRow, Store
+from ..store.base import FINISHED, Claim, Listening, OneEngineStore, Rewind, RunRow, Store
 from .leases import Leaseholder
 
 log = logging.getLogger("contengine")
@@ -98,6 +98,10 @@ class Dispatcher:
         # Notified by signal(), cancel() and a worker's drives, so that result() waiting
         # on a run wakes at once.
         self.wakeup = threading.Condition()
+        # What the store hears other processes make due (started on first need: a
+        # worker, or a result() that sleeps until its run is due); None: not listening.
+        self._listening: Listening | None = None
+        self._listen_asked = False
 
     # -- waking ---------------------------------------------------------------
 
@@ -118,6 +122,15 @@ class Dispatcher:
         with self.wakeup:
             self.wakeup.wait(max(wait, 0.0))
 
+    def listen(self) -> None:
+        """Be woken (poke) when another process makes a run due, if the store can tell
+        (PostgreSQL's LISTEN); once per engine, kept until close()."""
+        with self._lock:
+            if self._listen_asked:
+                return
+            self._listen_asked = True
+            self._listening = self.store.listen(self.poke)
+
     def attach(self, worker: Background) -> None:
         """Make worker this engine's worker: it claims due runs, clients leave them to it."""
         if self.worker is not None:
@@ -127,6 +140,7 @@ class Dispatcher:
             )
         self.worker = worker
         self.holder.set_worker_loop(True)  # clients leave due runs to it
+        self.listen()
 
     def detach(self, worker: Background) -> None:
         """The worker stopped: no longer this engine's worker."""
@@ -349,6 +363,11 @@ class Dispatcher:
     def close(self) -> None:
         """Let the driving threads go (parked drives go on to their end first), then the
         step threads and the leases."""
+        with self._lock:
+            self._listen_asked = True  # no listener is started from now on
+            listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.close()
         for pool in [*self._retired_pools, self._drivers]:
             if pool is not None:
                 pool.shutdown(wait=True)

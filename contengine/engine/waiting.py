@@ -128,7 +128,9 @@ def _wait_until_due(
             clock.sleep(wait if remaining is None else min(wait, remaining))
             continue
         # Real time: sleep until due, woken early by signal()/cancel() in this
-        # process; look at the store every poll interval for other processes.
+        # process, or by other processes' through the store's listener if it has
+        # one; look at the store every poll interval all the same.
+        dispatch.listen()
         wait = min(target - now, poll)
         if remaining is not None:
             wait = min(wait, remaining)

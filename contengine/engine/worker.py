@@ -3,10 +3,12 @@
 The loop claims no more runs than it has free threads (backpressure: a burst of
 started runs waits in the database, not in memory), drives each in a thread of
 its own, and sleeps until something may be due: a drive ended (a child's end may
-have woken its parent), this process started, signalled or cancelled a run, a
-timer of a run it drove comes due, or the poll interval passed (for what other
-processes did). A sleeping or waiting run holds no thread: its drive ends, its
-lease is let go, and it is claimed again when due.
+have woken its parent), this process started, signalled or cancelled a run, the
+store heard another process do so or end a child (PostgreSQL's LISTEN: the
+Dispatcher's listener), a timer of a run it drove comes due, or the poll interval
+passed (for what other processes did, heard or not). A sleeping or waiting run
+holds no thread: its drive ends, its lease is let go, and it is claimed again when
+due.
 """
 
 from __future__ import annotations

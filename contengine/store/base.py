@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from ..errors import ContengineError
 from .rows import (
@@ -72,6 +72,7 @@ __all__ = [
     "Claim",
     "EntryRow",
     "LeaseStore",
+    "Listening",
     "OneEngineStore",
     "Progress",
     "QueueConfig",
@@ -86,6 +87,14 @@ __all__ = [
     "WorkerRow",
     "run_digest",
 ]
+
+
+class Listening(ABC):
+    """Wake-ups a store hears from other sessions (RunStore.listen), until closed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop listening and let its connection go."""
 
 
 class RunStore(ABC):
@@ -193,6 +202,14 @@ class RunStore(ABC):
             for run_id in run_ids
             if (row := self.get_run(run_id)) is not None and row.cancel_requested
         }
+
+    def listen(self, woken: Callable[[], None]) -> Listening | None:
+        """Call woken (from a thread of the store's) soon after another session started
+        a run, woke a waiting one with a signal, cancelled one or ended a child whose
+        parent waits, and once each time listening (re)starts (what came meanwhile is
+        found by that look); never for plain step progress. None: this store hears
+        nothing (its callers poll). Either way polling stays the fallback."""
+        return None
 
     @abstractmethod
     def published(self, run_id: str) -> dict[str, bytes]:

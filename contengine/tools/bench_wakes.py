@@ -1,5 +1,6 @@
 """`contengine bench`, wake-up latency: from signal() to the run going on, in this process
-(a worker of 4 threads) and across processes (a child running engine.work()).
+(a worker of 4 threads) and across processes (a child running engine.work(); on
+PostgreSQL woken by LISTEN/NOTIFY, or, to compare, by polling alone).
 
 All with durability "full".
 """
@@ -21,6 +22,8 @@ from typing import Any
 from ..core.timers import wait
 from ..core.workflow import current_step, step, workflow
 from ..engine.engine import Engine, Run
+from ..store.base import Listening
+from ..store.postgres.url import is_postgres_url
 from .bench_common import WAIT, Metric, Say, child_env, remove_db
 
 TARGET_WAKE_MS = 5.0  # same process: median from signal() to the next step starting
@@ -79,14 +82,15 @@ def local_wakes(path: str, n: int) -> tuple[list[float], list[float]]:
     return to_step, to_done
 
 
-def remote_wakes(path: str, n: int) -> tuple[list[float], float]:
+def remote_wakes(path: str, n: int, listen: bool = True) -> tuple[list[float], float]:
     """Ms from signal() here to the run seen completed (polled every 1 ms), with engine.work()
-    in a child process; n runs, signalled one at a time; also the child's poll interval."""
+    in a child process; n runs, signalled one at a time; also the child's poll interval.
+    Without listen the child's store hears no wake-ups (PostgreSQL): it polls."""
     latencies = []
     with Engine(path, durability="full", workflows=[woken]) as engine:
         poll = engine.poll_interval  # the child's too: both use the default
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_WORK, path],
+            [sys.executable, "-c", _CHILD_WORK, path, "listen" if listen else "poll"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=child_env(),
@@ -113,10 +117,26 @@ def _completed(run: Run[Any]) -> Callable[[], bool]:
 
 
 def work_child(argv: list[str] | None = None) -> None:
-    """Child process entry: `DB`; engine.work() with the defaults until SIGTERM."""
-    (db,) = argv if argv is not None else sys.argv[1:]
-    with Engine(db, durability="full", workflows=[woken]) as engine:
+    """Child process entry: `DB [listen|poll]`; engine.work() with the defaults until
+    SIGTERM (with poll, on PostgreSQL, without hearing wake-ups)."""
+    db, mode = [*(argv if argv is not None else sys.argv[1:]), "listen"][:2]
+    with _engine(db, listen=mode == "listen") as engine:
         engine.work()
+
+
+def _engine(db: str, listen: bool) -> Engine:
+    """An engine on db for the worker process; without listen, one that only polls."""
+    if listen or not is_postgres_url(db):
+        return Engine(db, durability="full", workflows=[woken])
+    from ..store.postgres.store import PostgresStore
+
+    class Deaf(PostgresStore):
+        """A PostgresStore that hears no wake-ups (as a store without LISTEN)."""
+
+        def listen(self, woken: Callable[[], None]) -> Listening | None:
+            return None
+
+    return Engine(store=Deaf(db, durability="full"), workflows=[woken])
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:

@@ -48,6 +48,9 @@ class Link:
         self.lock = threading.RLock()
         self.conn: psycopg.Connection[Any] | None = None
         self.closed = False
+        # The server process of the current connection: a listener knows its own
+        # store's wake-ups by it (the engine woke itself for those already).
+        self.pid = 0
 
     def connect(self) -> psycopg.Connection[Any]:
         """The connection, made now if there is none (or the last one broke)."""
@@ -73,6 +76,7 @@ class Link:
             conn.close()
             raise database_error(self.shown, exc) from exc
         self.conn = conn
+        self.pid = conn.info.backend_pid
         return conn
 
     @contextmanager

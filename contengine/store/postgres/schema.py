@@ -14,6 +14,8 @@ import psycopg
 from psycopg import sql
 
 from ...errors import DatabaseError
+from .connection import CONNECT_TIMEOUT, database_error, unreachable
+from .url import redacted, split_url
 
 SCHEMA_VERSION = 1
 
@@ -170,3 +172,17 @@ def prepare(conn: psycopg.Connection[Any], schema: str, shown: str) -> int:
             (str(version),),
         )
         return version
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop the schema with everything in it (one that `contengine bench` made for itself)."""
+    target, name = split_url(url, schema)
+    try:
+        conn = psycopg.connect(target, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+    except psycopg.Error as exc:
+        raise unreachable(redacted(url), exc) from exc
+    with conn:
+        try:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            raise database_error(redacted(url), exc) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from ..rows import FINISHED, RUN_STATUSES, EntryRow, RunRow
@@ -14,6 +15,8 @@ RUN_COLS = (
 RUN_MARKS = ", ".join(["%s"] * 20)
 INSERT_RUN = f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING"
 SELECT_RUN = f"SELECT {RUN_COLS} FROM runs WHERE id = %s"
+# A new run, and its NOTIFY (listen.py) if it is new: one row back if it was inserted.
+START_RUN = f"WITH made AS ({INSERT_RUN} RETURNING 1) SELECT pg_notify(%s, 'start') FROM made"
 ENTRY_COLS = (
     "position, kind, name, key, text, status, attempts, crashes, "
     "started_at, finished_at, due_at, outcome, error_text"
@@ -47,11 +50,29 @@ DELETABLE = (
     "AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_id = r.id) "
     "ORDER BY num LIMIT %s"
 )
+# A wake-up for the listeners on the schema's channel (listen.py), delivered at commit.
+NOTIFY = "SELECT pg_notify(%s, %s)"
+# A child that ends wakes its parent if it waits, and (only then) the parent's driver,
+# wherever it is.
+WAKE_PARENT = (
+    "WITH woken AS (UPDATE runs SET due_at = %s WHERE id = (SELECT parent_id FROM runs "
+    "WHERE id = %s) AND status = 'waiting' RETURNING 1) SELECT pg_notify(%s, 'child') "
+    "FROM woken"
+)
 # The run and, recursively, its child runs.
 TREE = (
     "WITH RECURSIVE tree(id) AS (SELECT %s::text UNION ALL "
     "SELECT runs.id FROM runs JOIN tree ON runs.parent_id = tree.id) "
 )
+
+
+def channel_of(schema: str) -> str:
+    """The NOTIFY channel of a schema's wake-ups (one per schema; a channel name, like
+    any PostgreSQL name, keeps at most 63 bytes: a long schema name is hashed)."""
+    name = f"contengine:{schema}"
+    if len(name.encode()) <= 63:
+        return name
+    return "contengine:" + hashlib.sha256(schema.encode()).hexdigest()[:40]
 
 
 def run_params(run: RunRow) -> tuple[object, ...]:

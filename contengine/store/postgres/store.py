@@ -10,7 +10,7 @@ SQLite: the store reads no clock).
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import psycopg
@@ -19,6 +19,7 @@ from ...errors import ContengineError, DatabaseError, RunNotFound
 from ..base import (
     Claim,
     EntryRow,
+    Listening,
     Progress,
     QueueConfig,
     ReplayRow,
@@ -35,15 +36,18 @@ from . import claims as pg_claims
 from . import ops as pg_ops
 from . import writes as pg_writes
 from .connection import DURABILITY, Link
+from .listen import Listener
 from .schema import prepare
 from .sql import (
     CANCEL_PENDING,
     ENTRY_COLS,
-    INSERT_RUN,
+    NOTIFY,
     RUN_COLS,
     SELECT_RUN,
+    START_RUN,
     TREE,
     UNFINISHED_SQL,
+    channel_of,
     entry_row,
     run_params,
     run_row,
@@ -67,6 +71,7 @@ class PostgresStore(GroupCommit, Store):
         self.url, self.schema = split_url(url, schema)
         self.durability = durability
         self.shown = redacted(url)
+        self.channel = channel_of(self.schema)  # of wake-ups (listen.py)
         sync = DURABILITY[durability]
         self._writer = Link(self.url, self.shown, self.schema, sync)
         self._reader = Link(self.url, self.shown, self.schema, sync)
@@ -87,7 +92,7 @@ class PostgresStore(GroupCommit, Store):
 
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._writer.transaction() as conn:
-            if conn.execute(INSERT_RUN, run_params(run)).rowcount == 1:
+            if conn.execute(START_RUN, (*run_params(run), self.channel)).rowcount == 1:
                 return run, True
             row = conn.execute(SELECT_RUN, (run.id,)).fetchone()
             if row is None:  # cannot happen: the conflict was on this id
@@ -181,13 +186,15 @@ class PostgresStore(GroupCommit, Store):
                     f"run {run_id!r} is {row[0]}: it will never wait again, so the signal "
                     f"{name!r} was not sent"
                 )
+            # One statement: the message, and a waiting run woken now (it finds out for
+            # itself whether this is its signal) with its NOTIFY. A run that does not
+            # wait looks at its mailbox before it waits: no wake-up.
             conn.execute(
-                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (%s, %s, %s, %s)",
-                (run_id, name, payload, now),
-            )
-            # Wake a waiting run now; it finds out for itself whether this is its signal.
-            conn.execute(
-                "UPDATE runs SET due_at = %s WHERE id = %s AND status = 'waiting'", (now, run_id)
+                "WITH sent AS (INSERT INTO mailbox (run_id, name, payload, sent_at) "
+                "VALUES (%s, %s, %s, %s)), woken AS (UPDATE runs SET due_at = %s "
+                "WHERE id = %s AND status = 'waiting' RETURNING 1) "
+                "SELECT pg_notify(%s, 'signal') FROM woken",
+                (run_id, name, payload, now, now, run_id, self.channel),
             )
 
     def peek_signal(self, run_id: str, name: str) -> Signal | None:
@@ -214,9 +221,10 @@ class PostgresStore(GroupCommit, Store):
                 return False
             # The run and, recursively, its unfinished children.
             conn.execute(
-                TREE + "UPDATE runs SET cancel_requested = 1, due_at = %s "
-                f"WHERE id IN (SELECT id FROM tree) AND status IN ({UNFINISHED_SQL})",
-                (run_id, now),
+                TREE + ", marked AS (UPDATE runs SET cancel_requested = 1, due_at = %s "
+                f"WHERE id IN (SELECT id FROM tree) AND status IN ({UNFINISHED_SQL})) "
+                "SELECT pg_notify(%s, 'cancel')",
+                (run_id, now, self.channel),
             )
             return True
 
@@ -230,6 +238,13 @@ class PostgresStore(GroupCommit, Store):
     def published(self, run_id: str) -> dict[str, bytes]:
         rows = self._reader.read("SELECT key, value FROM published WHERE run_id = %s", (run_id,))
         return {str(k): bytes(v) for k, v in rows}
+
+    def listen(self, woken: Callable[[], None]) -> Listening | None:
+        """A Listener on this schema's channel, on a connection of its own (listen.py)."""
+        return Listener(self.url, self.shown, self.channel, woken, self._own_pids)
+
+    def _own_pids(self) -> tuple[int, ...]:
+        return (self._writer.pid,)
 
     def max_payload(self) -> int:
         return _MAX_FIELD * 3 // 8
@@ -346,6 +361,8 @@ class PostgresStore(GroupCommit, Store):
         with self._writer.transaction() as conn:
             for r in runs:  # any refusal rolls back the runs before it
                 pg_ops.rewind_one(conn, r, now)
+            if runs:
+                conn.execute(NOTIFY, (self.channel, "start"))
 
     def insert_run(
         self,
@@ -356,6 +373,8 @@ class PostgresStore(GroupCommit, Store):
     ) -> None:
         with self._writer.transaction() as conn:
             pg_ops.insert_run(conn, run, entries, mailbox, published or {})
+            if run.status not in FINISHED:
+                conn.execute(NOTIFY, (self.channel, "start"))
 
     def mailbox(self, run_id: str) -> list[Signal]:
         rows = self._reader.read(

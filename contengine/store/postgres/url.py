@@ -54,6 +54,13 @@ def split_url(url: str, schema: str | None) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=_joined(rest))), chosen
 
 
+def with_schema(url: str, schema: str) -> str:
+    """The URL naming schema in its query (?schema=), whatever it named before."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("schema", schema)])))
+
+
 def redacted(url: str) -> str:
     """The URL with its password (if any) replaced by ***, for messages: the one after
     the user name, and libpq's ?password= parameter."""

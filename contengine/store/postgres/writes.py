@@ -7,6 +7,9 @@ writes its entries, and checks the lease, the generation and the cancel flag on 
 locked row. A claim that comes later skips the locked row (SKIP LOCKED) or, once the
 write commits, sees it; a claim that came first has changed the lease number, which
 the locked read sees, and the write is refused (LeaseLost) for that run alone.
+
+Plain step progress sends no NOTIFY (see listen.py); a child's end that wakes its
+waiting parent, and a child's start, do, in the transaction that writes them.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from .sql import (
     CANCEL_PENDING,
     INSERT_ENTRY,
     INSERT_RUN,
+    NOTIFY,
     UPDATE_ENTRY,
     UPDATE_RUN,
+    WAKE_PARENT,
+    channel_of,
     entry_params,
     run_params,
 )
@@ -56,9 +62,12 @@ def lease_lost(
     )
 
 
-def write(conn: psycopg.Connection[Any], p: Progress, held: Held | None, shown: str) -> bool:
+def write(
+    conn: psycopg.Connection[Any], p: Progress, held: Held | None, shown: str, channel: str
+) -> bool:
     """Write one progress whose run row is locked (held: as locked, None: no such run);
-    True if the run's row asks for a cancel (see RunStore.commit)."""
+    True if the run's row asks for a cancel (see RunStore.commit). channel: where a
+    wake-up goes (a child's end or start)."""
     if held is None:
         if p.lease is not None:
             raise lease_lost(p.run_id, p.lease, None)
@@ -110,13 +119,11 @@ def write(conn: psycopg.Connection[Any], p: Progress, held: Held | None, shown: 
         )  # fmt: skip
         if r.status in FINISHED:
             # A child that ends wakes its parent, which waits for it.
-            conn.execute(
-                "UPDATE runs SET due_at = %s WHERE id = (SELECT parent_id FROM runs "
-                "WHERE id = %s) AND status = 'waiting'",
-                (r.updated_at, p.run_id),
-            )
+            conn.execute(WAKE_PARENT, (r.updated_at, p.run_id, channel))
+    started = False
     for child in p.new_runs:
         if conn.execute(INSERT_RUN, run_params(child)).rowcount == 1:
+            started = True
             continue
         parent = conn.execute("SELECT parent_id FROM runs WHERE id = %s", (child.id,)).fetchone()
         if parent is None or parent[0] != p.run_id:
@@ -124,6 +131,8 @@ def write(conn: psycopg.Connection[Any], p: Progress, held: Held | None, shown: 
                 f"child run id {child.id!r} is taken by a run that is not a child of "
                 f"{p.run_id!r}; nothing was written"
             )
+    if started:  # workers elsewhere may take the new child runs
+        conn.execute(NOTIFY, (channel, "start"))
     if p.publish:
         with conn.cursor() as cur:
             cur.executemany(
@@ -161,6 +170,7 @@ def write_slots(link: Link, batch: list[Slot]) -> None:
                 slot.fail(exc)
             return
         alone = len(batch) == 1
+        chan = channel_of(link.schema)
         ids = [slot.progress.run_id for slot in batch]
         # One progress per run (its driver waits for each write): the rows locked up
         # front are the rows each write sees. Otherwise each write reads its own again.
@@ -174,10 +184,10 @@ def write_slots(link: Link, batch: list[Slot]) -> None:
                         if not unique:
                             held.update(lock_runs(conn, [p.run_id]))
                         if alone:
-                            slot.cancel = write(conn, p, held.get(p.run_id), link.shown)
+                            slot.cancel = write(conn, p, held.get(p.run_id), link.shown, chan)
                         else:
                             with conn.transaction():  # a savepoint
-                                slot.cancel = write(conn, p, held.get(p.run_id), link.shown)
+                                slot.cancel = write(conn, p, held.get(p.run_id), link.shown, chan)
                     except Exception as exc:
                         if alone or conn.broken:
                             raise
@@ -205,6 +215,7 @@ def write_all(link: Link, batch: list[Progress]) -> None:
     """Several runs' progress in one transaction, all or none (commit_many)."""
     with link.transaction() as conn:
         held = lock_runs(conn, [p.run_id for p in batch]) if batch else {}
+        channel = channel_of(link.schema)
         for p in batch:
             held.update(lock_runs(conn, [p.run_id]))
-            write(conn, p, held.get(p.run_id), link.shown)
+            write(conn, p, held.get(p.run_id), link.shown, channel)
