@@ -57,8 +57,8 @@ def split_url(url: str, schema: str | None) -> tuple[str, str]:
 def with_schema(url: str, schema: str) -> str:
     """The URL naming schema in its query (?schema=), whatever it named before."""
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
-    return urlunsplit(parts._replace(query=urlencode([*query, ("schema", schema)])))
+    query = [(k, v) for k, v in _params(parts.query) if k != "schema"]
+    return urlunsplit(parts._replace(query=_joined([*query, ("schema", quote(schema))])))
 
 
 def redacted(url: str) -> str:
