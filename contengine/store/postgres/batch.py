@@ -68,9 +68,10 @@ _ENTRY_ARRAYS = (
 )  # fmt: skip
 
 
-def _unnest(arrays: tuple[tuple[str, str], ...], prefix: str) -> str:
+def _unnest(arrays: tuple[tuple[str, str], ...], prefix: str, more: str = "") -> str:
     marks = ", ".join(f"%({prefix}{name})s::{kind}[]" for name, kind in arrays)
-    return f"unnest({marks}) AS {prefix.rstrip('_')}({', '.join(n for n, _ in arrays)})"
+    names = ", ".join([n for n, _ in arrays] + ([more] if more else []))
+    return f"unnest({marks}){' WITH ORDINALITY' if more else ''} AS {prefix.rstrip('_')}({names})"
 
 
 def _kept(column: str) -> str:
@@ -80,7 +81,7 @@ def _kept(column: str) -> str:
 
 FAST = f"""
 WITH p AS (
-    SELECT * FROM {_unnest(_RUN_ARRAYS, "p_")}
+    SELECT * FROM {_unnest(_RUN_ARRAYS, "p_", "n")}
 ), held AS MATERIALIZED (
     SELECT id, owner, lease, cancel_requested, generation, parent_id FROM runs
     WHERE id = ANY(%(p_id)s::text[]) ORDER BY id FOR UPDATE
@@ -110,7 +111,8 @@ WITH p AS (
         started_at, finished_at, due_at, outcome, error_text)
     SELECT * FROM {_unnest(_ENTRY_ARRAYS, "e_")} WHERE e.run_id IN (SELECT id FROM go)
 ), wakes AS (
-    SELECT parent_id AS id, max(r_updated_at) AS wake FROM go
+    -- The time of the last run in the batch to end (as one write after another would).
+    SELECT parent_id AS id, (array_agg(r_updated_at ORDER BY n DESC))[1] AS wake FROM go
     WHERE r_status IN ({FINISHED_SQL}) AND parent_id IS NOT NULL GROUP BY parent_id
 ), changes AS (
     SELECT coalesce(g.id, w.id) AS id, g.r_status, g.r_updated_at, g.r_due_at, g.r_finished_at,
@@ -253,9 +255,7 @@ def _one_by_one(
             held = lock_runs(conn, [slot.progress.run_id for slot in batch])
             if quick:
                 try:
-                    with conn.cursor() as cur:
-                        cur.execute(FAST, fast_params([s.progress for s in quick]))
-                        rows = cur.fetchall()
+                    rows = conn.execute(FAST, fast_params([s.progress for s in quick])).fetchall()
                 except psycopg.Error as exc:
                     if conn.broken:
                         raise
