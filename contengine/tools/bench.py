@@ -25,7 +25,7 @@ from typing import Any
 
 from ..core.workflow import step, workflow
 from ..engine.engine import Engine
-from .bench_common import Metric, bump, copy_db, floor_round, fresh, loop, num, remove_db
+from .bench_common import Metric, bump, copy_db, floor_round, fresh, loop, metric_lines, remove_db
 
 # Engine steps/s over floor commits/s, per durability.
 TARGET_RATIO = {"full": 0.8, "normal": 0.6}
@@ -232,26 +232,7 @@ def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -
             f"{params['concurrent_steps']:,} steps at each concurrency, {params['asleep']:,} "
             f"runs asleep, {params['signals']} + {params['remote_signals']} signals"
         )
-    rows = [("metric", "median", "raw SQLite floor", "ratio", "target", "", "spread")]
-    for m in metrics:
-        verdict = {None: "", True: "pass", False: "FAIL"}[m.passed]
-        rows.append(
-            (
-                m.label,
-                f"{num(m.median)} {m.unit}",
-                m.floor_text(),
-                "" if m.ratio is None else f"{m.ratio:.3f}",
-                m.target_text(),
-                verdict,
-                "" if len(m.samples) < 2 else f"{m.spread:.0%}",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head, ""]
-    for r in rows:
-        cells = [c.rjust(w) for c, w in zip(r, widths, strict=True)]
-        cells[0] = r[0].ljust(widths[0])
-        lines.append("  ".join(cells).rstrip())
+    lines = [head, "", *metric_lines(metrics, "raw SQLite floor")]
     lines += [
         "",
         "median over rounds; floor and engine rounds alternate; spread = (max - min) / median",
@@ -273,6 +254,15 @@ def _progress() -> Callable[[str], None]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table (or JSON); 0 whether or not targets are met."""
+    if getattr(args, "db", None):
+        from .bench_pg import main as pg_main
+
+        say = _progress()
+        try:
+            return pg_main(args, say)
+        finally:
+            if sys.stderr.isatty():
+                sys.stderr.write("\r\033[K")
     params = {"steps": args.steps, "rounds": args.rounds, "replay_steps": args.replay_steps}
     sizes = {name: getattr(args, name) for name in WORKER_SIZES} if args.workers else {}
     params.update(sizes)

@@ -151,6 +151,31 @@ class Metric:
         return doc
 
 
+def metric_lines(metrics: list[Metric], floor_title: str) -> list[str]:
+    """The table's rows, one per metric, under a header naming the floor's column."""
+    rows = [("metric", "median", floor_title, "ratio", "target", "", "spread")]
+    for m in metrics:
+        verdict = {None: "", True: "pass", False: "FAIL"}[m.passed]
+        rows.append(
+            (
+                m.label,
+                f"{num(m.median)} {m.unit}",
+                m.floor_text(),
+                "" if m.ratio is None else f"{m.ratio:.3f}",
+                m.target_text(),
+                verdict,
+                "" if len(m.samples) < 2 else f"{m.spread:.0%}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [c.rjust(w) for c, w in zip(r, widths, strict=True)]
+        cells[0] = r[0].ljust(widths[0])
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
 def num(x: float) -> str:
     """A figure as a table shows it: thousands separated, or three significant digits."""
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"

@@ -32,6 +32,7 @@ own error.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -50,89 +51,99 @@ from .writes import (
     write,
 )
 
-# The arrays of FAST: one element per progress, and one per entry inserted.
-_RUN_ARRAYS = (
+# FAST's input: one JSON array of values per progress and one per entry inserted
+# (json.dumps is C, where psycopg dumps each of many arrays in Python), and the
+# bytea columns as arrays sent in binary, in the same order.
+_RUN_FIELDS = (
     ("id", "text"), ("owner", "text"), ("lease", "bigint"), ("unless", "boolean"),
     ("gen", "integer"), ("u_pos", "integer"), ("u_status", "text"),
     ("u_attempts", "integer"), ("u_crashes", "integer"), ("u_finished", "float8"),
-    ("u_due", "float8"), ("u_outcome", "bytea"), ("u_error", "text"), ("u_expect", "integer"),
+    ("u_due", "float8"), ("u_error", "text"), ("u_expect", "integer"),
     ("r_status", "text"), ("r_updated_at", "float8"), ("r_due_at", "float8"),
-    ("r_finished_at", "float8"), ("r_result", "bytea"), ("r_error", "bytea"),
-    ("r_error_text", "text"), ("r_clear", "boolean"),
+    ("r_finished_at", "float8"), ("r_error_text", "text"), ("r_clear", "boolean"),
 )  # fmt: skip
-_ENTRY_ARRAYS = (
+_RUN_BYTES = ("u_outcome", "r_result", "r_error")
+_ENTRY_FIELDS = (
     ("run_id", "text"), ("position", "integer"), ("kind", "text"), ("name", "text"),
     ("key", "text"), ("text", "text"), ("status", "text"), ("attempts", "integer"),
     ("crashes", "integer"), ("started_at", "float8"), ("finished_at", "float8"),
-    ("due_at", "float8"), ("outcome", "bytea"), ("error_text", "text"),
+    ("due_at", "float8"), ("error_text", "text"),
 )  # fmt: skip
+_ENTRY_BYTES = ("outcome",)
 
 
-def _unnest(arrays: tuple[tuple[str, str], ...], prefix: str, more: str = "") -> str:
-    marks = ", ".join(f"%({prefix}{name})s::{kind}[]" for name, kind in arrays)
-    names = ", ".join([n for n, _ in arrays] + ([more] if more else []))
-    return f"unnest({marks}){' WITH ORDINALITY' if more else ''} AS {prefix.rstrip('_')}({names})"
+def _rows(param: str, fields: tuple[tuple[str, str], ...], raw: tuple[str, ...], n: str) -> str:
+    """The rows of a JSON parameter and its bytea arrays (n: and their number, from 1)."""
+    cols = [
+        f"j.r->>{i} {name}" if kind == "text" else f"(j.r->>{i})::{kind} {name}"
+        for i, (name, kind) in enumerate(fields)
+    ]
+    arrays = ", ".join(f"%({param}_{name})b::bytea[]" for name in raw)
+    return (
+        f"SELECT {n}{', '.join(cols)}, {', '.join(raw)} "
+        f"FROM json_array_elements(%({param})s::json) WITH ORDINALITY j(r, n) "
+        f"JOIN unnest({arrays}) WITH ORDINALITY b({', '.join(raw)}, n) ON b.n = j.n"
+    )
 
 
-def _kept(column: str) -> str:
-    # A run row's column: the progress's value if it updates the run, else as it is.
-    return f"{column} = CASE WHEN c.r_status IS NULL THEN runs.{column} ELSE c.r_{column} END"
-
-
-FAST = f"""
-WITH p AS (
-    SELECT * FROM {_unnest(_RUN_ARRAYS, "p_", "n")}
+# written: the runs' rows; a run that ends lets go of its lease in the same statement.
+# wakes: the parent of a run that ended wakes at the time of the last run of the batch
+# to end (as one write after another would leave it); in `written` if it has progress
+# of its own (a row changes once per statement), else in `woken`.
+_FAST = f"""
+WITH p AS ({_rows("p", _RUN_FIELDS, _RUN_BYTES, "j.n, ")}
 ), held AS MATERIALIZED (
     SELECT id, owner, lease, cancel_requested, generation, parent_id FROM runs
-    WHERE id = ANY(%(p_id)s::text[]) ORDER BY id FOR UPDATE
+    WHERE id IN (SELECT id FROM p) ORDER BY id FOR UPDATE
 ), verdict AS MATERIALIZED (
-    SELECT p.*, h.id IS NOT NULL AS found, h.owner AS held_owner, h.lease AS held_lease,
-        h.cancel_requested AS flag, h.parent_id,
+    SELECT p.*, h.id IS NOT NULL found, h.owner held_owner, h.lease held_lease,
+        h.cancel_requested flag, h.parent_id,
         CASE WHEN h.id IS NULL OR h.owner IS DISTINCT FROM p.owner OR h.lease <> p.lease
                 THEN 'lease'
             WHEN p.unless AND h.cancel_requested = {CANCEL_PENDING} THEN 'cancel'
             WHEN p.gen IS NOT NULL AND h.generation <> p.gen THEN 'generation'
-            ELSE 'ok' END AS verdict
-    FROM p LEFT JOIN held AS h ON h.id = p.id
+            ELSE 'ok' END verdict
+    FROM p LEFT JOIN held h ON h.id = p.id
 ), updated AS (
     UPDATE log SET status = v.u_status, attempts = v.u_attempts, crashes = v.u_crashes,
         finished_at = v.u_finished, due_at = v.u_due, outcome = v.u_outcome,
         error_text = v.u_error
-    FROM verdict AS v
+    FROM verdict v
     WHERE v.verdict = 'ok' AND v.u_pos IS NOT NULL AND log.run_id = v.id
         AND log.position = v.u_pos AND log.status IN ('running', 'retrying')
         AND log.attempts = coalesce(v.u_expect, log.attempts)
     RETURNING log.run_id
 ), go AS MATERIALIZED (
-    SELECT * FROM verdict AS v WHERE v.verdict = 'ok'
+    SELECT * FROM verdict v WHERE v.verdict = 'ok'
         AND (v.u_pos IS NULL OR v.id IN (SELECT run_id FROM updated))
 ), inserted AS (
-    INSERT INTO log (run_id, position, kind, name, key, text, status, attempts, crashes,
-        started_at, finished_at, due_at, outcome, error_text)
-    SELECT * FROM {_unnest(_ENTRY_ARRAYS, "e_")} WHERE e.run_id IN (SELECT id FROM go)
+    INSERT INTO log ({", ".join([n for n, _ in _ENTRY_FIELDS] + list(_ENTRY_BYTES))})
+    SELECT * FROM ({_rows("e", _ENTRY_FIELDS, _ENTRY_BYTES, "")}) e
+    WHERE e.run_id IN (SELECT id FROM go)
 ), wakes AS (
-    -- The time of the last run in the batch to end (as one write after another would).
-    SELECT parent_id AS id, (array_agg(r_updated_at ORDER BY n DESC))[1] AS wake FROM go
+    SELECT parent_id id, (array_agg(r_updated_at ORDER BY n DESC))[1] wake FROM go
     WHERE r_status IN ({FINISHED_SQL}) AND parent_id IS NOT NULL GROUP BY parent_id
-), changes AS (
-    SELECT coalesce(g.id, w.id) AS id, g.r_status, g.r_updated_at, g.r_due_at, g.r_finished_at,
-        g.r_result, g.r_error, g.r_error_text, g.r_clear, w.wake
-    FROM (SELECT * FROM go WHERE r_status IS NOT NULL) AS g FULL JOIN wakes AS w ON w.id = g.id
 ), written AS (
-    UPDATE runs SET status = coalesce(c.r_status, runs.status), {_kept("updated_at")},
-        due_at = CASE WHEN c.wake IS NOT NULL
-                AND coalesce(c.r_status, runs.status) = 'waiting' THEN c.wake
-            WHEN c.r_status IS NULL THEN runs.due_at ELSE c.r_due_at END,
-        {_kept("finished_at")}, {_kept("result")}, {_kept("error")}, {_kept("error_text")},
-        cancel_requested = CASE WHEN c.r_clear AND runs.cancel_requested = {CANCEL_PENDING}
+    UPDATE runs SET status = g.r_status, updated_at = g.r_updated_at,
+        due_at = CASE WHEN g.r_status = 'waiting' AND w.wake IS NOT NULL THEN w.wake
+            ELSE g.r_due_at END,
+        finished_at = g.r_finished_at, result = g.r_result, error = g.r_error,
+        error_text = g.r_error_text,
+        cancel_requested = CASE WHEN g.r_clear AND runs.cancel_requested = {CANCEL_PENDING}
             THEN {CANCEL_DELIVERED} ELSE runs.cancel_requested END,
-        owner = CASE WHEN c.r_status IN ({FINISHED_SQL}) THEN NULL ELSE runs.owner END
-    FROM changes AS c
-    WHERE runs.id = c.id AND (c.r_status IS NOT NULL OR runs.status = 'waiting')
+        owner = CASE WHEN g.r_status IN ({FINISHED_SQL}) THEN NULL ELSE runs.owner END
+    FROM go g LEFT JOIN wakes w ON w.id = g.id
+    WHERE runs.id = g.id AND g.r_status IS NOT NULL
+), woken AS (
+    UPDATE runs SET due_at = w.wake FROM wakes w
+    WHERE runs.id = w.id AND runs.status = 'waiting'
+        AND w.id NOT IN (SELECT id FROM go WHERE r_status IS NOT NULL)
 )
-SELECT v.id, v.verdict, v.found, v.held_owner, v.held_lease, v.flag,
-    v.id IN (SELECT id FROM go) FROM verdict AS v
+SELECT id, verdict, found, held_owner, held_lease, flag, id IN (SELECT id FROM go)
+FROM verdict
 """
+# On one line: psycopg caches its parse of a query text of up to 4,096 characters.
+FAST = " ".join(_FAST.split())
 
 
 def fits(p: Progress) -> bool:
@@ -144,40 +155,59 @@ def fits(p: Progress) -> bool:
     )  # fmt: skip
 
 
-def fast_params(progress: list[Progress]) -> dict[str, list[Any]]:
-    """FAST's arrays for these runs' progress (each fits())."""
-    cols: dict[str, list[Any]] = {f"p_{n}": [] for n, _ in _RUN_ARRAYS}
-    cols.update({f"e_{n}": [] for n, _ in _ENTRY_ARRAYS})
+def _t(x: float | None) -> float | str | None:
+    # A time as JSON has it: JSON has no infinity (a wait without a timeout is due
+    # "never"), and the server reads the text "inf" as one.
+    return x if x is None or -INF < x < INF else repr(x)
+
+
+INF = float("inf")
+
+
+def fast_params(progress: list[Progress]) -> dict[str, Any]:
+    """FAST's parameters for these runs' progress (each fits())."""
+    runs: list[list[Any]] = []
+    entries: list[list[Any]] = []
+    u_outcome: list[bytes | None] = []
+    r_result: list[bytes | None] = []
+    r_error: list[bytes | None] = []
+    e_outcome: list[bytes | None] = []
     for p in progress:
         assert p.lease is not None
         r, u = p.run, p.update
         unless = p.unless_cancelled or (r is not None and r.unless_cancelled)
-        run_values: tuple[object, ...] = (p.run_id, p.lease[0], p.lease[1], unless,
-            p.expect_generation)  # fmt: skip
+        row: list[Any] = [p.run_id, p.lease[0], p.lease[1], unless, p.expect_generation]
         if u is None:
-            run_values += (None,) * 9
+            row += (None,) * 8
+            u_outcome.append(None)
         else:
-            run_values += (
-                u.position, u.status, u.attempts, u.crashes, u.finished_at, u.due_at,
-                u.outcome, u.error_text, p.expect_attempts,
+            row += (
+                u.position, u.status, u.attempts, u.crashes, _t(u.finished_at), _t(u.due_at),
+                u.error_text, p.expect_attempts,
             )  # fmt: skip
+            u_outcome.append(u.outcome)
         if r is None:
-            run_values += (None,) * 8
+            row += (None,) * 6
+            r_result.append(None)
+            r_error.append(None)
         else:
-            run_values += (
-                r.status, r.updated_at, r.due_at, r.finished_at, r.result, r.error,
-                r.error_text, r.clear_cancel,
+            row += (
+                r.status, _t(r.updated_at), _t(r.due_at), _t(r.finished_at), r.error_text,
+                r.clear_cancel,
             )  # fmt: skip
-        for (name, _), value in zip(_RUN_ARRAYS, run_values, strict=True):
-            cols[f"p_{name}"].append(value)
+            r_result.append(r.result)
+            r_error.append(r.error)
+        runs.append(row)
         for e in (*p.recorded, *([p.insert] if p.insert is not None else [])):
-            entry_values = (
+            entries.append([
                 p.run_id, e.position, e.kind, e.name, e.key, e.text, e.status, e.attempts,
-                e.crashes, e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
-            )  # fmt: skip
-            for (name, _), value in zip(_ENTRY_ARRAYS, entry_values, strict=True):
-                cols[f"e_{name}"].append(value)
-    return cols
+                e.crashes, _t(e.started_at), _t(e.finished_at), _t(e.due_at), e.error_text,
+            ])  # fmt: skip
+            e_outcome.append(e.outcome)
+    return {
+        "p": json.dumps(runs), "p_u_outcome": u_outcome, "p_r_result": r_result,
+        "p_r_error": r_error, "e": json.dumps(entries), "e_outcome": e_outcome,
+    }  # fmt: skip
 
 
 def settle(slots: list[Slot], rows: list[tuple[Any, ...]], shown: str) -> None:
