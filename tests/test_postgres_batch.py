@@ -159,7 +159,12 @@ def reset(store: PostgresStore, batch: list[tuple[str, Plan]]) -> None:
         )
         for run_id, plan in batch:
             if plan.lease_taken:
-                conn.execute("UPDATE runs SET owner = 'thief', lease = 2 WHERE id = %s", (run_id,))
+                # Another worker (even runs), or this worker again with a new lease.
+                conn.execute(
+                    "UPDATE runs SET lease = 2, owner = CASE WHEN right(id, 1) IN ('0', '2', "
+                    "'4', '6', '8') THEN 'thief' ELSE owner END WHERE id = %s",
+                    (run_id,),
+                )
             if plan.raced:
                 conn.execute("UPDATE log SET attempts = 2 WHERE run_id = %s", (run_id,))
             if plan.cancel:
@@ -230,6 +235,28 @@ def test_the_statement_leaves_what_writing_one_by_one_leaves(
         for (_, plan), told in zip(named, fast[0], strict=True):
             if plan.lease_taken and plan.kind != "unleased":
                 assert isinstance(told, tuple) and "no longer leased" in told[1]
+
+    check()
+
+
+def test_one_progress_alone_leaves_what_writing_it_one_by_one_leaves(
+    two_stores: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """A batch of one has a statement of its own (single.ONE): the same rows, the same
+    answer."""
+    fast_store, slow_store = two_stores
+
+    @given(index=st.integers(0, RUNS + 1), plan=plans)
+    @example(index=1, plan=Plan("finish"))  # wakes its parent, which waits
+    @example(index=2, plan=Plan("fail"))  # its parent runs: not woken
+    @example(index=3, plan=Plan("plain", cancel=True, clear=True))  # delivers the cancel
+    @example(index=5, plan=Plan("plain", lease_taken=True))  # same owner, a newer lease
+    def check(index: int, plan: Plan) -> None:
+        batch = [(f"r{index}" if index < RUNS else PARENTS[index - RUNS], plan)]
+        with mock.patch.object(pg_batch, "one_params", wraps=pg_batch.one_params) as one:
+            fast = write(fast_store, batch, fast=True)
+        assert fast == write(slow_store, batch, fast=False)
+        assert one.called == (plan.kind not in OTHER_KINDS and plan.kind != "recorded")
 
     check()
 

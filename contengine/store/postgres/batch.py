@@ -41,6 +41,7 @@ from ...errors import DatabaseError
 from ..group_commit import Slot
 from ..rows import Progress
 from .connection import Link, database_error
+from .single import ONE, fits_alone, one_params
 from .sql import CANCEL_DELIVERED, CANCEL_PENDING, FINISHED_SQL
 from .writes import (
     entry_raced,
@@ -255,7 +256,10 @@ def write_slots(link: Link, batch: list[Slot]) -> None:
         if quick and len(quick) == len(batch):
             try:
                 # On its own: one round trip, its own transaction.
-                rows = conn.execute(FAST, fast_params([s.progress for s in quick])).fetchall()
+                if len(quick) == 1 and fits_alone(quick[0].progress):
+                    rows = conn.execute(ONE, one_params(quick[0].progress)).fetchall()
+                else:
+                    rows = conn.execute(FAST, fast_params([s.progress for s in quick])).fetchall()
             except psycopg.Error as exc:
                 if conn.broken:
                     for slot in batch:
