@@ -10,7 +10,8 @@ Durability is "full" (synchronous_commit on) throughout.
 * one run, sequential steps: steps/s against the floor (target 0.8x);
 * 100 runs advancing at once: steps/s against the floor (target 10x: one statement
   and one commit carry a whole batch of runs' steps, store/postgres/batch.py);
-* 200 runs of 10 steps: runs/s (the floor's cap: a run costs 11 commits one at a time);
+* 200 runs of 10 steps (--runs): runs/s (the floor's cap: a run costs 11 commits one at
+  a time);
 * claims: 4 worker processes claim pending runs as engine.work() does (up to 8 at a
   time, each claimed run kept under a live lease) until none is left: claims/s from
   the first claim to the last, and no run claimed twice (target 1,000/s).
@@ -165,7 +166,9 @@ def claim_child(argv: list[str] | None = None) -> None:
 # -- rounds ----------------------------------------------------------------------------
 
 
-def measure(url: str, steps: int, rounds: int, claim_runs: int, say: Say) -> list[Metric]:
+def measure(
+    url: str, steps: int, rounds: int, run_count: int, claim_runs: int, say: Say
+) -> list[Metric]:
     """Every measurement, rounds alternating with floor rounds (a floor round before each
     engine round of a metric with a floor)."""
     one = Metric("pg_one_run", "steps/s, one run", "steps/s", TARGET_ONE_RUN)
@@ -179,11 +182,11 @@ def measure(url: str, steps: int, rounds: int, claim_runs: int, say: Say) -> lis
     )
     runs = Metric(
         "pg_many_runs",
-        f"runs/s, 200 runs of {RUN_STEPS} steps",
+        f"runs/s, {run_count:,} runs of {RUN_STEPS} steps",
         "runs/s",
         None,
         floor_cost=RUN_STEPS + 1,
-        details={"runs": 200, "steps_per_run": RUN_STEPS},
+        details={"runs": run_count, "steps_per_run": RUN_STEPS},
     )
     claimed = Metric(
         "pg_claims",
@@ -198,7 +201,7 @@ def measure(url: str, steps: int, rounds: int, claim_runs: int, say: Say) -> lis
     rounds_of: list[tuple[Metric, Callable[[], float]]] = [
         (one, lambda: one_run(url, steps)),
         (hundred, lambda: many_runs(url, CONCURRENT, per_run, CONCURRENT)),
-        (runs, lambda: many_runs(url, 200, RUN_STEPS, None) / RUN_STEPS),
+        (runs, lambda: many_runs(url, run_count, RUN_STEPS, None) / RUN_STEPS),
     ]
     for i in range(rounds):
         for m, engine_round in rounds_of:
@@ -239,7 +242,7 @@ def main(args: argparse.Namespace, say: Say) -> int:
     """Run the PostgreSQL benchmark and print a table (or JSON)."""
     from ..store.postgres.url import redacted
 
-    for name in ("steps", "rounds", "claim_runs"):
+    for name in ("steps", "rounds", "runs", "claim_runs"):
         if getattr(args, name) < 1:
             print(f"contengine bench: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
@@ -247,12 +250,13 @@ def main(args: argparse.Namespace, say: Say) -> int:
         "db": redacted(args.db),
         "steps": args.steps,
         "rounds": args.rounds,
+        "runs": args.runs,
         "claim_runs": args.claim_runs,
     }
     info = machine(tempfile.gettempdir())
     info = {k: info[k] for k in ("python", "platform", "cpus", "cpu_model", "python_speed")}
     info["server"] = server_info(args.db)
-    metrics = measure(args.db, args.steps, args.rounds, args.claim_runs, say)
+    metrics = measure(args.db, args.steps, args.rounds, args.runs, args.claim_runs, say)
     if args.json:
         doc = {
             "machine": info,
