@@ -82,7 +82,7 @@ def _rows(param: str, fields: tuple[tuple[str, str], ...], raw: tuple[str, ...],
     arrays = ", ".join(f"%({param}_{name})b::bytea[]" for name in raw)
     return (
         f"SELECT {n}{', '.join(cols)}, {', '.join(raw)} "
-        f"FROM json_array_elements(%({param})s::json) WITH ORDINALITY j(r, n) "
+        f"FROM jsonb_array_elements(%({param})s::jsonb) WITH ORDINALITY j(r, n) "
         f"JOIN unnest({arrays}) WITH ORDINALITY b({', '.join(raw)}, n) ON b.n = j.n"
     )
 
