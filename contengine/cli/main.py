@@ -118,6 +118,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ..tools.demo import main as demo_main
 
         return demo_main(args.db)
+    if args.command == "bench" and args.db is not None:
+        from ..tools.bench_pg import main as bench_pg_main
+
+        return bench_pg_main(args)
     if args.command == "bench":
         from ..tools.bench import main as bench_main
 

@@ -254,15 +254,6 @@ def _progress() -> Callable[[str], None]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table (or JSON); 0 whether or not targets are met."""
-    if getattr(args, "db", None):
-        from .bench_pg import main as pg_main
-
-        say = _progress()
-        try:
-            return pg_main(args, say)
-        finally:
-            if sys.stderr.isatty():
-                sys.stderr.write("\r\033[K")
     params = {"steps": args.steps, "rounds": args.rounds, "replay_steps": args.replay_steps}
     sizes = {name: getattr(args, name) for name in WORKER_SIZES} if args.workers else {}
     params.update(sizes)

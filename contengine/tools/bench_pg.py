@@ -238,8 +238,20 @@ def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, Any]) -
     )
 
 
-def main(args: argparse.Namespace, say: Say) -> int:
-    """Run the PostgreSQL benchmark and print a table (or JSON)."""
+def _progress() -> Say:
+    if not sys.stderr.isatty():
+        return lambda text: None
+
+    def say(text: str) -> None:
+        sys.stderr.write(f"\r\033[Kbench: {text}")
+        sys.stderr.flush()
+
+    return say
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the PostgreSQL benchmark and print a table (or JSON); 0 whether or not
+    targets are met."""
     from ..store.postgres.url import redacted
 
     for name in ("steps", "rounds", "runs", "claim_runs"):
@@ -256,7 +268,11 @@ def main(args: argparse.Namespace, say: Say) -> int:
     info = machine(tempfile.gettempdir())
     info = {k: info[k] for k in ("python", "platform", "cpus", "cpu_model", "python_speed")}
     info["server"] = server_info(args.db)
-    metrics = measure(args.db, args.steps, args.rounds, args.runs, args.claim_runs, say)
+    try:
+        metrics = measure(args.db, args.steps, args.rounds, args.runs, args.claim_runs, _progress())
+    finally:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
     if args.json:
         doc = {
             "machine": info,
