@@ -352,15 +352,16 @@ def test_bench_on_a_url_measures_wake_ups_both_ways_and_drops_its_schema(
     # The benchmark's engines open the schema it names, as its worker processes do, even
     # where the tests' engines are sent to schemas of their own (CONTENGINE_TEST_STORE).
     monkeypatch.setattr(engine_module, "open_store", open_store)
-    assert main(["bench", "--db", url, "--remote-signals", "3", "--json"]) == 0
+    tiny = ["--steps", "20", "--rounds", "1", "--runs", "2", "--claim-runs", "8"]
+    assert main(["bench", "--db", url, *tiny, "--remote-signals", "3", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     metrics = doc["metrics"]
-    assert set(metrics) == {
+    assert {
         "pg_wake_notify",
         "pg_wake_notify_p99",
         "pg_wake_poll",
         "pg_wake_poll_p99",
-    }
+    } <= set(metrics)
     for way in ("notify", "poll"):
         details = metrics[f"pg_wake_{way}"]["details"]
         assert details["signals"] == 3 and details["poll_s"] == 0.1

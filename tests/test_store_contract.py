@@ -28,6 +28,7 @@ from contengine.store.base import (
     RUNNING,
     SLEEPING,
     WAITING,
+    CancelArrived,
     EntryRow,
     Progress,
     QueueConfig,
@@ -714,6 +715,141 @@ def test_a_write_under_a_lease_taken_over_writes_nothing(store: Store) -> None:
     assert store.load_log("r1") == []
     store.commit(Progress("r1", insert=entry("r1", 0), lease=("b", new.lease)))
     assert [e.position for e in store.load_log("r1")] == [0]
+
+
+def leased(store: Store, worker: WorkerRow, *run_ids: str) -> dict[str, tuple[str, int]]:
+    """Create the runs, each with step 0 in flight, leased to worker: their leases."""
+    leases = {}
+    for run_id in run_ids:
+        started(store, run_id)
+        (claim,) = store.claim(worker, 150.0, 150.0, 1, run_id=run_id)
+        leases[run_id] = (worker.id, claim.lease)
+        store.commit(Progress(run_id, insert=entry(run_id, 0), lease=leases[run_id]))
+    return leases
+
+
+def step_done(run_id: str, lease: tuple[str, int], **fields: Any) -> Progress:
+    """A driver's progress: step 0's outcome and step 1 in flight."""
+    done = entry(run_id, 0, E_COMPLETED, finished_at=210.0, outcome=b"\x01" + run_id.encode())
+    return Progress(
+        run_id, update=done, insert=entry(run_id, 1), expect_attempts=1, lease=lease, **fields
+    )
+
+
+def test_a_batch_fails_only_the_progress_of_runs_whose_lease_was_taken(store: Store) -> None:
+    """In one batch (queued, then flushed), the runs another worker took are fenced out
+    with LeaseLost and write nothing; every other run's progress is written."""
+    a, b = worker_row("a", expires_at=300.0), worker_row("b")
+    ids = [f"r{i}" for i in range(6)]
+    leases = leased(store, a, *ids)
+    store.hold("r0", leases["r0"][1], a)
+    taken = {"r1", "r4"}
+    for run_id in sorted(taken):  # a's lease ran out at 300: b takes these over
+        assert [c.run.id for c in store.claim(b, 160.0, 400.0, 1, run_id=run_id)] == [run_id]
+    tickets = [
+        store.commit_later(step_done(i, leases[i], run=RunUpdate(RUNNING, 210.0))) for i in ids
+    ]
+    store.flush()
+    assert all(t.done for t in tickets)
+    errors = {i: type(t.error) for i, t in zip(ids, tickets, strict=True) if t.error is not None}
+    assert errors == {i: ce.LeaseLost for i in taken}
+    for run_id in ids:
+        log = store.load_log(run_id)
+        run = store.get_run(run_id)
+        assert run is not None
+        if run_id in taken:
+            assert [(e.position, e.status) for e in log] == [(0, E_RUNNING)]
+            assert (run.status, run.updated_at) == (PENDING, 100.0)
+        else:
+            assert [(e.position, e.status, e.outcome) for e in log] == [
+                (0, E_COMPLETED, b"\x01" + run_id.encode()),
+                (1, E_RUNNING, None),
+            ]
+            assert (run.status, run.updated_at) == (RUNNING, 210.0)
+
+
+def test_a_batch_mixing_step_progress_with_every_other_kind_of_progress(store: Store) -> None:
+    """A batch of plain steps, a run's end (waking its parent), recorded entries, a
+    child started, a signal taken, values published and a restart: each written as
+    if alone, the fenced ones refused alone."""
+    w = worker_row("w")
+    leases = leased(store, w, "plain", "fenced", "ends", "records", "spawns", "takes", "again")
+    started(store, "parent", status=WAITING, due_at=float("inf"))
+    store.commit(Progress("ends", run=RunUpdate(RUNNING, 205.0)))
+    store.set_note("ends", None)
+    store.insert_run(run_row("kid", parent_id="parent", status=RUNNING))
+    (claim,) = store.claim(w, 150.0, 150.0, 1, run_id="kid")
+    leases["kid"] = (w.id, claim.lease)
+    store.send_signal("takes", "go", b"payload", 206.0)
+    (signal,) = store.mailbox("takes")
+    recorded = entry("records", 1, E_COMPLETED, kind="now", finished_at=210.0, outcome=b"t")
+    batch = [
+        step_done("plain", leases["plain"]),
+        step_done("fenced", ("w", leases["fenced"][1] + 7)),
+        Progress("kid", run=RunUpdate(COMPLETED, 211.0, finished_at=211.0, result=b"r"),
+                 lease=leases["kid"]),
+        step_done("records", leases["records"], recorded=(recorded,)),
+        step_done("spawns", leases["spawns"], new_runs=(run_row("spawns/0", parent_id="spawns"),),
+                  publish=(("stage", b"one"),)),
+        step_done("takes", leases["takes"], consume=signal.seq),
+        Progress("again", restart=b"new args", lease=leases["again"]),
+        Progress("ends", update=entry("ends", 0, E_COMPLETED, finished_at=212.0, outcome=b"x"),
+                 run=RunUpdate(FAILED, 212.0, finished_at=212.0, error=b"e", error_text="E"),
+                 expect_attempts=1, lease=leases["ends"]),
+    ]  # fmt: skip
+    records = batch[3]
+    assert records.insert is not None
+    records.insert.position = 2
+    tickets = [store.commit_later(p) for p in batch]
+    store.flush()
+    assert all(t.done for t in tickets)
+    assert [type(t.error) for t in tickets] == [type(None)] + [ce.LeaseLost] + [type(None)] * 6
+    assert [e.status for e in store.load_log("plain")] == [E_COMPLETED, E_RUNNING]
+    assert [e.status for e in store.load_log("fenced")] == [E_RUNNING]
+    kid, parent = store.get_run("kid"), store.get_run("parent")
+    assert kid is not None and parent is not None
+    assert (kid.status, kid.result, parent.due_at) == (COMPLETED, b"r", 211.0)
+    assert [(e.position, e.kind) for e in store.load_log("records")] == [
+        (0, "step"), (1, "now"), (2, "step"),
+    ]  # fmt: skip
+    child = store.get_run("spawns/0")
+    assert child is not None and child.parent_id == "spawns"
+    assert store.published("spawns") == {"stage": b"one"}
+    assert store.mailbox("takes") == [] and len(store.load_log("takes")) == 2
+    again = store.get_run("again")
+    assert again is not None and (again.generation, again.args) == (1, b"new args")
+    ends = store.get_run("ends")
+    assert ends is not None and (ends.status, ends.error_text) == (FAILED, "E")
+    assert [e.outcome for e in store.load_log("ends")] == [b"x"]
+
+
+def test_a_batch_reports_each_runs_cancel(store: Store) -> None:
+    """With every fenced write, each run of a batch is told whether its row asks for a
+    cancel; a progress that must not pass one is refused (CancelArrived) alone, and one
+    that delivers it clears it."""
+    w = worker_row("w")
+    leases = leased(store, w, "quiet", "asked", "refused", "delivers", "ends")
+    for run_id in ("asked", "refused", "delivers", "ends"):
+        assert store.request_cancel(run_id, 205.0) is True
+    batch = [
+        step_done("quiet", leases["quiet"]),
+        step_done("asked", leases["asked"]),
+        step_done("refused", leases["refused"], unless_cancelled=True),
+        step_done("delivers", leases["delivers"], run=RunUpdate(RUNNING, 210.0, clear_cancel=True)),
+        Progress("ends", run=RunUpdate(COMPLETED, 210.0, finished_at=210.0, result=b"r",
+                                       unless_cancelled=True), lease=leases["ends"]),
+    ]  # fmt: skip
+    tickets = [store.commit_later(p) for p in batch]
+    store.flush()
+    # (The cancel flag of a refused progress means nothing: it wrote nothing.)
+    told = [(t.done, type(t.error) if t.error else t.cancel) for t in tickets]
+    assert told == [
+        (True, False), (True, True), (True, CancelArrived), (True, False), (True, CancelArrived)
+    ]  # fmt: skip
+    assert [len(store.load_log(i)) for i in leases] == [2, 2, 1, 2, 1]
+    assert store.pending_cancels(leases) == {"asked", "refused", "ends"}
+    ends = store.get_run("ends")
+    assert ends is not None and ends.status == PENDING
 
 
 def test_heartbeats_workers_and_retiring(store: Store) -> None:

@@ -19,8 +19,7 @@ ENV_DB_COMMANDS = frozenset(("runs", "show", *ops.COMMANDS))
 JSON_COMMANDS = ("runs", "bench")
 # Why a command takes no --db, to say so when one is given.
 NO_DB = {
-    "bench": "it measures SQLite on files of its own (see --dir); a PostgreSQL URL "
-    "(postgresql://...) measures on that server",
+    "bench": "it measures on files of its own (see --dir), or on a postgresql:// URL",
     "lint": "it reads the workflows' source, not a database",
 }
 
@@ -44,8 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         parents=parents,
-        help="measure steps/s against the raw SQLite commit floor (with --db "
-        "postgresql://...: wake-ups on that server)",
+        help="measure steps/s against the raw SQLite (or PostgreSQL: --db URL) commit floor",
     )
     bench.add_argument("--dir", help="directory for the benchmark files (default: temp)")
     bench.add_argument("--steps", type=int, default=2000, help="steps per round")
@@ -64,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--asleep", type=int, default=10_000, help="runs asleep at once")
     bench.add_argument("--signals", type=int, default=100, help="wake-ups in one process")
     bench.add_argument("--remote-signals", type=int, default=40, help="across processes")
+    bench.add_argument(
+        "--claim-runs", type=int, default=4000, help="runs claimed by 4 processes (--db URL)"
+    )
     bench.add_argument(
         "--burst",
         type=int,
@@ -92,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench_on_a_server(args: argparse.Namespace) -> bool:
+    # `bench --db postgresql://...` measures on that server, in schemas of its own.
+
+    return args.command == "bench" and is_postgres_url(args.db)
+
+
 def _check_shared(args: argparse.Namespace) -> None:
     """Refuse a shared option the command has no use for; fill in --db from the environment."""
     if args.json and args.command not in JSON_COMMANDS:
@@ -99,8 +106,7 @@ def _check_shared(args: argparse.Namespace) -> None:
             f"`{args.command}` has no JSON output; --json works with: {', '.join(JSON_COMMANDS)}",
             2,
         )
-    pg_bench = args.command == "bench" and is_postgres_url(args.db)
-    if args.db is not None and args.command in NO_DB and not pg_bench:
+    if args.db is not None and args.command in NO_DB and not _bench_on_a_server(args):
         raise CommandError(f"`{args.command}` takes no --db: {NO_DB[args.command]}", 2)
     if args.db is None and args.command in ENV_DB_COMMANDS:
         args.db = os.environ.get("CONTENGINE_DB")
@@ -112,6 +118,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ..tools.demo import main as demo_main
 
         return demo_main(args.db)
+    if args.command == "bench" and args.db is not None:
+        from ..tools.bench_pg import main as bench_pg_main
+
+        return bench_pg_main(args)
     if args.command == "bench":
         from ..tools.bench import main as bench_main
 

@@ -25,16 +25,7 @@ from typing import Any
 
 from ..core.workflow import step, workflow
 from ..engine.engine import Engine
-from .bench_common import (
-    Metric,
-    bump,
-    copy_db,
-    floor_round,
-    fresh,
-    loop,
-    metric_lines,
-    remove_db,
-)
+from .bench_common import Metric, bump, copy_db, floor_round, fresh, loop, metric_lines, remove_db
 
 # Engine steps/s over floor commits/s, per durability.
 TARGET_RATIO = {"full": 0.8, "normal": 0.6}
@@ -263,10 +254,6 @@ def _progress() -> Callable[[str], None]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table (or JSON); 0 whether or not targets are met."""
-    if args.db is not None:  # a PostgreSQL server: measured there (bench_postgres.py)
-        from .bench_postgres import main as postgres_main
-
-        return postgres_main(args, _progress())
     params = {"steps": args.steps, "rounds": args.rounds, "replay_steps": args.replay_steps}
     sizes = {name: getattr(args, name) for name in WORKER_SIZES} if args.workers else {}
     params.update(sizes)

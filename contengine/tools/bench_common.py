@@ -151,9 +151,9 @@ class Metric:
         return doc
 
 
-def metric_lines(metrics: list[Metric], floor: str) -> list[str]:
-    """The metrics as the rows of a table, with a header row (floor: that column's title)."""
-    rows = [("metric", "median", floor, "ratio", "target", "", "spread")]
+def metric_lines(metrics: list[Metric], floor_title: str) -> list[str]:
+    """The table's rows, one per metric, under a header naming the floor's column."""
+    rows = [("metric", "median", floor_title, "ratio", "target", "", "spread")]
     for m in metrics:
         verdict = {None: "", True: "pass", False: "FAIL"}[m.passed]
         rows.append(

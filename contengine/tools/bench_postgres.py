@@ -8,15 +8,12 @@ server in the same run, by polling alone (its store hears no wake-ups).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import uuid
 from typing import Any
 
-from ..store.postgres.url import is_postgres_url, redacted, with_schema
-from .bench_common import Metric, Say, metric_lines
+from ..store.postgres.url import with_schema
+from .bench_common import Metric, Say
 from .bench_wakes import percentile, remote_wakes
 
 TARGET_NOTIFY_P99_MS = 20.0  # signal to completed across processes, woken by NOTIFY
@@ -85,33 +82,3 @@ def measure_postgres(url: str, remote_signals: int, say: Say) -> list[Metric]:
             lower_is_better=True,
         ),
     ]
-
-
-def main(args: argparse.Namespace, say: Say) -> int:
-    """`contengine bench --db URL`: measure on the server, print a table (or JSON)."""
-    if not is_postgres_url(args.db):
-        print(
-            "contengine bench: --db takes a PostgreSQL URL (postgresql://...); SQLite is "
-            "measured on files of the benchmark's own (see --dir)",
-            file=sys.stderr,
-        )
-        return 2
-    if args.remote_signals < 1:
-        print("contengine bench: --remote-signals must be >= 1", file=sys.stderr)
-        return 2
-    metrics = measure_postgres(args.db, args.remote_signals, say)
-    shown = redacted(args.db)
-    if args.json:
-        doc = {
-            "server": shown,
-            "params": {"remote_signals": args.remote_signals, "rounds": ROUNDS},
-            "metrics": {m.name: m.as_json() for m in metrics},
-        }
-        print(json.dumps(doc, indent=2))
-        return 0
-    head = (
-        f"contengine bench on PostgreSQL at {shown}: {args.remote_signals} wake-ups across "
-        f"processes each way, {ROUNDS} alternating rounds (durability full)"
-    )
-    print("\n".join([head, "", *metric_lines(metrics, "floor")]))
-    return 0

@@ -32,6 +32,7 @@ from ..base import (
 from ..group_commit import GroupCommit, Slot
 from ..rows import FINISHED
 from . import backup as pg_backup
+from . import batch as pg_batch
 from . import claims as pg_claims
 from . import ops as pg_ops
 from . import writes as pg_writes
@@ -151,7 +152,7 @@ class PostgresStore(GroupCommit, Store):
         return 0 if last is None else int(last) + 1
 
     def write_batch(self, batch: list[Slot]) -> None:
-        pg_writes.write_slots(self._writer, batch)
+        pg_batch.write_slots(self._writer, batch)
 
     def commit_many(self, batch: Sequence[Progress]) -> None:
         """Write several runs' progress in one transaction (all or none)."""

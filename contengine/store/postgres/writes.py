@@ -1,4 +1,4 @@
-"""The PostgreSQL store's progress writes: one progress, and a group commit's batch.
+"""The PostgreSQL store's progress writes one by one (a group commit's batch: batch.py).
 
 Fencing: a check of a run's lease done as a plain read is not safe here (a claim in
 another session could commit between the read and the write), so every progress
@@ -20,9 +20,8 @@ from typing import Any
 import psycopg
 
 from ...errors import DatabaseError, IdConflict, LeaseLost
-from ..group_commit import Slot
-from ..rows import FINISHED, CancelArrived, Progress
-from .connection import Link, database_error
+from ..rows import FINISHED, CancelArrived, EntryRow, Progress
+from .connection import Link
 from .sql import (
     CANCEL_PENDING,
     INSERT_ENTRY,
@@ -62,6 +61,25 @@ def lease_lost(
     )
 
 
+def was_cancelled(run_id: str) -> CancelArrived:
+    """The error of a progress written unless cancelled that met a cancel request."""
+    return CancelArrived(f"run {run_id!r} was cancelled; nothing was written")
+
+
+def generation_moved(run_id: str) -> DatabaseError:
+    """The error of a progress for a generation the run has left (continue_as_new)."""
+    return DatabaseError(f"run {run_id!r} has moved to another generation; nothing was written")
+
+
+def entry_raced(e: EntryRow, shown: str) -> DatabaseError:
+    """The error of an update that found its entry no longer in flight as expected."""
+    return DatabaseError(
+        f"entry {e.position} of run {e.run_id!r} changed underneath this writer at "
+        f"{shown}: it is no longer in flight with the attempts this writer expected, "
+        f"so another engine is driving the same run. Nothing was written."
+    )
+
+
 def write(
     conn: psycopg.Connection[Any], p: Progress, held: Held | None, shown: str, channel: str
 ) -> bool:
@@ -83,11 +101,9 @@ def write(
     ):
         # Checked before anything is written: the step (or the run's end) is cancelled
         # instead.
-        raise CancelArrived(f"run {p.run_id!r} was cancelled; nothing was written")
+        raise was_cancelled(p.run_id)
     if p.expect_generation is not None and generation != p.expect_generation:
-        raise DatabaseError(
-            f"run {p.run_id!r} has moved to another generation; nothing was written"
-        )
+        raise generation_moved(p.run_id)
     if p.update is not None:
         e = p.update
         cur = conn.execute(
@@ -98,11 +114,7 @@ def write(
             ),
         )  # fmt: skip
         if cur.rowcount != 1:
-            raise DatabaseError(
-                f"entry {e.position} of run {e.run_id!r} changed underneath this writer at "
-                f"{shown}: it is no longer in flight with the attempts this writer expected, "
-                f"so another engine is driving the same run. Nothing was written."
-            )
+            raise entry_raced(e, shown)
     entries = [*p.recorded, *([p.insert] if p.insert is not None else [])]
     if entries:
         with conn.cursor() as cur:
@@ -157,58 +169,6 @@ def write(
                 f"is driving the same run); nothing was written"
             )
     return cancel
-
-
-def write_slots(link: Link, batch: list[Slot]) -> None:
-    """GroupCommit.write_batch: every slot's progress in one transaction, each in a
-    savepoint of its own (a failing one is rolled back alone and told why)."""
-    with link.lock:
-        try:
-            conn = link.connect()
-        except DatabaseError as exc:
-            for slot in batch:
-                slot.fail(exc)
-            return
-        alone = len(batch) == 1
-        chan = channel_of(link.schema)
-        ids = [slot.progress.run_id for slot in batch]
-        # One progress per run (its driver waits for each write): the rows locked up
-        # front are the rows each write sees. Otherwise each write reads its own again.
-        unique = len(set(ids)) == len(ids)
-        try:
-            with conn.transaction():
-                held = lock_runs(conn, ids)
-                for slot in batch:
-                    p = slot.progress
-                    try:
-                        if not unique:
-                            held.update(lock_runs(conn, [p.run_id]))
-                        if alone:
-                            slot.cancel = write(conn, p, held.get(p.run_id), link.shown, chan)
-                        else:
-                            with conn.transaction():  # a savepoint
-                                slot.cancel = write(conn, p, held.get(p.run_id), link.shown, chan)
-                    except Exception as exc:
-                        if alone or conn.broken:
-                            raise
-                        slot.fail(
-                            database_error(link.shown, exc)
-                            if isinstance(exc, psycopg.Error)
-                            else exc
-                        )
-        except BaseException as exc:
-            failure: BaseException = (
-                database_error(link.shown, exc) if isinstance(exc, psycopg.Error) else exc
-            )
-            for slot in batch:
-                slot.fail(
-                    failure if isinstance(failure, Exception) else DatabaseError(str(failure))
-                )
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for slot in batch:
-            slot.done = True
 
 
 def write_all(link: Link, batch: list[Progress]) -> None:
