@@ -37,6 +37,7 @@ from contengine.store.base import (
     Progress,
     RunRow,
     RunUpdate,
+    WorkerRow,
 )
 from contengine.store.opening import open_store
 from contengine.store.postgres import PostgresStore
@@ -292,6 +293,37 @@ def test_each_kind_of_wake_up_sends_one_notify_and_nothing_else_does(
         assert heard.since() == ["child"]  # its parent waits
         assert store.request_cancel("busy", 5.0)
         assert heard.since() == ["cancel"]
+
+
+@pytest.mark.parametrize("children", [1, 3])
+def test_leased_ends_of_children_announce_their_waiting_parent_once(
+    url: str, schema: str, heard: Heard, children: int
+) -> None:
+    """A worker's writes (one progress alone, or a batch of several in one statement)
+    announce a waiting parent's wake-up as one-by-one writes do: once per commit."""
+    with contextlib.closing(PostgresStore(url, schema=schema)) as store:
+        store.create_run(RunRow("p", "flow", None, "waiting", b"a", None, 1.0, 1.0))
+        for i in range(children):
+            kid = RunRow(f"p:{i}", "flow", None, "pending", b"a", None, 1.0, 1.0, parent_id="p")
+            store.create_run(kid)
+        assert heard.since() == ["start"] * (children + 1)
+        worker = WorkerRow("w", "host-w", 1, None, 1.0, 1e12)
+        claims = store.claim(worker, 2.0, 2.0, children + 1, skip={"p"})
+        assert sorted(c.run.id for c in claims) == [f"p:{i}" for i in range(children)]
+        tickets = [
+            store.commit_later(
+                Progress(
+                    c.run.id,
+                    run=RunUpdate(COMPLETED, 4.0, finished_at=4.0),
+                    lease=(worker.id, c.lease),
+                )
+            )
+            for c in claims
+        ]
+        store.flush()
+        assert all(t.done and t.error is None for t in tickets)
+        assert heard.since() == ["child"]
+        assert store.get_run("p").due_at == 4.0
 
 
 # -- the listener itself ---------------------------------------------------------------
