@@ -509,7 +509,7 @@ def test_a_version_1_file_is_migrated_to_the_current_schema(tmp_path: Path) -> N
     crashed_run(path)
     conn = sqlite3.connect(path)  # take the file back to version 1, as the v1 code wrote it
     with conn:
-        for index in ("runs_to_claim", "runs_by_owner", "runs_by_queue", "step_slots_by_queue"):
+        for index in ("runs_due", "runs_by_owner", "runs_by_queue", "step_slots_by_queue"):
             conn.execute(f"DROP INDEX {index}")
         for table in ("workers", "queues", "step_slots", "mailbox", "published"):
             conn.execute(f"DROP TABLE {table}")

@@ -17,6 +17,7 @@ from ..liveness import Expiry, alive
 from ..queues import room_left
 from ..rows import QueueConfig, WorkerRow
 from .bulk import lease_lost
+from .sql import DUE, DUE_RUNS
 
 _UNFINISHED = "'pending', 'running', 'sleeping', 'waiting'"
 
@@ -43,13 +44,18 @@ def record_worker(conn: sqlite3.Connection, w: WorkerRow) -> bool:
 
 
 def live_workers(
-    conn: sqlite3.Connection, me: str, wall: float, expiry: Expiry | None = None
+    conn: sqlite3.Connection,
+    me: str,
+    wall: float,
+    expiry: Expiry | None = None,
+    delete: bool = True,
 ) -> list[str]:
-    """Ids of live workers (me included); dead ones' rows are deleted on the way."""
+    """Ids of live workers (me included); dead ones' rows are deleted on the way
+    (unless not delete: a read that writes nothing)."""
     rows = read_workers(conn)
     live = [w.id for w in rows if w.id == me or alive(w, wall, expiry)]
     dead = [(w.id,) for w in rows if w.id not in live]
-    if dead:
+    if dead and delete:
         conn.executemany("DELETE FROM workers WHERE id = ?", dead)
     return live
 
@@ -137,14 +143,61 @@ def claim(
     if limit <= 0:
         return []
     live = live_workers(conn, me, wall, expiry)
+    picked = claimable(conn, me, live, now, limit, run_id, skip)
+    conn.executemany(
+        "UPDATE runs SET owner = ?, lease = ?, claimed_at = coalesce(claimed_at, ?) WHERE num = ?",
+        [(me, lease, now, num) for num, lease in picked],
+    )
+    return picked
+
+
+def nothing_to_claim(
+    conn: sqlite3.Connection,
+    worker: WorkerRow,
+    now: float,
+    wall: float,
+    limit: int,
+    skip: Collection[str] = (),
+    expiry: Expiry | None = None,
+) -> bool:
+    """Whether a claim of due runs by worker would take nothing and write nothing, read
+    without the write lock (nothing is written here): True only if the worker is on
+    record and no due run is free to take within the queues' limits. A claim is a write
+    transaction, which holds every other process's writes back; a worker polls with
+    claims, so most find nothing, and those are left at this read."""
+    rows = read_workers(conn)
+    if not any(w.id == worker.id for w in rows):
+        return False  # the claim would put the worker on record
+    live = [w.id for w in rows if w.id == worker.id or alive(w, wall, expiry)]
+    return not claimable(conn, worker.id, live, now, limit, None, skip)
+
+
+def claimable(
+    conn: sqlite3.Connection,
+    me: str,
+    live: list[str],
+    now: float,
+    limit: int,
+    run_id: str | None,
+    skip: Collection[str],
+) -> list[tuple[int, int]]:
+    """Up to limit runs me may take now, highest priority first, then oldest: run_id
+    (if given) or the due ones, not held by a live worker, not in skip, within the
+    queues' limits; (num, next lease number) pairs. Only reads."""
+    if limit <= 0:
+        return []
     room, starts = queue_room(conn, live, me, now)
     where = [f"status IN ({_UNFINISHED})", f"(owner IS NULL OR owner NOT IN ({_marks(len(live))}))"]
     params: list[object] = list(live)
+    table = "runs"
     if run_id is not None:
         where.append("id = ?")
         params.append(run_id)
     else:
-        where.append("(due_at IS NULL OR due_at <= ?)")
+        table = DUE_RUNS
+        # One range of the runs_due index: the runs due by now (those without a due
+        # time among them), not every unfinished run.
+        where.append(f"{DUE} <= ?")
         params.append(now)
     if skip:
         where.append(f"id NOT IN ({_marks(len(skip))})")
@@ -161,10 +214,11 @@ def claim(
             f"(queue IS NULL OR claimed_at IS NOT NULL OR queue NOT IN ({_marks(len(spent))}))"
         )
         params.extend(spent)
-    # A few more than asked for: some may be skipped for their queue's limits.
+    # A few more than asked for: some may be skipped for their queue's limits. The due
+    # runs are sorted here (a sort of the due ones only: the index is in due order).
     params.append(limit * 2 + 8)
     rows = conn.execute(
-        f"SELECT num, queue, lease, claimed_at FROM runs WHERE {' AND '.join(where)} "
+        f"SELECT num, queue, lease, claimed_at FROM {table} WHERE {' AND '.join(where)} "
         f"ORDER BY priority DESC, num LIMIT ?",
         params,
     ).fetchall()
@@ -183,10 +237,6 @@ def claim(
         picked.append((int(num), int(lease) + 1))
         if len(picked) >= limit:
             break
-    conn.executemany(
-        "UPDATE runs SET owner = ?, lease = ?, claimed_at = coalesce(claimed_at, ?) WHERE num = ?",
-        [(me, lease, now, num) for num, lease in picked],
-    )
     return picked
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import time
 from collections.abc import Collection, Sequence
 
@@ -49,6 +50,12 @@ class LeaseMethods(SQLiteParts):
         skip: Collection[str] = (),
     ) -> list[Claim]:
         asked = time.monotonic()
+        if (
+            run_id is None
+            and not release
+            and self._nothing_to_claim(worker, now, wall, limit, skip)
+        ):
+            return []
         with self._tx() as conn:
             picked = sqlite_claims.claim(
                 conn,
@@ -73,6 +80,28 @@ class LeaseMethods(SQLiteParts):
             runs[num] = run_row(tuple(rest))
             self._remember_num(runs[num].id, num)
         return [Claim(runs[num], lease) for num, lease in picked]
+
+    def _nothing_to_claim(
+        self, worker: WorkerRow, now: float, wall: float, limit: int, skip: Collection[str]
+    ) -> bool:
+        """Whether a claim would find nothing to take (and nothing to write), read in one
+        snapshot on the reading connection, without the write lock (claims.py)."""
+        self._guard.check(time.monotonic())  # as a claim's commit would
+        with self._rlock:
+            conn = self._reader
+            own = not conn.in_transaction  # ":memory:": the writer's connection
+            try:
+                if own:
+                    conn.execute("BEGIN")
+                try:
+                    return sqlite_claims.nothing_to_claim(
+                        conn, worker, now, wall, limit, skip, self._stalls.expiry
+                    )
+                finally:
+                    if own and conn.in_transaction:
+                        conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
 
     def unfinished_descendants(self, run_id: str) -> list[RunRow]:
         rows = self._read(

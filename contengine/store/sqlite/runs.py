@@ -4,28 +4,31 @@ from __future__ import annotations
 
 from ...errors import ContengineError, RunNotFound
 from ..base import FINISHED, Signal
-from .sql import UNFINISHED_SQL, SQLiteParts
+from .sql import DUE, DUE_RUNS, UNFINISHED_SQL, SQLiteParts
 
 
 class RunMethods(SQLiteParts):
     """Part of SQLiteStore: which runs are due, and the writes that wake or mark a run."""
 
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
+        # The runs_due index's range of runs due by now (claims.py does the same).
         sql = (
-            f"SELECT id FROM runs WHERE status IN ({UNFINISHED_SQL}) "
-            f"AND (due_at IS NULL OR due_at <= ?) ORDER BY num"
+            f"SELECT id FROM {DUE_RUNS} WHERE status IN ({UNFINISHED_SQL}) AND {DUE} <= ? "
+            "ORDER BY num"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [str(r[0]) for r in self._read(sql, (now,))]
 
     def next_due(self, after: float | None = None) -> float | None:
+        # The first entry of the runs_due index past `after` (a run without a due time
+        # is at minus infinity there, never past it).
         rows = self._read(
-            f"SELECT min(due_at) FROM runs WHERE status IN ({UNFINISHED_SQL}) "
-            f"AND due_at IS NOT NULL AND due_at > ?",
+            f"SELECT due_at FROM {DUE_RUNS} WHERE status IN ({UNFINISHED_SQL}) AND {DUE} > ? "
+            f"ORDER BY {DUE} LIMIT 1",
             (float("-inf") if after is None else after,),
         )
-        value = rows[0][0]
+        value = rows[0][0] if rows else None
         # A wait without a timeout is due "never" (infinity): no time will wake it.
         return float(value) if value is not None and value != float("inf") else None
 

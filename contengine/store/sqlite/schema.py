@@ -113,6 +113,17 @@ ALTER TABLE workers ADD COLUMN worker_loop INTEGER NOT NULL DEFAULT 0
 """
 
 
+# Version 6: claims find due runs through an index of unfinished runs by due time (NULL,
+# ready now, as minus infinity: the expression is sql.DUE), so a claim reads the runs
+# that are due, not every run asleep; the claim's old index by priority goes (a claim
+# sorts the due runs by priority itself, and no other query used it).
+_SCHEMA_V6 = """
+CREATE INDEX runs_due ON runs (ifnull(due_at, -1e999))
+    WHERE status IN ('pending', 'running', 'sleeping', 'waiting');
+DROP INDEX runs_to_claim
+"""
+
+
 # MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
 # A new schema version appends a function here; files are migrated on open.
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -128,4 +139,5 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: lambda conn: _run_script(conn, _SCHEMA_V3),
     3: lambda conn: _run_script(conn, _SCHEMA_V4),
     4: lambda conn: _run_script(conn, _SCHEMA_V5),
+    5: lambda conn: _run_script(conn, _SCHEMA_V6),
 }

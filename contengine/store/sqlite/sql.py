@@ -12,7 +12,7 @@ from ...errors import DatabaseError
 from ..base import FINISHED, RUN_STATUSES, EntryRow, RunRow
 
 if TYPE_CHECKING:
-    from .guard import LockStalls
+    from .guard import FileGuard, LockStalls
 
 # A log entry's key packs its run's number and its position into one integer,
 # so the log is a plain rowid table: the cheapest insert and lookup SQLite has
@@ -64,6 +64,14 @@ CANCEL_PENDING, CANCEL_DELIVERED = 1, 2
 NUM_CACHE = 10_000
 # Listed positively so that SQLite can use the (status, due_at) index.
 UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
+# A run's due time as the runs_due index (schema version 6) holds it: NULL (ready now,
+# or running under a lease) as minus infinity, so that every run due by a time t is one
+# range of the index, DUE <= t; a wait without a timeout is due at +infinity, never in
+# that range. A query must spell the expression exactly so for SQLite to use the index.
+# Without statistics SQLite prefers probing runs_by_status (status = each unfinished
+# status) to a range: a read of every run asleep. Queries of due runs name the index.
+DUE = "ifnull(due_at, -1e999)"
+DUE_RUNS = "runs INDEXED BY runs_due"
 # Finished runs that finished before ?, oldest first, at most ? of them: not one whose
 # parent is unfinished (its replay reads the child's row), nor one with children left.
 DELETABLE = (
@@ -135,6 +143,9 @@ class SQLiteParts:
         _conn: sqlite3.Connection
         _nums: dict[str, int]
         _stalls: LockStalls
+        _guard: FileGuard
+        _reader: sqlite3.Connection
+        _rlock: Any
 
         def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
         def _begin(self, conn: sqlite3.Connection) -> float: ...
