@@ -73,3 +73,39 @@ def commit_floor(url: str, n: int) -> float:
         raise DatabaseError(f"the commit floor at {redacted(url)}: {exc}") from exc
     finally:
         drop_schema(url, schema)
+
+
+def clone_run(url: str, schema: str, run_id: str, count: int, step: float) -> None:
+    """Copy a run (its row and its log) `count` times under the ids run_id-1, run_id-2,
+    ...; copy i is due i * step seconds after the run (the benchmark's runs asleep,
+    made without driving each)."""
+    with _connect(url) as conn, conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+
+        def columns(table: str, leave: tuple[str, ...]) -> list[str]:
+            rows = conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                "AND table_name = %s AND is_generated = 'NEVER' AND identity_generation IS NULL "
+                "ORDER BY ordinal_position",
+                (schema, table),
+            ).fetchall()
+            return [str(r[0]) for r in rows if r[0] not in leave]
+
+        cols = columns("runs", ("id",))
+        picked = [f"runs.due_at + n.i * {step!r}" if c == "due_at" else f"runs.{c}" for c in cols]
+        conn.execute(
+            f"INSERT INTO runs (id, {', '.join(cols)}) SELECT %s || n.i, {', '.join(picked)} "
+            "FROM runs, generate_series(1, %s) AS n(i) WHERE runs.id = %s ORDER BY n.i",
+            (f"{run_id}-", count, run_id),
+        )
+        log_cols = columns("log", ("run_id",))
+        picked = [
+            f"log.due_at + substr(r.id, %(skip)s)::int * {step!r}" if c == "due_at" else f"log.{c}"
+            for c in log_cols
+        ]
+        conn.execute(
+            f"INSERT INTO log (run_id, {', '.join(log_cols)}) SELECT r.id, {', '.join(picked)} "
+            "FROM runs r, log WHERE r.id LIKE %(like)s AND log.run_id = %(id)s",
+            {"skip": len(run_id) + 2, "like": f"{run_id}-%", "id": run_id},
+        )
+        conn.execute("ANALYZE runs")
