@@ -22,6 +22,7 @@ from postgres_server import fresh_schema, pg_schemas, server_url
 import contengine as ce
 from contengine.store.base import E_COMPLETED, E_RUNNING, EntryRow, Progress, RunRow, WorkerRow
 from contengine.store.postgres import PostgresStore
+from contengine.store.postgres.schema import SCHEMA_VERSION
 from contengine.store.postgres.url import redacted, split_url
 
 __all__ = ["pg_schemas"]  # a fixture
@@ -170,7 +171,7 @@ def test_stores_opening_a_new_schema_at_once_create_it_once(url: str, schema: st
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and {s.schema_version for s in stores} == {1}
+    assert errors == [] and {s.schema_version for s in stores} == {SCHEMA_VERSION}
     for s in stores:
         s.close()
 

@@ -28,7 +28,7 @@ import psycopg
 from ..liveness import MAX_CLOCK_SKEW
 from ..queues import room_left
 from ..rows import QueueConfig, WorkerRow
-from .sql import RUN_COLS, UNFINISHED_SQL
+from .sql import DUE, RUN_COLS, UNFINISHED_SQL
 from .writes import lease_lost
 
 _WORKER_COLS = "id, host, pid, pid_start, started_at, expires_at, worker_loop"
@@ -137,6 +137,27 @@ def queue_room(
     return room, starts
 
 
+# Whether a claim of due runs would find nothing to take and nothing to write: the
+# worker is on record, and no due run (not in skip) is free of a live owner. Read on
+# its own, without locks: claim() looks again (and takes) only when this is false. The
+# queues' limits are not looked at here; a due run they hold back leaves this false
+# (the claim then finds nothing, as before). A worker whose lease ran out is judged as
+# live_workers() judges it, the claimer itself always alive to itself.
+NOTHING_TO_CLAIM = (
+    "SELECT EXISTS (SELECT 1 FROM workers WHERE id = %s) AND NOT EXISTS (SELECT 1 FROM runs r "
+    f"WHERE {DUE} <= %s "
+    "AND r.id <> ALL(%s) AND (r.owner IS NULL OR NOT EXISTS (SELECT 1 FROM workers w "
+    "WHERE w.id = r.owner AND (w.id = %s OR w.expires_at > %s))))"
+)
+
+
+def nothing_params(
+    worker: WorkerRow, now: float, wall: float, skip: Collection[str]
+) -> tuple[object, ...]:
+    """NOTHING_TO_CLAIM's parameters."""
+    return (worker.id, now, list(skip), worker.id, wall - MAX_CLOCK_SKEW)
+
+
 def claim(
     conn: Conn,
     worker: WorkerRow,
@@ -163,13 +184,15 @@ def claim(
     lock_queues(conn, list(configs))
     live = live_workers(conn, me, wall)
     room, starts = queue_room(conn, live, me, now, configs)
-    where = [f"status IN ({UNFINISHED_SQL})", "(owner IS NULL OR owner <> ALL(%(live)s))"]
+    where = ["(owner IS NULL OR owner <> ALL(%(live)s))"]
     params: dict[str, object] = {"live": live, "limit": limit * 2 + 8}
     if run_id is not None:
-        where.append("id = %(run_id)s")
+        where += [f"status IN ({UNFINISHED_SQL})", "id = %(run_id)s"]
         params["run_id"] = run_id
     else:
-        where.append("(due_at IS NULL OR due_at <= %(now)s)")
+        # One range of the runs_due index: the unfinished runs due by now (those
+        # without a due time among them). Said once, for the planner's estimate.
+        where.append(f"{DUE} <= %(now)s")
         params["now"] = now
     if skip:
         where.append("id <> ALL(%(skip)s)")

@@ -17,7 +17,7 @@ from ...errors import DatabaseError
 from .connection import CONNECT_TIMEOUT, database_error, unreachable
 from .url import redacted, split_url
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Times are float8 seconds (as the engine's clock gives them; 'Infinity' is a wait
 # without a timeout); values are bytea, never read by the server.
@@ -117,9 +117,19 @@ CREATE TABLE step_slots (
 CREATE INDEX step_slots_by_queue ON step_slots (queue, released, acquired_at)
 """
 
+# Version 2: claims find due runs through an index of unfinished runs by due time (NULL,
+# ready now, as minus infinity; finished runs NULL: the expression is sql.DUE), so that a
+# claim, runnable() and next_due() read the runs that are due (or the next one), not
+# every run asleep. runs_to_claim stays: with a backlog of due runs the planner walks it
+# in priority order and stops at the claim's limit, rather than sorting the backlog.
+_SCHEMA_V2 = """
+CREATE INDEX runs_due ON runs ((CASE WHEN status IN ('pending', 'running', 'sleeping',
+    'waiting') THEN coalesce(due_at, '-Infinity'::float8) END))
+"""
+
 # MIGRATIONS[v] takes the schema from version v to v + 1 (statements run in order, in
 # the opening transaction). A new version appends its script here.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 
 
 def stored_version(conn: psycopg.Connection[Any], schema: str) -> int | None:

@@ -40,6 +40,15 @@ UPDATE_RUN = (
 )
 CANCEL_PENDING, CANCEL_DELIVERED = 1, 2
 UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
+# A run's due time as the runs_due index (schema version 2) holds it: NULL (ready now,
+# or running under a lease) as minus infinity, so that the runs due by a time t are one
+# range of the index, DUE <= t; a wait without a timeout is due at +infinity, never in
+# that range; a finished run is NULL there, in no range at all. The index is on this
+# expression over the whole table, not a partial one: the planner has statistics of an
+# expression index only when it is not partial, and with them it walks the runs due
+# when few are, and runs_to_claim in priority order when many are (a backlog). Queries
+# spell the expression exactly so, for the planner to match it with the index.
+DUE = f"(CASE WHEN status IN ({UNFINISHED_SQL}) THEN coalesce(due_at, '-Infinity'::float8) END)"
 FINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s in FINISHED)
 # Finished runs that finished before %s, oldest first, at most %s of them: not one whose
 # parent is unfinished (its replay reads the child's row), nor one with children left.

@@ -41,6 +41,7 @@ from .listen import Listener
 from .schema import prepare
 from .sql import (
     CANCEL_PENDING,
+    DUE,
     ENTRY_COLS,
     NOTIFY,
     RUN_COLS,
@@ -160,18 +161,19 @@ class PostgresStore(GroupCommit, Store):
 
     def runnable(self, now: float, limit: int | None = None) -> list[str]:
         rows = self._reader.read(
-            f"SELECT id FROM runs WHERE status IN ({UNFINISHED_SQL}) "
-            "AND (due_at IS NULL OR due_at <= %s) ORDER BY num LIMIT %s",
+            f"SELECT id FROM runs WHERE {DUE} <= %s ORDER BY num LIMIT %s",
             (now, limit),
         )
         return [str(r[0]) for r in rows]
 
     def next_due(self, after: float | None = None) -> float | None:
-        (value,) = self._reader.read(
-            f"SELECT min(due_at) FROM runs WHERE status IN ({UNFINISHED_SQL}) "
-            "AND due_at IS NOT NULL AND due_at > %s",
+        # The first entry of the runs_due index past `after` (a run without a due time
+        # is at minus infinity there, never past it).
+        rows = self._reader.read(
+            f"SELECT due_at FROM runs WHERE {DUE} > %s ORDER BY {DUE} LIMIT 1",
             (float("-inf") if after is None else after,),
-        )[0]
+        )
+        value = rows[0][0] if rows else None
         # A wait without a timeout is due "never" (infinity): no time will wake it.
         return float(value) if value is not None and value != float("inf") else None
 
@@ -266,6 +268,14 @@ class PostgresStore(GroupCommit, Store):
         release: Sequence[tuple[str, int]] = (),
         skip: Collection[str] = (),
     ) -> list[Claim]:
+        if run_id is None and not release and limit > 0:
+            # A read first: a claim that would find nothing takes no transaction on
+            # the writer's connection (no locks, no worker row written).
+            (empty,) = self._reader.read(
+                pg_claims.NOTHING_TO_CLAIM, pg_claims.nothing_params(worker, now, wall, skip)
+            )[0]
+            if empty:
+                return []
         with self._writer.transaction() as conn:
             picked = pg_claims.claim(conn, worker, now, wall, limit, run_id, release, skip)
         return [Claim(run_row(row), lease) for lease, row in picked]
