@@ -697,6 +697,47 @@ def test_a_claim_leases_due_runs_by_priority_and_skips_runs_held_by_the_living(
     assert {w.id for w in store.workers()} == {"b"}  # a was found dead on the way
 
 
+def test_among_many_runs_asleep_a_claim_takes_only_the_due_ones_by_priority_then_age(
+    store: Store,
+) -> None:
+    """Runs asleep (due later), waits without a timeout (due never) and finished runs are
+    left; what is due by now goes highest priority first, then oldest: a run due exactly
+    now, one due earlier, one without a due time (ready now)."""
+    now = 500.0
+    for i in range(200):
+        started(store, f"asleep-{i}", 1.0 + i, status=SLEEPING, due_at=now + 1 + i, priority=i % 3)
+    started(store, "never", 300.0, status=WAITING, due_at=float("inf"), priority=9)
+    started(store, "done", 301.0, status=COMPLETED, priority=9)
+    started(store, "exactly-now", 302.0, status=SLEEPING, due_at=now)
+    started(store, "ready", 303.0, priority=1)  # pending, no due time
+    started(store, "earlier", 304.0, status=WAITING, due_at=now - 100, priority=1)
+    assert store.runnable(now) == ["exactly-now", "ready", "earlier"]
+    assert store.next_due(after=now) == now + 1
+    claims = store.claim(worker_row("a"), now, 150.0, 10)
+    assert [c.run.id for c in claims] == ["ready", "earlier", "exactly-now"]
+    assert store.claim(worker_row("b"), now, 150.0, 10) == []  # held by a, alive
+    assert store.claim(worker_row("a"), now + 1.5, 150.0, 10)[0].run.id == "asleep-0"
+
+
+def test_a_run_without_a_due_time_is_claimed_unless_its_holder_lives(store: Store) -> None:
+    """due_at NULL is "now": a pending run, or a running one whose holder died; a running
+    run held by a live worker is not taken."""
+    started(store, "r1", status=RUNNING)
+    a, b = worker_row("a", expires_at=300.0), worker_row("b")
+    assert [c.run.id for c in store.claim(a, 150.0, 150.0, 5)] == ["r1"]
+    assert store.claim(b, 150.0, 150.0, 5) == []
+    assert [c.run.id for c in store.claim(b, 150.0, 400.0, 5)] == ["r1"]  # a died at 300
+
+
+def test_a_wait_without_a_timeout_is_due_when_a_signal_comes(store: Store) -> None:
+    started(store, "w", status=WAITING, due_at=float("inf"))
+    assert store.next_due() is None and store.runnable(1e12) == []
+    assert store.claim(worker_row("a"), 1e12, 150.0, 5) == []
+    store.send_signal("w", "go", b"x", 600.0)
+    assert store.runnable(600.0) == ["w"]
+    assert [c.run.id for c in store.claim(worker_row("a"), 600.0, 150.0, 5)] == ["w"]
+
+
 def test_a_write_under_a_lease_taken_over_writes_nothing(store: Store) -> None:
     """Progress fenced by a lease no longer held raises LeaseLost, and so does hold()."""
     started(store, "r1")
