@@ -16,7 +16,7 @@ from contengine.tools.bench_wakes import percentile
 TINY = ["--steps", "50", "--rounds", "1", "--replay-steps", "200"]
 TINY_WORKERS = [
     *["--runs", "5", "--concurrent-steps", "100", "--asleep", "40"],
-    *["--signals", "3", "--remote-signals", "2"],
+    *["--signals", "3", "--remote-signals", "2", "--claims-asleep", "300"],
 ]
 METRICS = {"steps_full", "steps_normal", "replay", "resume"}
 WORKER_METRICS = {
@@ -25,6 +25,7 @@ WORKER_METRICS = {
     "concurrent_10",
     "concurrent_100",
     "asleep_rss",
+    "asleep_growth",
     "asleep_peak",
     "asleep_wake",
     "wake_local",
@@ -32,6 +33,8 @@ WORKER_METRICS = {
     "wake_local_done",
     "wake_remote",
     "wake_remote_p99",
+    *[f"empty_claim_{n}" for n in (0, 30, 300)],
+    *[f"{m}_{part}" for m in ("idle", "start") for part in ("few", "many", "ratio")],
 }
 
 
@@ -93,6 +96,7 @@ def test_workers_json_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_path
         "asleep": 40,
         "signals": 3,
         "remote_signals": 2,
+        "claims_asleep": 300,
         "workers": True,
     }
     metrics: dict[str, Any] = doc["metrics"]
@@ -103,7 +107,13 @@ def test_workers_json_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_path
         assert len(m["samples"]) == 1, name
         assert (m["pass"] is None) == (m["target"] == ""), name
     judged = {n for n in WORKER_METRICS if metrics[n]["target"]}
-    assert judged == {"many_runs", "concurrent_100", "asleep_rss", "wake_local", "wake_remote_p99"}
+    assert judged == {
+        *["many_runs", "concurrent_100", "asleep_rss", "asleep_growth", "wake_local"],
+        *["wake_remote_p99", "idle_ratio", "start_ratio"],
+    }
+    assert metrics["idle_ratio"]["target"] == "< 2 x"
+    assert metrics["idle_ratio"]["details"]["few"] == 30
+    assert metrics["empty_claim_300"]["details"]["asleep"] == 300
 
     runs = metrics["many_runs"]
     assert runs["floor_cost"] == 11 and runs["cap"] == pytest.approx(runs["floor"] / 11)
@@ -148,9 +158,11 @@ def test_workers_table_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_pat
         "RSS, 40 runs asleep",
         "wake-up, same process",
         "wake-up, across processes",
+        "empty claim, 300 runs asleep",
+        "run_until_idle(), nothing due: 300 asleep over 30",
     ):
         assert label in out
-    assert out.count("pass") + out.count("FAIL") == 9
+    assert out.count("pass") + out.count("FAIL") == 12
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,10 +14,14 @@ from contengine.cli.main import main
 
 TINY = [
     "--steps", "50", "--rounds", "1", "--runs", "4", "--claim-runs", "40",
-    "--remote-signals", "3",
+    "--remote-signals", "3", "--claims-asleep", "50",
 ]  # fmt: skip
 WAKES = {"pg_wake_notify", "pg_wake_notify_p99", "pg_wake_poll", "pg_wake_poll_p99"}
-METRICS = {"pg_one_run", "pg_concurrent_100", "pg_many_runs", "pg_claims", *WAKES}
+CLAIMS = {
+    *[f"pg_empty_claim_{n}" for n in (0, 5, 50)],
+    *[f"pg_{m}_{part}" for m in ("idle", "start") for part in ("few", "many", "ratio")],
+}
+METRICS = {"pg_one_run", "pg_concurrent_100", "pg_many_runs", "pg_claims", *WAKES, *CLAIMS}
 
 
 def bench_schemas(url: str) -> set[str]:
@@ -36,7 +40,7 @@ def test_json_has_every_metric_and_no_schema_is_left(capsys: pytest.CaptureFixtu
     doc = json.loads(capsys.readouterr().out)
     assert doc["params"] == {
         "db": url, "steps": 50, "rounds": 1, "runs": 4, "claim_runs": 40,
-        "remote_signals": 3,
+        "remote_signals": 3, "claims_asleep": 50,
     }  # fmt: skip
     assert doc["machine"]["python_speed"] > 0
     assert doc["machine"]["server"]["version"]

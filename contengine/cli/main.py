@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrent-steps", type=int, default=2400, help="steps for 1, 10 and 100 runs at once"
     )
     bench.add_argument("--asleep", type=int, default=10_000, help="runs asleep at once")
+    bench.add_argument(
+        "--claims-asleep",
+        type=int,
+        default=20_000,
+        help="runs asleep for the claims part (against 100 asleep)",
+    )
     bench.add_argument("--signals", type=int, default=100, help="wake-ups in one process")
     bench.add_argument("--remote-signals", type=int, default=40, help="across processes")
     bench.add_argument(

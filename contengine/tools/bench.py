@@ -232,6 +232,10 @@ def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, int]) -
             f"{params['concurrent_steps']:,} steps at each concurrency, {params['asleep']:,} "
             f"runs asleep, {params['signals']} + {params['remote_signals']} signals"
         )
+        head += (
+            f"\nclaims (durability full): runs asleep copied from one, up to "
+            f"{params['claims_asleep']:,}; ratios are round by round, same process"
+        )
     lines = [head, "", *metric_lines(metrics, "raw SQLite floor")]
     lines += [
         "",
@@ -257,6 +261,8 @@ def main(args: argparse.Namespace) -> int:
     params = {"steps": args.steps, "rounds": args.rounds, "replay_steps": args.replay_steps}
     sizes = {name: getattr(args, name) for name in WORKER_SIZES} if args.workers else {}
     params.update(sizes)
+    if sizes:
+        params["claims_asleep"] = args.claims_asleep
     for name, value in params.items():
         if value < 1:
             print(f"contengine bench: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
@@ -275,9 +281,11 @@ def main(args: argparse.Namespace) -> int:
         try:
             metrics = measure(tmp, args.steps, args.rounds, args.replay_steps, say)
             if sizes:
+                from .bench_claims import measure_sqlite_claims
                 from .bench_workers import Sizes, measure_workers
 
                 metrics += measure_workers(tmp, Sizes(**sizes), args.steps, args.rounds, say)
+                metrics += measure_sqlite_claims(tmp, args.claims_asleep, args.rounds, say)
             if args.burst:
                 from .bench_workers import measure_burst
 

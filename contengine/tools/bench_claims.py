@@ -199,8 +199,8 @@ def measure_claims(
     targets: dict[int, Target], rounds: int, say: Say, durability: str = "full"
 ) -> list[Metric]:
     """The empty claim with each number of runs asleep (targets: by that number, runs
-    not yet there), and run_until_idle() and start() with SMALL against the largest."""
-    large = max(targets)
+    not yet there), and run_until_idle() and start() with the smallest number above
+    0 against the largest (interleaved rounds, in this process)."""
     for n, target in targets.items():
         say(f"claims: putting {n:,} runs asleep")
         populate(target, n)
@@ -218,20 +218,27 @@ def measure_claims(
         for _ in range(rounds):
             m.samples.append(empty_claim_ms(target))
         metrics.append(m)
-    with targets[SMALL].engine(durability) as few, targets[large].engine(durability) as many:
-        say(f"claims: run_until_idle(), {SMALL} against {large:,} asleep")
+    small, large = min(n for n in targets if n > 0), max(targets)
+    with targets[small].engine(durability) as few, targets[large].engine(durability) as many:
+        say(f"claims: run_until_idle(), {small:,} against {large:,} asleep")
         idle_ms(few, 5), idle_ms(many, 5)  # warm-up
         a, b = _interleaved(few, many, idle_ms, rounds, 50)
-        metrics += _pair("idle", "run_until_idle(), nothing due", a, b, large, TARGET_IDLE_RATIO)
-        say(f"claims: start(), {SMALL} against {large:,} asleep")
+        idle = "run_until_idle(), nothing due"
+        metrics += _pair("idle", idle, a, b, small, large, TARGET_IDLE_RATIO)
+        say(f"claims: start(), {small:,} against {large:,} asleep")
         a, b = _interleaved(few, many, start_ms, rounds, 50)
-        metrics += _pair("start", "start()", a, b, large, TARGET_START_RATIO)
+        metrics += _pair("start", "start()", a, b, small, large, TARGET_START_RATIO)
     return metrics
 
 
+def sizes(large: int) -> list[int]:
+    """The numbers of runs asleep measured: none, SMALL (fewer if large is small), large."""
+    return sorted({0, min(SMALL, max(1, large // 10)), large})
+
+
 def measure_sqlite_claims(tmp: str, large: int, rounds: int, say: Say) -> list[Metric]:
-    """measure_claims() on SQLite files in tmp (0, SMALL and `large` runs asleep)."""
-    targets = {n: Target(os.path.join(tmp, f"asleep-{n}.db")) for n in (0, SMALL, large)}
+    """measure_claims() on SQLite files in tmp (durability full)."""
+    targets = {n: Target(os.path.join(tmp, f"asleep-{n}.db")) for n in sizes(large)}
     try:
         return measure_claims(targets, rounds, say)
     finally:
@@ -240,18 +247,29 @@ def measure_sqlite_claims(tmp: str, large: int, rounds: int, say: Say) -> list[M
 
 
 def _pair(
-    name: str, label: str, small: list[float], large: list[float], n: int, target: float
+    name: str,
+    label: str,
+    small: list[float],
+    large: list[float],
+    few: int,
+    many: int,
+    target: float,
 ) -> list[Metric]:
-    """The two files' metrics and the ratio of their medians (judged by the target)."""
-    few = Metric(f"{name}_{SMALL}", f"{label}, {SMALL:,} asleep", "ms", None, small)
-    many = Metric(f"{name}_{n}", f"{label}, {n:,} asleep", "ms", None, large)
+    """The two files' metrics and the ratio of their medians, round by round (judged by
+    the target on the median of the rounds' ratios)."""
+    a = Metric(
+        f"{name}_few", f"{label}, {few:,} asleep", "ms", None, small, details={"asleep": few}
+    )
+    b = Metric(
+        f"{name}_many", f"{label}, {many:,} asleep", "ms", None, large, details={"asleep": many}
+    )
     ratio = Metric(
         f"{name}_ratio",
-        f"{label}: {n:,} asleep over {SMALL:,} asleep",
+        f"{label}: {many:,} asleep over {few:,}",
         "x",
         target,
-        [b / a for a, b in zip(small, large, strict=True)],
+        [y / x for x, y in zip(small, large, strict=True)],
         lower_is_better=True,
-        details={"median_small_ms": few.median, "median_large_ms": many.median},
+        details={"few": few, "many": many, "median_few_ms": a.median, "median_many_ms": b.median},
     )
-    return [few, many, ratio]
+    return [a, b, ratio]

@@ -37,6 +37,7 @@ from ..store.postgres import PostgresStore
 from ..store.postgres.raw import commit_floor, drop_schema, new_schema_name, server_info
 from ..store.rows import WorkerRow
 from .bench import machine
+from .bench_claims import Target, measure_claims, sizes
 from .bench_common import WAIT, Metric, Say, child_env, loop, metric_lines
 from .bench_postgres import measure_postgres
 
@@ -217,6 +218,20 @@ def measure(
     return [one, hundred, runs, claimed]
 
 
+def measure_pg_claims(url: str, large: int, rounds: int, say: Say) -> list[Metric]:
+    """bench_claims.measure_claims() in fresh schemas of the server (dropped after)."""
+    targets = {n: Target(url, new_schema_name()) for n in sizes(large)}
+    try:
+        metrics = measure_claims(targets, rounds, say)
+    finally:
+        for target in targets.values():
+            assert target.schema is not None
+            drop_schema(url, target.schema)
+    for m in metrics:
+        m.name, m.label = f"pg_{m.name}", f"{m.label} (PostgreSQL)"
+    return metrics
+
+
 def table(metrics: list[Metric], info: dict[str, Any], params: dict[str, Any]) -> str:
     """The human-readable report."""
     server = info["server"]
@@ -255,7 +270,7 @@ def main(args: argparse.Namespace) -> int:
     targets are met."""
     from ..store.postgres.url import redacted
 
-    for name in ("steps", "rounds", "runs", "claim_runs", "remote_signals"):
+    for name in ("steps", "rounds", "runs", "claim_runs", "remote_signals", "claims_asleep"):
         if getattr(args, name) < 1:
             print(f"contengine bench: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
@@ -266,6 +281,7 @@ def main(args: argparse.Namespace) -> int:
         "runs": args.runs,
         "claim_runs": args.claim_runs,
         "remote_signals": args.remote_signals,
+        "claims_asleep": args.claims_asleep,
     }
     info = machine(tempfile.gettempdir())
     info = {k: info[k] for k in ("python", "platform", "cpus", "cpu_model", "python_speed")}
@@ -274,6 +290,7 @@ def main(args: argparse.Namespace) -> int:
         say = _progress()
         metrics = measure(args.db, args.steps, args.rounds, args.runs, args.claim_runs, say)
         metrics += measure_postgres(args.db, args.remote_signals, say)
+        metrics += measure_pg_claims(args.db, args.claims_asleep, args.rounds, say)
     finally:
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")

@@ -32,6 +32,7 @@ RUN_COMMITS = RUN_STEPS + 1  # what one run costs one commit at a time: the floo
 CONCURRENCY = (1, 10, 100)
 TARGET_CONCURRENT_RATIO = 4.0  # the largest concurrency: steps/s over floor commits/s
 TARGET_ASLEEP_MB = 300.0  # resident memory with every run asleep
+TARGET_ASLEEP_GROWTH_MB = 100.0  # what the process grew by from before the engine opened
 _CHILD_MEASURE = "from contengine.tools.bench_workers import measure_child; measure_child()"
 
 
@@ -277,6 +278,14 @@ def measure_asleep(tmp: str, count: int, say: Say) -> list[Metric]:
             samples=[figures["rss_mb"]],
             lower_is_better=True,
             details=figures,
+        ),
+        Metric(
+            "asleep_growth",
+            f"RSS growth, {what}",
+            "MB",
+            TARGET_ASLEEP_GROWTH_MB,
+            samples=[figures["rss_mb"] - figures["base_rss_mb"]],
+            lower_is_better=True,
         ),
         Metric("asleep_peak", f"peak RSS (VmHWM), {what}", "MB", None, [figures["hwm_mb"]]),
         Metric(
