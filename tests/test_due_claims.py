@@ -187,6 +187,25 @@ def test_a_run_held_by_a_dead_worker_is_due_to_the_read_too(
     assert taken.run.id == "held" and taken.lease > claim.lease
 
 
+def test_after_a_claim_that_took_all_it_asked_for_the_next_takes_the_write_lock(
+    locked_file: tuple[SQLiteStore, sqlite3.Connection],
+) -> None:
+    """A full claim says more may be due (a backlog): the next claim skips the read and
+    goes to the write lock; once a claim comes back short, claims read first again."""
+    store, other = locked_file
+    store.create_run(run("d1"))
+    store.create_run(run("d2"))
+    assert len(store.claim(worker("a"), NOW, 150.0, 2)) == 2
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(ce.DatabaseLocked):
+        store.claim(worker("a"), NOW, 150.0, 2)
+    other.execute("ROLLBACK")
+    assert store.claim(worker("a"), NOW, 150.0, 2) == []  # short: read first from now on
+    other.execute("BEGIN IMMEDIATE")
+    assert store.claim(worker("a"), NOW, 150.0, 2) == []
+    other.execute("ROLLBACK")
+
+
 def test_a_postgres_claim_that_finds_nothing_due_takes_no_lock(pg_schemas: list[str]) -> None:
     """While another session holds a lock on the workers table that every claim's
     transaction needs (it writes the claimer's row), a claim with nothing due returns;

@@ -184,14 +184,15 @@ def claim(
     lock_queues(conn, list(configs))
     live = live_workers(conn, me, wall)
     room, starts = queue_room(conn, live, me, now, configs)
-    where = ["(owner IS NULL OR owner <> ALL(%(live)s))"]
+    where = [f"status IN ({UNFINISHED_SQL})", "(owner IS NULL OR owner <> ALL(%(live)s))"]
     params: dict[str, object] = {"live": live, "limit": limit * 2 + 8}
     if run_id is not None:
-        where += [f"status IN ({UNFINISHED_SQL})", "id = %(run_id)s"]
+        where.append("id = %(run_id)s")
         params["run_id"] = run_id
     else:
-        # One range of the runs_due index: the unfinished runs due by now (those
-        # without a due time among them). Said once, for the planner's estimate.
+        # One range of the runs_due index: the runs due by now (those without a due
+        # time among them). The status test stays, so that the planner may walk
+        # runs_to_claim (whose predicate it is) when many runs are due.
         where.append(f"{DUE} <= %(now)s")
         params["now"] = now
     if skip:

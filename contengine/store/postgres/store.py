@@ -74,6 +74,8 @@ class PostgresStore(GroupCommit, Store):
         self.durability = durability
         self.shown = redacted(url)
         self.channel = channel_of(self.schema)  # of wake-ups (listen.py)
+        # Workers whose last claim took all it asked for (claim() skips its read first).
+        self._claimed_full: set[str] = set()
         sync = DURABILITY[durability]
         self._writer = Link(self.url, self.shown, self.schema, sync)
         self._reader = Link(self.url, self.shown, self.schema, sync)
@@ -268,9 +270,12 @@ class PostgresStore(GroupCommit, Store):
         release: Sequence[tuple[str, int]] = (),
         skip: Collection[str] = (),
     ) -> list[Claim]:
-        if run_id is None and not release and limit > 0:
-            # A read first: a claim that would find nothing takes no transaction on
-            # the writer's connection (no locks, no worker row written).
+        # A read first: a claim that would find nothing takes no transaction on the
+        # writer's connection (no locks, no worker row written). Not after a claim that
+        # took all it asked for: more are likely due (a backlog), and the read would
+        # only add a round trip.
+        full = self._claimed_full
+        if run_id is None and not release and limit > 0 and worker.id not in full:
             (empty,) = self._reader.read(
                 pg_claims.NOTHING_TO_CLAIM, pg_claims.nothing_params(worker, now, wall, skip)
             )[0]
@@ -278,6 +283,11 @@ class PostgresStore(GroupCommit, Store):
                 return []
         with self._writer.transaction() as conn:
             picked = pg_claims.claim(conn, worker, now, wall, limit, run_id, release, skip)
+        if run_id is None:
+            if limit > 0 and len(picked) >= limit:
+                full.add(worker.id)
+            else:
+                full.discard(worker.id)
         return [Claim(run_row(row), lease) for lease, row in picked]
 
     def release(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:

@@ -50,9 +50,14 @@ class LeaseMethods(SQLiteParts):
         skip: Collection[str] = (),
     ) -> list[Claim]:
         asked = time.monotonic()
+        # A read first: a claim that would find nothing takes no write lock. Not after
+        # a claim that took all it asked for: more are likely due (a backlog), and the
+        # read would select them twice.
+        full = self._claimed_full
         if (
             run_id is None
             and not release
+            and worker.id not in full
             and self._nothing_to_claim(worker, now, wall, limit, skip)
         ):
             return []
@@ -68,6 +73,11 @@ class LeaseMethods(SQLiteParts):
                 skip,
                 self._stalls.expiry,
             )
+            if run_id is None:
+                if limit > 0 and len(picked) >= limit:
+                    full.add(worker.id)
+                else:
+                    full.discard(worker.id)
             if not picked:
                 return []
             leases = dict(picked)

@@ -146,6 +146,7 @@ class SQLiteParts:
         _guard: FileGuard
         _reader: sqlite3.Connection
         _rlock: Any
+        _claimed_full: set[str]
 
         def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
         def _begin(self, conn: sqlite3.Connection) -> float: ...

@@ -68,6 +68,8 @@ class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseM
         self._lock = threading.RLock()
         super().__init__()  # the group commit's queue
         self._nums: dict[str, int] = {}
+        # Workers whose last claim took all it asked for (claim() skips its read first).
+        self._claimed_full: set[str] = set()
         self._refuse_foreign_file()
         before = None
         if self.path != ":memory:" and not readonly:
