@@ -74,7 +74,7 @@ def open_engine(db: str | None, create: bool = False, readonly: bool = False) ->
     nothing."""
     # Imported here: `contengine --help` and a usage error need no engine.
     from ..engine.engine import Engine
-    from ..store.postgres.url import is_postgres_url
+    from ..store.postgres.url import is_postgres_url, looks_like_url, other_url_error
     from ..store.sqlite.store import SQLiteStore
 
     if not db:
@@ -84,6 +84,8 @@ def open_engine(db: str | None, create: bool = False, readonly: bool = False) ->
         # A server's database (and schema) is not a file to look for: the engine says
         # clearly if it cannot connect.
         return Engine(db, secret=secret.encode() if secret else None)
+    if looks_like_url(db):
+        raise CommandError(str(other_url_error(db)), 2)
     if not create and not os.path.isfile(db):
         # Opening a missing path would create an empty database; a typo should not.
         raise CommandError(f"no database at {db!r}")

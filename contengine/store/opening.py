@@ -6,7 +6,7 @@ import os
 
 from ..errors import DatabaseError
 from .base import Store
-from .postgres.url import is_postgres_url, redacted
+from .postgres.url import is_postgres_url, looks_like_url, other_url_error, redacted
 from .sqlite.store import SQLiteStore
 
 
@@ -29,6 +29,8 @@ def open_store(
                 f"installed ({exc}); install it with: pip install 'contengine[postgres]'"
             ) from None
         return PostgresStore(url, schema=schema, durability=durability)
+    if looks_like_url(os.fspath(target)):
+        raise other_url_error(os.fspath(target))
     if schema is not None:
         raise ValueError(
             f"schema={schema!r} is for a PostgreSQL URL (postgresql://...); "

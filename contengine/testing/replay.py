@@ -36,7 +36,7 @@ from ..errors import (
     WorkflowNotFound,
 )
 from ..store.base import FINISHED, RUN_STATUSES, EntryRow, RunRow
-from ..store.postgres.url import is_postgres_url, redacted
+from ..store.postgres.url import is_postgres_url, looks_like_url, other_url_error, redacted
 from ..store.sqlite.store import SQLiteStore
 
 __all__ = [
@@ -380,7 +380,9 @@ def replay_main(args: argparse.Namespace) -> int:
     """Run `contengine replay`: 0 if every run replays, 1 if some are broken, 2 on bad input."""
     db, option = getattr(args, "database", None), getattr(args, "db", None)
     if db is not None and option is not None and db != option:
-        return _bad(f"two databases given, {db!r} and --db {option!r}: pass one")
+        return _bad(
+            f"two databases given, {redacted(db)!r} and --db {redacted(option)!r}: pass one"
+        )
     db = db if db is not None else option if option is not None else os.environ.get("CONTENGINE_DB")
     if not db:
         return _bad(
@@ -391,6 +393,8 @@ def replay_main(args: argparse.Namespace) -> int:
             f"replay reads a database file, not a server ({redacted(db)}): take a copy "
             f"with `contengine backup copy.db --db URL` and replay that"
         )
+    if looks_like_url(db):
+        return _bad(str(other_url_error(db)))
     if not os.path.isfile(db):
         return _bad(f"no database at {db!r}")
     secret = os.environ.get("CONTENGINE_SECRET")

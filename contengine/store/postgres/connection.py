@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from ...errors import DatabaseError
+from .url import scrubbed
 
 # libpq's own default waits forever for a server that does not answer.
 CONNECT_TIMEOUT = 10
@@ -65,7 +66,7 @@ class Link:
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         except psycopg.Error as exc:
-            raise unreachable(self.shown, exc) from exc
+            raise unreachable(self.shown, exc, self.url) from exc
         try:
             # The schema first on the path: every statement names bare tables.
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
@@ -130,9 +131,10 @@ def said_goodbye(conn: psycopg.Connection[Any]) -> bool:
         return True
 
 
-def unreachable(shown: str, exc: BaseException) -> DatabaseError:
-    """The error of a server that could not be reached or refused the login."""
-    detail = " ".join(str(exc).split()) or type(exc).__name__
+def unreachable(shown: str, exc: BaseException, url: str) -> DatabaseError:
+    """The error of a server that could not be reached or refused the login (at url:
+    whatever libpq quoted of its password is hidden)."""
+    detail = scrubbed(" ".join(str(exc).split()), url) or type(exc).__name__
     return DatabaseError(
         f"cannot connect to PostgreSQL at {shown}: {detail}. Check that the server is "
         f"running and accepts connections there, and that the user, password and "

@@ -180,7 +180,7 @@ def drop_schema(url: str, schema: str) -> None:
     try:
         conn = psycopg.connect(target, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as exc:
-        raise unreachable(redacted(url), exc) from exc
+        raise unreachable(redacted(url), exc, url) from exc
     with conn:
         try:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))

@@ -1,0 +1,257 @@
+"""The PostgreSQL store attacked as a user, an operator and an attacker would: secrets
+in URLs, a schema that does not exist, a damaged meta table, odd names and values, a
+worker frozen past its lease, and the server's own limits.
+
+Each test uses a fresh schema on the shared test server (tests/postgres_server.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from postgres_server import fresh_schema, pg_schemas, server_url
+
+import contengine as ce
+from contengine.store.postgres import PostgresStore
+from contengine.store.postgres.url import redacted, split_url
+
+__all__ = ["pg_schemas"]  # fixtures
+
+WAIT = 60.0  # seconds any one thing may take before the test gives up
+
+
+@pytest.fixture
+def url() -> str:
+    """The shared test server's URL."""
+    return server_url()
+
+
+@pytest.fixture
+def schema(pg_schemas: list[str]) -> str:
+    """A fresh schema name, dropped after the test."""
+    return fresh_schema(pg_schemas)
+
+
+def unused_port() -> int:
+    """A local TCP port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(db: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`contengine --db db args...` in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "contengine", "--db", db, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=WAIT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def schema_exists(url: str, name: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (name,))
+        return row.fetchone() == (1,)
+
+
+# -- secrets in the URL ----------------------------------------------------------------
+
+SECRET = "p@ss:w/rd%40"  # as typed; percent-encoded in the URL below
+ENCODED = "p%40ss%3Aw%2Frd%2540"
+# Every form of it that must never be shown (and its telling pieces).
+SHOWN_NEVER = (SECRET, ENCODED, "w/rd", "w%2Frd", "rd%40", "rd%2540", "p%40ss")
+
+
+def assert_hidden(text: str) -> None:
+    for form in SHOWN_NEVER:
+        assert form not in text, f"{form!r} shown in {text!r}"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        # Percent-encoded as it should be, the server down.
+        f"postgresql://postgres:{ENCODED}@127.0.0.1:{{port}}/test",
+        # In the query (libpq's ?password= and ?sslpassword=).
+        f"postgresql://postgres@127.0.0.1:{{port}}/test?password={ENCODED}",
+        f"postgresql://postgres@127.0.0.1:{{port}}/test?sslpassword={ENCODED}&sslmode=disable",
+        # Written as typed, not encoded: libpq would cut it at its first "@" or "/".
+        f"postgresql://postgres:{SECRET}@127.0.0.1:{{port}}/test",
+        # A bad escape: libpq's own message would quote the whole token.
+        "postgresql://postgres:p%40ss%3Aw%2Frd%ZZ40@127.0.0.1:{port}/test",
+        "postgresql://postgres@127.0.0.1:{port}/test?password=p%40ss%3Aw%2Frd%ZZ40",
+    ],
+)
+def test_a_password_is_never_shown_in_an_engine_error(target: str) -> None:
+    with pytest.raises((ce.DatabaseError, ValueError)) as caught:
+        ce.Engine(target.format(port=unused_port()))
+    assert_hidden(str(caught.value))
+    assert "127.0.0.1" in str(caught.value)  # it still says which server
+
+
+def test_redacted_hides_every_form_of_a_password() -> None:
+    for target in (
+        f"postgresql://postgres:{ENCODED}@h:5/db",
+        f"postgresql://postgres:{SECRET}@h:5/db",
+        f"postgresql://postgres@h:5/db?sslpassword={ENCODED}",
+        f"postgresql://postgres@h:5/db?password={ENCODED}&sslpassword={ENCODED}",
+        "postgresql://postgres:p?ss#w/rd%40@h:5/db",
+    ):
+        shown = redacted(target)
+        assert_hidden(shown)
+        assert "p?ss" not in shown and "h:5" in shown, shown
+    assert redacted("postgresql://u@h/db?sslpassword=x&sslmode=require") == (
+        "postgresql://u@h/db?sslpassword=***&sslmode=require"
+    )
+
+
+def test_a_password_with_special_characters_still_connects(url: str, schema: str) -> None:
+    """A percent-encoded password is passed on as written (the server here trusts)."""
+    target = url.replace("postgresql://postgres@", f"postgresql://postgres:{ENCODED}@")
+    store = PostgresStore(f"{target}?schema={schema}")
+    try:
+        assert_hidden(store.shown)
+        assert store.list_runs() == []
+    finally:
+        store.close()
+
+
+def test_the_cli_never_shows_a_password_in_its_one_line_error() -> None:
+    for target in (
+        f"postgresql://postgres:{ENCODED}@127.0.0.1:{unused_port()}/test",
+        f"postgresql://postgres:{SECRET}@127.0.0.1:{unused_port()}/test",
+        f"postgresql://postgres@127.0.0.1:{unused_port()}/test?sslpassword={ENCODED}",
+    ):
+        for command in (["runs"], ["show", "r"], ["gc", "--older-than", "1d"]):
+            done = cli(target, *command)
+            assert done.returncode != 0
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+            assert "Traceback" not in done.stderr
+            assert_hidden(done.stderr + done.stdout)
+            # The same from the environment.
+            done = cli("", *command, env={"CONTENGINE_DB": target})
+            assert done.returncode != 0
+            assert_hidden(done.stderr + done.stdout)
+
+
+# -- a schema that does not exist ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["runs"],
+        ["show", "r1"],
+        ["signal", "r1", "go", "{}"],
+        ["cancel", "r1"],
+        ["retry", "r1"],
+        ["fork", "r1", "--at", "0"],
+        ["gc", "--older-than", "1d"],
+        ["export", "r1"],
+        ["backup", "{tmp}/copy.db"],
+    ],
+)
+def test_a_command_on_a_missing_schema_says_so_and_creates_nothing(
+    url: str, schema: str, command: list[str], tmp_path: Any
+) -> None:
+    target = url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
+    done = cli(f"{target}?schema={schema}", *[c.format(tmp=tmp_path) for c in command])
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "no contengine database" in lines[0] and repr(schema) in lines[0]
+    assert "127.0.0.1:5432/test" in lines[0] and "hunter2" not in lines[0]
+    assert not schema_exists(url, schema)
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_import_and_an_engine_create_a_missing_schema(
+    url: str, pg_schemas: list[str], tmp_path: Any
+) -> None:
+    first, second = fresh_schema(pg_schemas), fresh_schema(pg_schemas)
+    with ce.Engine(url, schema=first) as engine:
+        engine.store.insert_run(
+            __import__("contengine.store.base", fromlist=["RunRow"]).RunRow(
+                "r1", "flow", None, "pending", b"\x00", None, 1.0, 1.0
+            )
+        )
+    done = cli(f"{url}?schema={first}", "export", "r1")
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "r1.json").write_text(done.stdout)
+    done = cli(f"{url}?schema={second}", "import", str(tmp_path / "r1.json"))
+    assert done.returncode == 0, done.stderr
+    assert schema_exists(url, second)
+    done = cli(f"{url}?schema={second}", "runs")
+    assert done.returncode == 0 and "r1" in done.stdout
+
+
+def test_an_empty_schema_is_not_a_contengine_database_for_a_command(url: str, schema: str) -> None:
+    """A schema made by hand (no tables yet) is no contengine database either."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    done = cli(f"{url}?schema={schema}", "runs")
+    assert done.returncode == 1 and "no contengine database" in done.stderr
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,))
+        assert tables.fetchone() == (0,)
+
+
+# -- a damaged meta table -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["banana", "", " 1x", "1.5", "-1"])
+def test_a_version_that_is_not_a_number_is_refused_clearly(
+    url: str, schema: str, value: str
+) -> None:
+    PostgresStore(url, schema=schema).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = %s WHERE key = 'version'", (value,))
+    with pytest.raises(ce.DatabaseError) as caught:
+        PostgresStore(url, schema=schema)
+    message = str(caught.value)
+    assert f"schema {schema!r}" in message and repr(value) in message
+    assert "left it untouched" in message
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'version'")
+        assert row.fetchone() == (value,)
+    done = cli(f"{url}?schema={schema}", "runs")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr and "left it untouched" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "postgresql+psycopg://u:hunter2@127.0.0.1/test",  # SQLAlchemy's spelling
+        "POSTGRESQL://u:hunter2@127.0.0.1/test",
+        "sqlite://u:hunter2@host/app.db",
+    ],
+)
+def test_a_url_of_another_kind_is_not_taken_for_a_file_and_hides_its_password(target: str) -> None:
+    with pytest.raises(ValueError, match="URL contengine does not know") as caught:
+        ce.Engine(target)
+    assert "hunter2" not in str(caught.value) and "postgresql://" in str(caught.value)
+    for argv in (["runs"], ["replay"], ["gc", "--older-than", "1d"]):
+        done = cli(target, *argv)
+        assert done.returncode == 2, done
+        assert "URL contengine does not know" in done.stderr
+        assert "hunter2" not in done.stderr + done.stdout
+    # replay naming two databases shows neither password.
+    done = subprocess.run(
+        [sys.executable, "-m", "contengine", "replay", target, "--db", "postgresql://u:pw2@h/db"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=WAIT,
+    )
+    assert done.returncode == 2 and "two databases" in done.stderr
+    assert "hunter2" not in done.stderr and "pw2" not in done.stderr
