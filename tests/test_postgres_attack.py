@@ -18,8 +18,9 @@ import pytest
 from postgres_server import fresh_schema, pg_schemas, server_url
 
 import contengine as ce
+from contengine.store.base import RunRow
 from contengine.store.postgres import PostgresStore
-from contengine.store.postgres.url import redacted, split_url
+from contengine.store.postgres.url import redacted
 
 __all__ = ["pg_schemas"]  # fixtures
 
@@ -164,7 +165,7 @@ def test_a_command_on_a_missing_schema_says_so_and_creates_nothing(
     url: str, schema: str, command: list[str], tmp_path: Any
 ) -> None:
     target = url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
-    done = cli(f"{target}?schema={schema}", *[c.format(tmp=tmp_path) for c in command])
+    done = cli(f"{target}?schema={schema}", *[c.replace("{tmp}", str(tmp_path)) for c in command])
     assert done.returncode == 1, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -179,11 +180,7 @@ def test_import_and_an_engine_create_a_missing_schema(
 ) -> None:
     first, second = fresh_schema(pg_schemas), fresh_schema(pg_schemas)
     with ce.Engine(url, schema=first) as engine:
-        engine.store.insert_run(
-            __import__("contengine.store.base", fromlist=["RunRow"]).RunRow(
-                "r1", "flow", None, "pending", b"\x00", None, 1.0, 1.0
-            )
-        )
+        engine.store.insert_run(RunRow("r1", "flow", None, "pending", b"\x00", None, 1.0, 1.0))
     done = cli(f"{url}?schema={first}", "export", "r1")
     assert done.returncode == 0, done.stderr
     (tmp_path / "r1.json").write_text(done.stdout)
@@ -255,3 +252,11 @@ def test_a_url_of_another_kind_is_not_taken_for_a_file_and_hides_its_password(ta
     )
     assert done.returncode == 2 and "two databases" in done.stderr
     assert "hunter2" not in done.stderr and "pw2" not in done.stderr
+
+
+def test_a_meta_table_without_a_version_is_refused_not_created_over(url: str, schema: str) -> None:
+    PostgresStore(url, schema=schema).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DELETE FROM "{schema}".meta')
+    with pytest.raises(ce.DatabaseError, match="version is missing.*left it untouched"):
+        PostgresStore(url, schema=schema)
