@@ -260,3 +260,85 @@ def test_a_meta_table_without_a_version_is_refused_not_created_over(url: str, sc
         conn.execute(f'DELETE FROM "{schema}".meta')
     with pytest.raises(ce.DatabaseError, match="version is missing.*left it untouched"):
         PostgresStore(url, schema=schema)
+
+
+# -- NUL characters and odd text -------------------------------------------------------------
+
+
+@ce.step
+def nul_attack_fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@ce.workflow
+def nul_attack_flow(message: str) -> Any:
+    yield nul_attack_fail(message)
+
+
+@ce.workflow
+def nul_attack_raises(message: str) -> Any:
+    raise RuntimeError(message)
+    yield  # a generator
+
+
+@ce.workflow
+def nul_attack_echo(value: Any) -> Any:
+    return value
+    yield  # a generator
+
+
+@ce.workflow
+def nul_attack_waits() -> Any:
+    return (yield ce.wait("go"))
+
+
+def test_an_exception_text_with_a_nul_is_stored_and_the_exception_kept_whole(
+    url: str, schema: str
+) -> None:
+    """PostgreSQL text refuses NUL: the error text keeps it as \\x00; the exception
+    itself (pickled) is raised with its message as it was."""
+    with ce.Engine(url, schema=schema) as engine:
+        with pytest.raises(ValueError) as caught:
+            engine.run(nul_attack_flow, "bad\x00byte", id="step-nul")
+        assert caught.value.args == ("bad\x00byte",)
+        with pytest.raises(RuntimeError) as raised:
+            engine.run(nul_attack_raises, "x\x00y", id="run-nul")
+        assert raised.value.args == ("x\x00y",)
+        assert engine.get_run("step-nul").status == "failed"
+        assert engine.get_run("run-nul").status == "failed"
+        failed = [e for e in engine.history("step-nul") if e.status == "failed"]
+        assert failed and "bad\\x00byte" in (failed[0].error_text or "")
+        # Text and bytes with NUL, unicode and lone surrogates are values: kept whole.
+        for value in ("a\x00b", "\ud800", "é\u2028漢\U0001f600", b"\x00\xff"):
+            assert engine.run(nul_attack_echo, value) == value
+        engine.store.set_note("run-nul", "see\x00this")
+        assert engine.get_run("run-nul").note == "see\\x00this"
+    # A second engine (another process would be the same) reads it all back.
+    with ce.Engine(url, schema=schema) as engine:
+        assert engine.get_run("step-nul").status == "failed"
+        with pytest.raises(ValueError, match="bad\x00byte"):
+            engine.get_run("step-nul").result()
+
+
+def test_a_name_with_a_nul_is_refused_before_anything_is_written(url: str, schema: str) -> None:
+    with ce.Engine(url, schema=schema) as engine:
+        for make in (
+            lambda: ce.step(name="st\x00ep")(lambda: 1),
+            lambda: ce.workflow(name="wf\x00")(nul_attack_echo.fn),
+            lambda: engine.start(nul_attack_echo, 1, tags=["a\x00b"]),
+            lambda: engine.start(nul_attack_echo, 1, queue="q\x00"),
+            lambda: engine.set_queue("q\x00", concurrency=1),
+            lambda: ce.wait("s\x00"),
+            lambda: ce.publish("k\x00", 1),
+            lambda: ce.patched("c\x00"),
+        ):
+            with pytest.raises(ValueError, match="contains a NUL character"):
+                make()
+        assert engine.runs() == []
+        engine.start(nul_attack_waits, id="w")
+        engine.run_until_idle()
+        with pytest.raises(ValueError, match="NUL"):
+            engine.signal("w", "g\x00o", 1)
+        assert engine.store.mailbox("w") == []
+        done = cli(f"{url}?schema={schema}", "signal", "w", "g\x01o", "1")
+        assert done.returncode == 0, done.stderr  # other control characters are fine

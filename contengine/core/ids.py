@@ -12,6 +12,20 @@ from __future__ import annotations
 CHILD_SEPARATOR = "/"  # between a parent's id (and generation) and a child's position
 
 
+def refuse_nul(value: str, what: str) -> str:
+    """value, if it has no NUL character; ValueError naming what it is if it has one.
+
+    Names (of workflows, steps, signals, queues, tags, published keys) are stored as
+    text, which PostgreSQL refuses with a NUL in it: refused here, on every store,
+    before anything is written, so a workflow runs alike on SQLite and PostgreSQL."""
+    if "\x00" in value:
+        raise ValueError(
+            f"{what} {value!r} contains a NUL character (\\x00), which a database "
+            f"cannot keep in a name (PostgreSQL refuses it); choose one without"
+        )
+    return value
+
+
 def generation_id(run_id: str, generation: int) -> str:
     """The name of one generation of a run: "run", then "run/gG" after G continue_as_new."""
     return f"{run_id}/g{generation}" if generation else run_id

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from ..core.ids import is_child_id
+from ..core.ids import is_child_id, refuse_nul
 from ..errors import (
     ContengineError,
 )
@@ -287,6 +287,7 @@ def checked_tags(tags: Iterable[str]) -> tuple[str, ...]:
     for tag in tags:
         if not isinstance(tag, str) or not tag or "," in tag:
             raise ValueError(f"a tag must be a non-empty string without commas, not {tag!r}")
+        refuse_nul(tag, "the tag")
         if tag not in out:
             out.append(tag)
     return tuple(out)

@@ -48,6 +48,7 @@ from .sql import (
     START_RUN,
     TREE,
     UNFINISHED_SQL,
+    as_text,
     channel_of,
     entry_row,
     run_params,
@@ -349,7 +350,7 @@ class PostgresStore(GroupCommit, Store):
 
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._writer.transaction() as conn:
-            conn.execute("UPDATE runs SET note = %s WHERE id = %s", (note, run_id))
+            conn.execute("UPDATE runs SET note = %s WHERE id = %s", (as_text(note), run_id))
 
     def delete_finished(self, before: float, limit: int) -> int:
         if limit < 1:
