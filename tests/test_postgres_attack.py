@@ -342,3 +342,55 @@ def test_a_name_with_a_nul_is_refused_before_anything_is_written(url: str, schem
         assert engine.store.mailbox("w") == []
         done = cli(f"{url}?schema={schema}", "signal", "w", "g\x01o", "1")
         assert done.returncode == 0, done.stderr  # other control characters are fine
+
+
+def test_ids_and_names_past_what_postgresql_indexes_are_refused_up_front(
+    url: str, schema: str
+) -> None:
+    """An index row holds at most 2,704 bytes: an id or name is at most 1,000 (UTF-8)."""
+    longest = "é" * 500  # 1,000 bytes
+    with ce.Engine(url, schema=schema) as engine:
+        assert engine.run(nul_attack_echo, 1, id=longest) == 1
+        engine.start(nul_attack_waits, id="w" * 1000, queue="q" * 1000, tags=["t" * 1000])
+        engine.signal("w" * 1000, "s" * 1000, 1)
+        for make in (
+            lambda: engine.start(nul_attack_echo, 1, id=longest + "x"),
+            lambda: engine.start(nul_attack_echo, 1, queue="q" * 1001),
+            lambda: engine.start(nul_attack_echo, 1, tags=["t" * 1001]),
+            lambda: engine.signal("w" * 1000, "s" * 1001, 1),
+            lambda: ce.wait("s" * 1001),
+            lambda: ce.publish("k" * 1001, 1),
+        ):
+            with pytest.raises(ValueError, match="bytes long .* at most 1000"):
+                make()
+        assert len(engine.runs()) == 2
+    done = cli(f"{url}?schema={schema}", "signal", "w" * 1000, "s" * 2000, "1")
+    assert done.returncode != 0 and "at most 1000" in done.stderr
+
+
+def test_a_lock_or_statement_timeout_says_which_setting_and_the_connection_goes_on(
+    url: str, schema: str
+) -> None:
+    """lock_timeout/statement_timeout as an operator may set them on the role (here
+    through the URL's options, which sets them the same way for the session)."""
+    options = "options=-c%20lock_timeout%3D200ms%20-c%20statement_timeout%3D0"
+    with ce.Engine(f"{url}?{options}&schema={schema}") as engine:
+        engine.start(nul_attack_waits, id="w")
+        with psycopg.connect(url) as holder:
+            holder.execute(f'SELECT 1 FROM "{schema}".runs WHERE id = %s FOR UPDATE', ("w",))
+            with pytest.raises(ce.DatabaseError) as caught:
+                engine.cancel("w")
+        message = str(caught.value)
+        assert "lock_timeout" in message and "options=-c%20lock_timeout%3D0" in message
+        assert "connection was lost" not in message
+        assert engine.cancel("w")  # the lock is gone: the same engine goes on
+    options = "options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D200ms"
+    with ce.Engine(f"{url}?{options}&schema={schema}") as engine:
+        with psycopg.connect(url) as holder:
+            holder.execute(f'LOCK TABLE "{schema}".runs IN ACCESS EXCLUSIVE MODE')
+            with pytest.raises(ce.DatabaseError) as caught:
+                engine.runs()
+        message = str(caught.value)
+        assert "statement_timeout" in message and "ALTER ROLE" in message
+        assert "connection was lost" not in message
+        assert [r.id for r in engine.runs()] == ["w"]

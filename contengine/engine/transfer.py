@@ -54,6 +54,7 @@ def checked_id(run_id: Any) -> str:
     not. Every id that does not come from the engine itself passes here: start(), fork(),
     import_run() and the command line."""
     checked_ref(run_id)
+    refuse_nul(run_id, "run id")
     if is_child_id(run_id):
         raise ValueError(
             f"run id {run_id!r} contains '/', which is kept for child runs "
