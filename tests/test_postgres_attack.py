@@ -8,9 +8,11 @@ Each test uses a fresh schema on the shared test server (tests/postgres_server.p
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import psycopg
@@ -394,3 +396,122 @@ def test_a_lock_or_statement_timeout_says_which_setting_and_the_connection_goes_
         assert "statement_timeout" in message and "ALTER ROLE" in message
         assert "connection was lost" not in message
         assert [r.id for r in engine.runs()] == ["w"]
+
+
+# -- a worker frozen past its lease ----------------------------------------------------------
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _wait(condition: Any, what: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        for proc in procs:
+            if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
+                pytest.fail(f"worker {proc.pid} exited with {proc.returncode} waiting for {what}")
+        time.sleep(0.02)
+
+
+def _in_transaction(url: str, pid: int) -> bool:
+    """Whether a session of the process pid is inside a transaction or a statement (the
+    server knows its sessions by client port, found among the process's sockets)."""
+    ports = _local_ports(pid)
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' "
+            "OR (state = 'active' AND backend_type = 'client backend' AND pid <> "
+            "pg_backend_pid())"
+        ).fetchall()
+    return any(port in ports for (port,) in rows)
+
+
+def _local_ports(pid: int) -> set[int]:
+    """The local ports of pid's TCP connections (from /proc/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    found.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return found
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX signals")
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs /proc")
+def test_a_worker_frozen_past_its_lease_has_its_late_write_refused(
+    url: str, schema: str, tmp_path: Any
+) -> None:
+    """SIGSTOP a worker process (lease 1 s) inside a step; a second worker takes the
+    run over once the lease lapsed and finishes it; SIGCONT the first: its step ends
+    and its write is refused (fencing), the second's outcome stays."""
+    import worker_child as wc
+
+    db = f"{url}?schema={schema}"
+    ledger, marks = str(tmp_path / "ledger"), str(tmp_path / "marks")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(lease: float) -> subprocess.Popen[bytes]:
+        n = len(procs)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import worker_child; worker_child.main()", db, "1",
+             str(lease), "10"],
+            stdout=open(tmp_path / f"w{n}.out", "wb"),  # noqa: SIM115 - the child's
+            stderr=open(tmp_path / f"w{n}.err", "wb"),  # noqa: SIM115 - the child's
+            env=env,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    def mark(word: str, proc: subprocess.Popen[bytes], attempt: int) -> bool:
+        return any(m[:3] == [word, str(proc.pid), str(attempt)] for m in wc.read_lines(marks))
+
+    engine = ce.Engine(db)
+    try:
+        run = engine.start(wc.held, ledger, marks, id="held")
+        first = spawn(lease=1.0)
+        _wait(lambda: mark("started", first, 1), "the first worker to start the step", procs)
+        for _ in range(50):  # frozen outside a transaction (it would hold row locks)
+            os.kill(first.pid, signal.SIGSTOP)
+            if not _in_transaction(url, first.pid):
+                break
+            os.kill(first.pid, signal.SIGCONT)
+            time.sleep(0.03)
+        else:
+            pytest.fail("the first worker was always inside a transaction")
+        second = spawn(lease=10.0)
+        _wait(lambda: run.status == "completed", "the second worker to finish", procs)
+        assert run.result() == f"held by {second.pid}"
+        assert not mark("finished", first, 1)
+        before = [(e.status, e.attempts, e.value) for e in engine.history("held")]
+
+        os.kill(first.pid, signal.SIGCONT)
+        _wait(lambda: mark("finished", first, 1), "the first worker's step to end", procs)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(WAIT) == 0
+        err = (tmp_path / "w0.err").read_text()
+        assert "taken over by another worker" in err, err
+        assert [(e.status, e.attempts, e.value) for e in engine.history("held")] == before
+        assert run.result() == f"held by {second.pid}"
+        assert [r[:3] for r in wc.read_lines(ledger)] == [
+            ["held", "0", str(first.pid)],
+            ["held", "0", str(second.pid)],
+        ]
+    finally:
+        engine.close()
+        for proc in procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+            proc.wait(WAIT)
