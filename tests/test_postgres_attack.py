@@ -7,6 +7,7 @@ Each test uses a fresh schema on the shared test server (tests/postgres_server.p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -294,6 +295,17 @@ def nul_attack_waits() -> Any:
     return (yield ce.wait("go"))
 
 
+@ce.step
+def nul_attack_one() -> int:
+    return 1
+
+
+@ce.workflow
+def nul_attack_flow_two() -> Any:
+    yield nul_attack_one()
+    return (yield ce.wait("never"))
+
+
 def test_an_exception_text_with_a_nul_is_stored_and_the_exception_kept_whole(
     url: str, schema: str
 ) -> None:
@@ -515,3 +527,45 @@ def test_a_worker_frozen_past_its_lease_has_its_late_write_refused(
                 os.kill(proc.pid, signal.SIGCONT)
                 proc.kill()
             proc.wait(WAIT)
+
+
+# -- export, import and backup on odd input -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        (("run", "workflow"), "w\x00x"),
+        (("run", "tags"), ["a\x00"]),
+        (("run", "queue"), "q\x00"),
+        (("mailbox", 0, "name"), "g\x00o"),
+        (("log", 0, "name"), "s\x00"),
+    ],
+)
+def test_an_export_with_a_nul_in_a_name_is_refused_before_anything_is_written(
+    url: str, schema: str, tmp_path: Any, where: tuple[Any, ...], value: Any
+) -> None:
+    with ce.Engine(url, schema=schema) as engine:
+        engine.start(nul_attack_flow_two, id="r1")
+        engine.run_until_idle()
+        engine.signal("r1", "go", 1)
+        data = engine.export_run("r1")
+    data["run"]["id"] = "r2"
+    *path, last = where
+    target = data
+    for part in path:
+        target = target[part]
+    target[last] = value
+    (tmp_path / "r2.json").write_text(json.dumps(data))
+    done = cli(f"{url}?schema={schema}", "import", str(tmp_path / "r2.json"))
+    assert done.returncode == 1, done
+    assert "contains a NUL character" in done.stderr and "Traceback" not in done.stderr
+    # Prose keeps it: a note or error text with a NUL is imported (shown as \x00).
+    data = json.loads(json.dumps(data).replace("\\u0000", ""))
+    data["run"]["note"] = "n\x00"
+    (tmp_path / "r3.json").write_text(json.dumps(data))
+    done = cli(f"{url}?schema={schema}", "import", str(tmp_path / "r3.json"), "--id", "r3")
+    assert done.returncode == 0, done.stderr
+    with ce.Engine(url, schema=schema) as engine:
+        assert {r.id for r in engine.runs()} == {"r1", "r3"}
+        assert engine.get_run("r3").note == "n\\x00"

@@ -229,7 +229,39 @@ def _decode_export(
         str(k): _decode_value(v, "bytes", f"published value {k!r}")
         for k, v in data["published"].items()
     }
+    _refuse_nul_names(row, entries, mailbox, published)
     return row, entries, mailbox, published
+
+
+def _fields(obj: Any) -> list[tuple[str, Any]]:
+    return [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+
+
+# Texts written for people: a store keeps a NUL in them (PostgreSQL as \x00).
+_PROSE = ("error_text", "note")
+
+
+def _refuse_nul_names(
+    row: RunRow, entries: list[EntryRow], mailbox: list[Signal], published: dict[str, bytes]
+) -> None:
+    """ContengineError for a name or text in an export with a NUL character, which no
+    run of this engine has (PostgreSQL text refuses it): refused before any write."""
+    found = [
+        (f"the exported run's {name}", value)
+        for name, value in _fields(row)
+        if name not in _PROSE
+        for value in (value if isinstance(value, tuple) else (value,))
+    ]
+    for i, e in enumerate(entries):
+        found += [(f"log entry {i}'s {k}", v) for k, v in _fields(e) if k not in _PROSE]
+    found += [(f"mailbox message {i}'s name", m.name) for i, m in enumerate(mailbox)]
+    found += [("a published key", k) for k in published]
+    for what, value in found:
+        if isinstance(value, str) and "\x00" in value:
+            raise ContengineError(
+                f"the export cannot be imported: {what} {value!r} contains a NUL "
+                f"character (\\x00), which no run has; the file was changed or damaged"
+            )
 
 
 def check_export(data: Any, new_id: str | None = None) -> None:
