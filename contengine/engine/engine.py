@@ -164,9 +164,7 @@ class Engine:
             self._dispatch.poke()
         return Run(self, row.id, wf.name)
 
-    def start_many(
-        self, starts: Iterable[tuple[Workflow[Any, Any] | str, Sequence[Any], dict[str, Any]]], /
-    ) -> list[Run[Any]]:
+    def start_many(self, starts: Iterable[tuple[Any, ...]], /) -> list[Run[Any]]:
         """Record many runs in one transaction (one commit, one sync): for each
         (workflow, args, kwargs), what start(workflow, *args, **kwargs) records, where
         kwargs holds start()'s id, tags, queue and priority as well as the workflow's own

@@ -50,6 +50,15 @@ UPDATE_ENTRY = (
     "outcome = ?, error_text = ? WHERE id = ? "
     "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
 )
+# COMPLETE_ENTRY or UPDATE_ENTRY fenced: the entry changes only while the run's row
+# (num) holds the writer's lease (owner, lease), and the run's cancel flag comes back
+# (no row: nothing changed). One statement where a lease SELECT and the UPDATE were two;
+# the fence is the same, checked inside the same write transaction.
+_FENCE = (
+    " AND (SELECT owner = ? AND lease = ? FROM runs WHERE num = ?) "
+    "RETURNING (SELECT cancel_requested FROM runs WHERE num = ?)"
+)
+FENCED = {sql: sql + _FENCE for sql in (COMPLETE_ENTRY, UPDATE_ENTRY)}
 # A finished run lets go of its lease in the same statement: no one drives it again.
 # cancel_requested: 0 never cancelled, 1 a cancel waits to be delivered, 2 delivered (the
 # run still counts as cancelled for its queue's limits: CANCEL_DELIVERED).
