@@ -202,9 +202,9 @@ class WriteMethods(SQLiteParts):
                 )  # fmt: skip
             if fenced:
                 assert p.lease is not None
-                got = conn.execute(FENCED[sql], (*params, *p.lease, num, num)).fetchall()
-                if not got:
-                    # Nothing changed: say why, in the order of the checks above.
+                if conn.execute(FENCED[sql], (*params, *p.lease, num)).rowcount != 1:
+                    # Nothing changed: say why, in the order of the checks above (rare:
+                    # a lease lost, a cancel asked for, an entry raced).
                     held = conn.execute(
                         "SELECT owner, lease, cancel_requested FROM runs WHERE num = ?", (num,)
                     ).fetchone()
@@ -212,15 +212,13 @@ class WriteMethods(SQLiteParts):
                         raise sqlite_bulk.lease_lost(
                             p.run_id, p.lease, None if held is None else (held[0], held[1])
                         )
-                    if unless_cancelled and held[2] == CANCEL_PENDING:
+                    if held[2] != CANCEL_PENDING:
+                        raise self._raced(e)
+                    if unless_cancelled:
                         raise CancelArrived(f"run {p.run_id!r} was cancelled; nothing was written")
-                    raise self._raced(e)
-                flag = got[0][0]
-                cancel = flag == CANCEL_PENDING and not (p.run is not None and p.run.clear_cancel)
-                if unless_cancelled and flag == CANCEL_PENDING:
-                    # Written, but in this transaction (or savepoint), which the caller
-                    # rolls back on this error: nothing of the progress is kept.
-                    raise CancelArrived(f"run {p.run_id!r} was cancelled; nothing was written")
+                    cancel = not (p.run is not None and p.run.clear_cancel)
+                    if conn.execute(sql, params).rowcount != 1:  # the lease was read above
+                        raise self._raced(e)
             elif conn.execute(sql, params).rowcount != 1:
                 raise self._raced(e)
         for e in p.recorded:
