@@ -58,7 +58,17 @@ UPDATE_ENTRY = (
 _FENCE = (
     " AND (SELECT owner = ? AND lease = ? AND cancel_requested IS NOT 1 FROM runs WHERE num = ?)"
 )
-FENCED = {sql: sql + _FENCE for sql in (COMPLETE_ENTRY, UPDATE_ENTRY)}
+_FENCED: dict[str, str] = {}
+
+
+def with_fence(sql: str) -> str:
+    """COMPLETE_ENTRY or UPDATE_ENTRY (or a variant of them) with the fence, made once."""
+    out = _FENCED.get(sql)
+    if out is None:
+        out = _FENCED[sql] = sql + _FENCE
+    return out
+
+
 # A finished run lets go of its lease in the same statement: no one drives it again.
 # cancel_requested: 0 never cancelled, 1 a cancel waits to be delivered, 2 delivered (the
 # run still counts as cancelled for its queue's limits: CANCEL_DELIVERED).

@@ -16,7 +16,6 @@ from . import bulk as sqlite_bulk
 from .sql import (
     CANCEL_PENDING,
     COMPLETE_ENTRY,
-    FENCED,
     INSERT_ENTRY,
     INSERT_NEW_ENTRY,
     POSITION_BITS,
@@ -28,6 +27,7 @@ from .sql import (
     SQLiteParts,
     checked_position,
     run_params,
+    with_fence,
 )
 
 
@@ -202,7 +202,7 @@ class WriteMethods(SQLiteParts):
                 )  # fmt: skip
             if fenced:
                 assert p.lease is not None
-                if conn.execute(FENCED[sql], (*params, *p.lease, num)).rowcount != 1:
+                if conn.execute(with_fence(sql), (*params, *p.lease, num)).rowcount != 1:
                     # Nothing changed: say why, in the order of the checks above (rare:
                     # a lease lost, a cancel asked for, an entry raced).
                     held = conn.execute(
