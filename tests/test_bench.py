@@ -21,6 +21,7 @@ TINY_WORKERS = [
 METRICS = {"steps_full", "steps_normal", "replay", "resume"}
 WORKER_METRICS = {
     "many_runs",
+    "many_runs_started",
     "concurrent_1",
     "concurrent_10",
     "concurrent_100",
@@ -103,7 +104,13 @@ def test_workers_json_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_path
         assert len(m["samples"]) == 1, name
         assert (m["pass"] is None) == (m["target"] == ""), name
     judged = {n for n in WORKER_METRICS if metrics[n]["target"]}
-    assert judged == {"many_runs", "concurrent_100", "asleep_rss", "wake_local", "wake_remote_p99"}
+    assert judged == {
+        "many_runs", "many_runs_started", "concurrent_100", "asleep_rss", "wake_local",
+        "wake_remote_p99",
+    }  # fmt: skip
+    started = metrics["many_runs_started"]
+    assert started["target"] == "ratio >= 0.4" and "floor_cost" not in started
+    assert started["ratio"] == pytest.approx(started["median"] / started["floor"])
 
     runs = metrics["many_runs"]
     assert runs["floor_cost"] == 11 and runs["cap"] == pytest.approx(runs["floor"] / 11)
@@ -150,7 +157,7 @@ def test_workers_table_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_pat
         "wake-up, across processes",
     ):
         assert label in out
-    assert out.count("pass") + out.count("FAIL") == 9
+    assert out.count("pass") + out.count("FAIL") == 10  # 9 before many_runs_started
     assert list(tmp_path.iterdir()) == []
 
 

@@ -17,7 +17,9 @@ TINY = [
     "--remote-signals", "3",
 ]  # fmt: skip
 WAKES = {"pg_wake_notify", "pg_wake_notify_p99", "pg_wake_poll", "pg_wake_poll_p99"}
-METRICS = {"pg_one_run", "pg_concurrent_100", "pg_many_runs", "pg_claims", *WAKES}
+METRICS = {
+    "pg_one_run", "pg_concurrent_100", "pg_many_runs", "pg_many_runs_started", "pg_claims", *WAKES
+}  # fmt: skip
 
 
 def bench_schemas(url: str) -> set[str]:

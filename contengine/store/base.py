@@ -104,6 +104,23 @@ class RunStore(ABC):
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         """Insert run unless its id exists; return the stored run and whether it is new."""
 
+    def create_runs(
+        self, runs: Sequence[RunRow], vet: Callable[[int, RunRow], None]
+    ) -> list[tuple[RunRow, bool]]:
+        """create_run() for each of runs (distinct ids), in order. vet(i, stored) is
+        called for each runs[i] whose id exists; what it raises is raised. Stores write
+        all in one transaction, vetted first (what vet raises writes nothing); this
+        default, for wrappers, vets what exists, then creates the runs one by one."""
+        found = [self.get_run(run.id) for run in runs]
+        for i, stored in enumerate(found):
+            if stored is not None:
+                vet(i, stored)
+        made = [self.create_run(run) for run in runs]
+        for i, (stored, created) in enumerate(made):
+            if not created and found[i] is None:  # made by someone else meanwhile
+                vet(i, stored)
+        return made
+
     @abstractmethod
     def get_run(self, run_id: str) -> RunRow | None:
         """The run with this id, or None."""

@@ -44,6 +44,7 @@ from .sql import (
     ENTRY_COLS,
     NOTIFY,
     RUN_COLS,
+    RUN_MARKS,
     SELECT_RUN,
     START_RUN,
     TREE,
@@ -61,6 +62,8 @@ __all__ = ["PostgresStore", "is_postgres_url"]
 # PostgreSQL keeps a bytea of up to 1 GB, and a statement's parameters together must
 # stay under that too; a row holds up to two values and a text (as with SQLite).
 _MAX_FIELD = 1_000_000_000
+# Runs one INSERT of create_runs() writes (20 parameters each: far from the 65,535 limit).
+CREATE_CHUNK = 500
 
 
 class PostgresStore(GroupCommit, Store):
@@ -103,6 +106,41 @@ class PostgresStore(GroupCommit, Store):
             if row is None:  # cannot happen: the conflict was on this id
                 raise DatabaseError(f"run {run.id!r} vanished while it was being created")
             return run_row(row), False
+
+    def create_runs(
+        self, runs: Sequence[RunRow], vet: Callable[[int, RunRow], None]
+    ) -> list[tuple[RunRow, bool]]:
+        """All in one transaction, a few hundred runs a statement, and one NOTIFY for
+        them all; what vet raises rolls it back."""
+        made: set[str] = set()
+        with self._writer.transaction() as conn:
+            for at in range(0, len(runs), CREATE_CHUNK):
+                chunk = runs[at : at + CREATE_CHUNK]
+                marks = ", ".join([f"({RUN_MARKS})"] * len(chunk))
+                params = [value for run in chunk for value in run_params(run)]
+                query = (
+                    f"INSERT INTO runs ({RUN_COLS}) VALUES {marks} "
+                    "ON CONFLICT (id) DO NOTHING RETURNING id"
+                )
+                made.update(row[0] for row in conn.execute(query, params).fetchall())
+            others = [run.id for run in runs if run.id not in made]
+            stored = {}
+            if others:
+                query = f"SELECT {RUN_COLS} FROM runs WHERE id = ANY(%s)"
+                stored = {r.id: r for r in map(run_row, conn.execute(query, (others,)))}
+            out: list[tuple[RunRow, bool]] = []
+            for i, run in enumerate(runs):
+                if run.id in made:
+                    out.append((run, True))
+                    continue
+                row = stored.get(run.id)
+                if row is None:  # cannot happen: the conflict was on this id
+                    raise DatabaseError(f"run {run.id!r} vanished while it was being created")
+                vet(i, row)
+                out.append((row, False))
+            if made:
+                conn.execute("SELECT pg_notify(%s, 'start')", (self.channel,))
+        return out
 
     def get_run(self, run_id: str) -> RunRow | None:
         rows = self._reader.read(SELECT_RUN, (run_id,))
