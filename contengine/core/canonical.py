@@ -91,6 +91,8 @@ def canonical_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | No
     out: list[str] = []
     try:
         if not kwargs:
+            if len(args) == 1 and type(args[0]) in _SCALARS:
+                return repr(args[0])  # the most common case of all: one plain argument
             for a in args:
                 if type(a) not in _SCALARS:
                     break
