@@ -155,6 +155,8 @@ class Driver:
                 ):
                     outcome, at = decode(rec), pos
                     if outcome is None:
+                        if pos + 1 >= logged:
+                            self._release()  # in flight at the log's end: read no more
                         return Pending(pos, yielded, rec)
                     self.replayed += 1
                     self.position = pos + 1
@@ -204,9 +206,22 @@ class Driver:
             self._check_same(rec, yielded)
             outcome, at = decode(rec), pos
             if outcome is None:
+                if pos + 1 >= logged:
+                    self._release()  # in flight at the log's end: read no more
                 return Pending(pos, yielded, rec)
             self.replayed += 1
             self.position = pos + 1
+
+    def held(self) -> list[Any]:
+        """What this driver keeps of its run beyond its fixed parts (for the live
+        cache's count): failures thrown in, and the log while it is not past it."""
+        held: list[Any] = [error for error, _ in self._thrown.values()]
+        held.append(self._unpatched)
+        history = self._history
+        if history:
+            window = getattr(history, "window", None)  # a streamed log: what it holds
+            held.append(window() if window is not None else history)
+        return held
 
     def _release(self) -> None:
         """The driver went past the end of the log: drop it (and what it holds)."""

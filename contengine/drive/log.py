@@ -141,6 +141,10 @@ class StreamedLog(Sequence[LogRow]):
         self._next = max(self.MIN_CHUNK, min(self.CHUNK, fit))
         return rows[0]
 
+    def window(self) -> list[LogRow]:
+        """The rows held now."""
+        return self._rows
+
     def release(self) -> None:
         """Replay is over: let the window go (the log is not read again)."""
         self._rows = []
