@@ -75,9 +75,11 @@ def crashed(path: Path, n: int, size: int = 0, hold: int = 0) -> None:
     """A run of n steps whose halt is left in flight."""
     STATE["crash"] = True
     try:
-        with ce.Engine(path, durability="normal", clock=VirtualClock(START)) as engine:
-            with pytest.raises(Crash):
-                engine.run(long_run, n, size, hold, id="r")
+        with (
+            ce.Engine(path, durability="normal", clock=VirtualClock(START)) as engine,
+            pytest.raises(Crash),
+        ):
+            engine.run(long_run, n, size, hold, id="r")
     finally:
         STATE["crash"] = False
 

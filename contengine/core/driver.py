@@ -144,6 +144,7 @@ class Driver:
                 self._check_log_ends(f"raised {type(exc).__name__}")
                 return Raised(exc, self._failed_at(exc))
             pos = self.position
+            rec: Recorded | None
             if type(yielded) is StepCall and pos < logged:
                 # Replaying a step call (most of any replay): the general path below,
                 # with what cannot apply to a step call left out.
@@ -163,7 +164,7 @@ class Driver:
                     continue
             if not isinstance(yielded, Request):
                 raise InvalidYield(self._invalid_yield_message(yielded))
-            rec: Recorded | None = None
+            rec = None
             if pos < logged:
                 rec = history[pos]  # read once: the log is a stream (drive/log.py)
                 if yielded.kind == PATCHED or rec.kind == PATCHED:
