@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import fresh_schema, pg_schemas, server_url
 
 import contengine as ce
 from contengine.core.requests import StepCall
@@ -21,7 +22,10 @@ from contengine.drive import runner as runner_module
 from contengine.drive.live import BASE_BYTES
 from contengine.drive.log import StreamedLog
 from contengine.store.base import INLINE_OUTCOME
+from contengine.store.postgres import PostgresStore
 from contengine.testing import VirtualClock
+
+__all__ = ["pg_schemas"]  # a fixture
 
 START = 1_700_000_000.0
 STATE = {"crash": False}
@@ -246,3 +250,29 @@ def test_payloads_decode_in_place_signed_or_not() -> None:
             data = serde.dumps(value, "v")
             assert serde.loads(data, "v") == value
             assert serde.loads(bytearray(data), "v") == value
+
+
+def test_replay_on_postgresql_holds_one_chunk(
+    pg_schemas: list[str], counted: list[StreamedLog]
+) -> None:
+    """The same stream on PostgreSQL: one chunk at a time, long outcomes read alone."""
+    url, schema = server_url(), fresh_schema(pg_schemas)
+    n = StreamedLog.FIRST_CHUNK + StreamedLog.CHUNK + 10
+    big = INLINE_OUTCOME + 10
+    STATE["crash"] = True
+    try:
+        with ce.Engine(store=PostgresStore(url, schema=schema)) as engine:
+            with pytest.raises(Crash):
+                engine.run(long_run, n, 0, 0, id="r")
+            with pytest.raises(Crash):
+                engine.run(long_run, 3, big, 0, id="big")
+    finally:
+        STATE["crash"] = False
+    counted.clear()
+    with ce.Engine(store=PostgresStore(url, schema=schema), clock=VirtualClock(START)) as engine:
+        engine.run_until_idle(until=START)
+        assert engine.get_run("r").status == engine.get_run("big").status == "sleeping"
+        assert max(log.most for log in counted) == StreamedLog.CHUNK
+        assert all(log.window() == [] for log in counted)
+        assert [r.outcome for r in engine.store.replay_rows("big", 0, 3)] == [b"", b"", b""]
+        assert engine._runner.live._kept["big"].drive.driver.held()[-1] == set()
