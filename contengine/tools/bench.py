@@ -166,6 +166,10 @@ def measure(
         floored.samples.append(replayed)
         resume.samples.append(ms)
     remove_db(base)
+    # Each round's own ratio too: engine and floor of one round share the host's state.
+    floored.details["round_ratios"] = [
+        e / f for e, f in zip(floored.samples, floored.floor, strict=True)
+    ]
     memory = measure_memory(tmp, rounds, memory_steps, memory_big, say)
     return [*metrics, replay, floored, resume, *memory]
 
