@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .binding import Binder
-from .canonical import _SCALARS, canonical_call, display_call, key_of
+from .canonical import SCALARS, canonical_call, display_call, key_of
 from .options import StepOptions
 
 R = TypeVar("R")
@@ -128,7 +128,7 @@ class StepCall(Request, Generic[R]):
             canon = self._canon
             if canon is False:
                 args = self.args
-                if len(args) == 1 and type(args[0]) in _SCALARS:
+                if len(args) == 1 and type(args[0]) in SCALARS:
                     canon = repr(args[0])  # canonical_call's answer, without the call
                 else:
                     canon = canonical_call(args, self.kwargs)
