@@ -174,13 +174,16 @@ def _cache_held(engine: ce.Engine) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize(
     ("runs", "steps", "hold", "replayed"),
-    [(20, 1, 0, False), (1, 1, 100_000, False), (1, 3000, 0, False), (1, 3000, 0, True)],
+    [(50, 1, 0, False), (1, 1, 100_000, False), (1, 3000, 0, False), (1, 3000, 0, True)],
     ids=["small-runs", "large-local", "long-live-run", "long-replayed-run"],
 )
 def test_the_live_cache_counts_what_it_holds(
     tmp_path: Path, runs: int, steps: int, hold: int, replayed: bool
 ) -> None:
-    """Counted within a factor of two of what letting the runs go frees (tracemalloc)."""
+    """Counted within a factor of two of what letting the runs go frees (tracemalloc),
+    where that is large enough to be seen past other threads' allocations; a long run
+    alone, live or replayed, holds and counts a few KB (it held its log, or an entry
+    per position: over 200 KB)."""
     path = tmp_path / "a.db"
     if replayed:
         crashed(path, steps)
@@ -195,10 +198,11 @@ def test_the_live_cache_counts_what_it_holds(
         finally:
             tracemalloc.stop()
     assert kept == runs
-    assert freed / 2 <= counted <= freed * 2, (counted, freed)
     assert counted >= runs * BASE_BYTES
-    if not hold:
-        assert freed < runs * 10_000  # a long run keeps nothing per step it took
+    if runs * steps > 1000:
+        assert freed < 30_000 and counted < 30_000, (counted, freed)
+    else:
+        assert freed / 2 <= counted <= freed * 2, (counted, freed)
 
 
 def test_the_cache_bytes_bound_holds_for_what_runs_really_hold(tmp_path: Path) -> None:
