@@ -24,6 +24,7 @@ from contengine.store.base import (
     E_RETRYING,
     E_RUNNING,
     FAILED,
+    INLINE_OUTCOME,
     PENDING,
     RUNNING,
     SLEEPING,
@@ -652,6 +653,26 @@ def test_replay_log_reads_what_replay_needs(store: Store) -> None:
         (1, "step", "charge", None, "<object>", E_RUNNING, None),
     ]
     assert store.replay_log("r1", 1, 5)[0].position == 1
+
+
+def test_replay_rows_read_only_what_replay_needs(store: Store) -> None:
+    """replay_rows: the columns replay reads; a long outcome is left out (b"") for a
+    read of its own; the text only where it differs from the key."""
+    started(store, "r1")
+    long = b"P" + b"x" * INLINE_OUTCOME
+    for position, outcome in ((0, b"o"), (1, long)):
+        done = entry("r1", position, status=E_COMPLETED, finished_at=201.0, outcome=outcome)
+        store.commit(Progress("r1", insert=done))
+    store.commit(Progress("r1", insert=entry("r1", 2, key=None, text="<object>")))
+    rows = store.replay_rows("r1", 0, 10)
+    assert [tuple(r) for r in rows] == [
+        ("step", "charge", "'o-1', 0", E_COMPLETED, b"o", 0, None),
+        ("step", "charge", "'o-1', 1", E_COMPLETED, b"", 1, None),
+        ("step", "charge", None, E_RUNNING, None, 2, "<object>"),
+    ]
+    assert [r.text for r in rows] == ["'o-1', 0", "'o-1', 1", "<object>"]
+    assert [r.position for r in store.replay_rows("r1", 1, 1)] == [1]
+    assert store.load_log("r1", 1, 1)[0].outcome == long
 
 
 def test_tags_round_trip_and_filter(store: Store) -> None:

@@ -32,6 +32,7 @@ from .rows import (
     E_RUNNING,
     FAILED,
     FINISHED,
+    INLINE_OUTCOME,
     PENDING,
     RUN_STATUSES,
     RUNNING,
@@ -40,6 +41,7 @@ from .rows import (
     CancelArrived,
     Claim,
     EntryRow,
+    LogRow,
     Progress,
     QueueConfig,
     ReplayRow,
@@ -71,7 +73,9 @@ __all__ = [
     "CancelArrived",
     "Claim",
     "EntryRow",
+    "INLINE_OUTCOME",
     "LeaseStore",
+    "LogRow",
     "Listening",
     "OneEngineStore",
     "Progress",
@@ -143,6 +147,23 @@ class RunStore(ABC):
         """What replay needs of load_log(); stores may read it faster than whole entries."""
         return [
             ReplayRow(e.run_id, e.position, e.kind, e.name, e.key, e.text, e.status, e.outcome)
+            for e in self.load_log(run_id, start, limit)
+        ]
+
+    def replay_rows(self, run_id: str, start: int, limit: int) -> list[LogRow]:
+        """The columns replay reads of at most limit entries from position start, in
+        position order; an outcome longer than INLINE_OUTCOME is given as b"" (read
+        it with load_log). Stores read these without making whole entries."""
+        return [
+            LogRow(
+                e.kind,
+                e.name,
+                e.key,
+                e.status,
+                b"" if e.outcome is not None and len(e.outcome) > INLINE_OUTCOME else e.outcome,
+                e.position,
+                None if e.text == e.key else e.text,
+            )
             for e in self.load_log(run_id, start, limit)
         ]
 

@@ -17,9 +17,11 @@ import psycopg
 
 from ...errors import ContengineError, DatabaseError, RunNotFound
 from ..base import (
+    INLINE_OUTCOME,
     Claim,
     EntryRow,
     Listening,
+    LogRow,
     Progress,
     QueueConfig,
     ReplayRow,
@@ -187,6 +189,19 @@ class PostgresStore(GroupCommit, Store):
             (run_id, max(start, 0), limit),
         )
         return [ReplayRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def replay_rows(self, run_id: str, start: int, limit: int) -> list[LogRow]:
+        # Only what replay reads; octet_length() of a long (TOASTed) outcome reads
+        # its size, not its bytes.
+        rows = self._reader.read(
+            "SELECT kind, name, key, status, CASE WHEN octet_length(outcome) > "
+            f"{INLINE_OUTCOME} THEN ''::bytea ELSE outcome END, position, "
+            "CASE WHEN text = key THEN NULL ELSE text END FROM log "
+            "WHERE run_id = %s AND position >= %s ORDER BY position LIMIT %s",
+            (run_id, max(start, 0), limit),
+        )
+        new = tuple.__new__
+        return [new(LogRow, r) for r in rows]
 
     def log_length(self, run_id: str) -> int:
         # Positions are contiguous, so the last one tells the length (one index probe).

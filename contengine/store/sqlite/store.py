@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ...errors import DatabaseError, DatabaseLocked
-from ..base import EntryRow, ReplayRow, RunRow, Store
+from ..base import INLINE_OUTCOME, EntryRow, LogRow, ReplayRow, RunRow, Store
 from ..group_commit import GroupCommit
 from .guard import (
     STALL,
@@ -404,6 +404,19 @@ class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseM
         # already in field order, and replay reads thousands of them.
         new = tuple.__new__
         return [new(ReplayRow, r) for r in rows]
+
+    def replay_rows(self, run_id: str, start: int, limit: int) -> list[LogRow]:
+        # Only what replay reads, straight from the row (no parameter per row, no
+        # coalesce); length() of a long outcome does not read its overflow pages.
+        rows = self._log_window(
+            run_id,
+            f"kind, name, key, status, CASE WHEN length(outcome) > {INLINE_OUTCOME} THEN x'' "
+            "ELSE outcome END, id & {mask}, text",
+            start,
+            limit,
+        )
+        new = tuple.__new__
+        return [new(LogRow, r) for r in rows]
 
     def _log_window(
         self,
