@@ -13,14 +13,29 @@ from contengine.cli.main import main
 from contengine.tools.bench import Metric
 from contengine.tools.bench_wakes import percentile
 
-TINY = ["--steps", "50", "--rounds", "1", "--replay-steps", "200"]
+TINY = [
+    *["--steps", "50", "--rounds", "1", "--replay-steps", "200"],
+    *["--memory-steps", "300", "--memory-big", "2"],
+]
 TINY_WORKERS = [
     *["--runs", "5", "--concurrent-steps", "100", "--asleep", "40"],
     *["--signals", "3", "--remote-signals", "2", "--claims-asleep", "300"],
 ]
-METRICS = {"steps_full", "steps_normal", "replay", "resume"}
+METRICS = {
+    "steps_full",
+    "steps_normal",
+    "replay",
+    "replay_floor",
+    "resume",
+    "replay_peak",
+    "replay_peak_big",
+    "cache_held",
+    "cache_counted",
+}
+SIZES = {"steps": 50, "rounds": 1, "replay_steps": 200, "memory_steps": 300, "memory_big": 2}
 WORKER_METRICS = {
     "many_runs",
+    "many_runs_started",
     "concurrent_1",
     "concurrent_10",
     "concurrent_100",
@@ -50,7 +65,7 @@ def test_json_has_every_metric_with_positive_numbers(
     code, out = _bench(capsys, tmp_path, "--json", "--no-workers")
     assert code == 0
     doc = json.loads(out)
-    assert doc["params"] == {"steps": 50, "rounds": 1, "replay_steps": 200, "workers": False}
+    assert doc["params"] == {**SIZES, "workers": False}
     assert doc["machine"]["cpus"] >= 1
     assert doc["machine"]["python_speed"] > 0  # what CPU-bound ratios depend on
     metrics: dict[str, Any] = doc["metrics"]
@@ -58,14 +73,18 @@ def test_json_has_every_metric_with_positive_numbers(
     for name, m in metrics.items():
         assert m["median"] > 0, name
         assert len(m["samples"]) == 1, name
-        assert isinstance(m["pass"], bool), name
-        assert m["target"], name
+        assert (m["pass"] is None) == (name == "cache_held"), name  # held: for context
+        assert bool(m["target"]) == (name != "cache_held"), name
     for name in ("steps_full", "steps_normal"):
         m = metrics[name]
         assert m["floor"] > 0 and m["ratio"] > 0
         assert m["ratio"] == pytest.approx(m["median"] / m["floor"])
         assert len(m["floor_samples"]) == 1
     assert metrics["replay"]["floor"] is None
+    floored = metrics["replay_floor"]
+    assert floored["ratio"] == pytest.approx(floored["median"] / floored["floor"])
+    assert floored["target"] == "ratio >= 0.5"
+    assert metrics["replay_peak"]["unit"] == "MB" and metrics["replay_peak"]["target"] == "< 20 MB"
     assert metrics["resume"]["unit"] == "ms"
 
 
@@ -75,9 +94,10 @@ def test_table_names_each_metric_and_leaves_no_files(
     """The table of the single-run part has a verdict per target and cleans up."""
     code, out = _bench(capsys, tmp_path, "--no-workers")
     assert code == 0
-    for label in ("durability full", "durability normal", "replayed steps/s", "time to resume"):
+    labels = ("durability full", "durability normal", "replayed steps/s", "time to resume")
+    for label in (*labels, "against its floor", "peak RSS growth", "live cache"):
         assert label in out
-    assert out.count("pass") + out.count("FAIL") == 4
+    assert out.count("pass") + out.count("FAIL") == 8
     assert "workers" not in out
     assert list(tmp_path.iterdir()) == []
 
@@ -88,9 +108,7 @@ def test_workers_json_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 0
     doc = json.loads(out)
     assert doc["params"] == {
-        "steps": 50,
-        "rounds": 1,
-        "replay_steps": 200,
+        **SIZES,
         "runs": 5,
         "concurrent_steps": 100,
         "asleep": 40,
@@ -108,9 +126,12 @@ def test_workers_json_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_path
         assert (m["pass"] is None) == (m["target"] == ""), name
     judged = {n for n in WORKER_METRICS if metrics[n]["target"]}
     assert judged == {
-        *["many_runs", "concurrent_100", "asleep_rss", "asleep_growth", "wake_local"],
-        *["wake_remote_p99", "idle_ratio", "start_ratio"],
-    }
+        "many_runs", "many_runs_started", "concurrent_100", "asleep_rss", "asleep_growth",
+        "wake_local", "wake_remote_p99", "idle_ratio", "start_ratio",
+    }  # fmt: skip
+    started = metrics["many_runs_started"]
+    assert started["target"] == "ratio >= 0.4" and "floor_cost" not in started
+    assert started["ratio"] == pytest.approx(started["median"] / started["floor"])
     assert metrics["idle_ratio"]["target"] == "< 2 x"
     assert metrics["idle_ratio"]["details"]["few"] == 30
     assert metrics["empty_claim_300"]["details"]["asleep"] == 300
@@ -124,7 +145,7 @@ def test_workers_json_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_path
         assert m["floor"] > 0 and m["ratio"] == pytest.approx(m["median"] / m["floor"])
         assert m["details"]["runs"] == n and m["details"]["threads"] == n
         assert m["details"]["steps_per_run"] == max(1, 100 // n)
-    assert metrics["concurrent_100"]["target"] == "ratio >= 4"
+    assert metrics["concurrent_100"]["target"] == "ratio >= 5"
 
     asleep = metrics["asleep_rss"]["details"]
     assert asleep["runs"] == asleep["completed"] == 40
@@ -162,7 +183,7 @@ def test_workers_table_at_tiny_sizes(capsys: pytest.CaptureFixture[str], tmp_pat
         "run_until_idle(), nothing due: 300 asleep over 30",
     ):
         assert label in out
-    assert out.count("pass") + out.count("FAIL") == 12
+    assert out.count("pass") + out.count("FAIL") == 17  # 8 of the single-run part
     assert list(tmp_path.iterdir()) == []
 
 

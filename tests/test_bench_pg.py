@@ -21,7 +21,10 @@ CLAIMS = {
     *[f"pg_empty_claim_{n}" for n in (0, 5, 50)],
     *[f"pg_{m}_{part}" for m in ("idle", "start") for part in ("few", "many", "ratio")],
 }
-METRICS = {"pg_one_run", "pg_concurrent_100", "pg_many_runs", "pg_claims", *WAKES, *CLAIMS}
+METRICS = {
+    "pg_one_run", "pg_concurrent_100", "pg_many_runs", "pg_many_runs_started", "pg_claims",
+    *WAKES, *CLAIMS,
+}  # fmt: skip
 
 
 def bench_schemas(url: str) -> set[str]:

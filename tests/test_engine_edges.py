@@ -385,9 +385,9 @@ def test_a_long_log_is_replayed_in_chunks_and_the_body_starts_first(tmp_path: Pa
 
     engine = ce.Engine(path, durability="normal")
     reads: list[tuple[int, int | None]] = []
-    real_load = engine.store.replay_log
+    real_load = engine.store.replay_rows
 
-    def counting_load(run_id: str, start: int = 0, limit: int | None = None) -> Any:
+    def counting_load(run_id: str, start: int, limit: int) -> Any:
         reads.append((start, limit))
         return real_load(run_id, start, limit)
 
@@ -406,8 +406,8 @@ def test_a_long_log_is_replayed_in_chunks_and_the_body_starts_first(tmp_path: Pa
 
     state["crash"] = False
     resumed = ce.Engine(path, durability="normal")
-    real_load = resumed.store.replay_log
-    resumed.store.replay_log = counting_load  # type: ignore[method-assign]
+    real_load = resumed.store.replay_rows
+    resumed.store.replay_rows = counting_load  # type: ignore[method-assign]
     assert resumed.run(wf, id="r") == (steps, "end")
     assert len(ran) == steps  # nothing ran again
     assert state["reads_at_start"] == 0  # the body began before any row was read

@@ -24,6 +24,7 @@ from contengine.store.base import (
     E_RETRYING,
     E_RUNNING,
     FAILED,
+    INLINE_OUTCOME,
     PENDING,
     RUNNING,
     SLEEPING,
@@ -654,6 +655,26 @@ def test_replay_log_reads_what_replay_needs(store: Store) -> None:
     assert store.replay_log("r1", 1, 5)[0].position == 1
 
 
+def test_replay_rows_read_only_what_replay_needs(store: Store) -> None:
+    """replay_rows: the columns replay reads; a long outcome is left out (b"") for a
+    read of its own; the text only where it differs from the key."""
+    started(store, "r1")
+    long = b"P" + b"x" * INLINE_OUTCOME
+    for position, outcome in ((0, b"o"), (1, long)):
+        done = entry("r1", position, status=E_COMPLETED, finished_at=201.0, outcome=outcome)
+        store.commit(Progress("r1", insert=done))
+    store.commit(Progress("r1", insert=entry("r1", 2, key=None, text="<object>")))
+    rows = store.replay_rows("r1", 0, 10)
+    assert [tuple(r) for r in rows] == [
+        ("step", "charge", "'o-1', 0", E_COMPLETED, b"o", 0, None),
+        ("step", "charge", "'o-1', 1", E_COMPLETED, b"", 1, None),
+        ("step", "charge", None, E_RUNNING, None, 2, "<object>"),
+    ]
+    assert [r.text for r in rows] == ["'o-1', 0", "'o-1', 1", "<object>"]
+    assert [r.position for r in store.replay_rows("r1", 1, 1)] == [1]
+    assert store.load_log("r1", 1, 1)[0].outcome == long
+
+
 def test_tags_round_trip_and_filter(store: Store) -> None:
     started(store, "r1", tags=("a", "b"))
     started(store, "r2", tags=("b",))
@@ -756,6 +777,49 @@ def test_a_write_under_a_lease_taken_over_writes_nothing(store: Store) -> None:
     assert store.load_log("r1") == []
     store.commit(Progress("r1", insert=entry("r1", 0), lease=("b", new.lease)))
     assert [e.position for e in store.load_log("r1")] == [0]
+
+
+def test_a_step_outcome_under_a_lease_taken_over_writes_nothing(store: Store) -> None:
+    """A step's outcome with the next request (the write of almost every step, which
+    SQLite fences in the entry's UPDATE itself): refused when the lease moved, when the
+    run asks for a cancel (unless_cancelled) or when the entry is no longer in flight;
+    nothing of it is written, and the holder of the lease writes on."""
+    started(store, "r1")
+    a, b = worker_row("a", expires_at=300.0), worker_row("b")
+    (old,) = store.claim(a, 150.0, 150.0, 1)
+    store.commit(Progress("r1", insert=entry("r1", 0), lease=("a", old.lease)))
+    (new,) = store.claim(b, 150.0, 400.0, 1)
+    done = entry("r1", 0, E_COMPLETED, finished_at=210.0, outcome=b"\x01x")
+
+    def outcome(lease: tuple[str, int], **fields: Any) -> Progress:
+        return Progress(
+            "r1", update=done, insert=entry("r1", 1), expect_attempts=1, lease=lease, **fields
+        )
+
+    stale = outcome(("a", old.lease))
+    with pytest.raises(ce.LeaseLost):
+        store.commit(stale)
+    ticket = store.commit_later(outcome(("a", old.lease), unless_cancelled=True))
+    store.flush()
+    assert ticket.done and isinstance(ticket.error, ce.LeaseLost)
+    assert store.load_log("r1") == [entry("r1", 0)]
+
+    assert store.request_cancel("r1", 211.0) is True
+    with pytest.raises(CancelArrived):
+        store.commit(outcome(("b", new.lease), unless_cancelled=True))
+    with pytest.raises(ce.LeaseLost):  # the lease is checked first
+        store.commit(outcome(("a", old.lease), unless_cancelled=True))
+    assert store.load_log("r1") == [entry("r1", 0)]
+
+    assert store.commit(outcome(("b", new.lease)))  # True: the run asks for a cancel
+    assert store.load_log("r1") == [done, entry("r1", 1)]
+    again = Progress("r1", update=done, insert=entry("r1", 2), expect_attempts=1,
+                     lease=("b", new.lease))  # fmt: skip
+    with pytest.raises(ce.DatabaseError, match="changed underneath"):
+        store.commit(again)  # entry 0 is no longer in flight
+    with pytest.raises(ce.LeaseLost):
+        store.commit(outcome(("a", old.lease)))
+    assert store.load_log("r1") == [done, entry("r1", 1)]
 
 
 def leased(store: Store, worker: WorkerRow, *run_ids: str) -> dict[str, tuple[str, int]]:

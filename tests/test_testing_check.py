@@ -21,9 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import contengine as ce
-import contengine.drive.runner
 import contengine.store.sqlite.writes as sqlite_writes
-from contengine.drive.log import decode_outcome
+from contengine.drive.log import StreamedLog
 from contengine.testing.check import CheckFailed, CheckReport, check
 
 Flow = Generator[Any, Any, Any]
@@ -457,10 +456,12 @@ def test_a_core_bug_that_runs_a_committed_step_again_is_caught(
     """Simulate an engine whose replay forgets committed step outcomes, and whose store
     lets a finished entry be written again: the ledger sees the step run again."""
 
-    def forgetful(serde: Any, row: Any) -> Any:
-        return None if row.kind == "step" else decode_outcome(serde, row)
+    real = StreamedLog.decode
 
-    monkeypatch.setattr(contengine.drive.runner, "decode_outcome", forgetful)
+    def forgetful(log: StreamedLog, row: Any) -> Any:
+        return None if row.kind == "step" else real(log, row)
+
+    monkeypatch.setattr(StreamedLog, "decode", forgetful)
     fence = "AND status IN ('running', 'retrying') "
     for sql in ("COMPLETE_ENTRY", "UPDATE_ENTRY"):
         monkeypatch.setattr(sqlite_writes, sql, getattr(sqlite_writes, sql).replace(fence, ""))

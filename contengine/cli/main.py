@@ -50,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
     bench.add_argument("--replay-steps", type=int, default=10_000)
     bench.add_argument(
+        "--memory-steps",
+        type=int,
+        default=100_000,
+        help="steps of the run whose replay's peak memory is measured (in a child process)",
+    )
+    bench.add_argument(
+        "--memory-big", type=int, default=300, help="steps of 1 MB results, replayed the same way"
+    )
+    bench.add_argument(
         "--workers",
         action=argparse.BooleanOptionalAction,
         default=True,

@@ -27,7 +27,7 @@ MAX_TEXT = 300
 
 
 # Types whose repr() is already their canonical text.
-_SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
+SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 
 
 class _NotCanonical(Exception):
@@ -91,8 +91,10 @@ def canonical_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | No
     out: list[str] = []
     try:
         if not kwargs:
+            if len(args) == 1 and type(args[0]) in SCALARS:
+                return repr(args[0])  # the most common case of all: one plain argument
             for a in args:
-                if type(a) not in _SCALARS:
+                if type(a) not in SCALARS:
                     break
             else:
                 return ", ".join(map(repr, args))  # the common case, without the walk

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ..errors import Cancelled, InvalidYield, NonDeterminismError
 from .gather import GatherRequest
 from .outcome import Outcome
-from .requests import Request
+from .requests import Request, StepCall
 
 
 class Recorded(Protocol):
@@ -127,7 +127,7 @@ class Driver:
 
     def _advance(self, outcome: Outcome | None, at: int = 0) -> Next:
         """Run the generator on from `outcome` (of the request at position `at`)."""
-        gen, history, logged = self._gen, self._history, self._logged
+        gen, history, logged, decode = self._gen, self._history, self._logged, self._decode
         while True:
             try:
                 if outcome is None:
@@ -143,24 +143,47 @@ class Driver:
             except (Exception, Cancelled) as exc:
                 self._check_log_ends(f"raised {type(exc).__name__}")
                 return Raised(exc, self._failed_at(exc))
+            pos = self.position
+            rec: Recorded | None
+            if type(yielded) is StepCall and pos < logged:
+                # Replaying a step call (most of any replay): the general path below,
+                # with what cannot apply to a step call left out.
+                rec = history[pos]
+                if (
+                    rec.kind == "step"
+                    and rec.name == yielded.step.name
+                    and yielded.same_key(rec.key)
+                ):
+                    outcome, at = decode(rec), pos
+                    if outcome is None:
+                        if pos + 1 >= logged:
+                            self._release()  # in flight at the log's end: read no more
+                        return Pending(pos, yielded, rec)
+                    self.replayed += 1
+                    self.position = pos + 1
+                    continue
             if not isinstance(yielded, Request):
                 raise InvalidYield(self._invalid_yield_message(yielded))
-            pos = self.position
-            if pos < logged and (yielded.kind == PATCHED or history[pos].kind == PATCHED):
-                # Versioning markers. A marker the code does not ask about here
-                # belongs to a retired patch and is skipped; a patch the log holds no
-                # marker for was added after this part of the run was logged, so the
-                # run is told False and keeps its old path (nothing is consumed).
-                marker = yielded.name if yielded.kind == PATCHED else None
-                j = pos
-                while j < logged and history[j].kind == PATCHED and history[j].name != marker:
-                    j += 1
-                found = j < logged and history[j].kind == PATCHED
-                if marker is not None and not found:
-                    self._unpatched.add(marker)
-                    outcome, at = Outcome(True, False), pos
-                    continue
-                pos = self.position = j
+            rec = None
+            if pos < logged:
+                rec = history[pos]  # read once: the log is a stream (drive/log.py)
+                if yielded.kind == PATCHED or rec.kind == PATCHED:
+                    # Versioning markers. A marker the code does not ask about here
+                    # belongs to a retired patch and is skipped; a patch the log holds
+                    # no marker for was added after this part of the run was logged,
+                    # so the run is told False and keeps its old path (nothing is
+                    # consumed).
+                    marker = yielded.name if yielded.kind == PATCHED else None
+                    j = pos
+                    while j < logged and history[j].kind == PATCHED and history[j].name != marker:
+                        j += 1
+                    found = j < logged and history[j].kind == PATCHED
+                    if marker is not None and not found:
+                        self._unpatched.add(marker)
+                        outcome, at = Outcome(True, False), pos
+                        continue
+                    pos = self.position = j
+                    rec = history[pos] if pos < logged else None
             elif yielded.kind == PATCHED and yielded.name in self._unpatched:
                 # Past the log, a change the run was told False about earlier stays
                 # False (logging nothing): half of each path is neither version's code.
@@ -168,21 +191,45 @@ class Driver:
                 # which only grows.
                 outcome, at = Outcome(True, False), pos
                 continue
+            if rec is None and history:
+                # Past the log, which is not read again: let it go (a run kept alive
+                # at a sleep must not hold its whole log).
+                self._release()
+                history = self._history
             if isinstance(yielded, GatherRequest):
                 gathered = self._gather(pos, yielded)
                 if isinstance(gathered, Pending):
                     return gathered
                 outcome, at = gathered, pos
                 continue
-            if pos >= logged:
+            if rec is None:
                 return Pending(pos, yielded, None)
-            rec = history[pos]
             self._check_same(rec, yielded)
-            outcome, at = self._decode(rec), pos
+            outcome, at = decode(rec), pos
             if outcome is None:
+                if pos + 1 >= logged:
+                    self._release()  # in flight at the log's end: read no more
                 return Pending(pos, yielded, rec)
             self.replayed += 1
             self.position = pos + 1
+
+    def held(self) -> list[Any]:
+        """What this driver keeps of its run beyond its fixed parts (for the live
+        cache's count): failures thrown in, and the log while it is not past it."""
+        held: list[Any] = [error for error, _ in self._thrown.values()]
+        held.append(self._unpatched)
+        history = self._history
+        if history:
+            window = getattr(history, "window", None)  # a streamed log: what it holds
+            held.append(window() if window is not None else history)
+        return held
+
+    def _release(self) -> None:
+        """The driver went past the end of the log: drop it (and what it holds)."""
+        release = getattr(self._history, "release", None)
+        if release is not None:
+            release()
+        self._history = ()
 
     def _keep_thrown(self, error: BaseException, at: int) -> None:
         thrown = self._thrown
@@ -250,8 +297,7 @@ class Driver:
         if rec.kind != req.kind or rec.name != req.name:
             what = "it yielded a different request"
         else:
-            key = req.key
-            if rec.key is None or key is None or rec.key == key or req.accepts(rec.key):
+            if req.same_key(rec.key):
                 return
             what = "it yielded the same request with different arguments"
         recorded, replayed = describe_recorded(rec), req.describe()

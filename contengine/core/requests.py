@@ -13,7 +13,8 @@ from collections.abc import Callable, Generator
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .binding import Binder
-from .canonical import canonical_call, display_call, key_of
+from .canonical import SCALARS, canonical_call, display_call, key_of
+from .ids import refuse_nul
 from .options import StepOptions
 
 R = TypeVar("R")
@@ -57,6 +58,15 @@ class Request:
     def accepts(self, logged_key: str) -> bool:
         """Whether a logged key that differs from this request's key still means it."""
         return False
+
+    def same_key(self, logged_key: str | None) -> bool:
+        """Whether the arguments logged as logged_key are this request's: the keys are
+        equal, or either cannot be compared (None), or the logged one is this request
+        written another way (accepts)."""
+        if logged_key is None:
+            return True
+        key = self.key
+        return key is None or key == logged_key or self.accepts(logged_key)
 
     def describe(self) -> str:
         """One line such as `step charge('o-1', 500)` for logs and diffs."""
@@ -107,6 +117,27 @@ class StepCall(Request, Generic[R]):
             args, kwargs = self.step.binder().bind(self.args, self.kwargs)
             bound = self._bound = key_of(canonical_call(args, kwargs))
         return bound  # type: ignore[return-value]
+
+    def same_key(self, logged_key: str | None) -> bool:
+        # Replay's check of every step (Request.same_key, the same answer): a logged
+        # key that is the canonical text itself (any key up to MAX_KEY characters) is
+        # compared with the text, without making the key; anything else takes the
+        # whole way.
+        if logged_key is None:
+            return True
+        if not self.kwargs:
+            canon = self._canon
+            if canon is False:
+                args = self.args
+                if len(args) == 1 and type(args[0]) in SCALARS:
+                    canon = repr(args[0])  # canonical_call's answer, without the call
+                else:
+                    canon = canonical_call(args, self.kwargs)
+                self._canon = canon
+            if canon == logged_key:
+                return True
+        key = self.key
+        return key is None or key == logged_key or self.accepts(logged_key)
 
     def accepts(self, logged_key: str) -> bool:
         """Whether a logged key is this call written another way (a log written before
@@ -179,6 +210,7 @@ class PatchedRequest(Immediate):
     def __init__(self, change_id: str) -> None:
         if not isinstance(change_id, str) or not change_id:
             raise ValueError(f"a change id must be a non-empty string, not {change_id!r}")
+        refuse_nul(change_id, "the change id")
         self.change_id = change_id
 
     @property
@@ -200,6 +232,7 @@ class PublishRequest(Immediate):
     def __init__(self, key: str, value: Any) -> None:
         if not isinstance(key, str) or not key:
             raise ValueError(f"a published key must be a non-empty string, not {key!r}")
+        refuse_nul(key, "the published key")
         self.pkey = key
         self.value = value
         self._canon: str | None | bool = False

@@ -30,6 +30,10 @@ _PICKLE = b"P"
 _DILL = b"D"
 _SIGNED = b"S"
 _SIG_LEN = 32
+_PICKLE_TAG, _DILL_TAG, _SIGNED_TAG = _PICKLE[0], _DILL[0], _SIGNED[0]
+# Payloads up to this long are sliced (a copy, cheaper than a view at this size);
+# longer ones are read through a view of the stored bytes.
+_COPY_BELOW = 512
 # Plain values whose pickle always reads back equal: no round trip needed.
 _SAFE = (type(None), bool, int, float, str, bytes)
 
@@ -53,6 +57,11 @@ class Serde:
         # The largest payload the store can keep (asked on every write: it is a read of
         # the connection's limit, and a test may lower the limit after opening).
         self._max_bytes = max_bytes
+
+    @property
+    def signs(self) -> bool:
+        """Whether payloads are signed (and must be, to be read)."""
+        return self._secret is not None
 
     def dumps(self, value: Any, what: What) -> bytes:
         """Serialize value; SerializationError names `what` it was and why it failed."""
@@ -113,13 +122,21 @@ class Serde:
         return data, copy
 
     def loads(self, data: bytes, what: What) -> Any:
-        """Read a payload back; CorruptPayload if it is damaged or its signature fails."""
-        if data[:1] == _SIGNED:
-            sig, data = data[1 : 1 + _SIG_LEN], data[1 + _SIG_LEN :]
+        """Read a payload back; CorruptPayload if it is damaged or its signature fails.
+
+        The payload is read in place: past its tag (and signature) through a view of
+        the bytes, not a copy of them (a short one is copied: that is cheaper than a
+        view, and costs no memory to speak of)."""
+        tag = data[0] if data else -1
+        start = 1
+        if tag == _SIGNED_TAG:
+            start = 2 + _SIG_LEN
+            tag = data[start - 1] if len(data) >= start else -1
             if self._secret is None:
                 raise CorruptPayload(f"{_say(what)} is signed; open the engine with its secret")
-            expected = hmac.new(self._secret, data, hashlib.sha256).digest()
-            if not hmac.compare_digest(sig, expected):
+            view = memoryview(data)
+            expected = hmac.new(self._secret, view[1 + _SIG_LEN :], hashlib.sha256).digest()
+            if not hmac.compare_digest(view[1 : 1 + _SIG_LEN], expected):
                 raise CorruptPayload(
                     f"{_say(what)} failed its signature check: the database was changed outside "
                     f"contengine or the secret is wrong; nothing was loaded"
@@ -129,23 +146,26 @@ class Serde:
                 f"{_say(what)} is not signed but this engine requires signatures; "
                 f"nothing was loaded"
             )
-        tag, body = data[:1], data[1:]
+        body = data[start:] if len(data) <= _COPY_BELOW else memoryview(data)[start:]
         try:
             try:
-                if tag == _PICKLE:
+                if tag == _PICKLE_TAG:
                     return pickle.loads(body)
-                if tag == _DILL:
-                    return dill.loads(body)
+                if tag == _DILL_TAG:
+                    return dill.loads(bytes(body))
             except (ImportError, AttributeError):
                 # Written before a class it names moved to another module: read it
                 # again, finding each name where it lives now (core/moved.py).
-                return read_moved(body, with_dill=tag == _DILL)
+                return read_moved(bytes(body), with_dill=tag == _DILL_TAG)
         except Exception as exc:
             raise CorruptPayload(
                 f"{_say(what)} cannot be read back ({type(exc).__name__}: {exc}); the stored "
                 f"bytes are left as they are"
             ) from exc
-        raise CorruptPayload(f"{_say(what)} has an unknown format tag {tag!r}; nothing was loaded")
+        shown = bytes([tag]) if tag >= 0 else b""
+        raise CorruptPayload(
+            f"{_say(what)} has an unknown format tag {shown!r}; nothing was loaded"
+        )
 
     def dumps_error(self, exc: BaseException, what: What, stand_in: type[StepFailed]) -> bytes:
         """Serialize an exception, or a stand_in carrying its type, message and traceback."""

@@ -2,93 +2,191 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from typing import Any, overload
 
 from ..core.outcome import Outcome
 from ..core.serde import Serde, short
 from ..errors import CorruptPayload
-from ..store.base import E_COMPLETED, E_FAILED, E_RETRYING, E_RUNNING, EntryRow, ReplayRow, Store
+from ..store.base import (
+    E_COMPLETED,
+    E_FAILED,
+    E_RETRYING,
+    E_RUNNING,
+    EntryRow,
+    LogRow,
+    ReplayRow,
+    Store,
+)
 
 
 def decode_outcome(serde: Serde, e: EntryRow | ReplayRow | Entry) -> Outcome | None:
     """A log entry's outcome read from its stored bytes; None while it is in flight."""
     status = e.status
     if status != E_COMPLETED and status != E_FAILED:
-        if status in (E_RUNNING, E_RETRYING):
-            return None
-        # Taken for one in flight, its resumption's write would be refused as another
-        # engine's doing (a DatabaseError, no note) and a worker would claim the run
-        # again and again.
-        raise CorruptPayload(
-            f"{e.kind} {e.name!r} at position {e.position} of run {e.run_id!r} has an "
-            f"unknown status {status!r}; the database was changed outside contengine. The "
-            f"log is left as it is."
-        )
+        _check_in_flight(e, e.run_id)
+        return None
     data = e._data if isinstance(e, Entry) else e.outcome
     try:
         value = serde.loads(data or b"", _GENERIC)
     except CorruptPayload as exc:  # say which entry, on the rare path only
-        raise CorruptPayload(str(exc).replace(_GENERIC, _which(e), 1)) from exc.__cause__
+        raise CorruptPayload(str(exc).replace(_GENERIC, _which(e, e.run_id), 1)) from exc.__cause__
     if status == E_FAILED and not isinstance(value, BaseException):
-        # Raised at the yield, it would be a TypeError that looks like the workflow's own.
-        raise CorruptPayload(
-            f"{_which(e)} is a failure but decodes to {type(value).__name__} {short(value)}, "
-            f"not an exception; the database was changed outside contengine. The log is "
-            f"left as it is."
-        )
+        raise _not_an_exception(e, e.run_id, value)
     return Outcome(status == E_COMPLETED, value)
 
 
-def _which(e: EntryRow | ReplayRow | Entry) -> str:
-    return f"the outcome of {e.kind} {e.name!r} at position {e.position} of run {e.run_id!r}"
+def _check_in_flight(e: EntryRow | ReplayRow | LogRow | Entry, run_id: str) -> None:
+    """Nothing if e's status is one of a request in flight; CorruptPayload otherwise."""
+    if e.status in (E_RUNNING, E_RETRYING):
+        return
+    # Taken for one in flight, its resumption's write would be refused as another
+    # engine's doing (a DatabaseError, no note) and a worker would claim the run
+    # again and again.
+    raise CorruptPayload(
+        f"{e.kind} {e.name!r} at position {e.position} of run {run_id!r} has an "
+        f"unknown status {e.status!r}; the database was changed outside contengine. The "
+        f"log is left as it is."
+    )
+
+
+def _not_an_exception(
+    e: EntryRow | ReplayRow | LogRow | Entry, run_id: str, value: Any
+) -> CorruptPayload:
+    # Raised at the yield, it would be a TypeError that looks like the workflow's own.
+    return CorruptPayload(
+        f"{_which(e, run_id)} is a failure but decodes to {type(value).__name__} "
+        f"{short(value)}, not an exception; the database was changed outside contengine. "
+        f"The log is left as it is."
+    )
+
+
+def _which(e: EntryRow | ReplayRow | LogRow | Entry, run_id: str) -> str:
+    return f"the outcome of {e.kind} {e.name!r} at position {e.position} of run {run_id!r}"
 
 
 _GENERIC = "a log entry's outcome"
 
 
-class StreamedLog(Sequence[ReplayRow]):
-    """A run's log, read in growing chunks as replay reaches them.
+class StreamedLog(Sequence[LogRow]):
+    """A run's log as replay reads it: a window of rows read ahead in chunks, each
+    chunk dropped once replay has gone past it.
 
-    A long log does not delay the workflow's first line: the first chunk is small,
-    and the rest is read while the replay is already under way.
+    Replay reads the log once, forward (a driver never looks back at a position it
+    went past), so only the current chunk is held: memory does not grow with the
+    log. The first chunk is small, so a long log does not delay the workflow's
+    first line; later chunks are up to CHUNK rows and about CHUNK_BYTES of outcomes
+    (an outcome longer than INLINE_OUTCOME is not in the chunk at all: it is read
+    alone when its step is replayed, and dropped once decoded). Reading a position
+    behind the window reads again from there: correct, only slower.
     """
 
     FIRST_CHUNK = 64
     CHUNK = 4096
+    CHUNK_BYTES = 1 << 20
+    MIN_CHUNK = 16
 
-    def __init__(self, store: Store, run_id: str) -> None:
+    __slots__ = (
+        "_store", "_run_id", "_serde", "_plain", "_rows", "_start", "_length", "_next", "most",
+    )  # fmt: skip
+
+    def __init__(self, store: Store, run_id: str, serde: Serde | None = None) -> None:
         self._store = store
         self._run_id = run_id
-        self._rows: list[ReplayRow] = []
+        self._serde = serde = serde or Serde()
+        self._plain = not serde.signs
+        self._rows: list[LogRow] = []
+        self._start = 0  # the position of _rows[0]
         self._length = store.log_length(run_id)
+        self._next = self.FIRST_CHUNK  # how many rows the next read asks for
+        self.most = 0  # the most rows held at once (for tests and benchmarks)
 
     def __len__(self) -> int:
         return self._length
 
     @overload
-    def __getitem__(self, index: int) -> ReplayRow: ...
+    def __getitem__(self, index: int) -> LogRow: ...
     @overload
-    def __getitem__(self, index: slice) -> Sequence[ReplayRow]: ...
-    def __getitem__(self, index: int | slice) -> ReplayRow | Sequence[ReplayRow]:
-        if isinstance(index, slice) or index < 0:
-            self._load(self._length)
-            return self._rows[index]
+    def __getitem__(self, index: slice) -> Sequence[LogRow]: ...
+    def __getitem__(self, index: int | slice) -> LogRow | Sequence[LogRow]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        at = index - self._start
         rows = self._rows
-        if index >= len(rows):
-            self._load(index + 1)
-        return rows[index]
+        if 0 <= at < len(rows):
+            return rows[at]
+        return self._read_from(index)
 
-    def _load(self, count: int) -> None:
-        rows = self._rows
-        while len(rows) < min(count, self._length):
-            chunk = self.FIRST_CHUNK if not rows else self.CHUNK
-            more = self._store.replay_log(self._run_id, len(rows), chunk)
-            if not more:
-                break
-            rows.extend(more)
-        if count > len(rows) and count <= self._length:
-            raise IndexError(count - 1)
+    def _read_from(self, index: int) -> LogRow:
+        """Drop the window and read the next one, from index."""
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        self._rows = []  # let the old chunk go before the next one is read
+        rows = self._store.replay_rows(self._run_id, index, self._next)
+        if not rows:
+            raise IndexError(index)
+        self._rows, self._start = rows, index
+        if len(rows) > self.most:
+            self.most = len(rows)
+        size = 0
+        for row in rows:
+            outcome = row[4]
+            if outcome:
+                size += len(outcome)
+        # As many rows next time as fit CHUNK_BYTES at this chunk's average size.
+        fit = self.CHUNK_BYTES * len(rows) // size if size else self.CHUNK
+        self._next = max(self.MIN_CHUNK, min(self.CHUNK, fit))
+        return rows[0]
+
+    def window(self) -> list[LogRow]:
+        """The rows held now."""
+        return self._rows
+
+    def release(self) -> None:
+        """Replay is over: let the window go (the log is not read again)."""
+        self._rows = []
+        self._start = self._length
+
+    def decode(self, row: LogRow) -> Outcome | None:
+        """A row's outcome read from its stored bytes (in place: no copy of them); None
+        while its request is in flight."""
+        status = row[3]
+        if status == E_COMPLETED:
+            ok = True
+        elif status == E_FAILED:
+            ok = False
+        else:
+            _check_in_flight(row, self._run_id)
+            return None
+        data = row[4]
+        if not data:  # too long to read ahead: read alone, now
+            data = self._store.load_log(self._run_id, row[5], 1)[0].outcome
+        elif self._plain and data[0] == _PICKLE_TAG and len(data) <= _SHORT:
+            # The common case (a short, unsigned pickle) without Serde.loads's
+            # checks; anything it refuses takes the whole way, for its message.
+            try:
+                value = _pickle_loads(data[1:])
+            except Exception:
+                pass
+            else:
+                if ok or isinstance(value, BaseException):
+                    return Outcome(ok, value)
+        try:
+            value = self._serde.loads(data or b"", _GENERIC)
+        except CorruptPayload as exc:  # say which entry, on the rare path only
+            which = _which(row, self._run_id)
+            raise CorruptPayload(str(exc).replace(_GENERIC, which, 1)) from exc.__cause__
+        if not ok and not isinstance(value, BaseException):
+            raise _not_an_exception(row, self._run_id, value)
+        return Outcome(ok, value)
+
+
+_PICKLE_TAG = ord("P")  # core/serde.py's tag of a payload the standard pickler wrote
+_SHORT = 512  # bytes: a slice of up to this many is cheaper than a view
+_pickle_loads = pickle.loads
 
 
 class Entry:

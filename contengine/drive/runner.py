@@ -27,7 +27,7 @@ from ..errors import ContengineError, CorruptPayload, NonDeterminismError
 from ..store.base import FINISHED, RunRow, Store
 from .cancel_watch import CancelWatch
 from .live import MAX_BYTES, MAX_RUNS, Kept, LiveCache
-from .log import StreamedLog, decode_outcome
+from .log import StreamedLog
 from .loop import Drive
 from .pool import Parked
 
@@ -186,13 +186,8 @@ class Runner:
                 f"run {run.id!r} cannot be rebuilt: its recorded arguments no longer fit "
                 f"workflow {wf.name!r} ({exc}). Restore the signature; the run is kept."
             ) from exc
-        serde = self.serde
-        driver = Driver(
-            gen,
-            StreamedLog(self.store, run.id),
-            label=f"workflow {wf.name!r} (run {run.id!r})",
-            decode=lambda row: decode_outcome(serde, row),
-        )
+        log = StreamedLog(self.store, run.id, self.serde)
+        driver = Driver(gen, log, label=f"workflow {wf.name!r} (run {run.id!r})", decode=log.decode)
         drive = Drive(self, run, wf, driver, lease, park, lapses)
         self._finish(drive, gen, drive.go)
 
@@ -224,7 +219,7 @@ class Runner:
         # no one else drove the run).
         drive.reset(run, lease, park, lapses)
         position = kept.pending.position
-        logged = self.store.replay_log(run.id, position, 1)
+        logged = self.store.replay_rows(run.id, position, 1)
         pending = dataclasses.replace(kept.pending, recorded=logged[0] if logged else None)
         self._finish(drive, kept.gen, lambda: drive.resume(pending))
 

@@ -329,12 +329,15 @@ class DriveState:
             self.requests_since_look = 0
             self.stepped = 0.0
         stored = self.stored
-        if p.update is not None:
-            stored[p.update.position] = p.update.attempts
-        if p.insert is not None:
-            stored[p.insert.position] = p.insert.attempts
-        for e in p.recorded:
-            stored[e.position] = e.attempts
+        for e in (p.update, p.insert, *p.recorded):
+            if e is None:
+                continue
+            if e.status == E_COMPLETED or e.status == E_FAILED:
+                # An outcome is final: the entry is not written again, so there is
+                # nothing to fence (a long run keeps only its entries in flight).
+                stored.pop(e.position, None)
+            else:
+                stored[e.position] = e.attempts
         out = self.out
         if out.delivered:
             # The delivery is on record: cancel() calls of this process made before it

@@ -4,34 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import inspect
 import math
 import os
 import random as random_module
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from ..clock import Clock, SystemClock
-from ..core.canonical import canonical_call, key_of
+from ..core.ids import refuse_nul
 from ..core.serde import Serde
 from ..core.workflow import Workflow, lookup
 from ..drive.live import MAX_BYTES, MAX_RUNS
 from ..drive.log import Entry
 from ..drive.runner import DriveContext, Runner, unleased
-from ..errors import ContengineError, IdConflict, SerializationError
-from ..store.base import PENDING, RUN_STATUSES, OneEngineStore, QueueConfig, Rewind, RunRow, Store
+from ..errors import ContengineError
+from ..store.base import RUN_STATUSES, OneEngineStore, QueueConfig, Rewind, RunRow, Store
 from ..store.opening import open_store
 from .dispatch import Dispatcher, IdleReport, row_of
 from .leases import Leaseholder
 from .retrying import plan_retry
 from .slots import QueueSlots
-from .transfer import checked_id, checked_ref, checked_tags, export_run, fork_run, import_run
+from .starting import StartBatch, check_same_start, new_row
+from .transfer import checked_ref, export_run, fork_run, import_run
 from .waiting import wait_for_result
 from .worker import Worker, install_stop_handlers, restore_handlers
 
 __all__ = ["Engine", "IdleReport", "Run"]
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -157,51 +157,34 @@ class Engine:
         among due runs, a higher priority is claimed first.
         """
         wf = self._resolve(workflow)
-        try:
-            inspect.signature(wf.fn).bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"workflow {wf.name!r} cannot take these arguments: {exc}") from None
-        run_id = checked_id(id if id is not None else uuid.uuid4().hex)
-        try:
-            # Read back now: arguments that could not be read later would leave the
-            # run impossible to rebuild.
-            data = self.serde.dumps_checked((args, kwargs), f"the arguments of run {run_id!r}")[0]
-        except SerializationError:
-            # Name the offending argument rather than the whole tuple.
-            for i, a in enumerate(args):
-                self.serde.dumps_checked(a, f"argument {i} of run {run_id!r} ({wf.name})")
-            for k, v in kwargs.items():
-                self.serde.dumps_checked(v, f"argument {k!r} of run {run_id!r} ({wf.name})")
-            raise
-        args_key = key_of(canonical_call(args, kwargs))
-        now = self.clock.now()
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise ValueError(f"a queue name must be a non-empty string, not {queue!r}")
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise TypeError(f"priority must be an int, not {priority!r}")
-        row = RunRow(
-            run_id, wf.name, wf.ref, PENDING, data, args_key, now, now,
-            tags=checked_tags(tags), queue=queue, priority=priority,
-        )  # fmt: skip
+        row = new_row(wf, self.serde, self.clock.now(), args, kwargs, id, tags, queue, priority)
         stored, created = self.store.create_run(row)
         if not created:
-            self._check_same_start(stored, wf, args_key)
+            check_same_start(stored, wf, row.args_key)
         elif self._dispatch.worker is not None:
             self._dispatch.poke()
-        return Run(self, run_id, wf.name)
+        return Run(self, row.id, wf.name)
 
-    def _check_same_start(self, stored: RunRow, wf: Workflow[Any, Any], key: str | None) -> None:
-        if stored.workflow != wf.name:
-            raise IdConflict(
-                f"run {stored.id!r} already exists for workflow {stored.workflow!r}; it was "
-                f"not started again for {wf.name!r}. Use another id."
-            )
-        if stored.args_key is not None and key is not None and stored.args_key != key:
-            raise IdConflict(
-                f"run {stored.id!r} already exists with other arguments "
-                f"(recorded {stored.args_key}, now {key}); ids are idempotency keys, "
-                f"so one id is one run. Use another id for other arguments."
-            )
+    def start_many(self, starts: Iterable[tuple[Any, ...]], /) -> list[Run[Any]]:
+        """Record many runs in one transaction (one commit, one sync): for each
+        (workflow, args, kwargs), what start(workflow, *args, **kwargs) records, where
+        kwargs holds start()'s id, tags, queue and priority as well as the workflow's own
+        keyword arguments; the runs come back in order. A start may be a pair
+        (workflow, args) when there are no keyword arguments.
+
+        All or nothing: a start that start() would refuse (arguments the workflow
+        cannot take or that cannot be serialized, a bad id, an unknown workflow, an id
+        taken by another workflow or other arguments, here or in this list) refuses the
+        whole list, naming that start, and writes nothing. An id that exists for the
+        same workflow and arguments (or that comes twice in the list) gives the
+        existing run, as start() does.
+        """
+        batch = StartBatch(self._resolve, self.serde, self.clock.now(), starts)
+        if batch.unique:
+            made = self.store.create_runs(batch.unique, batch.vet)
+            if any(created for _, created in made) and self._dispatch.worker is not None:
+                self._dispatch.poke()
+        return [Run(self, row.id, wf.name) for wf, row in batch.prepared]
 
     def run(
         self, workflow: Workflow[P, R] | str, /, *args: Any, id: str | None = None, **kwargs: Any
@@ -228,6 +211,7 @@ class Engine:
         checked_ref(run_id)
         if not isinstance(name, str) or not name:
             raise ValueError(f"a signal name must be a non-empty string, not {name!r}")
+        refuse_nul(name, "the signal name")
         data = self.serde.dumps_checked(payload, f"the payload of signal {name!r} to {run_id!r}")[0]
         self.store.send_signal(run_id, name, data, self.clock.now())
         self._dispatch.poke()
@@ -320,6 +304,7 @@ class Engine:
             raise ValueError(f"period must be a positive number of seconds, not {period!r}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"a queue name must be a non-empty string, not {name!r}")
+        refuse_nul(name, "the queue name")
         self.store.set_queue(
             QueueConfig(name, concurrency, worker_concurrency, rate_limit, float(period))
         )

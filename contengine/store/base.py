@@ -32,6 +32,7 @@ from .rows import (
     E_RUNNING,
     FAILED,
     FINISHED,
+    INLINE_OUTCOME,
     PENDING,
     RUN_STATUSES,
     RUNNING,
@@ -40,6 +41,7 @@ from .rows import (
     CancelArrived,
     Claim,
     EntryRow,
+    LogRow,
     Progress,
     QueueConfig,
     ReplayRow,
@@ -71,7 +73,9 @@ __all__ = [
     "CancelArrived",
     "Claim",
     "EntryRow",
+    "INLINE_OUTCOME",
     "LeaseStore",
+    "LogRow",
     "Listening",
     "OneEngineStore",
     "Progress",
@@ -104,6 +108,23 @@ class RunStore(ABC):
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         """Insert run unless its id exists; return the stored run and whether it is new."""
 
+    def create_runs(
+        self, runs: Sequence[RunRow], vet: Callable[[int, RunRow], None]
+    ) -> list[tuple[RunRow, bool]]:
+        """create_run() for each of runs (distinct ids), in order. vet(i, stored) is
+        called for each runs[i] whose id exists; what it raises is raised. Stores write
+        all in one transaction, vetted first (what vet raises writes nothing); this
+        default, for wrappers, vets what exists, then creates the runs one by one."""
+        found = [self.get_run(run.id) for run in runs]
+        for i, stored in enumerate(found):
+            if stored is not None:
+                vet(i, stored)
+        made = [self.create_run(run) for run in runs]
+        for i, (stored, created) in enumerate(made):
+            if not created and found[i] is None:  # made by someone else meanwhile
+                vet(i, stored)
+        return made
+
     @abstractmethod
     def get_run(self, run_id: str) -> RunRow | None:
         """The run with this id, or None."""
@@ -126,6 +147,23 @@ class RunStore(ABC):
         """What replay needs of load_log(); stores may read it faster than whole entries."""
         return [
             ReplayRow(e.run_id, e.position, e.kind, e.name, e.key, e.text, e.status, e.outcome)
+            for e in self.load_log(run_id, start, limit)
+        ]
+
+    def replay_rows(self, run_id: str, start: int, limit: int) -> list[LogRow]:
+        """The columns replay reads of at most limit entries from position start, in
+        position order; an outcome longer than INLINE_OUTCOME is given as b"" (read
+        it with load_log). Stores read these without making whole entries."""
+        return [
+            LogRow(
+                e.kind,
+                e.name,
+                e.key,
+                e.status,
+                b"" if e.outcome is not None and len(e.outcome) > INLINE_OUTCOME else e.outcome,
+                e.position,
+                None if e.text == e.key else e.text,
+            )
             for e in self.load_log(run_id, start, limit)
         ]
 

@@ -92,10 +92,40 @@ class GroupCommit(RunStore):
         nothing). One failing progress must not fail the others; the store rolls it back
         alone. Raising fails every slot not yet marked."""
 
+    def write_alone(self, progress: Progress) -> bool:
+        """Write one progress in a transaction of its own, holding the store's write
+        lock; what commit() returns or raises for it. (Stores may write it without
+        the slot: commit() calls this when no other progress is queued or written.)"""
+        slot = Slot(progress)
+        self.write_batch([slot])
+        if not slot.done:
+            raise DatabaseError("group commit lost a progress write")
+        if slot.error is not None:
+            raise slot.error
+        return slot.cancel
+
     def commit(self, progress: Progress) -> bool:
         """Write progress in the next batch and wait until it is durable (see RunStore)."""
+        queue_lock = self._queue_lock
+        with queue_lock:
+            alone = not self._writing and not self._queue
+            if alone:
+                self._writing = True
+        if alone:
+            # The direct path: nothing else is queued and no one writes, so this thread
+            # writes its progress alone, without a slot. Whatever others queued meanwhile
+            # is handed on afterwards, as after a batch (_write_round).
+            try:
+                return self.write_alone(progress)
+            finally:
+                with queue_lock:
+                    waiting = next((slot for slot in self._queue if slot.ticket is None), None)
+                    if waiting is not None:
+                        waiting.lead()
+                    else:
+                        self._writing = False
         slot = Slot(progress)
-        with self._queue_lock:
+        with queue_lock:
             lead = not self._writing
             if not lead:
                 slot.wait_here()

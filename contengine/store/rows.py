@@ -118,6 +118,35 @@ class ReplayRow(NamedTuple):
     outcome: bytes | None
 
 
+# Outcomes longer than this are left out of LogRow (read one at a time when replay
+# reaches them), so that a chunk of rows read ahead holds a bounded amount of memory.
+INLINE_OUTCOME = 64 * 1024
+
+
+class LogRow(NamedTuple):
+    """What replay reads of a log entry, and nothing more: read by the thousand, so
+    a plain tuple of the columns as the database gives them.
+
+    outcome is b"" when the stored one is longer than INLINE_OUTCOME: replay reads
+    that one alone when it reaches it. stored_text is None when the text equals the
+    key (the usual case; `text` puts it back).
+    """
+
+    kind: str
+    name: str
+    key: str | None
+    status: str
+    outcome: bytes | None
+    position: int
+    stored_text: str | None
+
+    @property
+    def text(self) -> str:
+        """Readable text of the arguments (for a divergence's message)."""
+        text = self.stored_text
+        return text if text is not None else (self.key or "")
+
+
 @dataclass(slots=True)
 class RunUpdate:
     """New state of a run, written with the progress that caused it."""

@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..store.base import FINISHED, RUN_STATUSES, EntryRow, RunRow
 from ..store.opening import open_store
-from ..store.postgres.url import is_postgres_url, redacted
+from ..store.postgres.url import is_postgres_url, looks_like_url, other_url_error, redacted
 from ..store.sqlite.store import SQLiteStore
 
 __all__ = [
@@ -292,7 +292,7 @@ def _snapshot(db_path: str | os.PathLike[str]) -> Iterator[str]:
     if is_postgres_url(src):
         with tempfile.TemporaryDirectory(prefix="contengine-replay-") as tmp:
             copy = os.path.join(tmp, "replay.db")
-            server = open_store(src)
+            server = open_store(src, create=False)
             try:
                 server.backup(copy)
             finally:
@@ -397,12 +397,16 @@ def replay_main(args: argparse.Namespace) -> int:
     """Run `contengine replay`: 0 if every run replays, 1 if some are broken, 2 on bad input."""
     db, option = getattr(args, "database", None), getattr(args, "db", None)
     if db is not None and option is not None and db != option:
-        return _bad(f"two databases given, {db!r} and --db {option!r}: pass one")
+        return _bad(
+            f"two databases given, {redacted(db)!r} and --db {redacted(option)!r}: pass one"
+        )
     db = db if db is not None else option if option is not None else os.environ.get("CONTENGINE_DB")
     if not db:
         return _bad(
             "no database given: pass the file (replay app.db, or --db) or set CONTENGINE_DB"
         )
+    if looks_like_url(db) and not is_postgres_url(db):
+        return _bad(str(other_url_error(db)))
     if not is_postgres_url(db) and not os.path.isfile(db):
         return _bad(f"no database at {db!r}")
     secret = os.environ.get("CONTENGINE_SECRET")

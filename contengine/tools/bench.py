@@ -25,6 +25,7 @@ from typing import Any
 
 from ..core.workflow import step, workflow
 from ..engine.engine import Engine
+from . import bench_replay
 from .bench_common import Metric, bump, copy_db, floor_round, fresh, loop, metric_lines, remove_db
 
 # Engine steps/s over floor commits/s, per durability.
@@ -95,8 +96,9 @@ def build_crashed(path: str, n: int) -> None:
         _State.crash = False
 
 
-def resume_round(base: str, path: str, n: int) -> tuple[float, float]:
-    """Replayed steps/s and ms to the body running, for a new engine on a copy of base."""
+def resume_round(base: str, path: str, n: int) -> tuple[float, float, float]:
+    """Replayed steps/s, ms to the body running, and replayed steps/s from the body's
+    start (the replay itself, as the floor does it), for a new engine on a copy of base."""
     copy_db(base, path)
     _State.body_started = None
     start = time.perf_counter()
@@ -110,14 +112,20 @@ def resume_round(base: str, path: str, n: int) -> tuple[float, float]:
     body = _State.body_started
     if report.finished != [_RUN_ID] or body is None or result != n:
         raise RuntimeError(f"the crashed run did not resume as expected: {report}")
-    return n / elapsed, (body - start) * 1000
+    return n / elapsed, (body - start) * 1000, n / (start + elapsed - body)
 
 
 # -- results ------------------------------------------------------------------------
 
 
 def measure(
-    tmp: str, steps: int, rounds: int, replay_steps: int, say: Callable[[str], None]
+    tmp: str,
+    steps: int,
+    rounds: int,
+    replay_steps: int,
+    say: Callable[[str], None],
+    memory_steps: int = 100_000,
+    memory_big: int = 300,
 ) -> list[Metric]:
     """Run every measurement in directory tmp; slow to fast order does not matter."""
     metrics = []
@@ -136,18 +144,80 @@ def measure(
             m.samples.append(fresh(tmp, f"engine-{durability}", engine_round, durability, steps))
         metrics.append(m)
     replay = Metric("replay", "replayed steps/s, normal", "steps/s", TARGET_REPLAY)
+    floored = Metric(
+        "replay_floor",
+        "replay (from the body's start) against its floor",
+        "steps/s",
+        bench_replay.TARGET_FLOOR_RATIO,
+        floor_unit="steps/s",
+    )
     resume = Metric("resume", "time to resume", "ms", TARGET_RESUME_MS, lower_is_better=True)
     say(f"replay: writing a run of {replay_steps:,} steps")
     base = os.path.join(tmp, "crashed.db")
     build_crashed(base, replay_steps)
     for i in range(rounds):
-        say(f"replay: round {i + 1}/{rounds}")
+        say(f"replay: round {i + 1}/{rounds}, floor")
+        floored.floor.append(bench_replay.floor_round(base, _RUN_ID, replay_steps))
+        say(f"replay: round {i + 1}/{rounds}, engine")
         path = os.path.join(tmp, "resume.db")
-        rate, ms = resume_round(base, path, replay_steps)
+        rate, ms, replayed = resume_round(base, path, replay_steps)
         remove_db(path)
         replay.samples.append(rate)
+        floored.samples.append(replayed)
         resume.samples.append(ms)
-    return [*metrics, replay, resume]
+    remove_db(base)
+    # Each round's own ratio too: engine and floor of one round share the host's state.
+    floored.details["round_ratios"] = [
+        e / f for e, f in zip(floored.samples, floored.floor, strict=True)
+    ]
+    memory = measure_memory(tmp, rounds, memory_steps, memory_big, say)
+    return [*metrics, replay, floored, resume, *memory]
+
+
+def measure_memory(
+    tmp: str, rounds: int, steps: int, big_steps: int, say: Callable[[str], None]
+) -> list[Metric]:
+    """Replay's memory, each round in child processes: the resident set's peak growth
+    replaying a run of `steps` trivial steps, and of `big_steps` steps of 1 MB results;
+    what the live cache counts of the idle run against what tracemalloc finds it holds."""
+    peak = Metric(
+        "replay_peak",
+        f"replay {steps:,} steps: peak RSS growth",
+        "MB",
+        bench_replay.TARGET_PEAK_MB,
+        lower_is_better=True,
+    )
+    big = Metric(
+        "replay_peak_big",
+        f"replay {big_steps} steps of 1 MB: peak RSS growth",
+        "MB",
+        bench_replay.TARGET_PEAK_MB,
+        lower_is_better=True,
+    )
+    held = Metric("cache_held", "live cache: traced, idle run", "MB", None)
+    counted = Metric("cache_counted", "live cache: counted / traced", "x", 0.5)
+    say(f"replay memory: writing runs of {steps:,} steps and {big_steps} of 1 MB")
+    long_run, big_run = os.path.join(tmp, "long.db"), os.path.join(tmp, "big.db")
+    bench_replay.build_idling(long_run, steps, 0)
+    bench_replay.build_idling(big_run, big_steps, 1 << 20)
+    path = os.path.join(tmp, "memory.db")
+    try:
+        for i in range(rounds):
+            for metric, base, mode in ((peak, long_run, "rss"), (big, big_run, "rss")):
+                say(f"replay memory: round {i + 1}/{rounds}, {metric.name}")
+                copy_db(base, path)
+                metric.samples.append(bench_replay.run_child(path, mode)["peak_mb"])
+                remove_db(path)
+            say(f"replay memory: round {i + 1}/{rounds}, live cache")
+            copy_db(long_run, path)
+            traced = bench_replay.run_child(path, "traced")
+            remove_db(path)
+            held.samples.append(traced["cache_mb"])
+            counted.samples.append(traced["counted_mb"] / max(traced["cache_mb"], 1e-6))
+    finally:
+        remove_db(long_run)
+        remove_db(big_run)
+    return [peak, big, held, counted]
 
 
 def _warm_up(tmp: str, durability: str, n: int) -> None:
@@ -258,7 +328,13 @@ def _progress() -> Callable[[str], None]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table (or JSON); 0 whether or not targets are met."""
-    params = {"steps": args.steps, "rounds": args.rounds, "replay_steps": args.replay_steps}
+    params = {
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "replay_steps": args.replay_steps,
+        "memory_steps": args.memory_steps,
+        "memory_big": args.memory_big,
+    }
     sizes = {name: getattr(args, name) for name in WORKER_SIZES} if args.workers else {}
     params.update(sizes)
     if sizes:
@@ -279,7 +355,15 @@ def main(args: argparse.Namespace) -> int:
     info = machine(args.dir or tempfile.gettempdir())
     with tempfile.TemporaryDirectory(prefix="contengine-bench-", dir=args.dir) as tmp:
         try:
-            metrics = measure(tmp, args.steps, args.rounds, args.replay_steps, say)
+            metrics = measure(
+                tmp,
+                args.steps,
+                args.rounds,
+                args.replay_steps,
+                say,
+                args.memory_steps,
+                args.memory_big,
+            )
             if sizes:
                 from .bench_claims import measure_sqlite_claims
                 from .bench_workers import Sizes, measure_workers

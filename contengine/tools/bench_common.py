@@ -74,6 +74,7 @@ class Metric:
     floor_cost: float = 1.0  # commits one unit costs on the floor (a run of 10 steps: 11)
     target_on_median: bool = False  # the floor is context; the target is on the median
     details: dict[str, Any] = field(default_factory=dict)  # sizes and raw figures, for --json
+    floor_unit: str = "commits/s"  # what the floor's samples count
 
     @property
     def median(self) -> float:
@@ -126,8 +127,8 @@ class Metric:
         if floor is None or cap is None:
             return ""
         if self.floor_cost == 1:
-            return f"{num(floor)} commits/s"
-        return f"{num(floor)} commits/s / {self.floor_cost:g} = {num(cap)} {self.unit}"
+            return f"{num(floor)} {self.floor_unit}"
+        return f"{num(floor)} {self.floor_unit} / {self.floor_cost:g} = {num(cap)} {self.unit}"
 
     def as_json(self) -> dict[str, Any]:
         """Plain data for --json."""

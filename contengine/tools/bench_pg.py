@@ -46,6 +46,7 @@ CONCURRENT = 100  # runs advancing at once
 TARGET_CONCURRENT = 10.0  # their steps/s over floor commits/s
 RUN_STEPS = 10
 TARGET_CLAIMS = 1_000.0  # claims/s, 4 processes
+TARGET_STARTED_RATIO = 0.4  # runs of RUN_STEPS steps started and finished /s over commits/s
 CLAIMERS = 4
 CLAIM_SIZE = 8  # runs per claim: engine.work()'s threads, by default
 _CHILD = "from contengine.tools.bench_pg import claim_child; claim_child()"
@@ -75,12 +76,16 @@ def one_run(url: str, steps: int) -> float:
     return steps / elapsed
 
 
-def many_runs(url: str, runs: int, steps: int, threads: int | None) -> float:
-    """Steps/s of `runs` runs of `steps` steps, run_until_idle(threads) (starts untimed)."""
+def many_runs(
+    url: str, runs: int, steps: int, threads: int | None, timed_starts: bool = False
+) -> float:
+    """Steps/s of `runs` runs of `steps` steps, started by one start_many() and driven by
+    run_until_idle(threads); the start is timed too with timed_starts."""
     with fresh_schema(url) as schema, Engine(url, schema=schema, workflows=[loop]) as engine:
-        for _ in range(runs):
-            engine.start(loop, steps)
         start = time.perf_counter()
+        engine.start_many([(loop, (steps,))] * runs)
+        if not timed_starts:
+            start = time.perf_counter()
         report = engine.run_until_idle(threads=threads)
         elapsed = time.perf_counter() - start
         done = len(engine.runs(status="completed"))
@@ -93,8 +98,7 @@ def claims(url: str, runs: int) -> tuple[float, dict[str, Any]]:
     """Claims/s of CLAIMERS processes claiming `runs` pending runs, and the figures."""
     with fresh_schema(url) as schema:
         with Engine(url, schema=schema, durability="normal", workflows=[loop]) as engine:
-            for _ in range(runs):
-                engine.start(loop, 0)
+            engine.start_many([(loop, (0,))] * runs)
         children = [
             subprocess.Popen(
                 [sys.executable, "-c", _CHILD, url, schema, f"claimer-{i}"],
@@ -190,6 +194,13 @@ def measure(
         floor_cost=RUN_STEPS + 1,
         details={"runs": run_count, "steps_per_run": RUN_STEPS},
     )
+    started = Metric(
+        "pg_many_runs_started",
+        f"runs/s, {run_count:,} runs of {RUN_STEPS} steps, start_many() timed",
+        "runs/s",
+        TARGET_STARTED_RATIO,
+        details={"runs": run_count, "steps_per_run": RUN_STEPS},
+    )
     claimed = Metric(
         "pg_claims",
         f"claims/s, {CLAIMERS} processes, {claim_runs:,} runs",
@@ -204,6 +215,7 @@ def measure(
         (one, lambda: one_run(url, steps)),
         (hundred, lambda: many_runs(url, CONCURRENT, per_run, CONCURRENT)),
         (runs, lambda: many_runs(url, run_count, RUN_STEPS, None) / RUN_STEPS),
+        (started, lambda: many_runs(url, run_count, RUN_STEPS, None, True) / RUN_STEPS),
     ]
     for i in range(rounds):
         for m, engine_round in rounds_of:
@@ -215,7 +227,7 @@ def measure(
         rate, figures = claims(url, claim_runs)
         claimed.samples.append(rate)
         claimed.details = figures
-    return [one, hundred, runs, claimed]
+    return [one, hundred, runs, started, claimed]
 
 
 def measure_pg_claims(url: str, large: int, rounds: int, say: Say) -> list[Metric]:

@@ -66,7 +66,7 @@ def local_wakes(path: str, n: int) -> tuple[list[float], list[float]]:
     worker of 4 threads in this process; n runs, signalled one at a time."""
     to_step, to_done = [], []
     with Engine(path, durability="full", workflows=[woken]) as engine, engine.worker(threads=4):
-        runs = [engine.start(woken) for _ in range(n)]
+        runs = engine.start_many([(woken, ())] * n)
         _until(_all_waiting(engine, n), f"{n} runs to wait for their signal")
         while not _woken.empty():  # left by an earlier call
             _woken.get_nowait()
@@ -96,7 +96,7 @@ def remote_wakes(path: str, n: int, listen: bool = True) -> tuple[list[float], f
             env=child_env(),
         )
         try:
-            runs = [engine.start(woken) for _ in range(n)]
+            runs = engine.start_many([(woken, ())] * n)
             _until(_all_waiting(engine, n), f"the worker process to drive {n} runs to their wait")
             rng = random.Random(0)
             for run in runs:

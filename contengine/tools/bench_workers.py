@@ -27,12 +27,15 @@ from .bench_common import WAIT, Metric, Say, child_env, floor_round, fresh, loop
 from .bench_wakes import measure_wakes
 
 TARGET_RUNS = 1_000.0  # runs of RUN_STEPS steps finished per second
+# Runs of RUN_STEPS steps, started and finished per second, over the floor's commits/s.
+TARGET_STARTED_RATIO = 0.4
 RUN_STEPS = 10
 RUN_COMMITS = RUN_STEPS + 1  # what one run costs one commit at a time: the floor's cap
 CONCURRENCY = (1, 10, 100)
-TARGET_CONCURRENT_RATIO = 4.0  # the largest concurrency: steps/s over floor commits/s
+TARGET_CONCURRENT_RATIO = 5.0  # the largest concurrency: steps/s over floor commits/s
 TARGET_ASLEEP_MB = 300.0  # resident memory with every run asleep
 TARGET_ASLEEP_GROWTH_MB = 100.0  # what the process grew by from before the engine opened
+BURST_CHUNK = 1_000  # runs a start_many() of the burst records
 _CHILD_MEASURE = "from contengine.tools.bench_workers import measure_child; measure_child()"
 
 
@@ -79,12 +82,16 @@ def nap() -> Generator[Any, Any, int]:
 # -- throughput ----------------------------------------------------------------------
 
 
-def many_runs_round(path: str, runs: int, steps: int, threads: int | None) -> float:
-    """Steps/s of `runs` runs of `steps` steps, run_until_idle(threads) (starts untimed)."""
+def many_runs_round(
+    path: str, runs: int, steps: int, threads: int | None, timed_starts: bool = False
+) -> float:
+    """Steps/s of `runs` runs of `steps` steps, started by one start_many() and driven by
+    run_until_idle(threads); the start is timed too with timed_starts."""
     with Engine(path, durability="full", workflows=[loop]) as engine:
-        for _ in range(runs):
-            engine.start(loop, steps)
         start = time.perf_counter()
+        engine.start_many([(loop, (steps,))] * runs)
+        if not timed_starts:
+            start = time.perf_counter()
         report = engine.run_until_idle(threads=threads)
         elapsed = time.perf_counter() - start
         done = len(engine.runs(status="completed"))
@@ -102,6 +109,13 @@ def throughput(tmp: str, sizes: Sizes, steps: int, rounds: int, say: Say) -> lis
         TARGET_RUNS,
         floor_cost=RUN_COMMITS,
         target_on_median=True,
+        details={"runs": sizes.runs, "steps_per_run": RUN_STEPS},
+    )
+    started = Metric(
+        "many_runs_started",
+        f"runs/s, {sizes.runs:,} runs of {RUN_STEPS} steps, start_many() timed",
+        "runs/s",
+        TARGET_STARTED_RATIO,
         details={"runs": sizes.runs, "steps_per_run": RUN_STEPS},
     )
     concurrent = []
@@ -126,13 +140,19 @@ def throughput(tmp: str, sizes: Sizes, steps: int, rounds: int, say: Say) -> lis
         path = os.path.join(tmp, "runs.db")
         runs.samples.append(many_runs_round(path, sizes.runs, RUN_STEPS, None) / RUN_STEPS)
         remove_db(path)
+        say(f"workers: round {i + 1}/{rounds}, {sizes.runs} runs, starts timed")
+        started.floor.append(fresh(tmp, "floor-started", floor_round, "full", steps))
+        started.samples.append(
+            many_runs_round(path, sizes.runs, RUN_STEPS, None, timed_starts=True) / RUN_STEPS
+        )
+        remove_db(path)
         for n, m in zip(CONCURRENCY, concurrent, strict=True):
             say(f"workers: round {i + 1}/{rounds}, {n} runs at once")
             m.floor.append(fresh(tmp, f"floor-{n}", floor_round, "full", steps))
             path = os.path.join(tmp, f"concurrent-{n}.db")
             m.samples.append(many_runs_round(path, n, m.details["steps_per_run"], n))
             remove_db(path)
-    return [runs, *concurrent]
+    return [runs, started, *concurrent]
 
 
 # -- runs asleep (child process) ----------------------------------------------------
@@ -170,8 +190,7 @@ def asleep(path: str, count: int, margin: float = _ASLEEP_MARGINS[0]) -> dict[st
     with Engine(path, durability="full", workflows=[nap]) as engine:
         t0 = time.perf_counter()
         wall0 = time.time()
-        for _ in range(count):
-            engine.start(nap)
+        engine.start_many([(nap, ())] * count)
         started = time.perf_counter() - t0
         # One due time for all, after every run is asleep: driving a run to its sleep
         # takes 3 to 5 times as long as starting it (notes/benchmarks.md); a run woken
@@ -311,13 +330,13 @@ def pair() -> Generator[Any, Any, int]:
 
 
 def burst(path: str, count: int) -> dict[str, Any]:
-    """Start `count` runs one engine.start() at a time, then work through all of them
-    with run_until_idle(); memory before, after starting, and at the peak."""
+    """Start `count` runs (start_many(), BURST_CHUNK a transaction), then work through
+    all of them with run_until_idle(); memory before, after starting, and at the peak."""
     base = _memory()
     with Engine(path, durability="full", workflows=[pair]) as engine:
         t0 = time.perf_counter()
-        for _ in range(count):
-            engine.start(pair)
+        for at in range(0, count, BURST_CHUNK):
+            engine.start_many([(pair, ())] * min(BURST_CHUNK, count - at))
         started = time.perf_counter() - t0
         after_start = _memory()
         t1 = time.perf_counter()

@@ -17,9 +17,11 @@ import psycopg
 
 from ...errors import ContengineError, DatabaseError, RunNotFound
 from ..base import (
+    INLINE_OUTCOME,
     Claim,
     EntryRow,
     Listening,
+    LogRow,
     Progress,
     QueueConfig,
     ReplayRow,
@@ -45,10 +47,12 @@ from .sql import (
     ENTRY_COLS,
     NOTIFY,
     RUN_COLS,
+    RUN_MARKS,
     SELECT_RUN,
     START_RUN,
     TREE,
     UNFINISHED_SQL,
+    as_text,
     channel_of,
     entry_row,
     run_params,
@@ -61,12 +65,17 @@ __all__ = ["PostgresStore", "is_postgres_url"]
 # PostgreSQL keeps a bytea of up to 1 GB, and a statement's parameters together must
 # stay under that too; a row holds up to two values and a text (as with SQLite).
 _MAX_FIELD = 1_000_000_000
+# Runs one INSERT of create_runs() writes (20 parameters each: far from the 65,535 limit).
+CREATE_CHUNK = 500
 
 
 class PostgresStore(GroupCommit, Store):
     """A Store in one schema of a PostgreSQL server; progress is written by group commit."""
 
-    def __init__(self, url: str, schema: str | None = None, durability: str = "full") -> None:
+    def __init__(
+        self, url: str, schema: str | None = None, durability: str = "full", create: bool = True
+    ) -> None:
+        """create: make the schema's tables if there are none (else DatabaseError)."""
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
         super().__init__()  # the group commit's queue
@@ -83,7 +92,7 @@ class PostgresStore(GroupCommit, Store):
             with self._writer.lock:
                 conn = self._writer.connect()
                 try:
-                    self.schema_version = prepare(conn, self.schema, self.shown)
+                    self.schema_version = prepare(conn, self.schema, self.shown, create)
                 except psycopg.Error as exc:
                     raise DatabaseError(
                         f"cannot prepare the schema {self.schema!r} at {self.shown}: {exc}"
@@ -102,6 +111,41 @@ class PostgresStore(GroupCommit, Store):
             if row is None:  # cannot happen: the conflict was on this id
                 raise DatabaseError(f"run {run.id!r} vanished while it was being created")
             return run_row(row), False
+
+    def create_runs(
+        self, runs: Sequence[RunRow], vet: Callable[[int, RunRow], None]
+    ) -> list[tuple[RunRow, bool]]:
+        """All in one transaction, a few hundred runs a statement, and one NOTIFY for
+        them all; what vet raises rolls it back."""
+        made: set[str] = set()
+        with self._writer.transaction() as conn:
+            for at in range(0, len(runs), CREATE_CHUNK):
+                chunk = runs[at : at + CREATE_CHUNK]
+                marks = ", ".join([f"({RUN_MARKS})"] * len(chunk))
+                params = [value for run in chunk for value in run_params(run)]
+                query = (
+                    f"INSERT INTO runs ({RUN_COLS}) VALUES {marks} "
+                    "ON CONFLICT (id) DO NOTHING RETURNING id"
+                )
+                made.update(row[0] for row in conn.execute(query, params).fetchall())
+            others = [run.id for run in runs if run.id not in made]
+            stored = {}
+            if others:
+                query = f"SELECT {RUN_COLS} FROM runs WHERE id = ANY(%s)"
+                stored = {r.id: r for r in map(run_row, conn.execute(query, (others,)))}
+            out: list[tuple[RunRow, bool]] = []
+            for i, run in enumerate(runs):
+                if run.id in made:
+                    out.append((run, True))
+                    continue
+                row = stored.get(run.id)
+                if row is None:  # cannot happen: the conflict was on this id
+                    raise DatabaseError(f"run {run.id!r} vanished while it was being created")
+                vet(i, row)
+                out.append((row, False))
+            if made:
+                conn.execute("SELECT pg_notify(%s, 'start')", (self.channel,))
+        return out
 
     def get_run(self, run_id: str) -> RunRow | None:
         rows = self._reader.read(SELECT_RUN, (run_id,))
@@ -148,6 +192,19 @@ class PostgresStore(GroupCommit, Store):
             (run_id, max(start, 0), limit),
         )
         return [ReplayRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def replay_rows(self, run_id: str, start: int, limit: int) -> list[LogRow]:
+        # Only what replay reads; octet_length() of a long (TOASTed) outcome reads
+        # its size, not its bytes.
+        rows = self._reader.read(
+            "SELECT kind, name, key, status, CASE WHEN octet_length(outcome) > "
+            f"{INLINE_OUTCOME} THEN ''::bytea ELSE outcome END, position, "
+            "CASE WHEN text = key THEN NULL ELSE text END FROM log "
+            "WHERE run_id = %s AND position >= %s ORDER BY position LIMIT %s",
+            (run_id, max(start, 0), limit),
+        )
+        new = tuple.__new__
+        return [new(LogRow, r) for r in rows]
 
     def log_length(self, run_id: str) -> int:
         # Positions are contiguous, so the last one tells the length (one index probe).
@@ -366,7 +423,7 @@ class PostgresStore(GroupCommit, Store):
 
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._writer.transaction() as conn:
-            conn.execute("UPDATE runs SET note = %s WHERE id = %s", (note, run_id))
+            conn.execute("UPDATE runs SET note = %s WHERE id = %s", (as_text(note), run_id))
 
     def delete_finished(self, before: float, limit: int) -> int:
         if limit < 1:

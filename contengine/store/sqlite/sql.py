@@ -50,6 +50,25 @@ UPDATE_ENTRY = (
     "outcome = ?, error_text = ? WHERE id = ? "
     "AND status IN ('running', 'retrying') AND attempts = coalesce(?, attempts)"
 )
+# COMPLETE_ENTRY or UPDATE_ENTRY fenced: the entry changes only while the run's row
+# (num) holds the writer's lease (owner, lease) and asks for no cancel; no row changed
+# says to look why (writes.py). One statement where a lease SELECT and the UPDATE were
+# two; the fence is the same, checked inside the same write transaction. (A RETURNING
+# of the cancel flag instead of its test here costs SQLite more than the SELECT did.)
+_FENCE = (
+    " AND (SELECT owner = ? AND lease = ? AND cancel_requested IS NOT 1 FROM runs WHERE num = ?)"
+)
+_FENCED: dict[str, str] = {}
+
+
+def with_fence(sql: str) -> str:
+    """COMPLETE_ENTRY or UPDATE_ENTRY (or a variant of them) with the fence, made once."""
+    out = _FENCED.get(sql)
+    if out is None:
+        out = _FENCED[sql] = sql + _FENCE
+    return out
+
+
 # A finished run lets go of its lease in the same statement: no one drives it again.
 # cancel_requested: 0 never cancelled, 1 a cancel waits to be delivered, 2 delivered (the
 # run still counts as cancelled for its queue's limits: CANCEL_DELIVERED).

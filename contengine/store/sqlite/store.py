@@ -7,12 +7,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ...errors import DatabaseError, DatabaseLocked
-from ..base import EntryRow, ReplayRow, RunRow, Store
+from ..base import INLINE_OUTCOME, EntryRow, LogRow, ReplayRow, RunRow, Store
 from ..group_commit import GroupCommit
 from .guard import (
     STALL,
@@ -307,6 +307,28 @@ class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseM
             row = conn.execute(f"SELECT {RUN_COLS} FROM runs WHERE id = ?", (run.id,)).fetchone()
             return run_row(row), False
 
+    def create_runs(
+        self, runs: Sequence[RunRow], vet: Callable[[int, RunRow], None]
+    ) -> list[tuple[RunRow, bool]]:
+        """All in one transaction; what vet raises rolls it back."""
+        insert = f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING"
+        select = f"SELECT {RUN_COLS} FROM runs WHERE id = ?"
+        made: list[tuple[RunRow, bool]] = []
+        nums: list[tuple[str, int | None]] = []
+        with self._tx() as conn:
+            for i, run in enumerate(runs):
+                cur = conn.execute(insert, run_params(run))
+                if cur.rowcount == 1:
+                    nums.append((run.id, cur.lastrowid))
+                    made.append((run, True))
+                    continue
+                stored = run_row(conn.execute(select, (run.id,)).fetchone())
+                vet(i, stored)
+                made.append((stored, False))
+        for run_id, num in nums:  # only once committed: a rollback would reuse them
+            self._remember_num(run_id, num)
+        return made
+
     def _remember_num(self, run_id: str, num: int | None) -> None:
         if len(self._nums) >= NUM_CACHE:
             self._nums.clear()  # a cheap bound; misses are one indexed lookup
@@ -384,6 +406,19 @@ class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseM
         # already in field order, and replay reads thousands of them.
         new = tuple.__new__
         return [new(ReplayRow, r) for r in rows]
+
+    def replay_rows(self, run_id: str, start: int, limit: int) -> list[LogRow]:
+        # Only what replay reads, straight from the row (no parameter per row, no
+        # coalesce); length() of a long outcome does not read its overflow pages.
+        rows = self._log_window(
+            run_id,
+            f"kind, name, key, status, CASE WHEN length(outcome) > {INLINE_OUTCOME} THEN x'' "
+            "ELSE outcome END, id & {mask}, text",
+            start,
+            limit,
+        )
+        new = tuple.__new__
+        return [new(LogRow, r) for r in rows]
 
     def _log_window(
         self,

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from ...errors import DatabaseError, IdConflict
-from ..base import E_COMPLETED, E_RUNNING, FINISHED, CancelArrived, Progress
+from ..base import E_COMPLETED, E_RUNNING, FINISHED, CancelArrived, EntryRow, Progress
 from ..group_commit import Slot
 from . import bulk as sqlite_bulk
 from .sql import (
@@ -27,6 +27,7 @@ from .sql import (
     SQLiteParts,
     checked_position,
     run_params,
+    with_fence,
 )
 
 
@@ -58,6 +59,30 @@ class WriteMethods(SQLiteParts):
             if rest is not None and self._write_slots(batch, plain, rest):
                 return
             self._write_slots(batch, [], batch)
+
+    def write_alone(self, progress: Progress) -> bool:
+        """One progress in a transaction of its own, without a slot: what write_batch
+        does for a batch of one, and raises the same errors."""
+        with self._lock:
+            conn = self._conn
+            try:
+                got = self._begin(conn)
+            except DatabaseError:
+                raise
+            except Exception as exc:
+                raise DatabaseError(str(exc)) from exc
+            try:
+                cancel = self._write(conn, progress)
+                self._commit(conn, got)
+            except BaseException as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                self._forget_children(progress)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._translate(exc) from exc
+                raise
+            return cancel
 
     def _write_slots(self, batch: list[Slot], plain: list[Slot], rest: list[Slot]) -> bool:
         """One transaction: plain in bulk, then rest one by one. False (nothing written,
@@ -109,6 +134,14 @@ class WriteMethods(SQLiteParts):
             slot.done = True
         return True
 
+    def _raced(self, e: EntryRow) -> DatabaseError:
+        return DatabaseError(
+            f"entry {e.position} of run {e.run_id!r} changed underneath this writer "
+            f"in {self.path!r}: it is no longer in flight with the attempts this "
+            f"writer expected, so another engine is driving the same run. Nothing "
+            f"was written; let one engine drive a file at a time."
+        )
+
     def _forget_children(self, p: Progress) -> None:
         # Numbers remembered for child runs whose insert was rolled back are wrong.
         for child in p.new_runs:
@@ -122,7 +155,13 @@ class WriteMethods(SQLiteParts):
         base = num << POSITION_BITS
         cancel = False
         flag = None
-        if p.lease is not None:
+        u = p.update
+        unless_cancelled = p.unless_cancelled or (p.run is not None and p.run.unless_cancelled)
+        # A step's outcome under a lease (the common write) is fenced by its UPDATE itself:
+        # the statement changes the entry only while the run's row holds this lease, and
+        # reads the cancel flag with it. Anything else reads the lease first.
+        fenced = p.lease is not None and u is not None and p.expect_generation is None
+        if p.lease is not None and not fenced:
             held = conn.execute(
                 "SELECT owner, lease, cancel_requested FROM runs WHERE num = ?", (num,)
             ).fetchone()
@@ -132,7 +171,7 @@ class WriteMethods(SQLiteParts):
                 )
             flag = held[2]
             cancel = flag == CANCEL_PENDING and not (p.run is not None and p.run.clear_cancel)
-        if p.unless_cancelled or (p.run is not None and p.run.unless_cancelled):
+        if unless_cancelled and not fenced:
             # Checked before anything is written: the step (or the run's end) is
             # cancelled instead.
             if flag is None:
@@ -148,8 +187,8 @@ class WriteMethods(SQLiteParts):
                 raise DatabaseError(
                     f"run {p.run_id!r} has moved to another generation; nothing was written"
                 )
-        if p.update is not None:
-            e = p.update
+        if u is not None:
+            e = u
             params: tuple[object, ...]
             if e.status == E_COMPLETED and e.due_at is None:
                 sql, params = COMPLETE_ENTRY, (
@@ -161,13 +200,27 @@ class WriteMethods(SQLiteParts):
                     e.status, e.attempts, e.crashes, e.finished_at, e.due_at, e.outcome,
                     e.error_text, base | e.position, p.expect_attempts,
                 )  # fmt: skip
-            if conn.execute(sql, params).rowcount != 1:
-                raise DatabaseError(
-                    f"entry {e.position} of run {e.run_id!r} changed underneath this writer "
-                    f"in {self.path!r}: it is no longer in flight with the attempts this "
-                    f"writer expected, so another engine is driving the same run. Nothing "
-                    f"was written; let one engine drive a file at a time."
-                )
+            if fenced:
+                assert p.lease is not None
+                if conn.execute(with_fence(sql), (*params, *p.lease, num)).rowcount != 1:
+                    # Nothing changed: say why, in the order of the checks above (rare:
+                    # a lease lost, a cancel asked for, an entry raced).
+                    held = conn.execute(
+                        "SELECT owner, lease, cancel_requested FROM runs WHERE num = ?", (num,)
+                    ).fetchone()
+                    if held is None or (held[0], held[1]) != p.lease:
+                        raise sqlite_bulk.lease_lost(
+                            p.run_id, p.lease, None if held is None else (held[0], held[1])
+                        )
+                    if held[2] != CANCEL_PENDING:
+                        raise self._raced(e)
+                    if unless_cancelled:
+                        raise CancelArrived(f"run {p.run_id!r} was cancelled; nothing was written")
+                    cancel = not (p.run is not None and p.run.clear_cancel)
+                    if conn.execute(sql, params).rowcount != 1:  # the lease was read above
+                        raise self._raced(e)
+            elif conn.execute(sql, params).rowcount != 1:
+                raise self._raced(e)
         for e in p.recorded:
             conn.execute(
                 INSERT_ENTRY,
