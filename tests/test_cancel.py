@@ -26,6 +26,8 @@ import contengine as ce
 from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 DAY = 86_400.0
 RUN = "r"

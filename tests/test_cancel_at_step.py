@@ -17,6 +17,8 @@ from helpers import Crash, crash_at, engine_on
 import contengine as ce
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 START = 1_700_000_000.0
 RUN = "r"
 EXECUTED: list[str] = []

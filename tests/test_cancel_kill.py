@@ -18,7 +18,10 @@ from worker_child import read_lines
 
 import contengine as ce
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+pytestmark = [
+    pytest.mark.both_stores,
+    pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals"),
+]
 
 TESTS = Path(__file__).resolve().parent
 CHILD = "import worker_child; worker_child.main()"

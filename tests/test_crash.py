@@ -23,7 +23,10 @@ from crashing_child import HANG_ENV, read_ledger
 
 import contengine as ce
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+pytestmark = [
+    pytest.mark.both_stores,
+    pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL"),
+]
 
 TESTS = Path(__file__).resolve().parent
 WAIT = 20.0  # seconds a child may take to reach its hang point or finish

@@ -11,6 +11,8 @@ import pytest
 
 import contengine as ce
 
+pytestmark = pytest.mark.both_stores
+
 Flow = Generator[Any, Any, Any]
 
 

@@ -21,6 +21,8 @@ from contengine.drive.runner import DriveContext, Runner
 from contengine.store.base import PENDING, RunRow
 from contengine.store.sqlite.store import SQLiteStore
 
+pytestmark = pytest.mark.both_stores
+
 
 @ce.workflow(name="hooks.draws")
 def draws() -> Generator[Any, Any, tuple[float, uuid.UUID]]:

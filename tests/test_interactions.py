@@ -12,6 +12,8 @@ import contengine as ce
 from contengine.store.base import Progress
 from contengine.store.sqlite.store import SQLiteStore
 
+pytestmark = pytest.mark.both_stores
+
 Flow = Generator[Any, Any, Any]
 
 

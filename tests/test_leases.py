@@ -19,6 +19,8 @@ from contengine.store.base import Progress, WorkerRow
 from contengine.store.liveness import HOST, alive
 from contengine.store.sqlite.store import SQLiteStore
 
+pytestmark = pytest.mark.both_stores
+
 GATE = threading.Event()
 STARTED = threading.Event()
 

@@ -19,6 +19,8 @@ import pytest
 
 import contengine as ce
 
+pytestmark = pytest.mark.both_stores
+
 Body = Callable[[int], Generator[Any, Any, Any]]
 
 # Every step execution, in order: (step name, first argument).

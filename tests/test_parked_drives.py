@@ -16,6 +16,8 @@ from hypothesis import given, settings
 
 import contengine as ce
 
+pytestmark = pytest.mark.both_stores
+
 # Every execution of a step, outside the engine: (run id, position, attempt).
 LEDGER: Counter[tuple[str, int, int]] = Counter()
 LEDGER_LOCK = threading.Lock()

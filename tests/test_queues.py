@@ -19,6 +19,8 @@ from contengine.store.base import Progress
 from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 START = 1_700_000_000.0
 ORDER: list[str] = []
 INSIDE = {"now": 0, "most": 0}

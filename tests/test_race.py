@@ -31,6 +31,8 @@ from contengine.store.base import Progress
 from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 Flow = Generator[Any, Any, Any]
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 

@@ -36,6 +36,8 @@ from contengine.store.base import (
 )
 from contengine.store.sqlite.store import SQLiteStore
 
+pytestmark = pytest.mark.both_stores
+
 RUN_ID = "prop-run"
 MOD = 1009
 MAX_OPS = 12

@@ -16,6 +16,8 @@ from contengine.cli.main import main
 from contengine.core.workflow import Workflow
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 LEDGER: list[str] = []  # every step execution, in order
 FIXED = {"ship": False, "deep": False, "tail": False}  # flags the tests flip to "fix the bug"
 

@@ -18,6 +18,8 @@ from contengine.cli.main import main
 from contengine.engine.retrying import plan_retry
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 LEDGER: list[str] = []  # every step execution, in order
 BROKEN = {"first": True, "second": True}  # the tests "fix" first between the two retries
 STALE = "changed since the retry was planned; nothing was changed, retry again"

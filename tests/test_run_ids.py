@@ -14,6 +14,8 @@ import pytest
 import contengine as ce
 from contengine.cli.main import main
 
+pytestmark = pytest.mark.both_stores
+
 priced: list[str] = []
 
 

@@ -35,6 +35,8 @@ from hypothesis import strategies as st
 import contengine as ce
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 RUN = "r"
 FINISHED = ("completed", "failed", "cancelled")

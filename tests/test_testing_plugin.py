@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.both_stores
+
 pytest_plugins = ["pytester"]
 
 # Loads the plugin whether or not the package's entry point is installed.

@@ -17,6 +17,8 @@ import pytest
 
 import contengine as ce
 
+pytestmark = pytest.mark.both_stores
+
 LIMIT = 100_000  # bytes per row, as lowered for these tests
 BIG = b"x" * LIMIT  # more than a value may take under LIMIT
 calls: list[str] = []

@@ -20,6 +20,8 @@ from contengine.core.driver import Driver, Pending, Returned
 from contengine.core.outcome import Outcome
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 Body = Callable[..., Generator[Any, Any, Any]]
 

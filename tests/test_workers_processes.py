@@ -28,9 +28,13 @@ import worker_child as wc
 import contengine as ce
 from contengine.store.liveness import HOST
 
-pytestmark = pytest.mark.skipif(
-    not (hasattr(signal, "SIGKILL") and hasattr(signal, "SIGSTOP")), reason="needs POSIX signals"
-)
+pytestmark = [
+    pytest.mark.both_stores,
+    pytest.mark.skipif(
+        not (hasattr(signal, "SIGKILL") and hasattr(signal, "SIGSTOP")),
+        reason="needs POSIX signals",
+    ),
+]
 
 TESTS = Path(__file__).resolve().parent
 CHILD = "import worker_child; worker_child.main()"
