@@ -9,14 +9,19 @@ path), all dropped after the test. What a test must name itself goes through cur
 - target(path): what a child process, the CLI or `ce.Engine` opens for that path (the
   path itself, or a postgresql://...?schema=... URL of the path's schema);
 - open(path): the store on it, as `ce.Engine(path)` would open it;
-- store_class(Mixin): a store class that is Mixin over the current store, for test
-  doubles that override a few store methods (Mixin's own methods call super()).
+- sql(path): a connection to run raw SQL on the path's database (tables and columns are
+  the same on both stores; write ? for parameters);
+- OnCurrentStore: the base of test doubles that override a few store methods (calling
+  super()); made like an SQLiteStore, (path, durability=...), they sit over the
+  running test's store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -44,6 +49,8 @@ class Stores:
         self.kind = kind
         self.url = server_url() if kind == "postgres" else ""
         self.made: list[str] = []  # schemas to drop after the test
+        self.opened: list[Store] = []  # its stores, closed after the test (else each
+        # left open would hold its server connections until collected)
         self._schemas: dict[str, str] = {}
 
     @property
@@ -66,7 +73,42 @@ class Stores:
 
     def open(self, path: str | os.PathLike[str], durability: str = "full") -> Store:
         """The store at path, as `ce.Engine(path, durability=...)` opens it."""
-        return open_store(self.target(path), durability)
+        return self.track(open_store(self.target(path), durability))
+
+    def track(self, store: Store) -> Store:
+        """Close store after the test, if the test has not (on [postgres])."""
+        if self.postgres:
+            self.opened.append(store)
+        return store
+
+    def close(self) -> None:
+        """Close what the test left open and drop its schemas."""
+        for store in self.opened:
+            with contextlib.suppress(Exception):
+                store.close()
+        for name in self.made:
+            drop_schema(name)
+
+    @contextlib.contextmanager
+    def sql(self, path: str | os.PathLike[str], timeout: float = 5.0) -> Iterator[Raw]:
+        """A connection to path's database for raw SQL (? for parameters), each statement
+        committed at once; closed after the block."""
+        if not self.postgres:
+            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            try:
+                yield Raw(conn.execute)
+            finally:
+                conn.close()
+            return
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as pg:
+            pg.execute(f'SET search_path TO "{self.schema(path)}"')
+
+            def execute(query: str, params: Sequence[Any] = ()) -> Any:
+                return pg.execute(query.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+
+            yield Raw(execute)
 
     def store_class(self, mixin: type) -> type[Any]:
         """mixin over this kind's store; made with (path, durability=...) like SQLiteStore."""
@@ -75,6 +117,23 @@ class Stores:
         if key not in _CLASSES:
             _CLASSES[key] = type(mixin.__name__, (mixin, base), {})
         return _CLASSES[key]
+
+
+class Raw:
+    """A connection for raw SQL: execute(query, params) returns a cursor."""
+
+    def __init__(self, execute: Callable[..., Any]) -> None:
+        self.execute = execute
+
+
+class OnCurrentStore:
+    """The base of a test double's store overrides: made, the double sits over the running
+    test's store (an SQLiteStore, or a PostgresStore on the path's schema)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if not issubclass(cls, Store):
+            cls = current().store_class(cls)
+        return object.__new__(cls)
 
 
 _CLASSES: dict[tuple[type, type], type] = {}
@@ -100,6 +159,7 @@ def _postgres_store_class() -> type[Any]:
             readonly: bool = False,
         ) -> None:
             super().__init__(current().target(path), durability=durability)
+            current().track(self)
 
     return PathPostgresStore
 
@@ -142,7 +202,7 @@ def store_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         ) -> Store:
             if is_postgres_url(target):  # a URL the test made on purpose (target())
                 return open_store(target, durability, busy_timeout, schema)
-            return open_store(stores.target(target), durability)
+            return stores.open(target, durability)
 
         monkeypatch.setattr(engine_module, "open_store", open_on_server)
         chosen = getattr(request.function, "_hypothesis_internal_use_settings", None)
@@ -158,8 +218,7 @@ def store_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         yield kind
     finally:
         _CURRENT.remove(stores)
-        for name in stores.made:
-            drop_schema(name)
+        stores.close()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from crashing_child import HANG_ENV, read_ledger
+from stores import current
 
 import contengine as ce
 
@@ -82,7 +83,7 @@ class Children:
     ) -> subprocess.Popen[str]:
         """A child that starts (or finds) run_id of a crashing_child workflow and drives it."""
         return self.spawn(
-            CHILD, str(db), durability, run_id, name, json.dumps(args), hang_in=hang_in
+            CHILD, current().target(db), durability, run_id, name, json.dumps(args), hang_in=hang_in
         )
 
     def close(self) -> None:
@@ -276,7 +277,7 @@ def test_a_run_whose_workflow_is_not_importable_is_left_as_it_is(
     tmp_path: Path, children: Children
 ) -> None:
     db, ledger = tmp_path / "crash.db", str(tmp_path / "ledger")
-    first = children.spawn(MAIN_ONLY, str(db), ledger, hang_in="m1")
+    first = children.spawn(MAIN_ONLY, current().target(db), ledger, hang_in="m1")
     kill_inside(first, "m1")
 
     with ce.Engine(db) as engine:
@@ -300,7 +301,7 @@ def test_a_run_whose_workflow_is_not_importable_is_left_as_it_is(
     assert read_ledger(ledger) == [("m0", first.pid, 1), ("m1", first.pid, 1)]
 
     # A process that has the workflow (the same __main__ code) resumes the run.
-    second = children.spawn(MAIN_ONLY, str(db), ledger)
+    second = children.spawn(MAIN_ONLY, current().target(db), ledger)
     assert finish(second) == "DONE start>m0>m1"
 
     with ce.Engine(db) as engine:

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import pytest
 import worker_child as wc
+from stores import current
 
 import contengine as ce
 from contengine.store.liveness import HOST
@@ -65,7 +66,15 @@ class Workers:
         err = open(self.tmp / f"worker{n}.err", "wb")  # noqa: SIM115 - closed in close()
         self._files += [out, err]
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(db), str(threads), str(lease), str(grace)],
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                current().target(db),
+                str(threads),
+                str(lease),
+                str(grace),
+            ],
             stdout=out,
             stderr=err,
             env=env,
