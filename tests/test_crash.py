@@ -165,6 +165,9 @@ def snapshot(engine: ce.Engine, run_id: str) -> list[tuple[Any, ...]]:
 # -- killed inside step k, resumed in this process ------------------------------
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 @pytest.mark.parametrize(
     ("k", "durability"),
     [(0, "full"), (1, "full"), (3, "full"), (2, "normal")],
@@ -226,6 +229,9 @@ def _kill_twice_in_doomed(children: Children, db: Path, ledger: str, catch: bool
     return pids
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 def test_a_step_that_keeps_killing_its_process_fails_the_run_with_crashloop(
     tmp_path: Path, children: Children
 ) -> None:
@@ -251,6 +257,9 @@ def test_a_step_that_keeps_killing_its_process_fails_the_run_with_crashloop(
     ]
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 def test_a_workflow_can_catch_crashloop_and_go_on(tmp_path: Path, children: Children) -> None:
     db, ledger = tmp_path / "crash.db", str(tmp_path / "ledger")
     first, second = _kill_twice_in_doomed(children, db, ledger, catch=True)
@@ -273,6 +282,9 @@ def test_a_workflow_can_catch_crashloop_and_go_on(tmp_path: Path, children: Chil
 # -- a workflow this process cannot import ------------------------------------------
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 def test_a_run_whose_workflow_is_not_importable_is_left_as_it_is(
     tmp_path: Path, children: Children
 ) -> None:

@@ -32,8 +32,6 @@ from contengine.testing.replay import (
     replay_main,
 )
 
-pytestmark = pytest.mark.both_stores
-
 V1 = """
 import contengine as ce
 
