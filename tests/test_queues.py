@@ -338,7 +338,7 @@ def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
             assert (waiting.attempts, waiting.crashes) == (0, 0)
             assert engine.get_run("w").status == "running"
             assert QUEUED_RAN == []
-            assert main(["show", "--db", str(path), "w"]) == 0
+            assert main(["show", "--db", current().target(path), "w"]) == 0
             shown = capsys.readouterr().out
             assert "retry due" in shown and "after" not in shown  # no failure to name
         assert stopped_in < 2.0  # did not wait out the grace period

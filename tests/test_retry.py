@@ -163,7 +163,7 @@ def engine_on(path: Path) -> ce.Engine:
 
 def cli(capsys: pytest.CaptureFixture[str], db: Path, *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    code = main([*argv, "--db", str(db)])
+    code = main([*argv, "--db", current().target(db)])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import current
 
 import contengine as ce
 from contengine.cli.main import main
@@ -43,7 +44,7 @@ def waits() -> Generator[Any, Any, Any]:
 
 def cli(capsys: pytest.CaptureFixture[str], db: Path, *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    code = main([*argv, "--db", str(db)])
+    code = main([*argv, "--db", current().target(db)])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.both_stores
-
 pytest_plugins = ["pytester"]
 
 # Loads the plugin whether or not the package's entry point is installed.

@@ -434,6 +434,7 @@ def keyword_log() -> Generator[Any, Any, Any]:
     return a, b, c, go
 
 
+@pytest.mark.sqlite_only(reason="replays a database file written by older code")
 def test_a_log_written_before_binding_replays_with_calls_written_otherwise(
     tmp_path: Path,
 ) -> None:
