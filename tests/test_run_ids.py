@@ -148,6 +148,7 @@ def test_the_command_line_refuses_to_import_a_child_run(
         assert engine.runs() == []
 
 
+@pytest.mark.sqlite_only(reason="a database file made, or not, at a path")
 def test_import_into_a_path_with_no_database_creates_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -165,6 +166,7 @@ def test_import_into_a_path_with_no_database_creates_one(
         assert engine.get_run("w").result() == "moved"
 
 
+@pytest.mark.sqlite_only(reason="a database file made, or not, at a path")
 def test_a_refused_import_creates_no_database(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
