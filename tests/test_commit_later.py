@@ -34,8 +34,6 @@ from contengine.store.base import (
 from contengine.store.sqlite import bulk as sqlite_bulk
 from contengine.store.sqlite.store import SQLiteStore
 
-pytestmark = pytest.mark.both_stores
-
 OWNER = "w"
 BULK_WRITES = [0]  # batches the bulk path wrote (it may give way to one by one)
 
