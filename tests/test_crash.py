@@ -204,6 +204,9 @@ def test_sigkill_inside_a_step_resumes_from_the_log(
     engine.close()
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 def test_a_second_resume_runs_nothing(tmp_path: Path, children: Children) -> None:
     db, ledger = tmp_path / "crash.db", str(tmp_path / "ledger")
     kill_inside(children.run_workflow(db, "r", "pipeline", ledger, 3, hang_in="s1"), "s1")

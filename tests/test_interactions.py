@@ -100,6 +100,7 @@ class _CrashOnRaceDecision(OnCurrentStore):
 
 def test_a_crash_around_a_race_decision_never_makes_a_loser_the_winner(tmp_path: Path) -> None:
     path = tmp_path / "e.db"
+    _CrashOnRaceDecision.armed = True  # as a previous run of the test left it: set again
 
     @ce.step(name="interactions.quick")
     def quick() -> str:

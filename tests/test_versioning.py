@@ -496,17 +496,19 @@ def test_two_steps_of_one_name_from_different_functions_are_refused(tmp_path: Pa
 
 
 def test_the_same_step_registered_again_is_no_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_kind: str
 ) -> None:
     import importlib
     import shutil
 
+    # Step names are registered process-wide: one of its own for each store's run.
+    fn = f"reloaded_charge_{store_kind}"
     monkeypatch.syspath_prepend(str(tmp_path))  # so that reload() finds the module
-    mod = load(tmp_path, "versioning_reloaded", fn="reloaded_charge")
-    assert importlib.reload(mod).reloaded_charge.name == "reloaded_charge"  # a module reload
+    mod = load(tmp_path, "versioning_reloaded", fn=fn)
+    assert getattr(importlib.reload(mod), fn).name == fn  # a module reload
     # The same file imported under another module name (a script run as __main__ and
     # imported by its workers, a test module imported twice): the same function.
-    load(tmp_path, "versioning_reloaded", fn="reloaded_charge")
+    load(tmp_path, "versioning_reloaded", fn=fn)
     spec_path = tmp_path / "versioning_reloaded.py"
     import importlib.util
 
@@ -516,7 +518,7 @@ def test_the_same_step_registered_again_is_no_error(
     # A copy of the file elsewhere is another function.
     shutil.copy(spec_path, tmp_path / "versioning_copy.py")
     with pytest.raises(ce.WorkflowDefinitionError):
-        load(tmp_path, "versioning_copy", fn="reloaded_charge")
+        load(tmp_path, "versioning_copy", fn=fn)
 
 
 def test_a_step_defined_again_in_a_loop_is_no_error() -> None:
