@@ -74,16 +74,22 @@ def open_engine(db: str | None, create: bool = False, readonly: bool = False) ->
     nothing."""
     # Imported here: `contengine --help` and a usage error need no engine.
     from ..engine.engine import Engine
-    from ..store.postgres.url import is_postgres_url
+    from ..store.postgres.url import is_postgres_url, looks_like_url, other_url_error
     from ..store.sqlite.store import SQLiteStore
 
     if not db:
         raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
     secret = os.environ.get("CONTENGINE_SECRET")
     if is_postgres_url(db):
-        # A server's database (and schema) is not a file to look for: the engine says
-        # clearly if it cannot connect.
-        return Engine(db, secret=secret.encode() if secret else None)
+        # A server's database (and schema) is not a file to look for: the store says
+        # clearly if it cannot connect, and creates its tables only with create.
+        from ..store.opening import open_store
+
+        return Engine(
+            db, secret=secret.encode() if secret else None, store=open_store(db, create=create)
+        )
+    if looks_like_url(db):
+        raise CommandError(str(other_url_error(db)), 2)
     if not create and not os.path.isfile(db):
         # Opening a missing path would create an empty database; a typo should not.
         raise CommandError(f"no database at {db!r}")

@@ -12,6 +12,33 @@ from __future__ import annotations
 CHILD_SEPARATOR = "/"  # between a parent's id (and generation) and a child's position
 
 
+# The longest name or new run id, in UTF-8 bytes: PostgreSQL indexes ids and names
+# (a run's id with a signal's name, say) and refuses an index row over 2,704 bytes.
+MAX_NAME_BYTES = 1000
+
+
+def refuse_nul(value: str, what: str) -> str:
+    """value, if it has no NUL character and is at most MAX_NAME_BYTES long; else
+    ValueError naming what it is.
+
+    Names (of workflows, steps, signals, queues, tags, published keys) and run ids are
+    stored as text, which PostgreSQL refuses with a NUL in it, and indexed: refused
+    here, on every store, before anything is written, so a workflow runs alike on
+    SQLite and PostgreSQL."""
+    if "\x00" in value:
+        raise ValueError(
+            f"{what} {value!r} contains a NUL character (\\x00), which a database "
+            f"cannot keep in a name (PostgreSQL refuses it); choose one without"
+        )
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ValueError(
+            f"{what} {value[:40]!r}... is {size} bytes long (in UTF-8); at most "
+            f"{MAX_NAME_BYTES} are allowed (PostgreSQL indexes it): choose a shorter one"
+        )
+    return value
+
+
 def generation_id(run_id: str, generation: int) -> str:
     """The name of one generation of a run: "run", then "run/gG" after G continue_as_new."""
     return f"{run_id}/g{generation}" if generation else run_id

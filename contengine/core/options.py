@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .ids import refuse_nul
+
 DEFAULT_CAP = 300.0
 
 
@@ -66,6 +68,8 @@ class StepOptions:
             raise ValueError(f"timeout must be > 0 seconds, not {self.timeout}")
         if self.queue is not None and (not isinstance(self.queue, str) or not self.queue):
             raise ValueError(f"a queue name must be a non-empty string, not {self.queue!r}")
+        if self.queue is not None:
+            refuse_nul(self.queue, "the queue name")
         for exc_type in self.retry_on:
             if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
                 raise TypeError(f"retry_on must hold exception classes, not {exc_type!r}")

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .binding import Binder
 from .canonical import canonical_call, display_call, key_of
+from .ids import refuse_nul
 from .options import StepOptions
 
 R = TypeVar("R")
@@ -179,6 +180,7 @@ class PatchedRequest(Immediate):
     def __init__(self, change_id: str) -> None:
         if not isinstance(change_id, str) or not change_id:
             raise ValueError(f"a change id must be a non-empty string, not {change_id!r}")
+        refuse_nul(change_id, "the change id")
         self.change_id = change_id
 
     @property
@@ -200,6 +202,7 @@ class PublishRequest(Immediate):
     def __init__(self, key: str, value: Any) -> None:
         if not isinstance(key, str) or not key:
             raise ValueError(f"a published key must be a non-empty string, not {key!r}")
+        refuse_nul(key, "the published key")
         self.pkey = key
         self.value = value
         self._canon: str | None | bool = False

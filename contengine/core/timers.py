@@ -6,6 +6,7 @@ import datetime
 from collections.abc import Generator
 from typing import Any, ClassVar
 
+from .ids import refuse_nul
 from .requests import Request
 
 
@@ -129,6 +130,7 @@ def wait(name: str, timeout: float | datetime.timedelta | None = None) -> WaitRe
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a signal name must be a non-empty string, not {name!r}")
+    refuse_nul(name, "the signal name")
     if isinstance(timeout, datetime.timedelta):
         timeout = timeout.total_seconds()
     if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):

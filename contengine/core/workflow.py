@@ -13,7 +13,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 from ..errors import ContengineError, WorkflowDefinitionError, WorkflowNotFound
 from .binding import Binder, signature_of
 from .children import ChildRequest
-from .ids import idempotency_key
+from .ids import idempotency_key, refuse_nul
 from .options import Backoff, StepOptions, normalize_options
 from .requests import StepCall
 
@@ -184,6 +184,8 @@ def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
 
     def decorate(f: Callable[P, Generator[Any, Any, R]]) -> Workflow[P, R]:
         _check_generator(f, "workflow")
+        if name is not None:
+            refuse_nul(name, "the workflow name")
         wf: Workflow[P, R] = Workflow(f, name or f"{f.__module__}.{f.__qualname__}")
         register(wf)
         return wf
@@ -222,6 +224,8 @@ def step(fn: Any = None, /, *, name: str | None = None, **options: Any) -> Any:
                 f"{label} is an async function; steps are plain functions (wrap it with "
                 f"asyncio.run inside a plain function to use it as a step)"
             )
+        if name is not None:
+            refuse_nul(name, "the step name")
         made: Step[P, R] = Step(f, name or label, opts)
         register_step(made)
         return made

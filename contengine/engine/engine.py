@@ -15,6 +15,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from ..clock import Clock, SystemClock
 from ..core.canonical import canonical_call, key_of
+from ..core.ids import refuse_nul
 from ..core.serde import Serde
 from ..core.workflow import Workflow, lookup
 from ..drive.live import MAX_BYTES, MAX_RUNS
@@ -177,6 +178,8 @@ class Engine:
         now = self.clock.now()
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise ValueError(f"a queue name must be a non-empty string, not {queue!r}")
+        if queue is not None:
+            refuse_nul(queue, "the queue name")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise TypeError(f"priority must be an int, not {priority!r}")
         row = RunRow(
@@ -228,6 +231,7 @@ class Engine:
         checked_ref(run_id)
         if not isinstance(name, str) or not name:
             raise ValueError(f"a signal name must be a non-empty string, not {name!r}")
+        refuse_nul(name, "the signal name")
         data = self.serde.dumps_checked(payload, f"the payload of signal {name!r} to {run_id!r}")[0]
         self.store.send_signal(run_id, name, data, self.clock.now())
         self._dispatch.poke()
@@ -320,6 +324,7 @@ class Engine:
             raise ValueError(f"period must be a positive number of seconds, not {period!r}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"a queue name must be a non-empty string, not {name!r}")
+        refuse_nul(name, "the queue name")
         self.store.set_queue(
             QueueConfig(name, concurrency, worker_concurrency, rate_limit, float(period))
         )

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from ..core.ids import is_child_id
+from ..core.ids import is_child_id, refuse_nul
 from ..errors import (
     ContengineError,
 )
@@ -54,6 +54,7 @@ def checked_id(run_id: Any) -> str:
     not. Every id that does not come from the engine itself passes here: start(), fork(),
     import_run() and the command line."""
     checked_ref(run_id)
+    refuse_nul(run_id, "run id")
     if is_child_id(run_id):
         raise ValueError(
             f"run id {run_id!r} contains '/', which is kept for child runs "
@@ -228,7 +229,39 @@ def _decode_export(
         str(k): _decode_value(v, "bytes", f"published value {k!r}")
         for k, v in data["published"].items()
     }
+    _refuse_nul_names(row, entries, mailbox, published)
     return row, entries, mailbox, published
+
+
+def _fields(obj: Any) -> list[tuple[str, Any]]:
+    return [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+
+
+# Texts written for people: a store keeps a NUL in them (PostgreSQL as \x00).
+_PROSE = ("error_text", "note")
+
+
+def _refuse_nul_names(
+    row: RunRow, entries: list[EntryRow], mailbox: list[Signal], published: dict[str, bytes]
+) -> None:
+    """ContengineError for a name or text in an export with a NUL character, which no
+    run of this engine has (PostgreSQL text refuses it): refused before any write."""
+    found = [
+        (f"the exported run's {name}", value)
+        for name, value in _fields(row)
+        if name not in _PROSE
+        for value in (value if isinstance(value, tuple) else (value,))
+    ]
+    for i, e in enumerate(entries):
+        found += [(f"log entry {i}'s {k}", v) for k, v in _fields(e) if k not in _PROSE]
+    found += [(f"mailbox message {i}'s name", m.name) for i, m in enumerate(mailbox)]
+    found += [("a published key", k) for k in published]
+    for what, value in found:
+        if isinstance(value, str) and "\x00" in value:
+            raise ContengineError(
+                f"the export cannot be imported: {what} {value!r} contains a NUL "
+                f"character (\\x00), which no run has; the file was changed or damaged"
+            )
 
 
 def check_export(data: Any, new_id: str | None = None) -> None:
@@ -287,6 +320,7 @@ def checked_tags(tags: Iterable[str]) -> tuple[str, ...]:
     for tag in tags:
         if not isinstance(tag, str) or not tag or "," in tag:
             raise ValueError(f"a tag must be a non-empty string without commas, not {tag!r}")
+        refuse_nul(tag, "the tag")
         if tag not in out:
             out.append(tag)
     return tuple(out)

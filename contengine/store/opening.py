@@ -6,7 +6,7 @@ import os
 
 from ..errors import DatabaseError
 from .base import Store
-from .postgres.url import is_postgres_url, redacted
+from .postgres.url import is_postgres_url, looks_like_url, other_url_error, redacted
 from .sqlite.store import SQLiteStore
 
 
@@ -15,10 +15,12 @@ def open_store(
     durability: str = "full",
     busy_timeout: float = 5.0,
     schema: str | None = None,
+    create: bool = True,
 ) -> Store:
     """The store at target: PostgresStore for postgresql:// or postgres://, else SQLite.
 
-    schema (PostgreSQL only) names the PostgreSQL schema (default "contengine")."""
+    schema (PostgreSQL only) names the PostgreSQL schema (default "contengine"); create
+    false (PostgreSQL only): DatabaseError rather than new tables in a schema without."""
     if is_postgres_url(target):
         url = os.fspath(target)
         try:
@@ -28,7 +30,9 @@ def open_store(
                 f"{redacted(url)} is a PostgreSQL URL, and the PostgreSQL driver is not "
                 f"installed ({exc}); install it with: pip install 'contengine[postgres]'"
             ) from None
-        return PostgresStore(url, schema=schema, durability=durability)
+        return PostgresStore(url, schema=schema, durability=durability, create=create)
+    if looks_like_url(os.fspath(target)):
+        raise other_url_error(os.fspath(target))
     if schema is not None:
         raise ValueError(
             f"schema={schema!r} is for a PostgreSQL URL (postgresql://...); "

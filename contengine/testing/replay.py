@@ -36,7 +36,8 @@ from ..errors import (
     WorkflowNotFound,
 )
 from ..store.base import FINISHED, RUN_STATUSES, EntryRow, RunRow
-from ..store.postgres.url import is_postgres_url, redacted
+from ..store.opening import open_store
+from ..store.postgres.url import is_postgres_url, looks_like_url, other_url_error, redacted
 from ..store.sqlite.store import SQLiteStore
 
 __all__ = [
@@ -155,7 +156,10 @@ def replay(
     secret: bytes | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
-    """Replay recorded runs against the current code, running nothing; the file is only read.
+    """Replay recorded runs against the current code, running nothing; the database is only read.
+
+    db_path is an SQLite file (copied first) or a postgresql:// URL (its schema is
+    backed up into a temporary file from one snapshot first).
 
     Workflows are found as the engine finds them (given in `workflows`, registered
     by name, or imported from their recorded module:qualname). `runs` limits the
@@ -165,7 +169,8 @@ def replay(
     extra = {wf.name: wf for wf in workflows or ()}
     wanted = _statuses(status)
     started = time.perf_counter()
-    report = ReplayReport(os.fspath(db_path))
+    shown = os.fspath(db_path)
+    report = ReplayReport(redacted(shown) if is_postgres_url(shown) else shown)
     with _snapshot(db_path) as copy:
         try:
             store = SQLiteStore(copy, durability="normal")
@@ -281,8 +286,19 @@ def render_diff(log: Sequence[EntryRow], exc: NonDeterminismError) -> str:
 
 @contextlib.contextmanager
 def _snapshot(db_path: str | os.PathLike[str]) -> Iterator[str]:
-    """A private copy of the database (and its write-ahead log), deleted afterwards."""
+    """A private copy of the database (and its write-ahead log), deleted afterwards; of a
+    PostgreSQL schema, its backup (one snapshot, written as an SQLite file)."""
     src = os.fspath(db_path)
+    if is_postgres_url(src):
+        with tempfile.TemporaryDirectory(prefix="contengine-replay-") as tmp:
+            copy = os.path.join(tmp, "replay.db")
+            server = open_store(src, create=False)
+            try:
+                server.backup(copy)
+            finally:
+                server.close()
+            yield copy
+        return
     if not os.path.isfile(src):
         raise FileNotFoundError(f"no database at {src!r}")
     with tempfile.TemporaryDirectory(prefix="contengine-replay-") as tmp:
@@ -344,7 +360,8 @@ def add_replay_command(
             "Rebuild every recorded run (or those selected) from its log against the "
             "code importable now, as a restart after a deploy would, without running "
             "anything, and list each run that would break with its diff. The database "
-            "is copied first and never written. Exit code 0: all replay; 1: some are "
+            "is copied first (a PostgreSQL schema: backed up from one snapshot) and never "
+            "written. Exit code 0: all replay; 1: some are "
             "broken; 2: bad input."
         ),
     )
@@ -354,7 +371,7 @@ def add_replay_command(
         "database",
         nargs="?",
         metavar="db",
-        help="database file (or --db FILE; default: $CONTENGINE_DB)",
+        help="database file or postgresql:// URL (or --db; default: $CONTENGINE_DB)",
     )
     p.add_argument(
         "--import",
@@ -380,18 +397,17 @@ def replay_main(args: argparse.Namespace) -> int:
     """Run `contengine replay`: 0 if every run replays, 1 if some are broken, 2 on bad input."""
     db, option = getattr(args, "database", None), getattr(args, "db", None)
     if db is not None and option is not None and db != option:
-        return _bad(f"two databases given, {db!r} and --db {option!r}: pass one")
+        return _bad(
+            f"two databases given, {redacted(db)!r} and --db {redacted(option)!r}: pass one"
+        )
     db = db if db is not None else option if option is not None else os.environ.get("CONTENGINE_DB")
     if not db:
         return _bad(
             "no database given: pass the file (replay app.db, or --db) or set CONTENGINE_DB"
         )
-    if is_postgres_url(db):
-        return _bad(
-            f"replay reads a database file, not a server ({redacted(db)}): take a copy "
-            f"with `contengine backup copy.db --db URL` and replay that"
-        )
-    if not os.path.isfile(db):
+    if looks_like_url(db) and not is_postgres_url(db):
+        return _bad(str(other_url_error(db)))
+    if not is_postgres_url(db) and not os.path.isfile(db):
         return _bad(f"no database at {db!r}")
     secret = os.environ.get("CONTENGINE_SECRET")
     with _cwd_importable():
@@ -414,7 +430,7 @@ def replay_main(args: argparse.Namespace) -> int:
             if sys.stderr.isatty():
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
     if not report.runs:
-        print(f"no runs to replay in {db}")
+        print(f"no runs to replay in {redacted(db) if is_postgres_url(db) else db}")
         return 0
     print(report)
     return 0 if report.ok else 1

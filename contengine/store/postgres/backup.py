@@ -48,7 +48,7 @@ def backup(url: str, schema: str, shown: str, dest: str) -> None:
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as exc:
-        raise unreachable(shown, exc) from exc
+        raise unreachable(shown, exc, url) from exc
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True

@@ -42,7 +42,7 @@ from ..group_commit import Slot
 from ..rows import Progress
 from .connection import Link, database_error
 from .single import ONE, fits_alone, one_params
-from .sql import CANCEL_DELIVERED, CANCEL_PENDING, FINISHED_SQL, channel_of
+from .sql import CANCEL_DELIVERED, CANCEL_PENDING, FINISHED_SQL, as_text, channel_of
 from .writes import (
     entry_raced,
     generation_moved,
@@ -189,7 +189,7 @@ def fast_params(progress: list[Progress], channel: str) -> dict[str, Any]:
         else:
             row += (
                 u.position, u.status, u.attempts, u.crashes, _t(u.finished_at), _t(u.due_at),
-                u.error_text, p.expect_attempts,
+                as_text(u.error_text), p.expect_attempts,
             )  # fmt: skip
             u_outcome.append(u.outcome)
         if r is None:
@@ -198,8 +198,8 @@ def fast_params(progress: list[Progress], channel: str) -> dict[str, Any]:
             r_error.append(None)
         else:
             row += (
-                r.status, _t(r.updated_at), _t(r.due_at), _t(r.finished_at), r.error_text,
-                r.clear_cancel,
+                r.status, _t(r.updated_at), _t(r.due_at), _t(r.finished_at),
+                as_text(r.error_text), r.clear_cancel,
             )  # fmt: skip
             r_result.append(r.result)
             r_error.append(r.error)
@@ -207,7 +207,8 @@ def fast_params(progress: list[Progress], channel: str) -> dict[str, Any]:
         for e in (*p.recorded, *([p.insert] if p.insert is not None else [])):
             entries.append([
                 p.run_id, e.position, e.kind, e.name, e.key, e.text, e.status, e.attempts,
-                e.crashes, _t(e.started_at), _t(e.finished_at), _t(e.due_at), e.error_text,
+                e.crashes, _t(e.started_at), _t(e.finished_at), _t(e.due_at),
+                as_text(e.error_text),
             ])  # fmt: skip
             e_outcome.append(e.outcome)
     return {

@@ -21,16 +21,45 @@ import psycopg
 from psycopg import sql
 
 from ...errors import DatabaseError
+from .url import scrubbed
 
 # libpq's own default waits forever for a server that does not answer.
 CONNECT_TIMEOUT = 10
 DURABILITY = {"full": "on", "normal": "off"}
 
 
+# SQLSTATEs of a connection lost or refused (class 08, and the server shutting down or
+# starting up); psycopg's OperationalError covers more (a statement timeout, a value
+# too large for an index), after which the connection is fine.
+_LOST = ("08", "57P01", "57P02", "57P03")
+# What to do about the errors a server's settings or limits cause.
+_HINTS = {
+    "57014": "The statement was cancelled: a statement_timeout set on the role or database "
+    "(ALTER ROLE ... SET statement_timeout) is shorter than this statement needs; raise it "
+    "for contengine's role, or add ?options=-c%20statement_timeout%3D0 to the URL.",
+    "55P03": "A lock was not granted in time: a lock_timeout is set on the role or database; "
+    "raise it for contengine's role, or add ?options=-c%20lock_timeout%3D0 to the URL.",
+    "25P03": "The server ended a transaction left idle (idle_in_transaction_session_timeout).",
+    "54000": "A value is larger than PostgreSQL allows there (an id or name in an index "
+    "holds at most about 2,700 bytes).",
+}
+
+
+def lost(exc: BaseException) -> bool:
+    """Whether exc is a connection lost or refused (not an error of the statement)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith(_LOST)
+
+
 def database_error(shown: str, exc: BaseException) -> DatabaseError:
     """The DatabaseError for a psycopg error met on the server named shown."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, psycopg.OperationalError):
+    hint = _HINTS.get(getattr(exc, "sqlstate", None) or "")
+    if hint is not None:
+        return DatabaseError(f"PostgreSQL at {shown}: {detail}. {hint} Nothing was written.")
+    if lost(exc):
         return DatabaseError(
             f"PostgreSQL at {shown}: {detail}. The connection was lost or refused; "
             f"what this call wrote was not committed (unless it was lost during the "
@@ -65,7 +94,7 @@ class Link:
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         except psycopg.Error as exc:
-            raise unreachable(self.shown, exc) from exc
+            raise unreachable(self.shown, exc, self.url) from exc
         try:
             # The schema first on the path: every statement names bare tables.
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
@@ -130,9 +159,10 @@ def said_goodbye(conn: psycopg.Connection[Any]) -> bool:
         return True
 
 
-def unreachable(shown: str, exc: BaseException) -> DatabaseError:
-    """The error of a server that could not be reached or refused the login."""
-    detail = " ".join(str(exc).split()) or type(exc).__name__
+def unreachable(shown: str, exc: BaseException, url: str) -> DatabaseError:
+    """The error of a server that could not be reached or refused the login (at url:
+    whatever libpq quoted of its password is hidden)."""
+    detail = scrubbed(" ".join(str(exc).split()), url) or type(exc).__name__
     return DatabaseError(
         f"cannot connect to PostgreSQL at {shown}: {detail}. Check that the server is "
         f"running and accepts connections there, and that the user, password and "

@@ -33,6 +33,7 @@ from psycopg import pq, sql
 
 from ..base import Listening
 from .connection import CONNECT_TIMEOUT
+from .url import scrubbed
 
 log = logging.getLogger("contengine")
 
@@ -110,7 +111,7 @@ class Listener(Listening):
 
     def _lost(self, lost: str | None, exc: BaseException) -> str:
         """Say once (per loss) that wake-ups from elsewhere are not heard for now."""
-        detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = scrubbed(" ".join(str(exc).split()), self.url) or type(exc).__name__
         if lost is None and not self._closed:
             log.warning(
                 "not listening for wake-ups at %s (%s); other processes' starts, signals "

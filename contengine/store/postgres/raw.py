@@ -27,7 +27,7 @@ def _connect(url: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(base, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as exc:
-        raise unreachable(redacted(url), exc) from exc
+        raise unreachable(redacted(url), exc, url) from exc
 
 
 def drop_schema(url: str, schema: str) -> None:

@@ -122,9 +122,10 @@ CREATE INDEX step_slots_by_queue ON step_slots (queue, released, acquired_at)
 MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
 
 
-def stored_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
+def stored_version(conn: psycopg.Connection[Any], schema: str, shown: str) -> int | None:
     """The version in the schema's meta table; 0 for no schema or an empty one, None
-    for a schema that holds tables but no contengine meta table (someone else's)."""
+    for a schema that holds tables but no contengine meta table (someone else's).
+    DatabaseError for a meta table without a version that is a number."""
     found = conn.execute(
         "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)
     ).fetchone()
@@ -135,17 +136,26 @@ def stored_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
     row = conn.execute(
         sql.SQL("SELECT value FROM {}.meta WHERE key = 'version'").format(sql.Identifier(schema))
     ).fetchone()
-    return 0 if row is None else int(row[0])
+    value = None if row is None else str(row[0])
+    if value is None or not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise DatabaseError(
+            f"the schema {schema!r} at {shown} has a contengine meta table whose version "
+            f"is {'missing' if value is None else repr(value)}, not a schema version; "
+            f"contengine left it untouched. Restore the schema from a backup, or give "
+            f"the engine another schema."
+        )
+    return int(value)
 
 
-def prepare(conn: psycopg.Connection[Any], schema: str, shown: str) -> int:
+def prepare(conn: psycopg.Connection[Any], schema: str, shown: str, create: bool = True) -> int:
     """Create or migrate the schema in one transaction; its version. DatabaseError if it
-    belongs to a newer contengine or to another application (left untouched)."""
+    belongs to a newer contengine or to another application (left untouched), or, with
+    create false, if it holds no contengine database yet (then nothing is created)."""
     with conn.transaction():
         # Held to the end of the transaction: one opener migrates, the others wait and
         # then find the schema current.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"contengine:{schema}",))
-        version = stored_version(conn, schema)
+        version = stored_version(conn, schema, shown)
         if version is None:
             raise DatabaseError(
                 f"the schema {schema!r} at {shown} holds tables of another application "
@@ -160,6 +170,12 @@ def prepare(conn: psycopg.Connection[Any], schema: str, shown: str) -> int:
             )
         if version == SCHEMA_VERSION:
             return version
+        if version == 0 and not create:
+            raise DatabaseError(
+                f"there is no contengine database in the schema {schema!r} at {shown}; "
+                f"nothing was created. Check the URL and its ?schema= (an engine or a "
+                f"worker started on it, or `contengine import`, creates it)"
+            )
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         while version < SCHEMA_VERSION:
             for statement in MIGRATIONS[version].split(";"):
@@ -180,7 +196,7 @@ def drop_schema(url: str, schema: str) -> None:
     try:
         conn = psycopg.connect(target, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as exc:
-        raise unreachable(redacted(url), exc) from exc
+        raise unreachable(redacted(url), exc, url) from exc
     with conn:
         try:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))

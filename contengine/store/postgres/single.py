@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..rows import Progress
-from .sql import CANCEL_DELIVERED, CANCEL_PENDING, FINISHED_SQL
+from .sql import CANCEL_DELIVERED, CANCEL_PENDING, FINISHED_SQL, as_text
 
 _ONE = f"""
 WITH held AS MATERIALIZED (
@@ -100,19 +100,19 @@ def one_params(p: Progress, channel: str) -> dict[str, Any]:
     params.update(
         zip(_UPDATE, (None,) * 8 if u is None else (
             u.position, u.status, u.attempts, u.crashes, u.finished_at, u.due_at, u.outcome,
-            u.error_text,
+            as_text(u.error_text),
         ), strict=True)
     )  # fmt: skip
     params.update(
         zip(_INSERT, (None,) * 13 if e is None else (
             e.position, e.kind, e.name, e.key, e.text, e.status, e.attempts, e.crashes,
-            e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
+            e.started_at, e.finished_at, e.due_at, e.outcome, as_text(e.error_text),
         ), strict=True)
     )  # fmt: skip
     params.update(
         zip(_RUN, (None,) * 7 + (False,) if r is None else (
-            r.status, r.updated_at, r.due_at, r.finished_at, r.result, r.error, r.error_text,
-            r.clear_cancel,
+            r.status, r.updated_at, r.due_at, r.finished_at, r.result, r.error,
+            as_text(r.error_text), r.clear_cancel,
         ), strict=True)
     )  # fmt: skip
     return params

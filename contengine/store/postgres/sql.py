@@ -75,12 +75,20 @@ def channel_of(schema: str) -> str:
     return "contengine:" + hashlib.sha256(schema.encode()).hexdigest()[:40]
 
 
+def as_text(text: str | None) -> str | None:
+    """An error text or note as the store keeps it: a NUL character, which PostgreSQL's
+    text refuses, as the four characters \\x00 (as repr() shows it). Only these
+    texts, written for people, are changed so; the exception itself is kept whole
+    (pickled), and names and ids with a NUL are refused before anything is written."""
+    return text if text is None or "\x00" not in text else text.replace("\x00", "\\x00")
+
+
 def run_params(run: RunRow) -> tuple[object, ...]:
     """The run's values in RUN_COLS order, as written."""
     return (
         run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
-        run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
-        run.note, int(run.cancel_requested), run.parent_id, run.generation,
+        run.updated_at, run.finished_at, run.due_at, run.result, run.error, as_text(run.error_text),
+        as_text(run.note), int(run.cancel_requested), run.parent_id, run.generation,
         list(run.tags), run.queue, run.priority,
     )  # fmt: skip
 
@@ -102,7 +110,7 @@ def entry_params(e: EntryRow) -> tuple[object, ...]:
     """The entry's values in INSERT_ENTRY order."""
     return (
         e.run_id, e.position, e.kind, e.name, e.key, e.text, e.status, e.attempts,
-        e.crashes, e.started_at, e.finished_at, e.due_at, e.outcome, e.error_text,
+        e.crashes, e.started_at, e.finished_at, e.due_at, e.outcome, as_text(e.error_text),
     )  # fmt: skip
 
 

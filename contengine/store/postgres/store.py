@@ -48,6 +48,7 @@ from .sql import (
     START_RUN,
     TREE,
     UNFINISHED_SQL,
+    as_text,
     channel_of,
     entry_row,
     run_params,
@@ -65,7 +66,10 @@ _MAX_FIELD = 1_000_000_000
 class PostgresStore(GroupCommit, Store):
     """A Store in one schema of a PostgreSQL server; progress is written by group commit."""
 
-    def __init__(self, url: str, schema: str | None = None, durability: str = "full") -> None:
+    def __init__(
+        self, url: str, schema: str | None = None, durability: str = "full", create: bool = True
+    ) -> None:
+        """create: make the schema's tables if there are none (else DatabaseError)."""
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
         super().__init__()  # the group commit's queue
@@ -80,7 +84,7 @@ class PostgresStore(GroupCommit, Store):
             with self._writer.lock:
                 conn = self._writer.connect()
                 try:
-                    self.schema_version = prepare(conn, self.schema, self.shown)
+                    self.schema_version = prepare(conn, self.schema, self.shown, create)
                 except psycopg.Error as exc:
                     raise DatabaseError(
                         f"cannot prepare the schema {self.schema!r} at {self.shown}: {exc}"
@@ -346,7 +350,7 @@ class PostgresStore(GroupCommit, Store):
 
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._writer.transaction() as conn:
-            conn.execute("UPDATE runs SET note = %s WHERE id = %s", (note, run_id))
+            conn.execute("UPDATE runs SET note = %s WHERE id = %s", (as_text(note), run_id))
 
     def delete_finished(self, before: float, limit: int) -> int:
         if limit < 1:

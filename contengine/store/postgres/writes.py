@@ -30,6 +30,7 @@ from .sql import (
     UPDATE_ENTRY,
     UPDATE_RUN,
     WAKE_PARENT,
+    as_text,
     channel_of,
     entry_params,
     run_params,
@@ -110,7 +111,7 @@ def write(
             UPDATE_ENTRY,
             (
                 e.status, e.attempts, e.crashes, e.finished_at, e.due_at, e.outcome,
-                e.error_text, p.run_id, e.position, p.expect_attempts,
+                as_text(e.error_text), p.run_id, e.position, p.expect_attempts,
             ),
         )  # fmt: skip
         if cur.rowcount != 1:
@@ -126,7 +127,7 @@ def write(
             {
                 "status": r.status, "updated_at": r.updated_at, "due_at": r.due_at,
                 "finished_at": r.finished_at, "result": r.result, "error": r.error,
-                "error_text": r.error_text, "clear": r.clear_cancel, "id": p.run_id,
+                "error_text": as_text(r.error_text), "clear": r.clear_cancel, "id": p.run_id,
             },
         )  # fmt: skip
         if r.status in FINISHED:
