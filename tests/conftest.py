@@ -1,9 +1,9 @@
-"""Shared test setup: hypothesis profiles (fast by default, thorough on CI)."""
+"""Shared test setup: hypothesis profiles (fast by default, thorough on CI), and the two
+stores engine-level tests run on."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from hypothesis import HealthCheck, settings
 
@@ -20,34 +20,8 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-if os.environ.get("CONTENGINE_TEST_STORE") == "postgres":
-    # Engine-level tests on the PostgreSQL store: every ce.Engine(path) of a test opens a
-    # schema of the test server instead (one per path, a fresh one per ":memory:"),
-    # dropped after the test. Tests that make an SQLiteStore themselves, or open the
-    # file in a child process, still use SQLite.
-    from collections.abc import Iterator
+# Engine-level modules run on both stores (pytestmark = pytest.mark.both_stores): the
+# marker, the [sqlite]/[postgres] parametrisation and the fixtures live in stores.py.
+from stores import pytest_configure, pytest_generate_tests, store_kind, stores  # noqa: E402
 
-    import pytest
-    from postgres_server import drop_schema, fresh_schema, server_url
-
-    @pytest.fixture(autouse=True)
-    def _engines_on_postgres(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        from contengine.engine import engine as engine_module
-        from contengine.store.postgres import PostgresStore
-
-        url = server_url()
-        made: list[str] = []
-        by_path: dict[str, str] = {}
-
-        def open_on_server(
-            target: object, durability: str = "full", busy_timeout: float = 5.0, schema: Any = None
-        ) -> PostgresStore:
-            key = os.fspath(target)  # type: ignore[call-overload]
-            if key == ":memory:" or key not in by_path:
-                by_path[key] = fresh_schema(made)
-            return PostgresStore(url, schema=by_path[key], durability=durability)
-
-        monkeypatch.setattr(engine_module, "open_store", open_on_server)
-        yield
-        for name in made:
-            drop_schema(name)
+__all__ = ["pytest_configure", "pytest_generate_tests", "store_kind", "stores"]

@@ -9,9 +9,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from stores import OnCurrentStore
+
 import contengine as ce
-from contengine.store.base import Progress
-from contengine.store.sqlite.store import SQLiteStore
+from contengine.store.base import Progress, Store
 from contengine.testing import VirtualClock
 
 
@@ -45,9 +46,9 @@ def at_commit(k: int) -> Callable[[Progress, int], bool]:
     return lambda _, n: n == k
 
 
-class CrashingStore(SQLiteStore):
-    """An SQLite store that counts commits and raises Crash before or after the first
-    one `chosen` picks (given the progress and the commit's number, from 1)."""
+class CrashingStore(OnCurrentStore):
+    """The test's store (SQLite or PostgreSQL), counting commits: raises Crash before or
+    after the first one `chosen` picks (given the progress and the commit's number, from 1)."""
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ def crash_at(path: Path | str, when: str | None = None, k: int = 0) -> CrashingS
     return CrashingStore(path, at_commit(k), when)
 
 
-def engine_on(path: Path, clock: VirtualClock, store: SQLiteStore | None = None) -> ce.Engine:
+def engine_on(path: Path, clock: VirtualClock, store: Store | None = None) -> ce.Engine:
     """A fresh engine on the file, as a restarted process would open it."""
     return ce.Engine(path, durability="normal", clock=clock, store=store)
 

@@ -12,7 +12,6 @@ raises a BaseException, and a new Engine on the same file carries on).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -21,10 +20,12 @@ from typing import Any
 
 import pytest
 from helpers import Crash, crash_at, engine_on
+from stores import OnCurrentStore, current
 
 import contengine as ce
-from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 DAY = 86_400.0
@@ -180,20 +181,18 @@ def outcomes(engine: ce.Engine, run_id: str = RUN) -> list[tuple[str, str, str, 
 
 
 def run_row(path: Path, run_id: str = RUN) -> tuple[Any, ...]:
-    """The run's stored row, read with sqlite3."""
-    with sqlite3.connect(path) as conn:
+    """The run's stored row, read with SQL."""
+    with current().sql(path) as conn:
         row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    conn.close()
     return tuple(row)
 
 
 def cancel_requested(path: Path, run_id: str = RUN) -> int:
     """The run's stored cancellation flag: 1 while a cancel waits to be delivered."""
-    with sqlite3.connect(path) as conn:
+    with current().sql(path) as conn:
         (flag,) = conn.execute(
             "SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
-    conn.close()
     return int(flag == 1)  # 2: delivered (the run stays out of its queue's count)
 
 
@@ -529,14 +528,14 @@ def test_a_cancel_delivered_by_another_engine_is_not_delivered_again(tmp_path: P
         assert run.result() == "cleaned up once"
 
 
-class _CancelWriteThenPause(SQLiteStore):
+class _CancelWriteThenPause(OnCurrentStore):
     """request_cancel() commits, says so, then pauses: a thread switch at the worst time."""
 
     committed = threading.Event()
 
     def request_cancel(self, run_id: str, now: float) -> bool:
         requested = super().request_cancel(run_id, now)
-        type(self).committed.set()
+        _CancelWriteThenPause.committed.set()
         time.sleep(0.2)
         return requested
 

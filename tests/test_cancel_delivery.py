@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 from helpers import engine_on, wait_until
+from stores import current
 
 import contengine as ce
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 START = 1_700_000_000.0
 RUN = "r"
@@ -39,7 +42,15 @@ def cancel_from(sender: str, run_id: str = RUN) -> None:
     if sender == "child-process":
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         done = subprocess.run(
-            [sys.executable, "-m", "contengine", "cancel", run_id, "--db", str(SENDER["db"])],
+            [
+                sys.executable,
+                "-m",
+                "contengine",
+                "cancel",
+                run_id,
+                "--db",
+                current().target(SENDER["db"]),
+            ],
             capture_output=True,
             text=True,
             env=env,

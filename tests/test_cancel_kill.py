@@ -14,11 +14,15 @@ from pathlib import Path
 import cancel_child as cc
 import pytest
 from helpers import wait_until
+from stores import current
 from worker_child import read_lines
 
 import contengine as ce
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+pytestmark = [
+    pytest.mark.both_stores,
+    pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals"),
+]
 
 TESTS = Path(__file__).resolve().parent
 CHILD = "import worker_child; worker_child.main()"
@@ -42,7 +46,7 @@ def worker(procs: list[subprocess.Popen[bytes]], db: Path, threads: int) -> None
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
     procs.append(
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(db), str(threads), "1.0", "5.0"],
+            [sys.executable, "-c", CHILD, current().target(db), str(threads), "1.0", "5.0"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
@@ -64,7 +68,7 @@ def test_a_cleanup_killed_after_a_cancel_runs_once_the_run_is_taken_over(
     # Another process cancels the run while its step runs; then the step ends.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
-        [sys.executable, "-m", "contengine", "cancel", "r", "--db", str(db)],
+        [sys.executable, "-m", "contengine", "cancel", "r", "--db", current().target(db)],
         capture_output=True, text=True, env=env, timeout=WAIT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -22,9 +22,10 @@ import pytest
 from helpers import Crash, CrashingStore, at_commit
 
 import contengine as ce
-from contengine.store.base import Progress
-from contengine.store.sqlite.store import SQLiteStore
+from contengine.store.base import Progress, Store
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 Flow = Generator[Any, Any, Any]
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
@@ -88,7 +89,7 @@ def order(items: list[str]) -> Flow:
     return total, receipt
 
 
-def engine_on(path: Path, store: SQLiteStore | None = None, **options: Any) -> ce.Engine:
+def engine_on(path: Path, store: Store | None = None, **options: Any) -> ce.Engine:
     """A fresh engine on the file, as a restarted process would open it."""
     return ce.Engine(path, durability="normal", store=store, **options)
 

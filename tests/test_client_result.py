@@ -20,6 +20,8 @@ import contengine as ce
 from contengine.core.workflow import WorkflowNotFound
 from contengine.store.base import PENDING, RunRow
 
+pytestmark = pytest.mark.both_stores
+
 __all__ = ["workers"]  # the fixture, imported for the tests below
 
 HIDDEN = """

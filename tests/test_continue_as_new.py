@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 from helpers import Crash, at_commit, engine_on
+from stores import OnCurrentStore
 
 import contengine as ce
 from contengine.store.base import Progress
-from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 Flow = Generator[Any, Any, Any]
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
@@ -75,7 +77,7 @@ def monitor_total(stop: int) -> int:
     return sum(g * 10 + i for g in range(stop) for i in range(POLLS))
 
 
-class WatchedStore(SQLiteStore):
+class WatchedStore(OnCurrentStore):
     """A store that keeps, after each commit, the run's log length and whether it restarted;
     and raises Crash before or after the commit `chosen` picks."""
 

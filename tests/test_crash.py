@@ -20,10 +20,14 @@ from typing import Any
 
 import pytest
 from crashing_child import HANG_ENV, read_ledger
+from stores import current
 
 import contengine as ce
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+pytestmark = [
+    pytest.mark.both_stores,
+    pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL"),
+]
 
 TESTS = Path(__file__).resolve().parent
 WAIT = 20.0  # seconds a child may take to reach its hang point or finish
@@ -79,7 +83,7 @@ class Children:
     ) -> subprocess.Popen[str]:
         """A child that starts (or finds) run_id of a crashing_child workflow and drives it."""
         return self.spawn(
-            CHILD, str(db), durability, run_id, name, json.dumps(args), hang_in=hang_in
+            CHILD, current().target(db), durability, run_id, name, json.dumps(args), hang_in=hang_in
         )
 
     def close(self) -> None:
@@ -161,6 +165,9 @@ def snapshot(engine: ce.Engine, run_id: str) -> list[tuple[Any, ...]]:
 # -- killed inside step k, resumed in this process ------------------------------
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 @pytest.mark.parametrize(
     ("k", "durability"),
     [(0, "full"), (1, "full"), (3, "full"), (2, "normal")],
@@ -197,6 +204,9 @@ def test_sigkill_inside_a_step_resumes_from_the_log(
     engine.close()
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 def test_a_second_resume_runs_nothing(tmp_path: Path, children: Children) -> None:
     db, ledger = tmp_path / "crash.db", str(tmp_path / "ledger")
     kill_inside(children.run_workflow(db, "r", "pipeline", ledger, 3, hang_in="s1"), "s1")
@@ -222,6 +232,9 @@ def _kill_twice_in_doomed(children: Children, db: Path, ledger: str, catch: bool
     return pids
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 def test_a_step_that_keeps_killing_its_process_fails_the_run_with_crashloop(
     tmp_path: Path, children: Children
 ) -> None:
@@ -247,6 +260,9 @@ def test_a_step_that_keeps_killing_its_process_fails_the_run_with_crashloop(
     ]
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 def test_a_workflow_can_catch_crashloop_and_go_on(tmp_path: Path, children: Children) -> None:
     db, ledger = tmp_path / "crash.db", str(tmp_path / "ledger")
     first, second = _kill_twice_in_doomed(children, db, ledger, catch=True)
@@ -269,11 +285,14 @@ def test_a_workflow_can_catch_crashloop_and_go_on(tmp_path: Path, children: Chil
 # -- a workflow this process cannot import ------------------------------------------
 
 
+@pytest.mark.sqlite_only(
+    reason="takes over a SIGKILLed process's run at once by its pid; PostgreSQL waits out the lease"
+)
 def test_a_run_whose_workflow_is_not_importable_is_left_as_it_is(
     tmp_path: Path, children: Children
 ) -> None:
     db, ledger = tmp_path / "crash.db", str(tmp_path / "ledger")
-    first = children.spawn(MAIN_ONLY, str(db), ledger, hang_in="m1")
+    first = children.spawn(MAIN_ONLY, current().target(db), ledger, hang_in="m1")
     kill_inside(first, "m1")
 
     with ce.Engine(db) as engine:
@@ -297,7 +316,7 @@ def test_a_run_whose_workflow_is_not_importable_is_left_as_it_is(
     assert read_ledger(ledger) == [("m0", first.pid, 1), ("m1", first.pid, 1)]
 
     # A process that has the workflow (the same __main__ code) resumes the run.
-    second = children.spawn(MAIN_ONLY, str(db), ledger)
+    second = children.spawn(MAIN_ONLY, current().target(db), ledger)
     assert finish(second) == "DONE start>m0>m1"
 
     with ce.Engine(db) as engine:

@@ -16,6 +16,8 @@ from helpers import Crash, FakeClock
 
 import contengine as ce
 
+pytestmark = pytest.mark.both_stores
+
 Flow = Generator[Any, Any, Any]
 
 

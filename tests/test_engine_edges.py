@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import current
 
 import contengine as ce
+
+pytestmark = pytest.mark.both_stores
 
 Flow = Generator[Any, Any, Any]
 
@@ -153,7 +155,7 @@ def test_a_driver_whose_lease_was_taken_cannot_commit(tmp_path: Path) -> None:
         if who == "outer":
             # While this attempt runs, another worker takes the run over (its lease
             # number moves on); that worker then vanishes without a trace.
-            with sqlite3.connect(path) as conn:
+            with current().sql(path) as conn:
                 conn.execute("UPDATE runs SET owner = 'thief', lease = lease + 1 WHERE id = 'r'")
         return who
 
@@ -349,7 +351,7 @@ def test_a_stuck_note_is_cleared_once_the_run_moves_again(tmp_path: Path) -> Non
     engine = ce.Engine(path, clock=clock)
     engine.start(wf, id="r")
     assert engine.run_until_idle().finished == []
-    with sqlite3.connect(path) as conn:
+    with current().sql(path) as conn:
         conn.execute("UPDATE runs SET note = 'old trouble' WHERE id = 'r'")
     assert engine.get_run("r").note == "old trouble"
     clock.t += 10

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import current
 
 import contengine as ce
 from contengine.clock import SystemClock
 from contengine.core.serde import Serde
 from contengine.drive.runner import DriveContext, Runner
 from contengine.store.base import PENDING, RunRow
-from contengine.store.sqlite.store import SQLiteStore
+
+pytestmark = pytest.mark.both_stores
 
 
 @ce.workflow(name="hooks.draws")
@@ -88,7 +90,7 @@ def test_a_runner_asks_its_drive_context_for_step_queue_slots() -> None:
     def give_slot(slot: int) -> None:
         calls.append(("give", slot))
 
-    store = SQLiteStore(":memory:", "normal", 5.0)
+    store = current().open(":memory:", "normal")
     serde = Serde(None, store.max_payload)
     context = DriveContext(take_slot=take_slot, give_slot=give_slot)
     runner = Runner(store, serde, SystemClock(), lambda row: one_step, context=context)

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 import contengine as ce
 from contengine.store.base import Progress
 
+pytestmark = pytest.mark.both_stores
+
 Flow = Generator[Any, Any, Any]
 START = 1_767_225_600.0  # the VirtualClock's default start
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,11 +12,13 @@ from typing import Any
 
 import pytest
 from helpers import wait_until
+from stores import OnCurrentStore, current
 
 import contengine as ce
 from contengine.store.base import Progress, WorkerRow
 from contengine.store.liveness import HOST, alive
-from contengine.store.sqlite.store import SQLiteStore
+
+pytestmark = pytest.mark.both_stores
 
 GATE = threading.Event()
 STARTED = threading.Event()
@@ -39,7 +40,7 @@ def holder() -> Generator[Any, Any, str]:
 
 def owners(path: Path) -> list[Any]:
     """Every run's owner, read straight from the file."""
-    with sqlite3.connect(path) as conn:
+    with current().sql(path) as conn:
         return [r[0] for r in conn.execute("SELECT owner FROM runs ORDER BY num")]
 
 
@@ -68,7 +69,7 @@ def test_a_driving_engine_is_on_record_and_renews_its_lease(tmp_path: Path) -> N
     finally:
         GATE.set()
         engine.close()
-    with sqlite3.connect(path) as conn:
+    with current().sql(path) as conn:
         assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 0
 
 
@@ -101,7 +102,8 @@ def test_a_start_by_id_is_idempotent_across_processes(tmp_path: Path) -> None:
     ce.Engine(path).close()  # the schema first, so the processes race on the start only
     here = str(Path(__file__).parent)
     procs = [
-        subprocess.Popen([sys.executable, "-c", START_SAME_ID, str(path), here]) for _ in range(4)
+        subprocess.Popen([sys.executable, "-c", START_SAME_ID, current().target(path), here])
+        for _ in range(4)
     ]
     assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
     with ce.Engine(path) as engine:
@@ -113,7 +115,7 @@ THAWED = threading.Event()
 SECOND_RAN: list[str] = []
 
 
-class _FreezesAfterLogging(SQLiteStore):
+class _FreezesAfterLogging(OnCurrentStore):
     """Freezes, heartbeat and all, right after the write that logs the second step: a
     SIGSTOP between a step's durable entry and the step's start."""
 
@@ -180,14 +182,14 @@ def test_a_thawed_engine_does_not_start_a_step_of_a_run_taken_over(
     frozen.close()
 
 
-class _LateHeartbeat(SQLiteStore):
+class _LateHeartbeat(OnCurrentStore):
     """The second renewal comes late, past the lease (a heartbeat stuck on a busy disk)."""
 
     beats = 0
 
     def heartbeat(self, worker: WorkerRow) -> bool:
-        type(self).beats += 1
-        if type(self).beats == 2:
+        _LateHeartbeat.beats += 1
+        if _LateHeartbeat.beats == 2:
             time.sleep(0.5)
         return super().heartbeat(worker)
 

@@ -7,8 +7,12 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import contengine as ce
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 START = 1_700_000_000.0
 BODIES: list[str] = []  # one entry per time a workflow body starts (a replay starts it again)

@@ -9,15 +9,17 @@ back must let the run finish.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import current
 
 import contengine as ce
+
+pytestmark = pytest.mark.both_stores
 
 Body = Callable[[int], Generator[Any, Any, Any]]
 
@@ -212,12 +214,10 @@ SCENARIOS = {
 
 
 def dump_log(path: Path) -> list[tuple[Any, ...]]:
-    """Every row of the sqlite `log` table, read outside contengine."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT * FROM log ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    """Every row of the `log` table, read outside contengine."""
+    order = "run_id, position" if current().postgres else "id"
+    with current().sql(path) as conn:
+        return [tuple(row) for row in conn.execute(f"SELECT * FROM log ORDER BY {order}")]
 
 
 def history(engine: ce.Engine, run_id: str) -> list[tuple[Any, ...]]:

@@ -13,8 +13,11 @@ from typing import Any
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
+from stores import current
 
 import contengine as ce
+
+pytestmark = pytest.mark.both_stores
 
 # Every execution of a step, outside the engine: (run id, position, attempt).
 LEDGER: Counter[tuple[str, int, int]] = Counter()
@@ -133,9 +136,8 @@ def test_a_parked_drive_whose_lease_was_taken_writes_nothing(tmp_path: Path) -> 
         who = "inner" if "outer" in calls else "outer"
         calls.append(who)
         if who == "outer":
-            engine.store._conn.execute(  # another worker takes the run, then vanishes
-                "UPDATE runs SET owner = 'thief', lease = lease + 1 WHERE id = 'r'"
-            )
+            with current().sql(path) as conn:  # another worker takes the run, then vanishes
+                conn.execute("UPDATE runs SET owner = 'thief', lease = lease + 1 WHERE id = 'r'")
         return who
 
     @ce.step(name="parked.first")
@@ -201,9 +203,8 @@ def test_a_parked_run_end_whose_lease_was_taken_is_not_an_end(tmp_path: Path) ->
         who = "inner" if calls else "outer"
         calls.append(who)
         if who == "outer":
-            engine.store._conn.execute(
-                "UPDATE runs SET owner = 'thief', lease = lease + 1 WHERE id = 'r'"
-            )
+            with current().sql(path) as conn:
+                conn.execute("UPDATE runs SET owner = 'thief', lease = lease + 1 WHERE id = 'r'")
         return who
 
     @ce.workflow(name="parked.ends")

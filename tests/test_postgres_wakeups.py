@@ -382,7 +382,7 @@ def test_bench_on_a_url_measures_wake_ups_both_ways_and_drops_its_schema(
     url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The benchmark's engines open the schema it names, as its worker processes do, even
-    # where the tests' engines are sent to schemas of their own (CONTENGINE_TEST_STORE).
+    # where the tests' engines are sent to schemas of their own (tests/stores.py).
     monkeypatch.setattr(engine_module, "open_store", open_store)
     tiny = ["--steps", "20", "--rounds", "1", "--runs", "2", "--claim-runs", "8"]
     assert main(["bench", "--db", url, *tiny, "--remote-signals", "3", "--json"]) == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -12,12 +11,14 @@ from typing import Any
 
 import pytest
 from helpers import stop_in_background, wait_until
+from stores import OnCurrentStore, current
 
 import contengine as ce
 from contengine.cli.main import main
 from contengine.store.base import Progress
-from contengine.store.sqlite.store import SQLiteStore
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 START = 1_700_000_000.0
 ORDER: list[str] = []
@@ -136,7 +137,7 @@ def test_a_worker_claims_no_more_runs_than_it_has_threads(tmp_path: Path) -> Non
         with engine.worker(threads=3, grace=5):
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
-                with sqlite3.connect(path) as conn:
+                with current().sql(path) as conn:
                     held_now = conn.execute(
                         "SELECT count(*) FROM runs WHERE owner IS NOT NULL"
                     ).fetchone()[0]
@@ -145,7 +146,7 @@ def test_a_worker_claims_no_more_runs_than_it_has_threads(tmp_path: Path) -> Non
                 time.sleep(0.01)
             assert held_now == 3
             time.sleep(0.1)  # had it claimed more, it would have by now
-            with sqlite3.connect(path) as conn:
+            with current().sql(path) as conn:
                 assert (
                     conn.execute("SELECT count(*) FROM runs WHERE owner IS NOT NULL").fetchone()[0]
                     == 3
@@ -255,7 +256,7 @@ def test_closing_an_engine_stops_its_worker(tmp_path: Path) -> None:
     assert run.result(timeout=5) == "closing"
     engine.close()
     assert worker._loop is not None and not worker._loop.is_alive()
-    with sqlite3.connect(path) as conn:
+    with current().sql(path) as conn:
         assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 0
 
 
@@ -337,7 +338,7 @@ def test_a_stopping_worker_does_not_start_a_step_that_waits_for_its_queue(
             assert (waiting.attempts, waiting.crashes) == (0, 0)
             assert engine.get_run("w").status == "running"
             assert QUEUED_RAN == []
-            assert main(["show", "--db", str(path), "w"]) == 0
+            assert main(["show", "--db", current().target(path), "w"]) == 0
             shown = capsys.readouterr().out
             assert "retry due" in shown and "after" not in shown  # no failure to name
         assert stopped_in < 2.0  # did not wait out the grace period
@@ -501,7 +502,7 @@ def test_a_stopping_worker_does_not_start_a_gather(tmp_path: Path) -> None:
         assert all(e.crashes == 0 for e in other.history("g"))
 
 
-class _SlowGiveBack(SQLiteStore):
+class _SlowGiveBack(OnCurrentStore):
     """Writes a given-back attempt (a retry due now) only after a pause."""
 
     def commit(self, progress: Progress) -> bool:

@@ -24,12 +24,14 @@ import pytest
 from helpers import Crash, CrashingStore, at_commit, engine_on
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stores import OnCurrentStore
 
 import contengine as ce
 from contengine.core.driver import Driver, Returned
-from contengine.store.base import Progress
-from contengine.store.sqlite.store import SQLiteStore
+from contengine.store.base import Progress, Store
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 Flow = Generator[Any, Any, Any]
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
@@ -88,7 +90,7 @@ def slow(label: str, seconds: float) -> str:
     return label
 
 
-class CountingStore(SQLiteStore):
+class CountingStore(OnCurrentStore):
     """A store that counts its commits."""
 
     def __init__(self, path: Path) -> None:
@@ -306,7 +308,7 @@ def deadline() -> Flow:
     return first, index, value, last
 
 
-def drive_deadline(path: Path, clock: VirtualClock, store: SQLiteStore | None) -> ce.Engine:
+def drive_deadline(path: Path, clock: VirtualClock, store: Store | None) -> ce.Engine:
     """Drive the run up to its race, signal it, finish it; resume after each crash."""
     engine = engine_on(path, clock, store)
     engine.start(deadline, id="r")

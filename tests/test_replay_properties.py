@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from stores import current
 
 import contengine as ce
 from contengine.core.driver import Driver, Raised, Returned
@@ -34,7 +35,8 @@ from contengine.store.base import (
     Signal,
     Store,
 )
-from contengine.store.sqlite.store import SQLiteStore
+
+pytestmark = pytest.mark.both_stores
 
 RUN_ID = "prop-run"
 MOD = 1009
@@ -380,7 +382,7 @@ def open_engine(path: Path | str, plan: Plan | None) -> ce.Engine:
     session = Session(plan)
     WORLD.session = session
     # durability="normal": the crashes here are in-process, so fsync buys nothing.
-    return ce.Engine(store=CrashingStore(SQLiteStore(path, durability="normal"), session))
+    return ce.Engine(store=CrashingStore(current().open(path, durability="normal"), session))
 
 
 def ending_of(engine: ce.Engine, resume: str) -> Ending:

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import current
 
 import contengine as ce
 from contengine.cli.main import main
 from contengine.core.workflow import Workflow
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 LEDGER: list[str] = []  # every step execution, in order
 FIXED = {"ship": False, "deep": False, "tail": False}  # flags the tests flip to "fix the bug"
@@ -161,7 +163,7 @@ def engine_on(path: Path) -> ce.Engine:
 
 def cli(capsys: pytest.CaptureFixture[str], db: Path, *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    code = main([*argv, "--db", str(db)])
+    code = main([*argv, "--db", current().target(db)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -336,7 +338,7 @@ def test_retry_of_a_parent_whose_child_was_cancelled_or_deleted_is_refused(
         assert engine.get_run("wp").status == "failed"
         with pytest.raises(OutOfStock):
             engine.run(top, "o9", id="gone")
-    with sqlite3.connect(db) as conn:
+    with current().sql(db) as conn:
         conn.execute("DELETE FROM runs WHERE id = 'gone/1/1'")
     code, _, err = cli(capsys, db, "retry", "gone")
     assert code == 1 and "'gone/1/1', which no longer exists" in err

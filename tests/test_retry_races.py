@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import current
 
 import contengine as ce
 import contengine.cli.ops
@@ -17,6 +18,8 @@ import contengine.engine.engine
 from contengine.cli.main import main
 from contengine.engine.retrying import plan_retry
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 LEDGER: list[str] = []  # every step execution, in order
 BROKEN = {"first": True, "second": True}  # the tests "fix" first between the two retries
@@ -127,7 +130,7 @@ def test_the_retry_command_reports_a_stale_plan_in_one_line(
     failed_at_first(db)
     monkeypatch.setattr(contengine.cli.ops, "plan_retry", planned_then(db, plan_retry))
     capsys.readouterr()
-    code = main(["retry", "r", "--db", str(db)])
+    code = main(["retry", "r", "--db", current().target(db)])
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
     assert STALE in err and err.count("\n") == 1

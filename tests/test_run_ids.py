@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import current
 
 import contengine as ce
 from contengine.cli.main import main
+
+pytestmark = pytest.mark.both_stores
 
 priced: list[str] = []
 
@@ -41,7 +44,7 @@ def waits() -> Generator[Any, Any, Any]:
 
 def cli(capsys: pytest.CaptureFixture[str], db: Path, *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    code = main([*argv, "--db", str(db)])
+    code = main([*argv, "--db", current().target(db)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -145,6 +148,7 @@ def test_the_command_line_refuses_to_import_a_child_run(
         assert engine.runs() == []
 
 
+@pytest.mark.sqlite_only(reason="a database file made, or not, at a path")
 def test_import_into_a_path_with_no_database_creates_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,6 +166,7 @@ def test_import_into_a_path_with_no_database_creates_one(
         assert engine.get_run("w").result() == "moved"
 
 
+@pytest.mark.sqlite_only(reason="a database file made, or not, at a path")
 def test_a_refused_import_creates_no_database(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -31,9 +31,12 @@ from crashing_child import HANG_ENV, read_ledger, work
 from helpers import Crash, CrashingStore, crash_at, engine_on
 from hypothesis import given
 from hypothesis import strategies as st
+from stores import current
 
 import contengine as ce
 from contengine.testing import VirtualClock
+
+pytestmark = pytest.mark.both_stores
 
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 RUN = "r"
@@ -160,11 +163,10 @@ def two_deliveries(ledger: str) -> Generator[Any, Any, str]:
 
 def mailbox(path: Path, run_id: str = RUN) -> list[tuple[str, bytes]]:
     """The run's mailbox as stored: (name, payload bytes), oldest first."""
-    with sqlite3.connect(path) as conn:
+    with current().sql(path) as conn:
         rows = conn.execute(
             "SELECT name, payload FROM mailbox WHERE run_id = ? ORDER BY seq", (run_id,)
         ).fetchall()
-    conn.close()
     return [(name, payload) for name, payload in rows]
 
 
@@ -826,7 +828,7 @@ def _spawn(db: Path, ledger: str, hang_in: str) -> subprocess.Popen[str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
     env[HANG_ENV] = hang_in
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(db), ledger],
+        [sys.executable, "-c", CHILD, current().target(db), ledger],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

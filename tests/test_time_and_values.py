@@ -28,6 +28,8 @@ import contengine as ce
 from contengine.store.base import E_COMPLETED, E_FAILED
 from contengine.testing import VirtualClock
 
+pytestmark = pytest.mark.both_stores
+
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 DAY = 86_400.0
 UTC = datetime.UTC

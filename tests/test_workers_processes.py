@@ -24,13 +24,18 @@ from typing import IO, Any
 
 import pytest
 import worker_child as wc
+from stores import current
 
 import contengine as ce
 from contengine.store.liveness import HOST
 
-pytestmark = pytest.mark.skipif(
-    not (hasattr(signal, "SIGKILL") and hasattr(signal, "SIGSTOP")), reason="needs POSIX signals"
-)
+pytestmark = [
+    pytest.mark.both_stores,
+    pytest.mark.skipif(
+        not (hasattr(signal, "SIGKILL") and hasattr(signal, "SIGSTOP")),
+        reason="needs POSIX signals",
+    ),
+]
 
 TESTS = Path(__file__).resolve().parent
 CHILD = "import worker_child; worker_child.main()"
@@ -61,7 +66,15 @@ class Workers:
         err = open(self.tmp / f"worker{n}.err", "wb")  # noqa: SIM115 - closed in close()
         self._files += [out, err]
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(db), str(threads), str(lease), str(grace)],
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                current().target(db),
+                str(threads),
+                str(lease),
+                str(grace),
+            ],
             stdout=out,
             stderr=err,
             env=env,
@@ -137,9 +150,9 @@ def wait_for(check: Callable[[], bool], what: str, workers: Workers, timeout: fl
 
 
 def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows of a read on the database file, through a connection of its own."""
-    with contextlib.closing(sqlite3.connect(db, timeout=WAIT)) as conn:
-        return conn.execute(sql, params).fetchall()
+    """Rows of a read on the database, through a connection of its own."""
+    with current().sql(db, timeout=WAIT) as conn:
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
 
 
 def count_completed(db: Path) -> int:
@@ -269,7 +282,16 @@ def test_workers_killed_at_random_lose_nothing_and_repeat_only_interrupted_steps
 
 
 def write_locked(db: Path) -> bool:
-    """Whether some connection holds the file's write lock now."""
+    """Whether some connection holds the file's write lock now (on PostgreSQL: whether
+    another session is in a transaction on the database's tables)."""
+    if current().postgres:
+        with current().sql(db) as conn:
+            (held,) = conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE c.relnamespace = current_schema()::regnamespace "
+                "AND l.pid <> pg_backend_pid()"
+            ).fetchone()
+        return bool(held)
     with contextlib.closing(sqlite3.connect(db, timeout=0.2, isolation_level=None)) as conn:
         try:
             conn.execute("BEGIN IMMEDIATE")
