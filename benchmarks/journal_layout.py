@@ -56,7 +56,10 @@ COLS = (
     "attempts INTEGER NOT NULL, crashes INTEGER NOT NULL, started_at REAL NOT NULL, "
     "finished_at REAL, due_at REAL, outcome BLOB, error_text TEXT"
 )
-ENTRY = "kind, name, key, text, status, attempts, crashes, started_at, finished_at, due_at, outcome, error_text"
+ENTRY = (
+    "kind, name, key, text, status, attempts, crashes, started_at, finished_at, due_at, "
+    "outcome, error_text"
+)
 COMPLETE = (
     "UPDATE {t} SET status = 'completed', attempts = ?, crashes = ?, finished_at = ?, "
     "due_at = NULL, outcome = ?, error_text = ? WHERE {where} "
