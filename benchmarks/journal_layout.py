@@ -28,7 +28,8 @@ layout, workload and synchronous (FULL, NORMAL), a fresh file per round; the rou
 interleave the layouts. Reported per step, medians over rounds: wall time of the
 writes (moves included), user and kernel CPU time (getrusage), WAL frames written
 (autocheckpoint off during the writes; counted by a PASSIVE checkpoint after them),
-the closing checkpoint's time, and replay's read of every run's log (wall per entry,
+that checkpoint's time (PASSIVE then TRUNCATE), the final move's time with its own
+checkpoint and frames, the total of the three, and replay's read of every run's log (wall per entry,
 read after the writes and before the final move, so the journal layout reads from
 both places), and after the final move.
 """
@@ -228,7 +229,11 @@ def one(path: str, layout_cls: type, workload: str, sync: str) -> dict:
         layout.after(conn, final=False)
     wall = time.perf_counter() - w0
     u1, s1 = cpu()
+    # The writes' frames, and the checkpoint that copies them into the file (timed).
+    c0 = time.perf_counter()
     frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    ckpt = time.perf_counter() - c0
     # replay's read, from both places for the journal
     r0 = time.perf_counter()
     entries = sum(len(layout.read(conn, r)) for r in range(1, runs + 1))
@@ -237,12 +242,12 @@ def one(path: str, layout_cls: type, workload: str, sync: str) -> dict:
     m0 = time.perf_counter()
     mu0, ms0 = cpu()
     layout.after(conn, final=True)
-    move = time.perf_counter() - m0
-    mu1, ms1 = cpu()
-    c0 = time.perf_counter()
-    frames_total = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    c1 = time.perf_counter()
+    frames_move = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    ckpt = time.perf_counter() - c0
+    move = time.perf_counter() - m0  # the final move and its checkpoint
+    ckpt_move = time.perf_counter() - c1
+    mu1, ms1 = cpu()
     r0 = time.perf_counter()
     entries = sum(len(layout.read(conn, r)) for r in range(1, runs + 1))
     read_after = time.perf_counter() - r0
@@ -255,10 +260,11 @@ def one(path: str, layout_cls: type, workload: str, sync: str) -> dict:
         "sys_us": (s1 - s0) * us,
         "frames_per_step": frames / n,
         "final_move_us": move * us,
-        "final_move_sys_us": (ms1 - ms0) * us,
-        "frames_final_move": (frames_total - frames) / n,
+        "final_move_cpu_us": (mu1 - mu0 + ms1 - ms0) * us,
+        "final_move_checkpoint_us": ckpt_move * us,
+        "frames_final_move": frames_move / n,
         "checkpoint_us": ckpt * us,
-        "total_us": (wall + move + ckpt) * us,
+        "total_us": (wall + ckpt + move) * us,
         "read_us_per_entry": read_before * 1e6 / n,
         "read_after_move_us_per_entry": read_after * 1e6 / n,
         "moves": getattr(layout, "moves", 0),
