@@ -136,8 +136,20 @@ class StepCall(Request, Generic[R]):
         # whole way.
         if logged_key is None:
             return True
-        if not self.kwargs and self._canonical() == logged_key:
-            return True
+        if not self.kwargs:
+            canon = self._canon
+            if canon is False:
+                args = self.args
+                if len(args) == 1 and type(args[0]) in SCALARS:
+                    try:
+                        canon = repr(args[0])  # canonical_call's answer, without the call
+                    except ValueError:  # an int too long for repr(): no canonical text
+                        canon = None
+                else:
+                    canon = canonical_call(args, self.kwargs)
+                self._canon = canon
+            if canon == logged_key:
+                return True
         key = self.key
         return key is None or key == logged_key or self.accepts(logged_key)
 
