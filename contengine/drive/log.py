@@ -184,7 +184,10 @@ class StreamedLog(Sequence[LogRow]):
                 pass
             else:
                 if ok or isinstance(value, BaseException):
-                    return Outcome(ok, value)
+                    outcome = _new(Outcome)  # Outcome(ok, value) without calling __init__
+                    outcome.ok = ok
+                    outcome.value = value
+                    return outcome
         try:
             value = self._serde.loads(data or b"", _GENERIC)
         except CorruptPayload as exc:  # say which entry, on the rare path only
@@ -198,6 +201,7 @@ class StreamedLog(Sequence[LogRow]):
 _PICKLE_TAG = ord("P")  # core/serde.py's tag of a payload the standard pickler wrote
 _SHORT = 512  # bytes: a slice of up to this many is cheaper than a view
 _pickle_loads = pickle.loads
+_new = object.__new__
 
 
 class Entry:
