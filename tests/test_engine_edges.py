@@ -87,19 +87,19 @@ def test_an_engine_error_after_a_step_keeps_the_steps_outcome(
         return 1
 
     @ce.step(name="edges.second")
-    def second(x: int) -> int:
+    def second(x: int, by: int) -> int:
         ran.append("second")
-        return x + 1
+        return x + by
 
     @ce.workflow(name="edges.engine_error")
     def wf() -> Flow:
         x = yield first()
-        return (yield second(x))
+        return (yield second(x, 1))  # two arguments: a call canonical_call makes the key of
 
     real = requests.canonical_call
 
     def broken(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-        if args == (1,):
+        if args == (1, 1):
             raise RuntimeError("engine bug")
         return real(args, kwargs)
 

@@ -39,6 +39,16 @@ def _enc(value: Any, out: list[str]) -> None:
     if t is str or t is int or t is bytes or t is float or t is bool or value is None:
         out.append(repr(value))
     elif t is list or t is tuple:
+        for item in value:
+            if type(item) not in SCALARS:
+                break
+        else:  # only plain items (the usual small tuple): the walk's text, without the walk
+            text = ", ".join(map(repr, value))
+            if t is list:
+                out.append(f"[{text}]")
+            else:
+                out.append(f"({text},)" if len(value) == 1 else f"({text})")
+            return
         out.append("[" if t is list else "(")
         for i, item in enumerate(value):
             if i:
@@ -98,6 +108,17 @@ def canonical_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | No
                     break
             else:
                 return ", ".join(map(repr, args))  # the common case, without the walk
+        else:
+            for a in args:
+                if type(a) not in SCALARS:
+                    break
+            else:
+                for v in kwargs.values():
+                    if type(v) not in SCALARS:
+                        break
+                else:  # plain values by position and by name: the walk's text, without it
+                    named = [f"{k}={kwargs[k]!r}" for k in sorted(kwargs)]
+                    return ", ".join([*map(repr, args), *named])
         for i, a in enumerate(args):
             if i:
                 out.append(", ")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .binding import Binder
-from .canonical import SCALARS, canonical_call, display_call, key_of
+from .canonical import MAX_KEY, MAX_TEXT, SCALARS, canonical_call, display_call, key_of
 from .ids import refuse_nul
 from .options import StepOptions
 
@@ -105,13 +105,24 @@ class StepCall(Request, Generic[R]):
     def _canonical(self) -> str | None:
         canon = self._canon
         if canon is False:
-            canon = self._canon = canonical_call(self.args, self.kwargs)
+            args = self.args
+            if not self.kwargs and len(args) == 1 and type(args[0]) in SCALARS:
+                try:
+                    canon = repr(args[0])  # canonical_call's answer, without the call
+                except ValueError:  # an int too long for repr(): no canonical text
+                    canon = None
+            else:
+                canon = canonical_call(args, self.kwargs)
+            self._canon = canon
         return canon  # type: ignore[return-value]
 
     @property
     def key(self) -> str | None:
-        if not self.kwargs:
-            return key_of(self._canonical())  # bound by position already: nothing to move
+        if not self.kwargs:  # bound by position already: nothing to move
+            canon = self._canonical()
+            if canon is None or len(canon) <= MAX_KEY:
+                return canon  # key_of's answer, without the call
+            return key_of(canon)
         bound = self._bound
         if bound is False:
             args, kwargs = self.step.binder().bind(self.args, self.kwargs)
@@ -130,7 +141,10 @@ class StepCall(Request, Generic[R]):
             if canon is False:
                 args = self.args
                 if len(args) == 1 and type(args[0]) in SCALARS:
-                    canon = repr(args[0])  # canonical_call's answer, without the call
+                    try:
+                        canon = repr(args[0])  # canonical_call's answer, without the call
+                    except ValueError:  # an int too long for repr(): no canonical text
+                        canon = None
                 else:
                     canon = canonical_call(args, self.kwargs)
                 self._canon = canon
@@ -149,7 +163,10 @@ class StepCall(Request, Generic[R]):
 
     @property
     def text(self) -> str:
-        return display_call(self.args, self.kwargs, self._canonical())
+        canon = self._canonical()
+        if canon is not None and len(canon) <= MAX_TEXT:
+            return canon  # display_call's answer, without the call
+        return display_call(self.args, self.kwargs, canon)
 
     def __repr__(self) -> str:
         return f"<StepCall {self.describe()}>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import pickle
 from collections.abc import Sequence
 from typing import Any, overload
@@ -83,12 +84,18 @@ class StreamedLog(Sequence[LogRow]):
     """
 
     FIRST_CHUNK = 64
-    CHUNK = 4096
+    # Small enough that reading a chunk (a tuple per row from the driver, another per
+    # row made of it) leaves fewer new objects than the collector's first threshold
+    # (700 by default): a chunk of thousands set off a young collection every few
+    # hundred rows, and the full collections those lead to, which cost a 10,000-step
+    # replay more than the extra queries of small chunks do (notes/decisions.md).
+    CHUNK = 256
     CHUNK_BYTES = 1 << 20
     MIN_CHUNK = 16
 
     __slots__ = (
-        "_store", "_run_id", "_serde", "_plain", "_rows", "_start", "_length", "_next", "most",
+        "_store", "_run_id", "_serde", "_plain", "_rows", "_start", "_held", "_length", "_next",
+        "most",
     )  # fmt: skip
 
     def __init__(self, store: Store, run_id: str, serde: Serde | None = None) -> None:
@@ -98,6 +105,7 @@ class StreamedLog(Sequence[LogRow]):
         self._plain = not serde.signs
         self._rows: list[LogRow] = []
         self._start = 0  # the position of _rows[0]
+        self._held = 0  # len(_rows)
         self._length = store.log_length(run_id)
         self._next = self.FIRST_CHUNK  # how many rows the next read asks for
         self.most = 0  # the most rows held at once (for tests and benchmarks)
@@ -110,12 +118,14 @@ class StreamedLog(Sequence[LogRow]):
     @overload
     def __getitem__(self, index: slice) -> Sequence[LogRow]: ...
     def __getitem__(self, index: int | slice) -> LogRow | Sequence[LogRow]:
-        if isinstance(index, slice):
+        # Replay reads every row through here: the window's rows first, a slice (rare)
+        # after them.
+        if type(index) is int:
+            at = index - self._start
+            if 0 <= at < self._held:
+                return self._rows[at]
+        elif isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._length))]
-        at = index - self._start
-        rows = self._rows
-        if 0 <= at < len(rows):
-            return rows[at]
         return self._read_from(index)
 
     def _read_from(self, index: int) -> LogRow:
@@ -124,11 +134,12 @@ class StreamedLog(Sequence[LogRow]):
             index += self._length
         if not 0 <= index < self._length:
             raise IndexError(index)
-        self._rows = []  # let the old chunk go before the next one is read
+        self._rows, self._held = [], 0  # let the old chunk go before the next one is read
+        index = operator.index(index)
         rows = self._store.replay_rows(self._run_id, index, self._next)
         if not rows:
             raise IndexError(index)
-        self._rows, self._start = rows, index
+        self._rows, self._start, self._held = rows, index, len(rows)
         if len(rows) > self.most:
             self.most = len(rows)
         size = 0
@@ -147,7 +158,7 @@ class StreamedLog(Sequence[LogRow]):
 
     def release(self) -> None:
         """Replay is over: let the window go (the log is not read again)."""
-        self._rows = []
+        self._rows, self._held = [], 0
         self._start = self._length
 
     def decode(self, row: LogRow) -> Outcome | None:
@@ -173,7 +184,10 @@ class StreamedLog(Sequence[LogRow]):
                 pass
             else:
                 if ok or isinstance(value, BaseException):
-                    return Outcome(ok, value)
+                    outcome = _new(Outcome)  # Outcome(ok, value) without calling __init__
+                    outcome.ok = ok
+                    outcome.value = value
+                    return outcome
         try:
             value = self._serde.loads(data or b"", _GENERIC)
         except CorruptPayload as exc:  # say which entry, on the rare path only
@@ -187,6 +201,7 @@ class StreamedLog(Sequence[LogRow]):
 _PICKLE_TAG = ord("P")  # core/serde.py's tag of a payload the standard pickler wrote
 _SHORT = 512  # bytes: a slice of up to this many is cheaper than a view
 _pickle_loads = pickle.loads
+_new = object.__new__
 
 
 class Entry:
