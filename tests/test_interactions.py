@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stores import OnCurrentStore
+from stores import OnCurrentStore, current
 
 import contengine as ce
 from contengine.store.base import Progress
@@ -311,5 +311,12 @@ def test_a_cancel_from_another_engine_is_seen_among_requests_that_write_nothing(
     run = engine.start(wf, id="r")
     engine.run_until_idle()
     assert run.status == "cancelled"
-    assert 0 < len(seen) <= 33
+    # Raised at the yield of the step it came during, on either store (notes/workflows.md).
+    assert [(e.position, e.status) for e in engine.history("r")][:1] == [(0, "failed")]
+    assert len(seen) <= 33  # found by a look among the reads, at the latest
+    if not current().postgres:
+        # On SQLite the step's end waits to be written with the next write, so the
+        # workflow reads the clock until a look finds the cancel. On PostgreSQL it may be
+        # found before the first read (seen is then 0).
+        assert len(seen) > 0
     engine.close()
