@@ -209,3 +209,36 @@ def test_runs_started_at_once_from_threads_are_each_recorded_once(where: str) ->
             t.join()
         assert got[0] == got[1]
         assert sorted(r.id for r in engine.runs()) == sorted(ids)
+
+
+def test_lists_in_opposite_orders_from_two_engines_are_each_recorded_once(where: str) -> None:
+    """Two engines (two connections) start lists that name the same ids in opposite
+    orders, at once: one run per id, both lists get them all, and neither fails (on
+    PostgreSQL two transactions inserting the same keys in opposite orders would wait
+    for each other: a deadlock, one of them refused)."""
+    ids = [f"r{i:04d}" for i in range(2000)]
+    with (
+        ce.Engine(where, workflows=[summed]) as first,
+        ce.Engine(where, workflows=[summed]) as second,
+    ):
+        errors: list[BaseException] = []
+        go = threading.Barrier(2)
+
+        def start(engine: ce.Engine, order: list[str]) -> None:
+            try:
+                go.wait()
+                for _ in range(3):
+                    engine.start_many([(summed, (1,), {"id": i}) for i in order])
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=start, args=(first, ids)),
+            threading.Thread(target=start, args=(second, ids[::-1])),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(r.id for r in first.runs()) == ids

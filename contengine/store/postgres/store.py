@@ -118,9 +118,13 @@ class PostgresStore(GroupCommit, Store):
         """All in one transaction, a few hundred runs a statement, and one NOTIFY for
         them all; what vet raises rolls it back."""
         made: set[str] = set()
+        # Inserted in id order: two lists naming some of the same ids, written at once
+        # by two connections, then wait on each other's ids in the same order (in the
+        # order given, each could hold an id the other waits for: a deadlock).
+        ordered = sorted(runs, key=lambda run: run.id)
         with self._writer.transaction() as conn:
-            for at in range(0, len(runs), CREATE_CHUNK):
-                chunk = runs[at : at + CREATE_CHUNK]
+            for at in range(0, len(ordered), CREATE_CHUNK):
+                chunk = ordered[at : at + CREATE_CHUNK]
                 marks = ", ".join([f"({RUN_MARKS})"] * len(chunk))
                 params = [value for run in chunk for value in run_params(run)]
                 query = (
