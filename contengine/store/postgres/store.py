@@ -182,10 +182,13 @@ class PostgresStore(GroupCommit, Store):
         return [run_row(r) for r in self._reader.read(query, params)]
 
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
+        # In binary: an outcome as text is hex, twice its size, and the client library
+        # holds that and its unescaped copy at once (replay reads a long outcome here).
         rows = self._reader.read(
             f"SELECT {ENTRY_COLS} FROM log WHERE run_id = %s AND position >= %s "
             "ORDER BY position LIMIT %s",
             (run_id, max(start, 0), limit),
+            binary=True,
         )
         return [entry_row(run_id, r) for r in rows]
 
