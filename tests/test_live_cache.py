@@ -158,3 +158,48 @@ def test_a_new_run_under_a_reused_id_is_not_resumed_from_the_old_one(tmp_path: P
         engine.run_until_idle()
         assert engine.get_run("x").result() == ["NEW-0", "NEW-1"]
         assert engine._runner.live.misses == 1  # the old generator was dropped
+
+
+class _NoLength(list[int]):
+    """A list whose length cannot be read."""
+
+    def __len__(self) -> int:
+        raise RuntimeError("no length here")
+
+
+class _Unbound:
+    """A proxy with nothing behind it: even its __class__ raises (as an unbound proxy's)."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise RuntimeError("unbound proxy")
+
+
+class _NoSize:
+    def __sizeof__(self) -> int:
+        raise RuntimeError("no size here")
+
+
+@ce.workflow(name="live.odd_locals")
+def odd_locals(label: str) -> Generator[Any, Any, list[str]]:
+    """Holds objects that refuse to be measured across its sleeps."""
+    held = [_NoLength(range(300)), [_Unbound()], _NoSize()]
+    out = [(yield work(f"{label}-0"))]
+    yield ce.sleep(60)
+    out.append((yield work(f"{label}-1")))
+    return out if held else []
+
+
+def test_a_run_holding_objects_that_refuse_to_be_measured_is_kept_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The cache's estimate of what a run holds reads sizes and lengths of its locals;
+    one that raises is counted roughly, and the run goes on (it was left stuck: the
+    estimate's exception was taken for the engine failing to drive it)."""
+    fresh()
+    with ce.Engine(tmp_path / "a.db", clock=VirtualClock(START)) as engine:
+        run = engine.start(odd_locals, "o")
+        engine.run_until_idle()
+        assert engine.get_run(run.id).note is None
+        assert run.result() == ["O-0", "O-1"]
+        assert engine._runner.live.hits == 1

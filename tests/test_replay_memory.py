@@ -12,6 +12,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from postgres_server import fresh_schema, pg_schemas, server_url
 
@@ -280,3 +281,48 @@ def test_replay_on_postgresql_holds_one_chunk(
         assert all(log.window() == [] for log in counted)
         assert [r.outcome for r in engine.store.replay_rows("big", 0, 3)] == [b"", b"", b""]
         assert engine._runner.live._kept["big"].drive.driver.held()[-1] == set()
+
+
+_READ_LONG_OUTCOME = """
+import resource, sys
+from contengine.store.postgres import PostgresStore
+store = PostgresStore(sys.argv[1], schema=sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+(entry,) = store.load_log("r", 0, 1)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert entry.outcome == bytes(range(256)) * (int(sys.argv[3]) // 256)
+print((after - before) * 1024)
+"""
+
+
+def test_a_long_outcome_on_postgresql_is_read_without_its_hex_text(
+    pg_schemas: list[str],
+) -> None:
+    """A long outcome (read alone by replay) comes from PostgreSQL in binary: its text
+    form is hex, twice its size, held by the client library and then unescaped, so a
+    64-MB outcome cost nearly 4 times its size in memory to read; in binary, about
+    its size."""
+    import subprocess
+    import sys
+
+    url, schema = server_url(), fresh_schema(pg_schemas)
+    size = 64 << 20
+    store = PostgresStore(url, schema=schema)
+    try:
+        with psycopg.connect(url) as conn:
+            conn.execute(f'SET search_path TO "{schema}"')
+            conn.execute(
+                "INSERT INTO log (run_id, position, kind, name, text, status, attempts, "
+                "crashes, started_at, outcome) VALUES ('r', 0, 'step', 's', '', 'completed', "
+                "1, 0, 0, %s)",
+                (bytes(range(256)) * (size // 256),),
+            )
+    finally:
+        store.close()
+    out = subprocess.run(
+        [sys.executable, "-c", _READ_LONG_OUTCOME, url, schema, str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert int(out) < 2 * size

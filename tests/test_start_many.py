@@ -113,6 +113,31 @@ def test_a_bad_id_refuses_the_list(engine: ce.Engine) -> None:
     refused(engine, [good, (summed, (1,), {"id": 7})], ValueError, r"^start 1 ")
 
 
+def test_names_no_database_can_keep_refuse_the_list(engine: ce.Engine) -> None:
+    """A lone surrogate in an id, a tag or a queue name cannot be stored as text by
+    either database: refused as start() refuses a bad name, naming the start (the
+    store's UnicodeEncodeError came out of the write, naming nothing)."""
+    good = (summed, (1,), {"id": "good"})
+    refused(engine, [good, (summed, (1,), {"id": "a\ud800"})], ValueError, r"^start 1 .*surrogate")
+    refused(engine, [good, (summed, (1,), {"tags": ["\udfff"]})], ValueError, r"^start 1 ")
+    refused(engine, [good, (summed, (1,), {"queue": "q\ud800"})], ValueError, r"^start 1 ")
+    with pytest.raises(ValueError, match="surrogate"):
+        engine.start(summed, 1, id="\ud800")
+
+
+def test_a_priority_no_database_can_keep_refuses_the_list(engine: ce.Engine) -> None:
+    """Priorities are PostgreSQL integers (32 bits) on both stores: one beyond them is
+    refused before anything is written, naming the start (it was a database error on
+    PostgreSQL, an OverflowError on SQLite past 64 bits, and kept on SQLite between)."""
+    good = (summed, (1,), {"id": "good"})
+    for priority in (2**31, -(2**31) - 1, 2**70):
+        refused(engine, [good, (summed, (1,), {"priority": priority})], ValueError, r"^start 1 ")
+    runs = engine.start_many(
+        [(summed, (1,), {"priority": 2**31 - 1}), (summed, (2,), {"priority": -(2**31)})]
+    )
+    assert [engine.store.get_run(r.id).priority for r in runs] == [2**31 - 1, -(2**31)]  # type: ignore[union-attr]
+
+
 def test_an_unknown_workflow_refuses_the_list(engine: ce.Engine) -> None:
     starts = [(summed, (1,)), ("start_many.nowhere", ())]
     refused(engine, starts, ce.WorkflowNotFound, r"^start 1 .*start_many.nowhere")
@@ -209,3 +234,36 @@ def test_runs_started_at_once_from_threads_are_each_recorded_once(where: str) ->
             t.join()
         assert got[0] == got[1]
         assert sorted(r.id for r in engine.runs()) == sorted(ids)
+
+
+def test_lists_in_opposite_orders_from_two_engines_are_each_recorded_once(where: str) -> None:
+    """Two engines (two connections) start lists that name the same ids in opposite
+    orders, at once: one run per id, both lists get them all, and neither fails (on
+    PostgreSQL two transactions inserting the same keys in opposite orders would wait
+    for each other: a deadlock, one of them refused)."""
+    ids = [f"r{i:04d}" for i in range(2000)]
+    with (
+        ce.Engine(where, workflows=[summed]) as first,
+        ce.Engine(where, workflows=[summed]) as second,
+    ):
+        errors: list[BaseException] = []
+        go = threading.Barrier(2)
+
+        def start(engine: ce.Engine, order: list[str]) -> None:
+            try:
+                go.wait()
+                for _ in range(3):
+                    engine.start_many([(summed, (1,), {"id": i}) for i in order])
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=start, args=(first, ids)),
+            threading.Thread(target=start, args=(second, ids[::-1])),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(r.id for r in first.runs()) == ids

@@ -30,7 +30,14 @@ def refuse_nul(value: str, what: str) -> str:
             f"{what} {value!r} contains a NUL character (\\x00), which a database "
             f"cannot keep in a name (PostgreSQL refuses it); choose one without"
         )
-    size = len(value.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        # Neither database keeps one as text (the write would fail, naming nothing).
+        raise ValueError(
+            f"{what} {value[:40]!r} contains a lone surrogate, which is not UTF-8 text "
+            f"and cannot be stored; choose one of real characters"
+        ) from None
     if size > MAX_NAME_BYTES:
         raise ValueError(
             f"{what} {value[:40]!r}... is {size} bytes long (in UTF-8); at most "

@@ -179,22 +179,35 @@ def deep_size(roots: list[Any], budget: int = BUDGET) -> int:
             continue
         seen.add(key)
         budget -= 1
-        if isinstance(obj, _SHARED):
-            continue
-        total += int(sys.getsizeof(obj, 64) * weight)
-        kind = type(obj)
-        if kind in _ATOMS:
-            continue
-        if isinstance(obj, _CONTAINERS) and len(obj) > LARGE:
-            members: list[Any]
-            if isinstance(obj, list | tuple):
-                members = list(obj[:: len(obj) // SAMPLE])  # spread over the whole
-            elif isinstance(obj, dict):
-                members = [m for item in itertools.islice(obj.items(), SAMPLE) for m in item]
-            else:
-                members = list(itertools.islice(obj, SAMPLE))
-            scale = weight * len(obj) / (len(members) if isinstance(obj, list | tuple) else SAMPLE)
-            todo.extend((m, scale) for m in members)
-            continue
-        todo.extend((r, weight) for r in gc.get_referents(obj))
+        try:
+            total += _walk(obj, weight, todo)
+        except Exception:  # the workflow's own objects: a __sizeof__, __len__ or
+            # __class__ of theirs that raises (an unbound proxy) must not stop the run
+            total += int(_UNSIZED * weight)
     return total
+
+
+_UNSIZED = 64  # bytes counted for an object that refuses to be measured
+
+
+def _walk(obj: Any, weight: float, todo: list[tuple[Any, float]]) -> int:
+    """obj's own size (weighted); what it refers to is added to todo."""
+    kind = type(obj)
+    if kind in _ATOMS:
+        return int(sys.getsizeof(obj, _UNSIZED) * weight)
+    if isinstance(obj, _SHARED):
+        return 0
+    size = int(sys.getsizeof(obj, _UNSIZED) * weight)
+    if isinstance(obj, _CONTAINERS) and len(obj) > LARGE:
+        members: list[Any]
+        if isinstance(obj, list | tuple):
+            members = list(obj[:: len(obj) // SAMPLE])  # spread over the whole
+        elif isinstance(obj, dict):
+            members = [m for item in itertools.islice(obj.items(), SAMPLE) for m in item]
+        else:
+            members = list(itertools.islice(obj, SAMPLE))
+        scale = weight * len(obj) / (len(members) if isinstance(obj, list | tuple) else SAMPLE)
+        todo.extend((m, scale) for m in members)
+        return size
+    todo.extend((r, weight) for r in gc.get_referents(obj))
+    return size

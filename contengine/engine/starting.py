@@ -22,6 +22,9 @@ __all__ = ["StartBatch", "check_same_start", "new_row"]
 START_OPTIONS = ("id", "tags", "queue", "priority")
 
 
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1  # a PostgreSQL integer
+
+
 def new_row(
     wf: Workflow[Any, Any],
     serde: Serde,
@@ -58,6 +61,11 @@ def new_row(
         refuse_nul(queue, "the queue name")
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise TypeError(f"priority must be an int, not {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        # PostgreSQL keeps a priority as an integer: the same bounds on both stores.
+        raise ValueError(
+            f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, not {priority}"
+        )
     return RunRow(
         run_id, wf.name, wf.ref, PENDING, data, args_key, now, now,
         tags=checked_tags(tags), queue=queue, priority=priority,

@@ -119,19 +119,22 @@ class Link:
             except psycopg.Error as exc:
                 raise database_error(self.shown, exc) from exc
 
-    def read(self, query: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        """The rows of one query, run on its own (autocommit)."""
+    def read(
+        self, query: str, params: Sequence[object] = (), binary: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """The rows of one query, run on its own (autocommit); with binary, in the
+        binary format (a bytea comes as its bytes, not as hex text twice its size)."""
         with self.lock:
             conn = self.connect()
             try:
-                return conn.execute(query, params).fetchall()
+                return conn.execute(query, params, binary=binary).fetchall()
             except psycopg.Error as exc:
                 if not conn.broken:
                     raise database_error(self.shown, exc) from exc
             # The connection was lost under the read (a session ended, a restart): a
             # read changes nothing, so it is asked once more on a new connection.
             try:
-                return self.connect().execute(query, params).fetchall()
+                return self.connect().execute(query, params, binary=binary).fetchall()
             except psycopg.Error as exc:
                 raise database_error(self.shown, exc) from exc
 

@@ -118,9 +118,13 @@ class PostgresStore(GroupCommit, Store):
         """All in one transaction, a few hundred runs a statement, and one NOTIFY for
         them all; what vet raises rolls it back."""
         made: set[str] = set()
+        # Inserted in id order: two lists naming some of the same ids, written at once
+        # by two connections, then wait on each other's ids in the same order (in the
+        # order given, each could hold an id the other waits for: a deadlock).
+        ordered = sorted(runs, key=lambda run: run.id)
         with self._writer.transaction() as conn:
-            for at in range(0, len(runs), CREATE_CHUNK):
-                chunk = runs[at : at + CREATE_CHUNK]
+            for at in range(0, len(ordered), CREATE_CHUNK):
+                chunk = ordered[at : at + CREATE_CHUNK]
                 marks = ", ".join([f"({RUN_MARKS})"] * len(chunk))
                 params = [value for run in chunk for value in run_params(run)]
                 query = (
@@ -178,10 +182,13 @@ class PostgresStore(GroupCommit, Store):
         return [run_row(r) for r in self._reader.read(query, params)]
 
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
+        # In binary: an outcome as text is hex, twice its size, and the client library
+        # holds that and its unescaped copy at once (replay reads a long outcome here).
         rows = self._reader.read(
             f"SELECT {ENTRY_COLS} FROM log WHERE run_id = %s AND position >= %s "
             "ORDER BY position LIMIT %s",
             (run_id, max(start, 0), limit),
+            binary=True,
         )
         return [entry_row(run_id, r) for r in rows]
 
