@@ -119,7 +119,12 @@ class GroupCommit(RunStore):
                 return self.write_alone(progress)
             finally:
                 with queue_lock:
-                    waiting = next((slot for slot in self._queue if slot.ticket is None), None)
+                    # (Most often nothing is queued: no scan then.)
+                    waiting = (
+                        next((slot for slot in self._queue if slot.ticket is None), None)
+                        if self._queue
+                        else None
+                    )
                     if waiting is not None:
                         waiting.lead()
                     else:

@@ -24,6 +24,7 @@ from .sql import (
     RUN_MARKS,
     UPDATE_ENTRY,
     UPDATE_RUN,
+    Executes,
     SQLiteParts,
     checked_position,
     run_params,
@@ -65,15 +66,16 @@ class WriteMethods(SQLiteParts):
         does for a batch of one, and raises the same errors."""
         with self._lock:
             conn = self._conn
+            cur = self._wcur
             try:
-                got = self._begin(conn)
+                got = self._begin(cur)
             except DatabaseError:
                 raise
             except Exception as exc:
                 raise DatabaseError(str(exc)) from exc
             try:
-                cancel = self._write(conn, progress)
-                self._commit(conn, got)
+                cancel = self._write(cur, progress)
+                self._commit(cur, got)
             except BaseException as exc:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
@@ -147,7 +149,7 @@ class WriteMethods(SQLiteParts):
         for child in p.new_runs:
             self._nums.pop(child.id, None)
 
-    def _write(self, conn: sqlite3.Connection, p: Progress) -> bool:
+    def _write(self, conn: Executes, p: Progress) -> bool:
         """Write one progress; True if the run's row asks for a cancel (see commit())."""
         num = self._nums.get(p.run_id)
         if num is None:
@@ -232,7 +234,10 @@ class WriteMethods(SQLiteParts):
             )  # fmt: skip
         if p.insert is not None:
             e = p.insert
-            key = base | checked_position(e.position)
+            position = e.position
+            if not 0 <= position <= POSITION_MASK:  # checked_position, inline: every step
+                checked_position(position)
+            key = base | position
             text = None if e.text == e.key else e.text
             if (
                 e.status == E_RUNNING and e.attempts == 1 and e.crashes == 0
