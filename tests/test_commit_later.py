@@ -130,6 +130,11 @@ class Plan:
     kind: str  # plain, plain+run, first, finish, recorded
     lease_taken: bool
     raced: bool  # the entry's attempts moved on underneath (another driver)
+    # How the entries look: the statements differ for a text equal to its key, an
+    # outcome after failed attempts (its error text kept) and an outcome past SHORT_BLOB.
+    keyed: bool = False
+    error_text: bool = False
+    long_outcome: bool = False
 
 
 plans = st.builds(
@@ -137,10 +142,26 @@ plans = st.builds(
     kind=st.sampled_from(["plain", "plain+run", "first", "finish", "recorded"]),
     lease_taken=st.booleans(),
     raced=st.booleans(),
+    keyed=st.booleans(),
+    error_text=st.booleans(),
+    long_outcome=st.booleans(),
 )
 
 
 def progress_for(run_id: str, plan: Plan) -> Progress:
+    p = _progress_for(run_id, plan)
+    for e in (p.update, p.insert):
+        if e is not None and plan.keyed:
+            e.text = e.key
+    if p.update is not None:
+        if plan.error_text:
+            p.update.error_text = "Traceback: an earlier attempt failed"
+        if plan.long_outcome:
+            p.update.outcome = bytes(range(256)) * 40  # 10,240 bytes
+    return p
+
+
+def _progress_for(run_id: str, plan: Plan) -> Progress:
     if plan.kind == "first":
         return Progress(run_id, insert=in_flight(run_id, 1), lease=(OWNER, 1))
     p = next_step(run_id)
@@ -207,6 +228,18 @@ def test_the_bulk_write_leaves_what_writing_one_by_one_leaves(
         bulk = write(Path(tmp) / "bulk.db", batch, 12, bulk=True)
         one_by_one = write(Path(tmp) / "one.db", batch, 12, bulk=False)
     assert bulk == one_by_one
+    rows = {row[0]: row for row in bulk[1][0]}
+    for i, plan in batch:
+        sent = progress_for(f"r{i}", plan)
+        written = bulk[0][[j for j, _ in batch].index(i)] is None
+        for e in (sent.update, sent.insert):
+            if e is None or not written:
+                continue
+            # What was written is what was sent (runs are numbered from 1 in order).
+            row = rows[((i + 1) << 32) | e.position]
+            if e is sent.insert:  # (an update leaves the text as the insert wrote it)
+                assert row[4] == (None if e.text == e.key else e.text)
+            assert (row[5], row[11], row[12]) == (e.status, e.outcome, e.error_text)
     for (_, plan), outcome in zip(batch, bulk[0], strict=True):
         if plan.lease_taken:
             assert outcome is LeaseLost

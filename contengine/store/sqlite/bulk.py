@@ -26,9 +26,12 @@ from .sql import (
     CANCEL_PENDING,
     COMPLETE_ENTRY,
     INSERT_NEW_ENTRY,
+    INSERT_NEW_KEYED,
     POSITION_BITS,
+    SHORT_BLOB,
     UPDATE_RUN,
     checked_position,
+    without_error_text,
 )
 
 # Runs per lease query: under the 999 host parameters of SQLite builds older than 3.32.
@@ -90,8 +93,12 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
             held[num] = (owner, lease)
             if cancel == CANCEL_PENDING:
                 cancels.add(num)
+    # Rows in the variants without a NULL or bytes parameter where they can (sql.py says
+    # why); the rest in the general statements.
     completes: list[tuple[object, ...]] = []
+    clean_completes: list[tuple[object, ...]] = []
     inserts: list[tuple[object, ...]] = []
+    keyed_inserts: list[tuple[object, ...]] = []
     runs: list[tuple[object, ...]] = []
     for slot, num in zip(slots, nums, strict=True):
         p = slot.progress
@@ -105,16 +112,30 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
         u = p.update
         # fmt: off
         if u is not None:
-            completes.append((
-                u.attempts, u.crashes, u.finished_at, u.outcome, u.error_text,
-                base | u.position, p.expect_attempts,
-            ))
+            outcome: bytes | bytearray | None = u.outcome
+            if outcome is not None and len(outcome) <= SHORT_BLOB:
+                outcome = bytearray(outcome)
+            if u.error_text is None:
+                clean_completes.append((
+                    u.attempts, u.crashes, u.finished_at, outcome, base | u.position,
+                    p.expect_attempts,
+                ))
+            else:
+                completes.append((
+                    u.attempts, u.crashes, u.finished_at, outcome, u.error_text,
+                    base | u.position, p.expect_attempts,
+                ))
         e = p.insert
         if e is not None:
-            inserts.append((
-                base | checked_position(e.position), e.kind, e.name, e.key,
-                None if e.text == e.key else e.text, e.started_at,
-            ))
+            if e.text == e.key:
+                keyed_inserts.append((
+                    base | checked_position(e.position), e.kind, e.name, e.key, e.started_at,
+                ))
+            else:
+                inserts.append((
+                    base | checked_position(e.position), e.kind, e.name, e.key, e.text,
+                    e.started_at,
+                ))
         r = p.run
         if r is not None:
             runs.append((
@@ -122,8 +143,14 @@ def write_plain(conn: sqlite3.Connection, slots: list[Slot], num_of: Callable[[s
                 r.error_text, r.clear_cancel, p.run_id,
             ))
         # fmt: on
-    if completes and conn.executemany(COMPLETE_ENTRY, completes).rowcount != len(completes):
-        raise Redo("an entry is no longer in flight with the attempts its driver wrote")
+    for sql, rows in (
+        (without_error_text(COMPLETE_ENTRY), clean_completes),
+        (COMPLETE_ENTRY, completes),
+    ):
+        if rows and conn.executemany(sql, rows).rowcount != len(rows):
+            raise Redo("an entry is no longer in flight with the attempts its driver wrote")
+    if keyed_inserts:
+        conn.executemany(INSERT_NEW_KEYED, keyed_inserts)
     if inserts:
         conn.executemany(INSERT_NEW_ENTRY, inserts)
     if runs and conn.executemany(UPDATE_RUN, runs).rowcount != len(runs):

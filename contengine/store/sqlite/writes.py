@@ -18,10 +18,12 @@ from .sql import (
     COMPLETE_ENTRY,
     INSERT_ENTRY,
     INSERT_NEW_ENTRY,
+    INSERT_NEW_KEYED,
     POSITION_BITS,
     POSITION_MASK,
     RUN_COLS,
     RUN_MARKS,
+    SHORT_BLOB,
     UPDATE_ENTRY,
     UPDATE_RUN,
     Executes,
@@ -29,6 +31,7 @@ from .sql import (
     checked_position,
     run_params,
     with_fence,
+    without_error_text,
 )
 
 
@@ -193,10 +196,19 @@ class WriteMethods(SQLiteParts):
             e = u
             params: tuple[object, ...]
             if e.status == E_COMPLETED and e.due_at is None:
-                sql, params = COMPLETE_ENTRY, (
-                    e.attempts, e.crashes, e.finished_at, e.outcome, e.error_text,
-                    base | e.position, p.expect_attempts,
-                )  # fmt: skip
+                outcome: bytes | bytearray | None = e.outcome
+                if outcome is not None and len(outcome) <= SHORT_BLOB:
+                    outcome = bytearray(outcome)  # bound without an adapter lookup (sql.py)
+                if e.error_text is None:
+                    sql, params = without_error_text(COMPLETE_ENTRY), (
+                        e.attempts, e.crashes, e.finished_at, outcome, base | e.position,
+                        p.expect_attempts,
+                    )  # fmt: skip
+                else:
+                    sql, params = COMPLETE_ENTRY, (
+                        e.attempts, e.crashes, e.finished_at, outcome, e.error_text,
+                        base | e.position, p.expect_attempts,
+                    )  # fmt: skip
             else:
                 sql, params = UPDATE_ENTRY, (
                     e.status, e.attempts, e.crashes, e.finished_at, e.due_at, e.outcome,
@@ -244,7 +256,10 @@ class WriteMethods(SQLiteParts):
                 and e.finished_at is None and e.due_at is None and e.outcome is None
                 and e.error_text is None
             ):  # fmt: skip
-                conn.execute(INSERT_NEW_ENTRY, (key, e.kind, e.name, e.key, text, e.started_at))
+                if text is None:
+                    conn.execute(INSERT_NEW_KEYED, (key, e.kind, e.name, e.key, e.started_at))
+                else:
+                    conn.execute(INSERT_NEW_ENTRY, (key, e.kind, e.name, e.key, text, e.started_at))
             else:
                 conn.execute(
                     INSERT_ENTRY,
