@@ -8,6 +8,7 @@ with leases taken and entries raced).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import given
 
 from contengine import LeaseLost
-from contengine.errors import DatabaseError
+from contengine.errors import DatabaseError, DatabaseLocked
 from contengine.store.base import (
     COMPLETED,
     E_COMPLETED,
@@ -286,3 +287,24 @@ def test_an_interrupted_writer_tells_queued_commits_they_were_not_written(
         assert not store._writing
     finally:
         store.close()
+
+
+def test_a_store_closed_after_a_failed_direct_write_lets_go_of_the_file(tmp_path: Path) -> None:
+    """The direct write's kept cursor holds a statement that failed (another process had
+    the write lock); closing the store still closes the database: its WAL is merged and
+    removed, and every commit is in the file itself."""
+    path = tmp_path / "q.db"
+    store = open_store(path, 2)
+    store.commit(next_step("r1"))  # written on the kept cursor
+    store._conn.execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    with pytest.raises(DatabaseLocked):
+        store.commit(next_step("r0"))
+    other.execute("ROLLBACK")
+    other.close()
+    store.close()
+    assert sorted(os.listdir(tmp_path)) == ["q.db"]  # no -wal, no -shm: closed for real
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        statuses = [row[0] for row in conn.execute("SELECT status FROM log ORDER BY id")]
+    assert statuses == ["running", "completed", "running"]  # r0 as before; r1 moved on

@@ -71,6 +71,8 @@ def without_error_text(sql: str) -> str:
     is NULL in the statement, not a parameter (made once)."""
     out = _CLEAN.get(sql)
     if out is None:
+        if sql.count("error_text = ?") != 1:  # another shape: its parameters would shift
+            raise ValueError(f"not a statement with one error_text parameter: {sql}")
         out = _CLEAN[sql] = sql.replace("error_text = ?", "error_text = NULL")
     return out
 

@@ -472,6 +472,10 @@ class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseM
         with contextlib.suppress(DatabaseError):
             self._guard.check()  # a last look: the file may have gone since
         with self._lock:
+            # The kept cursor first: after a statement on it failed, it holds that
+            # statement (Python 3.11), and the connection would stay open (the file,
+            # its WAL unmerged) until the cursor is collected.
+            self._wcur.close()
             self._conn.close()
         if self._reader is not self._conn:
             with self._rlock:
