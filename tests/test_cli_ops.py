@@ -204,14 +204,14 @@ def test_cancel_of_a_finished_run_changes_nothing_and_of_an_unknown_one_fails(
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30d", 30 * DAY), ("12h", 43200.0), ("90m", 5400.0), ("45s", 45.0), ("10", 10.0),
-     ("1.5h", 5400.0), ("0d", 0.0)],
+    [("30d", 30 * DAY), ("12h", 43200.0), ("90m", 5400.0), ("45s", 45.0), ("1.5h", 5400.0),
+     ("0d", 0.0), (" 2d ", 2 * DAY)],
 )  # fmt: skip
 def test_parse_duration_reads_s_m_h_d(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "d", "-5d", "5w", "1 day", "3dd", "nan"])
+@pytest.mark.parametrize("text", ["", "d", "-5d", "5w", "1 day", "3dd", "nan", "30", "1.5"])
 def test_parse_duration_refuses_anything_else_as_a_usage_error(text: str) -> None:
     with pytest.raises(CommandError) as info:
         parse_duration(text)
@@ -244,6 +244,12 @@ def test_gc_deletes_only_runs_that_finished_long_ago(
         assert statuses["old-parent/0"] == "completed" and statuses["old-parent"] == "waiting"
         before = {run_id: _history(engine, run_id) for run_id in kept}
 
+    code, out, err = run_cli(capsys, "gc", "--older-than", "30d", "--dry-run", "--db", path)
+    assert code == 0 and err == ""
+    assert out.strip() == "would delete 3 finished runs (--dry-run: nothing was deleted)"
+    with ce.Engine(path) as engine:
+        assert len(engine.runs()) == len(kept) + 3  # the dry run deleted nothing
+        assert engine.gc(30 * DAY, dry_run=True) == 3
     code, out, err = run_cli(capsys, "gc", "--older-than", "30d", "--db", path)
     assert code == 0 and err == "" and out.strip() == "deleted 3 finished runs"
 
@@ -264,13 +270,28 @@ def test_gc_deletes_only_runs_that_finished_long_ago(
         assert {r.id for r in engine.runs()} == {"old-waiting", "old-parent", "new-done"}
 
 
+@pytest.mark.parametrize("age", ["2w", "30", "0"])
 def test_gc_with_a_bad_age_is_a_usage_error_and_deletes_nothing(
-    db: str, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str], age: str
 ) -> None:
-    code, out, err = run_cli(capsys, "gc", "--older-than", "2w", "--db", db)
-    assert code == 2 and out == "" and "'2w'" in one_line_error(err)
+    """A bare number too: `--older-than 30` meant as days must not delete every run
+    older than 30 seconds."""
+    for dry in ([], ["--dry-run"]):
+        code, out, err = run_cli(capsys, "gc", "--older-than", age, *dry, "--db", db)
+        line = one_line_error(err)
+        assert code == 2 and out == "" and repr(age) in line
+        assert "needs a number with a unit s, m, h or d" in line
     with ce.Engine(db) as engine:
         assert len(engine.runs()) == 3
+
+
+def test_gc_dry_run_of_an_age_too_large_is_a_usage_error(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        capsys, "gc", "--older-than", "1" + "0" * 400 + "d", "--dry-run", "--db", db
+    )
+    assert code == 2 and out == "" and "too large" in one_line_error(err)
 
 
 def test_engine_gc_counts_across_batches_and_refuses_a_negative_age(tmp_path: Path) -> None:

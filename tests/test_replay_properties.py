@@ -342,6 +342,10 @@ class CrashingStore(OneEngineStore):
         """Delegated."""
         return self.inner.delete_finished(before, limit)
 
+    def count_deletable(self, before: float) -> int:
+        """Delegated."""
+        return self.inner.count_deletable(before)
+
     def backup(self, dest_path: str | os.PathLike[str]) -> None:
         """Delegated."""
         self.inner.backup(dest_path)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from postgres_server import fresh_schema, pg_schemas, server_url
 
 import contengine as ce
@@ -460,6 +462,67 @@ def _lived(
         store.commit(Progress(run_id, run=RunUpdate(status, finished_at, finished_at=finished_at)))
 
 
+# A forest of runs: each (parent, status, finished at); the parent is the run of that
+# index if it came before, else none; status None leaves the run unfinished.
+forests = st.lists(
+    st.tuples(
+        st.integers(0, 15),
+        st.sampled_from([COMPLETED, FAILED, CANCELLED, None]),
+        st.sampled_from([50.0, 100.0, 150.0]),
+    ),
+    max_size=12,
+)
+
+
+# A store per example (a schema of the server on PostgreSQL): a tenth of the profile's.
+@settings(
+    max_examples=max(5, settings.default.max_examples // 10),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(forest=forests)
+def test_count_deletable_is_what_deleting_until_none_is_left_deletes(
+    store_factory: StoreFactory, forest: list[tuple[int, str | None, float]]
+) -> None:
+    """count_deletable (gc --dry-run) against a model of the rules, and against what
+    delete_finished then deletes: trees leaves first, a run kept by any descendant."""
+    store = store_factory()
+    parents: dict[str, str | None] = {}
+    statuses: dict[str, str | None] = {}
+    finished: dict[str, float] = {}
+    for i, (parent, status, at) in enumerate(forest):
+        run_id = f"r{i}"
+        parents[run_id] = f"r{parent}" if parent < i else None
+        statuses[run_id], finished[run_id] = status, at
+        started(store, run_id, parent_id=parents[run_id])
+        if status is not None:
+            store.commit(Progress(run_id, run=RunUpdate(status, at, finished_at=at)))
+
+    def may_go(run_id: str) -> bool:
+        parent = parents[run_id]
+        return (
+            statuses[run_id] is not None
+            and finished[run_id] < 100.0
+            and (parent is None or statuses[parent] is not None)
+        )
+
+    def goes(run_id: str) -> bool:
+        children = [c for c, p in parents.items() if p == run_id]
+        return may_go(run_id) and all(goes(c) for c in children)
+
+    expected = {run_id for run_id in parents if goes(run_id)}
+    assert store.count_deletable(100.0) == len(expected)
+    assert {r.id for r in store.list_runs()} == set(parents)  # nothing deleted
+    deleted = 0
+    while True:
+        batch = store.delete_finished(100.0, 3)
+        deleted += batch
+        if batch < 3:
+            break
+    assert deleted == len(expected)
+    assert {r.id for r in store.list_runs()} == set(parents) - expected
+    assert store.count_deletable(100.0) == 0
+
+
 def _kept(store: Store, run_id: str) -> bool:
     """Whether the run and everything of it survived."""
     if store.get_run(run_id) is None:
@@ -505,6 +568,8 @@ def test_delete_finished_deletes_only_old_finished_runs_free_of_unfinished_relat
     deletable = {"old_done", "old_failed", "old_cancelled", "tree", "tree/1", "tree/1/2"}
     everyone = {r.id for r in store.list_runs()}
 
+    assert store.count_deletable(100.0) == len(deletable)  # what gc --dry-run reports
+    assert {r.id for r in store.list_runs()} == everyone  # and it deleted nothing
     assert store.delete_finished(100.0, 4) == 4  # one transaction, at most `limit` runs
     assert len(everyone - {r.id for r in store.list_runs()}) == 4
     assert store.delete_finished(100.0, 4) == 2  # fewer than the limit: none is left

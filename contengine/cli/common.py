@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 DB_HELP = "database file or postgresql:// URL (default: $CONTENGINE_DB)"
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+# The unit is required: a bare number is refused, not taken as seconds (`gc
+# --older-than 30` meant as days would delete every run older than 30 seconds).
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd])")
 
 
 class CommandError(Exception):
@@ -99,13 +101,14 @@ def open_engine(db: str | None, create: bool = False, readonly: bool = False) ->
 
 
 def parse_duration(text: str, option: str = "--older-than") -> float:
-    """Seconds in an age such as 30d, 12h, 90m, 45s or 10 (seconds); CommandError if not one."""
+    """Seconds in an age such as 30d, 12h, 90m or 45s; CommandError if not one (a bare
+    number too: its unit is not guessed)."""
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise CommandError(
             f"{option} needs a number with a unit s, m, h or d (e.g. 30d), not {text!r}", 2
         )
-    return float(match.group(1)) * UNITS[match.group(2) or "s"]
+    return float(match.group(1)) * UNITS[match.group(2)]
 
 
 def error(message: str) -> None:

@@ -37,7 +37,12 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     cancel = command("cancel", "cancel a run (and its unfinished children)")
     cancel.add_argument("run_id")
     gc = command("gc", "delete runs that finished long ago, with their logs")
-    gc.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 45s")
+    gc.add_argument(
+        "--older-than", required=True, metavar="AGE", help="with its unit: 30d, 12h, 90m, 45s"
+    )
+    gc.add_argument(
+        "--dry-run", action="store_true", help="say how many runs would go; delete nothing"
+    )
     backup = command(
         "backup", "copy the database (or a PostgreSQL schema) to a new SQLite file, while in use"
     )
@@ -65,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
         raise CommandError("a signal name must be a non-empty string", 2)
     payload = _json(args.payload) if args.command == "signal" else None
     age = parse_duration(args.older_than) if args.command == "gc" else 0.0
+    if math.isinf(age):
+        raise CommandError("--older-than is too large", 2)
     data = _read_export(args.file) if args.command == "import" else None
     try:
         if getattr(args, "run_id", None) is not None:
@@ -106,6 +113,12 @@ def main(args: argparse.Namespace) -> int:
                     )
             elif args.command in ("retry", "fork", "export", "import"):
                 _move(engine, args, data)
+            elif args.command == "gc" and args.dry_run:
+                count = engine.gc(age, dry_run=True)
+                print(
+                    f"would delete {count} finished run{'' if count == 1 else 's'} "
+                    f"(--dry-run: nothing was deleted)"
+                )
             elif args.command == "gc":
                 deleted = _gc(engine, age, Progress())
                 print(f"deleted {deleted} finished run{'' if deleted == 1 else 's'}")
@@ -144,8 +157,6 @@ class Progress:
 
 def _gc(engine: Engine, age: float, progress: Progress) -> int:
     """engine.gc(age), showing the runs deleted so far after each batch; returns the count."""
-    if math.isinf(age):
-        raise CommandError("--older-than is too large", 2)
     try:
         return engine.gc(
             age, on_batch=lambda total: progress.update(f"gc: deleted {total} finished runs so far")

@@ -348,18 +348,27 @@ class Engine:
 
     # -- housekeeping -----------------------------------------------------------
 
-    def gc(self, older_than_seconds: float, on_batch: Callable[[int], None] | None = None) -> int:
+    def gc(
+        self,
+        older_than_seconds: float,
+        on_batch: Callable[[int], None] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> int:
         """Delete runs that finished more than this many seconds ago, with their logs,
         mailboxes and published values; returns how many runs were deleted.
 
         Unfinished runs are never touched, nor a finished child whose parent is
-        unfinished. Each batch of GC_BATCH runs is one transaction; on_batch gets the
-        running total after each.
+        unfinished, nor a run with a child that stays. Each batch of GC_BATCH runs is
+        one transaction; on_batch gets the running total after each. dry_run: delete
+        nothing, and return how many runs would have been deleted.
         """
         seconds = float(older_than_seconds)
         if not seconds >= 0 or math.isinf(seconds):
             raise ValueError(f"older_than_seconds must be finite and >= 0, not {seconds!r}")
         before = self.clock.now() - seconds
+        if dry_run:
+            return self.store.count_deletable(before)
         total = 0
         while True:
             deleted = self.store.delete_finished(before, GC_BATCH)

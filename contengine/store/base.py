@@ -360,6 +360,12 @@ class AdminStore(ABC):
         """
 
     @abstractmethod
+    def count_deletable(self, before: float) -> int:
+        """How many runs delete_finished(before, ...) called until none is left would
+        delete (children first, so a run whose descendant must stay is not counted);
+        nothing is changed."""
+
+    @abstractmethod
     def backup(self, dest_path: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the whole store (one moment of it), while others
         write, as a new SQLite contengine database at dest_path: whatever the store, the

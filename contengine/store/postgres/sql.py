@@ -52,12 +52,26 @@ DUE = f"(CASE WHEN status IN ({UNFINISHED_SQL}) THEN coalesce(due_at, '-Infinity
 FINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s in FINISHED)
 # Finished runs that finished before %s, oldest first, at most %s of them: not one whose
 # parent is unfinished (its replay reads the child's row), nor one with children left.
-DELETABLE = (
-    f"SELECT id FROM runs AS r WHERE status IN ({FINISHED_SQL}) AND finished_at < %s "
+_MAY_GO = (
+    f"r.status IN ({FINISHED_SQL}) AND r.finished_at < %s "
     "AND NOT EXISTS (SELECT 1 FROM runs AS p WHERE p.id = r.parent_id "
-    f"AND p.status IN ({UNFINISHED_SQL})) "
+    f"AND p.status IN ({UNFINISHED_SQL}))"
+)
+DELETABLE = (
+    f"SELECT id FROM runs AS r WHERE {_MAY_GO} "
     "AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_id = r.id) "
     "ORDER BY num LIMIT %s"
+)
+# How many runs a gc before %s would delete, leaves first (gc --dry-run): every run that
+# may go, less those with a descendant that may not.
+DELETABLE_COUNT = (
+    f"WITH RECURSIVE may_go(id) AS (SELECT r.id FROM runs AS r WHERE {_MAY_GO}), "
+    "kept(id) AS ("
+    "SELECT c.parent_id FROM runs AS c WHERE c.parent_id IN (SELECT id FROM may_go) "
+    "AND c.id NOT IN (SELECT id FROM may_go) "
+    "UNION SELECT r.parent_id FROM runs AS r JOIN kept AS k ON r.id = k.id "
+    "WHERE r.parent_id IN (SELECT id FROM may_go)) "
+    "SELECT count(*) FROM may_go WHERE id NOT IN (SELECT id FROM kept)"
 )
 # A wake-up for the listeners on the schema's channel (listen.py), delivered at commit.
 NOTIFY = "SELECT pg_notify(%s, %s)"

@@ -43,6 +43,7 @@ from .listen import Listener
 from .schema import prepare
 from .sql import (
     CANCEL_PENDING,
+    DELETABLE_COUNT,
     DUE,
     ENTRY_COLS,
     NOTIFY,
@@ -431,6 +432,9 @@ class PostgresStore(GroupCommit, Store):
     def set_note(self, run_id: str, note: str | None) -> None:
         with self._writer.transaction() as conn:
             conn.execute("UPDATE runs SET note = %s WHERE id = %s", (as_text(note), run_id))
+
+    def count_deletable(self, before: float) -> int:
+        return int(self._reader.read(DELETABLE_COUNT, (before,))[0][0])
 
     def delete_finished(self, before: float, limit: int) -> int:
         if limit < 1:

@@ -11,6 +11,7 @@ from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
 from ..base import FAILED, EntryRow, Rewind, RunRow, Signal, run_digest
 from .sql import (
     DELETABLE,
+    DELETABLE_COUNT,
     INSERT_ENTRY,
     POSITION_BITS,
     POSITION_MASK,
@@ -52,6 +53,9 @@ class OperatorMethods(SQLiteParts):
                 self._delete_runs(conn, [(int(num), str(run_id)) for num, run_id in rows])
                 deleted += len(rows)
         return deleted
+
+    def count_deletable(self, before: float) -> int:
+        return int(self._read(DELETABLE_COUNT, (before,))[0][0])
 
     def _delete_runs(self, conn: sqlite3.Connection, runs: list[tuple[int, str]]) -> None:
         conn.executemany(

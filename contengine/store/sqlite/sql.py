@@ -118,16 +118,31 @@ UNFINISHED_SQL = ", ".join(f"'{s}'" for s in RUN_STATUSES if s not in FINISHED)
 # status) to a range: a read of every run asleep. Queries of due runs name the index.
 DUE = "ifnull(due_at, -1e999)"
 DUE_RUNS = "runs INDEXED BY runs_due"
-# Finished runs that finished before ?, oldest first, at most ? of them: not one whose
-# parent is unfinished (its replay reads the child's row), nor one with children left.
-DELETABLE = (
-    "SELECT num, id FROM runs AS r WHERE status IN ("
+# A run gc may delete once its children are gone: finished before ?, and not the child
+# of an unfinished run (the parent's replay reads the child's row).
+_MAY_GO = (
+    "r.status IN ("
     + ", ".join(f"'{s}'" for s in RUN_STATUSES if s in FINISHED)
-    + ") AND finished_at < ? "
+    + ") AND r.finished_at < ? "
     "AND NOT EXISTS (SELECT 1 FROM runs AS p WHERE p.id = r.parent_id "
-    f"AND p.status IN ({UNFINISHED_SQL})) "
+    f"AND p.status IN ({UNFINISHED_SQL}))"
+)
+# Such runs with no children left, oldest first, at most ? of them.
+DELETABLE = (
+    f"SELECT num, id FROM runs AS r WHERE {_MAY_GO} "
     "AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_id = r.id) "
     "ORDER BY num LIMIT ?"
+)
+# How many runs a gc before ? would delete, deleting leaves first: every run that may
+# go, less those with a descendant that may not (gc --dry-run).
+DELETABLE_COUNT = (
+    f"WITH RECURSIVE may_go(id) AS (SELECT r.id FROM runs AS r WHERE {_MAY_GO}), "
+    "kept(id) AS ("
+    "SELECT c.parent_id FROM runs AS c WHERE c.parent_id IN (SELECT id FROM may_go) "
+    "AND c.id NOT IN (SELECT id FROM may_go) "
+    "UNION SELECT r.parent_id FROM runs AS r JOIN kept AS k ON r.id = k.id "
+    "WHERE r.parent_id IN (SELECT id FROM may_go)) "
+    "SELECT count(*) FROM may_go WHERE id NOT IN (SELECT id FROM kept)"
 )
 
 
