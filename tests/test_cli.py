@@ -308,6 +308,55 @@ def test_runs_through_python_dash_m(db: str) -> None:
     assert [line.split()[:3] for line in lines[1:]] == [["run-ok", "cli.ok", "completed"]]
 
 
+@ce.workflow(name="cli.long")
+def wf_long(n: int) -> Generator[Any, Any, int]:
+    """n steps: a log longer than a pipe holds, once shown."""
+    for i in range(n):
+        yield cli_fetch(i)
+    return n
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`contengine show ID | head`: the reader closes the pipe while the command still
+    writes; it stops at once, says nothing, and exits as SIGPIPE would (141)."""
+    path = str(tmp_path / "long.db")
+    with ce.Engine(path, durability="normal") as engine:
+        engine.run(wf_long, 4000, id="long")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CONTENGINE_DB", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "contengine", "show", "long", "--db", path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    # About 200 KB follow this line: more than the pipe and the reader's buffer hold, so
+    # the command is still writing when the pipe closes, whatever the scheduling.
+    assert proc.stdout.readline().split() == [b"run", b"long"]
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert (proc.wait(timeout=120), err) == (141, b"")
+
+
+@pytest.mark.parametrize("command", ["runs", "show"])
+def test_html_to_dash_writes_the_page_to_stdout(
+    db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["show", "run-ok"] if command == "show" else ["runs"]
+    code, out, err = run_cli(capsys, *argv, "--db", db, "--html", "-")
+    assert (code, err) == (0, "")
+    assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
+    assert "run-ok" in out
+    assert not (tmp_path / "-").exists()
+
+
 # -- runs --older-than / --newer-than ---------------------------------------------------------
 
 

@@ -53,12 +53,25 @@ def shared_options(top: bool, db_help: str = DB_HELP) -> argparse.ArgumentParser
     return parser
 
 
+# The exit code of a command whose reader closed the pipe: 128 + SIGPIPE, as the shell
+# reports a command that signal ended.
+BROKEN_PIPE = 141
+
+
 def run_command(args: argparse.Namespace, command: Callable[[], int]) -> int:
     """Run command(); an expected failure prints one line on stderr and gives its exit code."""
     try:
         return command()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`contengine show ID | head`): stop quietly, as a command
+        # that SIGPIPE ends does. What is left in stdout's buffer goes nowhere, so that
+        # the flush at exit does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE
     except CommandError as exc:
         print(f"contengine: {exc}", file=sys.stderr)
         return exc.code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -100,6 +101,10 @@ def _write_html(engine: Engine, args: argparse.Namespace) -> int:
         return 1
     else:
         page = render_run(engine, args.run_id)
+    if args.html == "-":  # the page on stdout, for a pipe or a redirect
+        sys.stdout.write(page)
+        sys.stdout.flush()
+        return 0
     try:
         with open(args.html, "w", encoding="utf-8") as out:
             out.write(page)

@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("runs", "list runs"), ("show", "print a run's log")):
         p = sub.add_parser(name, parents=parents, help=text)
-        p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page to PATH")
+        p.add_argument(
+            "--html", metavar="PATH", help="write a self-contained HTML page to PATH ('-': stdout)"
+        )
         if name == "show":
             p.add_argument("run_id")
         else:
