@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import importlib
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -357,16 +358,24 @@ def test_cli_exit_codes_and_output(
         write_module(directory, module, version(change))
         monkeypatch.chdir(directory)
         monkeypatch.delitem(sys.modules, module, raising=False)
+        # By default the unfinished runs (o-2 waits), those a deploy would resume.
         assert cli(str(db), "--import", module) == code
         out, err = capsys.readouterr()
         assert err == ""  # no progress line: stderr is not a terminal
+        assert "replayed 1 run " in out
         if code == 0:
-            assert "3 ok" in out and "broken" not in out
+            assert "1 ok" in out and "broken" not in out
         else:
-            assert "3 broken" in out
+            assert "1 broken" in out
             assert "run 'o-2'" in out and "+ 1  step flows.charge_card('o-2', 700)" in out
+        # --all: the finished runs too.
+        assert cli(str(db), "--import", module, "--all") == code
+        out = capsys.readouterr().out
+        assert "replayed 3 runs " in out and ("3 ok" if code == 0 else "3 broken") in out
     assert cli(str(db), "--import", module, "--status", "failed", "--run", "o-3") == 1
     assert "replayed 1 run " in capsys.readouterr().out
+    assert cli(str(db), "--import", module, "--run", "o-1") == 1  # named: whatever its status
+    assert "run 'o-1'" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -378,6 +387,8 @@ def test_cli_exit_codes_and_output(
         (("DB", "--status", "asleep"), "status must be one of"),
         (("DB", "--run", "nope"), "no run with id 'nope'"),
         (("notes.txt",), "not an SQLite database"),
+        (("DB", "--all", "--run", "o-1"), "--all replays every run"),
+        (("DB", "--all", "--status", "failed"), "--all replays every run"),
     ],
 )
 def test_cli_bad_input_exits_2(
@@ -405,3 +416,18 @@ def test_cli_db_from_environment_and_empty_selection(
     monkeypatch.setenv("CONTENGINE_DB", str(db))
     assert cli("--status", "cancelled") == 0
     assert "no runs to replay" in capsys.readouterr().out
+
+
+def test_cli_with_no_unfinished_run_says_how_to_replay_the_finished_ones(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = tmp_path / "done.db"
+    shutil.copy(db, done)
+    with sqlite3.connect(done) as conn:  # the one unfinished run, marked finished
+        conn.execute("UPDATE runs SET status = 'cancelled', finished_at = 1 WHERE id = 'o-2'")
+    conn.close()
+    assert cli(str(done)) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == (
+        f"no unfinished runs to replay in {done} (--all replays finished runs too)"
+    )

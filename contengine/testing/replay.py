@@ -357,7 +357,8 @@ def add_replay_command(
         parents=list(parents),
         help="replay recorded runs against the current code (runs nothing, writes nothing)",
         description=(
-            "Rebuild every recorded run (or those selected) from its log against the "
+            "Rebuild every unfinished run (those a deploy resumes; --all: every run; "
+            "--run, --status: those selected) from its log against the "
             "code importable now, as a restart after a deploy would, without running "
             "anything, and list each run that would break with its diff. The database "
             "is copied first (a PostgreSQL schema: backed up from one snapshot) and never "
@@ -390,6 +391,12 @@ def add_replay_command(
         metavar="STATUS",
         help="only runs with this status (repeatable; 'unfinished': those a deploy rebuilds)",
     )
+    p.add_argument(
+        "--all",
+        dest="all_runs",
+        action="store_true",
+        help="every run, finished ones too (default: unfinished runs, or those --run names)",
+    )
     return p
 
 
@@ -409,6 +416,15 @@ def replay_main(args: argparse.Namespace) -> int:
         return _bad(str(other_url_error(db)))
     if not is_postgres_url(db) and not os.path.isfile(db):
         return _bad(f"no database at {db!r}")
+    runs, status = getattr(args, "runs", None), getattr(args, "status", None)
+    every = bool(getattr(args, "all_runs", False))
+    if every and (runs or status):
+        return _bad("--all replays every run: pass it without --run or --status")
+    # By default the runs a deploy would resume: a finished run is never driven again,
+    # so a change to code it went through breaks nothing (--all checks those too).
+    unfinished_only = not every and not runs and not status
+    if unfinished_only:
+        status = [UNFINISHED]
     secret = os.environ.get("CONTENGINE_SECRET")
     with _cwd_importable():
         for module in getattr(args, "imports", None) or []:
@@ -419,8 +435,8 @@ def replay_main(args: argparse.Namespace) -> int:
         try:
             report = replay(
                 db,
-                runs=getattr(args, "runs", None),
-                status=getattr(args, "status", None),
+                runs=runs,
+                status=status,
                 secret=secret.encode() if secret else None,
                 progress=_progress_line if sys.stderr.isatty() else None,
             )
@@ -430,7 +446,11 @@ def replay_main(args: argparse.Namespace) -> int:
             if sys.stderr.isatty():
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
     if not report.runs:
-        print(f"no runs to replay in {redacted(db) if is_postgres_url(db) else db}")
+        where = redacted(db) if is_postgres_url(db) else db
+        if unfinished_only:
+            print(f"no unfinished runs to replay in {where} (--all replays finished runs too)")
+        else:
+            print(f"no runs to replay in {where}")
         return 0
     print(report)
     return 0 if report.ok else 1
