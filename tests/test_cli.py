@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 
 import contengine as ce
 from contengine.cli.main import main
+from contengine.cli.render import exception_line
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
 REPO = Path(__file__).resolve().parent.parent
@@ -518,3 +520,77 @@ def test_runs_filters_by_tag(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert code == 0
     listed = json.loads(out)
     assert [r["id"] for r in listed] == ["t1"] and listed[0]["tags"] == ["batch-7"]
+
+
+# -- a failed run's error, without its code ---------------------------------------------------
+
+GONE_FLOWS = """
+import contengine as ce
+
+
+class Declined(Exception):
+    pass
+
+
+@ce.step(name="gone.charge")
+def charge(x: int) -> int:
+    raise Declined(f"card declined for {x}")
+
+
+@ce.workflow(name="gone.checkout")
+def checkout(x: int):
+    return (yield charge(x))
+"""
+
+
+def test_show_reads_a_failed_runs_error_where_its_code_is_not_importable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The exception's class is gone (a module this process cannot import): show and the
+    page still say what it was, from the traceback stored with the run, and print that
+    traceback whole."""
+    source = tmp_path / "gone_flows.py"
+    source.write_text(GONE_FLOWS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("gone_flows")
+    db = str(tmp_path / "gone.db")
+    with ce.Engine(db, durability="normal") as engine, pytest.raises(Exception, match="declined"):
+        engine.run(module.checkout, 3, id="g1")
+    source.unlink()
+    monkeypatch.delitem(sys.modules, "gone_flows")
+    importlib.invalidate_caches()
+
+    code, out, err = run_cli(capsys, "show", "--db", db, "g1")
+    assert (code, err) == (0, "")
+    assert "error     gone_flows.Declined: card declined for 3\n" in out
+    assert "unreadable" not in out
+    trace = out.split("error, as stored when the run failed:\n", 1)[1]
+    assert trace.startswith("  contengine: the run failed")
+    assert "  Traceback (most recent call last):\n" in trace and "gone_flows.py" in trace
+    assert "  gone_flows.Declined: card declined for 3\n" in trace
+
+    code, page, err = run_cli(capsys, "show", "--db", db, "g1", "--html", "-")
+    assert (code, err) == (0, "")
+    assert '<span class="error">gone_flows.Declined: card declined for 3</span>' in page
+    assert "<pre>contengine: the run failed" in page and "Traceback (most recent call last)" in page
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("Traceback (most recent call last):\n  File 'a.py'\nValueError: x\n", "ValueError: x"),
+        # contengine's note before, the exception's notes after
+        ("contengine: a note\nTraceback (most recent call last):\n  F\nE: m\nnote\n", "E: m"),
+        # a chained exception: the last traceback's exception
+        (
+            "Traceback (most recent call last):\n  f\nKeyError: 1\n\nDuring handling of the "
+            "above exception, another exception occurred:\n\nTraceback (most recent call "
+            "last):\n  g\nValueError: y\n",
+            "ValueError: y",
+        ),
+        ("no traceback at all", ""),
+        (None, ""),
+    ],
+)  # fmt: skip
+def test_the_exception_line_of_a_stored_traceback(text: str | None, line: str) -> None:
+    assert exception_line(text) == line

@@ -14,7 +14,7 @@ from ..drive.log import Entry
 from ..engine.engine import Engine
 from ..store.base import COMPLETED, FAILED, RUN_STATUSES, RunRow
 from .common import CommandError, error, open_engine, parse_duration
-from .render import ARGS_WIDTH, NOTE_WIDTH, clip, exc_text, iso, load, outcome, short
+from .render import ARGS_WIDTH, NOTE_WIDTH, clip, iso, load, outcome, run_error, short
 
 MAX_CHILD_DEPTH = 3  # child runs shown inside their parent's log, this deep
 # What `runs --json` gives of each run (times in seconds since the epoch).
@@ -148,7 +148,7 @@ def _show(engine: Engine, run_id: str) -> int:
     if row.status == COMPLETED:
         print(f"result    {load(engine, row.result, run_id, 'result', short)}")
     elif row.status == FAILED:
-        print(f"error     {load(engine, row.error, run_id, 'exception', exc_text)}")
+        print(f"error     {run_error(engine, row)}")
     if row.note:
         print(f"note      {row.note}")
     entries = engine.history(run_id)
@@ -161,6 +161,12 @@ def _show(engine: Engine, run_id: str) -> int:
         _timeline_rows(engine, row.id, row.generation, entries, 0),
         right={"attempts", "crashes", "ms"},
     )
+    if row.status == FAILED and row.error_text:
+        # The whole traceback, as stored when the run failed: it reads without the code.
+        print()
+        print("error, as stored when the run failed:")
+        for line in row.error_text.rstrip().splitlines():
+            print(f"  {line}")
     return 0
 
 

@@ -13,6 +13,7 @@ from ..store.base import E_COMPLETED, E_FAILED, E_RETRYING
 if TYPE_CHECKING:
     from ..drive.log import Entry
     from ..engine.engine import Engine
+    from ..store.base import RunRow
 
 ARGS_WIDTH = 40
 OUTCOME_WIDTH = 80
@@ -33,8 +34,12 @@ def outcome(e: Entry) -> str:
         if e.status == E_FAILED:
             return exc_text(e.error)
     except ContengineError as exc:  # signed, or its classes are not importable here
-        last = last_line(e.error_text) if e.status == E_FAILED else ""
-        return clip(last or unreadable(exc, e.run_id), OUTCOME_WIDTH)
+        line = (
+            (exception_line(e.error_text) or last_line(e.error_text))
+            if e.status == E_FAILED
+            else ""
+        )
+        return clip(line or unreadable(exc, e.run_id), OUTCOME_WIDTH)
     if e.status == E_RETRYING:
         due = "" if e.due_at is None else f" {iso(e.due_at)}"
         why = last_line(e.error_text)  # none: an attempt given back at a worker's stop
@@ -48,6 +53,30 @@ def load(engine: Engine, data: bytes | None, run_id: str, what: str, fmt: Format
         return fmt(engine.serde.loads(data or b"", f"the {what} of run {run_id!r}"))
     except ContengineError as exc:
         return unreadable(exc, run_id)
+
+
+def run_error(engine: Engine, row: RunRow) -> str:
+    """A failed run's exception in short: decoded where its class is importable, else
+    the exception line of the traceback stored with it (or why neither can be shown)."""
+    try:
+        return exc_text(engine.serde.loads(row.error or b"", f"the exception of run {row.id!r}"))
+    except ContengineError as exc:
+        line = exception_line(row.error_text)
+        return clip(line, OUTCOME_WIDTH) if line else unreadable(exc, row.id)
+
+
+def exception_line(text: str | None) -> str:
+    """The "Type: message" line of a stored traceback: the first line at the left margin
+    after the last traceback's frames ("" if there is none). Notes added to the
+    exception come after it, and contengine's own note about the run before it."""
+    lines = (text or "").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return ""
+    for line in lines[starts[-1] + 1 :]:
+        if line.strip() and not line[0].isspace():
+            return line.strip()
+    return ""
 
 
 def unreadable(exc: ContengineError, run_id: str) -> str:

@@ -20,7 +20,7 @@ from ..store.base import (
     RUN_STATUSES,
     RunRow,
 )
-from .render import ARGS_WIDTH, NOTE_WIDTH, clip, exc_text, iso, load, outcome, short, span_text
+from .render import ARGS_WIDTH, NOTE_WIDTH, clip, iso, load, outcome, run_error, short, span_text
 
 # Layout of the timeline, in SVG user units (pixels at 100% zoom).
 LABEL_W = 300
@@ -78,6 +78,7 @@ tr.failed td.outcome { color: #b02a2a; }
 .counts { display: flex; flex-wrap: wrap; gap: 10px; }
 .counts a { text-decoration: none; color: inherit; }
 .error { color: #b02a2a; }
+.trace pre { white-space: pre-wrap; font-size: 12px; margin: 6px 0 0; }
 .legend { color: var(--soft); font-size: 12px; margin-top: 8px; }
 .legend span { margin-right: 14px; }
 .sw { display: inline-block; width: 10px; height: 10px; border-radius: 2px;
@@ -195,12 +196,18 @@ def _run_header(engine: Engine, row: RunRow, now: float) -> str:
         result = load(engine, row.result, row.id, "result", short)
         items.append(("result", f"<code>{escape(result)}</code>"))
     elif row.status == FAILED:
-        error = load(engine, row.error, row.id, "exception", exc_text)
+        error = run_error(engine, row)
         items.append(("error", f'<span class="error">{escape(error)}</span>'))
     if row.note:
         items.append(("note", escape(row.note)))
     cells = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
-    return f'<div class="card"><dl class="meta">{cells}</dl></div>'
+    trace = ""
+    if row.status == FAILED and row.error_text:
+        trace = (
+            '<details class="trace" open><summary>error, as stored when the run failed'
+            f"</summary><pre>{escape(row.error_text.rstrip())}</pre></details>"
+        )
+    return f'<div class="card"><dl class="meta">{cells}</dl>{trace}</div>'
 
 
 def _rows(
