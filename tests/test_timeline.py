@@ -12,7 +12,7 @@ import pytest
 
 import contengine as ce
 from contengine.cli.main import main
-from contengine.cli.timeline import render_run
+from contengine.cli.timeline import render_run, render_runs
 from contengine.testing import VirtualClock
 
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -214,6 +214,25 @@ def test_runs_html_has_a_section_per_status_present(
     ids = {s: [t.strip() for t in _cells(text, s)] for s in ("failed", "waiting", "completed")}
     assert ids == {"failed": ["main"], "waiting": ["waiter"], "completed": ["main/5"]}
     assert re.findall(r"https?://[^\s\"'<>]*", text) == []
+
+
+def test_runs_html_shows_a_failed_runs_error_in_its_row(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "runs.html"
+    assert main(["runs", "--db", db, "--html", str(out)]) == 0
+    capsys.readouterr()
+    section = out.read_text().split('id="status-failed"', 1)[1].split("</section>", 1)[0]
+    # From the stored traceback (escaped: the message holds markup).
+    assert '<span class="error">test_timeline.Jammed: &lt;b&gt;jammed&lt;/b&gt; on' in section
+
+
+def test_runs_html_says_when_it_shows_only_the_newest_runs(db: str) -> None:
+    with ce.Engine(db) as engine:
+        every = render_runs(engine)
+        newest = render_runs(engine, limit=2)
+    assert "3 most recent runs, as of" in every
+    assert "the 2 most recent of 3 runs (<code>contengine runs</code> lists them all)" in newest
 
 
 def test_runs_html_keeps_the_status_filter(

@@ -20,7 +20,18 @@ from ..store.base import (
     RUN_STATUSES,
     RunRow,
 )
-from .render import ARGS_WIDTH, NOTE_WIDTH, clip, iso, load, outcome, run_error, short, span_text
+from .render import (
+    ARGS_WIDTH,
+    NOTE_WIDTH,
+    clip,
+    exception_line,
+    iso,
+    load,
+    outcome,
+    run_error,
+    short,
+    span_text,
+)
 
 # Layout of the timeline, in SVG user units (pixels at 100% zoom).
 LABEL_W = 300
@@ -147,8 +158,16 @@ def render_runs(
 ) -> str:
     """An overview page of the most recent runs (at most limit), grouped by status."""
     now = engine.clock.now() if now is None else now
-    runs = engine.store.list_runs(status, workflow)[-limit:] if limit > 0 else []
+    every = engine.store.list_runs(status, workflow)
+    runs = every[-limit:] if limit > 0 else []
     runs.reverse()  # newest first
+    # Never a silent cap: the page says when it shows only the newest of more.
+    shown = (
+        f"{len(runs)} most recent runs"
+        if len(runs) == len(every)
+        else f"the {len(runs)} most recent of {len(every)} runs (<code>contengine runs</code> "
+        f"lists them all)"
+    )
     by_status = {s: [r for r in runs if r.status == s] for s in RUN_STATUSES}
     present = [s for s in RUN_STATUSES if by_status[s]]
     counts = "".join(
@@ -157,7 +176,7 @@ def render_runs(
     )
     body = [
         "<h1>Runs</h1>",
-        f'<div class="card"><p>{len(runs)} most recent runs, as of {escape(iso(now))}.</p>'
+        f'<div class="card"><p>{shown}, as of {escape(iso(now))}.</p>'
         f'<div class="counts">{counts or "no runs"}</div></div>',
     ]
     for s in present:
@@ -466,7 +485,7 @@ def _log_table(entries: Sequence[Entry]) -> str:
 def _runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) -> str:
     head = "<th>id</th><th>workflow</th>"
     head += "<th>status</th>" if child_column else ""
-    head += '<th>created</th><th class="num">duration</th><th>note</th>'
+    head += '<th>created</th><th class="num">duration</th><th>note or error</th>'
     body = []
     for r in runs:
         if r.finished_at is not None:
@@ -482,9 +501,22 @@ def _runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) 
             f'<tr class="run-row {escape(r.status)}"><td class="mono">{escape(r.id)}</td>'
             f'<td class="mono">{escape(r.workflow)}</td>{status}'
             f'<td>{escape(iso(r.created_at))}</td><td class="num">{escape(took)}</td>'
-            f"<td>{escape(clip(r.note or '', NOTE_WIDTH))}</td></tr>"
+            f"<td>{_note_or_error(r)}</td></tr>"
         )
     return (
         f'<div class="scroll"><table class="runs"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def _note_or_error(r: RunRow) -> str:
+    """A row's last cell: a failed run's exception (read from its stored traceback, so
+    no code is needed), then its note."""
+    parts = []
+    if r.status == FAILED:
+        line = exception_line(r.error_text)
+        if line:
+            parts.append(f'<span class="error">{escape(clip(line, NOTE_WIDTH))}</span>')
+    if r.note:
+        parts.append(escape(clip(r.note, NOTE_WIDTH)))
+    return "<br>".join(parts)
