@@ -7,14 +7,14 @@ import os
 from collections.abc import Sequence
 
 from ..store.postgres.url import is_postgres_url
-from . import ops
+from . import ops, run_commands
 from .common import CommandError, run_command, shared_options
 
 __all__ = ["CommandError", "main"]
 
 # The commands that read a database (--db, or $CONTENGINE_DB). `demo` takes one too, but
 # makes a temporary one when none is given; `replay` also takes it as its first argument.
-ENV_DB_COMMANDS = frozenset(("runs", "show", *ops.COMMANDS))
+ENV_DB_COMMANDS = frozenset(("runs", "show", *ops.COMMANDS, *run_commands.COMMANDS))
 # The commands with a JSON form (--json).
 JSON_COMMANDS = ("runs", "bench")
 # Why a command takes no --db, to say so when one is given.
@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     from ..testing.lint_cli import add_lint_command
     from ..testing.replay import add_replay_command
 
+    run_commands.add_parsers(sub, parents)
     ops.add_parsers(sub, parents)
     add_lint_command(sub, parents)
     add_replay_command(sub, parents)
@@ -155,6 +156,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ..testing.replay import replay_main
 
         return replay_main(args)
+    if args.command in run_commands.COMMANDS:
+        return run_commands.main(args)
     return ops.main(args)
 
 

@@ -199,6 +199,9 @@ class Worker:
                     self.error = exc
                     self._stop.set()
                     break
+            if claims and log.isEnabledFor(logging.INFO):
+                for claim in claims:
+                    log.info("claimed run %r (%s)", claim.run.id, claim.run.workflow)
             for claim in claims:
                 self.driven += 1
                 try:

@@ -49,6 +49,7 @@ __all__ = [
     "RunReplay",
     "add_replay_command",
     "assert_replays",
+    "cwd_importable",
     "replay",
     "replay_main",
 ]
@@ -426,7 +427,7 @@ def replay_main(args: argparse.Namespace) -> int:
     if unfinished_only:
         status = [UNFINISHED]
     secret = os.environ.get("CONTENGINE_SECRET")
-    with _cwd_importable():
+    with cwd_importable():
         for module in getattr(args, "imports", None) or []:
             try:
                 importlib.import_module(module)
@@ -467,7 +468,7 @@ def _progress_line(done: int, total: int) -> None:
 
 
 @contextlib.contextmanager
-def _cwd_importable() -> Iterator[None]:
+def cwd_importable() -> Iterator[None]:
     """Let `--import myapp.flows` find modules under the current directory, as `python -m`
     does (a console script's sys.path starts at its own directory instead)."""
     cwd = os.getcwd()

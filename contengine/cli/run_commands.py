@@ -1,0 +1,189 @@
+"""`contengine worker`, `start` and `result`: run workflows from a shell, no main.py needed.
+
+contengine worker --import app.flows --db app.db        # drives runs until SIGTERM
+contengine start app.checkout '["o-1", 500]' --db app.db   # prints the new run's id
+contengine result order-o-1 --timeout 60 --db app.db    # waits; prints it as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from ..errors import Cancelled, ContengineError, RunNotFound, WorkflowNotFound
+from ..store.postgres.url import is_postgres_url, redacted
+from ..testing.replay import cwd_importable
+from .common import CommandError, open_engine
+from .render import exc_text
+
+COMMANDS = ("worker", "start", "result")
+
+log = logging.getLogger("contengine")
+
+
+def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the worker, start and result commands to the subcommand parsers."""
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, parents=parents, help=text)
+        parser.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import this module first, so its workflows register (repeatable)",
+        )
+        return parser
+
+    worker = command("worker", "drive runs until SIGTERM or Ctrl-C (several may share a db)")
+    worker.add_argument("--threads", type=int, default=8, help="runs driven at once (8)")
+    worker.add_argument(
+        "--grace", type=float, default=30.0, help="seconds running steps get to finish at a stop"
+    )
+    start = command("start", "start a run of a workflow; prints its id")
+    start.add_argument("workflow", help="the workflow's name, as @ce.workflow registers it")
+    start.add_argument(
+        "arguments",
+        nargs="?",
+        default="[]",
+        metavar="ARGS_JSON",
+        help="a JSON list of arguments, or an object of keyword arguments (default: [])",
+    )
+    start.add_argument("--id", dest="run_id", help="the run's id (default: a fresh one)")
+    start.add_argument("--queue", help="the queue whose limits the run is claimed under")
+    start.add_argument("--tag", dest="tags", action="append", default=[], help="(repeatable)")
+    start.add_argument("--priority", type=int, default=0, help="higher is claimed first")
+    result = command("result", "wait for a run to end; print its result as JSON")
+    result.add_argument("run_id")
+    result.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 1)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run worker, start or result against args.db; returns the exit code."""
+    if not args.db:
+        raise CommandError("no database given: pass --db FILE or set CONTENGINE_DB", 2)
+    arguments = _arguments(args.arguments) if args.command == "start" else None
+    if args.command == "worker" and args.threads < 1:
+        raise CommandError(f"--threads must be at least 1, not {args.threads}", 2)
+    if args.command == "worker" and not args.grace >= 0:
+        raise CommandError(f"--grace must be >= 0 seconds, not {args.grace}", 2)
+    if args.command == "result" and args.timeout is not None and not args.timeout >= 0:
+        raise CommandError(f"--timeout must be >= 0 seconds, not {args.timeout}", 2)
+    with cwd_importable():
+        for module in args.imports:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # the user's module failed to import: say how
+                raise CommandError(f"--import {module}: {type(exc).__name__}: {exc}", 2) from exc
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "start":
+            assert arguments is not None
+            return _start(args, arguments)
+        return _result(args)
+
+
+def _arguments(text: str) -> tuple[list[Any], dict[str, Any]]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"ARGS_JSON is not JSON ({exc}): {text!r}", 2) from None
+    if isinstance(value, list):
+        return value, {}
+    if isinstance(value, dict):
+        return [], value
+    raise CommandError(
+        f"ARGS_JSON must be a JSON list (arguments) or object (keyword arguments), not {text!r}",
+        2,
+    )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    _log_to_stderr()
+    db = args.db
+    shown = redacted(db) if is_postgres_url(db) else db
+    if not is_postgres_url(db) and not os.path.exists(db):
+        log.info("no database at %s: creating it", shown)
+    with open_engine(db, create=True) as engine:
+        log.info(
+            "worker started on %s: pid %d, %d threads; SIGTERM or Ctrl-C stops it",
+            shown,
+            os.getpid(),
+            args.threads,
+        )
+        try:
+            engine.work(args.threads, grace=args.grace)
+        except ContengineError as exc:
+            raise CommandError(f"the worker stopped: {exc}") from exc
+        log.info("worker stopped: claims nothing more, running steps finished, leases let go")
+    return 0
+
+
+def _log_to_stderr() -> None:
+    """Show the engine's INFO records on stderr, unless the app configured logging."""
+    if logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _start(args: argparse.Namespace, arguments: tuple[list[Any], dict[str, Any]]) -> int:
+    positional, keywords = arguments
+    with open_engine(args.db) as engine:
+        try:
+            run = engine.start(
+                args.workflow,
+                *positional,
+                id=args.run_id,
+                tags=args.tags,
+                queue=args.queue,
+                priority=args.priority,
+                **keywords,
+            )
+        except WorkflowNotFound as exc:
+            raise CommandError(f"{exc} (pass --import MODULE to register it)", 2) from exc
+        except TypeError as exc:  # arguments the workflow does not take
+            raise CommandError(str(exc), 2) from exc
+        except (ContengineError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+    print(run.id)
+    return 0
+
+
+def _result(args: argparse.Namespace) -> int:
+    with open_engine(args.db) as engine:
+        try:
+            run = engine.get_run(args.run_id)
+        except RunNotFound as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            value = run.result(args.timeout)
+        except WorkflowNotFound as exc:
+            raise CommandError(
+                f"{exc}; no worker is driving this database: start one "
+                f"(contengine worker --import MODULE) or pass --import MODULE"
+            ) from exc
+        except (Exception, Cancelled) as exc:
+            # The run failed or was cancelled (or the wait timed out): one line, exit 1.
+            raise CommandError(f"run {run.id!r} {_ended(run.status)}: {exc_text(exc)}") from exc
+    try:
+        print(json.dumps(value))
+    except (TypeError, ValueError):  # not JSON: as Python shows it
+        print(repr(value))
+    return 0
+
+
+def _ended(status: str) -> str:
+    if status in ("failed", "cancelled"):
+        return f"ended {status}"
+    return f"has not finished ({status})"
