@@ -22,9 +22,7 @@ from ..store.base import (
 )
 from .render import (
     ARGS_WIDTH,
-    NOTE_WIDTH,
     clip,
-    exception_line,
     iso,
     load,
     outcome,
@@ -32,6 +30,7 @@ from .render import (
     short,
     span_text,
 )
+from .run_tables import runs_table
 
 # Layout of the timeline, in SVG user units (pixels at 100% zoom).
 LABEL_W = 300
@@ -145,7 +144,7 @@ def render_run(engine: Engine, run_id: str, now: float | None = None) -> str:
         _log_table(entries),
     ]
     if children:
-        body += ["<h2>Child runs</h2>", _runs_table(children, now, child_column=True)]
+        body += ["<h2>Child runs</h2>", runs_table(children, now, child_column=True)]
     return _page(f"contengine run {row.id}", body)
 
 
@@ -183,7 +182,7 @@ def render_runs(
         body.append(
             f'<section class="status {s}" id="status-{s}">'
             f'<h2><span class="badge {s}">{s}</span> {len(by_status[s])}</h2>'
-            f"{_runs_table(by_status[s], now)}</section>"
+            f"{runs_table(by_status[s], now)}</section>"
         )
     return _page("contengine runs", body)
 
@@ -480,43 +479,3 @@ def _log_table(entries: Sequence[Entry]) -> str:
         f'<div class="scroll"><table id="log"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
-
-
-def _runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) -> str:
-    head = "<th>id</th><th>workflow</th>"
-    head += "<th>status</th>" if child_column else ""
-    head += '<th>created</th><th class="num">duration</th><th>note or error</th>'
-    body = []
-    for r in runs:
-        if r.finished_at is not None:
-            took = span_text(r.finished_at - r.created_at)
-        else:
-            took = f"{span_text(max(0.0, now - r.created_at))} so far"
-        status = (
-            f'<td><span class="badge {escape(r.status)}">{escape(r.status)}</span></td>'
-            if child_column
-            else ""
-        )
-        body.append(
-            f'<tr class="run-row {escape(r.status)}"><td class="mono">{escape(r.id)}</td>'
-            f'<td class="mono">{escape(r.workflow)}</td>{status}'
-            f'<td>{escape(iso(r.created_at))}</td><td class="num">{escape(took)}</td>'
-            f"<td>{_note_or_error(r)}</td></tr>"
-        )
-    return (
-        f'<div class="scroll"><table class="runs"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
-
-
-def _note_or_error(r: RunRow) -> str:
-    """A row's last cell: a failed run's exception (read from its stored traceback, so
-    no code is needed), then its note."""
-    parts = []
-    if r.status == FAILED:
-        line = exception_line(r.error_text)
-        if line:
-            parts.append(f'<span class="error">{escape(clip(line, NOTE_WIDTH))}</span>')
-    if r.note:
-        parts.append(escape(clip(r.note, NOTE_WIDTH)))
-    return "<br>".join(parts)
