@@ -13,6 +13,7 @@ from ..engine.retrying import plan_retry
 from ..engine.transfer import check_export, checked_id, checked_ref
 from ..errors import ContengineError
 from ..store.postgres.url import is_postgres_url, redacted
+from .bulk import add_filters, is_bulk, run_bulk
 from .common import CommandError, open_engine, parse_duration
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     signal.add_argument("run_id")
     signal.add_argument("name", help="the signal's name, as the run's ce.wait(name) has it")
     signal.add_argument("payload", help="the payload as JSON, e.g. '{\"ok\": true}'")
-    cancel = command("cancel", "cancel a run (and its unfinished children)")
-    cancel.add_argument("run_id")
+    cancel = command("cancel", "cancel a run (and its unfinished children), or runs chosen")
+    cancel.add_argument("run_id", nargs="?")
+    add_filters(cancel, "cancel")
     gc = command("gc", "delete runs that finished long ago, with their logs")
     gc.add_argument(
         "--older-than", required=True, metavar="AGE", help="with its unit: 30d, 12h, 90m, 45s"
@@ -47,8 +49,9 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "backup", "copy the database (or a PostgreSQL schema) to a new SQLite file, while in use"
     )
     backup.add_argument("dest", help="the new SQLite database file (never overwritten)")
-    retry = command("retry", "resume a failed run from the step that failed")
-    retry.add_argument("run_id")
+    retry = command("retry", "resume a failed run from the step that failed, or runs chosen")
+    retry.add_argument("run_id", nargs="?")
+    add_filters(retry, "retry")
     retry.add_argument(
         "--at", type=int, metavar="N", help="resume at position N instead (entries kept: N)"
     )
@@ -69,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "signal" and not args.name:
         raise CommandError("a signal name must be a non-empty string", 2)
     payload = _json(args.payload) if args.command == "signal" else None
+    bulk = args.command in ("cancel", "retry") and is_bulk(args)
     age = parse_duration(args.older_than) if args.command == "gc" else 0.0
     if math.isinf(age):
         raise CommandError("--older-than is too large", 2)
@@ -98,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
         if created:
             print(f"created a new database at {args.db!r}")
         try:
+            if bulk:
+                return run_bulk(engine, args)
             if args.command == "signal":
                 engine.signal(args.run_id, args.name, payload)
                 print(f"sent signal {args.name!r} to run {args.run_id!r}")
