@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 import contengine as ce
-from contengine.cli.main import main
+from contengine.cli.main import build_parser, main
 from contengine.cli.render import exception_line
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
@@ -594,3 +595,20 @@ def test_show_reads_a_failed_runs_error_where_its_code_is_not_importable(
 )  # fmt: skip
 def test_the_exception_line_of_a_stored_traceback(text: str | None, line: str) -> None:
     assert exception_line(text) == line
+
+
+def test_help_lists_every_command_once_by_purpose(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    grouped = out.split("commands by purpose:\n", 1)[1]
+    listed = [
+        name.strip()
+        for line in grouped.splitlines()
+        if ":" in line and line.startswith("  ")
+        for name in line.split(":", 1)[1].split(",")
+    ]
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(listed) == sorted(sub.choices)  # each command once, none missing

@@ -24,11 +24,32 @@ NO_DB = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+# `contengine --help` lists the commands by purpose (tests/test_cli.py checks that each
+# command is in one group).
+GROUPS = (
+    ("run workflows", ("worker", "start", "result", "demo")),
+    ("look at runs", ("runs", "show")),
+    ("operate", ("signal", "cancel", "retry", "fork", "export", "import", "gc", "backup")),
+    ("check code and speed", ("replay", "lint", "bench")),
+)
+
+
+def _epilog() -> str:
+    lines = ["commands by purpose:"]
+    for purpose, names in GROUPS:
+        lines.append(f"  {purpose + ':':24}{', '.join(names)}")
+    lines.append("`contengine COMMAND --help` tells more of each.")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `contengine` argument parser, with every command."""
     parser = argparse.ArgumentParser(
         prog="contengine",
         description="Durable execution for Python generator workflows.",
         parents=[shared_options(top=True)],
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # The shared options again on each command, so they may follow its name too.
     parents = [shared_options(top=False)]
@@ -163,5 +184,5 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     return run_command(args, lambda: _dispatch(args))
