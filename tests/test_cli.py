@@ -612,3 +612,23 @@ def test_help_lists_every_command_once_by_purpose(capsys: pytest.CaptureFixture[
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert sorted(listed) == sorted(sub.choices)  # each command once, none missing
+
+
+def test_show_json_gives_the_run_its_error_and_its_log(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "show", "run-failed", "--json", "--db", db)
+    assert (code, err) == (0, "")
+    shown = json.loads(out)
+    assert (shown["id"], shown["status"]) == ("run-failed", "failed")
+    assert shown["error"] == "OutOfPaper: tray empty while printing report.pdf"
+    assert "Traceback (most recent call last)" in shown["error_text"]
+    assert [(e["position"], e["name"], e["status"]) for e in shown["log"]] == [
+        (0, "cli_print", "failed")
+    ]
+    assert shown["log"][0]["outcome"] == shown["error"]
+    code, out, err = run_cli(capsys, "--json", "show", "run-ok", "--db", db)
+    ok = json.loads(out)
+    assert (code, ok["status"], ok["error"]) == (0, "completed", None)
+    assert ok["result"] == "{'items': [0, 1, 2, 3, 4, 5, ...], 'key': 'a'}"  # in short, as show
+    assert all(e["status"] == "completed" for e in ok["log"])

@@ -34,6 +34,8 @@ def main(args: argparse.Namespace) -> int:
             return _write_html(engine, args)
         if args.command == "runs":
             return _runs(engine, args.status, args.workflow, args.json)
+        if args.json:
+            return _show_json(engine, args.run_id)
         return _show(engine, args.run_id)
 
 
@@ -130,6 +132,34 @@ def _runs(engine: Engine, status: str | None, workflow: str | None, as_json: boo
         for r in rows
     ]
     _print_table(["id", "workflow", "status", "created", "note"], table)
+    return 0
+
+
+# What `show --json` gives of each log entry (times in seconds since the epoch).
+ENTRY_FIELDS = (
+    "position", "kind", "name", "text", "status", "attempts", "crashes", "started_at",
+    "finished_at", "due_at", "duration", "error_text",
+)  # fmt: skip
+
+
+def _show_json(engine: Engine, run_id: str) -> int:
+    """The run and its log as one JSON object: the fields of `runs --json`, the result or
+    error in short (as `show` prints them) with the stored traceback, and the entries."""
+    row = engine.store.get_run(run_id)
+    if row is None:
+        error(f"no run with id {run_id!r} in this database")
+        return 1
+    shown: dict[str, Any] = {field: getattr(row, field) for field in JSON_FIELDS}
+    shown["result"] = (
+        load(engine, row.result, run_id, "result", short) if row.status == COMPLETED else None
+    )
+    shown["error"] = run_error(engine, row) if row.status == FAILED else None
+    shown["error_text"] = row.error_text
+    shown["log"] = [
+        {**{f: getattr(e, f) for f in ENTRY_FIELDS}, "outcome": outcome(e)}
+        for e in engine.history(run_id)
+    ]
+    print(json.dumps(shown))
     return 0
 
 

@@ -16,7 +16,7 @@ __all__ = ["CommandError", "main"]
 # makes a temporary one when none is given; `replay` also takes it as its first argument.
 ENV_DB_COMMANDS = frozenset(("runs", "show", *ops.COMMANDS, *run_commands.COMMANDS))
 # The commands with a JSON form (--json).
-JSON_COMMANDS = ("runs", "bench")
+JSON_COMMANDS = ("runs", "show", "bench")
 # Why a command takes no --db, to say so when one is given.
 NO_DB = {
     "bench": "it measures on files of its own (see --dir), or on a postgresql:// URL",
