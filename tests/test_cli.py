@@ -589,6 +589,12 @@ def test_show_reads_a_failed_runs_error_where_its_code_is_not_importable(
             "last):\n  g\nValueError: y\n",
             "ValueError: y",
         ),
+        # a message that quotes a remote traceback is the message, not the exception
+        (
+            "Traceback (most recent call last):\n  f\nRemoteError: job 17 crashed:\n"
+            "Traceback (most recent call last):\n  g\nKeyError: 'harmless'\n",
+            "RemoteError: job 17 crashed:",
+        ),
         ("no traceback at all", ""),
         (None, ""),
     ],

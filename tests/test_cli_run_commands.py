@@ -74,6 +74,16 @@ def wf_waits() -> Generator[Any, Any, Any]:
     return (yield ce.wait("go"))
 
 
+RESULT: dict[str, Any] = {}
+
+
+@ce.workflow(name="runcli.gives")
+def wf_gives() -> Generator[Any, Any, Any]:
+    """Returns RESULT["value"]."""
+    return RESULT["value"]
+    yield  # a generator
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Call the command line in-process; returns (exit code, stdout, stderr)."""
     code = main(list(argv))
@@ -203,6 +213,10 @@ def test_result_prints_a_finished_runs_value_as_json_or_its_repr(
         (["start", "runcli.adds", '"x"'], "ARGS_JSON must be a JSON list"),
         (["start", "runcli.adds", "[1, 2, 3]"], "cannot take these arguments"),
         (["start", "runcli.nope"], "pass --import MODULE to register it"),
+        (["start", "runcli.adds", "[" * 5000], "ARGS_JSON is not JSON"),
+        (["start", "runcli.adds", '{"a": 1, "id": "x"}'], "keyword arguments named id"),
+        (["start", "runcli.adds", "[1]", "--id", "a\x01b"], "control character"),
+        (["start", "runcli.adds", "[1]", "--priority", str(2**31)], "priority"),
         (["start", "runcli.adds", "--import", "no_such_module_here"], "--import no_such_module"),
         (["worker", "--threads", "0"], "--threads must be at least 1"),
         (["result", "r", "--timeout", "-1"], "--timeout must be >= 0"),
@@ -216,6 +230,28 @@ def test_bad_input_is_a_usage_error_and_starts_nothing(
     assert err.startswith("contengine: ") and message in err and len(err.splitlines()) == 1
     with ce.Engine(db) as engine:
         assert engine.runs() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ({"a": [1, 2]}, '{"a": [1, 2]}'),
+        ((1, "x"), '[1, "x"]'),
+        ({1, 2}, "{1, 2}"),  # not JSON: as Python shows it
+        (b"\x00\xff", "b'\\x00\\xff'"),
+        (float("nan"), "nan"),  # JSON has no NaN
+        (10**5000, "<a int that cannot be shown: "),
+    ],
+    ids=["dict", "tuple", "set", "bytes", "nan", "huge-int"],
+)
+def test_result_prints_json_where_json_holds_the_value_else_repr(
+    db: str, capsys: pytest.CaptureFixture[str], value: Any, shown: str
+) -> None:
+    RESULT["value"] = value
+    with ce.Engine(db) as engine:
+        engine.run(wf_gives, id="given")
+    code, out, err = run_cli(capsys, "result", "given", "--db", db)
+    assert (code, err) == (0, "") and out.startswith(shown)
 
 
 def test_result_of_a_failed_unknown_or_unfinished_run_exits_1_in_one_line(

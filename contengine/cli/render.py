@@ -65,18 +65,38 @@ def run_error(engine: Engine, row: RunRow) -> str:
         return clip(line, OUTCOME_WIDTH) if line else unreadable(exc, row.id)
 
 
+# The lines that join the tracebacks of a chain of exceptions, as Python prints them.
+_CHAINED = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+_HEADER = "Traceback (most recent call last):"
+
+
 def exception_line(text: str | None) -> str:
-    """The "Type: message" line of a stored traceback: the first line at the left margin
-    after the last traceback's frames ("" if there is none). Notes added to the
-    exception come after it, and contengine's own note about the run before it."""
+    """The "Type: message" line of a stored traceback ("" if there is none): read from the
+    first traceback on, frame lines skipped, through the chain of exceptions to the last.
+    Read forward, so a message that quotes another traceback (a remote error's) is not
+    taken for the exception itself."""
     lines = (text or "").splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
-    if not starts:
-        return ""
-    for line in lines[starts[-1] + 1 :]:
-        if line.strip() and not line[0].isspace():
-            return line.strip()
-    return ""
+    at = next((i for i, line in enumerate(lines) if line.startswith(_HEADER)), None)
+    found = ""
+    while at is not None:
+        i = at + 1
+        while i < len(lines) and (not lines[i].strip() or lines[i][0].isspace()):
+            i += 1  # the frames
+        if i >= len(lines):
+            break
+        found, at = lines[i].strip(), None
+        for j in range(i + 1, len(lines) - 1):
+            if lines[j] in _CHAINED:
+                k = j + 1
+                while k < len(lines) and not lines[k].strip():
+                    k += 1
+                if k < len(lines) and lines[k].startswith(_HEADER):
+                    at = k
+                    break
+    return found
 
 
 def unreadable(exc: ContengineError, run_id: str) -> str:

@@ -83,6 +83,10 @@ def main(args: argparse.Namespace) -> int:
                 importlib.import_module(module)
             except Exception as exc:  # the user's module failed to import: say how
                 raise CommandError(f"--import {module}: {type(exc).__name__}: {exc}", 2) from exc
+            except SystemExit as exc:  # not a silent exit 0 with nothing done
+                raise CommandError(
+                    f"--import {module}: it called sys.exit({exc.code!r})", 2
+                ) from exc
         if args.command == "worker":
             return _worker(args)
         if args.command == "start":
@@ -91,14 +95,27 @@ def main(args: argparse.Namespace) -> int:
         return _result(args)
 
 
+# engine.start()'s own keywords: a workflow's keyword argument cannot be passed by one.
+_START_KEYWORDS = ("id", "tags", "queue", "priority")
+
+
 def _arguments(text: str) -> tuple[list[Any], dict[str, Any]]:
     try:
         value = json.loads(text)
-    except ValueError as exc:
-        raise CommandError(f"ARGS_JSON is not JSON ({exc}): {text!r}", 2) from None
+    except (ValueError, RecursionError) as exc:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise CommandError(f"ARGS_JSON is not JSON ({exc}): {shown!r}", 2) from None
     if isinstance(value, list):
         return value, {}
     if isinstance(value, dict):
+        taken = [k for k in _START_KEYWORDS if k in value]
+        if taken:
+            raise CommandError(
+                f"keyword arguments named {', '.join(taken)} cannot be given in ARGS_JSON "
+                f"(start takes them as --id, --tag, --queue, --priority): pass them by "
+                f"position in a JSON list",
+                2,
+            )
         return [], value
     raise CommandError(
         f"ARGS_JSON must be a JSON list (arguments) or object (keyword arguments), not {text!r}",
@@ -123,7 +140,7 @@ def _worker(args: argparse.Namespace) -> int:
             engine.work(args.threads, grace=args.grace)
         except ContengineError as exc:
             raise CommandError(f"the worker stopped: {exc}") from exc
-        log.info("worker stopped: claims nothing more, running steps finished, leases let go")
+        log.info("worker stopped: it claims nothing more and has let its leases go")
     return 0
 
 
@@ -151,10 +168,16 @@ def _start(args: argparse.Namespace, arguments: tuple[list[Any], dict[str, Any]]
                 **keywords,
             )
         except WorkflowNotFound as exc:
-            raise CommandError(f"{exc} (pass --import MODULE to register it)", 2) from exc
-        except TypeError as exc:  # arguments the workflow does not take
+            hint = (
+                "is the name the one @ce.workflow registers (module.function, unless the "
+                "decorator gives name=)?"
+                if args.imports
+                else "pass --import MODULE to register it"
+            )
+            raise CommandError(f"{exc} ({hint})", 2) from exc
+        except (TypeError, ValueError) as exc:  # arguments, an id, a priority refused
             raise CommandError(str(exc), 2) from exc
-        except (ContengineError, ValueError) as exc:
+        except ContengineError as exc:
             raise CommandError(str(exc)) from exc
     print(run.id)
     return 0
@@ -174,16 +197,28 @@ def _result(args: argparse.Namespace) -> int:
                 f"(contengine worker --import MODULE) or pass --import MODULE"
             ) from exc
         except (Exception, Cancelled) as exc:
-            # The run failed or was cancelled (or the wait timed out): one line, exit 1.
+            # The run failed or was cancelled, the wait timed out, or the result cannot be
+            # read here: one line, exit 1.
             raise CommandError(f"run {run.id!r} {_ended(run.status)}: {exc_text(exc)}") from exc
-    try:
-        print(json.dumps(value))
-    except (TypeError, ValueError):  # not JSON: as Python shows it
-        print(repr(value))
+    print(_shown(value))
     return 0
+
+
+def _shown(value: Any) -> str:
+    """The result as JSON where JSON holds it exactly enough (no NaN), else as repr()."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return repr(value)
+    except Exception as exc:  # an int past Python's digit limit, a broken __repr__
+        return f"<a {type(value).__name__} that cannot be shown: {exc}>"
 
 
 def _ended(status: str) -> str:
     if status in ("failed", "cancelled"):
         return f"ended {status}"
+    if status == "completed":
+        return "completed, but its result cannot be read here"
     return f"has not finished ({status})"
