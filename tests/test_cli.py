@@ -533,12 +533,12 @@ class Declined(Exception):
     pass
 
 
-@ce.step(name="gone.charge")
+@ce.step(name="cli_gone.charge")
 def charge(x: int) -> int:
     raise Declined(f"card declined for {x}")
 
 
-@ce.workflow(name="gone.checkout")
+@ce.workflow(name="cli_gone.checkout")
 def checkout(x: int):
     return (yield charge(x))
 """

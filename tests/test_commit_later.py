@@ -304,6 +304,7 @@ def test_a_store_closed_after_a_failed_direct_write_lets_go_of_the_file(tmp_path
     other.execute("ROLLBACK")
     other.close()
     store.close()
+    store.close()  # a second close is no error
     assert sorted(os.listdir(tmp_path)) == ["q.db"]  # no -wal, no -shm: closed for real
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         statuses = [row[0] for row in conn.execute("SELECT status FROM log ORDER BY id")]

@@ -135,7 +135,7 @@ def commands(db: Path, out: Path) -> str:
         ("runs", f"runs --db {db}"),
         ("show", f"show r1 --db {db}"),
         ("export", f"export r1 --db {db}"),
-        ("replay", f"replay {db} --import worker_child"),
+        ("replay", f"replay {db} --all --import worker_child"),
     ):
         lines.append(f"{cli} {args} >{out}/{name}.out 2>&1; echo $? >{out}/{name}.rc")
     engine = "import sys, contengine as ce; ce.Engine(sys.argv[1])"

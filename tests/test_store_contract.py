@@ -486,6 +486,13 @@ def test_count_deletable_is_what_deleting_until_none_is_left_deletes(
     """count_deletable (gc --dry-run) against a model of the rules, and against what
     delete_finished then deletes: trees leaves first, a run kept by any descendant."""
     store = store_factory()
+    try:
+        _check_count_deletable(store, forest)
+    finally:
+        store.close()  # now, not after the test: each example holds server connections
+
+
+def _check_count_deletable(store: Store, forest: list[tuple[int, str | None, float]]) -> None:
     parents: dict[str, str | None] = {}
     statuses: dict[str, str | None] = {}
     finished: dict[str, float] = {}

@@ -475,7 +475,8 @@ class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseM
             # The kept cursor first: after a statement on it failed, it holds that
             # statement (Python 3.11), and the connection would stay open (the file,
             # its WAL unmerged) until the cursor is collected.
-            self._wcur.close()
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed before: no matter
+                self._wcur.close()
             self._conn.close()
         if self._reader is not self._conn:
             with self._rlock:
