@@ -8,7 +8,6 @@ contengine result order-o-1 --timeout 60 --db app.db    # waits; prints it as JS
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from typing import Any
 
 from ..errors import Cancelled, ContengineError, RunNotFound, WorkflowNotFound
 from ..store.postgres.url import is_postgres_url, redacted
-from ..testing.replay import cwd_importable
+from ..testing.imports import add_import_option, cwd_importable, import_modules
 from .common import CommandError, open_engine
 from .render import exc_text
 
@@ -31,14 +30,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, parents=parents, help=text)
-        parser.add_argument(
-            "--import",
-            dest="imports",
-            action="append",
-            default=[],
-            metavar="MODULE",
-            help="import this module first, so its workflows register (repeatable)",
-        )
+        add_import_option(parser)
         return parser
 
     worker = command("worker", "drive runs until SIGTERM or Ctrl-C (several may share a db)")
@@ -78,15 +70,10 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "result" and args.timeout is not None and not args.timeout >= 0:
         raise CommandError(f"--timeout must be >= 0 seconds, not {args.timeout}", 2)
     with cwd_importable():
-        for module in args.imports:
-            try:
-                importlib.import_module(module)
-            except Exception as exc:  # the user's module failed to import: say how
-                raise CommandError(f"--import {module}: {type(exc).__name__}: {exc}", 2) from exc
-            except SystemExit as exc:  # not a silent exit 0 with nothing done
-                raise CommandError(
-                    f"--import {module}: it called sys.exit({exc.code!r})", 2
-                ) from exc
+        try:
+            import_modules(args.imports)
+        except ValueError as exc:
+            raise CommandError(str(exc), 2) from exc
         if args.command == "worker":
             return _worker(args)
         if args.command == "start":

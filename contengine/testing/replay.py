@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import shutil
 import sys
@@ -39,6 +38,7 @@ from ..store.base import FINISHED, RUN_STATUSES, EntryRow, RunRow
 from ..store.opening import open_store
 from ..store.postgres.url import is_postgres_url, looks_like_url, other_url_error, redacted
 from ..store.sqlite.store import SQLiteStore
+from .imports import add_import_option, cwd_importable, import_modules
 
 __all__ = [
     "DIVERGED",
@@ -49,7 +49,6 @@ __all__ = [
     "RunReplay",
     "add_replay_command",
     "assert_replays",
-    "cwd_importable",
     "replay",
     "replay_main",
 ]
@@ -375,14 +374,7 @@ def add_replay_command(
         metavar="db",
         help="database file or postgresql:// URL (or --db; default: $CONTENGINE_DB)",
     )
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import this module first, so its workflows register (repeatable)",
-    )
+    add_import_option(p)
     p.add_argument(
         "--run", dest="runs", action="append", metavar="ID", help="only this run (repeatable)"
     )
@@ -428,11 +420,10 @@ def replay_main(args: argparse.Namespace) -> int:
         status = [UNFINISHED]
     secret = os.environ.get("CONTENGINE_SECRET")
     with cwd_importable():
-        for module in getattr(args, "imports", None) or []:
-            try:
-                importlib.import_module(module)
-            except Exception as exc:  # the user's module failed to import: say how
-                return _bad(f"--import {module}: {type(exc).__name__}: {exc}")
+        try:
+            import_modules(getattr(args, "imports", None) or [])
+        except ValueError as exc:
+            return _bad(str(exc))
         try:
             report = replay(
                 db,
@@ -465,19 +456,3 @@ def _bad(message: str) -> int:
 
 def _progress_line(done: int, total: int) -> None:
     print(f"\rreplaying {done}/{total} runs", end="", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def cwd_importable() -> Iterator[None]:
-    """Let `--import myapp.flows` find modules under the current directory, as `python -m`
-    does (a console script's sys.path starts at its own directory instead)."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(cwd)
