@@ -23,7 +23,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 
 from ..errors import ContengineError
+from .run_search import RunPage, RunQuery
 from .rows import (
+    A_CRASHED,
+    A_FAILED,
+    A_STARTED,
     CANCELLED,
     COMPLETED,
     E_COMPLETED,
@@ -38,6 +42,7 @@ from .rows import (
     RUNNING,
     SLEEPING,
     WAITING,
+    AttemptRow,
     CancelArrived,
     Claim,
     EntryRow,
@@ -56,6 +61,9 @@ from .rows import (
 
 # The rows are re-exported: the engine and the tests know them as store.base's.
 __all__ = [
+    "A_CRASHED",
+    "A_FAILED",
+    "A_STARTED",
     "CANCELLED",
     "COMPLETED",
     "E_COMPLETED",
@@ -70,6 +78,7 @@ __all__ = [
     "SLEEPING",
     "WAITING",
     "AdminStore",
+    "AttemptRow",
     "CancelArrived",
     "Claim",
     "EntryRow",
@@ -140,6 +149,11 @@ class RunStore(ABC):
         """Runs, oldest first, optionally filtered (by status, workflow, one tag)."""
 
     @abstractmethod
+    def find_runs(self, query: RunQuery) -> RunPage:
+        """One page of the runs that match every filter of query, newest first, and how
+        many match in all."""
+
+    @abstractmethod
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
         """The run's log in position order, from position start, at most limit entries."""
 
@@ -166,6 +180,11 @@ class RunStore(ABC):
             )
             for e in self.load_log(run_id, start, limit)
         ]
+
+    def load_attempts(self, run_id: str, position: int | None = None) -> list[AttemptRow]:
+        """The run's attempt rows (of the entry at position, if given), by position and
+        attempt; a store that keeps none returns []."""
+        return []
 
     @abstractmethod
     def log_length(self, run_id: str) -> int:
@@ -387,9 +406,11 @@ class AdminStore(ABC):
         entries: Sequence[EntryRow] = (),
         mailbox: Sequence[Signal] = (),
         published: dict[str, bytes] | None = None,
+        attempts: Sequence[AttemptRow] = (),
     ) -> None:
-        """Create a run with its log, mailbox messages (oldest first) and published values
-        in one transaction; IdConflict, writing nothing, if the id is taken."""
+        """Create a run with its log, mailbox messages (oldest first), published values
+        and attempt rows in one transaction; IdConflict, writing nothing, if the id is
+        taken."""
 
     @abstractmethod
     def mailbox(self, run_id: str) -> list[Signal]:

@@ -38,6 +38,7 @@ from . import batch as pg_batch
 from . import claims as pg_claims
 from . import ops as pg_ops
 from . import writes as pg_writes
+from .search import SearchMethods
 from .connection import DURABILITY, Link
 from .listen import Listener
 from .schema import prepare
@@ -70,7 +71,7 @@ _MAX_FIELD = 1_000_000_000
 CREATE_CHUNK = 500
 
 
-class PostgresStore(GroupCommit, Store):
+class PostgresStore(GroupCommit, SearchMethods, Store):
     """A Store in one schema of a PostgreSQL server; progress is written by group commit."""
 
     def __init__(

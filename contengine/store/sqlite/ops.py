@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
 from ..base import FAILED, EntryRow, Rewind, RunRow, Signal, run_digest
+from ..run_search import RunPage, RunQuery, conditions, like_escaped
 from .sql import (
     DELETABLE,
     DELETABLE_COUNT,
@@ -22,6 +23,7 @@ from .sql import (
     log_in,
     run_in,
     run_params,
+    run_row,
 )
 
 
@@ -36,8 +38,23 @@ def refuse_taken(dest: str) -> None:
             )
 
 
+def tag_condition(tag: str) -> tuple[str, object]:
+    """The test that a run carries this tag: tags are stored as ",a,b,"."""
+    return "tags LIKE ? ESCAPE '\\'", f"%,{like_escaped(tag)},%"
+
+
 class OperatorMethods(SQLiteParts):
     """Part of SQLiteStore: what the operator commands need of the file."""
+
+    def find_runs(self, query: RunQuery) -> RunPage:
+        where, params = conditions(query, "?", tag_condition)
+        ((total,),) = self._read(f"SELECT count(*) FROM runs{where}", params)
+        rows = self._read(
+            f"SELECT {RUN_COLS} FROM runs{where} ORDER BY created_at DESC, num DESC "
+            "LIMIT ? OFFSET ?",
+            [*params, query.limit, query.offset],
+        )
+        return RunPage([run_row(r) for r in rows], total, query.offset)
 
     def delete_finished(self, before: float, limit: int) -> int:
         if limit < 1:
