@@ -38,10 +38,10 @@ from . import batch as pg_batch
 from . import claims as pg_claims
 from . import ops as pg_ops
 from . import writes as pg_writes
-from .search import SearchMethods
 from .connection import DURABILITY, Link
 from .listen import Listener
 from .schema import prepare
+from .search import SearchMethods
 from .sql import (
     CANCEL_PENDING,
     DELETABLE_COUNT,
