@@ -15,6 +15,7 @@ from ..core.requests import Immediate, Request, StepCall
 from ..core.timers import SleepRequest, WaitRequest
 from ..errors import Cancelled, StepFailed, Timeout
 from ..store.base import (
+    A_STARTED,
     E_COMPLETED,
     E_FAILED,
     E_RETRYING,
@@ -164,6 +165,7 @@ def resume_member(d: StepDrive, entry: EntryRow, member: StepCall[Any], now: flo
     if d.count_crash(entry, member, now):
         return
     entry.attempts += 1
+    d.tried(entry, A_STARTED, now)
     d.commit(update=entry)
 
 

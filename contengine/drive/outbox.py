@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..store.base import EntryRow, Progress, RunRow, RunUpdate
+from ..store.base import AttemptRow, EntryRow, Progress, RunRow, RunUpdate
 
 
 class Outbox:
@@ -23,7 +23,8 @@ class Outbox:
     """
 
     __slots__ = (
-        "carry", "fresh", "complete", "consume", "new_runs", "published", "restart", "delivered"
+        "carry", "fresh", "complete", "consume", "new_runs", "published", "restart", "delivered",
+        "tried",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -43,6 +44,9 @@ class Outbox:
         self.restart: bytes | None = None  # continue_as_new: the new arguments
         # A cancellation was delivered (raised at a yield): the commit clears the row's flag.
         self.delivered = False
+        # Attempt rows (an attempt failed, found crashed, or begun after one): history,
+        # written with whatever commit comes next.
+        self.tried: list[AttemptRow] = []
 
     def has_unwritten(self) -> bool:
         """True while an outcome (or a signal taken, a child started) waits for a commit."""
@@ -106,7 +110,7 @@ class Outbox:
             tuple(self.complete) if self.complete else (), self.consume,
             tuple(self.new_runs) if self.new_runs else (),
             tuple(self.published) if self.published else (), self.restart, lease=lease,
-            unless_cancelled=unless,
+            unless_cancelled=unless, attempts=tuple(self.tried) if self.tried else (),
         )  # fmt: skip
 
     def drop_after_carry(self) -> None:
@@ -127,6 +131,8 @@ class Outbox:
         self.consume = None
         self.restart = None
         self.delivered = False
+        if p.attempts:
+            self.tried.clear()
         if self.new_runs:
             self.new_runs.clear()
         if self.published:

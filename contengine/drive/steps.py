@@ -12,7 +12,18 @@ from ..core.outcome import Outcome
 from ..core.requests import StepCall
 from ..core.workflow import RUNNING_STEP
 from ..errors import ContengineError, CrashLoop, SerializationError
-from ..store.base import E_COMPLETED, E_RETRYING, E_RUNNING, RUNNING, CancelArrived, EntryRow
+from ..store.base import (
+    A_CRASHED,
+    A_FAILED,
+    A_STARTED,
+    E_COMPLETED,
+    E_RETRYING,
+    E_RUNNING,
+    RUNNING,
+    AttemptRow,
+    CancelArrived,
+    EntryRow,
+)
 from . import cancel
 from .attempts import bad_call, call_with_timeout
 from .state import DriveState
@@ -37,11 +48,27 @@ class StepDrive(DriveState):
         entry.status = E_RUNNING
         entry.attempts += 1
         entry.due_at = None
+        self.tried(entry, A_STARTED, now)
         self.commit(update=entry, run=self.run_update(RUNNING, None, now))
+
+    def tried(
+        self, entry: EntryRow, outcome: str, now: float, error_text: str | None = None
+    ) -> None:
+        """Note the entry's current attempt in its history, written with the next commit:
+        begun at now (A_STARTED), failed at now, or found crashed at now (its end unknown).
+        An attempt that ends keeps the start its row has (attempt 1: the entry's)."""
+        attempt = AttemptRow(self.run.id, entry.position, entry.attempts, outcome, now)
+        if outcome == A_FAILED:
+            attempt.started_at, attempt.ended_at = entry.started_at, now
+            attempt.error_text = error_text
+        elif outcome == A_CRASHED:
+            attempt.started_at, attempt.found_at = entry.started_at, now
+        self.out.tried.append(attempt)
 
     def count_crash(self, entry: EntryRow, request: StepCall[Any], now: float) -> bool:
         """Count a crash during the entry's last attempt; True (the entry failed with
         ce.CrashLoop) once the step's max_crashes is passed."""
+        self.tried(entry, A_CRASHED, now)
         entry.crashes += 1
         limit = request.options.max_crashes
         if entry.crashes <= limit:
@@ -149,6 +176,7 @@ class StepDrive(DriveState):
         if retryable and isinstance(value, opts.retry_on) and failures <= opts.retries:
             delay = opts.backoff.delay(failures)
             entry.error_text = self.r.serde.clip(tb)
+            self.tried(entry, A_FAILED, now, entry.error_text)
             if delay > 0:
                 entry.status, entry.due_at = E_RETRYING, now + delay
                 run = None if member else self.run_update(RUNNING, entry.due_at, now)
@@ -156,6 +184,7 @@ class StepDrive(DriveState):
                 return entry.due_at
             entry.status, entry.due_at = E_RUNNING, None
             entry.attempts += 1
+            self.tried(entry, A_STARTED, now)
             run = None if member else self.run_update(RUNNING, None, now)
             self.commit(update=entry, run=run, unless_cancelled=True)
             return None
@@ -164,6 +193,7 @@ class StepDrive(DriveState):
             f"{self.run.id!r} after {entry.attempts} attempt(s)"
         )
         self.fail_entry(entry, value, tb, now)
+        self.tried(entry, A_FAILED, now, entry.error_text)
         return self.finished_outcome(entry)
 
     def step_arguments(self, request: StepCall[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

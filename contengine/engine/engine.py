@@ -16,6 +16,7 @@ from ..core.ids import refuse_nul
 from ..core.serde import Serde
 from ..core.workflow import Workflow, lookup
 from ..drive.live import MAX_BYTES, MAX_RUNS
+from ..drive.history import Attempt, attempts_of
 from ..drive.log import Entry
 from ..drive.runner import DriveContext, Runner, unleased
 from ..errors import ContengineError
@@ -332,6 +333,20 @@ class Engine:
         """The run's log in order: one entry per request, with status and outcome."""
         self._row(run_id)
         return [Entry(row, self.serde) for row in self.store.load_log(run_id)]
+
+    def attempts(self, run_id: str, position: int) -> list[Attempt]:
+        """The attempts of the step at position in the run's log, first to last, with their
+        real times, how each ended (failed, crashed, completed, running) and its error."""
+        self._row(run_id)
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise TypeError(f"position must be an int (a log entry's .position), not {position!r}")
+        found = self.store.load_log(run_id, position, 1) if position >= 0 else []
+        if not found or found[0].position != position:
+            raise ValueError(
+                f"run {run_id!r} has no log entry at position {position!r}; "
+                f"engine.history({run_id!r}) lists its positions"
+            )
+        return attempts_of(found[0], self.store.load_attempts(run_id, position))
 
     def published(self, run_id: str, key: str | None = None, default: Any = None) -> Any:
         """What the run published with ce.publish: all keys as a dict, or one key's value."""

@@ -15,6 +15,9 @@ from ..errors import (
     ContengineError,
 )
 from ..store.base import (
+    A_CRASHED,
+    A_FAILED,
+    A_STARTED,
     E_COMPLETED,
     E_FAILED,
     E_RETRYING,
@@ -22,6 +25,7 @@ from ..store.base import (
     FINISHED,
     PENDING,
     RUN_STATUSES,
+    AttemptRow,
     EntryRow,
     RunRow,
     Signal,
@@ -178,8 +182,9 @@ def _decode_value(value: Any, annotation: str, what: str) -> Any:
 
 def _decode_export(
     data: Any, new_id: str | None
-) -> tuple[RunRow, list[EntryRow], list[Signal], dict[str, bytes]]:
-    """The run, log, mailbox and published values in export_run() data, all checked."""
+) -> tuple[RunRow, list[EntryRow], list[Signal], dict[str, bytes], list[AttemptRow]]:
+    """The run, log, mailbox, published values and attempt rows in export_run() data, all
+    checked (an export without attempt rows, of an older contengine, has none)."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ContengineError(
             f'this is not an exported contengine run (no "format": {EXPORT_FORMAT!r})'
@@ -230,7 +235,29 @@ def _decode_export(
         for k, v in data["published"].items()
     }
     _refuse_nul_names(row, entries, mailbox, published)
-    return row, entries, mailbox, published
+    return row, entries, mailbox, published, _decode_attempts(data, row.id, len(entries))
+
+
+def _decode_attempts(data: dict[str, Any], run_id: str, length: int) -> list[AttemptRow]:
+    """The export's attempt rows, each of an entry of its log, checked."""
+    listed = data.get("attempts", [])
+    if not isinstance(listed, list):
+        raise ContengineError("the export's 'attempts' must be a JSON list")
+    attempts: list[AttemptRow] = [
+        _decode_fields(AttemptRow, a, f"attempt row {i}", run_id=run_id)
+        for i, a in enumerate(listed)
+    ]
+    seen: set[tuple[int, int]] = set()
+    for i, a in enumerate(attempts):
+        if not 0 <= a.position < length or a.attempt < 1 or (a.position, a.attempt) in seen:
+            raise ContengineError(
+                f"attempt row {i} (entry {a.position}, attempt {a.attempt}) is of no entry "
+                f"of the exported log, or repeats another; the file was changed or damaged"
+            )
+        if a.outcome not in (A_STARTED, A_FAILED, A_CRASHED):
+            raise ContengineError(f"attempt row {i} has an unknown outcome {a.outcome!r}")
+        seen.add((a.position, a.attempt))
+    return attempts
 
 
 def _fields(obj: Any) -> list[tuple[str, Any]]:
@@ -283,7 +310,12 @@ def fork_run(store: Store, row: RunRow, at: Any, new_id: str | None, now: float)
         for e in kept
         if e.kind == "publish" and e.status == E_COMPLETED and e.outcome is not None
     }
-    store.insert_run(copy, kept, (), published)
+    tried = [
+        dataclasses.replace(a, run_id=new_id)
+        for a in store.load_attempts(row.id)
+        if a.position < at
+    ]
+    store.insert_run(copy, kept, (), published, tried)
     return new_id
 
 
@@ -302,13 +334,15 @@ def export_run(store: Store, row: RunRow) -> dict[str, Any]:
             for m in store.mailbox(row.id)
         ],
         "published": {k: _b64(v) for k, v in store.published(row.id).items()},
+        # Optional (an importer that predates it ignores it): the steps' attempt history.
+        "attempts": [_encode_fields(a, skip=("run_id",)) for a in store.load_attempts(row.id)],
     }
 
 
 def import_run(store: Store, data: Any, new_id: str | None) -> RunRow:
     """Write the run in export_run() data, under its own id or new_id; its row."""
-    row, entries, mailbox, published = _decode_export(data, new_id)
-    store.insert_run(row, entries, mailbox, published)
+    row, entries, mailbox, published, attempts = _decode_export(data, new_id)
+    store.insert_run(row, entries, mailbox, published, attempts)
     return row
 
 

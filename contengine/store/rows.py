@@ -83,6 +83,27 @@ class EntryRow:
     error_text: str | None = None
 
 
+# What an attempt row says of its attempt (AttemptRow.outcome).
+A_STARTED, A_FAILED, A_CRASHED = "started", "failed", "crashed"
+
+
+@dataclass(slots=True)
+class AttemptRow:
+    """One attempt of a logged step as stored: written only when the attempt fails, is
+    found lost in a crash, or starts after one that did (its real start); a step's first
+    attempt that succeeds has no row (its entry's started_at and finished_at are its times).
+    """
+
+    run_id: str
+    position: int
+    attempt: int  # 1, 2, ... (the entry's attempts counts them)
+    outcome: str  # A_STARTED (still running, or the last), A_FAILED or A_CRASHED
+    started_at: float
+    ended_at: float | None = None  # failed: when it raised; crashed: unknown (None)
+    found_at: float | None = None  # crashed: when a takeover found it in flight
+    error_text: str | None = None  # failed: the exception's traceback text
+
+
 def run_digest(row: RunRow, entries: Sequence[EntryRow]) -> str:
     """A digest of a run's row and log as read: equal digests, the same run."""
     h = hashlib.blake2b(digest_size=16)
@@ -248,6 +269,9 @@ class Progress:
     # its yield instead, see contengine/drive/cancel.py; a run's end, as
     # RunUpdate.unless_cancelled).
     unless_cancelled: bool = False
+    # Attempt rows written (inserted, or completing the row of an attempt that started)
+    # with this progress: only where an attempt failed, was found crashed, or began after one.
+    attempts: tuple[AttemptRow, ...] = ()
 
 
 @dataclass(slots=True)

@@ -22,11 +22,11 @@ import psycopg
 from psycopg import sql
 
 from ...errors import DatabaseError
-from ..rows import CopiedRun, QueueConfig, Signal
+from ..rows import AttemptRow, CopiedRun, QueueConfig, Signal
 from ..sqlite.copy import NewDatabase
 from ..sqlite.ops import refuse_taken
 from .connection import CONNECT_TIMEOUT, unreachable
-from .sql import ENTRY_COLS, RUN_COLS, entry_row, run_row
+from .sql import ATTEMPT_COLS, ENTRY_COLS, RUN_COLS, entry_row, run_row
 
 # Rows fetched from the server at a time.
 _BATCH = 1000
@@ -65,6 +65,14 @@ def backup(url: str, schema: str, shown: str, dest: str) -> None:
                     entry_row(r[0], r[1:])
                     for r in _rows(
                         conn, f"SELECT run_id, {ENTRY_COLS} FROM log ORDER BY run_id, position"
+                    )
+                )
+                copy.add_attempts(
+                    AttemptRow(*r)
+                    for r in _rows(
+                        conn,
+                        f"SELECT run_id, {ATTEMPT_COLS} FROM attempts "
+                        "ORDER BY run_id, position, attempt",
                     )
                 )
                 copy.add_mailbox(

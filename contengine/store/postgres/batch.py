@@ -157,7 +157,7 @@ def fits(p: Progress) -> bool:
     log and runs rows (no child runs, published values, signal taken or restart)."""
     return (
         p.lease is not None and p.consume is None and not p.new_runs and not p.publish
-        and p.restart is None
+        and p.restart is None and not p.attempts
     )  # fmt: skip
 
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 
 from ...errors import ContengineError, IdConflict, RunNotFound
-from ..rows import FAILED, EntryRow, Rewind, RunRow, Signal, run_digest
+from ..rows import FAILED, AttemptRow, EntryRow, Rewind, RunRow, Signal, run_digest
 from .sql import (
+    ATTEMPT_COLS,
     DELETABLE,
     ENTRY_COLS,
     INSERT_ENTRY,
     INSERT_RUN,
+    PUT_ATTEMPT,
     SELECT_RUN,
+    attempt_params,
     entry_params,
     entry_row,
     run_params,
@@ -33,7 +36,7 @@ def delete_finished(conn: Conn, before: float, limit: int) -> int:
         ids = [str(r[0]) for r in conn.execute(DELETABLE, (before, limit - deleted))]
         if not ids:
             break
-        for table in ("log", "mailbox", "published"):
+        for table in ("log", "attempts", "mailbox", "published"):
             conn.execute(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (ids,))
         conn.execute("DELETE FROM runs WHERE id = ANY(%s)", (ids,))
         deleted += len(ids)
@@ -65,6 +68,7 @@ def rewind_one(conn: Conn, r: Rewind, now: float) -> None:
             f"run {run_id!r} changed since the retry was planned; nothing was changed, retry again"
         )
     conn.execute("DELETE FROM log WHERE run_id = %s AND position >= %s", (run_id, r.position))
+    conn.execute("DELETE FROM attempts WHERE run_id = %s AND position >= %s", (run_id, r.position))
     conn.execute(
         "UPDATE runs SET status = 'pending', updated_at = %s, due_at = NULL, "
         "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
@@ -79,6 +83,7 @@ def insert_run(
     entries: Sequence[EntryRow],
     mailbox: Sequence[Signal],
     published: dict[str, bytes],
+    attempts: Sequence[AttemptRow] = (),
 ) -> None:
     """AdminStore.insert_run inside the caller's transaction."""
     if conn.execute(INSERT_RUN, run_params(run)).rowcount != 1:
@@ -96,3 +101,19 @@ def insert_run(
                 "INSERT INTO published (run_id, key, value) VALUES (%s, %s, %s)",
                 [(run.id, k, v) for k, v in published.items()],
             )
+        if attempts:
+            cur.executemany(PUT_ATTEMPT, [attempt_params(a) for a in attempts])
+
+
+def attempts_of(
+    read: Callable[[str, Sequence[object]], list[tuple[Any, ...]]],
+    run_id: str,
+    position: int | None,
+) -> list[AttemptRow]:
+    """RunStore.load_attempts, read with read(sql, params)."""
+    sql = f"SELECT {ATTEMPT_COLS} FROM attempts WHERE run_id = %s"
+    if position is not None:
+        rows = read(sql + " AND position = %s ORDER BY attempt", (run_id, position))
+    else:
+        rows = read(sql + " ORDER BY position, attempt", (run_id,))
+    return [AttemptRow(run_id, *r) for r in rows]

@@ -17,7 +17,7 @@ from ...errors import DatabaseError
 from .connection import CONNECT_TIMEOUT, database_error, unreachable
 from .url import redacted, split_url
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Times are float8 seconds (as the engine's clock gives them; 'Infinity' is a wait
 # without a timeout); values are bytea, never read by the server.
@@ -127,9 +127,25 @@ CREATE INDEX runs_due ON runs ((CASE WHEN status IN ('pending', 'running', 'slee
     'waiting') THEN coalesce(due_at, '-Infinity'::float8) END))
 """
 
+# Version 3: attempt rows (store/rows.py AttemptRow): written only where an attempt
+# failed, was found lost in a crash, or began after one, so the per-step path is unchanged.
+_SCHEMA_V3 = """
+CREATE TABLE attempts (
+    run_id text NOT NULL,
+    position integer NOT NULL,
+    attempt integer NOT NULL,
+    outcome text NOT NULL,
+    started_at float8 NOT NULL,
+    ended_at float8,
+    found_at float8,
+    error_text text,
+    PRIMARY KEY (run_id, position, attempt)
+)
+"""
+
 # MIGRATIONS[v] takes the schema from version v to v + 1 (statements run in order, in
 # the opening transaction). A new version appends its script here.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
 
 
 def stored_version(conn: psycopg.Connection[Any], schema: str, shown: str) -> int | None:

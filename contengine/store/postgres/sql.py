@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..rows import FINISHED, RUN_STATUSES, EntryRow, RunRow
+from ..rows import FINISHED, RUN_STATUSES, AttemptRow, EntryRow, RunRow
 
 RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
@@ -29,6 +29,26 @@ UPDATE_ENTRY = (
     "due_at = %s, outcome = %s, error_text = %s WHERE run_id = %s AND position = %s "
     "AND status IN ('running', 'retrying') AND attempts = coalesce(%s::integer, attempts)"
 )
+# An attempt row: a new one, or the end of one whose start was written (its start kept,
+# unless the attempt began again: a start given back and taken up later).
+ATTEMPT_COLS = "position, attempt, outcome, started_at, ended_at, found_at, error_text"
+PUT_ATTEMPT = (
+    f"INSERT INTO attempts (run_id, {ATTEMPT_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (run_id, position, attempt) DO UPDATE SET outcome = excluded.outcome, "
+    "ended_at = excluded.ended_at, found_at = excluded.found_at, "
+    "error_text = excluded.error_text, started_at = CASE WHEN excluded.outcome = 'started' "
+    "THEN excluded.started_at ELSE attempts.started_at END"
+)
+
+
+def attempt_params(a: AttemptRow) -> tuple[object, ...]:
+    """PUT_ATTEMPT's values for an attempt row."""
+    return (
+        a.run_id, a.position, a.attempt, a.outcome, a.started_at, a.ended_at, a.found_at,
+        as_text(a.error_text),
+    )  # fmt: skip
+
+
 # A finished run lets go of its lease in the same statement: no one drives it again.
 UPDATE_RUN = (
     "UPDATE runs SET status = %(status)s, updated_at = %(updated_at)s, due_at = %(due_at)s, "

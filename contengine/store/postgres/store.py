@@ -18,6 +18,7 @@ import psycopg
 from ...errors import ContengineError, DatabaseError, RunNotFound
 from ..base import (
     INLINE_OUTCOME,
+    AttemptRow,
     Claim,
     EntryRow,
     Listening,
@@ -460,11 +461,15 @@ class PostgresStore(GroupCommit, SearchMethods, Store):
         entries: Sequence[EntryRow] = (),
         mailbox: Sequence[Signal] = (),
         published: dict[str, bytes] | None = None,
+        attempts: Sequence[AttemptRow] = (),
     ) -> None:
         with self._writer.transaction() as conn:
-            pg_ops.insert_run(conn, run, entries, mailbox, published or {})
+            pg_ops.insert_run(conn, run, entries, mailbox, published or {}, attempts)
             if run.status not in FINISHED:
                 conn.execute(NOTIFY, (self.channel, "start"))
+
+    def load_attempts(self, run_id: str, position: int | None = None) -> list[AttemptRow]:
+        return pg_ops.attempts_of(self._reader.read, run_id, position)
 
     def mailbox(self, run_id: str) -> list[Signal]:
         rows = self._reader.read(

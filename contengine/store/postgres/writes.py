@@ -27,10 +27,12 @@ from .sql import (
     INSERT_ENTRY,
     INSERT_RUN,
     NOTIFY,
+    PUT_ATTEMPT,
     UPDATE_ENTRY,
     UPDATE_RUN,
     WAKE_PARENT,
     as_text,
+    attempt_params,
     channel_of,
     entry_params,
     run_params,
@@ -157,11 +159,15 @@ def write(
         # continue_as_new: this generation's log goes; the run starts afresh with new
         # arguments under the same id (mailbox and published values stay).
         conn.execute("DELETE FROM log WHERE run_id = %s", (p.run_id,))
+        conn.execute("DELETE FROM attempts WHERE run_id = %s", (p.run_id,))
         conn.execute(
             "UPDATE runs SET args = %s, status = 'pending', due_at = NULL, "
             "generation = generation + 1 WHERE id = %s",
             (p.restart, p.run_id),
         )
+    if p.attempts:
+        with conn.cursor() as cur:
+            cur.executemany(PUT_ATTEMPT, [attempt_params(a) for a in p.attempts])
     if p.consume is not None:
         gone = conn.execute("DELETE FROM mailbox WHERE seq = %s", (p.consume,)).rowcount
         if gone != 1:

@@ -17,9 +17,18 @@ from contextlib import contextmanager
 from types import TracebackType
 
 from ...errors import ContengineError, DatabaseError
-from ..rows import CopiedRun, EntryRow, QueueConfig, Signal
+from ..rows import AttemptRow, CopiedRun, EntryRow, QueueConfig, Signal
 from .ops import refuse_taken
-from .sql import INSERT_ENTRY, POSITION_BITS, RUN_COLS, RUN_MARKS, checked_position, run_params
+from .sql import (
+    INSERT_ENTRY,
+    POSITION_BITS,
+    PUT_ATTEMPT,
+    RUN_COLS,
+    RUN_MARKS,
+    attempt_params,
+    checked_position,
+    run_params,
+)
 from .store import SQLiteStore
 
 _CANCEL = [c.strip() for c in RUN_COLS.split(",")].index("cancel_requested")
@@ -118,6 +127,21 @@ class NewDatabase:
 
         with self._writing():
             self._db().executemany(INSERT_ENTRY, (params(e) for e in entries))
+
+    def add_attempts(self, attempts: Iterable[AttemptRow]) -> None:
+        """Copy attempt rows of runs added before."""
+
+        def params(a: AttemptRow) -> tuple[object, ...]:
+            num = self._nums.get(a.run_id)
+            if num is None:
+                raise DatabaseError(
+                    f"attempt {a.attempt} of entry {a.position} of run {a.run_id!r} has no "
+                    f"run in the copy; the backup {self.dest!r} was not written"
+                )
+            return attempt_params(num << POSITION_BITS, a)
+
+        with self._writing():
+            self._db().executemany(PUT_ATTEMPT, (params(a) for a in attempts))
 
     def add_mailbox(self, messages: Iterable[Signal]) -> None:
         """Copy mailbox messages, their sequence numbers (their order) kept."""

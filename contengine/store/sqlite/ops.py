@@ -8,17 +8,20 @@ import sqlite3
 from collections.abc import Sequence
 
 from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
-from ..base import FAILED, EntryRow, Rewind, RunRow, Signal, run_digest
+from ..base import FAILED, AttemptRow, EntryRow, Rewind, RunRow, Signal, run_digest
 from ..run_search import RunPage, RunQuery, conditions, like_escaped
 from .sql import (
+    ATTEMPT_COLS,
     DELETABLE,
     DELETABLE_COUNT,
     INSERT_ENTRY,
     POSITION_BITS,
     POSITION_MASK,
+    PUT_ATTEMPT,
     RUN_COLS,
     RUN_MARKS,
     SQLiteParts,
+    attempt_params,
     checked_position,
     log_in,
     run_in,
@@ -75,10 +78,9 @@ class OperatorMethods(SQLiteParts):
         return int(self._read(DELETABLE_COUNT, (before,))[0][0])
 
     def _delete_runs(self, conn: sqlite3.Connection, runs: list[tuple[int, str]]) -> None:
-        conn.executemany(
-            "DELETE FROM log WHERE id BETWEEN ? AND ?",
-            [(num << POSITION_BITS, (num << POSITION_BITS) | POSITION_MASK) for num, _ in runs],
-        )
+        spans = [(num << POSITION_BITS, (num << POSITION_BITS) | POSITION_MASK) for num, _ in runs]
+        conn.executemany("DELETE FROM log WHERE id BETWEEN ? AND ?", spans)
+        conn.executemany("DELETE FROM attempts WHERE id BETWEEN ? AND ?", spans)
         ids = [(run_id,) for _, run_id in runs]
         conn.executemany("DELETE FROM mailbox WHERE run_id = ?", ids)
         conn.executemany("DELETE FROM published WHERE run_id = ?", ids)
@@ -110,10 +112,9 @@ class OperatorMethods(SQLiteParts):
                 f"run {run_id!r} changed since the retry was planned; nothing was changed, "
                 f"retry again"
             )
-        conn.execute(
-            "DELETE FROM log WHERE id BETWEEN ? AND ?",
-            (base + checked_position(r.position), base | POSITION_MASK),
-        )
+        span = (base + checked_position(r.position), base | POSITION_MASK)
+        conn.execute("DELETE FROM log WHERE id BETWEEN ? AND ?", span)
+        conn.execute("DELETE FROM attempts WHERE id BETWEEN ? AND ?", span)
         conn.execute(
             "UPDATE runs SET status = 'pending', updated_at = ?, due_at = NULL, "
             "finished_at = NULL, result = NULL, error = NULL, error_text = NULL, "
@@ -128,6 +129,7 @@ class OperatorMethods(SQLiteParts):
         entries: Sequence[EntryRow] = (),
         mailbox: Sequence[Signal] = (),
         published: dict[str, bytes] | None = None,
+        attempts: Sequence[AttemptRow] = (),
     ) -> None:
         with self._tx() as conn:
             cur = conn.execute(
@@ -156,8 +158,21 @@ class OperatorMethods(SQLiteParts):
                 "INSERT INTO published (run_id, key, value) VALUES (?, ?, ?)",
                 [(run.id, k, v) for k, v in (published or {}).items()],
             )
+            conn.executemany(PUT_ATTEMPT, [attempt_params(base, a) for a in attempts])
             num = cur.lastrowid
         self._remember_num(run.id, num)
+
+    def load_attempts(self, run_id: str, position: int | None = None) -> list[AttemptRow]:
+        rows = self._read("SELECT num FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            return []
+        base = int(rows[0][0]) << POSITION_BITS
+        low, high = (base, base | POSITION_MASK) if position is None else (base | position,) * 2
+        found = self._read(
+            f"SELECT {ATTEMPT_COLS} FROM attempts WHERE id BETWEEN ? AND ? ORDER BY id, attempt",
+            (low, high),
+        )
+        return [AttemptRow(run_id, *r) for r in found]
 
     def mailbox(self, run_id: str) -> list[Signal]:
         rows = self._read(

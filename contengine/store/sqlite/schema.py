@@ -124,6 +124,23 @@ DROP INDEX runs_to_claim
 """
 
 
+# Version 7: attempt rows (store/rows.py AttemptRow), keyed as their log entry is
+# ((runs.num << 32) | position) and the attempt's number; a step whose first attempt
+# succeeds writes none, so the per-step path is unchanged.
+_SCHEMA_V7 = """
+CREATE TABLE attempts (
+    id INTEGER NOT NULL,  -- the log entry's key
+    attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    found_at REAL,
+    error_text TEXT,
+    PRIMARY KEY (id, attempt)
+) WITHOUT ROWID
+"""
+
+
 # MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
 # A new schema version appends a function here; files are migrated on open.
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -140,4 +157,5 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     3: lambda conn: _run_script(conn, _SCHEMA_V4),
     4: lambda conn: _run_script(conn, _SCHEMA_V5),
     5: lambda conn: _run_script(conn, _SCHEMA_V6),
+    6: lambda conn: _run_script(conn, _SCHEMA_V7),
 }

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ...errors import DatabaseError
-from ..base import FINISHED, RUN_STATUSES, EntryRow, RunRow
+from ..base import FINISHED, RUN_STATUSES, AttemptRow, EntryRow, RunRow
 
 if TYPE_CHECKING:
     from .guard import FileGuard, LockStalls
@@ -64,6 +64,15 @@ INSERT_NEW_KEYED = (
     "VALUES (?, ?, ?, ?, NULL, 'running', 1, 0, ?)"
 )
 _CLEAN: dict[str, str] = {}
+# An attempt row: a new one, or the end of one whose start was written (its start kept,
+# unless the attempt began again: a start given back and taken up later).
+PUT_ATTEMPT = (
+    "INSERT INTO attempts (id, attempt, outcome, started_at, ended_at, found_at, error_text) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id, attempt) DO UPDATE SET "
+    "outcome = excluded.outcome, ended_at = excluded.ended_at, found_at = excluded.found_at, "
+    "error_text = excluded.error_text, started_at = CASE WHEN excluded.outcome = 'started' "
+    "THEN excluded.started_at ELSE attempts.started_at END"
+)
 
 
 def without_error_text(sql: str) -> str:
@@ -153,6 +162,17 @@ def checked_position(position: int) -> int:
     if not 0 <= position <= POSITION_MASK:
         raise DatabaseError(f"log position {position} is out of range")
     return position
+
+
+def attempt_params(base: int, a: AttemptRow) -> tuple[object, ...]:
+    """PUT_ATTEMPT's values for an attempt row of the run whose first log key is base."""
+    return (
+        base | checked_position(a.position), a.attempt, a.outcome, a.started_at, a.ended_at,
+        a.found_at, a.error_text,
+    )  # fmt: skip
+
+
+ATTEMPT_COLS = "id & 4294967295, attempt, outcome, started_at, ended_at, found_at, error_text"
 
 
 def run_params(run: RunRow) -> tuple[object, ...]:

@@ -21,6 +21,7 @@ from .sql import (
     INSERT_NEW_KEYED,
     POSITION_BITS,
     POSITION_MASK,
+    PUT_ATTEMPT,
     RUN_COLS,
     RUN_MARKS,
     SHORT_BLOB,
@@ -28,6 +29,7 @@ from .sql import (
     UPDATE_RUN,
     Executes,
     SQLiteParts,
+    attempt_params,
     checked_position,
     run_params,
     with_fence,
@@ -316,10 +318,15 @@ class WriteMethods(SQLiteParts):
             # with new arguments under the same id (mailbox and published values stay).
             conn.execute("DELETE FROM log WHERE id BETWEEN ? AND ?", (base, base | POSITION_MASK))
             conn.execute(
+                "DELETE FROM attempts WHERE id BETWEEN ? AND ?", (base, base | POSITION_MASK)
+            )
+            conn.execute(
                 "UPDATE runs SET args = ?, status = 'pending', due_at = NULL, "
                 "generation = generation + 1 WHERE id = ?",
                 (p.restart, p.run_id),
             )
+        if p.attempts:
+            conn.executemany(PUT_ATTEMPT, [attempt_params(base, a) for a in p.attempts])
         if p.consume is not None:
             deleted = conn.execute("DELETE FROM mailbox WHERE seq = ?", (p.consume,)).rowcount
             if deleted != 1:
