@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 
 from ..store.base import FAILED, RunRow
 from .render import NOTE_WIDTH, clip, exception_line, iso, span_text
 
+# Where a run id links to on a page: the dashboard's run page (static pages link nowhere).
+Link = Callable[[str], str]
 
-def runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) -> str:
+
+def runs_table(
+    runs: Sequence[RunRow], now: float, child_column: bool = False, link: Link | None = None
+) -> str:
     """A table of runs for the pages: id, workflow, (status,) created, duration, and a
-    failed run's exception or the run's note."""
+    failed run's exception or the run's note; with link, each id links to link(id)."""
     head = "<th>id</th><th>workflow</th>"
     head += "<th>status</th>" if child_column else ""
     head += '<th>created</th><th class="num">duration</th><th>note or error</th>'
@@ -26,8 +31,12 @@ def runs_table(runs: Sequence[RunRow], now: float, child_column: bool = False) -
             if child_column
             else ""
         )
+        shown_id = escape(r.id)
+        if link is not None:
+            shown_id = f'<a href="{escape(link(r.id))}">{shown_id}</a>'
         body.append(
-            f'<tr class="run-row {escape(r.status)}"><td class="mono">{escape(r.id)}</td>'
+            f'<tr class="run-row {escape(r.status)}" data-run="{escape(r.id)}">'
+            f'<td class="mono">{shown_id}</td>'
             f'<td class="mono">{escape(r.workflow)}</td>{status}'
             f'<td>{escape(iso(r.created_at))}</td><td class="num">{escape(took)}</td>'
             f"<td>{note_or_error(r)}</td></tr>"

@@ -20,6 +20,7 @@ from ..store.base import (
     RUN_STATUSES,
     RunRow,
 )
+from ..store.run_search import MAX_PAGE, RunQuery
 from .render import (
     ARGS_WIDTH,
     clip,
@@ -30,7 +31,7 @@ from .render import (
     short,
     span_text,
 )
-from .run_tables import runs_table
+from .run_tables import Link, runs_table
 
 # Layout of the timeline, in SVG user units (pixels at 100% zoom).
 LABEL_W = 300
@@ -128,24 +129,34 @@ class _Row:
 
 def render_run(engine: Engine, run_id: str, now: float | None = None) -> str:
     """The HTML page of one run: a header, its timeline in SVG, its log and its children."""
+    row, body = run_body(engine, run_id, now)
+    return _page(f"contengine run {row.id}", [f"<h1>Run <code>{escape(row.id)}</code></h1>", *body])
+
+
+def run_body(
+    engine: Engine, run_id: str, now: float | None = None, link: Link | None = None
+) -> tuple[RunRow, list[str]]:
+    """A run's row and the parts of its page below the title: header, timeline, log and
+    children; with link, run ids (parent, children) link to link(id). LookupError if the
+    run is not there."""
     row = engine.store.get_run(run_id)
     if row is None:
         raise LookupError(f"no run with id {run_id!r} in this database")
     now = engine.clock.now() if now is None else now
     entries = engine.history(run_id)
-    children = [r for r in engine.store.list_runs() if r.parent_id == run_id]
+    children = engine.store.find_runs(RunQuery(parent_id=run_id, limit=MAX_PAGE)).runs
+    children.reverse()  # oldest first, as they were started
     rows = _rows(engine, row, entries, {c.id: c for c in children}, 0)
     body = [
-        f"<h1>Run <code>{escape(row.id)}</code></h1>",
-        _run_header(engine, row, now),
+        _run_header(engine, row, now, link),
         "<h2>Timeline</h2>",
         f'<div class="card scroll">{_svg(row, rows, now)}{_legend()}</div>',
         "<h2>Log</h2>",
         _log_table(entries),
     ]
     if children:
-        body += ["<h2>Child runs</h2>", runs_table(children, now, child_column=True)]
-    return _page(f"contengine run {row.id}", body)
+        body += ["<h2>Child runs</h2>", runs_table(children, now, child_column=True, link=link)]
+    return row, body
 
 
 def render_runs(
@@ -197,7 +208,7 @@ def _page(title: str, body: Iterable[str]) -> str:
     )
 
 
-def _run_header(engine: Engine, row: RunRow, now: float) -> str:
+def _run_header(engine: Engine, row: RunRow, now: float, link: Link | None = None) -> str:
     items = [
         ("workflow", f"<code>{escape(row.workflow)}</code>"),
         ("status", f'<span class="badge {escape(row.status)}">{escape(row.status)}</span>'),
@@ -209,7 +220,10 @@ def _run_header(engine: Engine, row: RunRow, now: float) -> str:
     else:
         items.append(("age", escape(span_text(max(0.0, now - row.created_at)))))
     if row.parent_id:
-        items.append(("parent", f"<code>{escape(row.parent_id)}</code>"))
+        parent = f"<code>{escape(row.parent_id)}</code>"
+        if link is not None:
+            parent = f'<a class="parent" href="{escape(link(row.parent_id))}">{parent}</a>'
+        items.append(("parent", parent))
     if row.status == COMPLETED:
         result = load(engine, row.result, row.id, "result", short)
         items.append(("result", f"<code>{escape(result)}</code>"))

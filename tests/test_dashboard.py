@@ -1,0 +1,266 @@
+"""`contengine serve` over HTTP, in-process: the token, pages and fragments, filters and
+paging without a silent cap, a run's page with its error and children, and the actions
+(cancel, retry, fork, signal) with their refusals; on both stores."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import dashboard_flows as flows
+import pytest
+from stores import current
+
+import contengine as ce
+from contengine.cli.main import main
+from contengine.cli.web.server import COOKIE, TOKEN_HEADER, Dashboard
+
+pytestmark = pytest.mark.both_stores
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+class Client:
+    """Requests to a dashboard on this machine."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = TOKEN,
+    ) -> tuple[int, dict[str, str], str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        sent = {"Host": f"127.0.0.1:{self.port}", **(headers or {})}
+        if token is not None:
+            sent[TOKEN_HEADER] = token
+        data = urlencode(body).encode() if body is not None else None
+        if data is not None:
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, path, body=data, headers=sent)
+        r = conn.getresponse()
+        text = r.read().decode()
+        conn.close()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, text
+
+    def get(self, path: str, **kw: Any) -> tuple[int, str]:
+        status, _, text = self.request("GET", path, **kw)
+        return status, text
+
+    def act(self, run_id: str, action: str, **form: str) -> tuple[int, dict[str, Any]]:
+        status, _, text = self.request("POST", f"/api/runs/{run_id}/{action}", body=form)
+        return status, json.loads(text)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[ce.Engine]:
+    with ce.Engine(tmp_path / "dash.db") as engine:
+        engine.start(flows.order, "ok-1", id="ok-1", tags=["shop"])
+        engine.start(flows.order, "bad-1", id="bad-1", tags=["shop"])
+        engine.start(flows.order, "wait-1", id="wait-1")
+        engine.start(flows.parent, "p", id="parent")
+        engine.run_until_idle()
+        yield engine
+
+
+def serve(engine: ce.Engine, read_only: bool = False) -> Iterator[Client]:
+    dashboard = Dashboard(engine, "127.0.0.1", 0, TOKEN, read_only=read_only)
+    thread = threading.Thread(target=dashboard.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield Client(dashboard.server_address[1])
+    finally:
+        dashboard.shutdown()
+        dashboard.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def client(engine: ce.Engine) -> Iterator[Client]:
+    yield from serve(engine)
+
+
+def test_every_page_needs_the_token_and_the_address_token_becomes_a_cookie(
+    client: Client,
+) -> None:
+    for path in ("/", "/runs/ok-1", "/fragment/runs", "/fragment/runs/ok-1"):
+        status, text = client.get(path, token=None)
+        assert status == 401 and "needs its token" in text
+        assert client.get(path, token="wrong-token-0123456789")[0] == 401
+    status, headers, _ = client.request("GET", f"/?status=failed&token={TOKEN}", token=None)
+    assert status == 303
+    assert headers["location"] == "/?status=failed"  # the token leaves the address
+    cookie = headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}={TOKEN};") and "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    status, text = client.get("/", token=None, headers={"Cookie": f"{COOKIE}={TOKEN}"})
+    assert status == 200 and "bad-1" in text
+    # Static files carry nothing of the database.
+    assert client.get("/static/app.js", token=None)[0] == 200
+
+
+def test_a_page_for_another_host_name_is_refused(client: Client) -> None:
+    """DNS rebinding: a site whose name resolves to 127.0.0.1 sends its own Host."""
+    status, _ = client.get("/", headers={"Host": f"evil.example:{client.port}"})
+    assert status == 421
+    assert client.get("/", headers={"Host": f"localhost:{client.port}"})[0] == 200
+
+
+def test_an_action_needs_the_token_in_its_header_not_only_the_cookie(
+    client: Client, engine: ce.Engine
+) -> None:
+    status, _, text = client.request(
+        "POST",
+        "/api/runs/wait-1/cancel",
+        body={},
+        token=None,
+        headers={"Cookie": f"{COOKIE}={TOKEN}"},
+    )
+    assert status == 403 and TOKEN_HEADER in json.loads(text)["message"]
+    assert engine.store.get_run("wait-1").cancel_requested is False  # type: ignore[union-attr]
+
+
+def test_the_runs_page_filters_and_links_each_run(client: Client) -> None:
+    status, text = client.get("/?status=failed")
+    assert status == 200
+    assert 'href="/runs/bad-1"' in text and "ok-1" not in text
+    assert "CardDeclined: card declined for bad-1" in text
+    assert "runs 1–1 of 1" in text
+    _, text = client.get("/fragment/runs?tag=shop")
+    assert "runs 1–2 of 2" in text and "wait-1" not in text
+    _, text = client.get("/fragment/runs?q=DECLINED")
+    assert "bad-1" in text and "ok-1" not in text
+    _, text = client.get("/fragment/runs?since=1h")
+    assert "runs 1–5 of 5" in text  # four runs and the parent's child
+    _, text = client.get("/fragment/runs?workflow=no.such")
+    assert "No run matches" in text
+
+
+def test_paging_never_stops_silently(client: Client, engine: ce.Engine) -> None:
+    engine.start_many([(flows.order, (f"wait-many-{i}",)) for i in range(120)])
+    _, text = client.get("/fragment/runs?limit=50")
+    assert "runs 1–50 of 125" in text and "page 1 of 3" in text and "older →" in text
+    _, text = client.get("/fragment/runs?limit=50&offset=100")
+    assert "runs 101–125 of 125" in text and "← newer" in text and "older →" not in text
+    seen: set[str] = set()
+    for offset in (0, 50, 100):
+        _, text = client.get(f"/fragment/runs?limit=50&offset={offset}")
+        seen |= {part.split('"')[0] for part in text.split('data-run="')[1:]}
+    assert len(seen) == 125
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("status=done", "status must be one of"),
+        ("since=30", "needs a number with a unit"),
+        ("limit=0", "bad page"),
+        ("offset=x", "bad page"),
+        ("colour=red", "unknown filter 'colour'"),
+    ],
+)
+def test_a_bad_filter_is_a_clear_400(client: Client, query: str, says: str) -> None:
+    status, text = client.get(f"/?{query}")
+    assert status == 400 and says in text
+
+
+def test_a_failed_runs_page_shows_its_whole_traceback(client: Client) -> None:
+    status, text = client.get("/runs/bad-1")
+    assert status == 200
+    assert "Traceback (most recent call last)" in text
+    assert "dashboard_flows.py" in text and "card declined for bad-1" in text
+    assert client.get("/runs/no-such-run")[0] == 404
+
+
+def test_a_run_page_links_parent_and_child_and_shows_published_values(client: Client) -> None:
+    _, text = client.get("/runs/parent")
+    assert 'href="/runs/parent%2F0"' in text  # its child run
+    _, child = client.get("/runs/parent%2F0")
+    assert 'class="parent" href="/runs/parent"' in child
+    assert "Published values" in child and "charged wait-p" in child
+
+
+def test_cancel_retry_fork_and_signal(client: Client, engine: ce.Engine) -> None:
+    status, answer = client.act("wait-1", "signal", name="approve", payload='"ann"')
+    assert status == 200, answer
+    engine.run_until_idle()
+    assert engine.get_run("wait-1").result(timeout=0) == "charged wait-1, approved by ann"
+
+    status, answer = client.act("parent", "cancel")
+    assert status == 200 and "requested" in answer["message"]
+    engine.run_until_idle()
+    assert engine.get_run("parent").status == "cancelled"
+    status, answer = client.act("parent", "cancel")
+    assert status == 409 and "already ended" in answer["message"]
+
+    status, answer = client.act("ok-1", "retry")
+    assert status == 409 and answer["message"]  # the engine's reason: it did not fail
+    status, answer = client.act("bad-1", "retry")
+    assert status == 200, answer
+
+    status, answer = client.act("ok-1", "fork", at="1")
+    assert status == 200 and answer["go"].startswith("/runs/")
+    forked = answer["go"].removeprefix("/runs/")
+    engine.run_until_idle()
+    assert engine.get_run(forked).result(timeout=0) == "charged ok-1"
+
+
+@pytest.mark.parametrize(
+    ("run_id", "action", "form", "code", "says"),
+    [
+        ("ok-1", "fork", {"at": "x"}, 400, "whole number"),
+        ("ok-1", "fork", {"at": "-1"}, 400, "0 or more"),
+        ("ok-1", "fork", {"at": "99"}, 409, ""),
+        ("wait-1", "signal", {"name": ""}, 400, "needs a name"),
+        ("wait-1", "signal", {"name": "approve", "payload": "{nope"}, 400, "not JSON"),
+        ("no-such", "cancel", {}, 404, "no run with id"),
+        ("ok-1", "explode", {}, 404, "no action 'explode'"),
+    ],
+)
+def test_a_refused_action_says_why_and_changes_nothing(
+    client: Client,
+    engine: ce.Engine,
+    run_id: str,
+    action: str,
+    form: dict[str, str],
+    code: int,
+    says: str,
+) -> None:
+    before = [(r.id, r.status, r.cancel_requested) for r in engine.store.list_runs()]
+    status, answer = client.act(run_id, action, **form)
+    assert status == code and says in answer["message"]
+    assert [(r.id, r.status, r.cancel_requested) for r in engine.store.list_runs()] == before
+
+
+def test_a_read_only_dashboard_refuses_every_action(engine: ce.Engine) -> None:
+    for client in serve(engine, read_only=True):
+        assert client.get("/runs/wait-1")[0] == 200
+        status, answer = client.act("wait-1", "cancel")
+        assert status == 403 and "--read-only" in answer["message"]
+    assert engine.store.get_run("wait-1").cancel_requested is False  # type: ignore[union-attr]
+
+
+def test_serve_refuses_to_bind_beyond_this_machine_without_a_token(
+    engine: ce.Engine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CONTENGINE_TOKEN", raising=False)
+    db = current().target(tmp_path / "dash.db")
+    assert main(["serve", "--db", db, "--host", "0.0.0.0"]) == 2
+    assert "give --token" in capsys.readouterr().err
+    assert main(["serve", "--db", db, "--token", "short"]) == 2
+    assert "at least 16 characters" in capsys.readouterr().err
+    assert main(["serve", "--db", db, "--port", "70000"]) == 2
+    assert main(["serve", "--db", str(tmp_path / "missing.db")]) == 1
+    assert "no database at" in capsys.readouterr().err or current().postgres
