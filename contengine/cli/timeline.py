@@ -407,7 +407,7 @@ def _entry_svg(r: _Row, y: int, x: Scale, now: float) -> str:
         note = "in flight"
     if note:
         cls = "errtext" if e.status in (E_FAILED, E_RETRYING) else "sub"
-        parts.append(_side_text(note, cls, x0 + w, y))
+        parts.append(_side_text(note, cls, x0, x0 + w, y))
     parts.append("</g>")
     return "".join(parts)
 
@@ -429,12 +429,17 @@ def _attempt_marks(e: Entry, x0: float, w: float, y: int) -> str:
     return "".join(marks)
 
 
-def _side_text(text: str, cls: str, after: float, y: int) -> str:
+def _side_text(text: str, cls: str, before: float, after: float, y: int) -> str:
     room = LABEL_W + CHART_W + PAD * 2 - after - 8
-    if room < 60:  # no room after the bar: put it inside the chart, right-aligned
+    if room < 60:
+        # No room after the bar: end the text where the bar begins, so it never
+        # covers the bar (or, for a bar that fills the chart, inside it on the right).
+        left = before - 6 - LABEL_W
+        end = before - 6 if left >= 60 else LABEL_W + CHART_W
+        width = int(left / 6.5) if left >= 60 else 40
         return (
-            f'<text class="{cls}" x="{LABEL_W + CHART_W:.1f}" y="{y + 16}" '
-            f'text-anchor="end">{escape(clip(text, 40))}</text>'
+            f'<text class="{cls}" x="{end:.1f}" y="{y + 16}" '
+            f'text-anchor="end">{escape(clip(text, max(8, width)))}</text>'
         )
     return (
         f'<text class="{cls}" x="{after + 6:.1f}" y="{y + 16}">'
