@@ -88,3 +88,15 @@ def main() -> None:
     """The worker process: drive the runs of sys.argv[1] until killed."""
     with ce.Engine(sys.argv[1]) as engine:
         engine.work(threads=4)
+
+
+@ce.step(name="litestream.increment")
+def increment(n: int) -> int:
+    """n + 1."""
+    return n + 1
+
+
+@ce.workflow(name="litestream.job_once")
+def job_once(n: int) -> Generator[Any, Any, int]:
+    """One step: n + 1."""
+    return (yield increment(n))

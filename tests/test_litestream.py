@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -339,3 +340,27 @@ def test_show_and_replay_leave_a_pulled_copy_as_it_was(
     assert restored.stat().st_mtime_ns == stat_before.st_mtime_ns
     wal = Path(f"{restored}-wal")
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_an_empty_file_litestream_replicated_first_is_opened_as_a_new_database(
+    tmp_path: Path,
+) -> None:
+    # A file made empty (a provisioning script's `PRAGMA journal_mode = WAL`) and
+    # replicated before the first engine opens it: Litestream adds its own tables.
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    replication = Replication(db, tmp_path / "replica", tmp_path)
+    try:
+        names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+        assert {"_litestream_seq", "_litestream_lock"} <= names
+        with ce.Engine(db) as engine:
+            assert engine.run(lc.job_once, 4, id="litestream-empty-file") == 5
+        replication.sync()
+    finally:
+        replication.end(signal.SIGTERM)
+    restored = tmp_path / "pulled.db"
+    replication.restore(restored)
+    with ce.Engine(restored) as engine:
+        assert engine.get_run("litestream-empty-file").result() == 5

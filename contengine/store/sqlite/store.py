@@ -145,11 +145,14 @@ class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseM
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            # Litestream adds two tables of its own to every file it replicates, also
+            # to a new, empty one: they do not make it another application's database.
             tables = [
                 r[0]
                 for r in conn.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table' "
-                    "AND name NOT LIKE 'sqlite_%'"
+                    "AND name NOT LIKE 'sqlite_%' "
+                    "AND name NOT IN ('_litestream_seq', '_litestream_lock')"
                 )
             ]
         except sqlite3.DatabaseError as exc:
