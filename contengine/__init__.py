@@ -10,6 +10,7 @@ from .core.requests import Request, StepCall, now, patched, publish, random
 from .core.requests import uuid4 as uuid
 from .core.timers import sleep, sleep_until, wait
 from .core.workflow import Step, StepContext, Workflow, current_step, step, workflow
+from .drive.events import Event
 from .drive.history import Attempt
 from .drive.log import Entry
 from .engine.engine import Engine, IdleReport, Run
@@ -58,6 +59,7 @@ __all__ = [
     "Engine",
     "Attempt",
     "Entry",
+    "Event",
     "IdConflict",
     "IdleReport",
     "InvalidYield",

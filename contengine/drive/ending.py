@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import traceback
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ..store.base import (
     CancelArrived,
     RunUpdate,
 )
-from . import cancel
+from . import cancel, events
 from .failure import failure_line
 from .state import DriveState
 
@@ -95,25 +96,30 @@ def raised(d: DriveState, error: BaseException, failed_at: int | None = None) ->
     # raised: it ends with its exception); the row's flag says so with this write.
     with d.r.cancel_lock:
         d.r.cancelled.discard(d.run.id)
-    commit_last(
-        d, RunUpdate(status, now, finished_at=now, error=data, error_text=text, clear_cancel=True)
-    )
+    end = RunUpdate(status, now, finished_at=now, error=data, error_text=text, clear_cancel=True)
+    commit_last(d, end, error=error)
 
 
-def commit_last(d: DriveState, run: RunUpdate, cancelled: Callable[[], None] | None = None) -> None:
+def commit_last(
+    d: DriveState,
+    run: RunUpdate,
+    cancelled: Callable[[], None] | None = None,
+    error: BaseException | None = None,
+) -> None:
     """The run's end: nothing is left to do after it, so in a pool the drive parks
     and ends once it is durable, and the end joins the batch of the runs still
     advancing (instead of being a disk sync of its own). cancelled: what to do
-    instead when the write met a cancel request (CancelArrived: nothing written)."""
+    instead when the write met a cancel request (CancelArrived: nothing written).
+    error: the run's exception, told with the end (drive/events.py)."""
+    # What is left of the drive once its end is durable: telling of it.
+    ended = functools.partial(events.run_ended, d, run, error)
     if d.park:
-        d.commit_then(_nothing, run=run, cancelled=cancelled)
+        d.commit_then(ended, run=run, cancelled=cancelled)
     try:
         d.commit(run=run)
     except CancelArrived:
         if cancelled is None:
             raise
         cancelled()
-
-
-def _nothing() -> None:
-    """What is left of a drive after its run's end is written."""
+        return
+    ended()

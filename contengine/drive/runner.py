@@ -24,8 +24,9 @@ from ..core.idle import NotDue
 from ..core.serde import Serde, short
 from ..core.workflow import Workflow
 from ..errors import ContengineError, CorruptPayload, NonDeterminismError
-from ..store.base import FINISHED, RunRow, Store
+from ..store.base import FINISHED, PENDING, RunRow, Store
 from .cancel_watch import CancelWatch
+from .events import Events
 from .live import MAX_BYTES, MAX_RUNS, Kept, LiveCache
 from .log import StreamedLog
 from .loop import Drive
@@ -131,6 +132,8 @@ class Runner:
         # Generators of runs set aside at a sleep, wait or retry, kept alive so that
         # the next drive goes on without replaying the log (bounded; evicted ones replay).
         self.live = LiveCache(cache_runs, cache_bytes, close=_set_aside)
+        # The engine's hooks and the logger's events (drive/events.py).
+        self.events = Events(clock)
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for the steps of a gather (made on first use)."""
@@ -179,6 +182,8 @@ class Runner:
                 return
         wf = self.find_workflow(run)
         args, kwargs = self._arguments(run)
+        if run.status == PENDING:  # its first drive (or first after continue_as_new)
+            self.events.run_event("run.started", run)
         try:
             gen = wf.fn(*args, **kwargs)
         except TypeError as exc:

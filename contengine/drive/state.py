@@ -31,6 +31,7 @@ from ..store.base import (
     Store,
 )
 from .cancel_watch import CancelWatch
+from .events import Events
 from .log import decode_outcome
 from .outbox import Outbox
 from .pool import Parked
@@ -53,6 +54,7 @@ class Shared(Protocol):
     stopping: threading.Event
     in_steps: set[tuple[str, int]]
     watch: CancelWatch
+    events: Events  # the engine's hooks and the contengine logger (drive/events.py)
 
     def take_slot(
         self,
@@ -101,6 +103,10 @@ class DriveState:
         self.stored: dict[int, int] = {}
         self.idle_at: Pending | None = None  # the request the run went idle at, if resumable
         self.cancel_pending = False
+        # Seconds each step attempt ran, by position, while someone listens to events
+        # (drive/events.py); and whether this drive found a crash already (run.resumed).
+        self.took: dict[int, float] = {}
+        self.crash_seen = False
         self.reset(run, lease, park, lapses)
 
     def reset(

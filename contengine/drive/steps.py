@@ -24,7 +24,7 @@ from ..store.base import (
     CancelArrived,
     EntryRow,
 )
-from . import cancel
+from . import cancel, events
 from .attempts import bad_call, call_with_timeout
 from .state import DriveState
 
@@ -70,6 +70,7 @@ class StepDrive(DriveState):
         ce.CrashLoop) once the step's max_crashes is passed."""
         self.tried(entry, A_CRASHED, now)
         entry.crashes += 1
+        events.step_crashed(self, entry, request)
         limit = request.options.max_crashes
         if entry.crashes <= limit:
             return False
@@ -79,6 +80,7 @@ class StepDrive(DriveState):
             f"interrupted by a process crash {entry.crashes} times (max_crashes={limit}); "
             f"it is not tried again. Fix what kills the process, then retry the run.",
         )
+        events.step_ended(self, "step.failed", entry, request, err)
         self.fail_entry(entry, err, "", now)
         return True
 
@@ -165,6 +167,8 @@ class StepDrive(DriveState):
                 retryable = False
             else:
                 entry.status, entry.finished_at, entry.outcome = E_COMPLETED, now, data
+                if self.took:  # someone listened when the attempt began
+                    events.step_ended(self, "step.completed", entry, request)
                 return Outcome(True, copy)
         failures = entry.attempts - entry.crashes
         if bad_call(request.step.fn, args, kwargs, value):
@@ -174,6 +178,7 @@ class StepDrive(DriveState):
                 f"not accept; it was not retried"
             )
         if retryable and isinstance(value, opts.retry_on) and failures <= opts.retries:
+            events.step_ended(self, "step.retried", entry, request, value)
             delay = opts.backoff.delay(failures)
             entry.error_text = self.r.serde.clip(tb)
             self.tried(entry, A_FAILED, now, entry.error_text)
@@ -192,6 +197,7 @@ class StepDrive(DriveState):
             f"contengine: step {request.name!r} failed at position {entry.position} of run "
             f"{self.run.id!r} after {entry.attempts} attempt(s)"
         )
+        events.step_ended(self, "step.failed", entry, request, value)
         self.fail_entry(entry, value, tb, now)
         self.tried(entry, A_FAILED, now, entry.error_text)
         return self.finished_outcome(entry)
@@ -269,6 +275,10 @@ class StepDrive(DriveState):
         # The step is told of a cancel (ce.current_step().cancelled), not interrupted:
         # a step that can be (an async one) would register watch.on_cancel here.
         watch.step_started()
+        # One look for listeners per attempt (drive/events.py): none, nothing is built.
+        watching = self.r.events.hooks or log.isEnabledFor(logging.DEBUG)
+        if watching:
+            events.step_started(self, entry, request)
         began = self.r.clock.monotonic()
         try:
             timeout = request.options.timeout
@@ -279,7 +289,10 @@ class StepDrive(DriveState):
             return False, exc, "".join(traceback.format_exception(exc))
         finally:
             self.r.in_steps.discard(in_step)
-            self.stepped += self.r.clock.monotonic() - began
+            took = self.r.clock.monotonic() - began
+            self.stepped += took
+            if watching:
+                self.took[entry.position] = took
             RUNNING_STEP.reset(token)
             if slot is not None:
                 self._give_slot(slot)

@@ -164,7 +164,8 @@ class Dispatcher:
     def mark_stuck(self, row: RunRow, exc: ContengineError) -> None:
         first = str(exc).splitlines()[0]
         if self._stuck.get(row.id) is None:
-            log.warning("run %r (%s) is stuck and was left as it is: %s", row.id, row.workflow, exc)
+            # run.stuck: logged (a warning) and told to the hooks (drive/events.py)
+            self.runner.events.run_event("run.stuck", row, f"left as it is: {exc}")
         with self._lock:
             self._stuck[row.id] = exc
         if row.note != first:

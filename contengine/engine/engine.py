@@ -15,8 +15,9 @@ from ..clock import Clock, SystemClock
 from ..core.ids import refuse_nul
 from ..core.serde import Serde
 from ..core.workflow import Workflow, lookup
-from ..drive.live import MAX_BYTES, MAX_RUNS
+from ..drive.events import Hook
 from ..drive.history import Attempt, attempts_of
+from ..drive.live import MAX_BYTES, MAX_RUNS
 from ..drive.log import Entry
 from ..drive.runner import DriveContext, Runner, unleased
 from ..errors import ContengineError
@@ -27,6 +28,7 @@ from .leases import Leaseholder
 from .retrying import plan_retry
 from .slots import QueueSlots
 from .starting import StartBatch, check_same_start, new_row
+from .stats import EngineStats, engine_stats
 from .transfer import checked_ref, export_run, fork_run, import_run
 from .waiting import wait_for_result
 from .worker import Worker, install_stop_handlers, restore_handlers
@@ -89,7 +91,7 @@ class Engine:
     did; cache_runs / cache_bytes: bounds of the cache of live generators of idle
     runs (0 turns it off, and every wake-up replays the log); random: the source of
     ce.random() and ce.uuid() (default: seeded from the OS; a test may pass a seeded
-    one; a replay reads the logged values, never this).
+    one; a replay reads the logged values, never this); hooks: see add_hook.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class Engine:
         cache_runs: int = MAX_RUNS,
         cache_bytes: int = MAX_BYTES,
         random: random_module.Random | None = None,
+        hooks: Iterable[Hook] = (),
     ) -> None:
         if not poll_interval > 0:
             raise ValueError(
@@ -138,6 +141,8 @@ class Engine:
         self._dispatch = Dispatcher(
             self.store, self.clock, self._runner, self._holder, self.poll_interval
         )
+        for hook in hooks:
+            self.add_hook(hook)
 
     # -- starting ------------------------------------------------------------
 
@@ -356,6 +361,18 @@ class Engine:
         if key is not None:
             return self.serde.loads(values[key], what) if key in values else default
         return {k: self.serde.loads(v, what) for k, v in values.items()}
+
+    def stats(self, window: float = 300.0) -> EngineStats:
+        """Runs by status, steps ended in the last `window` seconds, queues' claim lag."""
+        return engine_stats(self.store, self.clock, window)
+
+    def add_hook(self, hook: Hook) -> None:
+        """Call hook(ce.Event) on each run and step event, in the run's thread (README)."""
+        self._runner.events.add(hook)
+
+    def remove_hook(self, hook: Hook) -> None:
+        """Stop calling a hook given to Engine(hooks=...) or add_hook."""
+        self._runner.events.remove(hook)
 
     def stuck(self) -> dict[str, ContengineError]:
         """Runs this engine could not rebuild, with the reason (log untouched)."""

@@ -23,7 +23,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 
 from ..errors import ContengineError
-from .run_search import RunPage, RunQuery
 from .rows import (
     A_CRASHED,
     A_FAILED,
@@ -58,6 +57,8 @@ from .rows import (
     WorkerRow,
     run_digest,
 )
+from .run_search import RunPage, RunQuery
+from .stats import StatsSource
 
 # The rows are re-exported: the engine and the tests know them as store.base's.
 __all__ = [
@@ -360,7 +361,7 @@ class LeaseStore(ABC):
         """Let a slot taken with take_slot go."""
 
 
-class AdminStore(ABC):
+class AdminStore(StatsSource, ABC):
     """Operator tools: notes on runs, garbage collection, backup, rewind, and the
     whole-run reads and writes of fork, export and import."""
 

@@ -61,6 +61,7 @@ from .sql import (
     run_params,
     run_row,
 )
+from .stats import StatsMethods
 from .url import is_postgres_url, redacted, split_url
 
 __all__ = ["PostgresStore", "is_postgres_url"]
@@ -72,7 +73,7 @@ _MAX_FIELD = 1_000_000_000
 CREATE_CHUNK = 500
 
 
-class PostgresStore(GroupCommit, SearchMethods, Store):
+class PostgresStore(GroupCommit, SearchMethods, StatsMethods, Store):
     """A Store in one schema of a PostgreSQL server; progress is written by group commit."""
 
     def __init__(

@@ -37,6 +37,7 @@ from .sql import (
     run_params,
     run_row,
 )
+from .stats import StatsMethods
 from .writes import WriteMethods
 
 # "Cont" in the file header marks a contengine database among SQLite files.
@@ -46,7 +47,9 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 
-class SQLiteStore(WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseMethods, Store):
+class SQLiteStore(
+    WriteMethods, GroupCommit, RunMethods, OperatorMethods, LeaseMethods, StatsMethods, Store
+):
     """A Store on one SQLite file (or ":memory:"); progress is written by group commit."""
 
     def __init__(
