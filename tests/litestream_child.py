@@ -100,3 +100,17 @@ def increment(n: int) -> int:
 def job_once(n: int) -> Generator[Any, Any, int]:
     """One step: n + 1."""
     return (yield increment(n))
+
+
+@ce.step(name="litestream.bulky")
+def bulky(n: int, size: int) -> str:
+    """A long text (about `size` bytes) made from n."""
+    return f"{n}:" + "x" * size
+
+
+@ce.workflow(name="litestream.bulk")
+def bulk(n: int, size: int) -> Generator[Any, Any, int]:
+    """Two long outcomes: returns their total length."""
+    a = yield bulky(n, size)
+    b = yield bulky(n + 1, size)
+    return len(a) + len(b)

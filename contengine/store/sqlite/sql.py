@@ -164,6 +164,18 @@ def checked_position(position: int) -> int:
     return position
 
 
+def checked_autocheckpoint(pages: int | None) -> int | None:
+    """pages, if it is a wal_autocheckpoint (None: SQLite's default); else ValueError."""
+    # Pages of WAL after which a commit checkpoints (SQLite's default: 1000); 0 leaves
+    # every checkpoint to another process, as Litestream asks (notes/durability.md).
+    if pages is not None and (type(pages) is not int or pages < 0):
+        raise ValueError(
+            f"wal_autocheckpoint must be a number of pages >= 0 (0: no automatic "
+            f"checkpoints), or None for SQLite's default (1000), not {pages!r}"
+        )
+    return pages
+
+
 def attempt_params(base: int, a: AttemptRow) -> tuple[object, ...]:
     """PUT_ATTEMPT's values for an attempt row of the run whose first log key is base."""
     return (

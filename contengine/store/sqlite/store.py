@@ -34,6 +34,7 @@ from .sql import (
     RUN_COLS,
     RUN_MARKS,
     Executes,
+    checked_autocheckpoint,
     run_params,
     run_row,
 )
@@ -58,9 +59,11 @@ class SQLiteStore(
         durability: str = "full",
         busy_timeout: float = 5.0,
         readonly: bool = False,
+        wal_autocheckpoint: int | None = None,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.wal_autocheckpoint = checked_autocheckpoint(wal_autocheckpoint)
         self.path = os.fspath(path)
         self.durability = durability
         self.busy_timeout = busy_timeout
@@ -193,6 +196,8 @@ class SQLiteStore(
             if mode.lower() != "wal":
                 raise DatabaseError(f"{self.path!r} could not be switched to WAL mode ({mode})")
         conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
+        if self.wal_autocheckpoint is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self.wal_autocheckpoint}")
         if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
             self._migrate()
 
