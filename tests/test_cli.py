@@ -189,6 +189,7 @@ def test_show_prints_the_header_and_a_timeline_of_the_log(
     # The result is shown in short: a truncated repr, on one line.
     result = re.search(r"^result\s+(.*)$", header, re.M)
     assert result and result.group(1).startswith("{'items': [0, 1, 2") and "..." in result.group(1)
+    timeline, _, attempts = timeline.partition("\n\n")
     lines = timeline.splitlines()
     assert " ".join(lines[0].split()) == "pos kind request status attempts crashes ms outcome"
     cells = lines[1].split(None, 7)
@@ -196,6 +197,12 @@ def test_show_prints_the_header_and_a_timeline_of_the_log(
     assert float(cells[6]) >= 0
     assert cells[7].startswith("{'items': [0, 1,")
     assert len(lines) == 2
+    # Then the retried step's attempts, each with its time and outcome.
+    tried = attempts.splitlines()
+    assert tried[:2] == ["attempts:", "  position 0:"]
+    assert tried[2].startswith("    attempt 1 failed: ConnectionError: reset by peer; started ")
+    assert tried[3].startswith("    attempt 2 completed; started ")
+    assert len(tried) == 4
 
 
 def test_show_gives_the_type_and_message_of_a_failure(
@@ -236,8 +243,10 @@ def test_show_tells_when_a_retry_is_due_and_what_failed_last(
         engine.run_until_idle()
     code, out, _ = run_cli(capsys, "show", "--db", path, "slow")
     assert code == 0
-    step = out.splitlines()[-1]
+    table, _, attempts = out.partition("\n\nattempts:\n")
+    step = table.splitlines()[-1]
     assert "cli_slow_retry()" in step and " retrying " in step
+    assert attempts.splitlines()[1].startswith("    attempt 1 failed: TimeoutError: upstream slow")
     assert re.search(rf"retry due {ISO} after TimeoutError: upstream slow$", step)
     assert re.search(r"retrying\s+1\s+0\s+-\s", step)  # 1 attempt, no crash, no duration yet
 
@@ -276,7 +285,7 @@ def test_show_of_a_signed_database_still_prints_the_timeline(
     code, out, _ = run_cli(capsys, "show", "--db", path, "signed")
     assert code == 0
     assert re.search(r"^result\s+\(unreadable here: it is signed", out, re.M)
-    step = out.splitlines()[-1]
+    step = out.partition("\n\nattempts:\n")[0].splitlines()[-1]
     assert re.search(r"cli_flaky\('s'\)\s+completed\s+2\s+0\s", step)
     assert step.endswith("(unreadable here: it is signed; open the engine with its secret)")
 

@@ -27,6 +27,7 @@ from contengine.core.driver import Driver, Raised, Returned
 from contengine.store.base import (
     E_COMPLETED,
     E_FAILED,
+    AttemptRow,
     EntryRow,
     OneEngineStore,
     Progress,
@@ -364,9 +365,14 @@ class CrashingStore(OneEngineStore):
         entries: Sequence[EntryRow] = (),
         mailbox: Sequence[Signal] = (),
         published: dict[str, bytes] | None = None,
+        attempts: Sequence[AttemptRow] = (),
     ) -> None:
         """Delegated."""
-        self.inner.insert_run(run, entries, mailbox, published)
+        self.inner.insert_run(run, entries, mailbox, published, attempts)
+
+    def load_attempts(self, run_id: str, position: int | None = None) -> list[AttemptRow]:
+        """Delegated."""
+        return self.inner.load_attempts(run_id, position)
 
     def mailbox(self, run_id: str) -> list[Signal]:
         """Delegated."""

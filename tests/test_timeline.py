@@ -144,9 +144,12 @@ def test_show_html_draws_one_row_per_entry_and_marks_failures(
     failed = [int(a["data-position"]) for a in rows if "failed" in a["class"].split()]
     assert failed == [e.position for e in entries if e.status == "failed"] != []
     assert [e.kind for e in entries][-1] == "step" and failed[-1] == entries[-1].position
-    # The retried step shows one mark per attempt, the first one failed.
-    marks = page.find("circle", "attempt", inside="svg")
-    assert len(marks) == 2 and "failed-attempt" in marks[0]["class"]
+    # The retried step shows one mark per attempt, the first one failed (the last step,
+    # which failed at once, its one attempt).
+    marks = page.find("circle", "try", inside="svg")
+    retried = [m["class"] for m in marks if m["cy"] == marks[0]["cy"]]
+    assert retried == ["try failed", "try completed"] and len(marks) == 3
+    assert "attempt 1 failed: " in text and "attempt 2 completed" in text
     assert len(page.find("tr", "entry-row", inside="table#log")) == len(entries)
     assert len(page.find("tr", "failed", inside="table#log")) == len(failed)
 

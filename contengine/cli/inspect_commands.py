@@ -13,6 +13,7 @@ from ..core import ids
 from ..drive.log import Entry
 from ..engine.engine import Engine
 from ..store.base import COMPLETED, FAILED, RUN_STATUSES, RunRow
+from .attempts_view import Tries, attempt_lines
 from .common import CommandError, error, open_engine, parse_duration
 from .render import ARGS_WIDTH, NOTE_WIDTH, clip, iso, load, outcome, run_error, short
 
@@ -191,6 +192,12 @@ def _show(engine: Engine, run_id: str) -> int:
         _timeline_rows(engine, row.id, row.generation, entries, 0),
         right={"attempts", "crashes", "ms"},
     )
+    tried = attempt_lines(Tries(engine, run_id), entries)
+    if tried:
+        # Each attempt at its real time: a crash (its worker lost) apart from an exception.
+        print()
+        print("attempts:")
+        print("\n".join(tried))
     if row.status == FAILED and row.error_text:
         # The whole traceback, as stored when the run failed: it reads without the code.
         print()

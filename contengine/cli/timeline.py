@@ -21,6 +21,7 @@ from ..store.base import (
     RunRow,
 )
 from ..store.run_search import MAX_PAGE, RunQuery
+from . import attempts_view
 from .render import (
     ARGS_WIDTH,
     clip,
@@ -107,8 +108,6 @@ svg .failed .bar { fill: var(--fail); }
 svg .retrying .bar { fill: var(--warn); }
 svg .inflight .bar { fill-opacity: .35; stroke-dasharray: 4 3; stroke-width: 1.5;
   stroke: var(--step); }
-svg .attempt { fill: #fff; stroke: var(--ink); stroke-width: 1; }
-svg .attempt.failed-attempt { stroke: var(--fail); fill: #fde8e8; }
 svg .errtext { fill: var(--fail); font-size: 11px; }
 svg .sub { fill: var(--soft); }
 svg .group { fill: var(--group); }
@@ -150,7 +149,8 @@ def run_body(
     body = [
         _run_header(engine, row, now, link),
         "<h2>Timeline</h2>",
-        f'<div class="card scroll">{_svg(row, rows, now)}{_legend()}</div>',
+        f'<div class="card scroll">{_svg(row, rows, now, attempts_view.Tries(engine, row.id))}'
+        f"{_legend()}</div>",
         "<h2>Log</h2>",
         _log_table(entries),
     ]
@@ -202,9 +202,8 @@ def _page(title: str, body: Iterable[str]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
+        f"<title>{escape(title)}</title><style>{STYLE}{attempts_view.STYLE}</style></head>\n"
+        "<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
 
@@ -264,7 +263,7 @@ def _rows(
     return rows
 
 
-def _svg(run: RunRow, rows: Sequence[_Row], now: float) -> str:
+def _svg(run: RunRow, rows: Sequence[_Row], now: float, tries: attempts_view.Tries) -> str:
     start, end = _time_range(run, [r.entry for r in rows], now)
     scale = CHART_W / (end - start)
 
@@ -281,7 +280,7 @@ def _svg(run: RunRow, rows: Sequence[_Row], now: float) -> str:
         _axis(start, end, x, height),
     ]
     for i, r in enumerate(rows):
-        parts.append(_entry_svg(r, AXIS_H + i * ROW_H, x, now))
+        parts.append(_entry_svg(r, AXIS_H + i * ROW_H, x, now, tries))
     if run.status not in FINISHED and start < now <= end:
         parts.append(
             f'<line class="now" x1="{x(now):.1f}" y1="{AXIS_H - 6}" x2="{x(now):.1f}" '
@@ -373,7 +372,7 @@ def _tick_text(seconds: float) -> str:
     return f"{seconds / 86400:g}d"
 
 
-def _entry_svg(r: _Row, y: int, x: Scale, now: float) -> str:
+def _entry_svg(r: _Row, y: int, x: Scale, now: float, tries: attempts_view.Tries) -> str:
     e = r.entry
     end, open_end = _end(e, now)
     inflight = e.status in (E_RUNNING, E_RETRYING)
@@ -396,7 +395,7 @@ def _entry_svg(r: _Row, y: int, x: Scale, now: float) -> str:
         f'<text x="{PAD + r.depth * INDENT}" y="{y + 16}">{escape(label)}</text>',
         f'<rect class="bar" x="{x0:.1f}" y="{y + 5}" width="{w:.1f}" height="{ROW_H - 10}" '
         'rx="3"/>',
-        _attempt_marks(e, x0, w, y),
+        attempts_view.marks_svg(tries.of(e, r.child_of), x, y, ROW_H),
     ]
     note = ""
     if e.status == E_FAILED:
@@ -410,23 +409,6 @@ def _entry_svg(r: _Row, y: int, x: Scale, now: float) -> str:
         parts.append(_side_text(note, cls, x0, x0 + w, y))
     parts.append("</g>")
     return "".join(parts)
-
-
-def _attempt_marks(e: Entry, x0: float, w: float, y: int) -> str:
-    """One mark per attempt beyond the first; the log keeps only the first start and the end,
-    so the marks are spread evenly along the span."""
-    if e.attempts <= 1:
-        return ""
-    marks = []
-    for k in range(1, e.attempts + 1):
-        failed = k < e.attempts or e.status in (E_FAILED, E_RETRYING)
-        cx = x0 + w * (k - 0.5) / e.attempts
-        cls = "attempt failed-attempt" if failed else "attempt"
-        marks.append(
-            f'<circle class="{cls}" cx="{cx:.1f}" cy="{y + ROW_H / 2}" r="3.5">'
-            f"<title>attempt {k}</title></circle>"
-        )
-    return "".join(marks)
 
 
 def _side_text(text: str, cls: str, before: float, after: float, y: int) -> str:
@@ -461,7 +443,7 @@ def _legend() -> str:
         f'<span><i class="sw" style="background:{c}"></i>{escape(t)}</span>' for c, t in items
     )
     return (
-        f'<div class="legend">{spans}<span>○ attempt</span>'
+        f'<div class="legend">{spans}{attempts_view.LEGEND}'
         "<span>dashed: in flight, drawn to its due time or to now</span></div>"
     )
 

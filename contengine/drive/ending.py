@@ -20,7 +20,7 @@ from ..store.base import (
     RunUpdate,
 )
 from . import cancel, events
-from .failure import failure_line
+from .failure import failure_line, with_step_frames
 from .state import DriveState
 
 
@@ -91,13 +91,27 @@ def raised(d: DriveState, error: BaseException, failed_at: int | None = None) ->
     now = d.r.clock.now()
     status = CANCELLED if isinstance(error, Cancelled) else FAILED
     if status == FAILED:
-        text = failure_line(failed_at) + text  # where retry resumes (engine/retrying.py)
+        text = with_step_frames(text, failed_at, _step_text(d, failed_at))
+        # Where retry resumes (engine/retrying.py), first.
+        text = failure_line(failed_at) + serde.clip(text)
     # A cancel not delivered is void once the run failed (as an asyncio task that
     # raised: it ends with its exception); the row's flag says so with this write.
     with d.r.cancel_lock:
         d.r.cancelled.discard(d.run.id)
     end = RunUpdate(status, now, finished_at=now, error=data, error_text=text, clear_cancel=True)
     commit_last(d, end, error=error)
+
+
+def _step_text(d: DriveState, failed_at: int | None) -> str | None:
+    """The logged traceback text of the entry at failed_at (its outcome may still be in
+    the outbox, written with the run's end)."""
+    if failed_at is None:
+        return None
+    carry = d.out.carry
+    if carry is not None and carry.position == failed_at:
+        return carry.error_text
+    found = d.r.store.load_log(d.run.id, failed_at, 1)
+    return found[0].error_text if found and found[0].position == failed_at else None
 
 
 def commit_last(

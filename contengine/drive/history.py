@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..store.base import (
     A_CRASHED,
@@ -18,13 +19,29 @@ from ..store.base import (
     E_RETRYING,
     E_RUNNING,
     AttemptRow,
-    EntryRow,
 )
 
 # Attempt.outcome: how an attempt ended (or that it has not).
 FAILED, CRASHED, COMPLETED, RUNNING = "failed", "crashed", "completed", "running"
 # What the log's status says of its last attempt.
 _LAST = {E_COMPLETED: COMPLETED, E_FAILED: FAILED, E_RUNNING: RUNNING, E_RETRYING: FAILED}
+
+
+class Logged(Protocol):
+    """What attempts_of() reads of a log entry (an EntryRow, or a history() Entry)."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def finished_at(self) -> float | None: ...
+    @property
+    def error_text(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +80,7 @@ def first_line(traceback_text: str | None) -> str | None:
     return lines[0] if lines else None
 
 
-def attempts_of(entry: EntryRow, rows: Iterable[AttemptRow]) -> list[Attempt]:
+def attempts_of(entry: Logged, rows: Iterable[AttemptRow]) -> list[Attempt]:
     """The entry's attempts, 1 .. entry.attempts, from its attempt rows and itself."""
     by_number = {r.attempt: r for r in rows if r.position == entry.position}
     out: list[Attempt] = []
@@ -92,7 +109,7 @@ def attempts_of(entry: EntryRow, rows: Iterable[AttemptRow]) -> list[Attempt]:
 
 
 def attempts_by_position(
-    entries: Sequence[EntryRow], rows: Iterable[AttemptRow]
+    entries: Sequence[Logged], rows: Iterable[AttemptRow]
 ) -> dict[int, list[Attempt]]:
     """attempts_of() for each entry that has attempt rows or more than one attempt."""
     grouped: dict[int, list[AttemptRow]] = {}

@@ -8,7 +8,7 @@ from typing import Any
 from ..clock import SystemClock
 from ..core.serde import Serde, short
 from ..errors import ContengineError, CorruptPayload, Timeout
-from ..store.base import COMPLETED, FINISHED
+from ..store.base import COMPLETED, FAILED, FINISHED
 from .dispatch import Dispatcher, row_of
 
 
@@ -32,6 +32,10 @@ def wait_for_result(dispatch: Dispatcher, serde: Serde, run_id: str, timeout: fl
                     f"{short(error)}, not an exception; the database was changed outside "
                     f"contengine"
                 )
+            if row.status == FAILED and row.error_text:
+                # Read back from its serialized form, the exception has no frames of its
+                # own: the stored traceback shows the workflow's yield and the step's.
+                error.add_note(f"contengine: run {run_id!r} failed; as stored:\n{row.error_text}")
             raise error
         remaining = None if deadline is None else deadline - clock.monotonic()
         if remaining is not None and remaining <= 0:
