@@ -290,6 +290,15 @@ def test_show_lists_each_attempt_and_the_crash(
     out = capsys.readouterr().out
     assert "attempt 1" in out and "crashed: worker lost" in out
     assert "attempt 2" in out and "failed: ValueError: attempt_history fragile failed" in out
+    assert main(["show", "frames", "--db", target, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    history = shown["log"][1]["attempt_history"]
+    assert [(a["number"], a["outcome"], a["error"]) for a in history] == [
+        (1, "crashed", "crashed: worker lost"),
+        (2, "failed", "ValueError: attempt_history fragile failed"),
+    ]
+    assert history[0]["found_at"] is not None and history[0]["ended_at"] is None
+    assert shown["log"][0]["attempt_history"] == []  # tried once, and it worked
     page = tmp_path / "frames.html"
     main(["show", "frames", "--db", target, "--html", str(page)])
     html = page.read_text()

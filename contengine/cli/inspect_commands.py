@@ -143,6 +143,10 @@ ENTRY_FIELDS = (
 )  # fmt: skip
 
 
+# What `show --json` gives of each attempt of an entry (ce.Attempt's fields).
+ATTEMPT_FIELDS = ("number", "outcome", "started_at", "ended_at", "found_at", "error_text")
+
+
 def _show_json(engine: Engine, run_id: str) -> int:
     """The run and its log as one JSON object: the fields of `runs --json`, the result or
     error in short (as `show` prints them) with the stored traceback, and the entries."""
@@ -156,8 +160,16 @@ def _show_json(engine: Engine, run_id: str) -> int:
     )
     shown["error"] = run_error(engine, row) if row.status == FAILED else None
     shown["error_text"] = row.error_text
+    tries = Tries(engine, run_id)
     shown["log"] = [
-        {**{f: getattr(e, f) for f in ENTRY_FIELDS}, "outcome": outcome(e)}
+        {
+            **{f: getattr(e, f) for f in ENTRY_FIELDS},
+            "outcome": outcome(e),
+            # Each attempt of a retried or crashed step ([] for one tried once).
+            "attempt_history": [
+                {f: getattr(a, f) for f in ATTEMPT_FIELDS} | {"error": a.error} for a in tries.of(e)
+            ],
+        }
         for e in engine.history(run_id)
     ]
     print(json.dumps(shown))
