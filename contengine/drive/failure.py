@@ -19,7 +19,10 @@ AT_FAILURE_RE = re.compile(r"contengine: the run failed with the failure at posi
 
 # Between the workflow's traceback (the exception as raised at its yield) and the failed
 # step's own, in a failed run's error text.
-STEP_FRAMES = "\nThe step at position {} raised it; its traceback, as logged:\n"
+STEP_FRAMES = (
+    "\nThe step at position {} failed with the exception thrown in at its yield; "
+    "its traceback, as logged:\n"
+)
 
 
 def with_step_frames(text: str, failed_at: int | None, step_text: str | None) -> str:
