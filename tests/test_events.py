@@ -40,6 +40,19 @@ def one(key: str, fail_times: int) -> Generator[Any, Any, str]:
     return (yield flaky(key, fail_times))
 
 
+@ce.step(name="test_events.double")
+def double(x: int) -> int:
+    """Doubles."""
+    return 2 * x
+
+
+@ce.workflow(name="test_events.fan")
+def fan() -> Generator[Any, Any, list[int]]:
+    """Two steps at once, then one more."""
+    both = yield ce.gather(double(1), double(2))
+    return [*both, (yield double(3))]
+
+
 @ce.workflow(name="test_events.waits")
 def waits() -> Generator[Any, Any, Any]:
     """Waits for a signal that never comes."""
@@ -116,6 +129,21 @@ def test_a_failed_run_tells_its_step_s_failure_and_its_own(
     # At INFO the per-step success events are not logged; failures are, as warnings.
     assert "step.started" not in {r.event for r in records}  # type: ignore[attr-defined]
     assert {r.levelno for r in records if r.event.endswith("failed")} == {logging.WARNING}  # type: ignore[attr-defined]
+
+
+def test_each_member_of_a_gather_tells_its_attempt() -> None:
+    seen: list[ce.Event] = []
+    with ce.Engine(hooks=[seen.append]) as engine:
+        assert engine.run(fan) == [2, 4, 6]
+
+    steps = [(e.kind, e.position) for e in seen if e.kind.startswith("step.")]
+    members = {p for _, p in steps} - {max(p for _, p in steps)}
+    assert len(members) == 2  # the gather's two members, each at a position of its own
+    for position in members:
+        assert [k for k, p in steps if p == position] == ["step.started", "step.completed"]
+    assert [k for k, p in steps if p not in members] == ["step.started", "step.completed"]
+    assert {e.step for e in seen if e.step} == {"test_events.double"}
+    assert seen[-1].kind == "run.completed"
 
 
 def test_a_cancelled_run_and_a_stuck_run_are_told() -> None:

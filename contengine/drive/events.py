@@ -201,9 +201,10 @@ def step_crashed(d: DriveState, entry: EntryRow, request: StepCall[Any]) -> None
     drive says the run was taken over after a crash (run.resumed)."""
     if not d.crash_seen:
         d.crash_seen = True
-        d.r.events.run_event("run.resumed", d.run, f"taken over at step {request.name!r}")
+        lost = f"step {request.name!r} was in flight in a process that died or lost its lease"
+        d.r.events.run_event("run.resumed", d.run, lost)
     if d.r.events.wanted("step.crashed"):
-        _step(d, "step.crashed", entry, request, None, "the process running it died")
+        _step(d, "step.crashed", entry, request, None, "its process died or lost its lease")
 
 
 def run_ended(d: DriveState, update: RunUpdate, error: BaseException | None = None) -> None:
