@@ -4,10 +4,11 @@ A worker process (tests/litestream_child.py) drives runs on the primary file whi
 `litestream replicate` ships its WAL to a file replica. The steps wait on gate files
 this test creates, so it knows where each run stands; the test makes Litestream sync
 at chosen moments (`litestream sync -wait`, through its control socket) and otherwise
-gives it an hour between syncs, so the replica holds exactly the commits up to the last
-sync it asked for. Then the worker is killed with SIGKILL, replication stops (killed
-too: the machine is lost; or stopped: it ships what it has), the replica is restored
-to a new file with `litestream restore`, and a fresh engine finishes every run there.
+gives it an hour between its own looks at the WAL and syncs, so the replica holds
+exactly the commits up to the last sync the test asked for. Then the worker is killed
+with SIGKILL, replication stops (killed too: the machine is lost; or stopped: it ships
+what it has), the replica is restored to a new file with `litestream restore`, and a
+fresh engine finishes every run there.
 The steps write a ledger outside the engine, which shows what really ran twice.
 
 Litestream replicates SQLite files, so this runs on the SQLite store only.
@@ -76,10 +77,12 @@ class Replication:
         self._sockdir = tempfile.mkdtemp(prefix="ls-", dir="/tmp")
         self.socket = os.path.join(self._sockdir, "sock")
         config = work / "litestream.yml"
-        # sync-interval: an hour, so that the replica moves only when sync() asks.
+        # An hour between Litestream's own looks at the WAL (monitor-interval: its
+        # copies, and its checkpoints) and between its syncs to the replica: it acts
+        # only when sync() asks, so the replica moves, and checkpoints run, only then.
         config.write_text(
             f"socket:\n  enabled: true\n  path: {self.socket}\n"
-            f"dbs:\n  - path: {db}\n"
+            f"dbs:\n  - path: {db}\n    monitor-interval: 1h\n"
             + "".join(f"    {line}\n" for line in settings.splitlines())
             + "    replica:\n      type: file\n"
             f"      path: {replica}\n      sync-interval: 1h\n"
