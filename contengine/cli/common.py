@@ -45,7 +45,7 @@ def shared_options(top: bool, db_help: str = DB_HELP) -> argparse.ArgumentParser
         "--json",
         action="store_true",
         default=default(False),
-        help="print JSON, for scripts (runs, show, bench)",
+        help="print JSON, for scripts (runs, show, stats, bench)",
     )
     parser.add_argument(
         "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
