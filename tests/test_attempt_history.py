@@ -135,6 +135,24 @@ def test_the_last_failure_is_kept_and_the_run_error_names_the_workflow_yield(
     assert "return (yield flaky())" in notes and "in __call__" in notes
 
 
+def test_a_retried_run_keeps_only_the_attempts_of_its_new_try(tmp_path: Path) -> None:
+    engine, run_id, _ = _flaky_run(tmp_path, fails=4, retries=1)
+    assert [a.error for a in engine.attempts(run_id, 0)] == [
+        "ValueError: attempt_history boom 1",
+        "ValueError: attempt_history boom 2",
+    ]
+    # The rewind deletes the failed step's entry and its attempt rows with it.
+    with contextlib.suppress(ValueError):
+        engine.retry(run_id).result()
+    again = engine.attempts(run_id, 0)
+    assert [a.error for a in again] == [
+        "ValueError: attempt_history boom 3",
+        "ValueError: attempt_history boom 4",
+    ]
+    # Not the first try's rows written over: the new first attempt began after the retry.
+    assert again[0].started_at >= 1020.0
+
+
 def test_gc_export_import_and_backup_carry_the_attempts(tmp_path: Path) -> None:
     engine, run_id, clock = _flaky_run(tmp_path, fails=2, retries=3)
     before = engine.attempts(run_id, 0)
