@@ -27,7 +27,10 @@ What to watch for in the output
 * Every order ships, with the right result.
 
 In production leave Litestream's `sync-interval` at its default (1 s): here it is an
-hour, so that the example decides when the replica moves (`litestream sync -wait`).
+hour, so that the example decides when the replica moves (`litestream sync -wait`). A
+busy database is best run with the engine's automatic checkpoints off, and restored with
+`litestream restore -integrity-check full` (notes/durability.md, "Replicating with
+Litestream").
 """
 
 from __future__ import annotations
