@@ -430,3 +430,49 @@ def test_the_engines_checkpoints_follow_wal_autocheckpoint(tmp_path: Path) -> No
             # 200 runs write well past SQLite's 1000 pages of WAL: with automatic
             # checkpoints some reach the file while the engine runs, without none do.
             assert (db.stat().st_size > before + 1_000_000) is grows
+
+
+@pytest.mark.parametrize(("pages", "grows"), [("0", False), (None, True)])
+def test_a_worker_from_the_shell_takes_wal_autocheckpoint(
+    tmp_path: Path, pages: str | None, grows: bool
+) -> None:
+    db = tmp_path / "app.db"
+    ids = [f"litestream-shell-{n}" for n in range(200)]
+    with ce.Engine(db) as engine:
+        engine.start_many([(lc.bulk, (n, 16000), {"id": ids[n]}) for n in range(200)])
+    before = db.stat().st_size
+    option = [] if pages is None else ["--wal-autocheckpoint", pages]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "contengine", "worker", "--import", "litestream_child"]
+        + ["--db", str(db), *option],
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with ce.Engine(db) as engine:
+            wait_for(
+                "every run completes",
+                lambda: all(engine.get_run(run_id).status == "completed" for run_id in ids),
+            )
+            # While the worker still has the file open: only its checkpoints write there.
+            assert (db.stat().st_size > before + 1_000_000) is grows
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=WAIT) == 0
+
+
+@pytest.mark.parametrize(
+    ("db", "message"),
+    [
+        ("app.db", "--wal-autocheckpoint must be a number of pages >= 0"),
+        ("postgresql://u@127.0.0.1:1/x", "--wal-autocheckpoint is for an SQLite file"),
+    ],
+)
+def test_a_worker_refuses_a_bad_wal_autocheckpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], db: str, message: str
+) -> None:
+    pages = "-1" if db == "app.db" else "0"
+    path = str(tmp_path / db) if db == "app.db" else db
+    assert main(["worker", "--db", path, "--wal-autocheckpoint", pages]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "app.db").exists()

@@ -82,11 +82,16 @@ def run_command(args: argparse.Namespace, command: Callable[[], int]) -> int:
         return 1
 
 
-def open_engine(db: str | None, create: bool = False, readonly: bool = False) -> Engine:
+def open_engine(
+    db: str | None,
+    create: bool = False,
+    readonly: bool = False,
+    wal_autocheckpoint: int | None = None,
+) -> Engine:
     """An engine on the existing database file db (or a new one there, with create);
     CommandError if there is none. readonly: for commands that only look (runs, show,
     export): it opens a read-only file, or one on a read-only filesystem, and can write
-    nothing."""
+    nothing. wal_autocheckpoint: SQLiteStore's (an SQLite file only)."""
     # Imported here: `contengine --help` and a usage error need no engine.
     from ..engine.engine import Engine
     from ..store.postgres.url import is_postgres_url, looks_like_url, other_url_error
@@ -110,6 +115,8 @@ def open_engine(db: str | None, create: bool = False, readonly: bool = False) ->
         raise CommandError(f"no database at {db!r}")
     # Signed databases: the secret comes from the environment, never the command line.
     store = SQLiteStore(db, readonly=True) if readonly else None
+    if wal_autocheckpoint is not None and not readonly:
+        store = SQLiteStore(db, wal_autocheckpoint=wal_autocheckpoint)
     return Engine(db, secret=secret.encode() if secret else None, store=store)
 
 

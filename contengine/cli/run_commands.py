@@ -38,6 +38,13 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     worker.add_argument(
         "--grace", type=float, default=30.0, help="seconds running steps get to finish at a stop"
     )
+    worker.add_argument(
+        "--wal-autocheckpoint",
+        type=int,
+        metavar="PAGES",
+        help="SQLite: checkpoint after a commit past this many pages of WAL (default 1000); "
+        "0: never, for a file Litestream replicates (it checkpoints)",
+    )
     start = command("start", "start a run of a workflow; prints its id")
     start.add_argument("workflow", help="the workflow's name, as @ce.workflow registers it")
     start.add_argument(
@@ -67,6 +74,19 @@ def main(args: argparse.Namespace) -> int:
         raise CommandError(f"--threads must be at least 1, not {args.threads}", 2)
     if args.command == "worker" and not args.grace >= 0:
         raise CommandError(f"--grace must be >= 0 seconds, not {args.grace}", 2)
+    if args.command == "worker" and args.wal_autocheckpoint is not None:
+        if args.wal_autocheckpoint < 0:
+            raise CommandError(
+                f"--wal-autocheckpoint must be a number of pages >= 0 (0: never), "
+                f"not {args.wal_autocheckpoint}",
+                2,
+            )
+        if is_postgres_url(args.db):
+            raise CommandError(
+                "--wal-autocheckpoint is for an SQLite file; a PostgreSQL server "
+                "checkpoints on its own: leave it out",
+                2,
+            )
     if args.command == "result" and args.timeout is not None and not args.timeout >= 0:
         raise CommandError(f"--timeout must be >= 0 seconds, not {args.timeout}", 2)
     with cwd_importable():
@@ -116,7 +136,7 @@ def _worker(args: argparse.Namespace) -> int:
     shown = redacted(db) if is_postgres_url(db) else db
     if not is_postgres_url(db) and not os.path.exists(db):
         log.info("no database at %s: creating it", shown)
-    with open_engine(db, create=True) as engine:
+    with open_engine(db, create=True, wal_autocheckpoint=args.wal_autocheckpoint) as engine:
         log.info(
             "worker started on %s: pid %d, %d threads; SIGTERM or Ctrl-C stops it",
             shown,
