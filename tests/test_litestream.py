@@ -93,7 +93,11 @@ class Replication:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        wait_for("litestream replicates the database", self._ready)
+        try:
+            wait_for("litestream replicates the database", self._ready)
+        except BaseException:
+            self.end(signal.SIGKILL)
+            raise
 
     def _ready(self) -> bool:
         assert self.proc.poll() is None, f"litestream exited: {self.log()}"
