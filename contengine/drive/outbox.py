@@ -105,13 +105,16 @@ class Outbox:
         # it is raised at that step's yield. Not while a delivered cancel is still to be
         # written: the row's flag is that one.
         unless = (unless_cancelled or self.fresh) and lease is not None and not self.delivered
-        return Progress(
+        p = Progress(
             run_id, entry, insert, run, expect,
             tuple(self.complete) if self.complete else (), self.consume,
             tuple(self.new_runs) if self.new_runs else (),
             tuple(self.published) if self.published else (), self.restart, lease=lease,
-            unless_cancelled=unless, attempts=tuple(self.tried) if self.tried else (),
+            unless_cancelled=unless,
         )  # fmt: skip
+        if self.tried:  # rare (an attempt failed or crashed): no keyword on the step path
+            p.attempts = tuple(self.tried)
+        return p
 
     def drop_after_carry(self) -> None:
         """The workflow went past the carried step, whose cancel is raised at its yield
