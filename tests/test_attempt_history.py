@@ -153,6 +153,27 @@ def test_a_retried_run_keeps_only_the_attempts_of_its_new_try(tmp_path: Path) ->
     assert again[0].started_at >= 1020.0
 
 
+def test_continue_as_new_starts_its_steps_without_the_old_attempts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    body = Flaky(clock, fails=1)  # the first call fails: only generation 0's step
+    n = next(_NAMES)
+
+    @ce.step(name=f"attempt_history.again{n}", retries=1, backoff=10)
+    def again() -> str:
+        return body()
+
+    @ce.workflow(name=f"attempt_history.loop{n}")
+    def loop(round_: int) -> Generator[Any, Any, Any]:
+        yield again()
+        return ce.continue_as_new(round_ + 1) if round_ == 0 else "done"
+
+    engine = ce.Engine(str(tmp_path / "a.db"), clock=clock)
+    assert engine.start(loop, 0, id="loop").result() == "done"
+    (only,) = engine.attempts("loop", 0)  # generation 1's step: tried once
+    assert (only.number, only.outcome) == (1, "completed")
+    assert engine.store.load_attempts("loop") == []
+
+
 def test_gc_export_import_and_backup_carry_the_attempts(tmp_path: Path) -> None:
     engine, run_id, clock = _flaky_run(tmp_path, fails=2, retries=3)
     before = engine.attempts(run_id, 0)
