@@ -18,6 +18,7 @@ from stores import current
 
 import contengine as ce
 from contengine.cli.main import main
+from contengine.cli.metrics import prometheus_text
 from contengine.cli.web.server import COOKIE, TOKEN_HEADER, Dashboard
 
 pytestmark = pytest.mark.both_stores
@@ -73,7 +74,9 @@ def engine(tmp_path: Path) -> Iterator[ce.Engine]:
 
 
 def serve(engine: ce.Engine, read_only: bool = False) -> Iterator[Client]:
-    dashboard = Dashboard(engine, "127.0.0.1", 0, TOKEN, read_only=read_only)
+    dashboard = Dashboard(
+        engine, "127.0.0.1", 0, TOKEN, read_only=read_only, metrics=prometheus_text
+    )
     thread = threading.Thread(target=dashboard.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -264,3 +267,13 @@ def test_serve_refuses_to_bind_beyond_this_machine_without_a_token(
     assert main(["serve", "--db", db, "--port", "70000"]) == 2
     assert main(["serve", "--db", str(tmp_path / "missing.db")]) == 1
     assert "no database at" in capsys.readouterr().err or current().postgres
+
+
+def test_metrics_are_prometheus_text_for_a_bearer_token(client: Client) -> None:
+    assert client.get("/metrics", token=None)[0] == 401
+    status, headers, text = client.request(
+        "GET", "/metrics", token=None, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "# TYPE contengine_runs gauge" in text
+    assert 'contengine_runs{status="failed"} 1' in text

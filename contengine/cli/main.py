@@ -10,12 +10,15 @@ from ..store.postgres.url import is_postgres_url
 from . import ops, run_commands
 from . import stats as stats_command
 from .common import CommandError, run_command, shared_options
+from .web import command as web_command
 
 __all__ = ["CommandError", "main"]
 
 # The commands that read a database (--db, or $CONTENGINE_DB). `demo` takes one too, but
 # makes a temporary one when none is given; `replay` also takes it as its first argument.
-ENV_DB_COMMANDS = frozenset(("runs", "show", "stats", *ops.COMMANDS, *run_commands.COMMANDS))
+ENV_DB_COMMANDS = frozenset(
+    ("runs", "show", "stats", "serve", *ops.COMMANDS, *run_commands.COMMANDS)
+)
 # The commands with a JSON form (--json).
 JSON_COMMANDS = ("runs", "show", "stats", "bench")
 # Why a command takes no --db, to say so when one is given.
@@ -29,7 +32,7 @@ NO_DB = {
 # command is in one group).
 GROUPS = (
     ("run workflows", ("worker", "start", "result", "demo")),
-    ("look at runs", ("runs", "show", "stats")),
+    ("look at runs", ("runs", "show", "stats", "serve")),
     ("operate", ("signal", "cancel", "retry", "fork", "export", "import", "gc", "backup")),
     ("check code and speed", ("replay", "lint", "bench")),
 )
@@ -128,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_commands.add_parsers(sub, parents)
     stats_command.add_parser(sub, parents)
+    web_command.add_parser(sub, parents)
     ops.add_parsers(sub, parents)
     add_lint_command(sub, parents)
     add_replay_command(sub, parents)
@@ -179,6 +183,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ..testing.replay import replay_main
 
         return replay_main(args)
+    if args.command == "serve":
+        return web_command.main(args)
     if args.command in run_commands.COMMANDS:
         return run_commands.main(args)
     if args.command == "stats":

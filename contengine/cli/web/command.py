@@ -83,10 +83,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _bind(engine: Any, args: argparse.Namespace, token: str) -> Dashboard:
+    from ..metrics import prometheus_text
     from .server import Dashboard
 
     try:
-        return Dashboard(engine, args.host, args.port, token, args.read_only)
+        return Dashboard(
+            engine, args.host, args.port, token, args.read_only, metrics=prometheus_text
+        )
     except OSError as exc:
         raise CommandError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ...engine.engine import Engine
 from ...errors import DatabaseError
+from ..metrics import CONTENT_TYPE as METRICS_TYPE
 from .actions import Answer, act
 from .assets import DASHBOARD_SCRIPT, DASHBOARD_STYLE
 from .pages import BadRequest, parse_query, run_fragment, run_page, runs_fragment, runs_page
@@ -168,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
             self._html(run_fragment(engine, unquote(path.removeprefix("/fragment/runs/"))))
         elif path == "/metrics" and self.server.metrics is not None:
             text = self.server.metrics(engine)
-            self._send(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", text.encode())
+            self._send(HTTPStatus.OK, METRICS_TYPE, text.encode())
         else:
             raise LookupError(f"nothing at {path}")
 
