@@ -511,7 +511,7 @@ def test_a_version_1_file_is_migrated_to_the_current_schema(tmp_path: Path) -> N
     with conn:
         for index in ("runs_due", "runs_by_owner", "runs_by_queue", "step_slots_by_queue"):
             conn.execute(f"DROP INDEX {index}")
-        for table in ("workers", "queues", "step_slots", "mailbox", "published"):
+        for table in ("workers", "queues", "step_slots", "mailbox", "published", "attempts"):
             conn.execute(f"DROP TABLE {table}")
         for column in ("queue", "priority", "owner", "lease", "claimed_at"):
             conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")

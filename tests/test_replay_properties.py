@@ -36,6 +36,7 @@ from contengine.store.base import (
     Signal,
     Store,
 )
+from contengine.store.run_search import RunPage, RunQuery
 
 pytestmark = pytest.mark.both_stores
 
@@ -302,6 +303,10 @@ class CrashingStore(OneEngineStore):
     ) -> list[RunRow]:
         """Delegated."""
         return self.inner.list_runs(status, workflow, limit, tag)
+
+    def find_runs(self, query: RunQuery) -> RunPage:
+        """Delegated."""
+        return self.inner.find_runs(query)
 
     def load_log(self, run_id: str, start: int = 0, limit: int | None = None) -> list[EntryRow]:
         """Delegated."""

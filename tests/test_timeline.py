@@ -250,7 +250,7 @@ def test_runs_html_keeps_the_status_filter(
 def _cells(text: str, status: str) -> list[str]:
     """The id column of a status section's table."""
     section = text.split(f'id="status-{status}"', 1)[1].split("</section>", 1)[0]
-    return re.findall(r'<tr class="run-row [a-z]+"><td class="mono">([^<]*)</td>', section)
+    return re.findall(r'<tr class="run-row [a-z]+"[^>]*><td class="mono">([^<]*)</td>', section)
 
 
 @ce.workflow(name="tl.again")
