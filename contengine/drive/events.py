@@ -29,19 +29,23 @@ log = logging.getLogger("contengine")
 
 DEBUG, INFO, WARNING = logging.DEBUG, logging.INFO, logging.WARNING
 
-# Every kind of event, with the level of its log record.
+# Every kind of event, with the level of its log record. Failures, retries and crashes are
+# a workflow's ordinary life (a run that fails is an outcome, a crash is recovered), so
+# they are INFO: a program that configured no logging is not told of them on stderr
+# (Python's last-resort handler prints WARNING and above). A stuck run is the one event
+# that needs a person, as it always warned.
 KINDS: dict[str, int] = {
     "run.started": INFO,
     "run.completed": INFO,
-    "run.failed": WARNING,
+    "run.failed": INFO,
     "run.cancelled": INFO,
     "run.stuck": WARNING,
-    "run.resumed": WARNING,
+    "run.resumed": INFO,
     "step.started": DEBUG,
     "step.completed": DEBUG,
-    "step.failed": WARNING,
+    "step.failed": INFO,
     "step.retried": INFO,
-    "step.crashed": WARNING,
+    "step.crashed": INFO,
 }
 
 

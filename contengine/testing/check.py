@@ -192,7 +192,9 @@ def _quiet_stuck_warnings() -> Iterator[None]:
     logger = logging.getLogger("contengine")
 
     def not_stuck(record: logging.LogRecord) -> bool:
-        return "is stuck" not in record.getMessage()
+        return getattr(record, "event", None) != "run.stuck" and "is stuck" not in (
+            record.getMessage()
+        )
 
     logger.addFilter(not_stuck)
     try:
