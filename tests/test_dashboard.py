@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,3 +281,40 @@ def test_metrics_are_prometheus_text_for_a_bearer_token(client: Client) -> None:
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# TYPE contengine_runs gauge" in text
     assert 'contengine_runs{status="failed"} 1' in text
+
+
+@pytest.mark.sqlite_only(reason="a pulled copy is a file")
+def test_serve_read_only_on_a_read_only_copy_shows_it_and_writes_nothing(
+    engine: ce.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --read-only` on a pulled copy (a file that cannot be written): the pages
+    read it, actions are refused, and its bytes are the same afterwards."""
+    copy = tmp_path / "pulled.db"
+    engine.backup(copy)
+    copy.chmod(0o444)
+    before = copy.read_bytes()
+    monkeypatch.setenv("CONTENGINE_TOKEN", TOKEN)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "contengine", "serve", "--db", str(copy), "--read-only"]
+        + ["--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert serve.stdout is not None
+        line = serve.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line
+        assert "token=" not in line  # a token given is not printed
+        client = Client(int(match.group(1)))
+        status, text = client.get("/?status=failed")
+        assert status == 200 and "bad-1" in text
+        status, answer = client.act("wait-1", "cancel")
+        assert status == 403 and "--read-only" in answer["message"]
+    finally:
+        serve.terminate()
+        assert serve.wait(timeout=60) == 0
+    assert copy.read_bytes() == before
