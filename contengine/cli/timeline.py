@@ -110,6 +110,7 @@ svg .inflight .bar { fill-opacity: .35; stroke-dasharray: 4 3; stroke-width: 1.5
   stroke: var(--step); }
 svg .errtext { fill: var(--fail); font-size: 11px; }
 svg .sub { fill: var(--soft); }
+svg text.inbar { fill: #fff; }
 svg .group { fill: var(--group); }
 svg .child-entry text { fill: var(--soft); }
 svg .now { stroke: var(--warn); stroke-dasharray: 3 3; }
@@ -417,11 +418,15 @@ def _side_text(text: str, cls: str, before: float, after: float, y: int) -> str:
         # No room after the bar: end the text where the bar begins, so it never
         # covers the bar (or, for a bar that fills the chart, inside it on the right).
         left = before - 6 - LABEL_W
-        end = before - 6 if left >= 60 else LABEL_W + CHART_W
-        width = int(left / 6.5) if left >= 60 else 40
+        if left < 60:  # nor before it: inside the bar, in white
+            width = int((after - before - 12) / 6.5)
+            return (
+                f'<text class="{cls} inbar" x="{before + 6:.1f}" y="{y + 16}">'
+                f"{escape(clip(text, max(8, width)))}</text>"
+            )
         return (
-            f'<text class="{cls}" x="{end:.1f}" y="{y + 16}" '
-            f'text-anchor="end">{escape(clip(text, max(8, width)))}</text>'
+            f'<text class="{cls}" x="{before - 6:.1f}" y="{y + 16}" '
+            f'text-anchor="end">{escape(clip(text, max(8, int(left / 6.5))))}</text>'
         )
     return (
         f'<text class="{cls}" x="{after + 6:.1f}" y="{y + 16}">'
