@@ -195,10 +195,10 @@ def test_json_on_a_command_without_a_json_form_is_refused_with_one_line(
     where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = make_db(tmp_path)
-    argv = ["--json", "cancel", "done"] if where == "before" else ["cancel", "done", "--json"]
+    argv = ["--json", "worker"] if where == "before" else ["worker", "--json"]
     code, out, err = run_cli(capsys, *argv, "--db", db)
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and "`cancel` has no JSON output" in err and "show" in err
+    assert err.count("\n") == 1 and "`worker` takes no --json: it runs until stopped" in err
 
 
 @pytest.mark.parametrize("argv", [["lint", "x:y"], ["bench"]])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ContengineError
 from ..store.base import FAILED, FINISHED, RUN_STATUSES
-from .common import CommandError
+from .common import CommandError, report
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -61,7 +61,7 @@ def run_bulk(engine: Engine, args: argparse.Namespace) -> int:
         chosen = [r.id for r in rows]
     noun = "unfinished run" if args.command == "cancel" else "failed run"
     if not chosen:
-        print(f"no {noun} matches; nothing changed")
+        report(args, f"no {noun} matches; nothing changed", _outcome([], [], []))
         return 0
     plural = "" if len(chosen) == 1 else "s"
     listed = ", ".join(repr(i) for i in chosen[:SHOWN])
@@ -74,20 +74,28 @@ def run_bulk(engine: Engine, args: argparse.Namespace) -> int:
             f"{len(chosen)} run{plural}",
             2 if not _interactive() else 1,
         )
-    done, failed = 0, 0
+    done: list[str] = []
+    failed: list[str] = []
     for run_id in chosen:
         try:
             if args.command == "cancel":
-                done += engine.cancel(run_id)  # False: it finished meanwhile
+                if engine.cancel(run_id):  # False: it finished meanwhile
+                    done.append(run_id)
             else:
                 engine.retry(run_id)
-                done += 1
+                done.append(run_id)
         except ContengineError as exc:
-            failed += 1
+            failed.append(run_id)
             print(f"contengine: run {run_id!r}: {exc}", file=sys.stderr)
     verb = "cancelled" if args.command == "cancel" else "retried"
-    print(f"{verb} {done} of {len(chosen)} run{plural}")
+    report(args, f"{verb} {len(done)} of {len(chosen)} run{plural}", _outcome(chosen, done, failed))
     return 1 if failed else 0
+
+
+def _outcome(matched: list[str], done: list[str], failed: list[str]) -> dict[str, list[str]]:
+    """--json's object: the runs chosen, those cancelled or retried, and those refused (a
+    chosen run missing from both finished meanwhile)."""
+    return {"matched": matched, "done": done, "failed": failed}
 
 
 def _interactive() -> bool:

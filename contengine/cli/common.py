@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -45,7 +46,7 @@ def shared_options(top: bool, db_help: str = DB_HELP) -> argparse.ArgumentParser
         "--json",
         action="store_true",
         default=default(False),
-        help="print JSON, for scripts (runs, show, stats, bench)",
+        help="print one JSON document, for scripts (every command that reports something)",
     )
     parser.add_argument(
         "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
@@ -129,6 +130,11 @@ def parse_duration(text: str, option: str = "--older-than") -> float:
             f"{option} needs a number with a unit s, m, h or d (e.g. 30d), not {text!r}", 2
         )
     return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def report(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
+    """Print what a command did: text, or with --json the object data on one line."""
+    print(json.dumps(data) if getattr(args, "json", False) else text)
 
 
 def error(message: str) -> None:

@@ -19,8 +19,18 @@ __all__ = ["CommandError", "main"]
 ENV_DB_COMMANDS = frozenset(
     ("runs", "show", "stats", "serve", *ops.COMMANDS, *run_commands.COMMANDS)
 )
-# The commands with a JSON form (--json).
-JSON_COMMANDS = ("runs", "show", "stats", "bench")
+# The commands with a JSON form (--json): each prints one JSON document on stdout (the
+# keys are in the README's operator commands section).
+JSON_COMMANDS = (
+    "runs", "show", "stats", "bench", "signal", "cancel", "retry", "fork", "gc", "backup",
+    "export", "import", "start", "result", "replay", "lint",
+)  # fmt: skip
+# Why a command has no JSON form, to say so when --json is given.
+NO_JSON = {
+    "worker": "it runs until stopped and reports only in its log on stderr",
+    "serve": "it runs until stopped and serves pages, not a report",
+    "demo": "it is a narrated demonstration for a terminal",
+}
 # Why a command takes no --db, to say so when one is given.
 NO_DB = {
     "bench": "it measures on files of its own (see --dir), or on a postgresql:// URL",
@@ -147,10 +157,8 @@ def _bench_on_a_server(args: argparse.Namespace) -> bool:
 def _check_shared(args: argparse.Namespace) -> None:
     """Refuse a shared option the command has no use for; fill in --db from the environment."""
     if args.json and args.command not in JSON_COMMANDS:
-        raise CommandError(
-            f"`{args.command}` has no JSON output; --json works with: {', '.join(JSON_COMMANDS)}",
-            2,
-        )
+        why = NO_JSON.get(args.command, "it prints no report")
+        raise CommandError(f"`{args.command}` takes no --json: {why}", 2)
     if args.db is not None and args.command in NO_DB and not _bench_on_a_server(args):
         raise CommandError(f"`{args.command}` takes no --db: {NO_DB[args.command]}", 2)
     if args.db is None and args.command in ENV_DB_COMMANDS:

@@ -14,7 +14,7 @@ from ..engine.transfer import check_export, checked_id, checked_ref
 from ..errors import ContengineError
 from ..store.postgres.url import is_postgres_url, redacted
 from .bulk import add_filters, is_bulk, run_bulk
-from .common import CommandError, open_engine, parse_duration
+from .common import CommandError, open_engine, parse_duration, report
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -99,18 +99,20 @@ def main(args: argparse.Namespace) -> int:
     with open_engine(
         args.db, create=args.command == "import", readonly=args.command == "export"
     ) as engine:
-        if created:
+        if created and not args.json:  # with --json, import's object says so
             print(f"created a new database at {args.db!r}")
         try:
             if bulk:
                 return run_bulk(engine, args)
             if args.command == "signal":
                 engine.signal(args.run_id, args.name, payload)
-                print(f"sent signal {args.name!r} to run {args.run_id!r}")
+                text = f"sent signal {args.name!r} to run {args.run_id!r}"
+                report(args, text, {"run_id": args.run_id, "signal": args.name, "sent": True})
             elif args.command == "cancel":
                 if engine.cancel(args.run_id):
                     # Another process's engine delivers it when it next drives or waits.
-                    print(f"cancelled run {args.run_id!r} (delivered when it is next driven)")
+                    text = f"cancelled run {args.run_id!r} (delivered when it is next driven)"
+                    report(args, text, {"run_id": args.run_id, "cancelled": True})
                 else:
                     # Nothing was cancelled: a failure, so a script sees it (exit 1).
                     status = engine.get_run(args.run_id).status
@@ -118,20 +120,24 @@ def main(args: argparse.Namespace) -> int:
                         f"run {args.run_id!r} had already finished ({status}); nothing changed"
                     )
             elif args.command in ("retry", "fork", "export", "import"):
-                _move(engine, args, data)
+                _move(engine, args, data, created)
             elif args.command == "gc" and args.dry_run:
                 count = engine.gc(age, dry_run=True)
-                print(
+                text = (
                     f"would delete {count} finished run{'' if count == 1 else 's'} "
                     f"(--dry-run: nothing was deleted)"
                 )
+                report(args, text, {"deleted": 0, "would_delete": count, "dry_run": True})
             elif args.command == "gc":
                 deleted = _gc(engine, age, Progress())
-                print(f"deleted {deleted} finished run{'' if deleted == 1 else 's'}")
+                text = f"deleted {deleted} finished run{'' if deleted == 1 else 's'}"
+                report(args, text, {"deleted": deleted, "would_delete": deleted, "dry_run": False})
             else:
                 # A URL's password is never printed.
-                _backup(engine, redacted(args.db), args.dest, Progress())
-                print(f"backed up {redacted(args.db)} to {args.dest}")
+                source = redacted(args.db)
+                _backup(engine, source, args.dest, Progress())
+                text = f"backed up {source} to {args.dest}"
+                report(args, text, {"source": source, "dest": args.dest})
         except ContengineError as exc:
             # The engine's message names the run and what was (not) done.
             raise CommandError(str(exc)) from exc
@@ -181,25 +187,35 @@ def _backup(engine: Engine, db: str, dest: str, progress: Progress) -> None:
         progress.finish()
 
 
-def _move(engine: Engine, args: argparse.Namespace, data: Any) -> None:
-    """retry, fork, export or import; prints what was done (export: the JSON)."""
+def _move(engine: Engine, args: argparse.Namespace, data: Any, created: bool) -> None:
+    """retry, fork, export or import; prints what was done (export: the JSON, with or
+    without --json)."""
     if args.command == "retry":
         # Planned here to say what was done; rewind() refuses it if the run changed since.
         plan = plan_retry(engine.store, args.run_id, args.at)
         engine.rewind(plan)
+        lines = []
         for n, step in enumerate(plan):
             what = (
                 f"run {step.run_id!r}" if n == 0 else f"  and its failed child run {step.run_id!r}"
             )
-            print(f"{what} is pending again; it resumes at position {step.position} when driven")
+            lines.append(
+                f"{what} is pending again; it resumes at position {step.position} when driven"
+            )
+        # The first is the run named; the rest its failed children, retried with it.
+        pending = [{"run_id": step.run_id, "position": step.position} for step in plan]
+        report(args, "\n".join(lines), {"run_id": args.run_id, "retried": pending})
     elif args.command == "fork":
         run = engine.fork(args.run_id, args.at, args.new_id)
-        print(f"forked run {args.run_id!r} at {args.at} as {run.id!r} (pending)")
+        text = f"forked run {args.run_id!r} at {args.at} as {run.id!r} (pending)"
+        report(args, text, {"run_id": args.run_id, "at": args.at, "new_run_id": run.id})
     elif args.command == "export":
         print(json.dumps(engine.export_run(args.run_id), indent=1))
     else:
         run = engine.import_run(data, args.new_id)
-        print(f"imported run {run.id!r} ({run.status})")
+        text = f"imported run {run.id!r} ({run.status})"
+        shown = {"run_id": run.id, "status": run.status, "created_database": created}
+        report(args, text, shown)
 
 
 def _read_export(path: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import Cancelled, ContengineError, RunNotFound, WorkflowNotFound
 from ..store.postgres.url import is_postgres_url, redacted
 from ..testing.imports import add_import_option, cwd_importable, import_modules
-from .common import CommandError, open_engine
+from .common import CommandError, open_engine, report
 from .render import exc_text
 
 COMMANDS = ("worker", "start", "result")
@@ -186,7 +186,7 @@ def _start(args: argparse.Namespace, arguments: tuple[list[Any], dict[str, Any]]
             raise CommandError(str(exc), 2) from exc
         except ContengineError as exc:
             raise CommandError(str(exc)) from exc
-    print(run.id)
+    report(args, run.id, {"run_id": run.id, "workflow": run.workflow})
     return 0
 
 
@@ -207,16 +207,28 @@ def _result(args: argparse.Namespace) -> int:
             # The run failed or was cancelled, the wait timed out, or the result cannot be
             # read here: one line, exit 1.
             raise CommandError(f"run {run.id!r} {_ended(run.status)}: {exc_text(exc)}") from exc
-    print(_shown(value))
+    text = _shown(value)
+    # --json: the value where JSON holds it, else null and its repr() as text.
+    exact = _as_json(value) is not None
+    # A result is returned only by a completed run (the engine is closed by now).
+    shown = {"run_id": run.id, "status": "completed", "result": value if exact else None}
+    report(args, text, shown | {"repr": None if exact else text})
     return 0
+
+
+def _as_json(value: Any) -> str | None:
+    """The value as JSON if JSON holds it exactly enough (no NaN), else None."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _shown(value: Any) -> str:
     """The result as JSON where JSON holds it exactly enough (no NaN), else as repr()."""
-    try:
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        pass
+    as_json = _as_json(value)
+    if as_json is not None:
+        return as_json
     try:
         return repr(value)
     except Exception as exc:  # an int past Python's digit limit, a broken __repr__

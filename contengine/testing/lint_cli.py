@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
+import json
 import os
 import sys
 import types
@@ -56,8 +58,13 @@ def lint_main(args: argparse.Namespace) -> int:
             bad += 1
             continue
         linted += len(workflows)
-    for finding in findings:
-        print(finding)
+    if getattr(args, "json", False):
+        # One list (also when empty): each finding's fields, of which the text shows
+        # path, line, message and rule.
+        print(json.dumps([dataclasses.asdict(f) for f in findings]))
+    else:
+        for finding in findings:
+            print(finding)
     noun = f"{linted} workflow{'' if linted == 1 else 's'}"
     if findings:
         count = f"{len(findings)} finding{'' if len(findings) == 1 else 's'}"

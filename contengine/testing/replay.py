@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -437,6 +439,12 @@ def replay_main(args: argparse.Namespace) -> int:
         finally:
             if sys.stderr.isatty():
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if getattr(args, "json", False):
+        # One object: the summary's numbers and every run replayed, as RunReplay has it.
+        runs_shown = [dataclasses.asdict(r) for r in report.runs]
+        shown = {"database": report.db_path, "ok": report.ok, "counts": report.counts()}
+        print(json.dumps(shown | {"seconds": report.seconds, "runs": runs_shown}))
+        return 0 if report.ok else 1
     if not report.runs:
         where = redacted(db) if is_postgres_url(db) else db
         if unfinished_only:
