@@ -108,9 +108,20 @@ class Serde:
 
     def dumps_checked(self, value: Any, what: What) -> tuple[bytes, Any]:
         """Serialize and read back: returns the bytes and the copy a replay would see."""
-        data = self.dumps(value, what)
         if type(value) in _SAFE:
-            return data, value
+            # A plain value (most step results) reads back equal: no round trip. Unsigned,
+            # it is pickled here, without dumps()'s frame; the same size check follows.
+            if self._secret is None:
+                try:
+                    data = _PICKLE + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception:  # dumps() below tries dill and says why it failed
+                    data = b""
+                max_bytes = self._max_bytes
+                limit = None if max_bytes is None else max_bytes()
+                if data and (limit is None or len(data) <= limit):
+                    return data, value
+            return self.dumps(value, what), value  # signed, too large or refused: dumps says
+        data = self.dumps(value, what)
         try:
             copy = self.loads(data, what)
         except CorruptPayload as exc:
