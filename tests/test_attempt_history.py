@@ -372,3 +372,17 @@ def test_the_page_and_show_place_each_attempt_at_its_time(
     assert tried[1].strip().startswith("attempt 1 failed: ValueError: attempt_history boom 1;")
     assert tried[2].strip().startswith("attempt 2 failed: ValueError: attempt_history boom 2;")
     assert tried[3].strip().startswith("attempt 3 completed; started")
+
+
+def test_an_attempts_error_line_is_its_exception_not_its_messages_last_line() -> None:
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "app.py", line 3, in step\n'
+        "    raise RuntimeError(msg)\n"
+        "RuntimeError: boom on two lines\n"
+        "line2 </pre><b>bold</b>\n"
+    )
+    attempt = ce.Attempt(
+        position=0, number=1, outcome="failed", started_at=0.0, ended_at=1.0, error_text=text
+    )
+    assert attempt.error == "RuntimeError: boom on two lines"

@@ -17,7 +17,7 @@ import pytest
 
 import contengine as ce
 from contengine.cli.main import build_parser, main
-from contengine.cli.render import exception_line
+from contengine.core.tracebacks import exception_line
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
 REPO = Path(__file__).resolve().parent.parent

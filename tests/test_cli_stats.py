@@ -146,6 +146,8 @@ def test_the_stats_command_prints_a_table_json_and_prometheus_text(
 
     code, out, err = run_cli(capsys, "stats", "--db", target, "--window", "10")
     assert code == 2 and "--window" in err and "unit" in err
+    code, out, err = run_cli(capsys, "stats", "--db", target, "--window", "0s")
+    assert code == 2 and "longer than 0s" in err and "ValueError" not in err
 
 
 def test_prometheus_text_is_well_formed(tmp_path: Path) -> None:

@@ -318,3 +318,90 @@ def test_serve_read_only_on_a_read_only_copy_shows_it_and_writes_nothing(
         serve.terminate()
         assert serve.wait(timeout=60) == 0
     assert copy.read_bytes() == before
+
+
+def test_the_token_cookie_is_found_behind_another_programs_malformed_cookie(
+    client: Client,
+) -> None:
+    """Cookies of every program on this machine's names come along; one the standard
+    parser dislikes must not hide the token."""
+    for other in ('other={"a":1}', "x=a b", 'x="unterminated', "x=é"):
+        cookie = f"{other}; {COOKIE}={TOKEN}"
+        status, _ = client.get("/", token=None, headers={"Cookie": cookie})
+        assert status == 200, other
+    bad = f"x=1; {COOKIE}=not-the-token-0123456789"
+    assert client.get("/", token=None, headers={"Cookie": bad})[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "says"),
+    [
+        ("/?offset=99999999999999999999999", 400, "bad page"),
+        ("/?offset=%D9%A1", 400, "bad page"),  # a digit of another script
+        ("/fragment/runs?q=%00", 400, "NUL"),
+        ("/runs/a%00b", 404, "NUL"),
+        ("/runs/%FF", 404, "not UTF-8"),
+    ],
+)
+def test_bad_input_in_an_address_is_the_clients_error_not_the_databases(
+    client: Client, path: str, code: int, says: str
+) -> None:
+    status, text = client.get(path)
+    assert status == code and says in text
+
+
+def test_a_bad_action_request_is_answered_in_json_with_the_reason(
+    client: Client, engine: ce.Engine
+) -> None:
+    status, _, text = client.request(
+        "POST", "/api/runs/wait-1/cancel", headers={"Content-Length": "abc"}
+    )
+    assert status == 400 and "Content-Length" in json.loads(text)["message"]
+    status, _, text = client.request("POST", "/api/runs/a%00b/cancel", body={})
+    assert status == 400 and "NUL" in json.loads(text)["message"]
+    for payload in ("NaN", "1e999", "[Infinity]"):
+        code, answer = client.act("wait-1", "signal", name="approve", payload=payload)
+        assert code == 400 and "not JSON" in answer["message"], payload
+    code, answer = client.act("ok-1", "fork", at="\u0661")  # ARABIC-INDIC DIGIT ONE
+    assert code == 400 and "whole number" in answer["message"]
+    conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=60)
+    body = b"name=%FF%FE"
+    conn.request(
+        "POST",
+        "/api/runs/wait-1/signal",
+        body=body,
+        headers={
+            "Host": f"127.0.0.1:{client.port}",
+            TOKEN_HEADER: TOKEN,
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    r = conn.getresponse()
+    assert r.status == 400 and "UTF-8" in json.loads(r.read())["message"]
+    conn.close()
+    assert engine.store.get_run("wait-1").status == "waiting"  # type: ignore[union-attr]
+
+
+def test_the_confirmation_names_the_run_as_it_is(engine: ce.Engine) -> None:
+    engine.start(flows.order, "wait-x", id="a&b<c>")
+    for client in serve(engine):
+        _, text = client.get("/runs/a%26b%3Cc%3E")
+        # The attribute holds the id escaped once: the dialog shows "a&b<c>".
+        assert 'data-confirm="Cancel run a&amp;b&lt;c&gt;?"' in text
+
+
+def test_an_ipv6_loopback_address_is_served(engine: ce.Engine) -> None:
+    dashboard = Dashboard(engine, "[::1]", 0, TOKEN)
+    thread = threading.Thread(target=dashboard.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        assert dashboard.loopback and dashboard.url.startswith("http://[::1]:")
+        conn = http.client.HTTPConnection("::1", dashboard.server_address[1], timeout=60)
+        conn.request("GET", "/", headers={"Host": f"[::1]:{dashboard.server_address[1]}"})
+        r = conn.getresponse()
+        assert r.status == 401  # reached, and still asks for the token
+        conn.close()
+    finally:
+        dashboard.shutdown()
+        dashboard.server_close()
+        thread.join()

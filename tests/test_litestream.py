@@ -466,16 +466,17 @@ def test_a_worker_from_the_shell_takes_wal_autocheckpoint(
 
 
 @pytest.mark.parametrize(
-    ("db", "message"),
+    ("db", "pages", "message"),
     [
-        ("app.db", "--wal-autocheckpoint must be a number of pages >= 0"),
-        ("postgresql://u@127.0.0.1:1/x", "--wal-autocheckpoint is for an SQLite file"),
+        ("app.db", "-1", "--wal-autocheckpoint must be a number of pages from 0 to"),
+        # SQLite would read it as 0 (never), silently: refused instead.
+        ("app.db", str(2**31), "--wal-autocheckpoint must be a number of pages from 0 to"),
+        ("postgresql://u@127.0.0.1:1/x", "0", "--wal-autocheckpoint is for an SQLite file"),
     ],
 )
 def test_a_worker_refuses_a_bad_wal_autocheckpoint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], db: str, message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], db: str, pages: str, message: str
 ) -> None:
-    pages = "-1" if db == "app.db" else "0"
     path = str(tmp_path / db) if db == "app.db" else db
     assert main(["worker", "--db", path, "--wal-autocheckpoint", pages]) == 2
     assert message in capsys.readouterr().err

@@ -75,10 +75,10 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "worker" and not args.grace >= 0:
         raise CommandError(f"--grace must be >= 0 seconds, not {args.grace}", 2)
     if args.command == "worker" and args.wal_autocheckpoint is not None:
-        if args.wal_autocheckpoint < 0:
+        if not 0 <= args.wal_autocheckpoint <= 2**31 - 1:
             raise CommandError(
-                f"--wal-autocheckpoint must be a number of pages >= 0 (0: never), "
-                f"not {args.wal_autocheckpoint}",
+                f"--wal-autocheckpoint must be a number of pages from 0 to {2**31 - 1} "
+                f"(0: never), not {args.wal_autocheckpoint}",
                 2,
             )
         if is_postgres_url(args.db):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from html import escape
 
+from ..core.tracebacks import exception_line
 from ..store.base import FAILED, RunRow
-from .render import NOTE_WIDTH, clip, exception_line, iso, span_text
+from .render import NOTE_WIDTH, clip, iso, span_text
 
 # Where a run id links to on a page: the dashboard's run page (static pages link nowhere).
 Link = Callable[[str], str]

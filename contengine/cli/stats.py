@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..engine.stats import EngineStats
-from .common import open_engine, parse_duration
+from .common import CommandError, open_engine, parse_duration
 from .metrics import render
 
 __all__ = ["add_parser", "main"]
@@ -29,6 +29,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def main(args: argparse.Namespace) -> int:
     """Print the database's stats: a table, JSON (--json) or Prometheus text."""
     window = parse_duration(args.window, "--window")
+    if not window > 0:
+        raise CommandError(f"--window must be longer than 0s, not {args.window!r}", 2)
     engine = open_engine(args.db, readonly=True)
     try:
         stats = engine.stats(window)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..core.tracebacks import exception_line
 from ..store.base import (
     A_CRASHED,
     A_FAILED,
@@ -67,16 +68,14 @@ class Attempt:
 
 
 def first_line(traceback_text: str | None) -> str | None:
-    """The exception line of a traceback text (its last line that is not indented), or
-    the text's first line when it is no traceback."""
+    """The exception line of a traceback text ("Type: message", read through a chain of
+    exceptions to the last), or the text's first line when it is no traceback."""
     if not traceback_text:
         return None
+    found = exception_line(traceback_text)
+    if found:
+        return found
     lines = [line for line in traceback_text.splitlines() if line.strip()]
-    if lines and lines[0].startswith("Traceback"):
-        tail = [line for line in lines if not line.startswith((" ", "\t", "Traceback"))]
-        if tail:
-            # The last exception of a chain: the one that was raised.
-            return tail[-1]
     return lines[0] if lines else None
 
 

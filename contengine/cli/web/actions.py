@@ -68,13 +68,12 @@ class _Refused(ValueError):
 
 
 def _position(text: str) -> int:
-    try:
-        at = int(text.strip())
-    except ValueError:
-        raise _Refused(f"fork needs a position, a whole number, not {text!r}") from None
-    if at < 0:
-        raise _Refused(f"fork needs a position of 0 or more, not {at}")
-    return at
+    text = text.strip()
+    if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
+        raise _Refused(f"fork needs a position of 0 or more, not {text}")
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+        raise _Refused(f"fork needs a position, a whole number, not {text[:20]!r}")
+    return int(text)
 
 
 def _payload(text: str) -> object:
@@ -83,6 +82,17 @@ def _payload(text: str) -> object:
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise _Refused(f'the payload is not JSON ({exc}); e.g. true, 3, "yes" or {{}}') from None
+
+
+def _no_constant(name: str) -> object:
+    raise _Refused(f"the payload is not JSON: {name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _Refused(f"the payload is not JSON that fits a float: {text[:20]}")
+    return value

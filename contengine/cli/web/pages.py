@@ -17,6 +17,7 @@ from ..run_tables import runs_table
 from ..timeline import run_body
 
 PAGE_SIZE = 50
+MAX_OFFSET = 10**9  # past any database's runs, and within every store's integers
 # The choices of the "created" filter: (value, label); a value is an age (see parse_duration).
 WINDOWS = (("", "any time"), ("1h", "last hour"), ("24h", "last day"), ("7d", "last week"))
 FILTERS = ("status", "workflow", "tag", "q", "since", "offset", "limit")
@@ -33,6 +34,8 @@ def run_link(run_id: str) -> str:
 
 def parse_query(params: Mapping[str, str], now: float) -> RunQuery:
     """The search a runs page's address asks for; BadRequest saying what is wrong."""
+    if any("\x00" in v for v in params.values()):
+        raise BadRequest("a filter holds a NUL character")
     unknown = set(params) - set(FILTERS) - {"token"}
     if unknown:
         raise BadRequest(f"unknown filter {sorted(unknown)[0]!r}; filters: {', '.join(FILTERS)}")
@@ -46,8 +49,10 @@ def parse_query(params: Mapping[str, str], now: float) -> RunQuery:
         except CommandError as exc:
             raise BadRequest(str(exc)) from None
     try:
-        offset = int(params.get("offset") or 0)
-        limit = int(params.get("limit") or PAGE_SIZE)
+        offset = _whole(params.get("offset") or "0")
+        limit = _whole(params.get("limit") or str(PAGE_SIZE))
+        if offset > MAX_OFFSET:
+            raise ValueError(f"offset must be at most {MAX_OFFSET}")
         return RunQuery(
             status=status,
             workflow=params.get("workflow") or None,
@@ -59,6 +64,13 @@ def parse_query(params: Mapping[str, str], now: float) -> RunQuery:
         )
     except ValueError as exc:
         raise BadRequest(f"bad page: {exc} (limit at most {MAX_PAGE})") from None
+
+
+def _whole(text: str) -> int:
+    """A whole number written in ASCII digits (int() takes other scripts' digits too)."""
+    if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 12:
+        raise ValueError(f"not a whole number: {text[:20]!r}")
+    return int(text)
 
 
 def page(title: str, body: str, token: str) -> str:
@@ -185,7 +197,7 @@ def _published(engine: Engine, run_id: str) -> str:
 
 def _actions(run_id: str) -> str:
     base = "/api" + run_link(run_id)
-    rid = escape(run_id)
+    rid = run_id  # escaped once, with the whole confirmation text, by form()
 
     def form(action: str, confirm: str, fields: str, label: str, danger: bool = False) -> str:
         cls = ' class="danger"' if danger else ""

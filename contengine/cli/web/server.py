@@ -7,10 +7,10 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import socket
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
-from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -44,12 +44,38 @@ Metrics = Callable[[Engine], str]
 
 def is_loopback(host: str) -> bool:
     """True if host names this machine only (so no one else can reach what binds it)."""
+    host = host.strip("[]")
     if host in LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def cookie_values(headers: Any, name: str) -> list[str]:
+    """Every value the request's cookies give name. Read by hand: other programs on this
+    machine's names set cookies too, and the standard parser stops at the first one it
+    finds malformed, which would hide the token behind another program's cookie."""
+    found = []
+    for header in headers.get_all("Cookie") or ():
+        for part in header.split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key == name:
+                found.append(value.strip().strip('"'))
+    return found
+
+
+def run_id_in(text: str) -> str:
+    """The run id a page's address names; LookupError if it can name none (not UTF-8, a
+    NUL: no run has such an id, and a server would refuse the text itself)."""
+    try:
+        run_id = unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise LookupError("no run with that id: it is not UTF-8") from None
+    if "\x00" in run_id:
+        raise LookupError("no run with an id holding a NUL character")
+    return run_id
 
 
 def new_token() -> str:
@@ -61,6 +87,9 @@ class Dashboard(ThreadingHTTPServer):
     """The dashboard over one engine, bound to (host, port)."""
 
     daemon_threads = True
+    # Each connection is a thread: a bound on them, so clients that open connections and
+    # send nothing cannot grow the process without limit (the rest are closed at once).
+    max_connections = 64
 
     def __init__(
         self,
@@ -77,7 +106,30 @@ class Dashboard(ThreadingHTTPServer):
         self.metrics = metrics
         self.loopback = is_loopback(host)
         self.actions_lock = threading.Lock()  # one action at a time: each is a write
-        super().__init__((host, port), Handler)
+        self.connections = threading.BoundedSemaphore(self.max_connections)
+        bare = host.strip("[]")
+        if ":" in bare:
+            self.address_family = socket.AF_INET6
+        super().__init__((bare, port), Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own, unless too many are open."""
+        if not self.connections.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread; it gives its place back when done."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed (a client gone, a timeout): one debug line, not a
+        traceback on stderr per connection."""
+        log.debug("dashboard: a connection from %s failed", client_address, exc_info=True)
 
     @property
     def url(self) -> str:
@@ -93,6 +145,7 @@ class Handler(BaseHTTPRequestHandler):
 
     server: Dashboard
     server_version = "contengine"
+    timeout = 30.0  # seconds a connection may stay silent before it is closed
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
         log.debug("dashboard: " + format, *args)
@@ -106,24 +159,29 @@ class Handler(BaseHTTPRequestHandler):
         self._guarded(self._post)
 
     def _guarded(self, handle: Callable[[], None]) -> None:
-        if not self._host_allowed():
-            self._send(HTTPStatus.MISDIRECTED_REQUEST, "text/plain", b"unknown host name\n")
-            return
         try:
+            if not self._host_allowed():
+                self._send(HTTPStatus.MISDIRECTED_REQUEST, "text/plain", b"unknown host name\n")
+                return
             handle()
         except BadRequest as exc:
-            self._send(HTTPStatus.BAD_REQUEST, "text/plain", f"{exc}\n".encode())
+            self._fail(HTTPStatus.BAD_REQUEST, str(exc))
         except LookupError as exc:
-            self._send(HTTPStatus.NOT_FOUND, "text/plain", f"{exc.args[0]}\n".encode())
+            self._fail(HTTPStatus.NOT_FOUND, str(exc.args[0]))
         except DatabaseError as exc:
-            text = f"the database could not be read: {exc}\n"
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", text.encode())
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the browser went away
+            self._fail(HTTPStatus.SERVICE_UNAVAILABLE, f"the database could not be read: {exc}")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client went away, or sent nothing in time
         except Exception:
             log.exception("the dashboard failed to answer %s %s", self.command, self.path)
-            failed = b"the dashboard failed; its log says why\n"
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", failed)
+            self._fail(HTTPStatus.INTERNAL_SERVER_ERROR, "the dashboard failed; its log says why")
+
+    def _fail(self, status: HTTPStatus, message: str) -> None:
+        # An action's answer is JSON, as the page's script reads it; a page's is text.
+        if self.command == "POST":
+            self._send(status, "application/json", Answer(status, message).json())
+        else:
+            self._send(status, "text/plain; charset=utf-8", f"{message}\n".encode())
 
     def _host_allowed(self) -> bool:
         # A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) sends
@@ -164,9 +222,9 @@ class Handler(BaseHTTPRequestHandler):
             query = parse_query(params, engine.clock.now())
             self._html(runs_fragment(engine, query, kept, engine.clock.now()))
         elif path.startswith("/runs/"):
-            self._html(run_page(engine, unquote(path.removeprefix("/runs/")), token))
+            self._html(run_page(engine, run_id_in(path.removeprefix("/runs/")), token))
         elif path.startswith("/fragment/runs/"):
-            self._html(run_fragment(engine, unquote(path.removeprefix("/fragment/runs/"))))
+            self._html(run_fragment(engine, run_id_in(path.removeprefix("/fragment/runs/"))))
         elif path == "/metrics" and self.server.metrics is not None:
             text = self.server.metrics(engine)
             self._send(HTTPStatus.OK, METRICS_TYPE, text.encode())
@@ -187,12 +245,29 @@ class Handler(BaseHTTPRequestHandler):
         parts = path.split("/")
         if len(parts) != 5 or parts[:3] != ["", "api", "runs"]:
             return Answer(HTTPStatus.NOT_FOUND, f"no action at {path}")
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 <= length <= MAX_BODY:
+        given = self.headers.get("Content-Length") or "0"
+        if not given.isdigit() or not given.isascii():
+            return Answer(HTTPStatus.BAD_REQUEST, f"bad Content-Length {given[:40]!r}")
+        length = int(given)
+        if length > MAX_BODY:
             return Answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the request is too large")
-        body = self.rfile.read(length).decode("utf-8", "replace")
-        form = dict(parse_qsl(body, keep_blank_values=True))
-        run_id, action = unquote(parts[3]), parts[4]
+        try:
+            form = dict(
+                parse_qsl(
+                    self.rfile.read(length).decode(),
+                    keep_blank_values=True,
+                    errors="strict",
+                    strict_parsing=False,
+                )
+            )
+        except UnicodeDecodeError:
+            return Answer(HTTPStatus.BAD_REQUEST, "the form is not UTF-8")
+        try:
+            run_id, action = unquote(parts[3], errors="strict"), parts[4]
+        except UnicodeDecodeError:
+            return Answer(HTTPStatus.NOT_FOUND, "no run with that id (it is not UTF-8)")
+        if "\x00" in run_id or any("\x00" in v for v in form.values()):
+            return Answer(HTTPStatus.BAD_REQUEST, "a NUL character is in the request")
         with self.server.actions_lock:
             answer = act(self.server.engine, run_id, action, form)
         log.info("dashboard: %s of run %s: %s", action, run_id, answer.message)
@@ -212,8 +287,7 @@ class Handler(BaseHTTPRequestHandler):
             return True
         if header_only:
             return False  # a cookie alone is what a forged cross-site request would carry
-        cookie = SimpleCookie(self.headers.get("Cookie") or "")
-        return COOKIE in cookie and self._token_ok(cookie[COOKIE].value)
+        return any(self._token_ok(value) for value in cookie_values(self.headers, COOKIE))
 
     def _html(self, text: str) -> None:
         self._send(HTTPStatus.OK, "text/html; charset=utf-8", text.encode())

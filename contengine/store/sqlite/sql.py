@@ -164,14 +164,18 @@ def checked_position(position: int) -> int:
     return position
 
 
+MAX_PAGES = 2**31 - 1
+
+
 def checked_autocheckpoint(pages: int | None) -> int | None:
     """pages, if it is a wal_autocheckpoint (None: SQLite's default); else ValueError."""
     # Pages of WAL after which a commit checkpoints (SQLite's default: 1000); 0 leaves
     # every checkpoint to another process, as Litestream asks (notes/durability.md).
-    if pages is not None and (type(pages) is not int or pages < 0):
+    # SQLite reads a value past a 32-bit int as 0 (never): refused, not silently so.
+    if pages is not None and (type(pages) is not int or not 0 <= pages <= MAX_PAGES):
         raise ValueError(
-            f"wal_autocheckpoint must be a number of pages >= 0 (0: no automatic "
-            f"checkpoints), or None for SQLite's default (1000), not {pages!r}"
+            f"wal_autocheckpoint must be a number of pages from 0 to {MAX_PAGES} (0: no "
+            f"automatic checkpoints), or None for SQLite's default (1000), not {pages!r}"
         )
     return pages
 
@@ -195,6 +199,34 @@ def run_params(run: RunRow) -> tuple[object, ...]:
         run.note, int(run.cancel_requested), run.parent_id, run.generation,
         _tags_text(run.tags), run.queue, run.priority,
     )  # fmt: skip
+
+
+# A new run's row has about ten NULLs (no ref, result, error, note, parent, tags...):
+# bound as parameters, each would cost an adapter lookup (see SHORT_BLOB). The INSERT of
+# a new run spells them out instead: one statement per pattern of NULLs, made once.
+_RUN_INSERTS: dict[int, str] = {}
+
+
+def insert_run(run: RunRow) -> tuple[str, tuple[object, ...]]:
+    """The INSERT of a new run (nothing if its id is taken) and its parameters: its NULLs
+    written in the statement, a short blob bound as a bytearray (the same BLOB)."""
+    params = run_params(run)
+    nulls = 0
+    bound: list[object] = []
+    for i, value in enumerate(params):
+        if value is None:
+            nulls |= 1 << i
+        elif type(value) is bytes and len(value) <= SHORT_BLOB:
+            bound.append(bytearray(value))
+        else:
+            bound.append(value)
+    sql = _RUN_INSERTS.get(nulls)
+    if sql is None:
+        marks = ", ".join("NULL" if nulls >> i & 1 else "?" for i in range(len(params)))
+        sql = f"INSERT INTO runs ({RUN_COLS}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
+        if len(_RUN_INSERTS) < 1024:  # patterns are few; a bound all the same
+            _RUN_INSERTS[nulls] = sql
+    return sql, tuple(bound)
 
 
 def _tags_text(tags: tuple[str, ...]) -> str | None:

@@ -32,10 +32,9 @@ from .sql import (
     POSITION_BITS,
     POSITION_MASK,
     RUN_COLS,
-    RUN_MARKS,
     Executes,
     checked_autocheckpoint,
-    run_params,
+    insert_run,
     run_row,
 )
 from .stats import StatsMethods
@@ -313,10 +312,7 @@ class SQLiteStore(
 
     def create_run(self, run: RunRow) -> tuple[RunRow, bool]:
         with self._tx() as conn:
-            cur = conn.execute(
-                f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING",
-                run_params(run),
-            )
+            cur = conn.execute(*insert_run(run))
             if cur.rowcount == 1:
                 self._remember_num(run.id, cur.lastrowid)
                 return run, True
@@ -327,13 +323,12 @@ class SQLiteStore(
         self, runs: Sequence[RunRow], vet: Callable[[int, RunRow], None]
     ) -> list[tuple[RunRow, bool]]:
         """All in one transaction; what vet raises rolls it back."""
-        insert = f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING"
         select = f"SELECT {RUN_COLS} FROM runs WHERE id = ?"
         made: list[tuple[RunRow, bool]] = []
         nums: list[tuple[str, int | None]] = []
         with self._tx() as conn:
             for i, run in enumerate(runs):
-                cur = conn.execute(insert, run_params(run))
+                cur = conn.execute(*insert_run(run))
                 if cur.rowcount == 1:
                     nums.append((run.id, cur.lastrowid))
                     made.append((run, True))
