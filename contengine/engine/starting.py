@@ -3,6 +3,7 @@ starts (start_many) checked whole before anything is written."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +26,13 @@ START_OPTIONS = ("id", "tags", "queue", "priority")
 MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1  # a PostgreSQL integer
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(wf: Workflow[Any, Any]) -> inspect.Signature:
+    """The signature of wf's function, read once per workflow: reading it costs more
+    than the rest of a start's checks (start_many checks every start against it)."""
+    return inspect.signature(wf.fn)
+
+
 def new_row(
     wf: Workflow[Any, Any],
     serde: Serde,
@@ -38,7 +46,7 @@ def new_row(
 ) -> RunRow:
     """The row of a new run of wf; raises what start() refuses it with."""
     try:
-        inspect.signature(wf.fn).bind(*args, **kwargs)
+        _signature(wf).bind(*args, **kwargs)
     except TypeError as exc:
         raise TypeError(f"workflow {wf.name!r} cannot take these arguments: {exc}") from None
     run_id = checked_id(id if id is not None else uuid.uuid4().hex)
