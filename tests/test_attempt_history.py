@@ -234,7 +234,7 @@ def frames():
 
 
 if __name__ == "__main__":
-    engine = ce.Engine(sys.argv[1])
+    engine = ce.Engine(sys.argv[1], lease=1.0)  # a dead holder is found soon on any store
     run = engine.start(frames, id="frames")
     try:
         run.result()
