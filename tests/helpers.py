@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import queue
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from stores import OnCurrentStore
 
@@ -102,3 +104,60 @@ def stop_in_background(block: AbstractContextManager[Any], engine: ce.Engine) ->
     stopping.start()
     assert wait_until(engine._runner.stopping.is_set)
     return stopping
+
+
+LINE_WAIT = 120.0  # a bound against hanging, never reached when things work
+
+
+def lines_of(stream: IO[str]) -> queue.Queue[str]:
+    """The stream's lines as they come, read by a thread of their own."""
+    got: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            got.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return got
+
+
+def wait_for_line(lines: queue.Queue[str], text: str, seen: list[str] | None = None) -> str:
+    """The next line holding text (lines before it go to seen, if given)."""
+    seen = [] if seen is None else seen
+    while True:
+        try:
+            line = lines.get(timeout=LINE_WAIT)
+        except queue.Empty:
+            raise AssertionError(f"no line with {text!r} within {LINE_WAIT} s: {seen}") from None
+        seen.append(line)
+        if text in line:
+            return line
+
+
+def first_line(proc: subprocess.Popen[str]) -> str:
+    """The child's next stdout line; a watchdog kills a child that says nothing in time."""
+    watchdog = threading.Timer(LINE_WAIT, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        return proc.stdout.readline()
+    finally:
+        watchdog.cancel()
+
+
+def reap(procs: list[subprocess.Popen[str]]) -> None:
+    """Kill the children still running, wait for each and close its pipes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def fail_first_calls(calls: dict[str, int], key: str, times: int, word: str) -> None:
+    """Count a call under key; the first `times` calls raise ValueError("<word> <n>")."""
+    calls[key] = calls.get(key, 0) + 1
+    if calls[key] <= times:
+        raise ValueError(f"{word} {calls[key]}")

@@ -15,13 +15,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import first_line, reap
 
 import contengine as ce
 
@@ -112,13 +112,7 @@ def child_procs() -> Iterator[list[subprocess.Popen[str]]]:
     try:
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        reap(procs)
 
 
 def kill_in_second_step(
@@ -134,13 +128,7 @@ def kill_in_second_step(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     procs.append(proc)
-    watchdog = threading.Timer(WAIT, proc.kill)
-    watchdog.start()
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-    finally:
-        watchdog.cancel()
+    line = first_line(proc)
     if line.strip() != "HANG":
         proc.kill()
         assert proc.stderr is not None

@@ -12,13 +12,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FakeClock
+from helpers import FakeClock, first_line, reap
 from stores import current
 
 import contengine as ce
@@ -254,17 +253,6 @@ def _spawn(script: Path, target: str, hang: bool) -> subprocess.Popen[str]:
     )
 
 
-def _line(proc: subprocess.Popen[str]) -> str:
-    """The child's next stdout line; a watchdog kills a child that says nothing in time."""
-    watchdog = threading.Timer(WAIT, proc.kill)
-    watchdog.start()
-    try:
-        assert proc.stdout is not None
-        return proc.stdout.readline()
-    finally:
-        watchdog.cancel()
-
-
 def _crashed_then_failed(tmp_path: Path) -> tuple[ce.Engine, Path]:
     """The frames run: its process SIGKILLed inside fragile, then resumed by another
     process, where fragile fails."""
@@ -275,22 +263,16 @@ def _crashed_then_failed(tmp_path: Path) -> tuple[ce.Engine, Path]:
     try:
         first = _spawn(script, target, hang=True)
         procs.append(first)
-        assert _line(first).strip() == "HANG", first.stderr.read() if first.stderr else ""
+        assert first_line(first).strip() == "HANG", first.stderr.read() if first.stderr else ""
         os.kill(first.pid, signal.SIGKILL)
         assert first.wait(WAIT) == -signal.SIGKILL
         second = _spawn(script, target, hang=False)
         procs.append(second)
-        line = _line(second)
+        line = first_line(second)
         assert second.wait(WAIT) == 0, second.stderr.read() if second.stderr else ""
         assert line.startswith("FAILED attempt_history fragile failed"), line
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        reap(procs)
     return ce.Engine(target), script
 
 
@@ -374,7 +356,7 @@ def test_the_page_and_show_place_each_attempt_at_its_time(
     assert tried[3].strip().startswith("attempt 3 completed; started")
 
 
-def test_an_attempts_error_line_is_its_exception_not_its_messages_last_line() -> None:
+def test_an_attempts_error_line_is_its_exception_not_its_messages_lastfirst_line() -> None:
     text = (
         "Traceback (most recent call last):\n"
         '  File "app.py", line 3, in step\n'

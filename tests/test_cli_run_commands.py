@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Generator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
+from helpers import lines_of, wait_for_line
 from stores import current
 
 import contengine as ce
@@ -99,30 +98,6 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     with ce.Engine(path):
         pass
     return current().target(path)
-
-
-def lines_of(stream: IO[str]) -> queue.Queue[str]:
-    """The stream's lines as they come, read by a thread of their own."""
-    got: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in stream:
-            got.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return got
-
-
-def wait_for_line(lines: queue.Queue[str], text: str, seen: list[str]) -> str:
-    """The next line holding text (lines before it go to seen)."""
-    while True:
-        try:
-            line = lines.get(timeout=WAIT)
-        except queue.Empty:
-            raise AssertionError(f"no line with {text!r} within {WAIT} s: {seen}") from None
-        seen.append(line)
-        if text in line:
-            return line
 
 
 def test_a_worker_a_start_and_a_result_from_the_shell(db: str, tmp_path: Path) -> None:

@@ -9,17 +9,15 @@ are made so)."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import dashboard_flows as flows
 import pytest
+from helpers import lines_of, wait_for_line
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from stores import current
 
@@ -59,30 +57,6 @@ def browser() -> Iterator[Browser]:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-def lines_of(stream: IO[str]) -> queue.Queue[str]:
-    """The stream's lines as they come, read by a thread of their own."""
-    got: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in stream:
-            got.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return got
-
-
-def wait_for_line(lines: queue.Queue[str], text: str) -> str:
-    seen: list[str] = []
-    while True:
-        try:
-            line = lines.get(timeout=WAIT)
-        except queue.Empty:
-            raise AssertionError(f"no line with {text!r} within {WAIT} s: {seen}") from None
-        seen.append(line)
-        if text in line:
-            return line
 
 
 @pytest.fixture

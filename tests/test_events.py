@@ -12,6 +12,7 @@ from typing import Any
 
 import observed_child
 import pytest
+from helpers import fail_first_calls
 from observed_child import child_procs, kill_in_second_step  # noqa: F401 (a fixture)
 from stores import current
 
@@ -28,9 +29,7 @@ CALLS: dict[str, int] = {}
 @ce.step(name="test_events.flaky", retries=2, backoff=ce.Backoff(initial=0.0))
 def flaky(key: str, fail_times: int) -> str:
     """Fails fail_times times (per key), then returns."""
-    CALLS[key] = CALLS.get(key, 0) + 1
-    if CALLS[key] <= fail_times:
-        raise ValueError(f"boom {CALLS[key]}")
+    fail_first_calls(CALLS, key, fail_times, "boom")
     return key
 
 

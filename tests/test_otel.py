@@ -13,6 +13,7 @@ from typing import Any
 
 import observed_child
 import pytest
+from helpers import fail_first_calls
 from observed_child import child_procs, kill_in_second_step  # noqa: F401 (a fixture)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -32,9 +33,7 @@ FAILS: dict[str, int] = {}
 @ce.step(name="test_otel.charge", retries=1, backoff=ce.Backoff(initial=0.0))
 def charge(key: str, fail_times: int) -> str:
     """Fails fail_times times (per key), then returns."""
-    FAILS[key] = FAILS.get(key, 0) + 1
-    if FAILS[key] <= fail_times:
-        raise ValueError(f"declined {FAILS[key]}")
+    fail_first_calls(FAILS, key, fail_times, "declined")
     return key
 
 
