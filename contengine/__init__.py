@@ -8,6 +8,7 @@ from .core.gather import gather, race
 from .core.options import Backoff, StepOptions
 from .core.requests import Request, StepCall, now, patched, publish, random
 from .core.requests import uuid4 as uuid
+from .core.run_context import RunInfo, current_run, logger
 from .core.timers import sleep, sleep_until, wait
 from .core.workflow import Step, StepContext, Workflow, current_step, step, workflow
 from .drive.events import Event
@@ -66,6 +67,7 @@ __all__ = [
     "NonDeterminismError",
     "Request",
     "Run",
+    "RunInfo",
     "RunNotFound",
     "SerializationError",
     "Step",
@@ -80,8 +82,10 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowNotFound",
     "continue_as_new",
+    "current_run",
     "current_step",
     "gather",
+    "logger",
     "now",
     "patched",
     "publish",

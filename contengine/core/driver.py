@@ -18,6 +18,7 @@ from ..errors import Cancelled, InvalidYield, NonDeterminismError
 from .gather import GatherRequest
 from .outcome import Outcome
 from .requests import Request, StepCall
+from .run_context import CURRENT_RUN, RunInfo
 
 
 class Recorded(Protocol):
@@ -89,7 +90,7 @@ class Driver:
 
     __slots__ = (
         "_gen", "_history", "_logged", "_label", "_decode", "_width", "_thrown", "_unpatched",
-        "position", "replayed",
+        "position", "replayed", "info",
     )  # fmt: skip
 
     def __init__(
@@ -113,6 +114,14 @@ class Driver:
         # Changes this run was told False about: it was logged before them, and keeps
         # their old path at every later ce.patched() too, live or replayed.
         self._unpatched: set[str] = set()
+        # What ce.current_run() answers while this driver runs the workflow's code (the
+        # caller sets it; None: the code runs outside any run, as in a bare test).
+        self.info: RunInfo | None = None
+
+    def where(self) -> tuple[int, bool]:
+        """(the position of the next request, whether the code running now ran before):
+        code is replaying while the request it will yield next is in the log."""
+        return self.position, self.position < self._logged
 
     def start(self) -> Next:
         """Run the workflow up to its first request without an outcome (or its end)."""
@@ -126,7 +135,17 @@ class Driver:
         return self._advance(outcome, at)
 
     def _advance(self, outcome: Outcome | None, at: int = 0) -> Next:
-        """Run the generator on from `outcome` (of the request at position `at`)."""
+        """Run the generator on from `outcome` (of the request at position `at`), with
+        its run marked as current (ce.current_run(), ce.logger) while its code runs."""
+        if self.info is None:
+            return self._run_on(outcome, at)
+        token = CURRENT_RUN.set(self.info)
+        try:
+            return self._run_on(outcome, at)
+        finally:
+            CURRENT_RUN.reset(token)
+
+    def _run_on(self, outcome: Outcome | None, at: int) -> Next:
         gen, history, logged, decode = self._gen, self._history, self._logged, self._decode
         while True:
             try:

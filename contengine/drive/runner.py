@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from ..clock import Clock
 from ..core.driver import Driver
 from ..core.idle import NotDue
+from ..core.run_context import RunInfo
 from ..core.serde import Serde, short
 from ..core.workflow import Workflow
 from ..errors import ContengineError, CorruptPayload, NonDeterminismError
@@ -193,6 +194,7 @@ class Runner:
             ) from exc
         log = StreamedLog(self.store, run.id, self.serde)
         driver = Driver(gen, log, label=f"workflow {wf.name!r} (run {run.id!r})", decode=log.decode)
+        driver.info = RunInfo(run.id, wf.name, run.parent_id, run.generation, driver.where)
         drive = Drive(self, run, wf, driver, lease, park, lapses)
         self._finish(drive, gen, drive.go)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.driver import Driver, describe_recorded
+from ..core.run_context import RunInfo
 from ..core.serde import Serde
 from ..core.workflow import Workflow, lookup
 from ..drive.log import decode_outcome
@@ -236,6 +237,11 @@ def _replay_run(
         log,
         label=f"workflow {wf.name!r} (run {row.id!r})",
         decode=lambda entry: decode_outcome(serde, entry),
+    )
+    # Nothing here runs live (the replay stops at the first request without an outcome):
+    # all of the body's code ran before, the part after a finished run's last yield too.
+    driver.info = RunInfo(
+        row.id, wf.name, row.parent_id, row.generation, lambda: (driver.position, True)
     )
     try:
         driver.start()  # stops at the first request without an outcome: nothing is run
