@@ -149,7 +149,10 @@ def test_retry_by_tag_takes_only_failed_runs(db: str, capsys: pytest.CaptureFixt
         (["cancel", "w1", "--tag", "a"], "give a run id or --tag, not both"),
         (["cancel", "--status", "completed"], "runs that are completed have finished"),
         (["cancel", "--status", "asleep"], "--status must be one of"),
-        (["retry", "--status", "waiting"], "retry resumes failed runs, not waiting ones"),
+        (
+            ["retry", "--status", "waiting"],
+            "retry resumes failed or cancelled runs, not waiting ones",
+        ),
         (["retry", "--tag", "a", "--at", "0"], "--at is for one run"),
     ],
 )

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import ContengineError
-from ..store.base import FAILED, FINISHED, RUN_STATUSES
+from ..store.base import CANCELLED, FAILED, FINISHED, RUN_STATUSES
 from .common import CommandError, report
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ def is_bulk(args: argparse.Namespace) -> bool:
         raise CommandError(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}", 2)
     if args.command == "cancel" and status in FINISHED:
         raise CommandError(f"runs that are {status} have finished: there is nothing to cancel", 2)
-    if args.command == "retry" and status not in (None, FAILED):
-        raise CommandError(f"retry resumes failed runs, not {status} ones", 2)
+    if args.command == "retry" and status not in (None, FAILED, CANCELLED):
+        raise CommandError(f"retry resumes failed or cancelled runs, not {status} ones", 2)
     if args.command == "retry" and getattr(args, "at", None) is not None:
         raise CommandError("--at is for one run: give its id", 2)
     return True
@@ -52,14 +52,14 @@ def is_bulk(args: argparse.Namespace) -> bool:
 
 def run_bulk(engine: Engine, args: argparse.Namespace) -> int:
     """Cancel or retry every run the filters choose, once confirmed; the exit code."""
-    status = args.status if args.command == "cancel" else FAILED
+    status = args.status if args.command == "cancel" else (args.status or FAILED)
     rows = engine.store.list_runs(status, args.workflow, tag=args.tag)
     if args.command == "cancel":
         # Not one whose cancel is already on its way (another cancel asked for it).
         chosen = [r.id for r in rows if r.status not in FINISHED and not r.cancel_requested]
     else:
         chosen = [r.id for r in rows]
-    noun = "unfinished run" if args.command == "cancel" else "failed run"
+    noun = "unfinished run" if args.command == "cancel" else f"{status} run"
     if not chosen:
         report(args, f"no {noun} matches; nothing changed", _outcome([], [], []))
         return 0

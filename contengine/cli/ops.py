@@ -49,7 +49,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "backup", "copy the database (or a PostgreSQL schema) to a new SQLite file, while in use"
     )
     backup.add_argument("dest", help="the new SQLite database file (never overwritten)")
-    retry = command("retry", "resume a failed run from the step that failed, or runs chosen")
+    retry = command("retry", "resume a failed or cancelled run where it stopped, or runs chosen")
     retry.add_argument("run_id", nargs="?")
     add_filters(retry, "retry")
     retry.add_argument(
@@ -193,16 +193,19 @@ def _move(engine: Engine, args: argparse.Namespace, data: Any, created: bool) ->
     if args.command == "retry":
         # Planned here to say what was done; rewind() refuses it if the run changed since.
         plan = plan_retry(engine.store, args.run_id, args.at)
+        was = {step.run_id: engine.get_run(step.run_id).status for step in plan}
         engine.rewind(plan)
         lines = []
         for n, step in enumerate(plan):
             what = (
-                f"run {step.run_id!r}" if n == 0 else f"  and its failed child run {step.run_id!r}"
+                f"run {step.run_id!r}"
+                if n == 0
+                else f"  and its {was[step.run_id]} child run {step.run_id!r}"
             )
             lines.append(
                 f"{what} is pending again; it resumes at position {step.position} when driven"
             )
-        # The first is the run named; the rest its failed children, retried with it.
+        # The first is the run named; the rest its children, retried with it.
         pending = [{"run_id": step.run_id, "position": step.position} for step in plan]
         report(args, "\n".join(lines), {"run_id": args.run_id, "retried": pending})
     elif args.command == "fork":

@@ -417,14 +417,16 @@ class Engine:
     # -- repairing and moving runs ------------------------------------------------
 
     def retry(self, run_id: str, at: int | None = None) -> Run[Any]:
-        """Resume a failed run at the failed request whose exception ended it, discarding
-        the log from there on (a saga's compensations too); with `at`, from that position.
+        """Resume a failed run at the failed request whose exception ended it, or a
+        cancelled run where the cancel was raised, discarding the log from there on (a
+        saga's compensations, a `finally:` block's cleanup); with `at`, from that position.
 
         A failed child run behind that request is retried with it (and its own failed
-        child, and so on), all in one transaction. A run that failed in its own code
-        resumes after its log. Refused, with nothing changed, unless the run failed, or
+        child, and so on), all in one transaction; for a cancelled run, so are the child
+        runs the cancel took down. A run that failed in its own code resumes after its
+        log. Refused, with nothing changed, unless the run failed or was cancelled, or
         where the re-run could not be the same run (a discarded wait's signal would be
-        lost, a discarded child run would be taken over, a cancelled or deleted child).
+        lost, a discarded child run would be taken over, a deleted child).
         """
         return self.rewind(plan_retry(self.store, run_id, at))
 

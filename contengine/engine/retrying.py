@@ -9,6 +9,13 @@ first line of the run's error text keeps it. The log from there on is discarded
 failed in its own code resumes after its log. A parent that failed at a child run
 retries the failed child (and its failed child, and so on) in the same transaction.
 
+A cancelled run resumes where the cancel was raised: at the earliest entry the cancel
+was logged as (a step, a wait, a sleep, a child; the whole gather or race holding it),
+so the cleanup its `finally:` blocks yielded is discarded with the rest and runs again
+when the run is cancelled again. The child runs the cancel took down with it (the one it
+waited on at that point, and those it started and had not yet joined) are resumed in the
+same transaction, each at its own cancel point.
+
 A plan is made from reads outside that transaction, so each of its runs carries a
 digest of what was read (Rewind.seen), and the rewind refuses, changing nothing, if
 any run is no longer so: another retry and its re-run may have failed it elsewhere
@@ -24,6 +31,7 @@ from ..store.base import (
     CANCELLED,
     E_COMPLETED,
     E_FAILED,
+    E_RUNNING,
     FAILED,
     EntryRow,
     Rewind,
@@ -70,23 +78,68 @@ def resume_position(row: RunRow, entries: list[EntryRow]) -> int:
     return last.position if last.status == E_FAILED else len(entries)
 
 
+CANCEL_TEXT = "Cancelled: the run was cancelled"  # how a cancel's entry's error text begins
+
+
+def cancel_position(entries: list[EntryRow]) -> int:
+    """Where a cancelled run resumes: its earliest entry failed by the cancel (the start
+    of the gather or race holding it), or after its log if it has none (cancelled
+    before it first ran)."""
+    for e in entries:
+        if e.status == E_FAILED and (e.error_text or "").startswith(CANCEL_TEXT):
+            group = group_of(entries, e.position)
+            return group[0] if group is not None else e.position
+    return len(entries)
+
+
 def plan_retry(store: Store, run_id: str, at: int | None = None) -> list[Rewind]:
-    """The runs retrying run_id rewinds (it first, then its failed child chain), each
-    with the position its log is cut at; ContengineError if it cannot be done safely."""
+    """The runs retrying run_id rewinds (it first, then its failed or cancelled child
+    runs), each with the position its log is cut at; ContengineError if it cannot be
+    done safely."""
     row = store.get_run(run_id)
     if row is None:
         raise RunNotFound(f"no run with id {run_id!r} in this database")
-    if row.status != FAILED:
+    if row.status not in (FAILED, CANCELLED):
         raise ContengineError(
-            f"run {run_id!r} is {row.status}, not failed; only a failed run can be retried"
+            f"run {run_id!r} is {row.status}, not failed or cancelled; only a failed or a "
+            f"cancelled run can be retried"
         )
     entries = store.load_log(run_id)
-    position = resume_position(row, entries) if at is None else _checked_at(run_id, entries, at)
+    if at is not None:
+        position = _checked_at(run_id, entries, at)
+    elif row.status == CANCELLED:
+        position = cancel_position(entries)
+    else:
+        position = resume_position(row, entries)
     for e in entries[position:]:
         _check_discard(run_id, e, position)
     plan = [Rewind(run_id, position, run_digest(row, entries))]
     if position < len(entries):
         plan += _child_chain(store, row, entries[position])
+    if row.status == CANCELLED:
+        plan += _unjoined_cancelled(store, row, entries[:position], {r.run_id for r in plan})
+    return plan
+
+
+def _unjoined_cancelled(
+    store: Store, row: RunRow, kept: list[EntryRow], planned: set[str]
+) -> list[Rewind]:
+    """The cancelled child runs the resumed run started (ce.start_child) in the part of
+    its log that is kept and has not joined there: the cancel took them down with it."""
+    joined = {e.name for e in kept if e.kind == "join" and e.status != E_RUNNING}
+    plan: list[Rewind] = []
+    for e in kept:
+        if e.kind != "start_child":
+            continue
+        child_id = ids.child_id(row.id, row.generation, e.position)
+        if child_id in joined or child_id in planned:
+            continue
+        child = store.get_run(child_id)
+        if child is not None and child.status == CANCELLED:
+            for step in plan_retry(store, child_id):
+                if step.run_id not in planned:
+                    planned.add(step.run_id)
+                    plan.append(step)
     return plan
 
 
@@ -140,17 +193,18 @@ def _child_chain(store: Store, row: RunRow, entry: EntryRow) -> list[Rewind]:
                 f"steps again, so nothing was changed"
             )
         return []
-    if child.status == CANCELLED:
+    if child.status == CANCELLED and row.status != CANCELLED:
         raise ContengineError(
-            f"run {row.id!r} failed because its child run {child_id!r} was cancelled, and a "
-            f"cancelled run cannot be retried (it would only fail again); nothing was changed"
+            f"run {row.id!r} failed because its child run {child_id!r} was cancelled; "
+            f"retrying would only fail again: retry the child run first (a cancelled run "
+            f"can be retried), then this one. Nothing was changed"
         )
-    if child.status != FAILED:
+    if child.status not in (FAILED, CANCELLED):
         return []  # completed or going on (retried on its own): the parent takes its end
     try:
         return plan_retry(store, child_id)
     except ContengineError as exc:
         raise ContengineError(
-            f"run {row.id!r} failed because its child run {child_id!r} failed, and the child "
-            f"cannot be retried: {exc}"
+            f"run {row.id!r} stopped at its child run {child_id!r}, which is {child.status} "
+            f"and cannot be retried: {exc}"
         ) from exc

@@ -209,7 +209,7 @@ def _actions(run_id: str) -> str:
     return (
         '<div class="card"><div class="actions">'
         + form("cancel", f"Cancel run {rid}?", "", "cancel", danger=True)
-        + form("retry", f"Retry run {rid} from its failed request?", "", "retry")
+        + form("retry", f"Retry run {rid} from where it failed or was cancelled?", "", "retry")
         + form(
             "fork",
             f"Fork run {rid}? A new run copies its log up to the position given.",

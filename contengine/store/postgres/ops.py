@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from ...errors import ContengineError, IdConflict, RunNotFound
-from ..rows import FAILED, AttemptRow, EntryRow, Rewind, RunRow, Signal, run_digest
+from ..rows import CANCELLED, FAILED, AttemptRow, EntryRow, Rewind, RunRow, Signal, run_digest
 from .sql import (
     ATTEMPT_COLS,
     DELETABLE,
@@ -50,10 +50,10 @@ def rewind_one(conn: Conn, r: Rewind, now: float) -> None:
     if row is None:
         raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
     run = run_row(row)
-    if run.status != FAILED:
+    if run.status not in (FAILED, CANCELLED):
         raise ContengineError(
-            f"run {run_id!r} is {run.status}, not failed; only a failed run can be "
-            f"retried, so nothing was changed"
+            f"run {run_id!r} is {run.status}, not failed or cancelled; only those can "
+            f"be retried, so nothing was changed"
         )
     log = [
         entry_row(run_id, e)

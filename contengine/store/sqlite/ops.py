@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from ...errors import ContengineError, DatabaseError, IdConflict, RunNotFound
-from ..base import FAILED, AttemptRow, EntryRow, Rewind, RunRow, Signal, run_digest
+from ..base import CANCELLED, FAILED, AttemptRow, EntryRow, Rewind, RunRow, Signal, run_digest
 from ..run_search import RunPage, RunQuery, conditions, like_escaped
 from .sql import (
     ATTEMPT_COLS,
@@ -98,10 +98,10 @@ class OperatorMethods(SQLiteParts):
         run = run_in(conn, run_id)
         if run is None:
             raise RunNotFound(f"no run with id {run_id!r}; nothing was changed")
-        if run.status != FAILED:
+        if run.status not in (FAILED, CANCELLED):
             raise ContengineError(
-                f"run {run_id!r} is {run.status}, not failed; only a failed run can be "
-                f"retried, so nothing was changed"
+                f"run {run_id!r} is {run.status}, not failed or cancelled; only those can "
+                f"be retried, so nothing was changed"
             )
         base = self._key(conn, run_id, 0)
         # What the plan was made from, read again inside this transaction: a plan of
