@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from .clock import Clock, SystemClock
 from .core.children import ChildHandle, continue_as_new, start_child
 from .core.gather import gather, race
+from .core.messages import send
 from .core.options import Backoff, StepOptions
 from .core.requests import Request, StepCall, now, patched, publish, random
 from .core.requests import uuid4 as uuid
@@ -91,6 +92,7 @@ __all__ = [
     "publish",
     "race",
     "random",
+    "send",
     "sleep",
     "sleep_until",
     "start_child",

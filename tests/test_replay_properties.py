@@ -41,6 +41,7 @@ from contengine.store.run_search import RunPage, RunQuery
 pytestmark = pytest.mark.both_stores
 
 RUN_ID = "prop-run"
+SINK = "prop-sink"  # the run that "send" ops signal (it waits for another name forever)
 MOD = 1009
 MAX_OPS = 12
 FINISHED = ("completed", "failed")
@@ -168,6 +169,11 @@ def perform(op: Op, acc: int, results: list[int]) -> Generator[Any, Any, int]:
         return (yield from interpret(chosen, acc, results))
     if kind == "fail":
         raise RuntimeError(f"workflow gave up at {acc}")
+    if kind == "send":
+        message = ce.send(SINK, "s", [op[1], acc])
+        WORLD.yielded.append(message.describe())
+        yield message
+        return acc
     if kind == "step":
         request: ce.StepCall[int] = work(op[1], acc)
     elif kind == "flaky":
@@ -194,6 +200,13 @@ def interpret(ops: Program, acc: int, results: list[int]) -> Generator[Any, Any,
     return acc
 
 
+@ce.workflow(name="tests.replay_properties.sink")
+def sink_wf() -> Generator[Any, Any, Any]:
+    """Waits forever for a name no one sends: the messages of "send" ops stay in its
+    mailbox, to be counted."""
+    return (yield ce.wait("never"))
+
+
 @ce.workflow(name="tests.replay_properties.program")
 def program_wf(program: Program) -> Generator[Any, Any, tuple[int, list[int]]]:
     """Interpret a program; return the final accumulator and every step's result."""
@@ -202,9 +215,11 @@ def program_wf(program: Program) -> Generator[Any, Any, tuple[int, list[int]]]:
     return acc, results
 
 
-def model(program: Program) -> Ending:
-    """What program_wf must end with, computed without any engine."""
+def model(program: Program, sent: list[list[int]] | None = None) -> Ending:
+    """What program_wf must end with, computed without any engine (and, into sent, the
+    messages its "send" ops send, in order)."""
     results: list[int] = []
+    sent = [] if sent is None else sent
 
     def run(ops: Program, acc: int) -> int:
         for op in ops:
@@ -214,6 +229,9 @@ def model(program: Program) -> Ending:
                 continue
             if kind == "fail":
                 raise RuntimeError(f"workflow gave up at {acc}")
+            if kind == "send":
+                sent.append([op[1], acc])
+                continue
             if kind == "step":
                 acc = work_value(op[1], acc)
             elif kind == "flaky":
@@ -243,10 +261,10 @@ def programs(draw: st.DrawFn, max_ops: int = MAX_OPS) -> Program:
         out: list[Op] = []
         while budget[0] > 0 and draw(st.integers(0, 3)) > 0:
             budget[0] -= 1
-            kinds = ["step", "flaky", "doomed", "fail"] + (["branch"] if depth < 2 else [])
-            kind = draw(st.sampled_from(kinds))
-            if kind == "step":
-                out.append(("step", draw(tags)))
+            kinds = ["step", "flaky", "doomed", "fail", "send"]
+            kind = draw(st.sampled_from(kinds + (["branch"] if depth < 2 else [])))
+            if kind in ("step", "send"):
+                out.append((kind, draw(tags)))
             elif kind == "flaky":
                 out.append(("flaky", draw(tags), draw(st.integers(1, 2)), draw(st.integers(0, 1))))
             elif kind == "doomed":
@@ -272,7 +290,11 @@ class CrashingStore(OneEngineStore):
         self.session = session
 
     def commit(self, progress: Progress) -> None:
-        """Count the commit; crash before or after delegating if this one is planned."""
+        """Count the commit; crash before or after delegating if this one is planned.
+        The sink's own commits are not counted: the crashes are the program run's."""
+        if progress.run_id != RUN_ID:
+            self.inner.commit(progress)
+            return
         session = self.session
         session.commits += 1
         if session.crash_due("commit-before", session.commits):
@@ -406,6 +428,7 @@ def ending_of(engine: ce.Engine, resume: str) -> Ending:
         report = engine.run_until_idle()
         assert report.stuck == {}
         assert engine.get_run(RUN_ID).status in FINISHED
+        assert engine.get_run(SINK).status == "waiting"
     try:
         value = engine.get_run(RUN_ID).result()
     except Exception as exc:
@@ -438,6 +461,7 @@ class Played:
     resumed: list[Resumed]
     ledger: list[tuple[int, int]]
     sessions: list[Session]
+    sent: list[Any]  # the payloads in the sink's mailbox, oldest first
 
 
 def play(
@@ -454,6 +478,7 @@ def play(
         sessions.append(WORLD.session)
         try:
             if index == 0:
+                engine.start(sink_wf, id=SINK)
                 engine.start(program_wf, program, id=RUN_ID)
             else:
                 status = engine.get_run(RUN_ID).status
@@ -462,7 +487,8 @@ def play(
                 ending = ending_of(engine, resumes[index % len(resumes)])
             except Crash:
                 continue
-            return Played(ending, engine.history(RUN_ID), resumed, WORLD.ledger, sessions)
+            sent = [engine.serde.loads(m.payload, "a message") for m in engine.store.mailbox(SINK)]
+            return Played(ending, engine.history(RUN_ID), resumed, WORLD.ledger, sessions, sent)
         finally:
             engine.close()
     raise AssertionError("the last engine has no crash planned, so it must finish the run")
@@ -471,10 +497,13 @@ def play(
 def reference(program: Program, path: Path | str = ":memory:") -> Played:
     """The uninterrupted run (its engine counts its step executions and commits)."""
     ref = play(path, program, [], ["idle"])
-    assert ref.ending == model(program)
+    sent: list[list[int]] = []
+    assert ref.ending == model(program, sent)
+    assert ref.sent == sent
     # Uninterrupted, every attempt the log counts is one execution that did its work.
     for entry in ref.entries:
-        assert entry.attempts == WORLD.executions_at(entry.position)
+        if entry.kind == "step":
+            assert entry.attempts == WORLD.executions_at(entry.position)
     return ref
 
 
@@ -550,8 +579,10 @@ def test_a_crashed_run_resumes_to_the_reference_ending(
         # Guarantee 1: once an outcome is committed, its step is never executed again.
         again = [p for p, s in got.ledger if s >= found.session and p in found.done]
         assert again == [], f"committed steps {again} ran again after crash {found.session}"
+    # Each send's message was delivered once, whatever crashed around it.
+    assert got.sent == ref.sent
     # Guarantee 2: every step in the final log did its work at least once.
-    executed = {p for p, _ in got.ledger}
+    executed = {p for p, _ in got.ledger}  # (steps only: a send runs no user code)
     assert {e.position for e in got.entries if e.kind == "step"} <= executed
 
 

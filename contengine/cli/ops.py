@@ -9,8 +9,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..core.ids import checked_ref
 from ..engine.retrying import plan_retry
-from ..engine.transfer import check_export, checked_id, checked_ref
+from ..engine.transfer import check_export, checked_id
 from ..errors import ContengineError
 from ..store.postgres.url import is_postgres_url, redacted
 from .bulk import add_filters, is_bulk, run_bulk

@@ -9,6 +9,9 @@ finds an old one's. '/' is kept for these ids: a run started from outside may no
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 CHILD_SEPARATOR = "/"  # between a parent's id (and generation) and a child's position
 
 
@@ -67,3 +70,20 @@ def idempotency_key(run_id: str, generation: int, position: int) -> str:
 def is_child_id(run_id: str) -> bool:
     """Whether run_id has the shape of a child run's id (it holds the separator)."""
     return CHILD_SEPARATOR in run_id
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def checked_ref(run_id: Any) -> str:
+    """run_id if it can name a run (a child's too); ValueError if not."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"a run id must be a non-empty string, not {run_id!r}")
+    if _CONTROL.search(run_id):
+        # A NUL or a newline would make an id that prints, logs and is typed in a
+        # shell as another one.
+        raise ValueError(
+            f"run id {run_id!r} contains a control character (NUL, newline, tab, ...); "
+            f"choose an id of printable characters"
+        )
+    return run_id

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.driver import Pending
 from ..core.idle import NEVER, duration_text
+from ..core.messages import SendRequest
 from ..core.outcome import Outcome
 from ..core.requests import (
     Immediate,
@@ -19,8 +20,17 @@ from ..core.requests import (
     UuidRequest,
 )
 from ..core.timers import SleepRequest, WaitRequest
-from ..errors import SerializationError, StepFailed, Timeout
-from ..store.base import E_COMPLETED, E_FAILED, E_RUNNING, SLEEPING, WAITING, EntryRow, RunUpdate
+from ..errors import ContengineError, RunNotFound, SerializationError, StepFailed, Timeout
+from ..store.base import (
+    E_COMPLETED,
+    E_FAILED,
+    E_RUNNING,
+    FINISHED,
+    SLEEPING,
+    WAITING,
+    EntryRow,
+    RunUpdate,
+)
 from .state import DriveState
 
 
@@ -76,6 +86,60 @@ def answer(d: DriveState, position: int, request: Immediate) -> tuple[EntryRow, 
         status, 1, 0, now, now, None, data, error_text,
     )  # fmt: skip
     return entry, Outcome(status == E_COMPLETED, copy)
+
+
+def send(d: DriveState, pending: Pending, request: SendRequest) -> Outcome:
+    """ce.send: the target is looked up now (an unknown run raises ce.RunNotFound at the
+    yield, a finished one ce.ContengineError); the message goes into its mailbox with
+    the commit that logs the send, so it is delivered once whatever crashes."""
+    now = d.r.clock.now()
+    position = pending.position
+    where = f"the payload of {request.describe()} at position {position}"
+    error: ContengineError | None = None
+    try:
+        data = d.r.serde.dumps_checked(request.payload, where)[0]
+    except SerializationError as exc:
+        error = exc
+    if error is None:
+        target = d.r.store.get_run(request.target)
+        if target is None:
+            error = RunNotFound(
+                f"no run with id {request.target!r}: the signal {request.signal!r} was not "
+                f"sent (run {d.run.id!r}, position {position})"
+            )
+        elif target.status in FINISHED:
+            error = ContengineError(
+                f"run {request.target!r} is {target.status}: it will never wait again, so the "
+                f"signal {request.signal!r} was not sent (run {d.run.id!r}, position {position})"
+            )
+    serde = d.r.serde
+    if error is None:
+        d.out.send(request.target, request.signal, data, now)
+        outcome_data, status, error_text = serde.dumps(None, "nothing"), E_COMPLETED, None
+        outcome = Outcome(True, None)
+    else:
+        outcome_data = serde.dumps_error(error, "a send's error", StepFailed)
+        status, error_text = E_FAILED, f"{type(error).__name__}: {error}"
+        outcome = Outcome(False, serde.loads(outcome_data, "a send's error"))
+    d.out.add(
+        EntryRow(
+            d.run.id,
+            position,
+            request.kind,
+            request.name,
+            request.key,
+            request.text,
+            status,
+            1,
+            0,
+            now,
+            now,
+            None,
+            outcome_data,
+            error_text,
+        )  # fmt: skip
+    )
+    return outcome
 
 
 def immediate(d: DriveState, pending: Pending, request: Immediate) -> Outcome:

@@ -16,6 +16,7 @@ from ..core.children import ChildHandle, ChildRequest
 from ..core.driver import Pending, Raised, Returned
 from ..core.gather import GatherRequest, RaceRequest
 from ..core.idle import NotDue
+from ..core.messages import SendRequest
 from ..core.outcome import Outcome
 from ..core.requests import (
     NowRequest,
@@ -177,6 +178,7 @@ KINDS: dict[type, Callable[[Drive, Pending, Any], Outcome]] = {
     UuidRequest: answers.immediate,
     PatchedRequest: answers.immediate,
     PublishRequest: answers.immediate,
+    SendRequest: answers.send,
     SleepRequest: answers.sleep,
     WaitRequest: answers.wait,
     GatherRequest: gather.gather_or_race,

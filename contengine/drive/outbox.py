@@ -24,7 +24,7 @@ class Outbox:
 
     __slots__ = (
         "carry", "fresh", "complete", "consume", "new_runs", "published", "restart", "delivered",
-        "tried",
+        "tried", "sends",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -47,6 +47,8 @@ class Outbox:
         # Attempt rows (an attempt failed, found crashed, or begun after one): history,
         # written with whatever commit comes next.
         self.tried: list[AttemptRow] = []
+        # ce.send messages: (target, name, payload, time), written with the entry.
+        self.sends: list[tuple[str, str, bytes, float]] = []
 
     def has_unwritten(self) -> bool:
         """True while an outcome (or a signal taken, a child started) waits for a commit."""
@@ -79,6 +81,10 @@ class Outbox:
     def publish(self, key: str, data: bytes) -> None:
         """A ce.publish value, written with the entry that records it."""
         self.published.append((key, data))
+
+    def send(self, target: str, name: str, data: bytes, now: float) -> None:
+        """A ce.send message, put in the target's mailbox by the commit that logs it."""
+        self.sends.append((target, name, data, now))
 
     def progress(
         self,
@@ -114,6 +120,8 @@ class Outbox:
         )  # fmt: skip
         if self.tried:  # rare (an attempt failed or crashed): no keyword on the step path
             p.attempts = tuple(self.tried)
+        if self.sends:  # rare too
+            p.send = tuple(self.sends)
         return p
 
     def drop_after_carry(self) -> None:
@@ -125,6 +133,7 @@ class Outbox:
         self.consume = None
         self.new_runs.clear()
         self.published.clear()
+        self.sends.clear()
         self.restart = None
 
     def sent(self, p: Progress) -> None:
@@ -140,5 +149,7 @@ class Outbox:
             self.new_runs.clear()
         if self.published:
             self.published.clear()
+        if p.send:
+            self.sends.clear()
         if p.recorded:
             self.complete.clear()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from ..clock import Clock, SystemClock
-from ..core.ids import refuse_nul
+from ..core.ids import checked_ref, refuse_nul
 from ..core.serde import Serde
 from ..core.workflow import Workflow, lookup
 from ..drive.events import Hook
@@ -29,7 +29,7 @@ from .retrying import plan_retry
 from .slots import QueueSlots
 from .starting import StartBatch, check_same_start, new_row
 from .stats import EngineStats, engine_stats
-from .transfer import checked_ref, export_run, fork_run, import_run
+from .transfer import export_run, fork_run, import_run
 from .waiting import wait_for_result
 from .worker import Worker, install_stop_handlers, restore_handlers
 

@@ -166,6 +166,13 @@ def _check_discard(run_id: str, e: EntryRow, position: int) -> None:
             f"a wait that took signal {e.name!r}, which would be lost; retry after it "
             f"(--at {e.position + 1} or later). Nothing was changed"
         )
+    if e.kind == "send" and e.status == E_COMPLETED:
+        raise ContengineError(
+            f"cannot retry run {run_id!r} at {position}: that discards entry {e.position}, "
+            f"a send of signal {e.name!r} that was delivered; the re-run would send it a "
+            f"second time. Retry after it (--at {e.position + 1} or later). Nothing was "
+            f"changed"
+        )
     if e.kind in _STARTS_CHILD and not (e.position == position and e.status == E_FAILED):
         raise ContengineError(
             f"cannot retry run {run_id!r} at {position}: that discards entry {e.position}, "

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
-import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from ..core.ids import is_child_id, refuse_nul
+from ..core.ids import checked_ref, is_child_id, refuse_nul
 from ..errors import (
     ContengineError,
 )
@@ -36,21 +35,6 @@ EXPORT_FORMAT = "contengine-run"
 EXPORT_VERSION = 1
 # Kinds of entries that start or join child runs, which fork and export do not copy.
 CHILD_KINDS = frozenset({"child", "start_child", "join"})
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
-
-
-def checked_ref(run_id: Any) -> str:
-    """run_id if it can name a run (a child's too); ValueError if not."""
-    if not isinstance(run_id, str) or not run_id:
-        raise ValueError(f"a run id must be a non-empty string, not {run_id!r}")
-    if _CONTROL.search(run_id):
-        # A NUL or a newline would make an id that prints, logs and is typed in a
-        # shell as another one.
-        raise ValueError(
-            f"run id {run_id!r} contains a control character (NUL, newline, tab, ...); "
-            f"choose an id of printable characters"
-        )
-    return run_id
 
 
 def checked_id(run_id: Any) -> str:

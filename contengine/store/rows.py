@@ -272,6 +272,10 @@ class Progress:
     # Attempt rows written (inserted, or completing the row of an attempt that started)
     # with this progress: only where an attempt failed, was found crashed, or began after one.
     attempts: tuple[AttemptRow, ...] = ()
+    # Signals sent to other runs (ce.send) with this progress: (target run id, name,
+    # serialized payload, time sent), each put in the target's mailbox, waking it if it
+    # waits.
+    send: tuple[tuple[str, str, bytes, float], ...] = ()
 
 
 @dataclass(slots=True)

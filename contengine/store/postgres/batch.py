@@ -48,6 +48,7 @@ from .writes import (
     generation_moved,
     lease_lost,
     lock_runs,
+    locked_ids,
     was_cancelled,
     write,
 )
@@ -157,7 +158,7 @@ def fits(p: Progress) -> bool:
     log and runs rows (no child runs, published values, signal taken or restart)."""
     return (
         p.lease is not None and p.consume is None and not p.new_runs and not p.publish
-        and p.restart is None and not p.attempts
+        and p.restart is None and not p.attempts and not p.send
     )  # fmt: skip
 
 
@@ -297,7 +298,7 @@ def _one_by_one(
     rest = [slot for slot in batch if id(slot) not in fast]
     try:
         with conn.transaction():
-            held = lock_runs(conn, [slot.progress.run_id for slot in batch])
+            held = lock_runs(conn, locked_ids(slot.progress for slot in batch))
             if quick:
                 try:
                     rows = conn.execute(

@@ -14,7 +14,7 @@ waiting parent, and a child's start, do, in the transaction that writes them.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import psycopg
@@ -155,6 +155,17 @@ def write(
                 "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
                 [(p.run_id, key, value) for key, value in p.publish],
             )
+    for target, name, payload, sent_at in p.send:
+        # ce.send: the message, and the target woken if it waits (with its NOTIFY), in
+        # the commit that logs the send. The target's row is locked with the batch's
+        # (locked_ids), in id order: two runs sending to each other do not deadlock.
+        conn.execute(
+            "WITH sent AS (INSERT INTO mailbox (run_id, name, payload, sent_at) "
+            "VALUES (%s, %s, %s, %s)), woken AS (UPDATE runs SET due_at = %s "
+            "WHERE id = %s AND status = 'waiting' RETURNING 1) "
+            "SELECT pg_notify(%s, 'signal') FROM woken",
+            (target, name, payload, sent_at, sent_at, target, channel),
+        )
     if p.restart is not None:
         # continue_as_new: this generation's log goes; the run starts afresh with new
         # arguments under the same id (mailbox and published values stay).
@@ -178,10 +189,19 @@ def write(
     return cancel
 
 
+def locked_ids(batch: Iterable[Progress]) -> list[str]:
+    """The runs a batch's transaction locks first: its own, and the targets of its sends."""
+    ids: list[str] = []
+    for p in batch:
+        ids.append(p.run_id)
+        ids.extend(target for target, *_ in p.send)
+    return ids
+
+
 def write_all(link: Link, batch: list[Progress]) -> None:
     """Several runs' progress in one transaction, all or none (commit_many)."""
     with link.transaction() as conn:
-        held = lock_runs(conn, [p.run_id for p in batch]) if batch else {}
+        held = lock_runs(conn, locked_ids(batch)) if batch else {}
         channel = channel_of(link.schema)
         for p in batch:
             held.update(lock_runs(conn, [p.run_id]))

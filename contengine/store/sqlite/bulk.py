@@ -46,6 +46,7 @@ def plain(p: Progress) -> bool:
     """Whether p is a plain step progress (the fast path writes it)."""
     if (
         p.lease is None or p.recorded or p.consume is not None or p.new_runs or p.publish
+        or p.send
         or p.restart is not None or p.expect_generation is not None or p.attempts
     ):  # fmt: skip
         return False

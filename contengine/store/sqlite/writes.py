@@ -313,6 +313,17 @@ class WriteMethods(SQLiteParts):
                 "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
                 (p.run_id, published_key, value),
             )
+        for target, name, payload, sent_at in p.send:
+            # ce.send: the message, and the target woken if it waits (it finds out for
+            # itself whether this is its signal), in the commit that logs the send.
+            conn.execute(
+                "INSERT INTO mailbox (run_id, name, payload, sent_at) VALUES (?, ?, ?, ?)",
+                (target, name, payload, sent_at),
+            )
+            conn.execute(
+                "UPDATE runs SET due_at = ? WHERE id = ? AND status = 'waiting'",
+                (sent_at, target),
+            )
         if p.restart is not None:
             # continue_as_new: this generation's log goes; the run starts afresh
             # with new arguments under the same id (mailbox and published values stay).
