@@ -3,9 +3,16 @@ stores engine-level tests run on."""
 
 from __future__ import annotations
 
+import functools
 import os
+import weakref
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+import contengine as ce
 
 settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -25,3 +32,34 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 from stores import pytest_configure, pytest_generate_tests, store_kind, stores  # noqa: E402
 
 __all__ = ["pytest_configure", "pytest_generate_tests", "store_kind", "stores"]
+
+
+# Engines a test leaves open (a simulated crash abandons its engine; a helper returns one
+# the test never closes) keep a heartbeat and a cancel-watch thread each, and their store
+# connections, for the rest of the session: hundreds of them cost a core by the end of a
+# run and slow every later test. Each is closed when the test that made it ends.
+_OPEN_ENGINES: weakref.WeakSet[ce.Engine] = weakref.WeakSet()
+_engine_init = ce.Engine.__init__
+
+
+@functools.wraps(_engine_init)
+def _tracked_init(self: ce.Engine, *args: Any, **kwargs: Any) -> None:
+    _engine_init(self, *args, **kwargs)
+    _OPEN_ENGINES.add(self)
+
+
+ce.Engine.__init__ = _tracked_init  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _close_engines_left_open() -> Iterator[None]:
+    yield
+    engines = list(_OPEN_ENGINES)
+    _OPEN_ENGINES.clear()
+    for engine in engines:
+        try:
+            engine.close()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - a crashed engine may fail to close; it is let go
+            pass

@@ -179,13 +179,19 @@ def test_stores_opening_a_new_schema_at_once_create_it_once(url: str, schema: st
 # -- fencing -------------------------------------------------------------------------
 
 
-def waiting_on_a_lock(url: str, pid: int | None = None) -> bool:
-    """Whether some session of the server (or the one of pid) waits for a lock now."""
+def waiting_on_a_lock(url: str, pid: int | None = None, behind: int | None = None) -> bool:
+    """Whether the session of pid waits for a lock now, or (behind) some session waits
+    for a lock that the session of that pid holds: never another test's sessions."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND (%s::int IS NULL OR pid = %s)",
-            (pid, pid),
-        ).fetchone()
+        if behind is not None:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                (behind,),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = %s", (pid,)
+            ).fetchone()
         return row is not None and row[0] > 0
 
 
@@ -223,7 +229,8 @@ def test_a_write_racing_a_claim_that_commits_first_is_fenced_out(
 
         writer = threading.Thread(target=write)
         writer.start()
-        assert wait_until(lambda: waiting_on_a_lock(url), timeout=30)
+        held_by = other.info.backend_pid
+        assert wait_until(lambda: waiting_on_a_lock(url, behind=held_by), timeout=30)
         other.commit()
         writer.join()
     finally:

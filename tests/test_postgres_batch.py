@@ -327,7 +327,8 @@ def test_the_statement_reads_a_row_as_a_concurrent_writer_committed_it(
 
         writer = threading.Thread(target=flush)
         writer.start()
-        assert wait_until(lambda: waiting_for_a_row(url), timeout=30)
+        held_by = other.info.backend_pid
+        assert wait_until(lambda: waiting_for_a_row(url, held_by), timeout=30)
         other.commit()
         writer.join()
     finally:
@@ -338,8 +339,12 @@ def test_the_statement_reads_a_row_as_a_concurrent_writer_committed_it(
     assert row is not None and (row.status, row.updated_at, row.due_at) == (RUNNING, 5.0, None)
 
 
-def waiting_for_a_row(url: str) -> bool:
-    """Whether some session of the server waits for a lock now."""
+def waiting_for_a_row(url: str, behind: int) -> bool:
+    """Whether some session waits for a lock the session of pid `behind` holds (never
+    another test's sessions)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            (behind,),
+        ).fetchone()
         return row is not None and row[0] > 0
