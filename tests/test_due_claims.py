@@ -261,7 +261,7 @@ def test_a_version_4_file_gains_the_due_index_and_its_waiting_run_wakes(tmp_path
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     store = SQLiteStore(path)
     try:
-        assert store.schema_version == SQLITE_SCHEMA_VERSION == 7
+        assert store.schema_version == SQLITE_SCHEMA_VERSION >= 7
         assert "runs_due" in _indexes(path) and "runs_to_claim" not in _indexes(path)
         assert store.runnable(1e12) == [] and store.next_due() is None
         assert store.claim(worker("a"), 1e12, 150.0, 8) == []
@@ -321,7 +321,7 @@ def test_a_version_1_postgres_schema_is_migrated_with_its_runs_claimable(
         )
     store = PostgresStore(url, schema=schema)
     try:
-        assert store.schema_version == PG_SCHEMA_VERSION == 3
+        assert store.schema_version == PG_SCHEMA_VERSION >= 3
         assert [c.run.id for c in store.claim(worker("a"), NOW, 150.0, 8)] == ["new", "soon"]
         assert store.next_due(after=NOW) == NOW + 10
         with psycopg.connect(url) as conn:

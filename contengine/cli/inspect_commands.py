@@ -19,7 +19,10 @@ from .render import ARGS_WIDTH, NOTE_WIDTH, clip, iso, load, outcome, run_error,
 
 MAX_CHILD_DEPTH = 3  # child runs shown inside their parent's log, this deep
 # What `runs --json` gives of each run (times in seconds since the epoch).
-JSON_FIELDS = ("id", "workflow", "status", "created_at", "finished_at", "parent_id", "note", "tags")
+JSON_FIELDS = (
+    "id", "workflow", "status", "created_at", "finished_at", "parent_id", "forked_from", "note",
+    "tags",
+)  # fmt: skip
 # (least, most) age in seconds a listed run may have; None: no bound.
 AgeWindow = tuple[float | None, float | None]
 
@@ -188,6 +191,10 @@ def _show(engine: Engine, run_id: str) -> int:
     if row.finished_at is not None:
         took = (row.finished_at - row.created_at) * 1000
         print(f"finished  {iso(row.finished_at)} ({took:.1f} ms after it was created)")
+    if row.parent_id:
+        print(f"parent    {row.parent_id}")
+    if row.forked_from:
+        print(f"forked    from {row.forked_from}")
     if row.status == COMPLETED:
         print(f"result    {load(engine, row.result, run_id, 'result', short)}")
     elif row.status == FAILED:

@@ -224,6 +224,11 @@ def _run_header(engine: Engine, row: RunRow, now: float, link: Link | None = Non
         if link is not None:
             parent = f'<a class="parent" href="{escape(link(row.parent_id))}">{parent}</a>'
         items.append(("parent", parent))
+    if row.forked_from:
+        origin = f"<code>{escape(row.forked_from)}</code>"
+        if link is not None:
+            origin = f'<a class="forked" href="{escape(link(row.forked_from))}">{origin}</a>'
+        items.append(("forked from", origin))
     if row.status == COMPLETED:
         result = load(engine, row.result, row.id, "result", short)
         items.append(("result", f"<code>{escape(result)}</code>"))

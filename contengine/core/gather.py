@@ -6,6 +6,8 @@ from collections.abc import Generator, Sequence
 from typing import Any, ClassVar
 
 from ..errors import Cancelled
+from .children import ChildRequest
+from .messages import SendRequest
 from .outcome import Outcome
 from .requests import Immediate, PatchedRequest, Request, StepCall
 from .timers import SleepRequest, WaitRequest
@@ -19,12 +21,14 @@ class GatherRequest(Request):
 
     def __init__(self, members: tuple[Request, ...], return_exceptions: bool) -> None:
         for m in members:
-            if not isinstance(m, StepCall | SleepRequest | WaitRequest | Immediate) or isinstance(
-                m, PatchedRequest
+            if (
+                not isinstance(m, StepCall | SleepRequest | WaitRequest | Immediate | ChildRequest)
+                or isinstance(m, PatchedRequest | SendRequest)
+                or (isinstance(m, ChildRequest) and m.detached)
             ):
                 raise TypeError(  # self.kind: a race is refused under its own name
-                    f"ce.{self.kind}() takes step calls, sleeps, waits, now/random/uuid and "
-                    f"publish requests, not {m!r}"
+                    f"ce.{self.kind}() takes step calls, child runs, sleeps, waits, "
+                    f"now/random/uuid and publish requests, not {m!r}"
                 )
         self.members = members
         self.return_exceptions = return_exceptions

@@ -41,27 +41,10 @@ def child(d: DriveState, pending: Pending, request: ChildRequest[Any]) -> Outcom
     now = d.r.clock.now()
     if pending.recorded is not None:
         return join_child(d, position, child_id, logged=True)
-    wf = request.workflow
-    try:
-        inspect.signature(wf.fn).bind(*request.args, **request.kwargs)
-        data = d.r.serde.dumps_checked(
-            (request.args, request.kwargs), f"the arguments of child run {child_id!r}"
-        )[0]
-    except (TypeError, SerializationError) as exc:
-        entry = EntryRow(
-            d.run.id, position, request.kind, request.name, request.key, request.text,
-            E_RUNNING, 1, 0, now,
-        )  # fmt: skip
-        d.fail_entry(entry, exc, f"{type(exc).__name__}: {exc}", now)
-        d.out.add(entry)
-        return d.finished_outcome(entry)
-    args_key = key_of(canonical_call(request.args, request.kwargs))
-    d.out.start_run(
-        RunRow(
-            child_id, wf.name, wf.ref, PENDING, data, args_key, now, now,
-            parent_id=d.run.id,
-        )
-    )  # fmt: skip
+    refused = start_run(d, position, request, now)
+    if refused is not None:
+        d.out.add(refused)
+        return d.finished_outcome(refused)
     if request.detached:
         handle = ChildHandle(child_id)
         entry = EntryRow(
@@ -77,6 +60,70 @@ def child(d: DriveState, pending: Pending, request: ChildRequest[Any]) -> Outcom
     )  # fmt: skip
     d.commit(insert=entry, run=RunUpdate(WAITING, now, due_at=NEVER))
     return join_child(d, position, child_id, logged=True)
+
+
+def start_run(
+    d: DriveState, position: int, request: ChildRequest[Any], now: float
+) -> EntryRow | None:
+    """Put the child run of the request at position in the outbox (created with the next
+    commit); None, or the entry failed with why its arguments were refused."""
+    child_id = ids.child_id(d.run.id, d.run.generation, position)
+    wf = request.workflow
+    try:
+        inspect.signature(wf.fn).bind(*request.args, **request.kwargs)
+        data = d.r.serde.dumps_checked(
+            (request.args, request.kwargs), f"the arguments of child run {child_id!r}"
+        )[0]
+    except (TypeError, SerializationError) as exc:
+        entry = EntryRow(
+            d.run.id, position, request.kind, request.name, request.key, request.text,
+            E_RUNNING, 1, 0, now,
+        )  # fmt: skip
+        d.fail_entry(entry, exc, f"{type(exc).__name__}: {exc}", now)
+        return entry
+    args_key = key_of(canonical_call(request.args, request.kwargs))
+    d.out.start_run(
+        RunRow(
+            child_id, wf.name, wf.ref, PENDING, data, args_key, now, now,
+            parent_id=d.run.id,
+        )
+    )  # fmt: skip
+    return None
+
+
+def member_entry(d: DriveState, position: int, request: ChildRequest[Any], now: float) -> EntryRow:
+    """A child run that is a member of a gather or race: its run is created with the
+    members' entries (one commit), and its entry waits for its end."""
+    refused = start_run(d, position, request, now)
+    if refused is not None:
+        return refused
+    return EntryRow(
+        d.run.id, position, request.kind, request.name, request.key, request.text,
+        E_RUNNING, 1, 0, now, None, NEVER,
+    )  # fmt: skip
+
+
+def settle_member(d: DriveState, entry: EntryRow) -> Outcome | None:
+    """A child member's outcome, logged at its entry (committed now), once its run has
+    finished; None while it goes on (its end wakes this run)."""
+    child_id = ids.child_id(d.run.id, d.run.generation, entry.position)
+    child = d.r.store.get_run(child_id)
+    if child is None:
+        raise ContengineError(f"child run {child_id!r} is missing; the log is unchanged")
+    if child.status not in FINISHED:
+        return None
+    outcome = child_outcome(d, entry, child, logged=True)
+    d.out.carry = None
+    d.commit(update=entry)
+    return outcome
+
+
+def cancel_losers(d: DriveState, positions: list[int]) -> None:
+    """Cancel the child runs of a race's losing members (after the race's decision is
+    committed): each gets ce.Cancelled at its current yield, as engine.cancel gives it."""
+    now = d.r.clock.now()
+    for position in positions:
+        d.r.store.request_cancel(ids.child_id(d.run.id, d.run.generation, position), now)
 
 
 def join(d: DriveState, pending: Pending, handle: ChildHandle) -> Outcome:

@@ -7,9 +7,11 @@ import contextlib
 from concurrent.futures import FIRST_COMPLETED
 from typing import Any, NoReturn
 
+from ..core import ids
+from ..core.children import ChildRequest
 from ..core.driver import Pending
 from ..core.gather import GatherRequest
-from ..core.idle import NEVER, duration_text
+from ..core.idle import NEVER, NotDue, duration_text
 from ..core.outcome import Outcome
 from ..core.requests import Immediate, Request, StepCall
 from ..core.timers import SleepRequest, WaitRequest
@@ -20,14 +22,16 @@ from ..store.base import (
     E_FAILED,
     E_RETRYING,
     E_RUNNING,
+    FINISHED,
     RUNNING,
     SLEEPING,
     WAITING,
     CancelArrived,
     EntryRow,
     Progress,
+    RunUpdate,
 )
-from . import cancel
+from . import cancel, children
 from .answers import answer
 from .log import decode_outcome
 from .steps import StepDrive
@@ -119,16 +123,31 @@ def _go_idle_for_members(
     waiting = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
     due = min(e.due_at if e.due_at is not None else NEVER for e in waiting)
     kinds = {e.kind for e in waiting}
-    status = SLEEPING if kinds == {"sleep"} else WAITING if "wait" in kinds else RUNNING
+    # A child run's end wakes its parent only while the parent is waiting.
+    waits = "wait" in kinds or "child" in kinds
+    status = SLEEPING if kinds == {"sleep"} else WAITING if waits else RUNNING
     update = d.run_update(status, due, d.r.clock.now())
     if update is not None or d.out.has_unwritten():
         d.commit(run=update)
+    if "child" in kinds:
+        # A child that ended between the look and that commit woke no one: look again.
+        for m, e, o in zip(members, entries, outcomes, strict=True):
+            if o is None and isinstance(m, ChildRequest) and _ended(d, e.position):
+                now = d.r.clock.now()
+                d.commit(run=RunUpdate(status, now, due_at=now))
+                raise NotDue(now)
     names = [
         m.signal
         for m, o in zip(members, outcomes, strict=True)
         if o is None and isinstance(m, WaitRequest)
     ]
     d.go_idle(names, due)
+
+
+def _ended(d: StepDrive, position: int) -> bool:
+    """Whether the child run of the member at position has finished."""
+    child = d.r.store.get_run(ids.child_id(d.run.id, d.run.generation, position))
+    return child is not None and child.status in FINISHED
 
 
 def gather_entry(d: StepDrive, position: int, request: GatherRequest, now: float) -> EntryRow:
@@ -149,6 +168,8 @@ def member_entry(d: StepDrive, position: int, member: Request, now: float) -> En
     """The first log entry of a gather member, written when the gather is reached."""
     if isinstance(member, Immediate):
         return answer(d, position, member)[0]  # inserted with the other members, complete
+    if isinstance(member, ChildRequest):
+        return children.member_entry(d, position, member, now)  # its run made with it
     due: float | None = None
     if isinstance(member, SleepRequest):
         due = member.wake_time(now)
@@ -170,7 +191,10 @@ def resume_member(d: StepDrive, entry: EntryRow, member: StepCall[Any], now: flo
 
 
 def settle_member(d: StepDrive, entry: EntryRow, member: Request, now: float) -> Outcome | None:
-    """A member that runs no code: a due timer completes, a wait takes its signal."""
+    """A member that runs no code: a due timer completes, a wait takes its signal, a
+    child run's end is taken."""
+    if isinstance(member, ChildRequest):
+        return children.settle_member(d, entry)
     if isinstance(member, SleepRequest):
         if entry.due_at is not None and entry.due_at > now:
             return None
@@ -287,8 +311,8 @@ def _next_look(d: StepDrive, entries: list[EntryRow], others: list[int]) -> floa
         return None
     now = d.r.clock.now()
     due = min((entries[i].due_at or NEVER) for i in others)
-    waits = any(entries[i].kind == "wait" for i in others)
-    # Signals come from outside: look for them every 0.1 s while waiting.
+    waits = any(entries[i].kind in ("wait", "child") for i in others)
+    # Signals and child runs' ends come from outside: look every 0.1 s while waiting.
     wait = min(due - now, 0.1) if waits else due - now
     return max(wait, 0.0) if wait != NEVER else None
 
@@ -322,6 +346,16 @@ def race(d: StepDrive, pending: Pending, request: GatherRequest) -> Outcome:
         d.fail_entry(header, result.value, f"member {winner} won with an exception", now)
     d.commit(update=header)
     _drop_losers(d, members, entries, outcomes, running, now)
+    # Losing child runs are cancelled once the decision is durable (a crash before this
+    # leaves them to end on their own, unused: notes/workflows.md).
+    children.cancel_losers(
+        d,
+        [
+            e.position
+            for m, e, o in zip(members, entries, outcomes, strict=True)
+            if isinstance(m, ChildRequest) and o is None and e.status != E_RUNNING
+        ],
+    )
     return d.finished_outcome(header)
 
 

@@ -61,6 +61,11 @@ class Run(Generic[R]):
         return self._engine._row(self.id).tags
 
     @property
+    def forked_from(self) -> str | None:
+        """The id of the run this one was forked from (engine.fork), or None."""
+        return self._engine._row(self.id).forked_from
+
+    @property
     def note(self) -> str | None:
         """Why the run cannot go on, when it is stuck (unknown workflow, nondeterminism)."""
         return self._engine._row(self.id).note

@@ -288,6 +288,7 @@ def fork_run(store: Store, row: RunRow, at: Any, new_id: str | None, now: float)
     _check_fork(row.id, entries, at)
     new_id = checked_id(new_id if new_id is not None else uuid.uuid4().hex)
     copy = RunRow(new_id, row.workflow, row.ref, PENDING, row.args, row.args_key, now, now)
+    copy.forked_from = row.id
     kept = [dataclasses.replace(e, run_id=new_id) for e in entries[:at]]
     published = {
         e.name: e.outcome

@@ -50,6 +50,7 @@ class RunRow:
     tags: tuple[str, ...] = ()  # labels to find runs by (engine.runs(tag=...))
     queue: str | None = None  # the queue whose limits the run is claimed under
     priority: int = 0  # higher is claimed first
+    forked_from: str | None = None  # the run this one is a fork of (engine.fork)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from ...errors import DatabaseError
 from .connection import CONNECT_TIMEOUT, database_error, unreachable
 from .url import redacted, split_url
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Times are float8 seconds (as the engine's clock gives them; 'Infinity' is a wait
 # without a timeout); values are bytea, never read by the server.
@@ -143,9 +143,14 @@ CREATE TABLE attempts (
 )
 """
 
+# Version 4: where a fork came from (runs.forked_from: the run engine.fork copied).
+_SCHEMA_V4 = """
+ALTER TABLE runs ADD COLUMN forked_from text
+"""
+
 # MIGRATIONS[v] takes the schema from version v to v + 1 (statements run in order, in
 # the opening transaction). A new version appends its script here.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
 
 
 def stored_version(conn: psycopg.Connection[Any], schema: str, shown: str) -> int | None:

@@ -10,9 +10,9 @@ from ..rows import FINISHED, RUN_STATUSES, AttemptRow, EntryRow, RunRow
 RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
     "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
-    "generation, tags, queue, priority"
+    "generation, tags, queue, priority, forked_from"
 )
-RUN_MARKS = ", ".join(["%s"] * 20)
+RUN_MARKS = ", ".join(["%s"] * 21)
 INSERT_RUN = f"INSERT INTO runs ({RUN_COLS}) VALUES ({RUN_MARKS}) ON CONFLICT (id) DO NOTHING"
 SELECT_RUN = f"SELECT {RUN_COLS} FROM runs WHERE id = %s"
 # A new run, and its NOTIFY (listen.py) if it is new: one row back if it was inserted.
@@ -135,20 +135,20 @@ def run_params(run: RunRow) -> tuple[object, ...]:
         run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
         run.updated_at, run.finished_at, run.due_at, run.result, run.error, as_text(run.error_text),
         as_text(run.note), int(run.cancel_requested), run.parent_id, run.generation,
-        list(run.tags), run.queue, run.priority,
+        list(run.tags), run.queue, run.priority, run.forked_from,
     )  # fmt: skip
 
 
 def run_row(row: tuple[Any, ...]) -> RunRow:
     """A runs row (RUN_COLS) as read."""
-    *fields, tags, queue, priority = row
+    *fields, tags, queue, priority, forked_from = row
     run = RunRow(*fields)
     run.args = bytes(run.args)
     run.result = None if run.result is None else bytes(run.result)
     run.error = None if run.error is None else bytes(run.error)
     run.cancel_requested = run.cancel_requested == CANCEL_PENDING  # not one delivered
     run.tags = tuple(tags or ())
-    run.queue, run.priority = queue, priority
+    run.queue, run.priority, run.forked_from = queue, priority, forked_from
     return run
 
 

@@ -141,6 +141,12 @@ CREATE TABLE attempts (
 """
 
 
+# Version 8: where a fork came from (runs.forked_from: the run engine.fork copied).
+_SCHEMA_V8 = """
+ALTER TABLE runs ADD COLUMN forked_from TEXT
+"""
+
+
 # MIGRATIONS[v] takes a schema at version v to v + 1, inside one transaction.
 # A new schema version appends a function here; files are migrated on open.
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -158,4 +164,5 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: lambda conn: _run_script(conn, _SCHEMA_V5),
     5: lambda conn: _run_script(conn, _SCHEMA_V6),
     6: lambda conn: _run_script(conn, _SCHEMA_V7),
+    7: lambda conn: _run_script(conn, _SCHEMA_V8),
 }

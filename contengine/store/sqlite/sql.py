@@ -26,9 +26,9 @@ Executes = sqlite3.Connection | sqlite3.Cursor
 RUN_COLS = (
     "id, workflow, ref, status, args, args_key, created_at, updated_at, "
     "finished_at, due_at, result, error, error_text, note, cancel_requested, parent_id, "
-    "generation, tags, queue, priority"
+    "generation, tags, queue, priority, forked_from"
 )
-RUN_MARKS = ", ".join("?" * 20)
+RUN_MARKS = ", ".join("?" * 21)
 LOG_COLS = (
     "id, kind, name, key, text, status, attempts, crashes, "
     "started_at, finished_at, due_at, outcome, error_text"
@@ -197,7 +197,7 @@ def run_params(run: RunRow) -> tuple[object, ...]:
         run.id, run.workflow, run.ref, run.status, run.args, run.args_key, run.created_at,
         run.updated_at, run.finished_at, run.due_at, run.result, run.error, run.error_text,
         run.note, int(run.cancel_requested), run.parent_id, run.generation,
-        _tags_text(run.tags), run.queue, run.priority,
+        _tags_text(run.tags), run.queue, run.priority, run.forked_from,
     )  # fmt: skip
 
 
@@ -235,11 +235,11 @@ def _tags_text(tags: tuple[str, ...]) -> str | None:
 
 def run_row(row: tuple[Any, ...]) -> RunRow:
     """A runs row as read; tags come back from their ",a,b," form."""
-    *fields, tags, queue, priority = row
+    *fields, tags, queue, priority, forked_from = row
     run = RunRow(*fields)
     run.cancel_requested = run.cancel_requested == CANCEL_PENDING  # not one delivered
     run.tags = tuple(t for t in (tags or "").split(",") if t)
-    run.queue, run.priority = queue, priority
+    run.queue, run.priority, run.forked_from = queue, priority, forked_from
     return run
 
 

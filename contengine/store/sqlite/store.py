@@ -42,7 +42,7 @@ from .writes import WriteMethods
 
 # "Cont" in the file header marks a contengine database among SQLite files.
 APPLICATION_ID = 0x436F6E74
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
