@@ -513,7 +513,7 @@ def test_a_version_1_file_is_migrated_to_the_current_schema(tmp_path: Path) -> N
             conn.execute(f"DROP INDEX {index}")
         for table in ("workers", "queues", "step_slots", "mailbox", "published", "attempts"):
             conn.execute(f"DROP TABLE {table}")
-        for column in ("queue", "priority", "owner", "lease", "claimed_at"):
+        for column in ("queue", "priority", "owner", "lease", "claimed_at", "forked_from"):
             conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
         conn.execute("ALTER TABLE runs DROP COLUMN generation")
         conn.execute("ALTER TABLE runs DROP COLUMN tags")
