@@ -393,7 +393,8 @@ def test_runs_json_is_a_list_scripts_can_read(
     assert code == 0 and err == ""
     runs = {r["id"]: r for r in json.loads(out)}
     assert set(runs) == {"p", "p/0", "done"}
-    fields = {"id", "workflow", "status", "created_at", "finished_at", "parent_id", "note", "tags"}
+    fields = {"id", "workflow", "status", "created_at", "finished_at", "parent_id", "forked_from"}
+    fields |= {"note", "tags"}
     assert all(set(r) == fields for r in runs.values())
     assert runs["p"]["status"] == "waiting" and runs["p"]["finished_at"] is None
     assert runs["p/0"]["parent_id"] == "p" and runs["p/0"]["workflow"] == "ops.done"
