@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,15 +36,16 @@ __all__ = ["pytest_configure", "pytest_generate_tests", "store_kind", "stores"]
 # Engines a test leaves open (a simulated crash abandons its engine; a helper returns one
 # the test never closes) keep a heartbeat and a cancel-watch thread each, and their store
 # connections, for the rest of the session: hundreds of them cost a core by the end of a
-# run and slow every later test. Each is closed when the test that made it ends.
-_OPEN_ENGINES: weakref.WeakSet[ce.Engine] = weakref.WeakSet()
+# run and slow every later test. Each is closed when the test that made it ends. Held
+# strongly: an engine nobody refers to any more is collected, but its threads are not.
+_OPEN_ENGINES: list[ce.Engine] = []
 _engine_init = ce.Engine.__init__
 
 
 @functools.wraps(_engine_init)
 def _tracked_init(self: ce.Engine, *args: Any, **kwargs: Any) -> None:
     _engine_init(self, *args, **kwargs)
-    _OPEN_ENGINES.add(self)
+    _OPEN_ENGINES.append(self)
 
 
 ce.Engine.__init__ = _tracked_init  # type: ignore[method-assign]
