@@ -163,11 +163,11 @@ def kid() -> Generator[Any, Any, int]:
 
 def test_race_refusing_a_member_names_ce_race() -> None:
     with pytest.raises(TypeError) as info:
-        ce.race(kid(), ce.sleep(5))
+        ce.race(ce.start_child(kid), ce.sleep(5))
     assert str(info.value).startswith("ce.race()")
     assert "ce.gather" not in str(info.value)
     with pytest.raises(TypeError) as gathered:
-        ce.gather(kid(), ce.sleep(5))
+        ce.gather(ce.start_child(kid), ce.sleep(5))
     assert str(gathered.value).startswith("ce.gather()")
 
 

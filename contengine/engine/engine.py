@@ -71,8 +71,7 @@ class Run(Generic[R]):
         return self._engine._row(self.id).note
 
     def result(self, timeout: float | None = None) -> R:
-        """The run's return value, or its exception re-raised; drives the run (and its
-        child runs) in this thread when no worker does (see waiting.wait_for_result)."""
+        """The run's result, or its exception re-raised (driven here if no worker does)."""
         return self._engine._result(self.id, timeout)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -422,16 +421,12 @@ class Engine:
     # -- repairing and moving runs ------------------------------------------------
 
     def retry(self, run_id: str, at: int | None = None) -> Run[Any]:
-        """Resume a failed run at the failed request whose exception ended it, or a
-        cancelled run where the cancel was raised, discarding the log from there on (a
-        saga's compensations, a `finally:` block's cleanup); with `at`, from that position.
-
-        A failed child run behind that request is retried with it (and its own failed
-        child, and so on), all in one transaction; for a cancelled run, so are the child
-        runs the cancel took down. A run that failed in its own code resumes after its
-        log. Refused, with nothing changed, unless the run failed or was cancelled, or
-        where the re-run could not be the same run (a discarded wait's signal would be
-        lost, a discarded child run would be taken over, a deleted child).
+        """Resume a failed run at the failed request whose exception ended it (a cancelled
+        one where the cancel was raised), discarding the log from there on; with `at`,
+        from that position. The failed (or cancelled) child runs behind it are retried with
+        it, in one transaction. Refused, with nothing changed, unless the run failed or was
+        cancelled, or where the re-run could not be the same run (a discarded wait's signal
+        or send, a child run it would take over, a deleted child): see notes/workflows.md.
         """
         return self.rewind(plan_retry(self.store, run_id, at))
 
