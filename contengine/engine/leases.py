@@ -225,14 +225,16 @@ class Leaseholder:
         with self._lock:
             if self._beating is not None:
                 return
+            # The thread is handed this beat's stop event now: retire() swaps in a fresh
+            # one, and a thread that read self._stop only once it ran (late, on a busy
+            # machine) would take the fresh event and never stop.
             self._beating = threading.Thread(
-                target=self._beat, name="contengine-heartbeat", daemon=True
+                target=self._beat, args=(self._stop,), name="contengine-heartbeat", daemon=True
             )
             self._beating.start()
 
-    def _beat(self) -> None:
+    def _beat(self, stop: threading.Event) -> None:
         # Renewed four times per lease: a late beat or two (a busy disk) loses nothing.
-        stop = self._stop
         while not stop.wait(self.lease / 4):
             while not stop.is_set():
                 row = self.row()
