@@ -63,3 +63,21 @@ def _close_engines_left_open() -> Iterator[None]:
             raise
         except BaseException:  # noqa: BLE001 - a crashed engine may fail to close; it is let go
             pass
+
+
+# The longest modules first (measured with --durations): on two workers that take whole
+# modules, the run then ends on short ones instead of one worker finishing a long module
+# alone. Tests keep their order within a module.
+SLOW_FIRST = (
+    "test_signals", "test_time_and_values", "test_replay_properties", "test_workers_processes",
+    "test_postgres_attack", "test_queues", "test_postgres_batch", "test_commit_later",
+    "test_store_contract", "test_lock_stalls", "test_replay_memory", "test_cli_json",
+    "test_testing_strategies", "test_bench", "test_race", "test_engine",
+    "test_dashboard_browser", "test_bench_pg", "test_dashboard", "test_many_hosts",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the slow modules first (a stable sort: the rest keep their order)."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(rank)))
