@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -161,3 +163,28 @@ def fail_first_calls(calls: dict[str, int], key: str, times: int, word: str) -> 
     calls[key] = calls.get(key, 0) + 1
     if calls[key] <= times:
         raise ValueError(f"{word} {calls[key]}")
+
+
+def kill_then_finish(argv: list[str]) -> str:
+    """Run argv with HANG=1 until it prints HANG, SIGKILL it, then run it again with
+    HANG=0 to its end (exit 0); the second run's first line."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for hang in ("1", "0"):
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "HANG": hang},
+            )  # fmt: skip
+            procs.append(proc)
+            line = first_line(proc)
+            why = proc.stderr.read() if proc.stderr and not line.strip() else line
+            if hang == "1":
+                assert line.strip() == "HANG", why
+                os.kill(proc.pid, signal.SIGKILL)
+                assert proc.wait(LINE_WAIT) == -signal.SIGKILL
+            else:
+                assert proc.wait(LINE_WAIT) == 0, proc.stderr.read() if proc.stderr else ""
+                return line.strip()
+    finally:
+        reap(procs)
+    raise AssertionError("not reached")

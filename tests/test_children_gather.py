@@ -4,16 +4,13 @@ its children down, a crash at every boundary (ce.testing.check) and a real SIGKI
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import first_line, reap
+from helpers import kill_then_finish
 from stores import current
 
 import contengine as ce
@@ -200,25 +197,7 @@ def test_a_sigkill_during_the_gather_creates_each_child_once(tmp_path: Path) -> 
     script = tmp_path / "cg_kill.py"
     script.write_text(KILLED)
     target = current().target(tmp_path / "k.db")
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for hang in ("1", "0"):
-            proc = subprocess.Popen(
-                [sys.executable, str(script), target],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "HANG": hang},
-            )  # fmt: skip
-            procs.append(proc)
-            line = first_line(proc)
-            if hang == "1":
-                assert line.strip() == "HANG", proc.stderr.read() if proc.stderr else ""
-                os.kill(proc.pid, signal.SIGKILL)
-                assert proc.wait(WAIT) == -signal.SIGKILL
-            else:
-                assert line.strip() == "DONE [1, 102, 3]", proc.stderr.read() if proc.stderr else ""
-                assert proc.wait(WAIT) == 0
-    finally:
-        reap(procs)
+    assert kill_then_finish([sys.executable, str(script), target]) == "DONE [1, 102, 3]"
     with ce.Engine(target) as engine:
         runs = sorted(r.id for r in engine.runs())
         assert runs == ["p", "p/1", "p/3"]

@@ -13,13 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from crashing_child import HANG_ENV, read_ledger
+from helpers import first_line
 from stores import current
 
 import contengine as ce
@@ -105,20 +105,9 @@ def children() -> Iterator[Children]:
         kids.close()
 
 
-def _read_line(proc: subprocess.Popen[str]) -> str:
-    """The child's next stdout line; a watchdog kills a child that says nothing in time."""
-    watchdog = threading.Timer(WAIT, proc.kill)
-    watchdog.start()
-    try:
-        assert proc.stdout is not None
-        return proc.stdout.readline()
-    finally:
-        watchdog.cancel()
-
-
 def kill_inside(proc: subprocess.Popen[str], label: str) -> None:
     """Wait until the child reports that it is inside step `label`, then SIGKILL it."""
-    line = _read_line(proc)
+    line = first_line(proc)
     if line.strip() != f"HANG {label}":
         proc.kill()
         assert proc.stderr is not None
@@ -129,7 +118,7 @@ def kill_inside(proc: subprocess.Popen[str], label: str) -> None:
 
 def finish(proc: subprocess.Popen[str]) -> str:
     """Wait for a child that should run its workflow to the end; its DONE line."""
-    line = _read_line(proc)
+    line = first_line(proc)
     assert proc.wait(WAIT) == 0, proc.stderr.read() if proc.stderr else ""
     assert line.startswith("DONE "), line
     return line.strip()

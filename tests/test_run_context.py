@@ -5,16 +5,13 @@ rebuilt (in another engine, after a real SIGKILL), on both stores."""
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import first_line, reap
+from helpers import kill_then_finish
 from stores import current
 
 import contengine as ce
@@ -230,25 +227,7 @@ def test_after_a_sigkill_each_line_is_logged_once(tmp_path: Path) -> None:
     script = tmp_path / "ctx_crash.py"
     script.write_text(CHILD)
     target, out = current().target(tmp_path / "crash.db"), tmp_path / "lines.txt"
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for hang in ("1", "0"):
-            proc = subprocess.Popen(
-                [sys.executable, str(script), target, str(out)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "HANG": hang},
-            )  # fmt: skip
-            procs.append(proc)
-            line = first_line(proc)
-            if hang == "1":
-                assert line.strip() == "HANG", proc.stderr.read() if proc.stderr else ""
-                os.kill(proc.pid, signal.SIGKILL)
-                assert proc.wait(WAIT) == -signal.SIGKILL
-            else:
-                assert line.strip() == "DONE 10", proc.stderr.read() if proc.stderr else ""
-                assert proc.wait(WAIT) == 0
-    finally:
-        reap(procs)
+    assert kill_then_finish([sys.executable, str(script), target, str(out)]) == "DONE 10"
     assert out.read_text().splitlines() == [
         "begin 4|crashy|0",
         "fast gave 5|crashy|1",

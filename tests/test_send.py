@@ -4,16 +4,13 @@ yield and are recorded; retry will not send twice; bad input is refused clearly.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import first_line, reap
+from helpers import kill_then_finish
 from stores import current
 
 import contengine as ce
@@ -202,25 +199,7 @@ def test_a_sigkill_after_the_send_does_not_send_it_again(tmp_path: Path) -> None
     script = tmp_path / "send_crash.py"
     script.write_text(SENDER)
     target = current().target(tmp_path / "crash.db")
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for hang in ("1", "0"):
-            proc = subprocess.Popen(
-                [sys.executable, str(script), target],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "HANG": hang},
-            )  # fmt: skip
-            procs.append(proc)
-            line = first_line(proc)
-            if hang == "1":
-                assert line.strip() == "HANG", proc.stderr.read() if proc.stderr else ""
-                os.kill(proc.pid, signal.SIGKILL)
-                assert proc.wait(WAIT) == -signal.SIGKILL
-            else:
-                assert line.strip() == "DONE ok once", proc.stderr.read() if proc.stderr else ""
-                assert proc.wait(WAIT) == 0
-    finally:
-        reap(procs)
+    assert kill_then_finish([sys.executable, str(script), target]) == "DONE ok once"
     with ce.Engine(target) as engine:
         assert [e.kind for e in engine.history("tx")] == ["send", "step"]
         # The receiver took one message with its one wait; a second would still be here.
